@@ -1,0 +1,107 @@
+"""The booking service: the booking's state machine, requests to the policy, the audit trail
+and the read API.
+
+Consumes `upstream.bookings.v1` and `policy.decisions.v1`; publishes `booking.events.v1` and,
+internally, `policy.requests.v1`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shared.contracts.booking import (
+    BookingCancellationRejected,
+    BookingCancelled,
+    BookingCompleted,
+    BookingNoShowRecorded,
+    BookingNoShowRejected,
+    BookingSlotOffered,
+    BookingSlotReleased,
+    CancellationAssessmentRequested,
+)
+from shared.http import BadRequest, json_route, page_args
+from shared.service import Service, ServiceDefinition
+from shared.topics import BOOKING_EVENTS, POLICY_DECISIONS, POLICY_REQUESTS, UPSTREAM_BOOKINGS
+
+from . import handlers, repository
+from .settings import BookingSettings
+
+
+def _time(query: dict[str, str], name: str) -> datetime | None:
+    if name not in query:
+        return None
+    try:
+        return datetime.fromisoformat(query[name])
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-21T09:00:00Z") from None
+
+
+def _routes(service: Service) -> list[tuple[str, Any]]:
+    async def list_bookings(query: dict[str, str]) -> dict[str, Any]:
+        """Bookings by `practice_id`, `status`, `practitioner_id`, `from`/`to` (start time), paginated."""
+        limit, offset = page_args(query)
+        rows = await repository.list_bookings(
+            service.pool,
+            practice_id=query.get("practice_id"),
+            status=query.get("status"),
+            practitioner_id=query.get("practitioner_id"),
+            starts_from=_time(query, "from"),
+            starts_before=_time(query, "to"),
+            limit=limit,
+            offset=offset,
+        )
+        return {"items": [dict(r) for r in rows], "page_size": limit, "offset": offset}
+
+    async def one_booking(query: dict[str, str]) -> dict[str, Any]:
+        """One booking with its full audit trail: `?booking_id=`."""
+        if "booking_id" not in query:
+            raise BadRequest("booking_id is required")
+        booking = await repository.get_booking(service.pool, query["booking_id"])
+        if booking is None:
+            raise BadRequest(f"no booking {query['booking_id']}")
+        trail = await repository.audit_trail(service.pool, query["booking_id"])
+        return {
+            "booking": dict(booking),
+            "audit_trail": [
+                {**dict(r), "actor": json.loads(r["actor"]) if r["actor"] else None, "detail": json.loads(r["detail"])}
+                for r in trail
+            ],
+        }
+
+    return [("/bookings", json_route(list_bookings)), ("/booking", json_route(one_booking))]
+
+
+def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
+    settings = settings or BookingSettings()
+    return ServiceDefinition(
+        name=settings.service_name,
+        description="Who may cancel and when: the booking state machine, series, no-shows, audit trail and reports.",
+        settings=settings,
+        migrations=Path(__file__).parent.parent / "migrations",
+        consumes={
+            UPSTREAM_BOOKINGS: {
+                "booking.scheduled": handlers.schedule_booking,
+                "booking.rescheduled": handlers.reschedule_booking,
+                "booking.completed": handlers.complete_booking,
+                "booking.cancellation_requested": handlers.request_cancellation,
+                "booking.no_show_reported": handlers.report_no_show,
+            },
+            POLICY_DECISIONS: {"cancellation.assessed": handlers.apply_decision},
+        },
+        publishes={
+            BOOKING_EVENTS: [
+                BookingCancelled,
+                BookingCancellationRejected,
+                BookingNoShowRecorded,
+                BookingNoShowRejected,
+                BookingCompleted,
+                BookingSlotReleased,
+                BookingSlotOffered,
+            ],
+            POLICY_REQUESTS: [CancellationAssessmentRequested],
+        },
+        http_routes=_routes,
+    )

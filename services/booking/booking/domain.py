@@ -1,0 +1,54 @@
+"""The booking's state machine and the checks booking makes before it asks the policy.
+
+Pure: plain values in, plain values out, no I/O. A booking moves
+scheduled -> cancelled | no_show | completed and never back (there is no undo: rebooking is
+a new booking). Everything that depends on the practice's settings and on time is the
+cancellation policy's to decide; booking only refuses what no policy could allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+REASON_TEXT_MAX_CHARS = 255
+
+REJECTION_MESSAGES = {
+    "not_found": "We could not find this appointment; please check the booking reference or contact the practice.",
+    "already_cancelled": "This appointment is already cancelled; to come in after all, please book a new appointment.",
+    "already_completed": "This appointment has already taken place, so it can no longer be cancelled.",
+    "already_no_show": "This appointment was recorded as missed, so it can no longer be cancelled; please contact the practice.",
+    "invalid_request": f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again.",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str  # one of the contract's rejection reasons
+    message: str  # one sentence a person can act on
+
+
+def check_request(status: str | None, reason_text: str | None) -> Rejection | None:
+    """What booking refuses itself, before any policy: unknown, closed, or malformed requests."""
+    if status is None:
+        return Rejection("not_found", REJECTION_MESSAGES["not_found"])
+    if status == "cancelled":
+        return Rejection("already_cancelled", REJECTION_MESSAGES["already_cancelled"])
+    if status == "completed":
+        return Rejection("already_completed", REJECTION_MESSAGES["already_completed"])
+    if status == "no_show":
+        # The contract has no reason of its own for this; a missed appointment is closed.
+        return Rejection("already_completed", REJECTION_MESSAGES["already_no_show"])
+    if reason_text is not None and len(reason_text) > REASON_TEXT_MAX_CHARS:
+        return Rejection("invalid_request", REJECTION_MESSAGES["invalid_request"])
+    return None
+
+
+def status_label(actor_kind: str, channel: str) -> str:
+    """`Cancelled online` when a patient cancelled through the portal, else `Cancelled`."""
+    return "Cancelled online" if actor_kind == "patient" and channel == "patient_portal" else "Cancelled"
+
+
+def later_occurrences(starts_at: datetime, series: list[tuple[str, datetime, str]]) -> list[str]:
+    """The booking ids of a series' scheduled occurrences after `starts_at`, in time order."""
+    return [bid for bid, at, status in sorted(series, key=lambda s: s[1]) if at > starts_at and status == "scheduled"]

@@ -1,0 +1,294 @@
+"""One async function per message type: load, decide, save, emit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.consumer import Unit
+from shared.contracts.base import Money
+from shared.contracts.booking import (
+    BookingCancellationRejected,
+    BookingCancelled,
+    BookingCompleted,
+    BookingNoShowRecorded,
+    BookingNoShowRejected,
+    BookingSlotReleased,
+    BookingSnapshot,
+    CancellationAssessmentRequested,
+)
+from shared.contracts.common import Decision
+from shared.contracts.policy import CancellationAssessed
+from shared.contracts.upstream import (
+    BookingCancellationRequested,
+    BookingNoShowReported,
+    BookingRescheduled,
+    BookingScheduled,
+    UpstreamBookingCompleted,
+)
+from shared.topics import BOOKING_EVENTS, POLICY_REQUESTS
+
+from . import domain, repository
+
+
+def _money(amount: Any, currency: str | None) -> Money | None:
+    return Money.new(amount=amount, currency=currency) if amount is not None and currency else None
+
+
+def _snapshot(b: Any) -> BookingSnapshot:
+    return BookingSnapshot.new(
+        starts_at=b["starts_at"],
+        ends_at=b["ends_at"],
+        status=b["status"],
+        practitioner_id=b["practitioner_id"],
+        service_code=b["service_code"],
+        professional_id=b["professional_id"],
+        series_id=b["series_id"],
+        patient_portal_account=b["patient_portal_account"],
+        patient_card_on_file=b["patient_card_on_file"],
+        deposit=_money(b["deposit_amount"], b["deposit_currency"]),
+        price=_money(b["price_amount"], b["price_currency"]),
+    )
+
+
+async def schedule_booking(unit: Unit, event: BookingScheduled) -> None:
+    inserted = await repository.insert_booking(
+        unit.conn,
+        {
+            "booking_id": event.booking_id,
+            "practice_id": event.practice_id,
+            "practitioner_id": event.practitioner_id,
+            "service_code": event.service_code,
+            "starts_at": event.starts_at,
+            "ends_at": event.ends_at,
+            "patient_id": event.patient.patient_id,
+            "patient_portal_account": event.patient.portal_account,
+            "patient_card_on_file": event.patient.card_on_file,
+            "professional_id": event.professional_id,
+            "series_id": event.series_id,
+            "deposit_amount": event.deposit.amount if event.deposit else None,
+            "deposit_currency": event.deposit.currency if event.deposit else None,
+            "price_amount": event.price.amount if event.price else None,
+            "price_currency": event.price.currency if event.price else None,
+        },
+    )
+    if inserted:
+        await repository.audit(unit.conn, event.booking_id, at=unit.event.envelope.time, action="scheduled")
+
+
+async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
+    booking = await repository.lock_booking(unit.conn, event.booking_id)
+    if booking is None or booking["status"] != "scheduled":
+        raise LookupError(f"booking {event.booking_id} is unknown or no longer scheduled; it cannot be rescheduled")
+    await repository.reschedule(unit.conn, event.booking_id, event.starts_at, event.ends_at)
+    await repository.audit(
+        unit.conn,
+        event.booking_id,
+        at=unit.event.envelope.time,
+        action="rescheduled",
+        detail={"from": booking["starts_at"].isoformat(), "to": event.starts_at.isoformat()},
+    )
+
+
+async def complete_booking(unit: Unit, event: UpstreamBookingCompleted) -> None:
+    booking = await repository.lock_booking(unit.conn, event.booking_id)
+    if booking is None:
+        raise LookupError(f"booking {event.booking_id} is unknown; it cannot be completed")
+    if booking["status"] != "scheduled":
+        await repository.audit(
+            unit.conn, event.booking_id, at=event.completed_at, action="completion_ignored",
+            detail={"status": booking["status"]},
+        )
+        return
+    await repository.close_booking(unit.conn, [event.booking_id], status="completed", closed_at=event.completed_at)
+    await repository.audit(unit.conn, event.booking_id, at=event.completed_at, action="completed")
+    unit.emit(
+        BOOKING_EVENTS,
+        BookingCompleted.new(
+            booking_id=event.booking_id, completed_at=event.completed_at, professional_id=booking["professional_id"]
+        ),
+        subject=event.booking_id,
+    )
+
+
+async def request_cancellation(unit: Unit, event: BookingCancellationRequested) -> None:
+    booking = await repository.lock_booking(unit.conn, event.booking_id)
+    rejection = domain.check_request(booking["status"] if booking else None, event.reason_text)
+    await repository.audit(
+        unit.conn, event.booking_id, at=event.requested_at, action="cancellation_requested",
+        actor=event.actor.to_json_dict(), channel=event.channel, request_id=event.request_id,
+        reason=event.reason_code, detail={"scope": event.scope, "fee_decision": event.fee_decision},
+    )
+    if rejection is not None:
+        await _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=event.requested_at)
+        return
+    await _ask_policy(unit, booking, event.request_id, "cancellation", event)
+
+
+async def report_no_show(unit: Unit, event: BookingNoShowReported) -> None:
+    booking = await repository.lock_booking(unit.conn, event.booking_id)
+    rejection = domain.check_request(booking["status"] if booking else None, None)
+    await repository.audit(
+        unit.conn, event.booking_id, at=event.reported_at, action="no_show_reported",
+        actor=event.actor.to_json_dict(), request_id=event.request_id,
+        detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision},
+    )
+    if rejection is not None:
+        await _reject(unit, event.booking_id, event.request_id, rejection, kind="no_show", at=event.reported_at)
+        return
+    await _ask_policy(unit, booking, event.request_id, "no_show", event)
+
+
+async def _ask_policy(unit: Unit, booking: Any, request_id: str, kind: str, event: Any) -> None:
+    if not await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict()):
+        return  # the same request id again (resubmitted by upstream): already with the policy
+    fields: dict[str, Any] = {
+        "booking_id": booking["booking_id"],
+        "request_id": request_id,
+        "practice_id": booking["practice_id"],
+        "kind": kind,
+        "booking": _snapshot(booking),
+        "actor": event.actor,
+        "fee_decision": event.fee_decision,
+    }
+    if kind == "cancellation":
+        fields |= {
+            "requested_at": event.requested_at,
+            "channel": event.channel,
+            "reason_code": event.reason_code,
+            "reason_text": event.reason_text,
+            "scope": event.scope,
+        }
+    else:
+        fields |= {"requested_at": event.reported_at, "party": event.party, "code": event.code}
+    unit.emit(POLICY_REQUESTS, CancellationAssessmentRequested.new(**fields), subject=booking["booking_id"])
+
+
+async def _reject(unit: Unit, booking_id: str, request_id: str, rejection: domain.Rejection, *, kind: str, at: Any) -> None:
+    model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
+    unit.emit(
+        BOOKING_EVENTS,
+        model.new(booking_id=booking_id, request_id=request_id, reason=rejection.reason, message=rejection.message),
+        subject=booking_id,
+    )
+    await repository.audit(
+        unit.conn, booking_id, at=at, action=f"{kind}_rejected", request_id=request_id,
+        reason=rejection.reason, detail={"message": rejection.message},
+    )
+
+
+async def apply_decision(unit: Unit, event: CancellationAssessed) -> None:
+    pending = await repository.take_pending_request(unit.conn, event.request_id)
+    if pending is None:
+        raise LookupError(f"no pending request {event.request_id} for booking {event.booking_id}")
+    request = json.loads(pending["request"])
+    kind = pending["kind"]
+    booking = await repository.lock_booking(unit.conn, event.booking_id)
+    original = (BookingCancellationRequested if kind == "cancellation" else BookingNoShowReported).model_validate(request)
+    at = original.requested_at if kind == "cancellation" else original.reported_at
+
+    # The booking may have changed while the policy decided (another request won the race).
+    rejection = domain.check_request(booking["status"], None)
+    if rejection is None and not event.allowed:
+        rejection = domain.Rejection(event.rejection_reason or "not_allowed", event.explanation or "This request is not allowed.")
+    await repository.audit(
+        unit.conn, event.booking_id, at=at, action=f"{kind}_assessed", request_id=event.request_id,
+        reason=event.rejection_reason, policy_version=event.policy_version,
+        detail={"allowed": event.allowed, "classification": event.classification, "explanation": event.explanation},
+    )
+    if rejection is not None:
+        await _reject(unit, event.booking_id, event.request_id, rejection, kind=kind, at=at)
+        return
+
+    decision = Decision.model_validate(event.to_json_dict())
+    if kind == "cancellation":
+        await _cancel(unit, booking, original, decision)
+    else:
+        await _record_no_show(unit, booking, original, decision)
+
+
+async def _cancel(unit: Unit, booking: Any, request: BookingCancellationRequested, decision: Decision) -> None:
+    label = domain.status_label(request.actor.kind, request.channel)
+    series_ids: list[str] = []
+    if request.scope == "this_and_future" and booking["series_id"]:
+        later = await repository.lock_later_in_series(unit.conn, booking["series_id"], booking["starts_at"])
+        series_ids = [row["booking_id"] for row in later]
+    await repository.close_booking(
+        unit.conn, [booking["booking_id"], *series_ids], status="cancelled", closed_at=request.requested_at,
+        status_label=label, classification=decision.classification,
+    )
+    for booking_id in [booking["booking_id"], *series_ids]:
+        await repository.audit(
+            unit.conn, booking_id, at=request.requested_at, action="cancelled", actor=request.actor.to_json_dict(),
+            channel=request.channel, request_id=request.request_id, reason=request.reason_code,
+            policy_version=decision.policy_version,
+            detail={"status_label": label, "classification": decision.classification,
+                    "series_of": booking["booking_id"] if booking_id != booking["booking_id"] else None},
+        )
+    unit.emit(
+        BOOKING_EVENTS,
+        BookingCancelled.new(
+            booking_id=booking["booking_id"],
+            request_id=request.request_id,
+            practice_id=booking["practice_id"],
+            patient_id=booking["patient_id"],
+            professional_id=booking["professional_id"],
+            practitioner_id=booking["practitioner_id"],
+            service_code=booking["service_code"],
+            starts_at=booking["starts_at"],
+            ends_at=booking["ends_at"],
+            cancelled_at=request.requested_at,
+            actor=request.actor,
+            channel=request.channel,
+            status_label=label,
+            reason_code=request.reason_code,
+            reason_text=request.reason_text,
+            classification=decision.classification,
+            decision=decision,
+            series_booking_ids=series_ids,
+            deposit=_money(booking["deposit_amount"], booking["deposit_currency"]),
+        ),
+        subject=booking["booking_id"],
+    )
+    # Without a waitlist the slot goes straight back to online booking.
+    unit.emit(
+        BOOKING_EVENTS,
+        BookingSlotReleased.new(
+            booking_id=booking["booking_id"],
+            practice_id=booking["practice_id"],
+            starts_at=booking["starts_at"],
+            ends_at=booking["ends_at"],
+            practitioner_id=booking["practitioner_id"],
+            service_code=booking["service_code"],
+        ),
+        subject=booking["booking_id"],
+    )
+
+
+async def _record_no_show(unit: Unit, booking: Any, report: BookingNoShowReported, decision: Decision) -> None:
+    await repository.close_booking(
+        unit.conn, [booking["booking_id"]], status="no_show", closed_at=report.reported_at,
+        classification="no_show",
+    )
+    await repository.audit(
+        unit.conn, booking["booking_id"], at=report.reported_at, action="no_show_recorded",
+        actor=report.actor.to_json_dict(), request_id=report.request_id, reason=report.code,
+        policy_version=decision.policy_version, detail={"party": report.party},
+    )
+    unit.emit(
+        BOOKING_EVENTS,
+        BookingNoShowRecorded.new(
+            booking_id=booking["booking_id"],
+            request_id=report.request_id,
+            practice_id=booking["practice_id"],
+            patient_id=booking["patient_id"],
+            professional_id=booking["professional_id"],
+            party=report.party,
+            code=report.code,
+            starts_at=booking["starts_at"],
+            recorded_at=report.reported_at,
+            decision=decision,
+            deposit=_money(booking["deposit_amount"], booking["deposit_currency"]),
+        ),
+        subject=booking["booking_id"],
+    )

@@ -1,0 +1,194 @@
+"""The rule engine of RULES.md: who may cancel and when, classification, fees, deposits and
+a professional's penalty. Pure: `assess(request, settings, policy_version)` over plain values,
+deciding by the request's own time, so a replay or a lagging consumer decides the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shared.contracts.booking import CancellationAssessmentRequested
+from shared.contracts.common import Fee
+from shared.contracts.upstream import PracticeSettings
+
+RULES_VERSION = "r1"
+
+# Professional reliability (RULES.md "Professional reliability score and holds").
+PROFESSIONAL_PENALTY = {"timely": (-10, None), "late": (-50, 7), "no_show": (-100, 14)}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    allowed: bool
+    classification: str
+    explanation: str
+    rejection_reason: str | None = None
+    fee: Fee | None = None
+    charge_card: bool = False
+    deposit_action: str = "none"
+    score_delta: int | None = None
+    hold_days: int | None = None
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    if abs(hours) < 1:
+        return f"{int(delta.total_seconds() // 60)} min"
+    return f"{hours:.1f} h".replace(".0 h", " h")
+
+
+def _reject(reason: str, message: str, classification: str = "timely") -> Assessment:
+    return Assessment(allowed=False, classification=classification, rejection_reason=reason, explanation=message)
+
+
+def classify(lead: timedelta, actor_kind: str, settings: PracticeSettings) -> str:
+    rules = settings.cancellation
+    if actor_kind == "professional" and lead <= timedelta(minutes=rules.professional_no_show_minutes):
+        return "no_show"
+    if lead < timedelta(hours=rules.late_window_hours):
+        return "late"
+    return "timely"
+
+
+def _deposit_action(has_deposit: bool, classification: str, fee_waived: bool, settings: PracticeSettings) -> str:
+    if not has_deposit:
+        return "none"
+    if fee_waived:
+        return "refund"
+    return getattr(settings.deposits, classification)
+
+
+def _patient_fee(kind: str, classification: str, fee_decision: str, settings: PracticeSettings) -> Fee | None:
+    """The fee a patient pays: by policy for late/no-show, forced by staff's `charge`, none when waived."""
+    if fee_decision == "waive":
+        return None
+    fee_for = "no_show" if kind == "no_show" else "late_cancellation"
+    if fee_decision == "charge" or classification in ("late", "no_show"):
+        return getattr(settings.fees, fee_for)
+    return None
+
+
+def assess(request: CancellationAssessmentRequested, settings: PracticeSettings) -> Assessment:
+    booking = request.booking
+    actor = request.actor
+    lead = booking.starts_at - request.requested_at
+    rules = settings.cancellation
+
+    if request.reason_text is not None and len(request.reason_text) > 255:
+        return _reject("invalid_request", "Please shorten the reason to at most 255 characters and send the request again.")
+    if request.fee_decision != "policy" and actor.kind != "staff":
+        return _reject("not_allowed", "Only practice staff can choose to charge or waive a fee; please send the request without a fee decision.")
+    if request.kind == "no_show":
+        return _assess_no_show(request, settings, lead)
+
+    if actor.kind == "patient":
+        if not booking.patient_portal_account:
+            return _reject("no_portal_account", "Please sign up for the patient portal, or contact the practice to cancel.")
+        if not rules.online_enabled:
+            return _reject("online_cancellation_disabled", "This practice does not take cancellations online; please contact the practice to cancel.")
+        if lead <= timedelta(0):
+            return _reject("appointment_started", "This appointment has already started; please contact the practice.")
+        if lead < timedelta(hours=rules.patient_cutoff_hours):
+            return _reject(
+                "within_online_cutoff",
+                f"Please contact the practice to cancel within {rules.patient_cutoff_hours} hours of your appointment.",
+            )
+    elif actor.kind == "staff":
+        if lead <= timedelta(0):
+            return _reject(
+                "appointment_started",
+                "This appointment has already started: record it as a no-show (FTA or DNA) instead of cancelling it.",
+            )
+    elif actor.kind == "professional":
+        if booking.professional_id is None or actor.id != booking.professional_id:
+            return _reject("not_allowed", "Only the professional booked for this appointment can cancel it; please contact the office.")
+        if lead <= timedelta(0):
+            return _reject("appointment_started", "This appointment has already started; please contact the office.")
+    else:  # system: only a future booking, always without penalty
+        if lead <= timedelta(0):
+            return _reject("appointment_started", "The system cancels only bookings that have not started yet.")
+        has_deposit = booking.deposit is not None
+        return Assessment(
+            allowed=True,
+            classification="timely",
+            deposit_action="refund" if has_deposit else "none",
+            explanation="Cancelled by the system (the professional's account is suspended): no fee, no penalty"
+            + (", deposit refunded." if has_deposit else "."),
+        )
+
+    classification = classify(lead, actor.kind, settings)
+    window = (
+        f"{_hours(lead)} before the start; late window {rules.late_window_hours} h"
+        + (f", no-show threshold {rules.professional_no_show_minutes} min" if actor.kind == "professional" else "")
+    )
+    if actor.kind == "professional":
+        delta, hold = PROFESSIONAL_PENALTY[classification]
+        has_deposit = booking.deposit is not None
+        return Assessment(
+            allowed=True,
+            classification=classification,
+            score_delta=delta,
+            hold_days=hold,
+            deposit_action="refund" if has_deposit else "none",
+            explanation=f"Cancelled by the professional {window}: {classification.replace('_', '-')}, "
+            f"score {delta:+d}" + (f", {hold}-day hold" if hold else "") + "; the patient pays nothing.",
+        )
+
+    fee = _patient_fee("cancellation", classification, request.fee_decision, settings)
+    deposit = _deposit_action(booking.deposit is not None, classification, request.fee_decision == "waive", settings)
+    return Assessment(
+        allowed=True,
+        classification=classification,
+        fee=fee,
+        charge_card=bool(fee and settings.fees.charge_card_on_file and booking.patient_card_on_file),
+        deposit_action=deposit,
+        explanation=_patient_explanation(f"Cancelled {window}", classification, fee, request.fee_decision, deposit),
+    )
+
+
+def _assess_no_show(request: CancellationAssessmentRequested, settings: PracticeSettings, lead: timedelta) -> Assessment:
+    booking = request.booking
+    if request.actor.kind not in ("staff", "system"):
+        return _reject("not_allowed", "Only practice staff can report a no-show; please contact the practice.", "no_show")
+    if lead > timedelta(0):
+        return _reject(
+            "appointment_not_started",
+            "This appointment has not started yet: report the no-show at or after its start time, or cancel it instead.",
+            "no_show",
+        )
+    has_deposit = booking.deposit is not None
+    if request.party == "professional":
+        delta, hold = PROFESSIONAL_PENALTY["no_show"]
+        return Assessment(
+            allowed=True,
+            classification="no_show",
+            score_delta=delta,
+            hold_days=hold,
+            deposit_action="refund" if has_deposit else "none",
+            explanation=f"The professional did not attend ({request.code}): score {delta:+d}, {hold}-day hold; "
+            "the patient pays nothing.",
+        )
+    fee = _patient_fee("no_show", "no_show", request.fee_decision, settings)
+    deposit = _deposit_action(has_deposit, "no_show", request.fee_decision == "waive", settings)
+    return Assessment(
+        allowed=True,
+        classification="no_show",
+        fee=fee,
+        charge_card=bool(fee and settings.fees.charge_card_on_file and booking.patient_card_on_file),
+        deposit_action=deposit,
+        explanation=_patient_explanation(f"The patient did not attend ({request.code})", "no_show", fee, request.fee_decision, deposit),
+    )
+
+
+def _patient_explanation(what: str, classification: str, fee: Fee | None, fee_decision: str, deposit: str) -> str:
+    parts = [f"{what}: {classification.replace('_', '-')}"]
+    if fee is not None:
+        parts.append(f"fee {fee.amount} {fee.currency} ({fee.code_system} {fee.code})" + (" charged by staff" if fee_decision == "charge" else ""))
+    elif fee_decision == "waive":
+        parts.append("fee waived by staff")
+    else:
+        parts.append("no fee")
+    if deposit != "none":
+        parts.append({"refund": "deposit refunded", "keep": "deposit kept", "credit_note": "deposit turned into a credit note"}[deposit])
+    return "; ".join(parts) + "."

@@ -1,0 +1,56 @@
+"""One async function per message type: load, decide, save, emit."""
+
+from __future__ import annotations
+
+from shared.consumer import Unit
+from shared.contracts.booking import CancellationAssessmentRequested
+from shared.contracts.policy import CancellationAssessed
+from shared.contracts.upstream import PracticeConfigured, PracticeSettings
+from shared.topics import POLICY_DECISIONS
+
+from . import domain, repository
+
+
+def policy_version(practice_version: int) -> str:
+    """`r1.s3`: rule-engine version 1 with the practice's third settings version (s0: defaults)."""
+    return f"{domain.RULES_VERSION}.s{practice_version}"
+
+
+async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
+    await repository.add_settings_version(
+        unit.conn,
+        event.practice_id,
+        settings=event.settings.to_json_dict(),
+        name=event.name,
+        timezone=event.timezone,
+        locale=event.locale,
+        configured_at=unit.event.envelope.time,
+    )
+
+
+async def assess_request(unit: Unit, event: CancellationAssessmentRequested) -> None:
+    current = await repository.current_settings(unit.conn, event.practice_id)
+    version, settings = (current[0], PracticeSettings.model_validate(current[1])) if current else (0, PracticeSettings())
+    assessment = domain.assess(event, settings)
+    decision = CancellationAssessed.new(
+        booking_id=event.booking_id,
+        request_id=event.request_id,
+        allowed=assessment.allowed,
+        rejection_reason=assessment.rejection_reason,
+        classification=assessment.classification,
+        fee=assessment.fee,
+        charge_card=assessment.charge_card,
+        deposit_action=assessment.deposit_action,
+        score_delta=assessment.score_delta,
+        hold_days=assessment.hold_days,
+        policy_version=policy_version(version),
+        explanation=assessment.explanation,
+    )
+    await repository.record_decision(
+        unit.conn,
+        request_id=event.request_id,
+        booking_id=event.booking_id,
+        practice_id=event.practice_id,
+        decision=decision.to_json_dict(),
+    )
+    unit.emit(POLICY_DECISIONS, decision, subject=event.booking_id)

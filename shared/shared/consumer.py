@@ -1,0 +1,262 @@
+"""How a service handles a message — the recipe of DESIGN.md, written once for all six.
+
+Guarantees:
+1. Every record is parsed (envelope and payload, pydantic); one that is unparseable, of an
+   unknown type or against the contract goes to `dlq.<service>.v1` with its original bytes,
+   topic, partition, offset and the error — through the outbox, in the same transaction as
+   everything else, so it is recorded once and never lost.
+2. A batch of records is handled in ONE Postgres transaction: per record, a savepoint, the
+   inbox claim of the envelope id (a second delivery does nothing), the handler's change and
+   the outbox rows of the events it emits.
+3. The Kafka offsets are committed only after that transaction committed: a crash anywhere
+   before means redelivery, which (2) makes harmless.
+4. A transient fault (database or broker down, serialization failure) rolls the batch back and
+   retries it with backoff, never committing past it; only a record that can never succeed
+   (contract violation, or a handler error that is not transient) is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+from aiokafka.errors import KafkaError
+
+from . import inbox, outbox
+from .contracts.base import Payload
+from .contracts.deadletter import MessageDeadLettered
+from .contracts.envelope import ContractViolation, Event, parse_envelope
+from .contracts.registry import models_for
+from .logging import get_logger
+from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
+from .topics import dead_letter_topic
+
+log = get_logger(__name__)
+
+
+class Record(Protocol):
+    """What we need of a consumed Kafka record (aiokafka's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault that may go away by itself: retry, never dead-letter."""
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+@dataclass
+class Unit:
+    """One message's worth of work, handed to a handler inside the batch transaction."""
+
+    conn: asyncpg.Connection
+    event: Event
+    service: str
+    deps: Any
+    emitted: list[outbox.OutgoingEvent] = field(default_factory=list)
+
+    def emit(self, topic: str, payload: Payload, *, subject: str, time: datetime | None = None) -> str:
+        """Publish `payload` on `topic` if, and only if, this unit's transaction commits."""
+        event = outbox.outgoing(
+            topic,
+            payload,
+            subject=subject,
+            source=f"service/{self.service}",
+            correlation_id=self.event.correlation_id,
+            time=time,
+        )
+        self.emitted.append(event)
+        return event.id
+
+
+Handler = Callable[[Unit, Any], Awaitable[None]]
+
+
+@dataclass
+class BatchOutcome:
+    """What became of each record of a batch, counted once the transaction committed."""
+
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (topic, outcome)
+
+    def add(self, topic: str, outcome: str) -> None:
+        self.outcomes.append((topic, outcome))
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for _, o in self.outcomes if o == outcome)
+
+
+class MessageProcessor:
+    """Runs the recipe for one service: `await processor.handle(records)`, then commit offsets."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        pool: asyncpg.Pool,
+        handlers: Mapping[str, Mapping[str, Handler]],
+        deps: Any = None,
+        on_committed: Callable[[], None] | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.service = service
+        self.pool = pool
+        self.handlers = handlers  # topic -> event type -> handler
+        self.deps = deps
+        self._on_committed = on_committed
+        self._max_backoff = max_backoff
+        self._registries = {topic: models_for(topic) for topic in handlers}
+        self.stopping = False
+
+    async def handle(self, records: Sequence[Record]) -> BatchOutcome:
+        parsed = [(record, self._parse(record)) for record in records]
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                outcome = await self._handle_in_transaction(parsed)
+            except Exception as exc:
+                if not is_transient(exc) or self.stopping:
+                    raise
+                attempt += 1
+                TRANSIENT_RETRIES.labels(self.service).inc()
+                delay = min(self._max_backoff, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+                log.warning(
+                    "batch rolled back by a transient fault; retrying",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    attempt=attempt,
+                    delay=round(delay, 2),
+                    records=len(records),
+                )
+                await asyncio.sleep(delay)
+                continue
+            BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+            for topic, result in outcome.outcomes:
+                MESSAGES.labels(self.service, topic, result).inc()
+            if self._on_committed is not None:
+                self._on_committed()
+            return outcome
+
+    def _parse(self, record: Record) -> Event | ContractViolation:
+        registry = self._registries.get(record.topic)
+        if registry is None:
+            return ContractViolation(f"{self.service} does not consume topic {record.topic}")
+        try:
+            return parse_envelope(record.value, registry)
+        except ContractViolation as violation:
+            return violation
+
+    async def _handle_in_transaction(
+        self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
+    ) -> BatchOutcome:
+        outcome = BatchOutcome()
+        async with self.pool.acquire() as conn, conn.transaction():
+            for record, result in parsed:
+                await self._handle_one(conn, record, result, outcome)
+        return outcome
+
+    async def _handle_one(
+        self,
+        conn: asyncpg.Connection,
+        record: Record,
+        result: Event | ContractViolation,
+        outcome: BatchOutcome,
+    ) -> None:
+        if isinstance(result, ContractViolation):
+            await self._dead_letter(conn, record, str(result), claim_id=_position_id(record))
+            outcome.add(record.topic, "dead_lettered")
+            return
+
+        event = result
+        handler = self.handlers[record.topic].get(event.type)
+        if handler is None:  # a contract event this service has no business with
+            outcome.add(record.topic, "ignored")
+            return
+
+        structlog.contextvars.bind_contextvars(
+            correlation_id=event.correlation_id, event_id=event.id, event_type=event.type
+        )
+        try:
+            async with conn.transaction():  # a savepoint: this record's effect, or none of it
+                if not await inbox.claim(conn, self.service, event.id):
+                    outcome.add(record.topic, "duplicate")
+                    return
+                unit = Unit(conn=conn, event=event, service=self.service, deps=self.deps)
+                await handler(unit, event.payload)
+                await outbox.write(conn, unit.emitted)
+            outcome.add(record.topic, "processed")
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # It will fail the same way every time: record why, in place of its effect, once.
+            log.error("handler failed; dead-lettering", error=type(exc).__name__, detail=str(exc)[:300])
+            await self._dead_letter(
+                conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id
+            )
+            outcome.add(record.topic, "dead_lettered")
+        finally:
+            structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
+
+    async def _dead_letter(self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str) -> None:
+        if not await inbox.claim(conn, self.service, claim_id):
+            return  # this very record was dead-lettered before
+        await outbox.write(conn, [dead_letter(self.service, record, error)])
+        log.warning(
+            "dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=error[:300],
+        )
+
+
+def _position_id(record: Record) -> str:
+    return f"position:{record.topic}:{record.partition}:{record.offset}"
+
+
+def dead_letter(service: str, record: Record, error: str) -> outbox.OutgoingEvent:
+    """The dead-letter record for `record`: original bytes, where it came from, and why."""
+    payload = MessageDeadLettered.of(
+        service=service,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        error=error,
+        at=datetime.now(UTC),
+    )
+    return outbox.outgoing(
+        dead_letter_topic(service),
+        payload,
+        subject=payload.original_key or f"{record.topic}/{record.partition}/{record.offset}",
+        source=f"service/{service}",
+        correlation_id=None,
+    )

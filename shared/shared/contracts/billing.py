@@ -1,0 +1,89 @@
+"""What the billing service publishes on `billing.events.v1`.
+
+Guarantees: amounts are flat `amount` (a decimal string, never a float) and `currency` (ISO
+4217) exactly as CONTRACT.md lists them; a charge adjustment is answered by exactly one of
+`charge.adjusted` (with the charge before and after) or `charge.adjustment_rejected` (with a
+reason), both carrying the command's `request_id`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from .base import Payload
+from .common import Amount, ChargeKind, CodeSystem, Currency, Fee, Id
+
+
+class ChargeCreated(Payload):
+    event_type: ClassVar[str] = "charge.created"
+
+    charge_id: Id
+    booking_id: Id
+    patient_id: Id
+    kind: ChargeKind
+    amount: Amount
+    currency: Currency
+    code: str
+    code_system: CodeSystem
+
+
+# Sibling events share fields through private bases, never by subclassing one another, so
+# `isinstance(event, PaymentCaptured)` can never be true of a failed payment.
+
+
+class _PaymentOutcome(Payload):
+    charge_id: Id
+    booking_id: Id
+    amount: Amount
+    currency: Currency
+
+
+class PaymentCaptured(_PaymentOutcome):
+    event_type: ClassVar[str] = "payment.captured"
+
+
+class PaymentFailed(_PaymentOutcome):
+    event_type: ClassVar[str] = "payment.failed"
+
+    failure_reason: str | None = None
+
+
+class _DepositOutcome(Payload):
+    booking_id: Id
+    amount: Amount
+    currency: Currency
+
+
+class DepositRefunded(_DepositOutcome):
+    event_type: ClassVar[str] = "deposit.refunded"
+
+
+class DepositKept(_DepositOutcome):
+    event_type: ClassVar[str] = "deposit.kept"
+
+
+class CreditNoteIssued(_DepositOutcome):
+    """The deposit becomes credit for a later appointment."""
+
+    event_type: ClassVar[str] = "credit_note.issued"
+
+    credit_note_id: Id | None = None
+
+
+class ChargeAdjusted(Payload):
+    event_type: ClassVar[str] = "charge.adjusted"
+
+    charge_id: Id
+    request_id: Id
+    before: Fee  # the charge's amount, currency and code before the adjustment
+    after: Fee
+
+
+class ChargeAdjustmentRejected(Payload):
+    event_type: ClassVar[str] = "charge.adjustment_rejected"
+
+    charge_id: Id
+    request_id: Id
+    reason: str = Field(min_length=1)

@@ -1,0 +1,175 @@
+"""What the booking service publishes: `booking.events.v1` and, internally, `policy.requests.v1`.
+
+Guarantees: every outbound booking event carries the fields CONTRACT.md lists; a rejection
+always says which of the contract's reasons applies and one sentence a person can act on; an
+assessment request carries everything the cancellation policy needs to decide without reading
+any other booking state (the booking snapshot and the request as it was made); the practice's
+settings are the cancellation policy's own, versioned there.
+`booking.completed` here is the booking service's own event; the inbound one of the same type
+string is `upstream.UpstreamBookingCompleted` (registries are per topic for that reason).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, model_validator
+
+from .base import ContractModel, Money, Payload
+from .common import (
+    Actor,
+    Channel,
+    Classification,
+    Decision,
+    FeeDecision,
+    Id,
+    NoShowCode,
+    Party,
+    RejectionReason,
+    Scope,
+    StatusLabel,
+    UtcDatetime,
+)
+
+# --- booking.events.v1 -----------------------------------------------------------------------
+
+
+class BookingCancelled(Payload):
+    event_type: ClassVar[str] = "booking.cancelled"
+
+    booking_id: Id
+    request_id: Id
+    practice_id: Id
+    patient_id: Id
+    professional_id: Id | None = None
+    practitioner_id: Id
+    service_code: str
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+    cancelled_at: UtcDatetime
+    actor: Actor
+    channel: Channel
+    status_label: StatusLabel  # "Cancelled online" when a patient cancelled through the portal
+    reason_code: str | None = None
+    reason_text: str | None = None
+    classification: Classification
+    decision: Decision
+    series_booking_ids: list[str] = []  # other occurrences cancelled with this one
+    deposit: Money | None = None  # paid ahead: billing refunds or keeps it per decision.deposit_action
+
+
+class BookingCancellationRejected(Payload):
+    event_type: ClassVar[str] = "booking.cancellation_rejected"
+
+    booking_id: Id
+    request_id: Id
+    reason: RejectionReason
+    message: str = Field(min_length=1)  # one sentence a person can act on
+
+
+class BookingNoShowRecorded(Payload):
+    event_type: ClassVar[str] = "booking.no_show_recorded"
+
+    booking_id: Id
+    request_id: Id
+    practice_id: Id
+    patient_id: Id
+    professional_id: Id | None = None
+    party: Party
+    code: NoShowCode
+    starts_at: UtcDatetime
+    recorded_at: UtcDatetime
+    decision: Decision
+    deposit: Money | None = None
+
+
+class BookingNoShowRejected(Payload):
+    event_type: ClassVar[str] = "booking.no_show_rejected"
+
+    booking_id: Id
+    request_id: Id
+    reason: RejectionReason
+    message: str = Field(min_length=1)
+
+
+class BookingCompleted(Payload):
+    event_type: ClassVar[str] = "booking.completed"
+
+    booking_id: Id
+    completed_at: UtcDatetime
+    professional_id: Id | None = None
+
+
+class BookingSlotReleased(Payload):
+    """The slot is open for online rebooking."""
+
+    event_type: ClassVar[str] = "booking.slot_released"
+
+    booking_id: Id
+    practice_id: Id
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+    practitioner_id: Id
+    service_code: str
+
+
+class BookingSlotOffered(Payload):
+    event_type: ClassVar[str] = "booking.slot_offered"
+
+    offer_id: Id
+    booking_id: Id
+    waitlist_id: Id
+    expires_at: UtcDatetime
+
+
+# --- policy.requests.v1 (internal: booking -> cancellation-policy) ---------------------------
+
+BookingStatus = Literal["scheduled", "cancelled", "completed", "no_show"]
+
+
+class BookingSnapshot(ContractModel):
+    """The booking as the booking service held it when the request arrived."""
+
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+    status: BookingStatus
+    practitioner_id: Id | None = None
+    service_code: str | None = None
+    professional_id: Id | None = None
+    series_id: Id | None = None
+    patient_portal_account: bool
+    patient_card_on_file: bool
+    deposit: Money | None = None
+    price: Money | None = None
+
+
+class CancellationAssessmentRequested(Payload):
+    """Ask the cancellation policy to decide one cancellation or no-show request.
+
+    `requested_at` is the request's own time (`requested_at` of a cancellation, `reported_at`
+    of a no-show): the policy decides by it, never by the time it processes this message.
+    """
+
+    event_type: ClassVar[str] = "cancellation.assessment_requested"
+
+    booking_id: Id
+    request_id: Id
+    practice_id: Id
+    kind: Literal["cancellation", "no_show"]
+    booking: BookingSnapshot
+    requested_at: UtcDatetime
+    actor: Actor
+    channel: Channel | None = None  # cancellations only
+    reason_code: str | None = None
+    reason_text: str | None = None
+    scope: Scope = "this"
+    fee_decision: FeeDecision = "policy"
+    party: Party | None = None  # no-shows only
+    code: NoShowCode | None = None  # no-shows only
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> Self:
+        if self.kind == "cancellation" and self.channel is None:
+            raise ValueError("a cancellation assessment needs the request's channel")
+        if self.kind == "no_show" and (self.party is None or self.code is None):
+            raise ValueError("a no-show assessment needs the report's party and code")
+        return self

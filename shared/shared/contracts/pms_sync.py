@@ -1,0 +1,88 @@
+"""What the pms-sync service publishes: commands to PMS connectors and sync outcomes.
+
+Guarantees: a `pms.cancel_booking` / `pms.record_no_show` (one topic per integration) carries
+everything a PMS could store about the change, so nothing is dropped on the way (fee, reason,
+status label, chart note); every command's `sync_id` ends in `pms.sync_completed`,
+`pms.sync_failed`, or, where no integration can apply it, `pms.manual_update_required`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from .base import Payload
+from .common import (
+    Actor,
+    Classification,
+    Fee,
+    Id,
+    NoShowCode,
+    PmsAction,
+    PmsIntegration,
+    StatusLabel,
+    SyncedIntegration,
+    UtcDatetime,
+)
+
+# --- pms-sync.<integration>.v1 ---------------------------------------------------------------
+
+
+class PmsCancelBooking(Payload):
+    event_type: ClassVar[str] = "pms.cancel_booking"
+
+    sync_id: Id
+    booking_id: Id
+    practice_id: Id
+    cancelled_at: UtcDatetime
+    actor: Actor
+    classification: Classification
+    reason_code: str | None = None
+    reason_text: str | None = None
+    status_label: StatusLabel
+    fee: Fee | None = None
+    chart_note: str | None = None
+
+
+class PmsRecordNoShow(Payload):
+    event_type: ClassVar[str] = "pms.record_no_show"
+
+    sync_id: Id
+    booking_id: Id
+    practice_id: Id
+    code: NoShowCode
+    recorded_at: UtcDatetime
+    actor: Actor
+    fee: Fee | None = None
+    chart_note: str | None = None
+
+
+# --- pms-sync.events.v1 ----------------------------------------------------------------------
+
+
+class _SyncOutcome(Payload):
+    sync_id: Id
+    booking_id: Id
+    integration: SyncedIntegration
+    attempts: int = Field(ge=1)
+
+
+class PmsSyncCompleted(_SyncOutcome):
+    event_type: ClassVar[str] = "pms.sync_completed"
+
+
+class PmsSyncFailed(_SyncOutcome):
+    event_type: ClassVar[str] = "pms.sync_failed"
+
+    error: str | None = None
+
+
+class PmsManualUpdateRequired(Payload):
+    event_type: ClassVar[str] = "pms.manual_update_required"
+
+    booking_id: Id
+    practice_id: Id
+    integration: PmsIntegration
+    action: PmsAction
+    message: str = Field(min_length=1)  # what staff must change in their PMS, in plain words
