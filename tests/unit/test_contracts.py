@@ -9,7 +9,6 @@ shared original).
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -37,7 +36,8 @@ from shared.contracts import billing, booking, deadletter, notification, pms_syn
 from shared.contracts.common import StaffActor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTRACT_DOC = REPO_ROOT / "docs" / "CONTRACT.md"
+from contract_doc import CONTRACT_DOC, documented_types_by_topic  # noqa: E402
+
 SHARED_CONTRACT_DOC = REPO_ROOT.parent / "shared" / "CONTRACT.md"
 
 T0 = datetime(2025, 3, 10, 22, 0, tzinfo=UTC)  # Tuesday 09:00 in Sydney
@@ -633,26 +633,6 @@ def test_models_for_an_unknown_topic_says_so() -> None:
 
 
 # --- the registries agree with the contract document -----------------------------------------
-
-TYPE_TOKEN = r"`([a-z_]+\.[a-z_]+)`"  # exactly two dotted words: topics have three or more
-LIST_ITEM_TYPES = re.compile(rf"^- ((?:{TYPE_TOKEN}\s*/\s*)*{TYPE_TOKEN})")
-TOPIC_HEADING = re.compile(r"^`([a-z0-9<>_.-]+\.v\d+)`\s*$")
-
-
-def documented_types_by_topic() -> dict[str, set[str]]:
-    """Event types CONTRACT.md lists, under the topic heading each list sits below."""
-    by_topic: dict[str, set[str]] = {}
-    heading: str | None = None
-    for line in CONTRACT_DOC.read_text(encoding="utf-8").splitlines():
-        if match := TOPIC_HEADING.match(line):
-            heading = match.group(1)
-        elif line.startswith("## "):
-            heading = None
-        elif match := LIST_ITEM_TYPES.match(line):
-            assert heading is not None, f"event list item outside a topic section: {line!r}"
-            by_topic.setdefault(heading, set()).update(re.findall(TYPE_TOKEN, match.group(1)))
-    return by_topic
-
 
 def test_docs_copy_of_the_contract_is_the_shared_one() -> None:
     assert CONTRACT_DOC.is_file()

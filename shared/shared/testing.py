@@ -1,0 +1,263 @@
+"""Test helpers for every tier: build contract events, publish them, watch what the services
+publish, and run services as real processes (start, SIGTERM, SIGKILL, SIGSTOP).
+
+Guarantee: `EventWatcher` sees only events published after it started (it is positioned at the
+end of every partition before the test publishes), so tests never depend on older traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .provision import service_dsn
+
+SERVICE_MODULES = {
+    "booking": "booking",
+    "cancellation-policy": "cancellation_policy",
+    "scoring": "scoring",
+    "billing": "billing",
+    "notification": "notification",
+    "pms-sync": "pms_sync",
+}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def envelope(
+    type_: str, subject: str, data: dict[str, Any], *, event_id: str | None = None,
+    source: str = "upstream/test", time: datetime | None = None, correlation_id: str | None = None,
+) -> dict[str, Any]:
+    env = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "type": type_,
+        "source": source,
+        "subject": subject,
+        "time": iso(time or datetime.now(UTC)),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if correlation_id:
+        env["correlationid"] = correlation_id
+    return env
+
+
+class Publisher:
+    """Publishes raw bytes or envelopes to the real broker, keyed like the contract says."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+
+    async def __aenter__(self) -> Publisher:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._producer.stop()
+
+    async def raw(self, topic: str, key: str | None, value: bytes | None) -> None:
+        await self._producer.send_and_wait(topic, value=value, key=key.encode() if key else None)
+
+    async def event(self, topic: str, type_: str, subject: str, data: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        env = envelope(type_, subject, data, **kw)
+        await self.raw(topic, subject, json.dumps(env).encode())
+        return env
+
+
+@dataclass
+class Seen:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return self.value.get("type", "")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.value.get("data", {})
+
+
+@dataclass
+class EventWatcher:
+    """Collects what is published on some topics from the moment it starts."""
+
+    bootstrap: str
+    topics: list[str]
+    seen: list[Seen] = field(default_factory=list)
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventWatcher:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self._consumer.start()
+        partitions = []
+        for topic in self.topics:
+            for p in self._consumer.partitions_for_topic(topic) or await self._partitions(topic):
+                partitions.append(TopicPartition(topic, p))
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the end positions now, before the test publishes
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def _partitions(self, topic: str) -> set[int]:
+        assert self._consumer is not None
+        await self._consumer._client.force_metadata_update()  # noqa: SLF001
+        return self._consumer.partitions_for_topic(topic) or set()
+
+    async def _collect(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for r in records:
+                    try:
+                        value = json.loads(r.value) if r.value else {}
+                    except ValueError:
+                        value = {"raw": r.value.decode("utf-8", "replace")}
+                    self.seen.append(Seen(r.topic, r.partition, r.offset, r.key.decode() if r.key else None, value))
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer:
+            await self._consumer.stop()
+
+    def matching(self, predicate: Callable[[Seen], bool]) -> list[Seen]:
+        return [s for s in self.seen if predicate(s)]
+
+    async def wait_for(
+        self, predicate: Callable[[Seen], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[Seen]:
+        """At least `count` events matching `predicate`, or AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.matching(predicate)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.1)
+        found = self.matching(predicate)
+        raise AssertionError(
+            f"expected {count} matching event(s) within {timeout}s, saw {len(found)}; "
+            f"all seen: {[(s.topic, s.type, s.key) for s in self.seen][-30:]}"
+        )
+
+    async def settle(self, seconds: float = 2.0) -> None:
+        """Wait so that anything still to come (a duplicate) would have arrived."""
+        await asyncio.sleep(seconds)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """One service as a real OS process (`python -m <module>`), as `make run` starts it."""
+
+    service: str
+    bootstrap: str
+    admin_dsn: str
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServiceProcess:
+        self.port = self.port or free_port()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "DATABASE_URL": service_dsn(self.admin_dsn, self.service),
+            "HTTP_PORT": str(self.port),
+            "HTTP_HOST": "127.0.0.1",
+            "LOG_FORMAT": "json",
+            "CONSUMER_BATCH_TIMEOUT_MS": "20",
+            "RELAY_POLL_INTERVAL_SECONDS": "0.05",
+            **self.env,
+        }
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_dir / f"{self.service}-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", SERVICE_MODULES[self.service]],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.service} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.service} not ready within {timeout}s; see {self.log_path}")
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.service}-{self.port}.log"
+
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed, offsets are not committed."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log:
+            self._log.close()
+            self._log = None

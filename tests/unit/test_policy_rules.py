@@ -1,0 +1,214 @@
+"""Table tests of the cancellation policy (RULES.md), one row per rule and boundary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cancellation_policy.domain import assess, classify
+from shared.contracts.booking import BookingSnapshot, CancellationAssessmentRequested
+from shared.contracts.common import Actor, Fee
+from shared.contracts.upstream import CancellationSettings, DepositSettings, FeeSettings, PracticeSettings
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+LATE_FEE = Fee(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
+NO_SHOW_FEE = Fee(amount="60.00", currency="AUD", code="D9986", code_system="CDT")
+FEES = PracticeSettings(fees=FeeSettings(late_cancellation=LATE_FEE, no_show=NO_SHOW_FEE, charge_card_on_file=True))
+DEFAULTS = PracticeSettings()
+
+PATIENT = Actor(kind="patient", id="pat-1")
+STAFF = Actor(kind="staff", id="staff-1", roles=["reception"])
+PRO = Actor(kind="professional", id="pro-1")
+OTHER_PRO = Actor(kind="professional", id="pro-2")
+SYSTEM = Actor(kind="system", id="scoring")
+CHANNEL = {"patient": "patient_portal", "staff": "practice", "professional": "professional_app", "system": "system"}
+
+
+def request(
+    actor: Actor,
+    lead: timedelta,
+    *,
+    kind: str = "cancellation",
+    portal: bool = True,
+    card: bool = True,
+    deposit: bool = False,
+    fee_decision: str = "policy",
+    party: str | None = None,
+    reason_text: str | None = None,
+    professional_id: str | None = "pro-1",
+) -> CancellationAssessmentRequested:
+    return CancellationAssessmentRequested.new(
+        booking_id="b-1",
+        request_id="r-1",
+        practice_id="p-1",
+        kind=kind,
+        booking=BookingSnapshot.new(
+            starts_at=START,
+            ends_at=START + timedelta(minutes=30),
+            status="scheduled",
+            professional_id=professional_id,
+            patient_portal_account=portal,
+            patient_card_on_file=card,
+            deposit={"amount": "20.00", "currency": "AUD"} if deposit else None,
+        ),
+        requested_at=START - lead,
+        actor=actor,
+        channel=CHANNEL[actor.kind] if kind == "cancellation" else None,
+        fee_decision=fee_decision,
+        party=party,
+        code="FTA" if kind == "no_show" else None,
+        reason_text=reason_text,
+    )
+
+
+H = timedelta(hours=1)
+M = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("actor", "lead", "kwargs", "settings", "reason"),
+    [
+        (PATIENT, 72 * H, {"portal": False}, DEFAULTS, "no_portal_account"),
+        (PATIENT, 72 * H, {}, PracticeSettings(cancellation=CancellationSettings(online_enabled=False)), "online_cancellation_disabled"),
+        (PATIENT, 0 * H, {}, DEFAULTS, "appointment_started"),
+        (PATIENT, -1 * M, {}, DEFAULTS, "appointment_started"),
+        (PATIENT, 48 * H - 1 * M, {}, DEFAULTS, "within_online_cutoff"),
+        (PATIENT, 30 * H, {}, DEFAULTS, "within_online_cutoff"),
+        (STAFF, 0 * H, {}, DEFAULTS, "appointment_started"),
+        (STAFF, -2 * H, {}, DEFAULTS, "appointment_started"),
+        (OTHER_PRO, 72 * H, {}, DEFAULTS, "not_allowed"),
+        (PRO, 72 * H, {"professional_id": None}, DEFAULTS, "not_allowed"),
+        (PRO, 0 * H, {}, DEFAULTS, "appointment_started"),
+        (SYSTEM, 0 * H, {}, DEFAULTS, "appointment_started"),
+        (PATIENT, 72 * H, {"fee_decision": "waive"}, DEFAULTS, "not_allowed"),
+        (STAFF, 72 * H, {"reason_text": "x" * 256}, DEFAULTS, "invalid_request"),
+    ],
+)
+def test_rejections(actor, lead, kwargs, settings, reason):
+    result = assess(request(actor, lead, **kwargs), settings)
+    assert not result.allowed
+    assert result.rejection_reason == reason
+    assert result.explanation.endswith(".")
+
+
+def test_within_cutoff_message_names_the_practices_cutoff():
+    settings = PracticeSettings(cancellation=CancellationSettings(patient_cutoff_hours=72))
+    result = assess(request(PATIENT, 50 * H), settings)
+    assert result.rejection_reason == "within_online_cutoff"
+    assert "contact the practice" in result.explanation and "72 hours" in result.explanation
+
+
+def test_reason_text_of_exactly_255_characters_is_accepted():
+    assert assess(request(STAFF, 72 * H, reason_text="x" * 255), DEFAULTS).allowed
+
+
+@pytest.mark.parametrize(
+    ("actor", "lead", "classification"),
+    [
+        (PATIENT, 48 * H, "timely"),  # exactly the patient cutoff is allowed
+        (STAFF, 24 * H, "timely"),  # exactly the late window: timely
+        (STAFF, 24 * H - 1 * M, "late"),
+        (STAFF, 60 * M, "late"),  # patients and staff are never no_show by cancelling
+        (STAFF, 1 * M, "late"),
+        (PRO, 24 * H, "timely"),
+        (PRO, 24 * H - 1 * M, "late"),
+        (PRO, 61 * M, "late"),
+        (PRO, 60 * M, "no_show"),  # exactly the no-show threshold
+        (PRO, 1 * M, "no_show"),
+    ],
+)
+def test_classification_boundaries(actor, lead, classification):
+    result = assess(request(actor, lead), DEFAULTS)
+    assert result.allowed
+    assert result.classification == classification
+    assert classify(lead, actor.kind, DEFAULTS) == classification
+
+
+@pytest.mark.parametrize(
+    ("lead", "delta", "hold"),
+    [(72 * H, -10, None), (23 * H, -50, 7), (30 * M, -100, 14)],
+)
+def test_professional_penalties(lead, delta, hold):
+    result = assess(request(PRO, lead, deposit=True), FEES)
+    assert (result.score_delta, result.hold_days) == (delta, hold)
+    assert result.fee is None and result.charge_card is False  # the patient pays nothing
+    assert result.deposit_action == "refund"
+
+
+@pytest.mark.parametrize(
+    ("lead", "fee_decision", "fee", "deposit"),
+    [
+        (72 * H, "policy", None, "refund"),
+        (10 * H, "policy", LATE_FEE, "keep"),
+        (72 * H, "charge", LATE_FEE, "refund"),  # staff charge even though the policy would not
+        (10 * H, "waive", None, "refund"),  # waived fee: deposit refunded
+    ],
+)
+def test_staff_fee_decisions_and_deposits(lead, fee_decision, fee, deposit):
+    result = assess(request(STAFF, lead, deposit=True, fee_decision=fee_decision), FEES)
+    assert result.allowed
+    assert result.fee == fee
+    assert result.charge_card is (fee is not None)
+    assert result.deposit_action == deposit
+
+
+def test_fee_is_an_outstanding_charge_without_a_card_on_file():
+    result = assess(request(STAFF, 10 * H, card=False), FEES)
+    assert result.fee == LATE_FEE and result.charge_card is False
+
+
+def test_fee_is_an_outstanding_charge_when_the_practice_does_not_charge_cards():
+    settings = PracticeSettings(fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=False))
+    assert assess(request(STAFF, 10 * H), settings).charge_card is False
+
+
+def test_no_fee_configured_means_no_fee_even_when_late():
+    result = assess(request(STAFF, 10 * H, deposit=True), DEFAULTS)
+    assert result.fee is None and result.deposit_action == "keep"
+
+
+def test_deposit_settable_to_credit_note():
+    settings = PracticeSettings(deposits=DepositSettings(late="credit_note"))
+    assert assess(request(STAFF, 10 * H, deposit=True), settings).deposit_action == "credit_note"
+
+
+def test_no_deposit_means_no_deposit_action():
+    assert assess(request(STAFF, 10 * H), FEES).deposit_action == "none"
+
+
+def test_system_cancels_future_bookings_without_penalty():
+    result = assess(request(SYSTEM, 30 * M, deposit=True), FEES)
+    assert result.allowed and result.fee is None and result.score_delta is None
+    assert result.deposit_action == "refund"
+
+
+@pytest.mark.parametrize(
+    ("lead", "party", "fee_decision", "allowed", "fee", "deposit", "delta"),
+    [
+        (1 * M, "patient", "policy", False, None, None, None),  # before the start
+        (0 * M, "patient", "policy", True, NO_SHOW_FEE, "keep", None),  # exactly at the start
+        (-30 * M, "patient", "waive", True, None, "refund", None),
+        (-30 * M, "professional", "policy", True, None, "refund", -100),
+    ],
+)
+def test_no_shows(lead, party, fee_decision, allowed, fee, deposit, delta):
+    result = assess(request(STAFF, lead, kind="no_show", party=party, deposit=True, fee_decision=fee_decision), FEES)
+    assert result.allowed is allowed
+    if not allowed:
+        assert result.rejection_reason == "appointment_not_started"
+        return
+    assert result.classification == "no_show"
+    assert (result.fee, result.deposit_action, result.score_delta) == (fee, deposit, delta)
+
+
+def test_patients_cannot_report_no_shows():
+    result = assess(request(PATIENT, -5 * M, kind="no_show", party="professional"), DEFAULTS)
+    assert result.rejection_reason == "not_allowed"
+
+
+def test_explanation_says_which_window_and_fee_applied():
+    result = assess(request(STAFF, 10 * H, deposit=True), FEES)
+    assert "late window 24 h" in result.explanation
+    assert "45.00 AUD" in result.explanation and "D9987" in result.explanation
+    assert "deposit kept" in result.explanation
