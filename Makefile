@@ -1,0 +1,47 @@
+# Every target works from a fresh clone: what it needs is installed or fetched on the way.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON := .venv/bin/python
+PYTEST_ARGS ?=
+SUPERVISE_ARGS ?=
+
+.PHONY: run up down test test-unit docs venv clean distclean
+
+## run: bring up Postgres and Kafka, then run the six services (Ctrl-C stops them)
+run: venv up
+	source .local/env.sh && exec $(PYTHON) infra/supervise.py $(SUPERVISE_ARGS)
+
+## up: Postgres + Kafka without Docker, roles/schemas and topics provisioned, .local/env.sh written
+up: venv
+	bash infra/up.sh
+
+## down: stop Postgres and Kafka (data is kept)
+down:
+	bash infra/down.sh
+
+## test: the whole suite against the infrastructure (PYTEST_ARGS="-k ..." to narrow it)
+test: venv up
+	source .local/env.sh && $(PYTHON) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-unit: unit tests only, no infrastructure
+test-unit: venv
+	$(PYTHON) -m pytest tests/unit -p no:cacheprovider $(PYTEST_ARGS)
+
+## docs: the AsyncAPI documents of the event contract
+docs: venv
+	$(PYTHON) -m shared.asyncapi --out docs/asyncapi
+
+## venv: .venv exactly as locked in uv.lock
+venv:
+	bash infra/venv.sh
+
+## clean: stop everything and delete its data and logs (keeps the download caches)
+clean: down
+	rm -rf .local/pgdata .local/pgrun .local/postgres.log .local/env.sh .local/kafka-start.log \
+	       .local/kafka/data .local/kafka/kafka.log .local/kafka/kafka.pid \
+	       .local/kafka/server.properties .local/kafka/log4j2.yaml
+
+## distclean: clean, and delete the caches and the virtualenv too
+distclean: clean
+	rm -rf .local .venv

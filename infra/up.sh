@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Brings up what the services and the tests need, without Docker, and writes .local/env.sh:
+#   - PostgreSQL (infra/postgres.sh) and Kafka (infra/kafka.sh), started side by side;
+#   - the service roles and schemas (python -m shared.provision);
+#   - every contract topic (python -m shared.topics).
+#
+# With KAFKA_BOOTSTRAP_SERVERS and ADMIN_DATABASE_URL both set, nothing is started: only the
+# roles, schemas and topics are provisioned on the infrastructure they name. (Values that came
+# from a sourced .local/env.sh, marked by CANCELLATIONS_INFRA=local, do not count as given.)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+mkdir -p .local
+
+bash infra/venv.sh
+
+if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && -n "${ADMIN_DATABASE_URL:-}" \
+      && "${CANCELLATIONS_INFRA:-}" != local ]]; then
+    echo "up: using the given infrastructure (KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS)"
+    infra=given
+else
+    infra=local
+    export KAFKA_BOOTSTRAP_SERVERS=localhost:9092
+    export ADMIN_DATABASE_URL="postgresql://postgres:postgres@localhost:${PGPORT:-5432}/cancellations"
+    # Kafka in the background, Postgres in the foreground: a cold start fetches and installs both.
+    bash infra/kafka.sh start > .local/kafka-start.log 2>&1 &
+    kafka_pid=$!
+    postgres_rc=0
+    bash infra/postgres.sh start || postgres_rc=$?
+    kafka_rc=0
+    wait "$kafka_pid" || kafka_rc=$?
+    cat .local/kafka-start.log
+    if ((postgres_rc || kafka_rc)); then
+        echo "up: ERROR: infrastructure did not come up (postgres: exit $postgres_rc, kafka: exit $kafka_rc)" >&2
+        exit 1
+    fi
+fi
+
+.venv/bin/python -m shared.provision
+.venv/bin/python -m shared.topics
+
+cat > .local/env.sh <<ENV
+# Written by infra/up.sh: source it to reach the infrastructure it brought up.
+export KAFKA_BOOTSTRAP_SERVERS=$(printf %q "$KAFKA_BOOTSTRAP_SERVERS")
+export ADMIN_DATABASE_URL=$(printf %q "$ADMIN_DATABASE_URL")
+export DATABASE_URL=\$ADMIN_DATABASE_URL
+export CANCELLATIONS_INFRA=$infra
+ENV
+echo "up: ready; source .local/env.sh"
