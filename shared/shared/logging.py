@@ -21,7 +21,8 @@ PERSONAL_KEYS = frozenset(
     }
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"\+?\d[\d ()-]{7,}\d")
+# A whole token only: digit runs inside ids (UUIDs, "bk-2026…") and ISO dates are not phones.
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
 
 
 def _mask(text: str) -> str:
@@ -53,9 +54,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         redact_personal_data,
+        # After redaction: an ISO date looks like a phone number to the mask ("[phone]T05:43Z").
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()

@@ -15,6 +15,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -143,7 +144,8 @@ class OutboxRelay:
                         await self._lead(conn)
                     finally:
                         self.is_leader = False
-                        if not conn.is_closed():
+                        # A broken connection has lost the lock with its session already.
+                        with contextlib.suppress(Exception):
                             await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
                 failures = 0
             except asyncio.CancelledError:

@@ -28,3 +28,12 @@ def test_configured_logs_are_json_with_correlation_id(capsys):
     assert lines[0]["correlation_id"] == "corr-1" and lines[0]["service"] == "test-service"
     assert all("bob@example.com" not in json.dumps(line) for line in lines)
     structlog.contextvars.clear_contextvars()
+
+
+def test_ids_and_timestamps_pass_through_unmasked():
+    event = redact_personal_data(None, "info", {
+        "event": "charge 253dbec1-a39b-4f1e-9c8e-0a1b2c3d4e5f at 2026-11-21T05:43:27Z",
+        "booking_id": "b-20261121-0001",
+    })
+    assert event["event"] == "charge 253dbec1-a39b-4f1e-9c8e-0a1b2c3d4e5f at 2026-11-21T05:43:27Z"
+    assert event["booking_id"] == "b-20261121-0001"

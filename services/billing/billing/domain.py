@@ -1,0 +1,157 @@
+"""Charges, payments and deposits (RULES.md "Fees and deposits"). Pure: plain values in, plain
+values out, no I/O.
+
+Guarantees:
+- Money is exact: an amount becomes integer minor units of its currency (ISO 4217 exponent:
+  JPY 0, AUD/USD/EUR 2, KWD 3 …) and back, through `Decimal` only. An amount with more decimals
+  than its currency has, or a negative one, is refused, never rounded.
+- A charge, a payment and a credit note have ids derived from what caused them (uuid5 of the
+  booking and the request), so a redelivery or a replay names the row that exists already and
+  cannot make a second one.
+- The fee decided by the policy is the fee charged: a cancellation raises a `late_cancellation`
+  charge, a no-show a `no_show` charge; a decision without a fee (or a zero fee) raises none.
+- A deposit is refunded, kept or turned into a credit note exactly as the decision says; `none`
+  or no deposit does nothing. Deposit and fee are independent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from shared.contracts.base import Money
+from shared.contracts.common import Decision
+
+# ISO 4217 minor-unit exponents that are not 2; every other currency has two decimals.
+_EXPONENTS: dict[str, int] = {
+    **dict.fromkeys(
+        ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+         "VUV", "XAF", "XOF", "XPF"),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4,
+    "UYW": 4,
+}
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:billing")
+
+ChargeKind = Literal["late_cancellation", "no_show"]
+ChargeStatus = Literal["outstanding", "pending_capture", "paid"]
+DepositOutcome = Literal["refunded", "kept", "credit_note"]
+
+
+class InvalidAmount(ValueError):
+    """An amount that is not exact money of its currency; it can never be processed."""
+
+
+def exponent(currency: str) -> int:
+    """How many decimals the currency has (ISO 4217 minor units)."""
+    return _EXPONENTS.get(currency.upper(), 2)
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """`Decimal("45.00")` AUD -> 4500; `Decimal("3000")` JPY -> 3000. Never rounds."""
+    if not isinstance(amount, Decimal):
+        raise InvalidAmount(f"an amount must be a Decimal, not {type(amount).__name__}")
+    if not amount.is_finite() or amount < 0:
+        raise InvalidAmount(f"{amount} {currency} is not an amount of money")
+    scaled = amount.scaleb(exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise InvalidAmount(f"{amount} {currency} has more decimals than {currency} has ({exponent(currency)})")
+    return int(scaled)
+
+
+def from_minor(minor: int, currency: str) -> Decimal:
+    """4500 AUD -> `Decimal("45.00")`; 3000 JPY -> `Decimal("3000")`: exactly the currency's decimals."""
+    places = exponent(currency)
+    return Decimal(minor).scaleb(-places).quantize(Decimal(1).scaleb(-places))
+
+
+@dataclass(frozen=True)
+class ChargePlan:
+    """The charge one decision raises."""
+
+    charge_id: str
+    kind: ChargeKind
+    amount_minor: int
+    currency: str
+    code: str
+    code_system: str
+    status: ChargeStatus  # pending_capture when the card on file is charged, else outstanding
+
+    @property
+    def amount(self) -> Decimal:
+        return from_minor(self.amount_minor, self.currency)
+
+
+@dataclass(frozen=True)
+class DepositPlan:
+    """What becomes of the deposit paid ahead."""
+
+    outcome: DepositOutcome
+    amount_minor: int
+    currency: str
+    credit_note_id: str | None = None
+
+    @property
+    def amount(self) -> Decimal:
+        return from_minor(self.amount_minor, self.currency)
+
+
+def charge_id(booking_id: str, request_id: str) -> str:
+    """One charge per booking and request: a redelivery cannot raise a second."""
+    return str(uuid.uuid5(_NAMESPACE, f"charge:{booking_id}:{request_id}"))
+
+
+def credit_note_id(booking_id: str, request_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"credit_note:{booking_id}:{request_id}"))
+
+
+def payment_id(charge_id_: str) -> str:
+    """One payment per charge: the card is charged once, with the charge id as idempotency key."""
+    return str(uuid.uuid5(_NAMESPACE, f"payment:{charge_id_}"))
+
+
+def plan_charge(
+    request: Literal["cancellation", "no_show"], booking_id: str, request_id: str, decision: Decision
+) -> ChargePlan | None:
+    """The charge a cancellation or no-show raises, or None when the decision carries no fee."""
+    fee = decision.fee
+    if fee is None:
+        return None
+    amount_minor = to_minor(fee.amount, fee.currency)
+    if amount_minor == 0:
+        return None  # a fee of nothing is no fee: no charge to collect or show as owed
+    return ChargePlan(
+        charge_id=charge_id(booking_id, request_id),
+        kind="late_cancellation" if request == "cancellation" else "no_show",
+        amount_minor=amount_minor,
+        currency=fee.currency,
+        code=fee.code,
+        code_system=fee.code_system,
+        status="pending_capture" if decision.charge_card else "outstanding",
+    )
+
+
+_DEPOSIT_OUTCOMES: dict[str, DepositOutcome] = {"refund": "refunded", "keep": "kept", "credit_note": "credit_note"}
+
+
+def plan_deposit(booking_id: str, request_id: str, decision: Decision, deposit: Money | None) -> DepositPlan | None:
+    """What the decision does with the deposit, or None (`none`, or no deposit was paid)."""
+    if deposit is None or decision.deposit_action == "none":
+        return None
+    outcome = _DEPOSIT_OUTCOMES[decision.deposit_action]
+    return DepositPlan(
+        outcome=outcome,
+        amount_minor=to_minor(deposit.amount, deposit.currency),
+        currency=deposit.currency,
+        credit_note_id=credit_note_id(booking_id, request_id) if outcome == "credit_note" else None,
+    )
+
+
+def status_after_payment(captured: bool) -> ChargeStatus:
+    """A captured payment settles the charge; a failed one leaves it owed on the account."""
+    return "paid" if captured else "outstanding"

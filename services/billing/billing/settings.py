@@ -1,0 +1,20 @@
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+from .gateway import DEFAULT_SANDBOX_DECLINES
+
+
+class BillingSettings(ServiceSettings):
+    service_name: str = "billing"
+    http_port: int = 8004
+    # sandbox | stripe (stripe is a later issue: refused at startup with a clear message for now)
+    payment_gateway: str = "sandbox"
+    # SANDBOX_DECLINES='{"-decline": "card_declined"}': customer-reference suffix -> decline reason.
+    sandbox_declines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SANDBOX_DECLINES))
+    # The capture task: how often it looks for pending card charges, how many it takes at once,
+    # how long a charge is leased to one attempt (doubling per retry), and the call's timeout.
+    capture_poll_interval_seconds: float = 1.0
+    capture_batch_size: int = 20
+    capture_lease_seconds: float = 60.0
+    gateway_timeout_seconds: float = 20.0

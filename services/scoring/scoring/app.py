@@ -1,0 +1,78 @@
+"""The scoring service: each professional's reliability score ledger, holds and suspension.
+
+Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded, booking.completed);
+publishes `scoring.events.v1` (score.changed, hold.placed, account.suspended), keyed by
+professional_id.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from shared.contracts.scoring import AccountSuspended, HoldPlaced, ScoreChanged
+from shared.http import BadRequest, json_route, page_args
+from shared.service import Service, ServiceDefinition
+from shared.topics import BOOKING_EVENTS, SCORING_EVENTS
+
+from . import domain, handlers, repository
+from .settings import ScoringSettings
+
+
+def _routes(service: Service) -> list[tuple[str, Any]]:
+    async def professional(query: dict[str, str]) -> dict[str, Any]:
+        """One professional's score, ledger (paginated) and holds: `?professional_id=`.
+
+        A professional scoring has never heard of has the starting score and nothing else.
+        """
+        professional_id = query.get("professional_id")
+        if not professional_id:
+            raise BadRequest("professional_id is required")
+        limit, offset = page_args(query)
+        row = await repository.get_professional(service.pool, professional_id)
+        deltas = await repository.ledger_deltas(service.pool, professional_id)
+        ledger = await repository.ledger(service.pool, professional_id, limit=limit, offset=offset)
+        holds = await repository.holds_for_read(service.pool, professional_id)
+        return {
+            "professional_id": professional_id,
+            "score": domain.score(deltas),
+            "suspended_at": row["suspended_at"] if row else None,
+            "suspension_holds": list(row["suspension_holds"] or []) if row else [],
+            "ledger": [dict(r) for r in ledger],
+            "ledger_entries": len(deltas),
+            "holds": [dict(r) for r in holds],
+            "page_size": limit,
+            "offset": offset,
+        }
+
+    return [("/professional", json_route(professional))]
+
+
+def definition(settings: ScoringSettings | None = None) -> ServiceDefinition:
+    settings = settings or ScoringSettings()
+    rules = handlers.ScoringRules(
+        suspension_holds=settings.suspension_holds,
+        suspension_window=timedelta(days=settings.suspension_window_days),
+    )
+
+    async def make_deps(service: Service) -> handlers.ScoringRules:
+        return rules
+
+    return ServiceDefinition(
+        name=settings.service_name,
+        description="Professional reliability: the score ledger, holds that stack, and suspension after repeated holds.",
+        settings=settings,
+        migrations=Path(__file__).parent.parent / "migrations",
+        consumes={
+            BOOKING_EVENTS: {
+                "booking.cancelled": handlers.score_cancellation,
+                "booking.no_show_recorded": handlers.score_no_show,
+                "booking.completed": handlers.score_completion,
+            },
+        },
+        # hold.lifted comes with excuses and hold expiry (a later issue): not published yet.
+        publishes={SCORING_EVENTS: [ScoreChanged, HoldPlaced, AccountSuspended]},
+        make_deps=make_deps,
+        http_routes=_routes,
+    )

@@ -1,0 +1,424 @@
+"""The billing service as a real process against the real broker and Postgres: cancellations and
+no-shows on booking.events.v1 become charges, card payments through the sandbox gateway, deposit
+refunds, kept deposits and credit notes on billing.events.v1, each audited; a duplicate delivery
+charges once; a payload that breaks the contract lands in dlq.billing.v1; an unavailable gateway
+stops the service at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from billing import capture, repository
+from billing.domain import charge_id, credit_note_id
+from billing.gateway import GatewayUnavailable, PaymentResult, SandboxGateway
+from shared import db
+from shared.contracts.base import Money
+from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
+from shared.contracts.common import Actor, Decision, Fee
+from shared.testing import EventWatcher, Publisher, ServiceProcess, unique
+from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
+
+pytestmark = pytest.mark.integration
+
+DLQ = dead_letter_topic("billing")
+START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "billing" / "migrations"
+
+
+@pytest.fixture(scope="module")
+def billing(infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One billing process for the module (the tests use unique ids, so they share it)."""
+    log_dir: Path = tmp_path_factory.mktemp("billing-logs")
+    process = ServiceProcess(
+        "billing", infra.bootstrap, infra.admin_dsn, log_dir, env={"CAPTURE_POLL_INTERVAL_SECONDS": "0.1"}
+    )
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+def decision(
+    classification: str,
+    *,
+    fee: tuple[str, str, str] | None = None,
+    charge_card: bool = False,
+    deposit_action: str = "none",
+) -> Decision:
+    return Decision.new(
+        allowed=True,
+        classification=classification,
+        fee=Fee.new(amount=Decimal(fee[0]), currency=fee[1], code=fee[2], code_system="CDT") if fee else None,
+        charge_card=charge_card,
+        deposit_action=deposit_action,
+        policy_version="r1.s2",
+        explanation="Cancelled 5 h before the start; late window 24 h: late.",
+    )
+
+
+def cancelled(
+    booking_id: str,
+    practice_id: str,
+    patient_id: str,
+    the_decision: Decision,
+    *,
+    deposit: tuple[str, str] | None = None,
+    actor: Actor | None = None,
+) -> dict[str, Any]:
+    actor = actor or Actor.new(kind="staff", id=unique("staff"), roles=["reception"])
+    return BookingCancelled.new(
+        booking_id=booking_id,
+        request_id=unique("req"),
+        practice_id=practice_id,
+        patient_id=patient_id,
+        practitioner_id=unique("dr"),
+        service_code="D1110",
+        starts_at=START,
+        ends_at=START + timedelta(minutes=45),
+        cancelled_at=START - timedelta(hours=5),
+        actor=actor,
+        channel="professional_app" if actor.kind == "professional" else "practice",
+        status_label="Cancelled",
+        reason_code="illness",
+        classification=the_decision.classification,
+        decision=the_decision,
+        deposit=Money.new(amount=Decimal(deposit[0]), currency=deposit[1]) if deposit else None,
+    ).to_json_dict()
+
+
+def no_show(
+    booking_id: str, practice_id: str, patient_id: str, the_decision: Decision, *, deposit: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    return BookingNoShowRecorded.new(
+        booking_id=booking_id,
+        request_id=unique("req"),
+        practice_id=practice_id,
+        patient_id=patient_id,
+        party="patient",
+        code="FTA",
+        starts_at=START,
+        recorded_at=START + timedelta(minutes=20),
+        decision=the_decision,
+        deposit=Money.new(amount=Decimal(deposit[0]), currency=deposit[1]) if deposit else None,
+    ).to_json_dict()
+
+
+def on(booking_id: str, type_: str):
+    return lambda s: s.topic == BILLING_EVENTS and s.key == booking_id and s.type == type_
+
+
+async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_deposit(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    data = cancelled(
+        booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), deposit_action="keep"),
+        deposit=("20.00", "AUD"),
+    )
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
+        [created] = await w.wait_for(on(booking, "charge.created"))
+        [kept] = await w.wait_for(on(booking, "deposit.kept"))
+        await w.settle(1.5)
+        assert not w.matching(lambda s: s.key == booking and s.type.startswith("payment."))  # no card charge
+
+    expected_id = charge_id(booking, data["request_id"])
+    assert created.data == {
+        "charge_id": expected_id,
+        "booking_id": booking,
+        "patient_id": patient,
+        "kind": "late_cancellation",
+        "amount": "45.00",
+        "currency": "AUD",
+        "code": "D9987",
+        "code_system": "CDT",
+    }
+    assert kept.data == {"booking_id": booking, "amount": "20.00", "currency": "AUD"}
+
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    [charge] = record["charges"]
+    assert (charge["charge_id"], charge["status"], charge["amount"], charge["practice_id"]) == (
+        expected_id, "outstanding", "45.00", practice,
+    )
+    assert [(d["outcome"], d["amount"]) for d in record["deposits"]] == [("kept", "20.00")]
+    assert [(a["action"], a["actor"], a["amount"]) for a in record["audit"]] == [
+        ("charge_created", data["actor"]["kind"] + ":" + data["actor"]["id"], "45.00"),
+        ("deposit_kept", data["actor"]["kind"] + ":" + data["actor"]["id"], "20.00"),
+    ]
+    assert all("r1.s2" in a["reason"] for a in record["audit"])  # why: the policy that decided
+
+    assert [c["charge_id"] for c in billing.get_json(f"/charges?patient_id={patient}")["charges"]] == [expected_id]
+    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
+    ]
+
+
+async def test_card_on_file_is_captured_through_the_gateway(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    data = no_show(booking, practice, patient, decision("no_show", fee=("6000", "JPY", "D9986"), charge_card=True))
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", booking, data, source="service/booking")
+        [created] = await w.wait_for(on(booking, "charge.created"))
+        [captured] = await w.wait_for(on(booking, "payment.captured"))
+    assert (created.data["kind"], created.data["amount"], created.data["currency"]) == ("no_show", "6000", "JPY")
+    assert captured.data == {"charge_id": created.data["charge_id"], "booking_id": booking, "amount": "6000", "currency": "JPY"}
+    assert created.offset < captured.offset  # one key, one partition: created before paid
+
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    assert record["charges"][0]["status"] == "paid"
+    [payment] = record["payments"]
+    assert (payment["status"], payment["gateway"], payment["amount"]) == ("captured", "sandbox", "6000")
+    assert [(a["action"], a["actor"]) for a in record["audit"]] == [
+        ("charge_created", "service/booking"),
+        ("payment_captured", "service/billing"),
+    ]
+    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == []
+
+
+async def test_a_declined_card_leaves_the_charge_outstanding(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, booking = unique("practice"), unique("bk")
+    declined, broke = unique("pat") + "-decline", unique("pat") + "-nofunds"
+    other = unique("bk")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        for bk, patient in ((booking, declined), (other, broke)):
+            data = cancelled(bk, practice, patient, decision("late", fee=("45.00", "USD", "D9987"), charge_card=True))
+            await publisher.event(BOOKING_EVENTS, "booking.cancelled", bk, data)
+        [failed] = await w.wait_for(on(booking, "payment.failed"))
+        [failed_too] = await w.wait_for(on(other, "payment.failed"))
+    assert (failed.data["failure_reason"], failed.data["amount"], failed.data["currency"]) == ("card_declined", "45.00", "USD")
+    assert failed_too.data["failure_reason"] == "insufficient_funds"
+
+    [charge] = billing.get_json(f"/charges?patient_id={declined}")["charges"]
+    assert (charge["status"], charge["failure_reason"]) == ("outstanding", "card_declined")
+    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+        {"currency": "USD", "outstanding": "90.00", "pending_capture": "0.00", "charges": 2}
+    ]
+    audit = billing.get_json(f"/booking-billing?booking_id={booking}")["audit"]
+    assert audit[-1]["action"] == "payment_failed" and "card_declined" in audit[-1]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("action", "event_type"),
+    [("refund", "deposit.refunded"), ("credit_note", "credit_note.issued")],
+)
+async def test_deposits_are_refunded_or_turned_into_credit_notes(
+    billing: ServiceProcess, infra: Any, publisher: Publisher, action: str, event_type: str
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    # a professional's cancellation: no fee for the patient, and the deposit goes back
+    professional = Actor.new(kind="professional", id=unique("pro"))
+    data = cancelled(
+        booking, practice, patient, decision("late", deposit_action=action), deposit=("30.00", "EUR"), actor=professional
+    )
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data)
+        [outcome] = await w.wait_for(on(booking, event_type))
+        await w.settle(1.0)
+        assert not w.matching(on(booking, "charge.created"))
+    expected = {"booking_id": booking, "amount": "30.00", "currency": "EUR"}
+    if action == "credit_note":
+        expected["credit_note_id"] = credit_note_id(booking, data["request_id"])
+    assert outcome.data == expected
+    [deposit] = billing.get_json(f"/booking-billing?booking_id={booking}")["deposits"]
+    assert deposit["credit_note_id"] == expected.get("credit_note_id")
+
+
+async def test_nothing_to_bill_publishes_nothing(billing: ServiceProcess, infra: Any, publisher: Publisher) -> None:
+    practice, booking, marker = unique("practice"), unique("bk"), unique("bk")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        # a timely cancellation without fee, with a deposit the decision leaves alone
+        quiet = cancelled(booking, practice, unique("pat"), decision("timely"), deposit=("20.00", "AUD"))
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, quiet)
+        marked = cancelled(marker, practice, unique("pat"), decision("late", fee=("10.00", "AUD", "D9987")))
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", marker, marked)
+        await w.wait_for(on(marker, "charge.created"))
+        await w.settle(1.5)
+        assert not w.matching(lambda s: s.key == booking)
+    assert billing.get_json(f"/booking-billing?booking_id={booking}")["audit"] == []
+
+
+async def test_a_duplicate_delivery_charges_once(billing: ServiceProcess, infra: Any, publisher: Publisher) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    data = cancelled(
+        booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True, deposit_action="keep"),
+        deposit=("20.00", "AUD"),
+    )
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        env = await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data)
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, event_id=env["id"])
+        # the same cancellation replayed under a new envelope id: same request, same charge id
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data)
+        await w.wait_for(on(booking, "payment.captured"))
+        await w.settle(2.5)
+        assert len(w.matching(on(booking, "charge.created"))) == 1
+        assert len(w.matching(on(booking, "deposit.kept"))) == 1
+        assert len(w.matching(on(booking, "payment.captured"))) == 1
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    assert len(record["charges"]) == 1 and len(record["payments"]) == 1 and len(record["deposits"]) == 1
+    assert [a["action"] for a in record["audit"]] == ["charge_created", "deposit_kept", "payment_captured"]
+
+
+async def test_contract_breaking_payloads_are_dead_lettered(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, float_fee, yen_cents, after = unique("practice"), unique("bk"), unique("bk"), unique("bk")
+    broken = cancelled(float_fee, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987")))
+    broken["decision"]["fee"]["amount"] = 45.0  # money is a decimal string, never a float
+    # valid JSON for the contract, but not money: JPY has no decimals. Never rounded: refused.
+    inexact = cancelled(yen_cents, practice, unique("pat"), decision("late", fee=("4500.50", "JPY", "D9987")))
+    async with EventWatcher(infra.bootstrap, [DLQ, BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", float_fee, broken)
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", yen_cents, inexact)
+        [letter] = await w.wait_for(lambda s: s.topic == DLQ and s.key == float_fee)
+        [refused] = await w.wait_for(lambda s: s.topic == DLQ and s.key == yen_cents)
+        # the consumer moved on
+        fine = cancelled(after, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987")))
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", after, fine)
+        await w.wait_for(on(after, "charge.created"))
+        assert not w.matching(lambda s: s.topic == BILLING_EVENTS and s.key in (float_fee, yen_cents))
+    assert "never floats" in letter.data["error"] and letter.data["service"] == "billing"
+    assert json.loads(letter.data["original_value_text"])["data"]["decision"]["fee"]["amount"] == 45.0
+    assert "InvalidAmount" in refused.data["error"] and "JPY" in refused.data["error"]
+    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
+    ]
+
+
+def test_stripe_is_refused_at_startup_with_a_clear_message(infra: Any, log_dir: Path) -> None:
+    process = ServiceProcess("billing", infra.bootstrap, infra.admin_dsn, log_dir, env={"PAYMENT_GATEWAY": "stripe"})
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            process.start(timeout=30)
+        assert "PAYMENT_GATEWAY=stripe is not available yet" in process.log_path.read_text()
+    finally:
+        process.stop()
+
+
+async def test_read_api_refuses_missing_arguments(billing: ServiceProcess) -> None:
+    import urllib.error
+
+    for path in ("/charges", "/booking-billing", "/balances"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            billing.get_json(path)
+        assert refused.value.code == 400
+
+
+# --- the capture task's crash window, in-process against a throwaway copy of the schema -------
+
+
+class LosesAnswers:
+    """A network between us and the real sandbox that loses the first `n` answers: the card
+    is charged, but we never hear so (what a crash after the call looks like to the retry)."""
+
+    name = "sandbox"
+
+    def __init__(self, processor: SandboxGateway, n: int) -> None:
+        self.processor, self.to_lose, self.calls = processor, n, 0
+
+    async def charge(self, **kwargs: Any) -> PaymentResult:
+        self.calls += 1
+        result = await self.processor.charge(**kwargs)
+        if self.to_lose > 0:
+            self.to_lose -= 1
+            raise GatewayUnavailable("connection reset after the request was sent")
+        return result
+
+
+@pytest.fixture
+async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
+    """The billing migrations in a schema of its own, so no running billing process (this
+    module's, or anyone's) captures the test's charges."""
+    schema = f"billing_capture_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(infra.admin_dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-billing-capture")
+    try:
+        await db.migrate(pool, schema, MIGRATIONS)
+        yield pool
+    finally:
+        await pool.close()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def _pending_charge(pool: asyncpg.Pool) -> str:
+    booking, request = unique("bk"), unique("req")
+    async with pool.acquire() as conn:
+        await repository.insert_charge(
+            conn,
+            {
+                "charge_id": charge_id(booking, request), "booking_id": booking, "request_id": request,
+                "practice_id": unique("practice"), "patient_id": unique("pat"), "kind": "no_show",
+                "amount_minor": 6000, "currency": "AUD", "code": "D9986", "code_system": "CDT",
+                "charge_card": True, "status": "pending_capture", "policy_version": "r1.s2",
+                "occurred_at": START, "correlation_id": None,
+            },
+        )
+    return charge_id(booking, request)
+
+
+async def _capture(pool: asyncpg.Pool, gateway: Any, woken: list[bool], lease: float) -> int:
+    return await capture.capture_due(
+        pool, gateway, source="service/billing", batch_size=10, lease_seconds=lease, timeout=5.0,
+        on_committed=lambda: woken.append(True),
+    )
+
+
+async def test_a_lost_gateway_answer_is_asked_again_with_the_same_key_and_charged_once(
+    scratch_pool: asyncpg.Pool,
+) -> None:
+    the_charge = await _pending_charge(scratch_pool)
+    processor = SandboxGateway()
+    network = LosesAnswers(processor, n=1)
+    woken: list[bool] = []
+
+    assert await _capture(scratch_pool, network, woken, lease=0.0) == 1
+    # the card was charged, the answer lost: nothing recorded, nothing published, still pending
+    assert len(processor.captures) == 1
+    status = await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", the_charge)
+    assert status == "pending_capture" and woken == []
+    assert await scratch_pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+    assert await _capture(scratch_pool, network, woken, lease=0.0) == 1  # the lease is over: again
+    assert network.calls == 2 and len(processor.captures) == 1  # same key: charged once
+    row = await scratch_pool.fetchrow(
+        "SELECT c.status, p.status AS payment, p.gateway_ref, p.idempotency_key, c.capture_attempts"
+        " FROM charges c JOIN payments p USING (charge_id) WHERE c.charge_id = $1",
+        the_charge,
+    )
+    assert dict(row) == {
+        "status": "paid", "payment": "captured", "gateway_ref": processor.captures[0].reference,
+        "idempotency_key": the_charge, "capture_attempts": 2,
+    }
+    [event] = await scratch_pool.fetch("SELECT type, key, payload::text AS payload FROM outbox")
+    assert event["type"] == "payment.captured"
+    assert json.loads(event["payload"])["data"]["amount"] == "60.00"
+    assert woken == [True]
+
+    assert await _capture(scratch_pool, network, woken, lease=0.0) == 0  # nothing left to capture
+
+
+async def test_two_replicas_never_call_for_the_same_charge_at_once(scratch_pool: asyncpg.Pool) -> None:
+    charges = {await _pending_charge(scratch_pool) for _ in range(3)}
+    processor = SandboxGateway()
+    counting = LosesAnswers(processor, n=0)
+    woken: list[bool] = []
+    claimed = await asyncio.gather(*(_capture(scratch_pool, counting, woken, lease=60.0) for _ in range(4)))
+    assert sum(claimed) == 3 and counting.calls == 3  # each charge leased to one attempt
+    paid = await scratch_pool.fetch("SELECT charge_id::text AS charge_id FROM payments WHERE status = 'captured'")
+    assert {r["charge_id"] for r in paid} == charges
