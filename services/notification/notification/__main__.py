@@ -1,0 +1,5 @@
+from shared.service import run
+
+from .app import definition
+
+run(definition)

@@ -1,0 +1,319 @@
+"""Who hears about what, on which channel, in which words, and when a failed send is retried.
+
+Pure: plain values in, plain values out, no I/O. Guarantees:
+- One causing event gives at most one message per recipient and channel, with the
+  deterministic `notification_id(event id, recipient, channel)`: recording it twice is
+  recording it once, and the id is the idempotency key the email and SMS providers see.
+- A channel the recipient has no address for is planned as *skipped* with the reason, never
+  dropped silently and never an error.
+- Times shown to people are in the practice's timezone (UTC when it is unknown or not a valid
+  IANA name) and in the recipient's locale (English when it is not one we write).
+- Text that leaves for the delivery log's `reason` or a published event goes through
+  `redact` first, so an address a provider echoes back never travels further.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+SUPPORTED_LOCALES = ("en", "de")
+DEFAULT_LOCALE = "en"
+
+# RULES.md "Notifications": which template a cancellation is told with, by who cancelled.
+CANCELLATION_TEMPLATES = {
+    "staff": "booking_cancelled_by_staff",
+    "patient": "booking_cancelled_online",
+    "professional": "booking_cancelled_by_professional",
+    "system": "booking_cancelled_by_system",
+}
+REJECTION_TEMPLATE = "booking_cancellation_rejected"
+
+# Rejections only a patient's own portal request can get: when we never saw the request, these
+# reasons are what tells us the patient asked (and is waiting for an answer).
+PATIENT_PORTAL_REASONS = frozenset({"within_online_cutoff", "online_cancellation_disabled", "no_portal_account"})
+
+Recipient = Literal["patient", "practice"]
+Channel = Literal["email", "sms"]
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:notification")
+
+
+@dataclass(frozen=True)
+class PatientContact:
+    first_name: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class PracticeContact:
+    practice_id: str
+    name: str = ""
+    timezone: str = "UTC"
+    locale: str = DEFAULT_LOCALE
+    email: str | None = None
+    phone: str | None = None
+    preferred_channel: Channel = "email"
+    notify_practice_on_online_cancel: bool = False
+
+    @classmethod
+    def unknown(cls, practice_id: str) -> PracticeContact:
+        """A practice that never published its settings: no contacts, UTC, English, no opt-ins."""
+        return cls(practice_id=practice_id)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to record: to whom (a role, not a person), how, with which template."""
+
+    recipient: Recipient
+    channel: Channel
+    template: str
+    locale: str
+    address: str | None  # None exactly when skipped
+    skip_reason: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skip_reason is not None
+
+
+def notification_id(event_id: str, recipient: str, channel: str) -> uuid.UUID:
+    """The id of the one message a causing event sends one recipient on one channel."""
+    return uuid.uuid5(_NAMESPACE, f"{event_id}/{recipient}/{channel}")
+
+
+def resolve_locale(*candidates: str | None) -> str:
+    """The first candidate we write in (`de-AT` and `de_AT` count as `de`), else English."""
+    for candidate in candidates:
+        if not candidate:
+            continue
+        tag = candidate.strip().lower().replace("_", "-")
+        if tag in SUPPORTED_LOCALES:
+            return tag
+        language = tag.split("-", 1)[0]
+        if language in SUPPORTED_LOCALES:
+            return language
+    return DEFAULT_LOCALE
+
+
+# --- who hears, on which channel --------------------------------------------------------------
+
+
+def _patient_messages(template: str, patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """Email and SMS where the patient has them; a channel without an address is skipped."""
+    locale = resolve_locale(patient.locale if patient else None, practice.locale)
+    if patient is None:
+        reason = "no contact details are known for this booking's patient"
+        return [Message("patient", channel, template, locale, None, reason) for channel in ("email", "sms")]
+    return [
+        _message("patient", "email", template, locale, patient.email, "the patient has no email address on file"),
+        _message("patient", "sms", template, locale, patient.phone, "the patient has no mobile number on file"),
+    ]
+
+
+def _office_message(template: str, practice: PracticeContact) -> Message:
+    """The office through its preferred channel, or its other one when the preferred has no
+    address: the office must learn that a professional (or the system) cancelled."""
+    addresses: dict[Channel, str | None] = {"email": practice.email, "sms": practice.phone}
+    other: Channel = "sms" if practice.preferred_channel == "email" else "email"
+    for channel in (practice.preferred_channel, other):
+        if addresses[channel]:
+            return Message("practice", channel, template, resolve_locale(practice.locale), addresses[channel])
+    return Message(
+        "practice",
+        practice.preferred_channel,
+        template,
+        resolve_locale(practice.locale),
+        None,
+        "the practice has no email address or phone number on file",
+    )
+
+
+def _message(
+    recipient: Recipient, channel: Channel, template: str, locale: str, address: str | None, missing: str
+) -> Message:
+    address = address.strip() if address else None
+    return Message(recipient, channel, template, locale, address or None, None if address else missing)
+
+
+def plan_cancellation(
+    actor_kind: str, patient: PatientContact | None, practice: PracticeContact
+) -> list[Message]:
+    """RULES.md "Notifications", booking.cancelled:
+    - by staff: the patient, by email and SMS (the reason quoted by the template);
+    - online by the patient: the patient by email and SMS with a rebook link, and the practice
+      by email only when it asked for it (`notify_practice_on_online_cancel`);
+    - by a professional or the system: the office through its preferred channel.
+    """
+    template = CANCELLATION_TEMPLATES[actor_kind]
+    if actor_kind == "staff":
+        return _patient_messages(template, patient, practice)
+    if actor_kind == "patient":
+        messages = _patient_messages(template, patient, practice)
+        if practice.notify_practice_on_online_cancel:
+            messages.append(
+                _message(
+                    "practice", "email", template, resolve_locale(practice.locale), practice.email,
+                    "the practice has no email address on file",
+                )
+            )
+        return messages
+    return [_office_message(template, practice)]
+
+
+def patient_asked(reason: str, requester_kind: str | None) -> bool:
+    """Whether a rejection answers a patient's own request.
+
+    Known from the remembered upstream request when we saw it; otherwise only the reasons a
+    patient-portal request alone can get say so.
+    """
+    if requester_kind is not None:
+        return requester_kind == "patient"
+    return reason in PATIENT_PORTAL_REASONS
+
+
+def plan_rejection(
+    reason: str, requester_kind: str | None, patient: PatientContact | None, practice: PracticeContact
+) -> list[Message]:
+    """booking.cancellation_rejected: the patient, when they asked, learns what to do next."""
+    if not patient_asked(reason, requester_kind):
+        return []
+    return _patient_messages(REJECTION_TEMPLATE, patient, practice)
+
+
+# --- what the templates are given --------------------------------------------------------------
+
+_WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
+}
+_MONTHS = {
+    "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December"),
+    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
+           "Oktober", "November", "Dezember"),
+}
+
+
+def zone(name: str | None) -> tzinfo:
+    """The practice's IANA timezone; UTC when unknown or invalid (a message still goes out)."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def format_when(at: datetime, timezone: str | None, locale: str) -> str:
+    """`Tuesday 11 March 2025, 9:00 am AEDT` / `Dienstag, 11. März 2025, 09:00 Uhr (AEDT)`."""
+    local = at.astimezone(zone(timezone))
+    locale = resolve_locale(locale)
+    weekday = _WEEKDAYS[locale][local.weekday()]
+    month = _MONTHS[locale][local.month - 1]
+    abbreviation = local.strftime("%Z")
+    if locale == "de":
+        return f"{weekday}, {local.day}. {month} {local.year}, {local:%H:%M} Uhr ({abbreviation})"
+    hour = local.hour % 12 or 12
+    meridiem = "am" if local.hour < 12 else "pm"
+    return f"{weekday} {local.day} {month} {local.year}, {hour}:{local:%M} {meridiem} {abbreviation}"
+
+
+def rebook_url(portal_base_url: str, practice_id: str, booking_id: str) -> str:
+    """Where a patient who cancelled online books again."""
+    query = urlencode({"booking_id": booking_id})
+    return f"{portal_base_url.rstrip('/')}/practices/{quote(practice_id, safe='')}/rebook?{query}"
+
+
+def format_money(amount: Decimal, currency: str, locale: str) -> str:
+    """`45.00 AUD` / `45,00 AUD`."""
+    text = f"{amount:,.2f}"
+    if resolve_locale(locale) == "de":
+        text = text.replace(",", "_").replace(".", ",").replace("_", ".")
+    return f"{text} {currency}"
+
+
+# Every fact a template may ask for, so a template never meets an undefined name for an event
+# that does not have it (StrictUndefined would rightly fail it).
+FACT_DEFAULTS: dict[str, Any] = {
+    "booking_id": None,
+    "service_code": None,
+    "practitioner_id": None,
+    "professional_id": None,
+    "classification": None,
+    "reason_code": None,  # the practice's code, in words ("illness")
+    "reason_text": None,  # quoted as given
+    "series_count": 0,  # later occurrences cancelled with this booking
+    "rebook_url": None,
+    "reason": None,  # a rejection's contract reason
+    "message": None,  # a rejection's sentence a person can act on
+}
+
+
+def template_context(
+    message: Message,
+    /,
+    *,
+    starts_at: datetime | None,
+    practice: PracticeContact,
+    patient: PatientContact | None,
+    fee: tuple[Decimal, str] | None = None,
+    **facts: Any,
+) -> dict[str, Any]:
+    """Everything a template may show, in the message's locale and the practice's timezone.
+
+    The patient's first name is given to every template: the office is the patient's own
+    practice, which holds it anyway.
+    """
+    unknown = set(facts) - set(FACT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"templates are given no fact(s) {sorted(unknown)}")
+    reason_code = facts.get("reason_code")
+    return {
+        **FACT_DEFAULTS,
+        **facts,
+        "reason_code": reason_code.replace("_", " ") if reason_code else None,
+        "fee": format_money(fee[0], fee[1], message.locale) if fee else None,
+        "locale": message.locale,
+        "recipient": message.recipient,
+        "channel": message.channel,
+        "first_name": patient.first_name if patient else None,
+        "practice_name": practice.name,
+        "practice_email": practice.email,
+        "practice_phone": practice.phone,
+        "when": format_when(starts_at, practice.timezone, message.locale) if starts_at else None,
+    }
+
+
+# --- sending, failing, retrying -----------------------------------------------------------------
+
+
+def retry_delay(attempts: int, *, base_seconds: float, max_seconds: float) -> float:
+    """Seconds to wait after the `attempts`-th failed try: base, 2×base, 4×base, … capped."""
+    return min(max_seconds, base_seconds * 2 ** max(0, attempts - 1))
+
+
+def after_failure(attempts: int, *, max_attempts: int, permanent: bool) -> Literal["retry", "failed"]:
+    """A permanent failure (a refused address, SMS not configured) is reported at once; a
+    transient one is retried until `max_attempts` tries were made."""
+    if permanent or attempts >= max_attempts:
+        return "failed"
+    return "retry"
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")  # as shared.logging: ids and times stay
+
+
+def redact(text: str, limit: int = 300) -> str:
+    """An error as it may be stored and published: addresses and numbers masked, shortened."""
+    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))[:limit]

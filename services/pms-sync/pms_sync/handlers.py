@@ -1,0 +1,170 @@
+"""One async function per message type: load, decide, save, emit."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from shared.consumer import Unit
+from shared.contracts.base import Payload
+from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
+from shared.contracts.common import Actor
+from shared.contracts.pms_sync import (
+    PmsCancelBooking,
+    PmsManualUpdateRequired,
+    PmsRecordNoShow,
+    PmsSyncCompleted,
+    PmsSyncFailed,
+)
+from shared.contracts.upstream import (
+    BookingCancellationRequested,
+    BookingNoShowReported,
+    PmsSyncAcknowledged,
+    PracticeConfigured,
+)
+from shared.logging import get_logger
+from shared.topics import PMS_SYNC_EVENTS
+
+from . import domain, repository
+from .settings import PmsSyncSettings
+
+log = get_logger(__name__)
+
+
+async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
+    await repository.configure_integration(
+        unit.conn, event.practice_id, event.pms.integration, configured_at=unit.event.envelope.time
+    )
+
+
+async def remember_cancellation_request(unit: Unit, event: BookingCancellationRequested) -> None:
+    # booking.cancelled does not carry the chart note; the request does.
+    await repository.remember_request(
+        unit.conn, event.request_id, event.booking_id, "cancellation", event.actor.to_json_dict(), event.chart_note
+    )
+
+
+async def remember_no_show_report(unit: Unit, event: BookingNoShowReported) -> None:
+    # booking.no_show_recorded carries neither the reporter nor the chart note; the report does.
+    await repository.remember_request(
+        unit.conn, event.request_id, event.booking_id, "no_show", event.actor.to_json_dict(), event.chart_note
+    )
+
+
+async def sync_cancellation(unit: Unit, event: BookingCancelled) -> None:
+    integration = await _integration(unit.conn, event.practice_id)
+    how = domain.route(integration)
+    if how == "none":
+        return
+    request = await repository.get_request(unit.conn, event.request_id)
+    chart_note = request["chart_note"] if request else None
+    # The occurrences of a series cancelled with it are cancelled in the PMS too, each by itself.
+    for booking_id in [event.booking_id, *event.series_booking_ids]:
+        if how == "manual":
+            await _ask_for_manual_update(unit, booking_id, event.practice_id, integration, "cancel_booking")
+        else:
+            await _send(unit, integration, event.request_id, domain.cancel_command(event, booking_id, chart_note))
+
+
+async def sync_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
+    integration = await _integration(unit.conn, event.practice_id)
+    how = domain.route(integration)
+    if how == "none":
+        return
+    if how == "manual":
+        await _ask_for_manual_update(unit, event.booking_id, event.practice_id, integration, "record_no_show")
+        return
+    request = await repository.get_request(unit.conn, event.request_id)
+    reporter = Actor.model_validate(json.loads(request["actor"])) if request else None
+    if reporter is None:
+        log.warning("no-show report not seen; the PMS is told the booking service recorded it", request_id=event.request_id)
+    command = domain.no_show_command(event, reporter, request["chart_note"] if request else None)
+    await _send(unit, integration, event.request_id, command)
+
+
+async def acknowledge_sync(unit: Unit, event: PmsSyncAcknowledged) -> None:
+    sync = await repository.lock_sync(unit.conn, event.sync_id)
+    if sync is None:
+        log.warning("acknowledgement of a sync we never sent; ignored", sync_id=event.sync_id)
+        return
+    step = domain.on_ack(sync["status"], event.status)
+    if step == "ignore":
+        log.info("duplicate or late acknowledgement; nothing to do", sync_id=event.sync_id, status=sync["status"])
+        return
+    if step == "complete":
+        await repository.complete_sync(unit.conn, event.sync_id, event.external_ref)
+        unit.emit(
+            PMS_SYNC_EVENTS,
+            PmsSyncCompleted.new(
+                sync_id=sync["sync_id"], booking_id=sync["booking_id"], integration=sync["integration"],
+                attempts=sync["attempts"],
+            ),
+            subject=sync["booking_id"],
+        )
+        return
+    for payload in await fail_sync(unit.conn, sync, event.error or "the PMS connector reported an error"):
+        unit.emit(PMS_SYNC_EVENTS, payload, subject=sync["booking_id"])
+
+
+async def fail_sync(conn: asyncpg.Connection, sync: asyncpg.Record, error: str) -> list[Payload]:
+    """End a sync as failed; returns what to publish: `pms.sync_failed` and the manual update."""
+    error = error[:500]
+    await repository.fail_sync(conn, sync["sync_id"], error)
+    manual = domain.manual_update(
+        sync["booking_id"], sync["practice_id"], sync["integration"], sync["action"], error, failed=True
+    )
+    await _record_manual_update(conn, manual, sync_id=sync["sync_id"])
+    return [
+        PmsSyncFailed.new(
+            sync_id=sync["sync_id"], booking_id=sync["booking_id"], integration=sync["integration"],
+            attempts=sync["attempts"], error=error,
+        ),
+        manual,
+    ]
+
+
+async def _integration(conn: asyncpg.Connection, practice_id: str) -> str:
+    return await repository.integration_of(conn, practice_id) or domain.DEFAULT_INTEGRATION
+
+
+async def _send(unit: Unit, integration: str, request_id: str, command: PmsCancelBooking | PmsRecordNoShow) -> None:
+    settings: PmsSyncSettings = unit.deps
+    topic = domain.topic_of(integration)
+    added = await repository.add_sync(
+        unit.conn,
+        sync_id=command.sync_id,
+        booking_id=command.booking_id,
+        practice_id=command.practice_id,
+        request_id=request_id,
+        integration=integration,
+        action=command.event_type.removeprefix("pms."),
+        topic=topic,
+        command=command.to_json_dict(),
+        correlation_id=unit.event.correlation_id,
+        ack_wait_seconds=domain.ack_wait_seconds(
+            1, timeout_seconds=settings.pms_ack_timeout_seconds, max_backoff_seconds=settings.pms_max_backoff_seconds
+        ),
+    )
+    if added:  # the same change again (a replayed cancellation) is the same sync: sent once
+        unit.emit(topic, command, subject=command.booking_id)
+
+
+async def _ask_for_manual_update(unit: Unit, booking_id: str, practice_id: str, integration: str, action: str) -> None:
+    manual = domain.manual_update(booking_id, practice_id, integration, action)
+    await _record_manual_update(unit.conn, manual, sync_id=None)
+    unit.emit(PMS_SYNC_EVENTS, manual, subject=booking_id)
+
+
+async def _record_manual_update(
+    conn: asyncpg.Connection, manual: PmsManualUpdateRequired, *, sync_id: str | None
+) -> None:
+    await repository.add_manual_update(
+        conn,
+        booking_id=manual.booking_id,
+        practice_id=manual.practice_id,
+        integration=manual.integration,
+        action=manual.action,
+        message=manual.message,
+        sync_id=sync_id,
+    )

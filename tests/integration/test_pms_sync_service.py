@@ -1,0 +1,271 @@
+"""The pms-sync service as a real process against real Kafka and Postgres: what reaches a
+practice's PMS connector, how acks settle it, what happens when none comes, and what staff are
+asked to do by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique
+from shared.topics import (
+    BOOKING_EVENTS,
+    PMS_INTEGRATION_TOPICS,
+    PMS_SYNC_ACKS,
+    PMS_SYNC_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+)
+
+pytestmark = pytest.mark.integration
+
+PRAKTIKA = PMS_INTEGRATION_TOPICS["praktika"]
+CORE_PRACTICE = PMS_INTEGRATION_TOPICS["core_practice"]
+ALL_TOPICS = [PRAKTIKA, CORE_PRACTICE, PMS_SYNC_EVENTS]
+
+T_START = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)
+LATE_FEE = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+
+
+def start_pms_sync(infra: Any, log_dir: Any, **env: str) -> ServiceProcess:
+    return ServiceProcess("pms-sync", infra.bootstrap, infra.admin_dsn, log_dir, env=env).start()
+
+
+@pytest.fixture
+def pms_sync(infra: Any, log_dir: Any) -> Iterator[ServiceProcess]:
+    service = start_pms_sync(infra, log_dir)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+async def wait_for_row(admin_dsn: str, sql: str, *args: Any, timeout: float = 30.0) -> None:
+    """Until the service has stored what a test published (topics are consumed in no fixed order)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await conn.fetchval(sql, *args):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no row for {sql!r} {args} within {timeout}s")
+    finally:
+        await conn.close()
+
+
+async def configure(infra: Any, publisher: Publisher, practice_id: str, integration: str) -> None:
+    await publisher.event(
+        UPSTREAM_PRACTICES, "practice.configured", practice_id,
+        {"practice_id": practice_id, "name": "Harbour Dental", "timezone": "Australia/Sydney", "locale": "en",
+         "pms": {"integration": integration}},
+    )
+    await wait_for_row(
+        infra.admin_dsn, "SELECT true FROM pms_sync.integrations WHERE practice_id = $1 AND integration = $2",
+        practice_id, integration,
+    )
+
+
+async def request_cancellation(infra: Any, publisher: Publisher, booking_id: str, request_id: str, chart_note: str) -> dict[str, Any]:
+    actor = {"kind": "staff", "id": "staff-7", "roles": ["reception"]}
+    # No booking.scheduled is published for these bookings: a booking service running beside
+    # this test rejects the request (not_found) instead of acting on it.
+    await publisher.event(
+        UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+        {"request_id": request_id, "booking_id": booking_id, "requested_at": iso(T_START - timedelta(hours=5)),
+         "actor": actor, "channel": "practice", "reason_code": "illness", "reason_text": "Flu",
+         "chart_note": chart_note},
+    )
+    await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.requests WHERE request_id = $1", request_id)
+    return actor
+
+
+def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "booking_id": booking_id,
+        "request_id": request_id,
+        "practice_id": practice_id,
+        "patient_id": unique("pat"),
+        "practitioner_id": "dr-lee",
+        "service_code": "D1110",
+        "starts_at": iso(T_START),
+        "ends_at": iso(T_START + timedelta(minutes=30)),
+        "cancelled_at": iso(T_START - timedelta(hours=5)),
+        "actor": actor,
+        "channel": "practice",
+        "status_label": "Cancelled",
+        "reason_code": "illness",
+        "reason_text": "Flu",
+        "classification": "late",
+        "decision": {
+            "allowed": True, "classification": "late", "fee": LATE_FEE, "charge_card": False,
+            "deposit_action": "none", "policy_version": "r1.s1",
+        },
+        "series_booking_ids": [],
+    }
+
+
+async def ack(publisher: Publisher, sync_id: str, booking_id: str, status: str, **extra: Any) -> None:
+    await publisher.event(
+        PMS_SYNC_ACKS, "pms.sync_acknowledged", booking_id,
+        {"sync_id": sync_id, "booking_id": booking_id, "status": status, **extra}, source="connector/test",
+    )
+
+
+def of(booking_id: str, type_: str) -> Any:
+    return lambda s: s.type == type_ and s.data.get("booking_id") == booking_id
+
+
+async def test_praktika_cancellation_is_synced_with_everything_and_completed_once(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    await configure(infra, publisher, practice_id, "praktika")
+    actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Pt called in sick; rebook in 2 wks")
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
+        assert command.topic == PRAKTIKA and command.key == booking_id
+        assert command.data == {
+            "sync_id": command.data["sync_id"],
+            "booking_id": booking_id,
+            "practice_id": practice_id,
+            "cancelled_at": "2031-03-10T17:00:00Z",
+            "actor": actor,
+            "classification": "late",
+            "reason_code": "illness",
+            "reason_text": "Flu",
+            "status_label": "Cancelled",
+            "fee": LATE_FEE,
+            "chart_note": "Pt called in sick; rebook in 2 wks",
+        }
+        sync_id = command.data["sync_id"]
+
+        await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-991")
+        [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
+        assert completed.data == {"sync_id": sync_id, "booking_id": booking_id, "integration": "praktika", "attempts": 1}
+
+        await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-991")  # a connector's retry
+        await w.settle(2.0)
+        assert len(w.matching(of(booking_id, "pms.sync_completed"))) == 1
+        assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == 1
+        assert w.matching(of(booking_id, "pms.manual_update_required")) == []
+
+    [row] = pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"]
+    assert (row["status"], row["attempts"], row["external_ref"]) == ("completed", 1, "PRK-991")
+
+
+async def test_no_show_reaches_the_pms_with_reporter_and_chart_note(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    await configure(infra, publisher, practice_id, "core_practice")
+    reporter = {"kind": "staff", "id": "staff-3", "roles": ["manager"]}
+    await publisher.event(
+        UPSTREAM_BOOKINGS, "booking.no_show_reported", booking_id,
+        {"request_id": request_id, "booking_id": booking_id, "reported_at": iso(T_START + timedelta(minutes=20)),
+         "actor": reporter, "party": "patient", "code": "FTA", "chart_note": "No answer on phone"},
+    )
+    await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.requests WHERE request_id = $1", request_id)
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(
+            BOOKING_EVENTS, "booking.no_show_recorded", booking_id,
+            {"booking_id": booking_id, "request_id": request_id, "practice_id": practice_id, "patient_id": unique("pat"),
+             "party": "patient", "code": "FTA", "starts_at": iso(T_START), "recorded_at": iso(T_START + timedelta(minutes=20)),
+             "decision": {"allowed": True, "classification": "no_show", "charge_card": False,
+                          "deposit_action": "none", "policy_version": "r1.s1"}},
+        )
+        [command] = await w.wait_for(of(booking_id, "pms.record_no_show"))
+        assert command.topic == CORE_PRACTICE
+        assert command.data["actor"] == reporter
+        assert command.data["chart_note"] == "No answer on phone"
+        assert (command.data["code"], command.data["recorded_at"]) == ("FTA", "2031-03-10T22:20:00Z")
+
+
+async def test_manual_practice_is_asked_to_update_its_pms(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    await configure(infra, publisher, practice_id, "manual")
+    actor = {"kind": "staff", "id": "staff-7", "roles": []}
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
+        assert manual.data == {
+            "booking_id": booking_id,
+            "practice_id": practice_id,
+            "integration": "manual",
+            "action": "cancel_booking",
+            "message": "Manual update required: cancel this booking in your PMS too",
+        }
+        await w.settle(1.0)
+        assert w.matching(lambda s: s.topic in (PRAKTIKA, CORE_PRACTICE) and s.data.get("booking_id") == booking_id) == []
+
+    [update] = pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"]
+    assert (update["booking_id"], update["action"], update["sync_id"]) == (booking_id, "cancel_booking", None)
+
+
+async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    await configure(infra, publisher, practice_id, "core_practice")
+    actor = {"kind": "staff", "id": "staff-7", "roles": []}
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
+        assert command.topic == CORE_PRACTICE
+        sync_id = command.data["sync_id"]
+
+        await ack(publisher, sync_id, booking_id, "error", error="appointment locked by another user")
+        [failed] = await w.wait_for(of(booking_id, "pms.sync_failed"))
+        assert failed.data == {
+            "sync_id": sync_id, "booking_id": booking_id, "integration": "core_practice", "attempts": 1,
+            "error": "appointment locked by another user",
+        }
+        [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
+        assert manual.data["integration"] == "core_practice"
+        assert manual.data["message"].startswith("Manual update required:")
+        assert manual.data["message"].endswith("cancel this booking in your PMS too")
+
+        await ack(publisher, sync_id, booking_id, "ok")  # too late: the practice was already asked
+        await w.settle(2.0)
+        assert w.matching(of(booking_id, "pms.sync_completed")) == []
+        assert len(w.matching(of(booking_id, "pms.manual_update_required"))) == 1
+
+
+async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
+    infra: Any, publisher: Publisher, log_dir: Any
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    service = start_pms_sync(infra, log_dir, PMS_ACK_TIMEOUT_SECONDS="1", PMS_MAX_ATTEMPTS="2", PMS_RETRY_POLL_SECONDS="0.2")
+    try:
+        await configure(infra, publisher, practice_id, "praktika")
+        actor = {"kind": "staff", "id": "staff-7", "roles": []}
+        async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+            await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+            sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=20)
+            assert len({s.data["sync_id"] for s in sends}) == 1
+            assert sends[0].data == sends[1].data  # the same command, unchanged
+            assert sends[0].value["id"] != sends[1].value["id"]  # a new envelope each time
+
+            [failed] = await w.wait_for(of(booking_id, "pms.sync_failed"), timeout=20)
+            assert failed.data["attempts"] == 2
+            assert failed.data["error"] == "no acknowledgement after 2 attempts"
+            [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
+            assert manual.data["message"].endswith("cancel this booking in your PMS too")
+            await w.settle(2.5)
+            assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == 2
+            assert len(w.matching(of(booking_id, "pms.sync_failed"))) == 1
+
+        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        assert (row["status"], row["attempts"]) == ("failed", 2)
+    finally:
+        service.stop()

@@ -1,0 +1,352 @@
+"""The notification rules, by table: who hears on which channel for each event, how times and
+money read in each locale and timezone, what the templates say, and when a failed send is
+tried again. No infrastructure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from notification import domain
+from notification.delivery import SMS_NOT_CONFIGURED, DeliveryError, EmailChannel, SmsChannel
+from notification.rendering import TEMPLATES, Renderer
+from notification.settings import NotificationSettings
+
+ADA = domain.PatientContact(first_name="Ada", email="ada@example.com", phone="+61 400 000 001", locale="en")
+EMAIL_ONLY = domain.PatientContact(first_name="Bo", email="bo@example.com", phone=None, locale=None)
+PHONE_ONLY = domain.PatientContact(first_name="Cy", email=None, phone="+61 400 000 003", locale="de")
+BLANK = domain.PatientContact(first_name="Di", email="  ", phone="", locale=None)
+
+PRACTICE = domain.PracticeContact(
+    practice_id="p1", name="Harbour Dental", timezone="Australia/Sydney", locale="en",
+    email="desk@harbour.example", phone="+61 2 9000 0000", preferred_channel="email",
+)
+ASKED = domain.PracticeContact(**{**PRACTICE.__dict__, "notify_practice_on_online_cancel": True})
+PREFERS_SMS = domain.PracticeContact(**{**PRACTICE.__dict__, "preferred_channel": "sms"})
+SMS_PREFERRED_BUT_NO_PHONE = domain.PracticeContact(**{**PRACTICE.__dict__, "preferred_channel": "sms", "phone": None})
+ASKED_NO_EMAIL = domain.PracticeContact(**{**ASKED.__dict__, "email": None})
+UNKNOWN = domain.PracticeContact.unknown("p9")
+
+
+def plan(messages: list[domain.Message]) -> list[tuple[str, str, str]]:
+    """(recipient, channel, "sent" or the skip reason) for each planned message."""
+    return [(m.recipient, m.channel, m.skip_reason or "send") for m in messages]
+
+
+# --- who hears, on which channel -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actor", "patient", "practice", "expected"),
+    [
+        # cancelled by staff: the patient, email and SMS where they have them
+        ("staff", ADA, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "send")]),
+        ("staff", EMAIL_ONLY, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
+        ("staff", PHONE_ONLY, PRACTICE, [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")]),
+        ("staff", BLANK, PRACTICE, [
+            ("patient", "email", "the patient has no email address on file"),
+            ("patient", "sms", "the patient has no mobile number on file"),
+        ]),
+        ("staff", None, PRACTICE, [
+            ("patient", "email", "no contact details are known for this booking's patient"),
+            ("patient", "sms", "no contact details are known for this booking's patient"),
+        ]),
+        # cancelled online by the patient: the patient; the practice by email only when it asked
+        ("patient", ADA, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "send")]),
+        ("patient", ADA, ASKED, [("patient", "email", "send"), ("patient", "sms", "send"), ("practice", "email", "send")]),
+        ("patient", EMAIL_ONLY, ASKED_NO_EMAIL, [
+            ("patient", "email", "send"),
+            ("patient", "sms", "the patient has no mobile number on file"),
+            ("practice", "email", "the practice has no email address on file"),
+        ]),
+        # cancelled by a professional or the system: the office, through its preferred channel
+        ("professional", ADA, PRACTICE, [("practice", "email", "send")]),
+        ("professional", ADA, ASKED, [("practice", "email", "send")]),
+        ("system", None, PREFERS_SMS, [("practice", "sms", "send")]),
+        ("system", ADA, SMS_PREFERRED_BUT_NO_PHONE, [("practice", "email", "send")]),
+        ("professional", ADA, UNKNOWN, [("practice", "email", "the practice has no email address or phone number on file")]),
+    ],
+)
+def test_who_hears_about_a_cancellation(actor, patient, practice, expected) -> None:
+    assert plan(domain.plan_cancellation(actor, patient, practice)) == expected
+
+
+@pytest.mark.parametrize(
+    ("reason", "requester", "patient", "expected"),
+    [
+        # the request was seen: the patient hears exactly when the patient asked
+        ("within_online_cutoff", "patient", ADA, [("patient", "email", "send"), ("patient", "sms", "send")]),
+        ("appointment_started", "patient", EMAIL_ONLY, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
+        ("appointment_started", "staff", ADA, []),
+        ("within_online_cutoff", "staff", ADA, []),
+        ("not_allowed", "professional", ADA, []),
+        # the request was not seen: only a patient-portal reason says the patient asked
+        ("within_online_cutoff", None, ADA, [("patient", "email", "send"), ("patient", "sms", "send")]),
+        ("online_cancellation_disabled", None, EMAIL_ONLY, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
+        ("no_portal_account", None, PHONE_ONLY, [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")]),
+        ("appointment_started", None, ADA, []),
+        ("already_cancelled", None, ADA, []),
+    ],
+)
+def test_who_hears_about_a_rejection(reason, requester, patient, expected) -> None:
+    assert plan(domain.plan_rejection(reason, requester, patient, PRACTICE)) == expected
+
+
+def test_templates_are_named_for_the_event_and_who_cancelled() -> None:
+    assert {m.template for m in domain.plan_cancellation("staff", ADA, PRACTICE)} == {"booking_cancelled_by_staff"}
+    assert {m.template for m in domain.plan_cancellation("patient", ADA, ASKED)} == {"booking_cancelled_online"}
+    assert {m.template for m in domain.plan_cancellation("professional", ADA, PRACTICE)} == {"booking_cancelled_by_professional"}
+    assert {m.template for m in domain.plan_cancellation("system", ADA, PRACTICE)} == {"booking_cancelled_by_system"}
+    assert {m.template for m in domain.plan_rejection("no_portal_account", None, ADA, PRACTICE)} == {"booking_cancellation_rejected"}
+
+
+def test_a_message_has_one_id_per_event_recipient_and_channel() -> None:
+    a = domain.notification_id("evt-1", "patient", "email")
+    assert a == domain.notification_id("evt-1", "patient", "email")  # a redelivery records the same message
+    assert len({
+        a,
+        domain.notification_id("evt-1", "patient", "sms"),
+        domain.notification_id("evt-1", "practice", "email"),
+        domain.notification_id("evt-2", "patient", "email"),
+    }) == 4
+    assert a.version == 5
+
+
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        (("en",), "en"),
+        (("de",), "de"),
+        (("de-AT",), "de"),
+        (("de_CH",), "de"),
+        (("DE",), "de"),
+        (("fr-FR", "de"), "de"),  # the patient's locale is not one we write: the practice's
+        ((None, "de"), "de"),
+        (("fr", None), "en"),
+        ((), "en"),
+    ],
+)
+def test_locale(candidates, expected) -> None:
+    assert domain.resolve_locale(*candidates) == expected
+
+
+def test_patient_messages_use_the_patients_locale_else_the_practices() -> None:
+    german_practice = domain.PracticeContact(**{**PRACTICE.__dict__, "locale": "de-DE"})
+    assert {m.locale for m in domain.plan_cancellation("staff", PHONE_ONLY, PRACTICE)} == {"de"}
+    assert {m.locale for m in domain.plan_cancellation("staff", EMAIL_ONLY, german_practice)} == {"de"}
+    assert {m.locale for m in domain.plan_cancellation("professional", PHONE_ONLY, PRACTICE)} == {"en"}  # the office's
+
+
+# --- times and money, in the practice's timezone and the reader's locale ---------------------------
+
+T = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("timezone", "locale", "expected"),
+    [
+        ("Australia/Sydney", "en", "Tuesday 11 March 2031, 9:00 am AEDT"),
+        ("Australia/Sydney", "de", "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"),
+        ("Europe/Berlin", "de", "Montag, 10. März 2031, 23:00 Uhr (CET)"),
+        ("America/New_York", "en", "Monday 10 March 2031, 6:00 pm EDT"),
+        ("UTC", "en", "Monday 10 March 2031, 10:00 pm UTC"),
+        (None, "en", "Monday 10 March 2031, 10:00 pm UTC"),  # unknown timezone: UTC
+        ("Mars/Olympus_Mons", "en", "Monday 10 March 2031, 10:00 pm UTC"),  # invalid: UTC, not a crash
+        ("Asia/Kolkata", "en", "Tuesday 11 March 2031, 3:30 am IST"),
+    ],
+)
+def test_times_are_shown_in_the_practices_timezone(timezone, locale, expected) -> None:
+    assert domain.format_when(T, timezone, locale) == expected
+
+
+def test_noon_and_midnight_read_as_people_say_them() -> None:
+    assert domain.format_when(datetime(2031, 3, 10, 0, 5, tzinfo=UTC), "UTC", "en").endswith("12:05 am UTC")
+    assert domain.format_when(datetime(2031, 3, 10, 12, 0, tzinfo=UTC), "UTC", "en").endswith("12:00 pm UTC")
+
+
+@pytest.mark.parametrize(
+    ("amount", "locale", "expected"),
+    [("45.00", "en", "45.00 AUD"), ("45", "de", "45,00 AUD"), ("1250.5", "en", "1,250.50 AUD"), ("1250.5", "de", "1.250,50 AUD")],
+)
+def test_money(amount, locale, expected) -> None:
+    assert domain.format_money(Decimal(amount), "AUD", locale) == expected
+
+
+def test_rebook_link() -> None:
+    assert (
+        domain.rebook_url("https://portal.example/", "prac 1", "bk/2")
+        == "https://portal.example/practices/prac%201/rebook?booking_id=bk%2F2"
+    )
+
+
+# --- the words: every planned message has a template in every locale, and it reads right ----------
+
+ALL_PLANS = [
+    *domain.plan_cancellation("staff", ADA, PRACTICE),
+    *domain.plan_cancellation("patient", ADA, ASKED),
+    *domain.plan_cancellation("professional", ADA, PREFERS_SMS),
+    *domain.plan_cancellation("professional", ADA, PRACTICE),
+    *domain.plan_cancellation("system", ADA, PREFERS_SMS),
+    *domain.plan_cancellation("system", ADA, PRACTICE),
+    *domain.plan_rejection("within_online_cutoff", None, ADA, PRACTICE),
+]
+
+
+@pytest.mark.parametrize("locale", domain.SUPPORTED_LOCALES)
+@pytest.mark.parametrize("message", ALL_PLANS, ids=lambda m: f"{m.template}/{m.recipient}.{m.channel}")
+def test_every_message_has_a_template_in_every_locale(message: domain.Message, locale: str) -> None:
+    renderer = Renderer()
+    path = TEMPLATES / renderer.path(message.template, message.recipient, message.channel, locale)
+    assert path.is_file(), f"missing template {path.relative_to(TEMPLATES)}"
+    localised = domain.Message(**{**message.__dict__, "locale": locale})
+    rendered = renderer.render(message.template, message.recipient, message.channel, locale, _context(localised))
+    assert rendered.body.strip()
+    assert "None" not in rendered.body
+    if message.channel == "email":
+        assert rendered.subject and "\n" not in rendered.subject
+    else:
+        assert rendered.subject is None and "\n" not in rendered.body
+
+
+def _context(message: domain.Message, **facts: object) -> dict[str, object]:
+    defaults: dict[str, object] = {
+        "booking_id": "bk-1", "service_code": "D1110", "practitioner_id": "dr-lee", "classification": "late",
+        "rebook_url": "https://portal.example/practices/p1/rebook?booking_id=bk-1",
+        "reason": "within_online_cutoff",
+        "message": "Please contact the practice to cancel within 48 hours of your appointment.",
+    }
+    return domain.template_context(message, starts_at=T, practice=PRACTICE, patient=ADA, **(defaults | facts))
+
+
+def _only(messages: list[domain.Message], recipient: str, channel: str, locale: str = "en") -> domain.Message:
+    [message] = [m for m in messages if m.recipient == recipient and m.channel == channel]
+    return domain.Message(**{**message.__dict__, "locale": locale})
+
+
+def test_staff_cancellation_email_quotes_the_reason_in_the_practices_time() -> None:
+    message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "email")
+    out = Renderer().render(
+        message.template, "patient", "email", "en",
+        _context(message, reason_text="Dr Lee is unwell", reason_code="illness"),
+    )
+    assert out.subject == "Your appointment on Tuesday 11 March 2031, 9:00 am AEDT has been cancelled"
+    assert out.body.startswith("Hello Ada,\n")
+    assert 'Reason given: "Dr Lee is unwell"' in out.body
+    assert "+61 2 9000 0000" in out.body
+    assert "\n\n\n" not in out.body
+
+
+def test_reason_code_is_given_when_there_is_no_text_and_left_out_when_neither() -> None:
+    message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "sms")
+    renderer = Renderer()
+    with_code = renderer.render(message.template, "patient", "sms", "en", _context(message, reason_code="practitioner_unavailable"))
+    assert "Reason: practitioner unavailable." in with_code.body
+    without = renderer.render(message.template, "patient", "sms", "en", _context(message))
+    assert "Reason" not in without.body
+
+
+def test_german_sms_and_fee() -> None:
+    message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "email", "de")
+    context = domain.template_context(
+        message, starts_at=T, practice=PRACTICE, patient=ADA, fee=(Decimal("45"), "AUD"), reason_text="Krank",
+        booking_id="bk-1",
+    )
+    out = Renderer().render(message.template, "patient", "email", "de", context)
+    assert out.subject == "Ihr Termin am Dienstag, 11. März 2031, 09:00 Uhr (AEDT) wurde abgesagt"
+    assert "Angegebener Grund: „Krank“" in out.body
+    assert "45,00 AUD" in out.body
+
+
+def test_online_cancellation_gives_the_patient_a_rebook_link() -> None:
+    message = _only(domain.plan_cancellation("patient", ADA, ASKED), "patient", "sms")
+    out = Renderer().render(message.template, "patient", "sms", "en", _context(message))
+    assert out.body == (
+        "Harbour Dental: your appointment on Tuesday 11 March 2031, 9:00 am AEDT is cancelled. "
+        "Book again: https://portal.example/practices/p1/rebook?booking_id=bk-1"
+    )
+
+
+def test_rejection_tells_the_patient_what_to_do_next() -> None:
+    message = _only(domain.plan_rejection("within_online_cutoff", None, ADA, PRACTICE), "patient", "email")
+    renderer = Renderer()
+    english = renderer.render(message.template, "patient", "email", "en", _context(message))
+    assert "Please contact the practice to cancel within 48 hours of your appointment." in english.body
+    assert "You can reach Harbour Dental on +61 2 9000 0000 or at desk@harbour.example." in english.body
+    german = renderer.render(message.template, "patient", "email", "de", _context(message))
+    assert "bitte wenden Sie sich direkt an die Praxis" in german.body
+
+
+def test_a_locale_without_its_own_template_falls_back_to_english(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "patient.sms.en.j2").write_text("Hello {{ first_name }}")
+    assert Renderer(tmp_path).render("t", "patient", "sms", "de", {"first_name": "Ada"}).body == "Hello Ada"
+
+
+def test_template_context_refuses_a_fact_no_template_knows() -> None:
+    message = domain.plan_cancellation("staff", ADA, PRACTICE)[0]
+    with pytest.raises(TypeError):
+        domain.template_context(message, starts_at=T, practice=PRACTICE, patient=ADA, patient_email="x@y.z")
+
+
+# --- retries ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, 30.0), (2, 60.0), (3, 120.0), (4, 240.0), (8, 3600.0), (20, 3600.0)],
+)
+def test_retry_delay_doubles_up_to_a_cap(attempts: int, expected: float) -> None:
+    assert domain.retry_delay(attempts, base_seconds=30, max_seconds=3600) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "permanent", "expected"),
+    [
+        (1, False, "retry"),
+        (4, False, "retry"),
+        (5, False, "failed"),  # out of attempts
+        (6, False, "failed"),
+        (1, True, "failed"),  # no retry can fix it
+    ],
+)
+def test_after_a_failure(attempts: int, permanent: bool, expected: str) -> None:
+    assert domain.after_failure(attempts, max_attempts=5, permanent=permanent) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SMTP refused the recipient: {'ada@example.com': (550, b'no such user')}", "SMTP refused the recipient: {'[email]': (550, b'no such user')}"),
+        ("SMS provider answered 400: invalid number +61 400 000 001", "SMS provider answered 400: invalid number [phone]"),
+        ("SMTP 451: try again later", "SMTP 451: try again later"),
+    ],
+)
+def test_errors_are_redacted_before_they_are_stored_or_published(text: str, expected: str) -> None:
+    assert domain.redact(text) == expected
+
+
+# --- the channels' own rules (no network) -------------------------------------------------------
+
+
+def test_sms_without_a_provider_is_a_permanent_failure() -> None:
+    settings = NotificationSettings(sms_api_url=None)
+    channel = SmsChannel(settings, client=None)  # type: ignore[arg-type]  # never reached
+    with pytest.raises(DeliveryError) as raised:
+        asyncio.run(channel.send(uuid.uuid4(), "+61 400 000 001", "hello"))
+    assert str(raised.value) == SMS_NOT_CONFIGURED == "SMS delivery is not configured"
+    assert raised.value.permanent
+
+
+def test_email_carries_the_notification_id_as_its_message_id() -> None:
+    notification_id = uuid.uuid4()
+    msg = EmailChannel(NotificationSettings(smtp_from="notices@harbour.example")).message(
+        notification_id, "ada@example.com", "Subject line", "Body\n"
+    )
+    assert msg["Message-ID"] == f"<{notification_id}@harbour.example>"
+    assert (msg["From"], msg["To"], msg["Subject"]) == ("notices@harbour.example", "ada@example.com", "Subject line")

@@ -1,0 +1,220 @@
+"""The PMS synchronisation rules, by table: where a change goes for each integration, what the
+sync command carries, what staff are told, how acks settle a sync and when it is sent again.
+No infrastructure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from pms_sync import domain
+from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
+from shared.contracts.common import Actor, Decision, Fee
+from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow
+
+T = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)
+STAFF = Actor(kind="staff", id="staff-7", roles=["reception"])
+FEE = Fee(amount=Decimal("45.00"), currency="AUD", code="D9987", code_system="CDT")
+
+
+def cancelled(**overrides: object) -> BookingCancelled:
+    fields: dict[str, object] = {
+        "booking_id": "bk-1",
+        "request_id": "req-1",
+        "practice_id": "prac-1",
+        "patient_id": "pat-1",
+        "practitioner_id": "dr-lee",
+        "service_code": "D1110",
+        "starts_at": T,
+        "ends_at": T + timedelta(minutes=30),
+        "cancelled_at": T - timedelta(hours=5),
+        "actor": STAFF,
+        "channel": "practice",
+        "status_label": "Cancelled",
+        "reason_code": "illness",
+        "reason_text": "Flu",
+        "classification": "late",
+        "decision": Decision(allowed=True, classification="late", fee=FEE, charge_card=False, deposit_action="none", policy_version="r1.s1"),
+    }
+    return BookingCancelled.new(**(fields | overrides))
+
+
+def no_show_recorded(**overrides: object) -> BookingNoShowRecorded:
+    fields: dict[str, object] = {
+        "booking_id": "bk-2",
+        "request_id": "req-2",
+        "practice_id": "prac-1",
+        "patient_id": "pat-1",
+        "party": "patient",
+        "code": "DNA",
+        "starts_at": T,
+        "recorded_at": T + timedelta(minutes=20),
+        "decision": Decision(allowed=True, classification="no_show", charge_card=False, deposit_action="none", policy_version="r1.s1"),
+    }
+    return BookingNoShowRecorded.new(**(fields | overrides))
+
+
+# --- where a change goes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("integration", "route", "topic"),
+    [
+        ("praktika", "sync", "pms-sync.praktika.v1"),
+        ("core_practice", "sync", "pms-sync.core-practice.v1"),
+        ("manual", "manual", None),
+        ("none", "none", None),
+        (domain.DEFAULT_INTEGRATION, "none", None),  # a practice that never configured one
+    ],
+)
+def test_where_a_change_goes(integration: str, route: str, topic: str | None) -> None:
+    assert domain.route(integration) == route
+    if topic:
+        assert domain.topic_of(integration) == topic
+
+
+def test_one_change_of_one_booking_has_one_sync_id() -> None:
+    a = domain.sync_id("bk-1", "req-1")
+    assert a == domain.sync_id("bk-1", "req-1")
+    assert uuid.UUID(a).version == 5
+    assert len({a, domain.sync_id("bk-1", "req-2"), domain.sync_id("bk-2", "req-1")}) == 3
+
+
+# --- what the sync command carries ---------------------------------------------------------------
+
+
+def test_cancel_command_carries_everything_the_pms_could_store() -> None:
+    command = domain.cancel_command(cancelled(), "bk-1", chart_note="Pt called in sick")
+    assert isinstance(command, PmsCancelBooking)
+    assert command.to_json_dict() == {
+        "sync_id": domain.sync_id("bk-1", "req-1"),
+        "booking_id": "bk-1",
+        "practice_id": "prac-1",
+        "cancelled_at": "2031-03-10T17:00:00Z",
+        "actor": {"kind": "staff", "id": "staff-7", "roles": ["reception"]},
+        "classification": "late",
+        "reason_code": "illness",
+        "reason_text": "Flu",
+        "status_label": "Cancelled",
+        "fee": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
+        "chart_note": "Pt called in sick",
+    }
+
+
+def test_cancel_command_for_an_occurrence_of_a_series_has_its_own_sync_id() -> None:
+    event = cancelled(series_booking_ids=["bk-1b"])
+    command = domain.cancel_command(event, "bk-1b", chart_note=None)
+    assert (command.booking_id, command.sync_id) == ("bk-1b", domain.sync_id("bk-1b", "req-1"))
+
+
+@pytest.mark.parametrize(
+    ("label", "actor"),
+    [("Cancelled online", Actor(kind="patient", id="pat-1")), ("Cancelled", Actor(kind="professional", id="pro-1"))],
+)
+def test_cancel_command_keeps_the_label_and_actor(label: str, actor: Actor) -> None:
+    command = domain.cancel_command(cancelled(status_label=label, actor=actor, reason_code=None, reason_text=None), "bk-1", None)
+    assert (command.status_label, command.actor, command.reason_code, command.fee) == (label, actor, None, FEE)
+
+
+def test_no_show_command_carries_the_reporter_fee_and_chart_note() -> None:
+    fee = Fee(amount=Decimal("80.00"), currency="AUD", code="D9986", code_system="CDT")
+    event = no_show_recorded(decision=Decision(allowed=True, classification="no_show", fee=fee, charge_card=True, deposit_action="keep", policy_version="r1.s1"))
+    command = domain.no_show_command(event, STAFF, "No answer on phone")
+    assert isinstance(command, PmsRecordNoShow)
+    assert command.to_json_dict() == {
+        "sync_id": domain.sync_id("bk-2", "req-2"),
+        "booking_id": "bk-2",
+        "practice_id": "prac-1",
+        "code": "DNA",
+        "recorded_at": "2031-03-10T22:20:00Z",
+        "actor": {"kind": "staff", "id": "staff-7", "roles": ["reception"]},
+        "fee": {"amount": "80.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
+        "chart_note": "No answer on phone",
+    }
+
+
+def test_no_show_command_without_the_report_names_the_booking_service() -> None:
+    command = domain.no_show_command(no_show_recorded(), None, None)
+    assert command.actor == domain.UNKNOWN_REPORTER == Actor(kind="system", id="service/booking")
+    assert command.chart_note is None
+
+
+def test_stored_commands_read_back_unchanged() -> None:
+    command = domain.cancel_command(cancelled(), "bk-1", "note")
+    again = domain.COMMAND_MODELS["cancel_booking"].model_validate(command.to_json_dict())
+    assert again == command
+
+
+# --- what staff are told ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "integration", "error", "failed", "message"),
+    [
+        ("cancel_booking", "manual", None, False, "Manual update required: cancel this booking in your PMS too"),
+        ("record_no_show", "manual", None, False, "Manual update required: record this no-show in your PMS too"),
+        ("cancel_booking", "praktika", "no acknowledgement after 5 attempts", True,
+         "Manual update required: Praktika did not take this change (no acknowledgement after 5 attempts); "
+         "cancel this booking in your PMS too"),
+        ("record_no_show", "core_practice", "locked", True,
+         "Manual update required: Core Practice did not take this change (locked); record this no-show in your PMS too"),
+        ("cancel_booking", "core_practice", None, True,
+         "Manual update required: Core Practice did not take this change; cancel this booking in your PMS too"),
+    ],
+)
+def test_manual_update_messages(action: str, integration: str, error: str | None, failed: bool, message: str) -> None:
+    update = domain.manual_update("bk-1", "prac-1", integration, action, error, failed=failed)
+    assert update.to_json_dict() == {
+        "booking_id": "bk-1", "practice_id": "prac-1", "integration": integration, "action": action, "message": message,
+    }
+
+
+# --- acks and retries ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "ack", "expected"),
+    [
+        ("sent", "ok", "complete"),
+        ("sent", "error", "fail"),
+        ("completed", "ok", "ignore"),  # a duplicate ack
+        ("completed", "error", "ignore"),
+        ("failed", "ok", "ignore"),  # late: the practice was already asked to update by hand
+        ("failed", "error", "ignore"),
+    ],
+)
+def test_the_first_ack_settles_a_sync(status: str, ack: str, expected: str) -> None:
+    assert domain.on_ack(status, ack) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempt", "expected"),
+    [(1, 60.0), (2, 120.0), (3, 240.0), (4, 480.0), (5, 960.0), (7, 3600.0), (30, 3600.0)],
+)
+def test_each_send_waits_twice_as_long_for_its_ack(attempt: int, expected: float) -> None:
+    assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "max_attempts", "expected"),
+    [(1, 5, "resend"), (4, 5, "resend"), (5, 5, "give_up"), (1, 2, "resend"), (2, 2, "give_up"), (1, 1, "give_up")],
+)
+def test_overdue_sync_is_resent_until_out_of_attempts(attempts: int, max_attempts: int, expected: str) -> None:
+    assert domain.on_timeout(attempts, max_attempts) == expected
+
+
+def test_retry_schedule_of_one_sync() -> None:
+    """The whole life of an unacknowledged sync with the defaults: 5 sends, then give up."""
+    waits, attempts = [], 1
+    while True:
+        waits.append(domain.ack_wait_seconds(attempts, timeout_seconds=60, max_backoff_seconds=3600))
+        if domain.on_timeout(attempts, 5) == "give_up":
+            break
+        attempts += 1
+    assert (attempts, waits, sum(waits)) == (5, [60, 120, 240, 480, 960], 1860)
+    assert domain.no_ack_error(attempts) == "no acknowledgement after 5 attempts"
+    assert domain.no_ack_error(1) == "no acknowledgement after 1 attempt"
