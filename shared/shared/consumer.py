@@ -97,6 +97,9 @@ class Unit:
 
 
 Handler = Callable[[Unit, Any], Awaitable[None]]
+# For a request whose payload breaks the contract: (data, error) -> [(topic, payload, subject)]
+# to publish besides the dead letter, e.g. a rejection the requester can act on.
+InvalidRequestAnswer = Callable[[dict[str, Any], str], list[tuple[str, Payload, str]]]
 
 
 @dataclass
@@ -122,6 +125,7 @@ class MessageProcessor:
         pool: asyncpg.Pool,
         handlers: Mapping[str, Mapping[str, Handler]],
         deps: Any = None,
+        answer_invalid: Mapping[str, InvalidRequestAnswer] | None = None,
         on_committed: Callable[[], None] | None = None,
         max_backoff: float = 30.0,
     ) -> None:
@@ -129,6 +133,7 @@ class MessageProcessor:
         self.pool = pool
         self.handlers = handlers  # topic -> event type -> handler
         self.deps = deps
+        self._answer_invalid = answer_invalid or {}
         self._on_committed = on_committed
         self._max_backoff = max_backoff
         self._registries = {topic: models_for(topic) for topic in handlers}
@@ -190,7 +195,8 @@ class MessageProcessor:
         outcome: BatchOutcome,
     ) -> None:
         if isinstance(result, ContractViolation):
-            await self._dead_letter(conn, record, str(result), claim_id=_position_id(record))
+            if await self._dead_letter(conn, record, str(result), claim_id=_position_id(record)):
+                await self._answer(conn, result)
             outcome.add(record.topic, "dead_lettered")
             return
 
@@ -224,9 +230,25 @@ class MessageProcessor:
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
 
-    async def _dead_letter(self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str) -> None:
+    async def _answer(self, conn: asyncpg.Connection, violation: ContractViolation) -> None:
+        envelope = violation.envelope
+        answer = self._answer_invalid.get(envelope.type) if envelope is not None else None
+        if envelope is None or answer is None:
+            return
+        await outbox.write(
+            conn,
+            [
+                outbox.outgoing(
+                    topic, payload, subject=subject, source=f"service/{self.service}",
+                    correlation_id=envelope.correlationid or envelope.id,
+                )
+                for topic, payload, subject in answer(envelope.data, str(violation))
+            ],
+        )
+
+    async def _dead_letter(self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str) -> bool:
         if not await inbox.claim(conn, self.service, claim_id):
-            return  # this very record was dead-lettered before
+            return False  # this very record was dead-lettered before
         await outbox.write(conn, [dead_letter(self.service, record, error)])
         log.warning(
             "dead-lettered",
@@ -235,6 +257,7 @@ class MessageProcessor:
             offset=record.offset,
             reason=error[:300],
         )
+        return True
 
 
 def _position_id(record: Record) -> str:

@@ -29,7 +29,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from . import db
-from .consumer import Handler, MessageProcessor
+from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
 from .http import json_response, metrics_route
 from .logging import configure_logging, get_logger
@@ -56,6 +56,8 @@ class ServiceDefinition:
     close_deps: Callable[[Any], Awaitable[None]] | None = None
     background: Sequence[BackgroundTask] = ()  # long-running loops: schedulers, senders
     http_routes: Callable[["Service"], Sequence[tuple[str, Any]]] | None = None
+    # event type -> what to answer besides the dead letter when its payload breaks the contract
+    answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,6 +192,7 @@ def build_app(definition: ServiceDefinition) -> AsgiFastStream:
             pool=service.pool,
             handlers=definition.consumes,
             deps=service.deps,
+            answer_invalid=definition.answer_invalid,
             on_committed=service.wake_relay,
         )
 

@@ -1,7 +1,8 @@
-"""The booking service: the booking's state machine, requests to the policy, the audit trail
-and the read API.
+"""The booking service: the booking's state machine, requests to the policy, series, the
+waitlist and slot release, suspension, the audit trail, reports and the read API.
 
-Consumes `upstream.bookings.v1` and `policy.decisions.v1`; publishes `booking.events.v1` and,
+Consumes `upstream.bookings.v1`, `upstream.practices.v1` (waitlist settings and entries),
+`policy.decisions.v1` and `scoring.events.v1` (suspensions); publishes `booking.events.v1` and,
 internally, `policy.requests.v1`.
 """
 
@@ -24,9 +25,16 @@ from shared.contracts.booking import (
 )
 from shared.http import BadRequest, json_route, page_args
 from shared.service import Service, ServiceDefinition
-from shared.topics import BOOKING_EVENTS, POLICY_DECISIONS, POLICY_REQUESTS, UPSTREAM_BOOKINGS
+from shared.topics import (
+    BOOKING_EVENTS,
+    POLICY_DECISIONS,
+    POLICY_REQUESTS,
+    SCORING_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+)
 
-from . import handlers, repository
+from . import domain, handlers, repository
 from .settings import BookingSettings
 
 
@@ -71,7 +79,36 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
             ],
         }
 
-    return [("/bookings", json_route(list_bookings)), ("/booking", json_route(one_booking))]
+    async def cancellation_report(query: dict[str, str]) -> dict[str, Any]:
+        """Cancellation and no-show rates over a period (`from`, `to`: start times), grouped by
+        `group_by` = practice | practitioner | service, optionally for one `practice_id`."""
+        group_by = query.get("group_by", "practice")
+        if group_by not in repository.REPORT_GROUPS:
+            raise BadRequest("group_by is one of practice, practitioner, service")
+        starts_from, starts_before = _time(query, "from"), _time(query, "to")
+        if starts_from is None or starts_before is None:
+            raise BadRequest("from and to are required (the period, by appointment start time)")
+        rows = await repository.report(
+            service.pool, group_by=group_by, practice_id=query.get("practice_id"),
+            starts_from=starts_from, starts_before=starts_before,
+        )
+        groups = []
+        for r in rows:
+            counts = dict(r)
+            counts |= {
+                "cancellation_rate": domain.rate(r["cancelled"], r["bookings"]),
+                "no_show_rate": domain.rate(r["no_shows"], r["bookings"]),
+                "late_share_of_cancellations": domain.rate(r["late"], r["cancelled"]),
+                "timely_share_of_cancellations": domain.rate(r["timely"], r["cancelled"]),
+            }
+            groups.append(counts)
+        return {"group_by": group_by, "from": starts_from, "to": starts_before, "groups": groups}
+
+    return [
+        ("/bookings", json_route(list_bookings)),
+        ("/booking", json_route(one_booking)),
+        ("/reports/cancellations", json_route(cancellation_report)),
+    ]
 
 
 def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
@@ -90,6 +127,11 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
                 "booking.no_show_reported": handlers.report_no_show,
             },
             POLICY_DECISIONS: {"cancellation.assessed": handlers.apply_decision},
+            UPSTREAM_PRACTICES: {
+                "practice.configured": handlers.configure_practice,
+                "waitlist.joined": handlers.join_waitlist,
+            },
+            SCORING_EVENTS: {"account.suspended": handlers.cancel_for_suspension},
         },
         publishes={
             BOOKING_EVENTS: [
@@ -104,4 +146,9 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
             POLICY_REQUESTS: [CancellationAssessmentRequested],
         },
         http_routes=_routes,
+        background=[handlers.expire_offers],
+        answer_invalid={
+            "booking.cancellation_requested": handlers.reject_unreadable("cancellation"),
+            "booking.no_show_reported": handlers.reject_unreadable("no_show"),
+        },
     )

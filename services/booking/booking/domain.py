@@ -3,7 +3,9 @@
 Pure: plain values in, plain values out, no I/O. A booking moves
 scheduled -> cancelled | no_show | completed and never back (there is no undo: rebooking is
 a new booking). Everything that depends on the practice's settings and on time is the
-cancellation policy's to decide; booking only refuses what no policy could allow.
+cancellation policy's to decide; booking only refuses what no policy could allow. A cancelled
+slot goes to the longest-waiting matching patient on the practice's waitlist, one offer at a
+time, and is released for online booking when nobody (else) waits.
 """
 
 from __future__ import annotations
@@ -52,3 +54,30 @@ def status_label(actor_kind: str, channel: str) -> str:
 def later_occurrences(starts_at: datetime, series: list[tuple[str, datetime, str]]) -> list[str]:
     """The booking ids of a series' scheduled occurrences after `starts_at`, in time order."""
     return [bid for bid, at, status in sorted(series, key=lambda s: s[1]) if at > starts_at and status == "scheduled"]
+
+
+@dataclass(frozen=True)
+class WaitingPatient:
+    waitlist_id: str
+    service_code: str | None
+    practitioner_id: str | None
+    joined_at: datetime
+
+
+def next_in_line(service_code: str, practitioner_id: str, waiting: list[WaitingPatient]) -> WaitingPatient | None:
+    """The longest-waiting patient who waits for this slot's service and practitioner.
+
+    An entry that names a service (or a practitioner) matches only slots of it; one that names
+    neither takes any slot of the practice.
+    """
+    matches = [
+        w for w in waiting
+        if (w.service_code is None or w.service_code == service_code)
+        and (w.practitioner_id is None or w.practitioner_id == practitioner_id)
+    ]
+    return min(matches, key=lambda w: (w.joined_at, w.waitlist_id), default=None)
+
+
+def rate(part: int, whole: int) -> float | None:
+    """A share as a fraction rounded to 4 places (None when there is nothing to divide)."""
+    return round(part / whole, 4) if whole else None

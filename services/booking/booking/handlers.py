@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import outbox
 from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import (
@@ -13,18 +17,22 @@ from shared.contracts.booking import (
     BookingCompleted,
     BookingNoShowRecorded,
     BookingNoShowRejected,
+    BookingSlotOffered,
     BookingSlotReleased,
     BookingSnapshot,
     CancellationAssessmentRequested,
 )
 from shared.contracts.common import Decision
 from shared.contracts.policy import CancellationAssessed
+from shared.contracts.scoring import AccountSuspended
 from shared.contracts.upstream import (
     BookingCancellationRequested,
     BookingNoShowReported,
     BookingRescheduled,
     BookingScheduled,
+    PracticeConfigured,
     UpstreamBookingCompleted,
+    WaitlistJoined,
 )
 from shared.topics import BOOKING_EVENTS, POLICY_REQUESTS
 
@@ -72,8 +80,15 @@ async def schedule_booking(unit: Unit, event: BookingScheduled) -> None:
             "price_currency": event.price.currency if event.price else None,
         },
     )
-    if inserted:
-        await repository.audit(unit.conn, event.booking_id, at=unit.event.envelope.time, action="scheduled")
+    if not inserted:
+        return
+    await repository.audit(unit.conn, event.booking_id, at=unit.event.envelope.time, action="scheduled")
+    offer_id = await repository.accept_offer_for(unit.conn, event.patient.patient_id, event.practice_id, event.starts_at)
+    if offer_id is not None:
+        await repository.audit(
+            unit.conn, event.booking_id, at=unit.event.envelope.time, action="waitlist_offer_taken",
+            detail={"offer_id": offer_id},
+        )
 
 
 async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
@@ -250,19 +265,8 @@ async def _cancel(unit: Unit, booking: Any, request: BookingCancellationRequeste
         ),
         subject=booking["booking_id"],
     )
-    # Without a waitlist the slot goes straight back to online booking.
-    unit.emit(
-        BOOKING_EVENTS,
-        BookingSlotReleased.new(
-            booking_id=booking["booking_id"],
-            practice_id=booking["practice_id"],
-            starts_at=booking["starts_at"],
-            ends_at=booking["ends_at"],
-            practitioner_id=booking["practitioner_id"],
-            service_code=booking["service_code"],
-        ),
-        subject=booking["booking_id"],
-    )
+    for slot in await offer_or_release(unit.conn, [booking["booking_id"], *series_ids], now=request.requested_at):
+        unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
 
 
 async def _record_no_show(unit: Unit, booking: Any, report: BookingNoShowReported, decision: Decision) -> None:
@@ -292,3 +296,147 @@ async def _record_no_show(unit: Unit, booking: Any, report: BookingNoShowReporte
         ),
         subject=booking["booking_id"],
     )
+
+
+# --- waitlist and slot release -----------------------------------------------------------------
+
+NAMESPACE = uuid.UUID("0b4f7a52-64c4-4c56-9a3e-8f1c1a1d2e01")
+
+
+def derived_id(*parts: str) -> str:
+    """A stable id from what caused it, so a redelivery or a rerun makes the same one."""
+    return str(uuid.uuid5(NAMESPACE, "/".join(parts)))
+
+
+async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
+    await repository.upsert_practice(
+        unit.conn, event.practice_id, event.waitlist.enabled, event.waitlist.offer_minutes
+    )
+
+
+async def join_waitlist(unit: Unit, event: WaitlistJoined) -> None:
+    await repository.join_waitlist(
+        unit.conn,
+        {
+            "waitlist_id": event.waitlist_id,
+            "practice_id": event.practice_id,
+            "patient_id": event.patient.patient_id,
+            "service_code": event.service_code,
+            "practitioner_id": event.practitioner_id,
+            "joined_at": event.joined_at,
+        },
+    )
+
+
+async def offer_or_release(
+    conn: Any, booking_ids: list[str], *, now: datetime
+) -> list[BookingSlotOffered | BookingSlotReleased]:
+    """For each freed slot: an offer to the longest-waiting match when the practice keeps a
+    waitlist, otherwise (or when nobody is left) its release for online booking."""
+    events: list[BookingSlotOffered | BookingSlotReleased] = []
+    for booking_id in booking_ids:
+        booking = await repository.get_booking(conn, booking_id)
+        practice = await repository.practice(conn, booking["practice_id"])
+        if practice is not None and practice["waitlist_enabled"]:
+            waiting = [
+                domain.WaitingPatient(r["waitlist_id"], r["service_code"], r["practitioner_id"], r["joined_at"])
+                for r in await repository.lock_waiting(conn, booking["practice_id"], booking_id)
+            ]
+            chosen = domain.next_in_line(booking["service_code"], booking["practitioner_id"], waiting)
+            if chosen is not None:
+                offer_id = derived_id("offer", booking_id, chosen.waitlist_id)
+                expires_at = now + timedelta(minutes=practice["offer_minutes"])
+                await repository.add_offer(conn, offer_id, booking_id, chosen.waitlist_id, now, expires_at)
+                await repository.audit(
+                    conn, booking_id, at=now, action="slot_offered",
+                    detail={"offer_id": offer_id, "waitlist_id": chosen.waitlist_id, "expires_at": expires_at.isoformat()},
+                )
+                events.append(
+                    BookingSlotOffered.new(
+                        offer_id=offer_id, booking_id=booking_id, waitlist_id=chosen.waitlist_id, expires_at=expires_at
+                    )
+                )
+                continue
+        if await repository.mark_released(conn, booking_id, now):
+            await repository.audit(conn, booking_id, at=now, action="slot_released")
+            events.append(
+                BookingSlotReleased.new(
+                    booking_id=booking_id,
+                    practice_id=booking["practice_id"],
+                    starts_at=booking["starts_at"],
+                    ends_at=booking["ends_at"],
+                    practitioner_id=booking["practitioner_id"],
+                    service_code=booking["service_code"],
+                )
+            )
+    return events
+
+
+async def expire_offers(service: Any) -> None:
+    """Background: offers expire on time even when no message arrives; the slot goes to the
+    next patient in line, or is released. Replicas share the work (skip-locked claims)."""
+    interval = service.settings.offer_check_interval_seconds
+    while True:
+        async with service.pool.acquire() as conn, conn.transaction():
+            now = datetime.now(UTC)
+            expired = await repository.claim_expired_offers(conn, now)
+            events = []
+            for offer in expired:
+                await repository.audit(
+                    conn, offer["booking_id"], at=offer["expires_at"], action="slot_offer_expired",
+                    detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
+                )
+                for slot in await offer_or_release(conn, [offer["booking_id"]], now=now):
+                    events.append(
+                        outbox.outgoing(
+                            BOOKING_EVENTS, slot, subject=slot.booking_id, source="service/booking",
+                            correlation_id=offer["offer_id"],
+                        )
+                    )
+            await outbox.write(conn, events)
+        if events:
+            service.wake_relay()
+        if len(expired) < 100:
+            await asyncio.sleep(interval)
+
+
+# --- suspension ----------------------------------------------------------------------------------
+
+
+async def cancel_for_suspension(unit: Unit, event: AccountSuspended) -> None:
+    """Every future booking of a suspended professional is cancelled by the system, through
+    the policy like any other cancellation (which decides: no penalty)."""
+    actor = {"kind": "system", "id": "scoring", "roles": []}
+    for booking in await repository.future_bookings_of(unit.conn, event.professional_id, event.suspended_at):
+        request = BookingCancellationRequested.new(
+            request_id=derived_id("suspension", unit.event.id, booking["booking_id"]),
+            booking_id=booking["booking_id"],
+            requested_at=event.suspended_at,
+            actor=actor,
+            channel="system",
+            reason_code="professional_suspended",
+            reason_text="The booked professional's account is suspended.",
+        )
+        await repository.audit(
+            unit.conn, booking["booking_id"], at=event.suspended_at, action="cancellation_requested",
+            actor=actor, channel="system", request_id=request.request_id, reason="professional_suspended",
+        )
+        await _ask_policy(unit, booking, request.request_id, "cancellation", request)
+
+
+# --- requests we cannot read -------------------------------------------------------------------
+
+
+def reject_unreadable(kind: str):
+    """A cancellation or no-show request that breaks the contract is dead-lettered; when it
+    still names its booking and request, the requester also gets a rejection they can act on."""
+    model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
+
+    def reject(data: dict[str, Any], error: str) -> list[tuple[str, Any, str]]:
+        booking_id, request_id = data.get("booking_id"), data.get("request_id")
+        if not (isinstance(booking_id, str) and booking_id and isinstance(request_id, str) and request_id):
+            return []
+        message = f"The request could not be read ({error.split(': ', 1)[-1]}); please correct it and send it again."
+        return [(BOOKING_EVENTS, model.new(booking_id=booking_id, request_id=request_id, reason="invalid_request", message=message), booking_id)]
+
+    return reject

@@ -141,3 +141,117 @@ async def list_bookings(
         " ORDER BY starts_at, booking_id LIMIT $6 OFFSET $7",
         practice_id, status, practitioner_id, starts_from, starts_before, limit, offset,
     )
+
+
+async def upsert_practice(conn: asyncpg.Connection, practice_id: str, waitlist_enabled: bool, offer_minutes: int) -> None:
+    await conn.execute(
+        "INSERT INTO practices (practice_id, waitlist_enabled, offer_minutes) VALUES ($1, $2, $3)"
+        " ON CONFLICT (practice_id) DO UPDATE SET waitlist_enabled = $2, offer_minutes = $3, updated_at = now()",
+        practice_id, waitlist_enabled, offer_minutes,
+    )
+
+
+async def practice(conn: asyncpg.Connection, practice_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT practice_id, waitlist_enabled, offer_minutes FROM practices WHERE practice_id = $1", practice_id
+    )
+
+
+async def join_waitlist(conn: asyncpg.Connection, w: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO waitlist (waitlist_id, practice_id, patient_id, service_code, practitioner_id, joined_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (waitlist_id) DO NOTHING",
+        w["waitlist_id"], w["practice_id"], w["patient_id"], w["service_code"], w["practitioner_id"], w["joined_at"],
+    )
+
+
+async def lock_waiting(conn: asyncpg.Connection, practice_id: str, booking_id: str) -> list[asyncpg.Record]:
+    """Waiting patients of a practice not yet offered this slot, oldest first, locked."""
+    return await conn.fetch(
+        "SELECT waitlist_id, service_code, practitioner_id, joined_at FROM waitlist w"
+        " WHERE practice_id = $1 AND status = 'waiting'"
+        " AND NOT EXISTS (SELECT 1 FROM slot_offers o WHERE o.booking_id = $2 AND o.waitlist_id = w.waitlist_id)"
+        " ORDER BY joined_at, waitlist_id LIMIT 500 FOR UPDATE SKIP LOCKED",
+        practice_id, booking_id,
+    )
+
+
+async def add_offer(
+    conn: asyncpg.Connection, offer_id: str, booking_id: str, waitlist_id: str, offered_at: datetime, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO slot_offers (offer_id, booking_id, waitlist_id, offered_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        offer_id, booking_id, waitlist_id, offered_at, expires_at,
+    )
+    await conn.execute("UPDATE waitlist SET status = 'offered' WHERE waitlist_id = $1", waitlist_id)
+
+
+async def claim_expired_offers(conn: asyncpg.Connection, now: datetime, limit: int = 100) -> list[asyncpg.Record]:
+    """Open offers past their expiry, marked expired (their patients wait again); skip-locked
+    so replicas share the work and never expire one offer twice."""
+    rows = await conn.fetch(
+        "SELECT offer_id, booking_id, waitlist_id, expires_at FROM slot_offers"
+        " WHERE status = 'open' AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now, limit,
+    )
+    if rows:
+        await conn.execute(
+            "UPDATE slot_offers SET status = 'expired' WHERE offer_id = ANY($1::text[])", [r["offer_id"] for r in rows]
+        )
+        await conn.execute(
+            "UPDATE waitlist SET status = 'waiting' WHERE waitlist_id = ANY($1::text[]) AND status = 'offered'",
+            [r["waitlist_id"] for r in rows],
+        )
+    return rows
+
+
+async def accept_offer_for(conn: asyncpg.Connection, patient_id: str, practice_id: str, starts_at: datetime) -> str | None:
+    """A new booking that takes an offered slot closes the offer; returns the offer id."""
+    row = await conn.fetchrow(
+        "UPDATE slot_offers o SET status = 'accepted' FROM waitlist w, bookings b"
+        " WHERE o.status = 'open' AND w.waitlist_id = o.waitlist_id AND b.booking_id = o.booking_id"
+        " AND w.patient_id = $1 AND b.practice_id = $2 AND b.starts_at = $3"
+        " RETURNING o.offer_id, o.waitlist_id",
+        patient_id, practice_id, starts_at,
+    )
+    if row is None:
+        return None
+    await conn.execute("UPDATE waitlist SET status = 'booked' WHERE waitlist_id = $1", row["waitlist_id"])
+    return row["offer_id"]
+
+
+async def mark_released(conn: asyncpg.Connection, booking_id: str, at: datetime) -> bool:
+    released = await conn.fetchval(
+        "UPDATE bookings SET slot_released_at = $2 WHERE booking_id = $1 AND slot_released_at IS NULL RETURNING true",
+        booking_id, at,
+    )
+    return bool(released)
+
+
+async def future_bookings_of(conn: asyncpg.Connection, professional_id: str, after: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE professional_id = $1 AND status = 'scheduled'"
+        " AND starts_at > $2 ORDER BY starts_at FOR UPDATE",
+        professional_id, after,
+    )
+
+
+REPORT_GROUPS = {"practice": "practice_id", "practitioner": "practitioner_id", "service": "service_code"}
+
+
+async def report(
+    pool: asyncpg.Pool, *, group_by: str, practice_id: str | None, starts_from: datetime, starts_before: datetime
+) -> list[asyncpg.Record]:
+    column = REPORT_GROUPS[group_by]  # a fixed column name, never user text
+    return await pool.fetch(
+        f"SELECT practice_id, {column} AS key, count(*) AS bookings,"
+        " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
+        " count(*) FILTER (WHERE status = 'cancelled' AND classification = 'timely') AS timely,"
+        " count(*) FILTER (WHERE status = 'cancelled' AND classification = 'late') AS late,"
+        " count(*) FILTER (WHERE status = 'cancelled' AND classification = 'no_show') AS cancelled_as_no_show,"
+        " count(*) FILTER (WHERE status = 'no_show') AS no_shows,"
+        " count(*) FILTER (WHERE status = 'completed') AS completed"
+        " FROM bookings WHERE starts_at >= $1 AND starts_at < $2 AND ($3::text IS NULL OR practice_id = $3)"
+        f" GROUP BY practice_id, {column} ORDER BY practice_id, {column}",
+        starts_from, starts_before, practice_id,
+    )

@@ -17,7 +17,15 @@ from .base import Payload
 
 
 class ContractViolation(Exception):
-    """The message can never be processed as it is: it goes to the dead-letter topic."""
+    """The message can never be processed as it is: it goes to the dead-letter topic.
+
+    `envelope` is set when the envelope itself was valid and only its payload was not, so a
+    service can still answer the requester (e.g. a rejection naming the request id).
+    """
+
+    def __init__(self, message: str, envelope: Envelope | None = None) -> None:
+        super().__init__(message)
+        self.envelope = envelope
 
 
 class Envelope(BaseModel):
@@ -83,7 +91,9 @@ def parse_envelope(raw: bytes | None, registry: dict[str, type[Payload]]) -> Eve
     try:
         payload = model.model_validate(envelope.data)
     except ValidationError as exc:
-        raise ContractViolation(f"{envelope.type} payload breaks the contract: {_first_error(exc)}") from None
+        raise ContractViolation(
+            f"{envelope.type} payload breaks the contract: {_first_error(exc)}", envelope
+        ) from None
     return Event(envelope=envelope, payload=payload)
 
 
