@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.testing import Mailbox, SmsProvider, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -90,3 +92,25 @@ async def publisher(infra: Infra) -> AsyncIterator:
 @pytest.fixture
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    from aiosmtpd.controller import Controller
+
+    box = Mailbox(free_port())
+    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="session")
+def sms() -> Iterator[SmsProvider]:
+    provider = SmsProvider().start()
+    try:
+        yield provider
+    finally:
+        provider.stop()

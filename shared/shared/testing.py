@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -22,6 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from email import message_from_bytes
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -261,3 +267,74 @@ class ServiceProcess:
         if self._log:
             self._log.close()
             self._log = None
+
+
+# --- an SMTP server's mailbox and an SMS provider, for real servers on free ports ---------------
+
+FAILING_PHONE_PREFIX = "+1555"  # the test SMS provider answers 503 to these numbers, always
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message the service hands over."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[tuple[list[str], Message]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
+        return "250 Message accepted for delivery"
+
+    def to(self, address: str) -> list[Message]:
+        return [m for rcpts, m in self.messages if address in rcpts]
+
+
+@dataclass
+class SmsRequest:
+    path: str
+    headers: dict[str, str]
+    form: dict[str, str]
+
+
+@dataclass
+class SmsProvider:
+    """A Twilio-style provider: form POSTs in, 201 out (503 for the failing numbers)."""
+
+    requests: list[SmsRequest] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> SmsProvider:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", "0"))
+                form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                provider.requests.append(SmsRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, form))
+                failing = form.get("To", "").startswith(FAILING_PHONE_PREFIX)
+                body = json.dumps({"status": "queued"} if not failing else {"error": "carrier unavailable"}).encode()
+                self.send_response(503 if failing else 201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/2010-04-01/Messages.json"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def to(self, phone: str) -> list[SmsRequest]:
+        return [r for r in self.requests if r.form.get("To") == phone]
