@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 SUPERVISE_ARGS ?=
 
-.PHONY: run up down test test-unit docs venv clean distclean
+.PHONY: run up down test test-unit bench chaos docs venv clean distclean
 
 ## run: bring up Postgres and Kafka, then run the six services (Ctrl-C stops them)
 run: venv up
@@ -27,6 +27,14 @@ test: venv up
 ## test-unit: unit tests only, no infrastructure
 test-unit: venv
 	$(PYTHON) -m pytest tests/unit -p no:cacheprovider $(PYTEST_ARGS)
+
+## bench: throughput and latency of the whole system against a bare baseline (BENCH_ARGS="--size 2000")
+bench: venv up
+	source .local/env.sh && $(PYTHON) -m tests.bench $(BENCH_ARGS)
+
+## chaos: one fault at a time under steady load, then every request's effects checked (CHAOS_ARGS="--long")
+chaos: venv up
+	source .local/env.sh && $(PYTHON) -m tests.chaos $(CHAOS_ARGS)
 
 ## docs: the AsyncAPI documents of the event contract
 docs: venv

@@ -1,0 +1,198 @@
+"""Reads everything the services publish during a run and checks it against the scenario:
+per booking, every expected effect exactly once (lost / duplicated), per-booking order kept,
+dead letters exactly the injected poison, outboxes drained; and times each request.
+
+A redelivered envelope (same id twice) is at-least-once delivery, not a duplicate effect:
+effects are counted by distinct envelope id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.provision import SCHEMAS
+from shared.topics import (
+    BILLING_EVENTS,
+    BOOKING_EVENTS,
+    NOTIFICATION_EVENTS,
+    PMS_INTEGRATION_TOPICS,
+    PMS_SYNC_EVENTS,
+    POLICY_DECISIONS,
+    SCORING_EVENTS,
+    SERVICES,
+    dead_letter_topic,
+)
+
+from .scenario import COUNTED_TYPES, Scenario
+
+OUTPUT_TOPICS = [POLICY_DECISIONS, BOOKING_EVENTS, BILLING_EVENTS, NOTIFICATION_EVENTS, SCORING_EVENTS,
+                 PMS_SYNC_EVENTS, *PMS_INTEGRATION_TOPICS.values(), *(dead_letter_topic(s) for s in SERVICES)]
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: dict[str, Any]
+
+
+class Collector:
+    """Consumes the output topics from the moment it starts (positions resolved up front)."""
+
+    def __init__(self, bootstrap: str, topics: list[str] = OUTPUT_TOPICS) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.records: list[Record] = []
+        self.by_key: dict[str, list[Record]] = defaultdict(list)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          max_partition_fetch_bytes=4 * 1024 * 1024)
+        await self._consumer.start()
+        await self._consumer._client.force_metadata_update()  # noqa: SLF001
+        partitions = [TopicPartition(t, p) for t in self.topics for p in (self._consumer.partitions_for_topic(t) or ())]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                for r in records:
+                    try:
+                        value = json.loads(r.value) if r.value else {}
+                    except ValueError:
+                        value = {}
+                    rec = Record(r.topic, r.partition, r.offset, r.timestamp, r.key.decode() if r.key else None, value)
+                    self.records.append(rec)
+                    if rec.key:
+                        self.by_key[rec.key].append(rec)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer:
+            await self._consumer.stop()
+
+
+@dataclass
+class Verdict:
+    requests: int = 0
+    complete: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    unexpected: int = 0
+    dead_lettered: int = 0
+    poison_expected: int = 0
+    outbox_backlog: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == self.duplicated == self.out_of_order == self.unexpected == self.outbox_backlog == 0
+                and self.dead_lettered == self.poison_expected)
+
+
+def effects_of(records: list[Record]) -> Counter[str]:
+    """Distinct envelopes per counted type (a redelivered envelope counts once)."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        type_ = r.value.get("type")
+        if type_ in COUNTED_TYPES:
+            seen[type_].add(r.value.get("id", ""))
+    return Counter({t: len(ids) for t, ids in seen.items()})
+
+
+def is_complete(scenario_story: Any, records: list[Record]) -> bool:
+    got = effects_of(records)
+    return all(got[t] >= n for t, n in scenario_story.expected.items())
+
+
+def check(scenario: Scenario, collector: Collector, sent_at_ms: dict[str, float], poison: list[bytes]) -> Verdict:
+    verdict = Verdict(requests=len(scenario.stories), poison_expected=len(poison))
+    for story in scenario.stories:
+        records = collector.by_key.get(story.booking_id, [])
+        got = effects_of(records)
+        missing = {t: n - got[t] for t, n in story.expected.items() if got[t] < n}
+        extra = {t: got[t] - story.expected.get(t, 0) for t in got if got[t] > story.expected.get(t, 0)}
+        duplicated = {t: n for t, n in extra.items() if t in story.expected}
+        unexpected = {t: n for t, n in extra.items() if t not in story.expected}
+        verdict.lost += sum(missing.values())
+        verdict.duplicated += sum(duplicated.values())
+        verdict.unexpected += sum(unexpected.values())
+        if missing or duplicated or unexpected:
+            verdict.problems.append(f"{story.booking_id} ({story.kind}): missing {missing} extra {extra}")
+        if not missing:
+            verdict.complete += 1
+        if _out_of_order(story, records):
+            verdict.out_of_order += 1
+            verdict.problems.append(f"{story.booking_id} ({story.kind}): out of order")
+        if not missing and story.request_envelope_id in sent_at_ms:
+            last = max(r.timestamp_ms for r in records if r.value.get("type") in story.expected)
+            verdict.latencies_ms.append(max(0.0, last - sent_at_ms[story.request_envelope_id]))
+    wanted = {base64.b64encode(p).decode() for p in poison}
+    for r in collector.records:
+        if r.topic.startswith("dlq.") and r.value.get("type") == "message.dead_lettered":
+            if r.value.get("data", {}).get("original_value_base64") in wanted:
+                verdict.dead_lettered += 1
+            else:
+                verdict.problems.append(f"unexpected dead letter on {r.topic}: {r.value.get('data', {}).get('error')}")
+                verdict.unexpected += 1
+    return verdict
+
+
+def _out_of_order(story: Any, records: list[Record]) -> bool:
+    """Per booking, booking.events.v1 carries the cancellation before the slot's release, and a
+    cancellation after a reschedule carries the rescheduled time."""
+    own = sorted((r for r in records if r.topic == BOOKING_EVENTS), key=lambda r: r.offset)
+    types = [r.value.get("type") for r in own]
+    if "booking.slot_released" in types and "booking.cancelled" in types:
+        if types.index("booking.slot_released") < types.index("booking.cancelled"):
+            return True
+    if story.kind == "rescheduled_cancel":
+        for r in own:
+            if r.value.get("type") == "booking.cancelled":
+                starts = datetime.fromisoformat(r.value["data"]["starts_at"])
+                if starts != story.final_starts_at:
+                    return True
+    return False
+
+
+async def outbox_backlog(admin_dsn: str) -> dict[str, int]:
+    """Unpublished outbox rows per service schema (0 everywhere once the system has drained)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        return {
+            schema: await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
+            for schema in SCHEMAS.values()
+        }
+    finally:
+        await conn.close()
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]

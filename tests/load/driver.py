@@ -1,0 +1,137 @@
+"""Publishes a scenario's traffic to the real broker: the practices and bookings first (and
+waits until every service that needs them has them), then the requests, as fast as possible or
+at a fixed offered rate, remembering when each request was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from .checker import Collector, is_complete
+from .scenario import Scenario
+from .system import wait_until
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self._shown = label, total, 0, -1.0
+        self.started = time.monotonic()
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if not sys.stderr.isatty() and done < self.total and time.monotonic() - self._shown < 5:
+            return
+        self._shown = time.monotonic()
+        width = 30
+        filled = int(width * done / max(1, self.total))
+        rate = done / max(1e-6, time.monotonic() - self.started)
+        end = "\n" if done >= self.total else ""
+        sys.stderr.write(f"\r{self.label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {rate:7.1f}/s{end}")
+        sys.stderr.flush()
+
+
+async def _send_all(producer: AIOKafkaProducer, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
+    futures = [await producer.send(topic, json.dumps(env).encode(), key=key.encode()) for topic, key, env in messages]
+    await asyncio.gather(*futures)
+
+
+async def _count(admin_dsn: str, query: str, ids: list[str]) -> int:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        return await conn.fetchval(query, ids)
+    finally:
+        await conn.close()
+
+
+async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: float = 300) -> None:
+    """Practices and bookings in place in every service that needs them, before any request."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        await _send_all(producer, scenario.setup_messages())
+        practices = [p.practice_id for p in scenario.practices]
+        for query in (
+            "SELECT count(DISTINCT practice_id) FROM cancellation_policy.practice_settings WHERE practice_id = ANY($1)",
+            "SELECT count(*) FROM pms_sync.integrations WHERE practice_id = ANY($1)",
+            "SELECT count(*) FROM notification.practices WHERE practice_id = ANY($1)",
+        ):
+            async def ready(q=query) -> bool:
+                return await _count(admin_dsn, q, practices) == len(practices)
+
+            if not await wait_until(ready, timeout):
+                raise TimeoutError(f"practices not configured in time: {query}")
+        progress = Progress("scheduling bookings", len(scenario.stories))
+        schedule = scenario.schedule_messages()
+        for i in range(0, len(schedule), 500):
+            await _send_all(producer, schedule[i:i + 500])
+        ids = [s.booking_id for s in scenario.stories]
+
+        async def scheduled() -> bool:
+            booked = await _count(admin_dsn, "SELECT count(*) FROM booking.bookings WHERE booking_id = ANY($1)", ids)
+            progress.update(booked)
+            return booked == len(ids)
+
+        if not await wait_until(scheduled, timeout, interval=0.5):
+            raise TimeoutError("bookings not scheduled in time")
+
+        async def contacts() -> bool:
+            return await _count(admin_dsn, "SELECT count(*) FROM notification.patients WHERE booking_id = ANY($1)", ids) == len(ids)
+
+        if not await wait_until(contacts, timeout, interval=0.5):
+            raise TimeoutError("patient contacts not recorded in time")
+    finally:
+        await producer.stop()
+
+
+async def send_requests(
+    bootstrap: str, scenario: Scenario, *, rate: float | None, on_sent: Callable[[int], None] | None = None
+) -> dict[str, float]:
+    """Publish every story's requests (in story order, each story's own messages in order), at
+    `rate` stories per second or as fast as possible; returns envelope id -> send time (ms)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=2)
+    await producer.start()
+    sent_at: dict[str, float] = {}
+    try:
+        started = time.monotonic()
+        pending = []
+        for i, messages in enumerate(scenario.request_messages()):
+            if rate:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for topic, key, env in messages:
+                sent_at[env["id"]] = time.time() * 1000
+                pending.append(await producer.send(topic, json.dumps(env).encode(), key=key.encode()))
+            if len(pending) >= 200 or rate:
+                await asyncio.gather(*pending)
+                pending = []
+            if on_sent:
+                on_sent(i + 1)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent_at
+
+
+async def wait_complete(scenario: Scenario, collector: Collector, timeout: float, label: str = "waiting for effects") -> float:
+    """Seconds until every story has all its effects (or the timeout)."""
+    progress = Progress(label, len(scenario.stories))
+    started = time.monotonic()
+    remaining = list(scenario.stories)
+    while remaining and time.monotonic() - started < timeout:
+        remaining = [s for s in remaining if not is_complete(s, collector.by_key.get(s.booking_id, []))]
+        progress.update(len(scenario.stories) - len(remaining))
+        await asyncio.sleep(0.2)
+    if remaining:
+        progress.update(len(scenario.stories) - len(remaining))
+        sys.stderr.write("\n")
+    return time.monotonic() - started
