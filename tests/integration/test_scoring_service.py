@@ -21,7 +21,9 @@ from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, dead_letter_topic
 pytestmark = pytest.mark.integration
 
 DLQ = dead_letter_topic("scoring")
-START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+# A month ahead, so the holds these tests place are still running while they look (the expiry
+# job lifts holds whose end has passed; test_scoring_excuses.py covers that).
+START = (datetime.now(UTC) + timedelta(days=30)).replace(hour=9, minute=0, second=0, microsecond=0)
 PENALTIES = {"timely": (-10, None), "late": (-50, 7), "no_show": (-100, 14)}
 
 

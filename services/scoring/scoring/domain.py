@@ -5,10 +5,14 @@ Guarantees:
 - The score is `BASE_SCORE` plus the sum of the ledger's deltas; nothing is clamped.
 - A penalty is the one the policy decided (`score_delta`, `hold_days` on the decision); only a
   decision without them falls back to the RULES.md table for its classification.
-- Holds stack: a new hold starts when the latest running hold of the professional ends, or at
-  the event's own time when none runs, so the same history always gives the same windows.
+- Holds stack: a new hold starts when the latest hold of the professional that was not excused
+  ends (one that expired since still ran its course), or at the event's own time when none runs
+  beyond it, so the same history always gives the same windows, whenever the expiry job ran.
 - Three holds that were not excused, placed within 365 days of each other, suspend the account;
   excused holds never count.
+- An approved excuse lifts its booking's hold at once; its penalty leaves the score at the next
+  recalculation as one compensating `excused` ledger entry per booking, so running the
+  recalculation again finds nothing left to do. A rejected excuse changes nothing.
 - Ids of ledger entries and holds are derived from what caused them (uuid5), so a redelivery
   can only ever name the row that exists already.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Literal
 
 BASE_SCORE = 100  # every professional starts here
@@ -35,6 +39,8 @@ PENALTY_TABLE: dict[str, tuple[int, int | None]] = {
 }
 SCORE_CAUSE = {"timely": "cancelled", "late": "late_cancelled", "no_show": "no_show"}
 HOLD_CAUSE = {"late": "late_cancellation", "no_show": "no_show"}
+PENALTY_CAUSES = frozenset(SCORE_CAUSE.values())  # ledger causes an excuse can take out
+EXCUSED_CAUSE = "excused"  # the compensating ledger entry of an approved excuse
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:scoring")
 
@@ -61,10 +67,13 @@ class Hold:
     starts_at: datetime
     ends_at: datetime
     lift_cause: str | None = None  # excused | expired, once lifted
+    # Set when an excuse was approved, also for a hold that had expired already (it then stays
+    # lifted as expired, and stops counting towards suspension all the same).
+    excused_at: datetime | None = None
 
     @property
     def excused(self) -> bool:
-        return self.status == "lifted" and self.lift_cause == "excused"
+        return self.excused_at is not None or (self.status == "lifted" and self.lift_cause == "excused")
 
 
 def score(deltas: Iterable[int]) -> int:
@@ -91,13 +100,15 @@ def penalty(classification: str, score_delta: int | None = None, hold_days: int 
 def next_hold_window(holds: Sequence[Hold], at: datetime, days: int) -> tuple[datetime, datetime]:
     """(starts_at, ends_at) of a new hold of `days` days caused at `at`.
 
-    It starts when the latest running hold ends, or at `at` when no running hold lasts beyond
-    it (a hold past its end is over even before the expiry job marks it lifted).
+    It starts when the latest hold that was not excused ends, or at `at` when none lasts beyond
+    it. Whether the expiry job has marked a hold lifted yet does not matter: a late event stacks
+    the same behind a hold that has expired since, so replays decide the same. An excused hold
+    holds nothing.
     """
     if days <= 0:
         raise ValueError("a hold lasts at least one day")
-    running_ends = [h.ends_at for h in holds if h.status == "running" and h.ends_at > at]
-    starts_at = max([at, *running_ends])
+    holding_ends = [h.ends_at for h in holds if not h.excused and h.ends_at > at]
+    starts_at = max([at, *holding_ends])
     return starts_at, starts_at + timedelta(days=days)
 
 
@@ -129,3 +140,125 @@ def ledger_entry_id(professional_id: str, booking_id: str, cause: str) -> str:
 def hold_id(professional_id: str, booking_id: str) -> str:
     """One hold per professional and booking."""
     return str(uuid.uuid5(_NAMESPACE, f"hold:{professional_id}:{booking_id}"))
+
+
+# --- excuses -----------------------------------------------------------------------------------
+
+# Why scoring refused an excuse; the contract has no event for it, so it is recorded and shown
+# in the read API (the message itself was valid: it is not a dead letter).
+UNKNOWN_PROFESSIONAL = "unknown_professional"
+UNKNOWN_BOOKING = "unknown_booking"
+UNKNOWN_EXCUSE = "unknown_excuse"
+REJECTED_BY_REVIEWER = "rejected_by_reviewer"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+def assess_submission(
+    professional_id: str, booking_id: str, *, professional_known: bool, penalised: bool
+) -> Refusal | None:
+    """None when the excuse can be reviewed; otherwise why it is refused at once: there must be
+    a penalty recorded for that professional and booking to excuse."""
+    if not professional_known:
+        return Refusal(
+            UNKNOWN_PROFESSIONAL,
+            f"Scoring has recorded nothing for professional {professional_id}, so there is no penalty to excuse.",
+        )
+    if not penalised:
+        return Refusal(
+            UNKNOWN_BOOKING,
+            f"No penalty is recorded for booking {booking_id} of professional {professional_id}, so there is nothing to excuse.",
+        )
+    return None
+
+
+ReviewOutcome = Literal["approve", "reject", "unknown", "already_decided"]
+
+
+def review_outcome(status: str | None, decision: str) -> ReviewOutcome:
+    """What a review does to an excuse in `status` (None: never submitted).
+
+    The first decision stands: an excuse already approved or rejected (by a reviewer or by
+    scoring itself) is not decided again, so a second review changes nothing.
+    """
+    if status is None:
+        return "unknown"
+    if status != "pending":
+        return "already_decided"
+    if decision == "approved":
+        return "approve"
+    if decision == "rejected":
+        return "reject"
+    raise ValueError(f"no excuse decision {decision!r}")
+
+
+def unknown_excuse(excuse_id: str) -> Refusal:
+    return Refusal(UNKNOWN_EXCUSE, f"Excuse {excuse_id} was reviewed but never submitted, so nothing was excused.")
+
+
+def reviewer_rejection(reviewer_id: str) -> Refusal:
+    return Refusal(REJECTED_BY_REVIEWER, f"Reviewer {reviewer_id} rejected the excuse; the penalty and hold stand.")
+
+
+# --- recalculation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A ledger entry as the recalculation needs it."""
+
+    booking_id: str | None
+    delta: int
+    cause: str
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """A compensating `excused` entry: the delta that takes one booking's penalty out."""
+
+    booking_id: str
+    delta: int
+
+
+def compensations(entries: Iterable[Entry], excused_bookings: Sequence[str]) -> list[Compensation]:
+    """The entries a recalculation adds: for each booking with an approved excuse (in the order
+    given), minus its penalties, unless the ledger has taken them out already. Idempotent: fed
+    the ledger with these entries added, it returns nothing."""
+    penalties: dict[str, int] = {}
+    compensated: set[str] = set()
+    for e in entries:
+        if e.booking_id is None:
+            continue
+        if e.cause in PENALTY_CAUSES:
+            penalties[e.booking_id] = penalties.get(e.booking_id, 0) + e.delta
+        elif e.cause == EXCUSED_CAUSE:
+            compensated.add(e.booking_id)
+    out: list[Compensation] = []
+    for booking_id in dict.fromkeys(excused_bookings):  # each booking once, first order kept
+        if booking_id in compensated or not penalties.get(booking_id):
+            continue
+        out.append(Compensation(booking_id=booking_id, delta=-penalties[booking_id]))
+    return out
+
+
+def nightly_run_due(now: datetime, hour_utc: int, last_run: date | None) -> date | None:
+    """The date of the nightly run due at `now`, or None: today's run is due from `hour_utc`
+    (UTC) on, once; a replica that was down at that hour catches up when it starts."""
+    if not 0 <= hour_utc <= 23:
+        raise ValueError("the recalculation hour is 0..23 (UTC)")
+    today = now.date()
+    if now.time() < time(hour_utc) or last_run == today:
+        return None
+    return today
+
+
+def until_next_run(now: datetime, hour_utc: int) -> timedelta:
+    """How long from `now` until the next `hour_utc` o'clock (UTC)."""
+    at = datetime.combine(now.date(), time(hour_utc), tzinfo=now.tzinfo)
+    if at <= now:
+        at += timedelta(days=1)
+    return at - now

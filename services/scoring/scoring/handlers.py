@@ -1,7 +1,8 @@
 """One async function per message type: load, decide, save, emit.
 
-Every write locks the professional's row first, so one professional's ledger, holds and
-suspension change in one order whatever partition (booking) the causing events came from.
+Every write locks the professional's row first, so one professional's ledger, holds, excuses
+and suspension change in one order whatever partition (booking) the causing events came from;
+the hold-expiry and nightly jobs (scheduler.py) lock the same row.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import asyncpg
+
 from shared.consumer import Unit
 from shared.contracts.booking import BookingCancelled, BookingCompleted, BookingNoShowRecorded
-from shared.contracts.scoring import AccountSuspended, HoldPlaced, ScoreChanged
+from shared.contracts.scoring import AccountSuspended, HoldLifted, HoldPlaced, ScoreChanged
+from shared.contracts.upstream import ExcuseReviewed, ExcuseSubmitted, ScoreRecalculationRequested
 from shared.logging import get_logger
 from shared.topics import SCORING_EVENTS
 
@@ -135,3 +139,156 @@ async def _penalise(unit: Unit, professional_id: str, booking_id: str, penalty: 
             AccountSuspended.new(professional_id=professional_id, holds=suspending, suspended_at=at),
             subject=professional_id,
         )
+
+
+async def record_excuse(unit: Unit, event: ExcuseSubmitted) -> None:
+    """A submitted excuse waits for its review, or is refused at once (recorded as rejected
+    with the reason) when no penalty is recorded for that professional and booking."""
+    professional = await repository.find_professional_for_update(unit.conn, event.professional_id)
+    penalised = professional is not None and await repository.has_penalty(
+        unit.conn, event.professional_id, event.booking_id
+    )
+    refusal = domain.assess_submission(
+        event.professional_id, event.booking_id, professional_known=professional is not None, penalised=penalised
+    )
+    added = await repository.add_excuse(
+        unit.conn,
+        excuse_id=event.excuse_id,
+        professional_id=event.professional_id,
+        booking_id=event.booking_id,
+        document_ref=event.document_ref,
+        submitted_at=event.submitted_at,
+        status="rejected" if refusal else "pending",
+        reason=refusal.reason if refusal else None,
+        message=refusal.message if refusal else None,
+        event_id=unit.event.id,
+    )
+    if added:
+        log.info(
+            "excuse recorded",
+            excuse_id=event.excuse_id,
+            professional_id=event.professional_id,
+            booking_id=event.booking_id,
+            refused=refusal.reason if refusal else None,
+        )
+        return
+    # Known already: the same submission again, or its review came first (and was refused as
+    # unknown). The first decision stands; only the missing details are filled in.
+    completed = await repository.complete_excuse(
+        unit.conn,
+        excuse_id=event.excuse_id,
+        booking_id=event.booking_id,
+        document_ref=event.document_ref,
+        submitted_at=event.submitted_at,
+        event_id=unit.event.id,
+    )
+    log.info("excuse known already; its decision stands", excuse_id=event.excuse_id, details_filled=completed)
+
+
+async def review_excuse(unit: Unit, event: ExcuseReviewed) -> None:
+    """Approval lifts the booking's hold at once (`hold.lifted`, cause excused) and lets the next
+    recalculation take its penalty out; rejection changes nothing. A review of an excuse never
+    submitted is recorded as rejected with the reason."""
+    known = await repository.get_excuse(unit.conn, event.excuse_id)
+    if known is not None and known["professional_id"] is not None:
+        # Lock order as everywhere: the professional first, then what belongs to them.
+        await repository.find_professional_for_update(unit.conn, known["professional_id"])
+    excuse = await repository.get_excuse(unit.conn, event.excuse_id, for_update=True)
+    outcome = domain.review_outcome(excuse["status"] if excuse else None, event.decision)
+    review = {
+        "decision": event.decision,
+        "reviewer_id": event.reviewer_id,
+        "reviewed_at": event.reviewed_at,
+        "event_id": unit.event.id,
+    }
+
+    if outcome == "unknown" or excuse is None:
+        refusal = domain.unknown_excuse(event.excuse_id)
+        await repository.add_unknown_excuse_review(
+            unit.conn,
+            excuse_id=event.excuse_id,
+            # The topic is keyed by professional_id, so the subject names whose excuse it was.
+            professional_id=unit.event.envelope.subject,
+            reason=refusal.reason,
+            message=refusal.message,
+            **review,
+        )
+        log.warning("review of an unknown excuse recorded as rejected", excuse_id=event.excuse_id)
+        return
+    if outcome == "already_decided":
+        noted = await repository.note_review(unit.conn, excuse_id=event.excuse_id, **review)
+        log.info("excuse decided already; the review changes nothing", excuse_id=event.excuse_id, noted=noted)
+        return
+    if outcome == "reject":
+        refusal = domain.reviewer_rejection(event.reviewer_id)
+        await repository.review_excuse(
+            unit.conn, excuse_id=event.excuse_id, status="rejected", reason=refusal.reason, message=refusal.message, **review
+        )
+        return
+
+    professional_id, booking_id = excuse["professional_id"], excuse["booking_id"]
+    await repository.review_excuse(
+        unit.conn, excuse_id=event.excuse_id, status="approved", reason=None, message=None, **review
+    )
+    excused = await repository.excuse_hold(
+        unit.conn, professional_id, booking_id, excuse_id=event.excuse_id, at=event.reviewed_at
+    )
+    if excused is not None and excused[1]:
+        unit.emit(
+            SCORING_EVENTS,
+            HoldLifted.new(hold_id=excused[0], professional_id=professional_id, cause="excused"),
+            subject=professional_id,
+            time=event.reviewed_at,
+        )
+
+
+async def recalculate_scores(unit: Unit, event: ScoreRecalculationRequested) -> None:
+    """Recalculate one professional's score, or every professional's when none is named."""
+    at = unit.event.envelope.time
+    for changed in await recalculate(unit.conn, event.professional_id, at=at, cause_id=unit.event.id):
+        unit.emit(SCORING_EVENTS, changed, subject=changed.professional_id, time=at)
+
+
+async def recalculate(
+    conn: asyncpg.Connection, professional_id: str | None, *, at: datetime, cause_id: str
+) -> list[ScoreChanged]:
+    """Recompute scores from the ledger and the approved excuses (one professional, or all):
+    add each missing compensating entry, and return one `score.changed` (cause recalculated) per
+    entry added. Run again, it adds and returns nothing."""
+    if professional_id is not None:
+        professional_ids = [professional_id]
+    else:
+        professional_ids = await repository.professionals_to_recalculate(conn)
+    changes: list[ScoreChanged] = []
+    for pid in professional_ids:
+        if await repository.find_professional_for_update(conn, pid) is None:
+            continue  # never scored: nothing to recompute
+        entries = await repository.ledger_entries(conn, pid)
+        excused = await repository.approved_excuse_bookings(conn, pid)
+        current = domain.score(e.delta for e in entries)
+        for compensation in domain.compensations(entries, excused):
+            added = await repository.add_ledger_entry(
+                conn,
+                entry_id=domain.ledger_entry_id(pid, compensation.booking_id, domain.EXCUSED_CAUSE),
+                professional_id=pid,
+                booking_id=compensation.booking_id,
+                delta=compensation.delta,
+                cause=domain.EXCUSED_CAUSE,
+                occurred_at=at,
+                event_id=cause_id,
+            )
+            if not added:
+                continue
+            current += compensation.delta
+            changes.append(
+                ScoreChanged.new(
+                    professional_id=pid,
+                    booking_id=compensation.booking_id,
+                    delta=compensation.delta,
+                    score=current,
+                    cause="recalculated",
+                )
+            )
+    if changes:
+        log.info("scores recalculated", professionals=len({c.professional_id for c in changes}), entries=len(changes))
+    return changes

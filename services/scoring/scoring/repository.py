@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import date, datetime
 
 import asyncpg
 
-from .domain import Hold
+from .domain import PENALTY_CAUSES, Entry, Hold
 
 HOLD_COLUMNS = (
     "hold_id::text AS hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at,"
-    " status, lift_cause, lifted_at"
+    " status, lift_cause, lifted_at, excused_at, excuse_id"
+)
+EXCUSE_COLUMNS = (
+    "excuse_id, professional_id, booking_id, document_ref, submitted_at, status, reason, message,"
+    " decision, reviewer_id, reviewed_at, recorded_at, updated_at"
 )
 
 
@@ -66,6 +71,7 @@ async def holds_of(conn: asyncpg.Connection, professional_id: str) -> list[Hold]
             starts_at=r["starts_at"],
             ends_at=r["ends_at"],
             lift_cause=r["lift_cause"],
+            excused_at=r["excused_at"],
         )
         for r in rows
     ]
@@ -100,6 +106,222 @@ async def suspend(conn: asyncpg.Connection, professional_id: str, *, at: datetim
     return bool(updated)
 
 
+async def find_professional_for_update(conn: asyncpg.Connection, professional_id: str) -> asyncpg.Record | None:
+    """The professional's row locked for this transaction, or None when scoring has never heard
+    of them (unlike `lock_professional`, it creates nothing)."""
+    return await conn.fetchrow(
+        "SELECT professional_id, suspended_at, suspension_holds FROM professionals"
+        " WHERE professional_id = $1 FOR UPDATE",
+        professional_id,
+    )
+
+
+async def has_penalty(conn: asyncpg.Connection, professional_id: str, booking_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM score_ledger"
+            " WHERE professional_id = $1 AND booking_id = $2 AND cause = ANY($3::text[]))",
+            professional_id, booking_id, sorted(PENALTY_CAUSES),
+        )
+    )
+
+
+# --- excuses -----------------------------------------------------------------------------------
+
+
+async def get_excuse(conn: asyncpg.Connection, excuse_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE excuse_id = $1{lock}", excuse_id)
+
+
+async def add_excuse(
+    conn: asyncpg.Connection,
+    *,
+    excuse_id: str,
+    professional_id: str,
+    booking_id: str,
+    document_ref: str,
+    submitted_at: datetime,
+    status: str,
+    reason: str | None,
+    message: str | None,
+    event_id: str,
+) -> bool:
+    """Record a submitted excuse; False when that excuse_id is recorded already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO excuses (excuse_id, professional_id, booking_id, document_ref, submitted_at, status,"
+        " reason, message, submitted_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (excuse_id) DO NOTHING RETURNING true",
+        excuse_id, professional_id, booking_id, document_ref, submitted_at, status, reason, message, event_id,
+    )
+    return bool(inserted)
+
+
+async def complete_excuse(
+    conn: asyncpg.Connection, *, excuse_id: str, booking_id: str, document_ref: str, submitted_at: datetime, event_id: str
+) -> bool:
+    """Fill in the submission of an excuse known only from its review (it stays as decided)."""
+    updated = await conn.fetchval(
+        "UPDATE excuses SET booking_id = $2, document_ref = $3, submitted_at = $4, submitted_event_id = $5,"
+        " updated_at = now() WHERE excuse_id = $1 AND submitted_at IS NULL RETURNING true",
+        excuse_id, booking_id, document_ref, submitted_at, event_id,
+    )
+    return bool(updated)
+
+
+async def add_unknown_excuse_review(
+    conn: asyncpg.Connection,
+    *,
+    excuse_id: str,
+    professional_id: str | None,
+    decision: str,
+    reviewer_id: str,
+    reviewed_at: datetime,
+    reason: str,
+    message: str,
+    event_id: str,
+) -> bool:
+    """Record a review of an excuse never submitted, as rejected with the reason."""
+    inserted = await conn.fetchval(
+        "INSERT INTO excuses (excuse_id, professional_id, status, reason, message, decision, reviewer_id,"
+        " reviewed_at, reviewed_event_id) VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (excuse_id) DO NOTHING RETURNING true",
+        excuse_id, professional_id, reason, message, decision, reviewer_id, reviewed_at, event_id,
+    )
+    return bool(inserted)
+
+
+async def review_excuse(
+    conn: asyncpg.Connection,
+    *,
+    excuse_id: str,
+    status: str,
+    reason: str | None,
+    message: str | None,
+    decision: str,
+    reviewer_id: str,
+    reviewed_at: datetime,
+    event_id: str,
+) -> None:
+    await conn.execute(
+        "UPDATE excuses SET status = $2, reason = $3, message = $4, decision = $5, reviewer_id = $6,"
+        " reviewed_at = $7, reviewed_event_id = $8, updated_at = now() WHERE excuse_id = $1",
+        excuse_id, status, reason, message, decision, reviewer_id, reviewed_at, event_id,
+    )
+
+
+async def note_review(
+    conn: asyncpg.Connection, *, excuse_id: str, decision: str, reviewer_id: str, reviewed_at: datetime, event_id: str
+) -> bool:
+    """Keep the first review of an excuse scoring refused before anyone reviewed it (its status
+    and reason stay); False when it had a review already."""
+    updated = await conn.fetchval(
+        "UPDATE excuses SET decision = $2, reviewer_id = $3, reviewed_at = $4, reviewed_event_id = $5,"
+        " updated_at = now() WHERE excuse_id = $1 AND decision IS NULL RETURNING true",
+        excuse_id, decision, reviewer_id, reviewed_at, event_id,
+    )
+    return bool(updated)
+
+
+async def excuse_hold(
+    conn: asyncpg.Connection, professional_id: str, booking_id: str, *, excuse_id: str, at: datetime
+) -> tuple[str, bool] | None:
+    """Mark the booking's hold excused at `at`, lifting it when it still runs. Returns
+    (hold_id, True when it was lifted now), or None when there is no hold not yet excused."""
+    row = await conn.fetchrow(
+        "WITH old AS (SELECT hold_id, status FROM holds"
+        "  WHERE professional_id = $1 AND booking_id = $2 AND excused_at IS NULL FOR UPDATE)"
+        " UPDATE holds h SET excused_at = $4, excuse_id = $3,"
+        "  status = 'lifted',"
+        "  lift_cause = CASE WHEN old.status = 'running' THEN 'excused' ELSE h.lift_cause END,"
+        "  lifted_at = CASE WHEN old.status = 'running' THEN $4 ELSE h.lifted_at END"
+        " FROM old WHERE h.hold_id = old.hold_id"
+        " RETURNING h.hold_id::text AS hold_id, old.status = 'running' AS lifted_now",
+        professional_id, booking_id, excuse_id, at,
+    )
+    return (row["hold_id"], row["lifted_now"]) if row else None
+
+
+# --- hold expiry -------------------------------------------------------------------------------
+
+
+async def lock_professionals_with_due_holds(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
+    """Claim up to `limit` professionals with a running hold that has ended: their rows locked
+    for this transaction, skipping any another replica (or a consumer) holds, so each due hold
+    is lifted by exactly one transaction and in order with that professional's other events."""
+    rows = await conn.fetch(
+        "SELECT p.professional_id FROM professionals p"
+        " WHERE p.professional_id IN (SELECT professional_id FROM holds WHERE status = 'running' AND ends_at <= $1)"
+        " ORDER BY p.professional_id LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
+        now, limit,
+    )
+    return [r["professional_id"] for r in rows]
+
+
+async def expire_holds(conn: asyncpg.Connection, professional_ids: Sequence[str], now: datetime) -> list[asyncpg.Record]:
+    """Lift the running holds of these (locked) professionals that ended by `now`, as expired at
+    their end. Returns (hold_id, professional_id, ends_at) of each."""
+    return await conn.fetch(
+        "UPDATE holds SET status = 'lifted', lift_cause = 'expired', lifted_at = ends_at"
+        " WHERE professional_id = ANY($1::text[]) AND status = 'running' AND ends_at <= $2"
+        " RETURNING hold_id::text AS hold_id, professional_id, ends_at",
+        list(professional_ids), now,
+    )
+
+
+# --- recalculation -----------------------------------------------------------------------------
+
+
+async def ledger_entries(conn: asyncpg.Connection, professional_id: str) -> list[Entry]:
+    rows = await conn.fetch(
+        "SELECT booking_id, delta, cause FROM score_ledger WHERE professional_id = $1"
+        " ORDER BY occurred_at, recorded_at, entry_id",
+        professional_id,
+    )
+    return [Entry(booking_id=r["booking_id"], delta=r["delta"], cause=r["cause"]) for r in rows]
+
+
+async def approved_excuse_bookings(conn: asyncpg.Connection, professional_id: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT booking_id FROM excuses WHERE professional_id = $1 AND status = 'approved'"
+        " ORDER BY reviewed_at, excuse_id",
+        professional_id,
+    )
+    return [r["booking_id"] for r in rows]
+
+
+async def professionals_to_recalculate(conn: asyncpg.Connection) -> list[str]:
+    """Every professional whose score a recalculation would move: an approved excuse whose
+    booking's penalty the ledger has not taken out yet. (The score is the ledger's sum, so
+    nothing else can be out of date.) Ordered, so concurrent runs lock rows in one order."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT e.professional_id FROM excuses e"
+        " WHERE e.status = 'approved' AND NOT EXISTS (SELECT 1 FROM score_ledger l"
+        "  WHERE l.professional_id = e.professional_id AND l.booking_id = e.booking_id AND l.cause = 'excused')"
+        " ORDER BY e.professional_id",
+    )
+    return [r["professional_id"] for r in rows]
+
+
+async def claim_recalculation_run(conn: asyncpg.Connection, run_date: date) -> bool:
+    """Claim the night's run inside the caller's transaction; False when a replica has it (a
+    concurrent claim waits on the row until the other transaction ends)."""
+    claimed = await conn.fetchval(
+        "INSERT INTO recalculation_runs (run_date) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", run_date
+    )
+    return bool(claimed)
+
+
+async def finish_recalculation_run(conn: asyncpg.Connection, run_date: date, *, professionals: int, entries: int) -> None:
+    await conn.execute(
+        "UPDATE recalculation_runs SET professionals = $2, entries = $3 WHERE run_date = $1",
+        run_date, professionals, entries,
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
 async def get_professional(pool: asyncpg.Pool, professional_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         "SELECT professional_id, suspended_at, suspension_holds, created_at FROM professionals"
@@ -122,3 +344,14 @@ async def holds_for_read(pool: asyncpg.Pool, professional_id: str) -> list[async
         f"SELECT {HOLD_COLUMNS}, placed_at FROM holds WHERE professional_id = $1 ORDER BY starts_at, hold_id",
         professional_id,
     )
+
+
+async def excuses_for_read(pool: asyncpg.Pool, professional_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE professional_id = $1 ORDER BY recorded_at, excuse_id",
+        professional_id,
+    )
+
+
+async def excuse_for_read(pool: asyncpg.Pool, excuse_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE excuse_id = $1", excuse_id)

@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from shared.settings import ServiceSettings
 
 
@@ -7,3 +9,11 @@ class ScoringSettings(ServiceSettings):
     # RULES.md: three holds not excused within 365 days suspend the account (platform settings).
     suspension_holds: int = 3
     suspension_window_days: int = 365
+    # How often the expiry job looks for running holds whose end has passed, and how many
+    # professionals one of its transactions takes.
+    hold_expiry_poll_seconds: float = Field(default=30.0, gt=0)
+    hold_expiry_batch_size: int = Field(default=200, ge=1)
+    # The nightly recalculation runs once a day from this hour (UTC) on, across all replicas.
+    recalculation_hour_utc: int = Field(default=3, ge=0, le=23)
+    # How often the nightly loop looks at the clock (it also wakes at the hour itself).
+    recalculation_check_seconds: float = Field(default=300.0, gt=0)
