@@ -12,7 +12,8 @@ Guarantees:
    before means redelivery, which (2) makes harmless.
 4. A transient fault (database or broker down, serialization failure) rolls the batch back and
    retries it with backoff, never committing past it; only a record that can never succeed
-   (contract violation, or a handler error that is not transient) is dead-lettered.
+   (contract violation, or a handler error that is not transient) is dead-lettered. Nothing
+   else leaves `handle` while the service runs: a batch is committed or retried, never skipped.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     """A fault that may go away by itself: retry, never dead-letter."""
-    return isinstance(exc, TRANSIENT_ERRORS)
+    # On a connection the server has just terminated, asyncpg may raise its bare
+    # InternalClientError ("cannot switch to state …; another operation (2) is in progress")
+    # instead of a connection error: that is a broken connection too, not a bad record.
+    return isinstance(exc, TRANSIENT_ERRORS) or type(exc) is asyncpg.exceptions.InternalClientError
 
 
 @dataclass
@@ -147,13 +151,17 @@ class MessageProcessor:
             try:
                 outcome = await self._handle_in_transaction(parsed)
             except Exception as exc:
-                if not is_transient(exc) or self.stopping:
+                if self.stopping:
                     raise
+                # Never let a batch escape unprocessed: the subscriber would move on and a later
+                # commit would skip it. A record's own failure is dead-lettered inside the
+                # transaction; what reaches here is the database or broker (transient) or a fault
+                # of the recipe itself, which an operator must see and which must not lose data.
                 attempt += 1
                 TRANSIENT_RETRIES.labels(self.service).inc()
                 delay = min(self._max_backoff, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
-                log.warning(
-                    "batch rolled back by a transient fault; retrying",
+                (log.warning if is_transient(exc) else log.error)(
+                    "batch rolled back; retrying" if is_transient(exc) else "batch cannot be processed; retrying",
                     error=type(exc).__name__,
                     detail=str(exc)[:200],
                     attempt=attempt,

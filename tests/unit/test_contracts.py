@@ -99,6 +99,9 @@ def examples() -> dict[type[Payload], Payload]:
             series_id=uid("series"),
             deposit=aud("20.00"),
             price=aud("180.00"),
+            professional_contact=upstream.ProfessionalContact.new(
+                first_name="Noor", email="noor@locums.example", phone="+61400000009", locale="en-AU"
+            ),
         ),
         upstream.BookingRescheduled.new(booking_id=booking_id, starts_at=starts, ends_at=ends),
         upstream.UpstreamBookingCompleted.new(booking_id=booking_id, completed_at=ends),
@@ -430,6 +433,19 @@ def test_reader_ignores_fields_it_does_not_know() -> None:
     assert event.payload == EXAMPLES[upstream.BookingScheduled]
 
 
+def test_professional_contact_is_an_optional_addition_to_booking_scheduled() -> None:
+    # Producers that never send it still parse (optional within v1); every part of it is optional.
+    envelope = json.loads(wire(EXAMPLES[upstream.BookingScheduled]))
+    assert envelope["data"]["professional_contact"]["email"] == "noor@locums.example"
+    del envelope["data"]["professional_contact"]
+    event = parse_envelope(json.dumps(envelope).encode(), models_for(topics.UPSTREAM_BOOKINGS))
+    assert event.payload.professional_contact is None
+    envelope["data"]["professional_contact"] = {"email": "sam@locums.example"}
+    event = parse_envelope(json.dumps(envelope).encode(), models_for(topics.UPSTREAM_BOOKINGS))
+    assert event.payload.professional_contact == upstream.ProfessionalContact(email="sam@locums.example")
+    assert event.payload.professional_contact.first_name is None
+
+
 def test_writer_refuses_a_field_the_contract_does_not_name() -> None:
     with pytest.raises(TypeError, match="bogus"):
         booking.BookingCompleted.new(booking_id=uid("bk"), completed_at=T0, bogus=1)
@@ -665,3 +681,20 @@ def test_only_internal_event_types_are_missing_from_the_document() -> None:
     documented = set().union(*documented_types_by_topic().values())
     assert ALL_EVENT_TYPES - documented == {"cancellation.assessment_requested", "message.dead_lettered"}
     assert len(ALL_EVENT_TYPES) == 40
+
+
+def test_nul_characters_are_a_contract_violation_and_dead_letters_stay_storable() -> None:
+    from shared.contracts.deadletter import MessageDeadLettered
+
+    envelope = json.loads(wire(EXAMPLES[upstream.BookingCancellationRequested]))
+    envelope["data"]["reason_text"] = "flu\u0000"
+    raw = json.dumps(envelope).encode()
+    with pytest.raises(ContractViolation, match="NUL"):
+        parse_envelope(raw, models_for(topics.UPSTREAM_BOOKINGS))
+    record = MessageDeadLettered.of(
+        service="booking", topic=topics.UPSTREAM_BOOKINGS, partition=0, offset=1, key=b"k\x00",
+        value=raw.replace(b"\\u0000", b"\x00"), error="bad \x00", at=datetime.now(UTC),
+    )
+    text = json.dumps(record.to_json_dict())
+    assert "\\u0000" not in text  # jsonb can store it
+    assert record.original_value() == raw.replace(b"\\u0000", b"\x00")  # the exact bytes survive

@@ -49,10 +49,10 @@ class MessageDeadLettered(Payload):
             original_topic=topic,
             original_partition=partition,
             original_offset=offset,
-            original_key=None if key is None else key.decode("utf-8", errors="replace"),
+            original_key=None if key is None else _storable(key.decode("utf-8", errors="replace")),
             original_value_base64=None if value is None else base64.b64encode(value).decode("ascii"),
             original_value_text=_utf8_or_none(value),
-            error=error,
+            error=_storable(error),
             dead_lettered_at=at,
         )
 
@@ -64,6 +64,13 @@ def _utf8_or_none(value: bytes | None) -> str | None:
     if value is None:
         return None
     try:
-        return value.decode("utf-8")
+        text = value.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    # Postgres text and jsonb cannot hold U+0000 and the dead letter goes through the outbox:
+    # such a value is kept in base64 only, or the dead letter itself could never be written.
+    return None if "\x00" in text else text
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")

@@ -71,6 +71,17 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _has_nul(value: Any) -> bool:
+    """Postgres text and jsonb cannot hold U+0000: such a message could never be stored."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def parse_envelope(raw: bytes | None, registry: dict[str, type[Payload]]) -> Event:
     """Validate raw bytes as an envelope and its payload as the model its `type` names."""
     if raw is None:
@@ -81,6 +92,8 @@ def parse_envelope(raw: bytes | None, registry: dict[str, type[Payload]]) -> Eve
         raise ContractViolation(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ContractViolation("not a JSON object: a message must be one CloudEvents JSON object")
+    if _has_nul(document):
+        raise ContractViolation("text contains a NUL (\\u0000) character, which no text field may hold")
     try:
         envelope = Envelope.model_validate(document)
     except ValidationError as exc:
