@@ -1,8 +1,9 @@
 """The billing service as a real process against the real broker and Postgres: cancellations and
 no-shows on booking.events.v1 become charges, card payments through the sandbox gateway, deposit
-refunds, kept deposits and credit notes on billing.events.v1, each audited; a duplicate delivery
-charges once; a payload that breaks the contract lands in dlq.billing.v1; an unavailable gateway
-stops the service at startup."""
+refunds, kept deposits and credit notes on billing.events.v1, each audited; role-checked charge
+adjustments on billing.commands.v1 are answered once each, with before and after, and audited; a
+duplicate delivery charges once; a payload that breaks the contract lands in dlq.billing.v1; a
+gateway that cannot work stops the service at startup. (Stripe: test_billing_stripe.py.)"""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee
 from shared.testing import EventWatcher, Publisher, ServiceProcess, unique
-from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
+from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
 
@@ -299,12 +300,14 @@ async def test_contract_breaking_payloads_are_dead_lettered(
     ]
 
 
-def test_stripe_is_refused_at_startup_with_a_clear_message(infra: Any, log_dir: Path) -> None:
-    process = ServiceProcess("billing", infra.bootstrap, infra.admin_dsn, log_dir, env={"PAYMENT_GATEWAY": "stripe"})
+def test_stripe_without_an_api_key_is_refused_at_startup_with_a_clear_message(infra: Any, log_dir: Path) -> None:
+    process = ServiceProcess(
+        "billing", infra.bootstrap, infra.admin_dsn, log_dir, env={"PAYMENT_GATEWAY": "stripe", "STRIPE_API_KEY": ""}
+    )
     try:
         with pytest.raises(RuntimeError, match="exited"):
             process.start(timeout=30)
-        assert "PAYMENT_GATEWAY=stripe is not available yet" in process.log_path.read_text()
+        assert "PAYMENT_GATEWAY=stripe needs STRIPE_API_KEY" in process.log_path.read_text()
     finally:
         process.stop()
 
@@ -318,6 +321,198 @@ async def test_read_api_refuses_missing_arguments(billing: ServiceProcess) -> No
         assert refused.value.code == 400
 
 
+async def test_a_no_show_keeps_the_deposit_and_raises_the_no_show_fee(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    data = no_show(
+        booking, practice, patient, decision("no_show", fee=("80.00", "AUD", "D9986"), deposit_action="keep"),
+        deposit=("25.00", "AUD"),
+    )
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", booking, data, source="service/booking")
+        [created] = await w.wait_for(on(booking, "charge.created"))
+        [kept] = await w.wait_for(on(booking, "deposit.kept"))
+    assert (created.data["kind"], created.data["amount"], created.data["code"]) == ("no_show", "80.00", "D9986")
+    assert kept.data == {"booking_id": booking, "amount": "25.00", "currency": "AUD"}
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    assert [(c["kind"], c["status"], c["amount"], c["code"]) for c in record["charges"]] == [
+        ("no_show", "outstanding", "80.00", "D9986")
+    ]
+    assert [(d["outcome"], d["amount"], d["currency"]) for d in record["deposits"]] == [("kept", "25.00", "AUD")]
+    assert [(a["action"], a["actor"]) for a in record["audit"]] == [
+        ("charge_created", "service/booking"), ("deposit_kept", "service/booking"),
+    ]
+
+
+async def test_a_timely_cancellation_refunds_the_deposit_and_charges_nothing(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    patient_actor = Actor.new(kind="patient", id=patient)
+    data = cancelled(booking, practice, patient, decision("timely", deposit_action="refund"), deposit=("20.00", "AUD"),
+                     actor=patient_actor)
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
+        [refunded] = await w.wait_for(on(booking, "deposit.refunded"))
+        await w.settle(1.0)
+        assert not w.matching(on(booking, "charge.created"))
+    assert refunded.data == {"booking_id": booking, "amount": "20.00", "currency": "AUD"}
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    assert record["charges"] == [] and record["payments"] == []
+    assert [(d["outcome"], d["amount"]) for d in record["deposits"]] == [("refunded", "20.00")]
+    assert [(a["action"], a["actor"]) for a in record["audit"]] == [("deposit_refunded", f"patient:{patient}")]
+    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == []
+
+
+# --- adjustments (billing.commands.v1) --------------------------------------------------------
+
+
+def adjustment(charge: str, roles: list[str], **changes: str) -> dict[str, Any]:
+    return {"request_id": unique("adj"), "charge_id": charge, "actor": {"id": unique("staff"), "roles": roles}, **changes}
+
+
+def answer_to(command: dict[str, Any]):
+    return lambda s: (
+        s.topic == BILLING_EVENTS
+        and s.type in ("charge.adjusted", "charge.adjustment_rejected")
+        and s.data.get("request_id") == command["request_id"]
+    )
+
+
+async def _raise_charges(
+    w: EventWatcher, publisher: Publisher, practice: str, n: int, *, charge_card: bool = False
+) -> list[tuple[str, str]]:
+    """n late-cancellation charges of 45.00 AUD (D9987): [(booking_id, charge_id)]."""
+    bookings = []
+    for _ in range(n):
+        booking = unique("bk")
+        data = cancelled(booking, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987"), charge_card=charge_card))
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
+        bookings.append((booking, charge_id(booking, data["request_id"])))
+    for booking, _ in bookings:
+        await w.wait_for(on(booking, "charge.created"))
+    return bookings
+
+
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [
+        (["owner"], True),
+        (["manager"], True),
+        (["biller"], True),
+        (["therapist", "financial"], True),
+        (["therapist"], False),
+        (["reception"], False),
+    ],
+)
+async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
+    billing: ServiceProcess, infra: Any, publisher: Publisher, roles: list[str], allowed: bool
+) -> None:
+    practice = unique("practice")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        [(booking, charge)] = await _raise_charges(w, publisher, practice, 1)
+        command = adjustment(charge, roles, amount="30.00", code="D9986", code_system="CDT")
+        sent = await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command, source="upstream/staff-tools")
+        [answer] = await w.wait_for(answer_to(command))
+    assert answer.key == booking  # billing events are keyed by the booking
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    [row] = record["charges"]
+    [request] = record["adjustments"]
+    who = f"staff:{command['actor']['id']}"
+    if allowed:
+        assert answer.type == "charge.adjusted"
+        assert answer.data == {
+            "charge_id": charge,
+            "request_id": command["request_id"],
+            "before": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
+            "after": {"amount": "30.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
+        }
+        assert (row["amount"], row["code"], row["status"]) == ("30.00", "D9986", "outstanding")
+        assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+            {"currency": "AUD", "outstanding": "30.00", "pending_capture": "0.00", "charges": 1}
+        ]
+        audit = record["audit"][-1]
+        assert (audit["action"], audit["actor"], audit["amount"], audit["charge_id"]) == ("charge_adjusted", who, "30.00", charge)
+        assert audit["detail"]["before"]["amount_minor"] == 4500 and audit["detail"]["after"]["amount_minor"] == 3000
+        assert datetime.fromisoformat(audit["at"]) == datetime.fromisoformat(sent["time"].replace("Z", "+00:00"))
+        assert (request["outcome"], request["actor"], request["before"]["amount"], request["after"]["amount"]) == (
+            "adjusted", who, "45.00", "30.00",
+        )
+    else:
+        assert answer.type == "charge.adjustment_rejected"
+        assert answer.data == {"charge_id": charge, "request_id": command["request_id"], "reason": "forbidden"}
+        assert (row["amount"], row["code"]) == ("45.00", "D9987")  # untouched
+        assert (record["audit"][-1]["action"], record["audit"][-1]["actor"]) == ("adjustment_rejected", who)
+        assert (request["outcome"], request["reason"], request["actor_roles"]) == ("rejected", "forbidden", roles)
+
+
+async def test_an_adjustment_of_a_charge_that_was_never_raised_is_not_found(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    missing, not_a_charge_id = str(uuid.uuid4()), unique("charge")
+    commands = [adjustment(c, ["owner"], amount="10.00") for c in (missing, not_a_charge_id)]
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        for command in commands:
+            await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", command["charge_id"], command)
+        answers = [(await w.wait_for(answer_to(c)))[0] for c in commands]
+    for command, answer in zip(commands, answers, strict=True):
+        assert answer.type == "charge.adjustment_rejected"
+        assert answer.data == {"charge_id": command["charge_id"], "request_id": command["request_id"], "reason": "not_found"}
+        assert answer.key == command["charge_id"]  # no booking to key it by
+
+
+async def test_a_paid_charges_amount_stays_but_its_code_can_be_corrected(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice = unique("practice")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        [(booking, charge)] = await _raise_charges(w, publisher, practice, 1, charge_card=True)
+        await w.wait_for(on(booking, "payment.captured"))
+        refund_by_edit = adjustment(charge, ["manager"], amount="20.00")
+        recode = adjustment(charge, ["manager"], code="D9986")
+        nothing = adjustment(charge, ["manager"], code="D9986")  # after the recode: changes nothing
+        for command in (refund_by_edit, recode, nothing):
+            await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command)
+            await w.wait_for(answer_to(command))
+        [paid] = w.matching(answer_to(refund_by_edit))
+        [recoded] = w.matching(answer_to(recode))
+        [unchanged] = w.matching(answer_to(nothing))
+    assert (paid.type, paid.data["reason"]) == ("charge.adjustment_rejected", "already_paid")
+    assert recoded.type == "charge.adjusted"
+    assert (recoded.data["before"]["code"], recoded.data["after"]["code"]) == ("D9987", "D9986")
+    assert recoded.data["before"]["amount"] == recoded.data["after"]["amount"] == "45.00"
+    assert (unchanged.type, unchanged.data["reason"]) == ("charge.adjustment_rejected", "invalid_request")
+    [row] = billing.get_json(f"/booking-billing?booking_id={booking}")["charges"]
+    assert (row["status"], row["amount"], row["code"]) == ("paid", "45.00", "D9986")
+
+
+async def test_an_adjustment_delivered_twice_or_replayed_is_answered_once(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    practice = unique("practice")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        [(booking, charge)] = await _raise_charges(w, publisher, practice, 1)
+        command = adjustment(charge, ["biller"], amount="40.00")
+        sent = await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command)
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command, event_id=sent["id"])
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command)  # new envelope id
+        # then a second, different request: amounts are absolute, so 40.00 -> 35.00
+        second = adjustment(charge, ["owner"], amount="35.00")
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, second)
+        await w.wait_for(answer_to(second))
+        await w.settle(1.5)
+        [answer] = w.matching(answer_to(command))
+        [answer_two] = w.matching(answer_to(second))
+    assert (answer.data["before"]["amount"], answer.data["after"]["amount"]) == ("45.00", "40.00")
+    assert (answer_two.data["before"]["amount"], answer_two.data["after"]["amount"]) == ("40.00", "35.00")
+    assert answer.offset < answer_two.offset
+    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    assert [a["action"] for a in record["audit"]] == ["charge_created", "charge_adjusted", "charge_adjusted"]
+    assert [r["request_id"] for r in record["adjustments"]] == [command["request_id"], second["request_id"]]
+    assert record["charges"][0]["amount"] == "35.00"
+
+
 # --- the capture task's crash window, in-process against a throwaway copy of the schema -------
 
 
@@ -326,6 +521,8 @@ class LosesAnswers:
     is charged, but we never hear so (what a crash after the call looks like to the retry)."""
 
     name = "sandbox"
+    charges_saved_cards = False
+    key_lifetime = None
 
     def __init__(self, processor: SandboxGateway, n: int) -> None:
         self.processor, self.to_lose, self.calls = processor, n, 0

@@ -1,6 +1,6 @@
 """Table tests of billing's pure rules (RULES.md "Fees and deposits"): exact minor units, the
-charge and deposit each decision makes, deterministic ids, and the sandbox gateway's
-idempotency. No I/O."""
+charge and deposit each decision makes, deterministic ids, who may adjust a charge and what an
+adjustment may change, the sandbox gateway's idempotency and the gateway configuration. No I/O."""
 
 from __future__ import annotations
 
@@ -11,20 +11,24 @@ import pytest
 
 from billing.app import definition
 from billing.domain import (
+    AdjustmentDecision,
     ChargePlan,
+    ChargeTerms,
     DepositPlan,
     InvalidAmount,
     charge_id,
     credit_note_id,
+    decide_adjustment,
     exponent,
     from_minor,
+    may_adjust,
     payment_id,
     plan_charge,
     plan_deposit,
     status_after_payment,
     to_minor,
 )
-from billing.gateway import ConfigurationError, IdempotencyKeyReused, SandboxGateway, make_gateway
+from billing.gateway import ConfigurationError, IdempotencyKeyReused, SandboxGateway, StripeGateway, make_gateway
 from billing.settings import BillingSettings
 from shared.contracts.base import Money
 from shared.contracts.common import Decision, Fee
@@ -252,14 +256,182 @@ async def test_sandbox_refuses_nothing_to_charge() -> None:
     assert (result.status, result.failure_reason) == ("failed", "invalid_amount")
 
 
-@pytest.mark.parametrize("choice", ["stripe", "paypal"])
-def test_an_unavailable_gateway_is_a_configuration_error(choice: str) -> None:
+@pytest.mark.parametrize("choice", ["paypal", "Stripe", ""])
+def test_an_unknown_gateway_is_a_configuration_error(choice: str) -> None:
     with pytest.raises(ConfigurationError, match="PAYMENT_GATEWAY"):
         make_gateway(choice)
     with pytest.raises(ConfigurationError, match="PAYMENT_GATEWAY"):
         definition(BillingSettings(payment_gateway=choice))
 
 
+def test_stripe_without_an_api_key_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="STRIPE_API_KEY"):
+        make_gateway("stripe")
+    with pytest.raises(ConfigurationError, match="STRIPE_API_KEY"):
+        definition(BillingSettings(payment_gateway="stripe"))
+
+
+async def test_stripe_is_built_from_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYMENT_GATEWAY", "stripe")
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_123")
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:12111")
+    settings = BillingSettings()
+    assert definition(settings).name == "billing"
+    assert "sk_test_123" not in repr(settings)  # the key is a secret: never printed
+    gateway = make_gateway(
+        settings.payment_gateway,
+        stripe_api_key=settings.stripe_api_key.get_secret_value(),
+        stripe_api_base=settings.stripe_api_base,
+    )
+    try:
+        assert isinstance(gateway, StripeGateway) and gateway.charges_saved_cards
+    finally:
+        await gateway.close()
+
+
 def test_sandbox_is_the_default_gateway() -> None:
     assert BillingSettings().payment_gateway == "sandbox"
     assert isinstance(make_gateway("sandbox"), SandboxGateway)
+
+
+def test_billing_consumes_commands_and_publishes_every_billing_event() -> None:
+    billing = definition(BillingSettings())
+    assert set(billing.consumes) == {"booking.events.v1", "billing.commands.v1"}
+    assert set(billing.consumes["billing.commands.v1"]) == {"charge.adjustment_requested"}
+    assert {m.event_type for m in billing.publishes["billing.events.v1"]} == {
+        "charge.created", "payment.captured", "payment.failed", "deposit.refunded", "deposit.kept",
+        "credit_note.issued", "charge.adjusted", "charge.adjustment_rejected",
+    }
+
+
+# --- adjustments: who may change a charge, and what ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [
+        (["owner"], True),
+        (["manager"], True),
+        (["biller"], True),
+        (["therapist", "financial"], True),
+        (["financial", "therapist", "reception"], True),
+        (["Biller"], True),  # role names are not case-sensitive
+        (["therapist"], False),
+        (["financial"], False),  # the financial role alone is not enough
+        (["reception"], False),
+        (["dentist", "financial"], False),
+        ([], False),
+    ],
+)
+def test_who_may_adjust_a_charge(roles: list[str], allowed: bool) -> None:
+    assert may_adjust(roles) is allowed
+
+
+TERMS = ChargeTerms(4500, "AUD", "D9987", "CDT")
+
+
+def adjust(
+    *,
+    roles: tuple[str, ...] = ("biller",),
+    charge: ChargeTerms | None = TERMS,
+    status: str = "outstanding",
+    amount: str | None = None,
+    code: str | None = None,
+    code_system: str | None = None,
+) -> AdjustmentDecision:
+    return decide_adjustment(
+        roles=list(roles),
+        charge=charge,
+        charge_status=status if charge is not None else None,  # type: ignore[arg-type]
+        amount=Decimal(amount) if amount is not None else None,
+        code=code,
+        code_system=code_system,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "after"),
+    [
+        ({"amount": "30.00"}, ChargeTerms(3000, "AUD", "D9987", "CDT")),
+        ({"amount": "30"}, ChargeTerms(3000, "AUD", "D9987", "CDT")),
+        ({"code": "D9986"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        ({"code": "CANX", "code_system": "custom"}, ChargeTerms(4500, "AUD", "CANX", "custom")),
+        ({"amount": "50.00", "code": "D9986"}, ChargeTerms(5000, "AUD", "D9986", "CDT")),
+        ({"code": " D9986 "}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        # the amount of an owed charge only; a code is corrected whatever the charge's state
+        ({"code": "D9986", "status": "paid"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        ({"code": "D9986", "status": "pending_capture"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        ({"amount": "45.00", "code": "D9986", "status": "paid"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        ({"roles": ("therapist", "financial"), "amount": "40.00"}, ChargeTerms(4000, "AUD", "D9987", "CDT")),
+        ({"charge": ChargeTerms(6000, "JPY", "D9986", "CDT"), "amount": "5000"}, ChargeTerms(5000, "JPY", "D9986", "CDT")),
+    ],
+)
+def test_an_allowed_adjustment_says_before_and_after(kwargs: dict, after: ChargeTerms) -> None:
+    before = kwargs.get("charge", TERMS)
+    assert adjust(**kwargs) == AdjustmentDecision(before, after=after)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"roles": ("therapist",), "amount": "30.00"}, "forbidden"),
+        ({"roles": ("reception",), "code": "D9986"}, "forbidden"),
+        ({"roles": ("reception",), "charge": None, "amount": "30.00"}, "forbidden"),  # learns nothing
+        ({"charge": None, "amount": "30.00"}, "not_found"),
+        ({}, "invalid_request"),  # asks for nothing
+        ({"amount": "45.00"}, "invalid_request"),  # changes nothing
+        ({"code": "D9987", "code_system": "CDT"}, "invalid_request"),
+        ({"amount": "45.001"}, "invalid_request"),  # more decimals than AUD has: never rounded
+        ({"charge": ChargeTerms(6000, "JPY", "D9986", "CDT"), "amount": "59.5"}, "invalid_request"),
+        ({"amount": "-5.00"}, "invalid_request"),
+        ({"amount": "0.00"}, "invalid_request"),  # writing a charge off is not an adjustment
+        ({"code": "  "}, "invalid_request"),
+        ({"code_system": "ICD"}, "invalid_request"),
+        ({"amount": "30.00", "status": "paid"}, "already_paid"),
+        ({"amount": "30.00", "code": "D9986", "status": "paid"}, "already_paid"),
+        ({"amount": "30.00", "status": "pending_capture"}, "capture_in_progress"),
+    ],
+)
+def test_a_refused_adjustment_says_why(kwargs: dict, reason: str) -> None:
+    decision = adjust(**kwargs)
+    assert (decision.rejection, decision.after, decision.adjusted) == (reason, None, False)
+
+
+def test_adjusted_terms_keep_the_currencys_decimals() -> None:
+    after = adjust(charge=ChargeTerms(1234, "KWD", "X", "custom"), amount="2.5").after
+    assert after is not None and format(after.amount, "f") == "2.500" and after.amount_minor == 2500
+
+
+# --- what Stripe's PaymentIntent answer means (the HTTP round trip: test_billing_stripe.py) --
+
+
+@pytest.mark.parametrize(
+    ("intent", "status", "reason"),
+    [
+        ({"status": "succeeded"}, "captured", None),
+        ({"status": "requires_action"}, "failed", "authentication_required"),  # nobody there to authenticate
+        (
+            {"status": "requires_payment_method",
+             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"}},
+            "failed", "insufficient_funds",
+        ),
+        (
+            {"status": "requires_payment_method",
+             "last_payment_error": {"code": "card_declined", "decline_code": "generic_decline"}},
+            "failed", "card_declined",
+        ),
+        ({"status": "canceled"}, "failed", "payment_intent_canceled"),
+    ],
+)
+def test_a_payment_intents_status_is_a_payment_result(intent: dict, status: str, reason: str | None) -> None:
+    from billing.gateway import _from_intent
+
+    result = _from_intent({"id": "pi_1", **intent}, 4500, "AUD")
+    assert (result.status, result.failure_reason, result.reference, result.amount_minor) == (status, reason, "pi_1", 4500)
+
+
+def test_a_payment_intent_still_processing_is_an_unknown_outcome() -> None:
+    from billing.gateway import GatewayUnavailable, _from_intent
+
+    with pytest.raises(GatewayUnavailable):
+        _from_intent({"id": "pi_1", "status": "processing"}, 4500, "AUD")

@@ -1,10 +1,11 @@
 """The billing service: charges, card payments through the payment-gateway port, deposits and
 credit notes, with an append-only audit of every movement of money.
 
-Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded); publishes
-`billing.events.v1` (charge.created, payment.captured, payment.failed, deposit.refunded,
-deposit.kept, credit_note.issued), keyed by booking_id. The capture task (capture.py) charges
-cards outside the consumer's transactions.
+Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded) and
+`billing.commands.v1` (charge.adjustment_requested); publishes `billing.events.v1`
+(charge.created, payment.captured, payment.failed, deposit.refunded, deposit.kept,
+credit_note.issued, charge.adjusted, charge.adjustment_rejected), keyed by booking_id. The capture
+task (capture.py) charges cards outside the consumer's transactions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts.billing import (
+    ChargeAdjusted,
+    ChargeAdjustmentRejected,
     ChargeCreated,
     CreditNoteIssued,
     DepositKept,
@@ -24,7 +27,7 @@ from shared.contracts.billing import (
 )
 from shared.http import BadRequest, json_route, page_args
 from shared.service import Service, ServiceDefinition
-from shared.topics import BILLING_EVENTS, BOOKING_EVENTS
+from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
 
 from . import capture, domain, gateway, handlers, repository
 from .settings import BillingSettings
@@ -40,33 +43,69 @@ def _money(row: Any, *, minor: str = "amount_minor") -> str:
 
 
 def _charge(row: Any) -> dict[str, Any]:
-    body = {k: row[k] for k in row.keys() if k not in ("amount_minor", "correlation_id", "capture_attempts")}
+    body = {k: row[k] for k in row.keys() if k not in ("amount_minor", "correlation_id", "capture_attempts", "first_capture_at")}
     return {**body, "amount": _money(row)}
+
+
+def _with_amount(row: Any) -> dict[str, Any]:
+    """A payment or deposit row with its minor units shown as a decimal string."""
+    return {**{k: row[k] for k in row.keys() if k != "amount_minor"}, "amount": _money(row)}
+
+
+def _terms(text: str | None) -> dict[str, Any] | None:
+    """A stored {amount_minor, currency, code, code_system} as the API shows money."""
+    if text is None:
+        return None
+    terms = json.loads(text)
+    minor = terms.pop("amount_minor")
+    return {"amount": str(domain.from_minor(minor, terms["currency"])), **terms}
 
 
 def _routes(service: Service) -> list[tuple[str, Any]]:
     async def patient_charges(query: dict[str, str]) -> dict[str, Any]:
-        """A patient's charges, oldest first, paginated: `?patient_id=`."""
+        """A patient's charges, oldest first, paginated, and the card payments made for them: `?patient_id=`."""
         if not query.get("patient_id"):
             raise BadRequest("patient_id is required")
         limit, offset = page_args(query)
         rows = await repository.charges_of_patient(service.pool, query["patient_id"], limit=limit, offset=offset)
-        return {"patient_id": query["patient_id"], "charges": [_charge(r) for r in rows], "page_size": limit, "offset": offset}
+        charge_ids = {r["charge_id"] for r in rows}
+        payments = [
+            _with_amount(p)
+            for p in await repository.payments_of_patient(service.pool, query["patient_id"])
+            if p["charge_id"] in charge_ids
+        ]
+        return {
+            "patient_id": query["patient_id"],
+            "charges": [_charge(r) for r in rows],
+            "payments": payments,
+            "page_size": limit,
+            "offset": offset,
+        }
 
     async def booking_billing(query: dict[str, str]) -> dict[str, Any]:
-        """Everything billing did for one booking: charges, payments, deposits, audit: `?booking_id=`."""
+        """Everything billing did for one booking: charges (fee and code), payments, deposit outcomes,
+        adjustments and the audit: `?booking_id=`."""
         if not query.get("booking_id"):
             raise BadRequest("booking_id is required")
         booking_id = query["booking_id"]
         charges = await repository.charges_of_booking(service.pool, booking_id)
         payments = await repository.payments_of_booking(service.pool, booking_id)
         deposits = await repository.deposits_of_booking(service.pool, booking_id)
+        adjustments = await repository.adjustments_of_booking(service.pool, booking_id)
         audit = await repository.audit_of_booking(service.pool, booking_id)
         return {
             "booking_id": booking_id,
             "charges": [_charge(r) for r in charges],
-            "payments": [{**{k: r[k] for k in r.keys() if k != "amount_minor"}, "amount": _money(r)} for r in payments],
-            "deposits": [{**{k: r[k] for k in r.keys() if k != "amount_minor"}, "amount": _money(r)} for r in deposits],
+            "payments": [_with_amount(r) for r in payments],
+            "deposits": [_with_amount(r) for r in deposits],
+            "adjustments": [
+                {
+                    **{k: r[k] for k in r.keys() if k not in ("before", "after")},
+                    "before": _terms(r["before"]),
+                    "after": _terms(r["after"]),
+                }
+                for r in adjustments
+            ],
             "audit": [
                 {
                     **{k: r[k] for k in r.keys() if k not in ("amount_minor", "detail")},
@@ -104,11 +143,23 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
 
 def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
     settings = settings or BillingSettings()
+    api_key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else None
     # Refuse an unusable gateway now, before anything starts, with a sentence saying why.
-    gateway.require_supported(settings.payment_gateway)
+    gateway.require_supported(settings.payment_gateway, stripe_api_key=api_key)
 
     async def make_deps(service: Service) -> BillingDeps:
-        return BillingDeps(gateway=gateway.make_gateway(settings.payment_gateway, sandbox_declines=settings.sandbox_declines))
+        return BillingDeps(
+            gateway=gateway.make_gateway(
+                settings.payment_gateway,
+                sandbox_declines=settings.sandbox_declines,
+                stripe_api_key=api_key,
+                stripe_api_base=settings.stripe_api_base,
+                timeout=settings.gateway_timeout_seconds,
+            )
+        )
+
+    async def close_deps(deps: BillingDeps) -> None:
+        await deps.gateway.close()
 
     return ServiceDefinition(
         name=settings.service_name,
@@ -120,9 +171,10 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
                 "booking.cancelled": handlers.bill_cancellation,
                 "booking.no_show_recorded": handlers.bill_no_show,
             },
+            BILLING_COMMANDS: {
+                "charge.adjustment_requested": handlers.adjust_charge,
+            },
         },
-        # charge.adjusted / charge.adjustment_rejected come with role-checked adjustments
-        # (billing.commands.v1), a later issue: not consumed or published yet.
         publishes={
             BILLING_EVENTS: [
                 ChargeCreated,
@@ -131,9 +183,12 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
                 DepositRefunded,
                 DepositKept,
                 CreditNoteIssued,
+                ChargeAdjusted,
+                ChargeAdjustmentRejected,
             ],
         },
         make_deps=make_deps,
+        close_deps=close_deps,
         background=[capture.capture_payments],
         http_routes=_routes,
     )

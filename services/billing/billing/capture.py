@@ -11,6 +11,11 @@ Guarantees:
 - A charge is leased while its call is in flight (`next_capture_at`), so replicas do not call
   for the same charge at once; an unknown outcome (timeout, gateway down) is retried after the
   lease with backoff, with the same key.
+- The card charged is the patient's saved card (`patient_cards`: the processor's customer and
+  payment method). Stripe is never called for a patient without one: the charge fails with
+  `no_card_on_file` and stays owed on the account. The sandbox never takes the charge of a
+  patient with a saved card (it would record a payment of a real card that moved no money); it
+  charges the patient id as its customer reference.
 
 The window where a call can be repeated: after the gateway answered and before the transaction
 that records the answer committed (a crash, a lost database connection), and when a call outlives
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -39,6 +44,9 @@ from .gateway import GatewayUnavailable, PaymentGateway, PaymentResult
 from .settings import BillingSettings
 
 log = get_logger(__name__)
+
+# Stop asking this long before the processor forgets a key (clocks and leases are not exact).
+KEY_LIFETIME_MARGIN = timedelta(hours=1)
 
 
 async def capture_payments(service: Service) -> None:
@@ -72,15 +80,42 @@ async def capture_due(
 ) -> int:
     """Lease the charges due, then call the gateway and record the answer for each; returns how many."""
     async with pool.acquire() as conn, conn.transaction():
-        charges = await repository.claim_captures(conn, limit=batch_size, lease_seconds=lease_seconds)
+        charges = await repository.claim_captures(
+            conn, limit=batch_size, lease_seconds=lease_seconds, saved_cards=gateway.charges_saved_cards
+        )
+        cards = await repository.cards_of_patients(conn, list({c["patient_id"] for c in charges})) if charges else {}
     for charge in charges:
-        result = await _call_gateway(gateway, charge, timeout)
+        card = cards.get(charge["patient_id"])
+        if _past_key_lifetime(gateway, charge):
+            continue
+        if card is None and gateway.charges_saved_cards:
+            result: PaymentResult | None = PaymentResult(
+                "failed", None, charge["amount_minor"], charge["currency"], failure_reason="no_card_on_file"
+            )
+        else:
+            result = await _call_gateway(gateway, charge, card, timeout)
         if result is not None and await _record(pool, gateway.name, charge, result, source):
             on_committed()
     return len(charges)
 
 
-async def _call_gateway(gateway: PaymentGateway, charge: Any, timeout: float) -> PaymentResult | None:
+def _past_key_lifetime(gateway: PaymentGateway, charge: Any) -> bool:
+    """True when the processor may have forgotten this charge's idempotency key (Stripe keeps keys
+    24 hours from their first use, our first lease): asking again could charge the card a second
+    time, so billing stops asking and says so. With the 1 h backoff cap a charge is asked about
+    many times before that; only an outcome unknown for a whole day gets here: it needs a person."""
+    lifetime = gateway.key_lifetime
+    if lifetime is None or datetime.now(UTC) - charge["first_capture_at"] < lifetime - KEY_LIFETIME_MARGIN:
+        return False
+    log.error(
+        "payment outcome unknown for longer than the processor keeps idempotency keys; not asking again:"
+        " look the payment up at the processor by metadata charge_id and settle the charge by hand",
+        charge_id=charge["charge_id"], attempt=charge["capture_attempts"], gateway=gateway.name,
+    )
+    return True
+
+
+async def _call_gateway(gateway: PaymentGateway, charge: Any, card: Any, timeout: float) -> PaymentResult | None:
     """The gateway's answer, or None when it is not known (retried later with the same key)."""
     try:
         return await asyncio.wait_for(
@@ -88,7 +123,8 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, timeout: float) ->
                 idempotency_key=charge["charge_id"],
                 amount_minor=charge["amount_minor"],
                 currency=charge["currency"],
-                customer_ref=charge["patient_id"],
+                customer_ref=card["stripe_customer_id"] if card is not None else charge["patient_id"],
+                payment_method=card["stripe_payment_method_id"] if card is not None else None,
             ),
             timeout=timeout,
         )
@@ -106,6 +142,14 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, timeout: float) ->
             detail=str(exc)[:300],
         )
     return None
+
+
+def _why(gateway_name: str, charge: Any, result: PaymentResult) -> str:
+    if result.captured:
+        return f"card on file charged through {gateway_name} (policy {charge['policy_version']})"
+    if result.reference is None:
+        return f"no saved card is known for the patient, so {gateway_name} was not asked; the charge stays outstanding"
+    return f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
 
 
 async def _record(pool: asyncpg.Pool, gateway_name: str, charge: Any, result: PaymentResult, source: str) -> bool:
@@ -139,11 +183,7 @@ async def _record(pool: asyncpg.Pool, gateway_name: str, charge: Any, result: Pa
             charge_id=charge_id,
             amount_minor=charge["amount_minor"],
             currency=charge["currency"],
-            reason=(
-                f"card on file charged through {gateway_name} (policy {charge['policy_version']})"
-                if result.captured
-                else f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
-            ),
+            reason=_why(gateway_name, charge, result),
             detail={"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
         )
         fields = {"charge_id": charge_id, "booking_id": charge["booking_id"], "amount": amount, "currency": charge["currency"]}

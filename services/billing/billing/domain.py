@@ -12,6 +12,11 @@ Guarantees:
   charge, a no-show a `no_show` charge; a decision without a fee (or a zero fee) raises none.
 - A deposit is refunded, kept or turned into a credit note exactly as the decision says; `none`
   or no deposit does nothing. Deposit and fee are independent.
+- Only owner, manager, biller, or a therapist who also has the financial role may change a
+  charge's amount or code. A charge's amount changes only while it is owed on the account
+  (`outstanding`): a paid charge's money has moved (`already_paid`), a charge being captured is
+  being charged for its current amount (`capture_in_progress`). Its code can always be corrected
+  (it moves no money). A request that changes nothing is `invalid_request`.
 """
 
 from __future__ import annotations
@@ -155,3 +160,92 @@ def plan_deposit(booking_id: str, request_id: str, decision: Decision, deposit: 
 def status_after_payment(captured: bool) -> ChargeStatus:
     """A captured payment settles the charge; a failed one leaves it owed on the account."""
     return "paid" if captured else "outstanding"
+
+
+# --- adjustments ---------------------------------------------------------------------------
+
+# Roles that may change a charge on their own; a therapist needs the financial role as well.
+ADJUSTER_ROLES = frozenset({"owner", "manager", "biller"})
+CODE_SYSTEMS = frozenset({"CPT", "CDT", "custom"})
+
+AdjustmentRejection = Literal["forbidden", "invalid_request", "not_found", "already_paid", "capture_in_progress"]
+
+
+def may_adjust(roles: list[str] | tuple[str, ...] | frozenset[str]) -> bool:
+    """Owner, manager, biller, or a therapist who also has the financial role."""
+    held = {role.strip().lower() for role in roles}
+    return bool(held & ADJUSTER_ROLES) or {"therapist", "financial"} <= held
+
+
+@dataclass(frozen=True)
+class ChargeTerms:
+    """What an adjustment may change, and the currency it is counted in."""
+
+    amount_minor: int
+    currency: str
+    code: str
+    code_system: str
+
+    @property
+    def amount(self) -> Decimal:
+        return from_minor(self.amount_minor, self.currency)
+
+    def as_json(self) -> dict[str, object]:
+        return {"amount_minor": self.amount_minor, "currency": self.currency, "code": self.code, "code_system": self.code_system}
+
+
+@dataclass(frozen=True)
+class AdjustmentDecision:
+    before: ChargeTerms | None  # None when the charge does not exist
+    after: ChargeTerms | None = None  # set when adjusted
+    rejection: AdjustmentRejection | None = None
+
+    @property
+    def adjusted(self) -> bool:
+        return self.rejection is None
+
+
+def decide_adjustment(
+    *,
+    roles: list[str],
+    charge: ChargeTerms | None,
+    charge_status: ChargeStatus | None,
+    amount: Decimal | None,
+    code: str | None,
+    code_system: str | None,
+) -> AdjustmentDecision:
+    """The answer to `charge.adjustment_requested`: who may ask first (a refused person learns
+    nothing about the charge), then whether the request asks for anything, then the charge."""
+    if not may_adjust(roles):
+        return AdjustmentDecision(charge, rejection="forbidden")
+    if amount is None and code is None and code_system is None:
+        return AdjustmentDecision(charge, rejection="invalid_request")  # nothing asked for
+    if charge is None:
+        return AdjustmentDecision(None, rejection="not_found")  # never adjusted into existence
+    if code is not None and not code.strip():
+        return AdjustmentDecision(charge, rejection="invalid_request")
+    if code_system is not None and code_system not in CODE_SYSTEMS:
+        return AdjustmentDecision(charge, rejection="invalid_request")
+    amount_minor = charge.amount_minor
+    if amount is not None:
+        try:
+            amount_minor = to_minor(amount, charge.currency)
+        except InvalidAmount:
+            return AdjustmentDecision(charge, rejection="invalid_request")  # inexact: never rounded
+        if amount_minor == 0:
+            # Writing a charge off is not an adjustment of its amount.
+            return AdjustmentDecision(charge, rejection="invalid_request")
+    after = ChargeTerms(
+        amount_minor=amount_minor,
+        currency=charge.currency,
+        code=code.strip() if code is not None else charge.code,
+        code_system=code_system if code_system is not None else charge.code_system,
+    )
+    if after == charge:
+        return AdjustmentDecision(charge, rejection="invalid_request")  # changes nothing
+    if after.amount_minor != charge.amount_minor:
+        if charge_status == "paid":
+            return AdjustmentDecision(charge, rejection="already_paid")
+        if charge_status == "pending_capture":
+            return AdjustmentDecision(charge, rejection="capture_in_progress")
+    return AdjustmentDecision(charge, after=after)

@@ -1,4 +1,4 @@
-"""The payment-gateway port and its sandbox processor.
+"""The payment-gateway port, its sandbox processor and the Stripe adapter.
 
 Guarantees:
 - Every charge goes through `PaymentGateway.charge(idempotency_key=…)`; billing passes the
@@ -10,7 +10,19 @@ Guarantees:
 - The sandbox is a real, in-process processor simulation: deterministic by the customer
   reference's suffix (configurable), remembering every idempotency key for its lifetime, and
   keeping the list of charges that moved money so tests can count them.
-- `PAYMENT_GATEWAY=stripe` is refused at startup with a sentence saying so, until it is built.
+- Stripe (`StripeGateway`) charges the saved card with one PaymentIntent created and confirmed
+  off-session through the official SDK's async client, with our key as Stripe's
+  `Idempotency-Key`: `succeeded` is captured; a card error (HTTP 402) is failed with Stripe's
+  decline reason; a 5xx, 409 (the key is in use), 429 or a connection error is
+  `GatewayUnavailable` (ask again later, same key). Anything else (a bad API key, a request
+  Stripe refuses) is raised as it is: it needs a person, not a retry loop that hides it.
+- `charges_saved_cards` says which cards a gateway charges. True (Stripe): only a card saved
+  with it; the capture task never asks it for a patient without one and fails that charge with
+  `no_card_on_file` itself. False (the sandbox): never a saved card; such charges are left for
+  a real processor, so a sandbox replica left running beside Stripe ones (a switch-over) can
+  never mark a real card's charge paid without money moving.
+- A configuration that cannot work (an unknown gateway, Stripe without an API key) is refused
+  at startup with a sentence saying what to set.
 """
 
 from __future__ import annotations
@@ -18,7 +30,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from datetime import timedelta
+from typing import Any, Literal, Protocol
 
 PaymentStatus = Literal["captured", "failed"]
 
@@ -46,7 +59,7 @@ class IdempotencyKeyReused(ValueError):
 @dataclass(frozen=True)
 class PaymentResult:
     status: PaymentStatus
-    reference: str  # the processor's id of this payment attempt
+    reference: str | None  # the processor's id of this payment attempt; None when never asked
     amount_minor: int
     currency: str
     failure_reason: str | None = None
@@ -58,10 +71,24 @@ class PaymentResult:
 
 class PaymentGateway(Protocol):
     name: str
+    # True: it charges only a card saved with it (a customer and payment method of its own), and
+    # is never called for a patient without one. False: it never charges a saved card.
+    charges_saved_cards: bool
+    # How long the processor remembers an idempotency key (None: as long as it runs). After
+    # that, asking again could charge twice, so the capture task stops asking.
+    key_lifetime: timedelta | None
 
     async def charge(
-        self, *, idempotency_key: str, amount_minor: int, currency: str, customer_ref: str
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        customer_ref: str,
+        payment_method: str | None = None,
     ) -> PaymentResult: ...
+
+    async def close(self) -> None: ...
 
 
 _SANDBOX_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:billing:sandbox")
@@ -72,6 +99,8 @@ class SandboxGateway:
     the configured decline suffixes, and answers a known idempotency key with its first result."""
 
     name = "sandbox"
+    charges_saved_cards = False  # a simulation: the patient id is its customer reference
+    key_lifetime = None  # remembers every key for its process lifetime
 
     def __init__(self, declines: Mapping[str, str] | None = None) -> None:
         self._declines = dict(DEFAULT_SANDBOX_DECLINES if declines is None else declines)
@@ -79,7 +108,13 @@ class SandboxGateway:
         self.captures: list[PaymentResult] = []  # money actually moved, once per key
 
     async def charge(
-        self, *, idempotency_key: str, amount_minor: int, currency: str, customer_ref: str
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        customer_ref: str,
+        payment_method: str | None = None,
     ) -> PaymentResult:
         params = (amount_minor, currency, customer_ref)
         known = self._results.get(idempotency_key)
@@ -107,19 +142,134 @@ class SandboxGateway:
                 return PaymentResult("failed", reference, amount_minor, currency, failure_reason=reason)
         return PaymentResult("captured", reference, amount_minor, currency)
 
+    async def close(self) -> None:
+        return None
 
-def require_supported(choice: str) -> None:
-    """Refuse a gateway that is not built yet, with a sentence an operator can act on."""
-    if choice == "sandbox":
-        return
-    if choice == "stripe":
-        raise ConfigurationError(
-            "PAYMENT_GATEWAY=stripe is not available yet (the Stripe adapter is a later issue); "
-            "set PAYMENT_GATEWAY=sandbox or leave it unset."
+
+class StripeGateway:
+    """Stripe through the official SDK (`stripe.StripeClient` with its httpx async client).
+
+    One PaymentIntent per charge, created and confirmed in one call, off-session, on the
+    patient's saved customer and payment method, with our idempotency key as Stripe's
+    `Idempotency-Key`: Stripe answers a repeated key with the first answer (for 24 hours) and
+    never creates a second PaymentIntent for it. The SDK's own retries are off: the capture task
+    retries with backoff and the same key, so there is one retry policy, ours.
+    """
+
+    name = "stripe"
+    charges_saved_cards = True
+    key_lifetime = timedelta(hours=24)  # Stripe prunes idempotency keys after 24 hours
+
+    def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+        import stripe  # the SDK is only loaded where Stripe is configured
+
+        self._stripe = stripe
+        self._http = stripe.HTTPXClient(timeout=timeout)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+            http_client=self._http,
+            max_network_retries=0,
         )
-    raise ConfigurationError(f"PAYMENT_GATEWAY={choice!r} is not a known gateway; use 'sandbox'.")
+
+    async def charge(
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        customer_ref: str,
+        payment_method: str | None = None,
+    ) -> PaymentResult:
+        if not payment_method:
+            raise ValueError("Stripe charges a saved card: a payment method is required")
+        stripe = self._stripe
+        params: dict[str, Any] = {
+            "amount": amount_minor,  # minor units, as Stripe counts them (JPY 6000 is 6000)
+            "currency": currency.lower(),
+            "customer": customer_ref,
+            "payment_method": payment_method,
+            "off_session": True,  # the patient is not there to authenticate
+            "confirm": True,
+            # Stripe compares a repeated key's parameters with the first request's: everything
+            # sent must be the same on every attempt, so only the key itself goes in metadata.
+            "metadata": {"charge_id": idempotency_key},
+        }
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.CardError as exc:
+            return _declined(exc, amount_minor, currency)
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            # 5xx, 409 (the same key is in flight), 429, or no answer: outcome unknown.
+            raise GatewayUnavailable(f"Stripe did not answer: {type(exc).__name__} {exc.http_status}") from exc
+        except stripe.IdempotencyError as exc:
+            raise IdempotencyKeyReused(f"Stripe refused idempotency key {idempotency_key}: {exc.user_message}") from exc
+        return _from_intent(intent.to_dict(), amount_minor, currency)
+
+    async def close(self) -> None:
+        await self._http.close_async()
 
 
-def make_gateway(choice: str, *, sandbox_declines: Mapping[str, str] | None = None) -> PaymentGateway:
-    require_supported(choice)
+def _declined(exc: Any, amount_minor: int, currency: str) -> PaymentResult:
+    """A card error (HTTP 402): Stripe's decline reason, the most specific it gave."""
+    error = (exc.json_body or {}).get("error") or {}
+    intent = error.get("payment_intent") or {}
+    return PaymentResult(
+        "failed", intent.get("id") or exc.request_id or "unknown", amount_minor, currency,
+        failure_reason=_decline_reason(error),
+    )
+
+
+def _decline_reason(error: dict[str, Any]) -> str:
+    """Stripe's most specific reason: `insufficient_funds` (a decline code) says more than
+    `card_declined` (its error code); `generic_decline` says less."""
+    decline_code = error.get("decline_code")
+    if decline_code and decline_code != "generic_decline":
+        return decline_code
+    return error.get("code") or "card_declined"
+
+
+def _from_intent(intent: dict[str, Any], amount_minor: int, currency: str) -> PaymentResult:
+    status = intent["status"]
+    if status == "succeeded":
+        return PaymentResult("captured", intent["id"], amount_minor, currency)
+    if status == "processing":
+        # Not decided yet: asking again with the same key returns this same answer until it is.
+        raise GatewayUnavailable(f"PaymentIntent {intent['id']} is still processing")
+    if status == "requires_action":  # off-session: the bank wants the patient, who is not there
+        return PaymentResult("failed", intent["id"], amount_minor, currency, failure_reason="authentication_required")
+    last_error = intent.get("last_payment_error")
+    reason = _decline_reason(last_error) if last_error else f"payment_intent_{status}"
+    return PaymentResult("failed", intent["id"], amount_minor, currency, failure_reason=reason)
+
+
+GATEWAYS = ("sandbox", "stripe")
+
+
+def require_supported(choice: str, *, stripe_api_key: str | None = None) -> None:
+    """Refuse a configuration that cannot work, with a sentence an operator can act on."""
+    if choice not in GATEWAYS:
+        raise ConfigurationError(f"PAYMENT_GATEWAY={choice!r} is not a known gateway; use 'sandbox' or 'stripe'.")
+    if choice == "stripe" and not stripe_api_key:
+        raise ConfigurationError(
+            "PAYMENT_GATEWAY=stripe needs STRIPE_API_KEY (a secret key, sk_live_… or sk_test_…); "
+            "set it, or set PAYMENT_GATEWAY=sandbox."
+        )
+
+
+def make_gateway(
+    choice: str,
+    *,
+    sandbox_declines: Mapping[str, str] | None = None,
+    stripe_api_key: str | None = None,
+    stripe_api_base: str | None = None,
+    timeout: float = 20.0,
+) -> PaymentGateway:
+    require_supported(choice, stripe_api_key=stripe_api_key)
+    if choice == "stripe":
+        assert stripe_api_key is not None
+        return StripeGateway(stripe_api_key, api_base=stripe_api_base, timeout=timeout)
     return SandboxGateway(sandbox_declines)

@@ -7,14 +7,23 @@ transaction committed.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from shared.consumer import Unit
 from shared.contracts.base import Money
-from shared.contracts.billing import ChargeCreated, CreditNoteIssued, DepositKept, DepositRefunded
+from shared.contracts.billing import (
+    ChargeAdjusted,
+    ChargeAdjustmentRejected,
+    ChargeCreated,
+    CreditNoteIssued,
+    DepositKept,
+    DepositRefunded,
+)
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
-from shared.contracts.common import Decision
+from shared.contracts.common import Decision, Fee
+from shared.contracts.upstream import ChargeAdjustmentRequested
 from shared.topics import BILLING_EVENTS
 
 from . import domain, repository
@@ -198,3 +207,122 @@ async def _settle_deposit(
     if plan.credit_note_id is not None:
         fields["credit_note_id"] = plan.credit_note_id
     unit.emit(BILLING_EVENTS, _DEPOSIT_EVENTS[plan.outcome].new(**fields), subject=booking_id)
+
+
+async def adjust_charge(unit: Unit, command: ChargeAdjustmentRequested) -> None:
+    """Answer `charge.adjustment_requested` with exactly one of `charge.adjusted` or
+    `charge.adjustment_rejected`, once per request id, recorded with who and when."""
+    at = unit.event.envelope.time  # the command's own time: a replay decides and records the same
+    actor = f"staff:{command.actor.id}"
+    charge_key = _canonical_uuid(command.charge_id)  # charge ids are uuids: anything else names no charge
+    charge = await repository.lock_charge(unit.conn, charge_key) if charge_key is not None else None
+    terms = (
+        domain.ChargeTerms(charge["amount_minor"], charge["currency"], charge["code"], charge["code_system"])
+        if charge is not None
+        else None
+    )
+    decision = domain.decide_adjustment(
+        roles=command.actor.roles,
+        charge=terms,
+        charge_status=charge["status"] if charge is not None else None,
+        amount=command.amount,
+        code=command.code,
+        code_system=command.code_system,
+    )
+    first_answer = await repository.record_adjustment_request(
+        unit.conn,
+        request_id=command.request_id,
+        charge_id=command.charge_id,
+        booking_id=charge["booking_id"] if charge is not None else None,
+        actor=actor,
+        actor_roles=list(command.actor.roles),
+        outcome="adjusted" if decision.adjusted else "rejected",
+        reason=decision.rejection,
+        before=terms.as_json() if terms is not None else None,
+        after=decision.after.as_json() if decision.after is not None else None,
+        requested_at=at,
+    )
+    if not first_answer:
+        return  # the same request again under another envelope id: it was answered once
+    if charge is None:
+        # Keyed by the booking like every billing event; a charge that does not exist has no
+        # booking, so its rejection is keyed by the charge id the command named.
+        _emit_rejection(unit, command, decision, subject=command.charge_id)
+    elif decision.after is None:
+        await repository.audit(
+            unit.conn,
+            at=at,
+            actor=actor,
+            action="adjustment_rejected",
+            booking_id=charge["booking_id"],
+            charge_id=charge["charge_id"],
+            reason=f"adjustment refused: {decision.rejection}",
+            detail=_adjustment_detail(command, unit),
+        )
+        _emit_rejection(unit, command, decision, subject=charge["booking_id"])
+    else:
+        await _apply_adjustment(unit, command, charge, decision, at=at, actor=actor)
+
+
+async def _apply_adjustment(
+    unit: Unit,
+    command: ChargeAdjustmentRequested,
+    charge: Any,
+    decision: domain.AdjustmentDecision,
+    *,
+    at: datetime,
+    actor: str,
+) -> None:
+    before, after = decision.before, decision.after
+    assert before is not None and after is not None
+    await repository.adjust_charge(
+        unit.conn, charge["charge_id"], amount_minor=after.amount_minor, code=after.code, code_system=after.code_system
+    )
+    await repository.audit(
+        unit.conn,
+        at=at,
+        actor=actor,
+        action="charge_adjusted",
+        booking_id=charge["booking_id"],
+        charge_id=charge["charge_id"],
+        amount_minor=after.amount_minor,
+        currency=after.currency,
+        reason=(
+            f"adjusted by {actor} ({', '.join(command.actor.roles)}): "
+            f"{before.amount} {before.currency} {before.code_system} {before.code} -> "
+            f"{after.amount} {after.currency} {after.code_system} {after.code}"
+        ),
+        detail={**_adjustment_detail(command, unit), "before": before.as_json(), "after": after.as_json()},
+    )
+    unit.emit(
+        BILLING_EVENTS,
+        ChargeAdjusted.new(
+            charge_id=command.charge_id, request_id=command.request_id, before=_fee(before), after=_fee(after)
+        ),
+        subject=charge["booking_id"],
+    )
+
+
+def _emit_rejection(
+    unit: Unit, command: ChargeAdjustmentRequested, decision: domain.AdjustmentDecision, *, subject: str
+) -> None:
+    unit.emit(
+        BILLING_EVENTS,
+        ChargeAdjustmentRejected.new(charge_id=command.charge_id, request_id=command.request_id, reason=decision.rejection),
+        subject=subject,
+    )
+
+
+def _canonical_uuid(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _fee(terms: domain.ChargeTerms) -> Fee:
+    return Fee.new(amount=terms.amount, currency=terms.currency, code=terms.code, code_system=terms.code_system)
+
+
+def _adjustment_detail(command: ChargeAdjustmentRequested, unit: Unit) -> dict[str, object]:
+    return {"request_id": command.request_id, "roles": list(command.actor.roles), "event_id": unit.event.id}

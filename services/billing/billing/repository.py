@@ -11,7 +11,12 @@ import asyncpg
 CHARGE_COLUMNS = (
     "charge_id::text AS charge_id, booking_id, request_id, practice_id, patient_id, kind, amount_minor,"
     " currency, code, code_system, charge_card, status, failure_reason, policy_version, occurred_at,"
-    " correlation_id, capture_attempts, created_at, updated_at"
+    " correlation_id, capture_attempts, first_capture_at, created_at, updated_at"
+)
+
+PAYMENT_COLUMNS = (
+    "p.payment_id::text AS payment_id, p.charge_id::text AS charge_id, p.status, p.amount_minor, p.currency,"
+    " p.gateway, p.gateway_ref, p.failure_reason, p.recorded_at"
 )
 
 
@@ -49,23 +54,73 @@ async def insert_deposit_outcome(conn: asyncpg.Connection, d: dict[str, Any]) ->
     return bool(inserted)
 
 
-async def claim_captures(conn: asyncpg.Connection, *, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+async def claim_captures(
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, saved_cards: bool = True
+) -> list[asyncpg.Record]:
     """Take up to `limit` charges due for capture and lease them: until the lease ends no other
     replica takes them; when this one dies mid-call, another takes them after it (and asks the
-    gateway again with the same idempotency key). Each retry leases longer (backoff, 1 h cap)."""
+    gateway again with the same idempotency key). Each retry leases longer (backoff, 1 h cap).
+    `saved_cards=False` (the sandbox) leaves the charges of patients with a saved card alone."""
     return await conn.fetch(
         f"UPDATE charges SET capture_attempts = capture_attempts + 1,"
+        " first_capture_at = coalesce(first_capture_at, now()),"
         " next_capture_at = now() + make_interval(secs => least(3600, $2 * power(2, capture_attempts)))"
         " WHERE charge_id IN ("
-        "   SELECT charge_id FROM charges WHERE status = 'pending_capture' AND next_capture_at <= now()"
+        "   SELECT charge_id FROM charges c WHERE status = 'pending_capture' AND next_capture_at <= now()"
+        "   AND ($3 OR NOT EXISTS (SELECT 1 FROM patient_cards pc WHERE pc.patient_id = c.patient_id))"
         "   ORDER BY next_capture_at, charge_id LIMIT $1 FOR UPDATE SKIP LOCKED)"
         f" RETURNING {CHARGE_COLUMNS}",
-        limit, lease_seconds,
+        limit, lease_seconds, saved_cards,
     )
 
 
 async def lock_charge(conn: asyncpg.Connection, charge_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {CHARGE_COLUMNS} FROM charges WHERE charge_id = $1 FOR UPDATE", charge_id)
+
+
+async def cards_of_patients(conn: asyncpg.Connection, patient_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The saved card (Stripe customer and payment method) of each patient that has one."""
+    rows = await conn.fetch(
+        "SELECT patient_id, stripe_customer_id, stripe_payment_method_id FROM patient_cards"
+        " WHERE patient_id = ANY($1::text[])",
+        patient_ids,
+    )
+    return {r["patient_id"]: r for r in rows}
+
+
+async def adjust_charge(
+    conn: asyncpg.Connection, charge_id: str, *, amount_minor: int, code: str, code_system: str
+) -> None:
+    await conn.execute(
+        "UPDATE charges SET amount_minor = $2, code = $3, code_system = $4, updated_at = now() WHERE charge_id = $1",
+        charge_id, amount_minor, code, code_system,
+    )
+
+
+async def record_adjustment_request(
+    conn: asyncpg.Connection,
+    *,
+    request_id: str,
+    charge_id: str,
+    booking_id: str | None,
+    actor: str,
+    actor_roles: list[str],
+    outcome: str,
+    reason: str | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    requested_at: datetime,
+) -> bool:
+    """Record the one answer to an adjustment request; False when it was answered already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO charge_adjustments (request_id, charge_id, booking_id, actor, actor_roles, outcome, reason,"
+        " before, after, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
+        request_id, charge_id, booking_id, actor, actor_roles, outcome, reason,
+        json.dumps(before) if before is not None else None, json.dumps(after) if after is not None else None,
+        requested_at,
+    )
+    return bool(inserted)
 
 
 async def record_payment(
@@ -125,6 +180,15 @@ async def charges_of_patient(pool: asyncpg.Pool, patient_id: str, *, limit: int,
     )
 
 
+async def payments_of_patient(pool: asyncpg.Pool, patient_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {PAYMENT_COLUMNS}, c.booking_id"
+        " FROM payments p JOIN charges c ON c.charge_id = p.charge_id WHERE c.patient_id = $1"
+        " ORDER BY p.recorded_at, p.payment_id",
+        patient_id,
+    )
+
+
 async def charges_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"SELECT {CHARGE_COLUMNS} FROM charges WHERE booking_id = $1 ORDER BY occurred_at, charge_id", booking_id
@@ -133,8 +197,7 @@ async def charges_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncp
 
 async def payments_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT p.payment_id::text AS payment_id, p.charge_id::text AS charge_id, p.status, p.amount_minor,"
-        " p.currency, p.gateway, p.gateway_ref, p.failure_reason, p.recorded_at"
+        f"SELECT {PAYMENT_COLUMNS}"
         " FROM payments p JOIN charges c ON c.charge_id = p.charge_id WHERE c.booking_id = $1"
         " ORDER BY p.recorded_at, p.payment_id",
         booking_id,
@@ -145,6 +208,15 @@ async def deposits_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[async
     return await pool.fetch(
         "SELECT booking_id, request_id, outcome, amount_minor, currency, credit_note_id::text AS credit_note_id,"
         " occurred_at, recorded_at FROM deposit_outcomes WHERE booking_id = $1 ORDER BY occurred_at, request_id",
+        booking_id,
+    )
+
+
+async def adjustments_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT request_id, charge_id, actor, actor_roles, outcome, reason, before::text AS before,"
+        " after::text AS after, requested_at, recorded_at FROM charge_adjustments WHERE booking_id = $1"
+        " ORDER BY requested_at, request_id",
         booking_id,
     )
 

@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -8,8 +8,11 @@ from .gateway import DEFAULT_SANDBOX_DECLINES
 class BillingSettings(ServiceSettings):
     service_name: str = "billing"
     http_port: int = 8004
-    # sandbox | stripe (stripe is a later issue: refused at startup with a clear message for now)
+    # sandbox | stripe (Stripe needs STRIPE_API_KEY; STRIPE_API_BASE points it elsewhere, e.g. a
+    # local Stripe-speaking server in tests; unset: Stripe's own https://api.stripe.com)
     payment_gateway: str = "sandbox"
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
     # SANDBOX_DECLINES='{"-decline": "card_declined"}': customer-reference suffix -> decline reason.
     sandbox_declines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SANDBOX_DECLINES))
     # The capture task: how often it looks for pending card charges, how many it takes at once,
