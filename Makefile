@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 SUPERVISE_ARGS ?=
 
-.PHONY: run up down test test-unit bench chaos docs venv clean distclean
+.PHONY: run up down test test-unit bench chaos connector docs venv clean distclean
 
 ## run: bring up Postgres and Kafka, then run the six services (Ctrl-C stops them)
 run: venv up
@@ -35,6 +35,10 @@ bench: venv up
 ## chaos: one fault at a time under steady load, then every request's effects checked (CHAOS_ARGS="--long")
 chaos: venv up
 	source .local/env.sh && $(PYTHON) -m tests.chaos $(CHAOS_ARGS)
+
+## connector: the reference PMS connector (CONNECTOR_INTEGRATION=praktika PMS_API_URL=http://pms.example)
+connector: venv up
+	source .local/env.sh && $(PYTHON) -m pms_connector
 
 ## docs: the AsyncAPI documents of the event contract
 docs: venv

@@ -194,7 +194,7 @@ async def _second_charges(admin_dsn: str, booking_ids: list[str]) -> int:
     conn = await asyncpg.connect(admin_dsn)
     try:
         return await conn.fetchval(
-            "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM billing.payments p"
+            "SELECT coalesce(sum(n - 1), 0)::int FROM (SELECT count(*) AS n FROM billing.payments p"
             " JOIN billing.charges c ON c.charge_id = p.charge_id WHERE c.booking_id = ANY($1)"
             " AND p.status = 'captured' GROUP BY p.charge_id) per_charge",
             booking_ids,

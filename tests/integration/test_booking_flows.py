@@ -275,3 +275,18 @@ async def test_read_api_lists_cancelled_bookings_with_audit_and_reports(practice
     assert (group["key"], group["bookings"], group["cancelled"], group["late"], group["timely"]) == ("dr-kim", 3, 2, 1, 1)
     assert group["cancellation_rate"] == round(2 / 3, 4) and group["late_share_of_cancellations"] == 0.5
     assert kept
+
+
+async def test_a_request_id_reused_for_another_booking_is_rejected_not_dropped(practice):
+    first, second = await practice.book(30 * H), await practice.book(30 * H)
+    request_id = await practice.cancel(first, STAFF, "practice")
+    assert (await practice.outcome(request_id)).type == "booking.cancelled"
+    await practice.publisher.event(
+        UPSTREAM_BOOKINGS, "booking.cancellation_requested", second,
+        {"request_id": request_id, "booking_id": second, "requested_at": iso(datetime.now(UTC)),
+         "actor": STAFF, "channel": "practice"},
+    )
+    answer = await practice.watcher.wait_for(
+        lambda s: s.key == second and s.type == "booking.cancellation_rejected" and s.data["request_id"] == request_id
+    )
+    assert answer[0].data["reason"] == "invalid_request" and "new request id" in answer[0].data["message"]

@@ -35,6 +35,8 @@ LATE_FEE = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system"
 
 
 def start_pms_sync(infra: Any, log_dir: Any, **env: str) -> ServiceProcess:
+    """A pms-sync replica in the shared consumer group. Tests that shorten its timings wait
+    generously: another test's replica (default timings) may take the event instead."""
     return ServiceProcess("pms-sync", infra.bootstrap, infra.admin_dsn, log_dir, env=env).start()
 
 
@@ -87,7 +89,7 @@ async def request_cancellation(infra: Any, publisher: Publisher, booking_id: str
     return actor
 
 
-def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor: dict[str, Any]) -> dict[str, Any]:
+def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return {
         "booking_id": booking_id,
         "request_id": request_id,
@@ -109,7 +111,7 @@ def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor:
             "deposit_action": "none", "policy_version": "r1.s1",
         },
         "series_booking_ids": [],
-    }
+    } | overrides
 
 
 async def ack(publisher: Publisher, sync_id: str, booking_id: str, status: str, **extra: Any) -> None:
@@ -217,7 +219,7 @@ async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
 ) -> None:
     practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
     await configure(infra, publisher, practice_id, "core_practice")
-    actor = {"kind": "staff", "id": "staff-7", "roles": []}
+    actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Asked to be called back")
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
         [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
@@ -231,41 +233,180 @@ async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
             "error": "appointment locked by another user",
         }
         [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
-        assert manual.data["integration"] == "core_practice"
-        assert manual.data["message"].startswith("Manual update required:")
-        assert manual.data["message"].endswith("cancel this booking in your PMS too")
+        assert manual.data == {
+            "booking_id": booking_id, "practice_id": practice_id, "integration": "core_practice",
+            "action": "cancel_booking",
+            "message": "Manual update required: cancel this booking in Core Practice too "
+                       "(Core Practice did not confirm it: appointment locked by another user)",
+        }
 
         await ack(publisher, sync_id, booking_id, "ok")  # too late: the practice was already asked
         await w.settle(2.0)
         assert w.matching(of(booking_id, "pms.sync_completed")) == []
         assert len(w.matching(of(booking_id, "pms.manual_update_required"))) == 1
+        assert len(w.matching(of(booking_id, "pms.sync_failed"))) == 1
+
+    [row] = pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"]
+    assert (row["status"], row["error"]) == ("failed", "appointment locked by another user")
+    [update] = pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"]
+    assert (update["booking_id"], update["sync_id"], update["integration"]) == (booking_id, sync_id, "core_practice")
 
 
 async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
     infra: Any, publisher: Publisher, log_dir: Any
 ) -> None:
+    """A connector that never answers. Two replicas run the clock: each due time is acted on once."""
     practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
-    service = start_pms_sync(infra, log_dir, PMS_ACK_TIMEOUT_SECONDS="1", PMS_MAX_ATTEMPTS="2", PMS_RETRY_POLL_SECONDS="0.2")
+    timings = {"PMS_ACK_TIMEOUT_SECONDS": "2", "PMS_MAX_ATTEMPTS": "2", "PMS_RETRY_POLL_SECONDS": "0.1"}
+    service = start_pms_sync(infra, log_dir, **timings)
+    replica = start_pms_sync(infra, log_dir, **timings)
     try:
         await configure(infra, publisher, practice_id, "praktika")
-        actor = {"kind": "staff", "id": "staff-7", "roles": []}
+        actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
         async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
             await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
-            sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=20)
+            sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=90)
             assert len({s.data["sync_id"] for s in sends}) == 1
             assert sends[0].data == sends[1].data  # the same command, unchanged
             assert sends[0].value["id"] != sends[1].value["id"]  # a new envelope each time
 
-            [failed] = await w.wait_for(of(booking_id, "pms.sync_failed"), timeout=20)
+            [failed] = await w.wait_for(of(booking_id, "pms.sync_failed"), timeout=90)
             assert failed.data["attempts"] == 2
             assert failed.data["error"] == "no acknowledgement after 2 attempts"
             [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
-            assert manual.data["message"].endswith("cancel this booking in your PMS too")
+            assert manual.data["message"] == (
+                "Manual update required: cancel this booking in Praktika too "
+                "(Praktika did not confirm it: no acknowledgement after 2 attempts)"
+            )
+            await ack(publisher, failed.data["sync_id"], booking_id, "ok")  # the connector woke up: too late
             await w.settle(2.5)
             assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == 2
             assert len(w.matching(of(booking_id, "pms.sync_failed"))) == 1
+            assert w.matching(of(booking_id, "pms.sync_completed")) == []
 
         [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
         assert (row["status"], row["attempts"]) == ("failed", 2)
+        assert len(replica.get_json(f"/manual-updates?practice_id={practice_id}")["items"]) == 1
+    finally:
+        replica.stop()
+        service.stop()
+
+
+@pytest.mark.parametrize("configured", [True, False])
+async def test_practice_without_integration_gets_nothing(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess, configured: bool
+) -> None:
+    """`none` (or never configured: the contract's default): the cancellation is complete on submit."""
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    if configured:
+        await configure(infra, publisher, practice_id, "none")
+    actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        event = await publisher.event(
+            BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor)
+        )
+        # Processed (its id is in the inbox); then nothing may follow.
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.inbox WHERE event_id = $1", event["id"])
+        await w.settle(2.0)
+        assert w.matching(lambda s: s.data.get("booking_id") == booking_id) == []
+    assert pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"] == []
+    assert pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"] == []
+
+
+async def test_a_series_is_synced_one_command_per_booking_with_the_fee_on_the_cancelled_one(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    later = [unique("bk"), unique("bk")]
+    await configure(infra, publisher, practice_id, "praktika")
+    actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Moving interstate")
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(
+            BOOKING_EVENTS, "booking.cancelled", booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor, series_booking_ids=later),
+        )
+        commands = {}
+        for b in [booking_id, *later]:
+            [commands[b]] = await w.wait_for(of(b, "pms.cancel_booking"))
+        assert len({c.data["sync_id"] for c in commands.values()}) == 3
+        assert all(c.key == c.data["booking_id"] and c.topic == PRAKTIKA for c in commands.values())
+        assert (commands[booking_id].data["classification"], commands[booking_id].data["fee"]) == ("late", LATE_FEE)
+        for b in later:
+            assert commands[b].data["classification"] == "timely" and "fee" not in commands[b].data
+            assert commands[b].data["chart_note"] == "Moving interstate"
+
+
+async def test_a_cancellation_read_before_its_request_waits_for_the_chart_note(
+    infra: Any, publisher: Publisher, pms_sync: ServiceProcess
+) -> None:
+    """booking.events.v1 and upstream.bookings.v1 are consumed independently: when the
+    cancellation is read first, its command waits for the request rather than lose the note."""
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    await configure(infra, publisher, practice_id, "praktika")
+    actor = {"kind": "staff", "id": "staff-7", "roles": ["reception"]}
+    async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        await wait_for_row(
+            infra.admin_dsn, "SELECT true FROM pms_sync.syncs WHERE booking_id = $1 AND status = 'waiting'", booking_id
+        )
+        assert w.matching(of(booking_id, "pms.cancel_booking")) == []
+        await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Pt called in sick")
+        [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
+        assert command.data["chart_note"] == "Pt called in sick"
+        assert command.data["actor"] == actor and command.data["fee"] == LATE_FEE
+        await ack(publisher, command.data["sync_id"], booking_id, "ok")
+        [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
+        assert completed.data["attempts"] == 1
+        await w.settle(1.0)
+        assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == 1
+
+
+async def test_a_command_waits_for_its_request_only_so_long(infra: Any, publisher: Publisher, log_dir: Any) -> None:
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    service = start_pms_sync(infra, log_dir, PMS_REQUEST_WAIT_SECONDS="1", PMS_RETRY_POLL_SECONDS="0.2")
+    try:
+        await configure(infra, publisher, practice_id, "core_practice")
+        async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+            no_show = {
+                "booking_id": booking_id, "request_id": request_id, "practice_id": practice_id,
+                "patient_id": unique("pat"), "party": "patient", "code": "DNA", "starts_at": iso(T_START),
+                "recorded_at": iso(T_START + timedelta(minutes=20)),
+                "decision": {"allowed": True, "classification": "no_show", "fee": LATE_FEE, "charge_card": False,
+                             "deposit_action": "none", "policy_version": "r1.s1"},
+            }
+            await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", booking_id, no_show)
+            [command] = await w.wait_for(of(booking_id, "pms.record_no_show"), timeout=90)
+            # No report came: sent without a chart note, the booking service named as reporter.
+            assert "chart_note" not in command.data
+            assert command.data["actor"] == {"kind": "system", "id": "service/booking", "roles": []}
+            assert command.data["fee"] == LATE_FEE
+        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        assert (row["status"], row["attempts"]) == ("sent", 1)
+    finally:
+        service.stop()
+
+
+async def test_a_late_ack_after_a_resend_completes_the_sync_once(infra: Any, publisher: Publisher, log_dir: Any) -> None:
+    """The connector was slow: its ack of the first send arrives after the second went out."""
+    practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
+    service = start_pms_sync(infra, log_dir, PMS_ACK_TIMEOUT_SECONDS="2", PMS_MAX_ATTEMPTS="3", PMS_RETRY_POLL_SECONDS="0.2")
+    try:
+        await configure(infra, publisher, practice_id, "praktika")
+        actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
+        async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
+            await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+            sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=90)
+            sync_id = sends[0].data["sync_id"]
+            await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-1")  # for the first send
+            await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-1")  # and for the second
+            [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
+            assert completed.data["sync_id"] == sync_id and completed.data["attempts"] >= 2
+            await w.settle(5.0)  # past the third send's due time: none goes out
+            assert len(w.matching(of(booking_id, "pms.sync_completed"))) == 1
+            assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == completed.data["attempts"]
+            assert w.matching(of(booking_id, "pms.sync_failed")) == []
+            assert w.matching(of(booking_id, "pms.manual_update_required")) == []
+        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        assert (row["status"], row["external_ref"], row["next_retry_at"]) == ("completed", "PRK-1", None)
     finally:
         service.stop()

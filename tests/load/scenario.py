@@ -117,7 +117,7 @@ def _request(story: Story, type_: str, data: dict[str, Any]) -> None:
 def _add_story(story: Story, rng: random.Random, now: datetime) -> None:
     b, e = story.booking_id, story.expected
     synced = story.practice.integration == "praktika"
-    story.request_id = _uid("req", rng)
+    story.request_id = f"req-{b}"  # unique per run: booking ids carry the run id
     story.final_starts_at = story.starts_at
     if story.kind == "completed":
         _request(story, "booking.completed", {"booking_id": b, "completed_at": iso(now)})

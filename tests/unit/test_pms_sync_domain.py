@@ -105,10 +105,31 @@ def test_cancel_command_carries_everything_the_pms_could_store() -> None:
     }
 
 
-def test_cancel_command_for_an_occurrence_of_a_series_has_its_own_sync_id() -> None:
+def test_an_occurrence_of_a_series_goes_with_its_own_sync_id_timely_and_without_the_fee() -> None:
+    """Billing charges the decision's fee once, for the cancelled booking; the later occurrences
+    are cancelled ahead of time, with no fee raised for them."""
     event = cancelled(series_booking_ids=["bk-1b"])
-    command = domain.cancel_command(event, "bk-1b", chart_note=None)
+    command = domain.cancel_command(event, "bk-1b", chart_note="note")
     assert (command.booking_id, command.sync_id) == ("bk-1b", domain.sync_id("bk-1b", "req-1"))
+    assert (command.classification, command.fee, command.chart_note) == ("timely", None, "note")
+    assert (command.status_label, command.reason_code, command.actor) == ("Cancelled", "illness", STAFF)
+    first = domain.cancel_command(event, "bk-1", chart_note="note")
+    assert (first.classification, first.fee) == ("late", FEE)
+
+
+@pytest.mark.parametrize(
+    ("fee", "sent"),
+    [
+        (FEE, FEE),
+        (None, None),  # waived, or a timely cancellation
+        (Fee(amount=Decimal("0.00"), currency="AUD", code="D9987", code_system="CDT"), None),  # billing raises no charge
+    ],
+)
+def test_the_command_carries_the_fee_only_when_billing_raises_one(fee: Fee | None, sent: Fee | None) -> None:
+    decision = Decision(allowed=True, classification="late", fee=fee, charge_card=False, deposit_action="none", policy_version="r1.s1")
+    assert domain.cancel_command(cancelled(decision=decision), "bk-1", None).fee == sent
+    no_show = no_show_recorded(decision=decision.model_copy(update={"classification": "no_show"}))
+    assert domain.no_show_command(no_show, STAFF, None).fee == sent
 
 
 @pytest.mark.parametrize(
@@ -149,6 +170,39 @@ def test_stored_commands_read_back_unchanged() -> None:
     assert again == command
 
 
+# --- a command whose upstream request was not read yet -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "channel", "seen", "waits"),
+    [
+        ("cancel_booking", "practice", True, False),
+        ("cancel_booking", "practice", False, True),  # booking.events.v1 read before upstream.bookings.v1
+        ("cancel_booking", "patient_portal", False, True),
+        ("cancel_booking", "professional_app", False, True),
+        ("cancel_booking", "system", False, False),  # the booking service's own: no request will come
+        ("record_no_show", None, False, True),  # a no-show is always reported upstream
+        ("record_no_show", None, True, False),
+    ],
+)
+def test_a_command_waits_only_for_a_request_that_will_come(action: str, channel: str | None, seen: bool, waits: bool) -> None:
+    assert domain.waits_for_request(action, channel, request_seen=seen) is waits
+
+
+def test_a_waiting_cancellation_gets_its_chart_note_and_keeps_its_actor() -> None:
+    waiting = domain.cancel_command(cancelled(), "bk-1", chart_note=None)
+    reporter = Actor(kind="staff", id="someone-else")
+    sent = domain.with_request(waiting, reporter, "Pt called in sick")
+    assert sent.to_json_dict() == waiting.to_json_dict() | {"chart_note": "Pt called in sick"}
+
+
+def test_a_waiting_no_show_gets_its_reporter_and_chart_note() -> None:
+    waiting = domain.no_show_command(no_show_recorded(), None, None)
+    sent = domain.with_request(waiting, STAFF, "No answer on phone")
+    assert (sent.actor, sent.chart_note, sent.sync_id) == (STAFF, "No answer on phone", waiting.sync_id)
+    assert domain.with_request(waiting, STAFF, None).chart_note is None
+
+
 # --- what staff are told ---------------------------------------------------------------------------
 
 
@@ -158,12 +212,12 @@ def test_stored_commands_read_back_unchanged() -> None:
         ("cancel_booking", "manual", None, False, "Manual update required: cancel this booking in your PMS too"),
         ("record_no_show", "manual", None, False, "Manual update required: record this no-show in your PMS too"),
         ("cancel_booking", "praktika", "no acknowledgement after 5 attempts", True,
-         "Manual update required: Praktika did not take this change (no acknowledgement after 5 attempts); "
-         "cancel this booking in your PMS too"),
+         "Manual update required: cancel this booking in Praktika too "
+         "(Praktika did not confirm it: no acknowledgement after 5 attempts)"),
         ("record_no_show", "core_practice", "locked", True,
-         "Manual update required: Core Practice did not take this change (locked); record this no-show in your PMS too"),
+         "Manual update required: record this no-show in Core Practice too (Core Practice did not confirm it: locked)"),
         ("cancel_booking", "core_practice", None, True,
-         "Manual update required: Core Practice did not take this change; cancel this booking in your PMS too"),
+         "Manual update required: cancel this booking in Core Practice too (Core Practice did not confirm it)"),
     ],
 )
 def test_manual_update_messages(action: str, integration: str, error: str | None, failed: bool, message: str) -> None:
@@ -171,6 +225,17 @@ def test_manual_update_messages(action: str, integration: str, error: str | None
     assert update.to_json_dict() == {
         "booking_id": "bk-1", "practice_id": "prac-1", "integration": integration, "action": action, "message": message,
     }
+
+
+@pytest.mark.parametrize(("integration", "name"), [("praktika", "Praktika"), ("core_practice", "Core Practice"), ("manual", "your PMS"), ("none", "your PMS")])
+def test_messages_name_the_pms_when_it_is_known(integration: str, name: str) -> None:
+    assert domain.pms_name(integration) == name
+
+
+def test_a_long_pms_error_is_cut_short_in_the_message() -> None:
+    message = domain.manual_message("cancel_booking", "praktika", "x" * 1000, failed=True)
+    assert message.startswith("Manual update required: cancel this booking in Praktika too (Praktika did not confirm it: ")
+    assert len(message) < 300
 
 
 # --- acks and retries ----------------------------------------------------------------------------
@@ -181,6 +246,7 @@ def test_manual_update_messages(action: str, integration: str, error: str | None
     [
         ("sent", "ok", "complete"),
         ("sent", "error", "fail"),
+        ("waiting", "ok", "ignore"),  # never sent: no connector can have it
         ("completed", "ok", "ignore"),  # a duplicate ack
         ("completed", "error", "ignore"),
         ("failed", "ok", "ignore"),  # late: the practice was already asked to update by hand

@@ -20,6 +20,7 @@ REJECTION_MESSAGES = {
     "already_cancelled": "This appointment is already cancelled; to come in after all, please book a new appointment.",
     "already_completed": "This appointment has already taken place, so it can no longer be cancelled.",
     "already_no_show": "This appointment was recorded as missed, so it can no longer be cancelled; please contact the practice.",
+    "request_id_reused": "This request id was already used for another appointment; please send the request again with a new request id.",
     "invalid_request": f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again.",
 }
 

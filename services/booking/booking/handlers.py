@@ -155,8 +155,14 @@ async def report_no_show(unit: Unit, event: BookingNoShowReported) -> None:
 
 
 async def _ask_policy(unit: Unit, booking: Any, request_id: str, kind: str, event: Any) -> None:
-    if not await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict()):
-        return  # the same request id again (resubmitted by upstream): already with the policy
+    at = event.requested_at if kind == "cancellation" else event.reported_at
+    used_for = await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict())
+    if used_for == booking["booking_id"]:
+        return  # the same request again (resubmitted by upstream): it is with the policy already
+    if used_for is not None:
+        rejection = domain.Rejection("invalid_request", domain.REJECTION_MESSAGES["request_id_reused"])
+        await _reject(unit, booking["booking_id"], request_id, rejection, kind=kind, at=at)
+        return
     fields: dict[str, Any] = {
         "booking_id": booking["booking_id"],
         "request_id": request_id,
@@ -168,14 +174,14 @@ async def _ask_policy(unit: Unit, booking: Any, request_id: str, kind: str, even
     }
     if kind == "cancellation":
         fields |= {
-            "requested_at": event.requested_at,
+            "requested_at": at,
             "channel": event.channel,
             "reason_code": event.reason_code,
             "reason_text": event.reason_text,
             "scope": event.scope,
         }
     else:
-        fields |= {"requested_at": event.reported_at, "party": event.party, "code": event.code}
+        fields |= {"requested_at": at, "party": event.party, "code": event.code}
     unit.emit(POLICY_REQUESTS, CancellationAssessmentRequested.new(**fields), subject=booking["booking_id"])
 
 

@@ -71,13 +71,16 @@ async def close_booking(
 
 async def add_pending_request(
     conn: asyncpg.Connection, request_id: str, booking_id: str, kind: str, request: dict[str, Any]
-) -> bool:
+) -> str | None:
+    """Record a request for the policy; None when new, else the booking the id was used for."""
     inserted = await conn.fetchval(
         "INSERT INTO pending_requests (request_id, booking_id, kind, request) VALUES ($1, $2, $3, $4::jsonb)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING true",
         request_id, booking_id, kind, json.dumps(request),
     )
-    return bool(inserted)
+    if inserted:
+        return None
+    return await conn.fetchval("SELECT booking_id FROM pending_requests WHERE request_id = $1", request_id)
 
 
 async def take_pending_request(conn: asyncpg.Connection, request_id: str) -> asyncpg.Record | None:

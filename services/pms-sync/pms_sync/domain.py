@@ -3,8 +3,11 @@
 Pure: plain values and contract models in, contract models and decisions out; no I/O.
 Guarantees (RULES.md "PMS synchronisation"):
 - `praktika` / `core_practice`: a command on that integration's topic carrying everything the
-  PMS could store (actor, classification, reasons, status label, fee, chart note); `manual`: a
-  manual-update request at once; `none`: nothing.
+  PMS could store (actor, classification, reasons, status label, the fee billing raised, chart
+  note); `manual`: a manual-update request at once, naming the PMS when it is known; `none`:
+  nothing.
+- A command whose upstream request (chart note, a no-show's reporter) has not been read yet
+  waits for it, for a bounded time, rather than leave the chart note behind.
 - One change of one booking has one `sync_id` (uuid5 of booking id and request id), the same on
   every resend, so a connector can apply it once.
 - A sync ends once: the first ok ack completes it, the first error ack or running out of
@@ -17,25 +20,25 @@ import uuid
 from typing import Literal
 
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
-from shared.contracts.common import Actor
+from shared.contracts.common import Actor, Fee
 from shared.contracts.pms_sync import PmsCancelBooking, PmsManualUpdateRequired, PmsRecordNoShow
 from shared.topics import PMS_INTEGRATION_TOPICS
 
 Integration = Literal["praktika", "core_practice", "manual", "none"]
 Action = Literal["cancel_booking", "record_no_show"]
-SyncStatus = Literal["sent", "completed", "failed"]
+# waiting: not sent yet, for the upstream request (chart note) to arrive; sent: waiting for an ack.
+SyncStatus = Literal["waiting", "sent", "completed", "failed"]
 
 DEFAULT_INTEGRATION: Integration = "none"  # CONTRACT.md: a practice that never configured one
 
-INTEGRATION_NAMES = {"praktika": "Praktika", "core_practice": "Core Practice"}
+# The PMS behind each integration, as staff know it. A `manual` practice has not told us which
+# PMS it runs (practice.configured does not carry it), so its messages say "your PMS".
+PMS_NAMES = {"praktika": "Praktika", "core_practice": "Core Practice"}
+UNKNOWN_PMS = "your PMS"
 
-MANUAL_MESSAGES = {
-    "cancel_booking": "Manual update required: cancel this booking in your PMS too",
-    "record_no_show": "Manual update required: record this no-show in your PMS too",
-}
 _WHAT_TO_DO = {
-    "cancel_booking": "cancel this booking in your PMS too",
-    "record_no_show": "record this no-show in your PMS too",
+    "cancel_booking": "cancel this booking in {pms} too",
+    "record_no_show": "record this no-show in {pms} too",
 }
 
 COMMAND_MODELS: dict[str, type[PmsCancelBooking] | type[PmsRecordNoShow]] = {
@@ -68,19 +71,31 @@ def topic_of(integration: str) -> str:
     return PMS_INTEGRATION_TOPICS[integration]
 
 
+def fee_raised(fee: Fee | None) -> Fee | None:
+    """The fee billing raises a charge for: the decision's fee, unless there is none or it is
+    nothing (billing raises no charge for a zero amount, so the PMS must not show one)."""
+    return fee if fee is not None and fee.amount > 0 else None
+
+
 def cancel_command(event: BookingCancelled, booking_id: str, chart_note: str | None) -> PmsCancelBooking:
-    """`pms.cancel_booking` for `booking_id` (the cancelled booking or one of its series)."""
+    """`pms.cancel_booking` for `booking_id` (the cancelled booking or one of its series).
+
+    The decision is about the cancelled booking itself: billing charges its fee once, for that
+    booking. The later occurrences of a series cancelled with it are cancelled ahead of time,
+    without a fee, so they go to the PMS as `timely` and without one.
+    """
+    primary = booking_id == event.booking_id
     return PmsCancelBooking.new(
         sync_id=sync_id(booking_id, event.request_id),
         booking_id=booking_id,
         practice_id=event.practice_id,
         cancelled_at=event.cancelled_at,
         actor=event.actor,
-        classification=event.classification,
+        classification=event.classification if primary else "timely",
         reason_code=event.reason_code,
         reason_text=event.reason_text,
         status_label=event.status_label,
-        fee=event.decision.fee,
+        fee=fee_raised(event.decision.fee) if primary else None,
         chart_note=chart_note,
     )
 
@@ -93,18 +108,49 @@ def no_show_command(event: BookingNoShowRecorded, reporter: Actor | None, chart_
         code=event.code,
         recorded_at=event.recorded_at,
         actor=reporter or UNKNOWN_REPORTER,
-        fee=event.decision.fee,
+        fee=fee_raised(event.decision.fee),
         chart_note=chart_note,
     )
 
 
+def waits_for_request(action: str, channel: str | None, request_seen: bool) -> bool:
+    """Hold the command back until its upstream request has been read?
+
+    booking.cancelled / booking.no_show_recorded do not carry the chart note (nor a no-show's
+    reporter); the request on upstream.bookings.v1 does. It is normally read first, but the two
+    topics are consumed independently (a lagging partition, a rebalance), so a command whose
+    request is not in yet waits for it — for `PMS_REQUEST_WAIT_SECONDS` at most, then it goes
+    without. Cancellations on the `system` channel (a suspended professional's bookings) are
+    made by the booking service itself: no upstream request will come, so they never wait.
+    """
+    if request_seen:
+        return False
+    return action == "record_no_show" or channel != "system"
+
+
+def with_request(
+    command: PmsCancelBooking | PmsRecordNoShow, actor: Actor, chart_note: str | None
+) -> PmsCancelBooking | PmsRecordNoShow:
+    """A waiting command completed from its upstream request: the chart note, and for a no-show
+    the reporter (a cancellation's actor is in booking.cancelled already)."""
+    fields = command.to_json_dict() | {"chart_note": chart_note}
+    if isinstance(command, PmsRecordNoShow):
+        fields["actor"] = actor.to_json_dict()
+    return type(command).model_validate(fields)
+
+
+def pms_name(integration: str) -> str:
+    return PMS_NAMES.get(integration, UNKNOWN_PMS)
+
+
 def manual_message(action: str, integration: str, error: str | None = None, *, failed: bool = False) -> str:
-    """What staff must do, in plain words; with why, when a sync failed."""
-    if not failed:
-        return MANUAL_MESSAGES[action]
-    name = INTEGRATION_NAMES.get(integration, integration)
-    why = f" ({error[:200]})" if error else ""
-    return f"Manual update required: {name} did not take this change{why}; {_WHAT_TO_DO[action]}"
+    """What staff must do, in plain words, naming their PMS when we know it; with why, when a
+    sync failed. Always opens with "Manual update required: <what to do> too"."""
+    pms = pms_name(integration)
+    message = f"Manual update required: {_WHAT_TO_DO[action].format(pms=pms)}"
+    if failed:
+        message += f" ({pms} did not confirm it: {error[:200]})" if error else f" ({pms} did not confirm it)"
+    return message
 
 
 def manual_update(
@@ -134,7 +180,8 @@ def no_ack_error(attempts: int) -> str:
 
 
 def on_ack(status: str, ack_status: str) -> Literal["complete", "fail", "ignore"]:
-    """The first ack of a sync that is still waiting decides it; a duplicate or late ack is harmless."""
+    """The first ack of a sent sync decides it; a duplicate or late ack (or one for a command
+    not sent yet) is harmless."""
     if status != "sent":
         return "ignore"
     return "complete" if ack_status == "ok" else "fail"

@@ -43,6 +43,7 @@ async def remember_cancellation_request(unit: Unit, event: BookingCancellationRe
     await repository.remember_request(
         unit.conn, event.request_id, event.booking_id, "cancellation", event.actor.to_json_dict(), event.chart_note
     )
+    await _send_waiting(unit, event.request_id)
 
 
 async def remember_no_show_report(unit: Unit, event: BookingNoShowReported) -> None:
@@ -50,6 +51,7 @@ async def remember_no_show_report(unit: Unit, event: BookingNoShowReported) -> N
     await repository.remember_request(
         unit.conn, event.request_id, event.booking_id, "no_show", event.actor.to_json_dict(), event.chart_note
     )
+    await _send_waiting(unit, event.request_id)
 
 
 async def sync_cancellation(unit: Unit, event: BookingCancelled) -> None:
@@ -59,12 +61,14 @@ async def sync_cancellation(unit: Unit, event: BookingCancelled) -> None:
         return
     request = await repository.get_request(unit.conn, event.request_id)
     chart_note = request["chart_note"] if request else None
+    wait = domain.waits_for_request("cancel_booking", event.channel, request_seen=request is not None)
     # The occurrences of a series cancelled with it are cancelled in the PMS too, each by itself.
     for booking_id in [event.booking_id, *event.series_booking_ids]:
         if how == "manual":
             await _ask_for_manual_update(unit, booking_id, event.practice_id, integration, "cancel_booking")
         else:
-            await _send(unit, integration, event.request_id, domain.cancel_command(event, booking_id, chart_note))
+            command = domain.cancel_command(event, booking_id, chart_note)
+            await _send(unit, integration, event.request_id, command, wait_for_request=wait)
 
 
 async def sync_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
@@ -76,11 +80,10 @@ async def sync_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
         await _ask_for_manual_update(unit, event.booking_id, event.practice_id, integration, "record_no_show")
         return
     request = await repository.get_request(unit.conn, event.request_id)
-    reporter = Actor.model_validate(json.loads(request["actor"])) if request else None
-    if reporter is None:
-        log.warning("no-show report not seen; the PMS is told the booking service recorded it", request_id=event.request_id)
+    reporter = _actor_of(request) if request else None
     command = domain.no_show_command(event, reporter, request["chart_note"] if request else None)
-    await _send(unit, integration, event.request_id, command)
+    wait = domain.waits_for_request("record_no_show", None, request_seen=request is not None)
+    await _send(unit, integration, event.request_id, command, wait_for_request=wait)
 
 
 async def acknowledge_sync(unit: Unit, event: PmsSyncAcknowledged) -> None:
@@ -128,7 +131,50 @@ async def _integration(conn: asyncpg.Connection, practice_id: str) -> str:
     return await repository.integration_of(conn, practice_id) or domain.DEFAULT_INTEGRATION
 
 
-async def _send(unit: Unit, integration: str, request_id: str, command: PmsCancelBooking | PmsRecordNoShow) -> None:
+async def send_waiting(
+    conn: asyncpg.Connection, sync: asyncpg.Record, request: asyncpg.Record | None, settings: PmsSyncSettings
+) -> PmsCancelBooking | PmsRecordNoShow:
+    """Send a waiting command now (attempt 1): completed from its request when there is one;
+    returns the command to publish. The request arrived, or the wait for it is over."""
+    command = domain.COMMAND_MODELS[sync["action"]].model_validate(json.loads(sync["command"]))
+    if request is not None:
+        command = domain.with_request(command, _actor_of(request), request["chart_note"])
+    else:
+        log.warning(
+            "upstream request not seen in time; sent without its chart note",
+            sync_id=sync["sync_id"], request_id=sync["request_id"],
+        )
+    await repository.mark_first_sent(conn, sync["sync_id"], command.to_json_dict(), _first_ack_wait(settings))
+    return command
+
+
+def _actor_of(request: asyncpg.Record) -> Actor:
+    return Actor.model_validate(json.loads(request["actor"]))
+
+
+def _first_ack_wait(settings: PmsSyncSettings) -> float:
+    return domain.ack_wait_seconds(
+        1, timeout_seconds=settings.pms_ack_timeout_seconds, max_backoff_seconds=settings.pms_max_backoff_seconds
+    )
+
+
+async def _send_waiting(unit: Unit, request_id: str) -> None:
+    """The request is in: send the commands that were waiting for it (normally none)."""
+    waiting = await repository.lock_waiting_syncs(unit.conn, request_id)
+    request = await repository.get_request(unit.conn, request_id) if waiting else None
+    for sync in waiting:
+        command = await send_waiting(unit.conn, sync, request, unit.deps)
+        unit.emit(sync["topic"], command, subject=sync["booking_id"])
+
+
+async def _send(
+    unit: Unit,
+    integration: str,
+    request_id: str,
+    command: PmsCancelBooking | PmsRecordNoShow,
+    *,
+    wait_for_request: bool = False,
+) -> None:
     settings: PmsSyncSettings = unit.deps
     topic = domain.topic_of(integration)
     added = await repository.add_sync(
@@ -142,12 +188,15 @@ async def _send(unit: Unit, integration: str, request_id: str, command: PmsCance
         topic=topic,
         command=command.to_json_dict(),
         correlation_id=unit.event.correlation_id,
-        ack_wait_seconds=domain.ack_wait_seconds(
-            1, timeout_seconds=settings.pms_ack_timeout_seconds, max_backoff_seconds=settings.pms_max_backoff_seconds
-        ),
+        waiting=wait_for_request,
+        wait_seconds=settings.pms_request_wait_seconds if wait_for_request else _first_ack_wait(settings),
     )
-    if added:  # the same change again (a replayed cancellation) is the same sync: sent once
-        unit.emit(topic, command, subject=command.booking_id)
+    if not added:  # the same change again (a replayed cancellation) is the same sync: sent once
+        return
+    if wait_for_request:
+        log.info("sync waits for its upstream request (chart note)", sync_id=command.sync_id, request_id=request_id)
+        return
+    unit.emit(topic, command, subject=command.booking_id)
 
 
 async def _ask_for_manual_update(unit: Unit, booking_id: str, practice_id: str, integration: str, action: str) -> None:

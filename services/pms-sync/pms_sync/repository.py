@@ -65,16 +65,18 @@ async def add_sync(
     topic: str,
     command: dict[str, Any],
     correlation_id: str | None,
-    ack_wait_seconds: float,
+    waiting: bool,
+    wait_seconds: float,
 ) -> bool:
-    """Record a command sent for the first time (attempt 1); False when it was sent already."""
+    """Record a new command: sent now (attempt 1, `wait_seconds` for its ack) or waiting for its
+    upstream request (attempt 0, for at most `wait_seconds`); False when it exists already."""
     inserted = await conn.fetchval(
         "INSERT INTO syncs (sync_id, booking_id, practice_id, request_id, integration, action, topic, command,"
         " correlation_id, status, attempts, next_retry_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, 'sent', 1, now() + make_interval(secs => $10))"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, now() + make_interval(secs => $12))"
         " ON CONFLICT (sync_id) DO NOTHING RETURNING true",
         sync_id, booking_id, practice_id, request_id, integration, action, topic, json.dumps(command),
-        correlation_id, ack_wait_seconds,
+        correlation_id, "waiting" if waiting else "sent", 0 if waiting else 1, wait_seconds,
     )
     return bool(inserted)
 
@@ -85,12 +87,30 @@ async def lock_sync(conn: asyncpg.Connection, sync_id: str) -> asyncpg.Record | 
 
 
 async def lock_due_syncs(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Unacknowledged syncs whose wait is over, locked; SKIP LOCKED so replicas take disjoint rows
-    and never wait on a row an ack is settling."""
+    """Syncs whose wait is over (for an ack, or for their request), locked; SKIP LOCKED so
+    replicas take disjoint rows and never wait on a row an ack or a request is settling."""
     return await conn.fetch(
-        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE status = 'sent' AND next_retry_at <= now()"
+        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE status IN ('waiting', 'sent') AND next_retry_at <= now()"
         " ORDER BY next_retry_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
+    )
+
+
+async def lock_waiting_syncs(conn: asyncpg.Connection, request_id: str) -> list[asyncpg.Record]:
+    """The commands of one request still waiting for it (a series has several), locked."""
+    return await conn.fetch(
+        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE request_id = $1 AND status = 'waiting'"
+        " ORDER BY booking_id FOR UPDATE",
+        request_id,
+    )
+
+
+async def mark_first_sent(conn: asyncpg.Connection, sync_id: str, command: dict[str, Any], ack_wait_seconds: float) -> None:
+    """A waiting command goes out: completed from its request, attempt 1."""
+    await conn.execute(
+        "UPDATE syncs SET command = $2::jsonb, status = 'sent', attempts = 1,"
+        " next_retry_at = now() + make_interval(secs => $3) WHERE sync_id = $1",
+        sync_id, json.dumps(command), ack_wait_seconds,
     )
 
 

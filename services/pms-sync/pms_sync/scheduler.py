@@ -1,10 +1,12 @@
-"""Resends unacknowledged syncs, and gives up on them after the last attempt.
+"""Resends unacknowledged syncs, gives up on them after the last attempt, and sends the ones
+whose wait for their upstream request (the chart note) is over.
 
 Guarantees: safe with any number of replicas — due rows are claimed with
 `FOR UPDATE SKIP LOCKED`, and the resend (an outbox row) and the new attempt count commit in
 one transaction, so a sync is resent once per due time, never twice by two replicas. A resend
 is the stored command unchanged, with the same `sync_id`. After `PMS_MAX_ATTEMPTS` sends
 without an ack the sync fails: `pms.sync_failed` and `pms.manual_update_required`, once.
+Timeouts fire from the clock, not from traffic: nothing needs to arrive for a sync to be settled.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from shared.logging import get_logger
 from shared.topics import PMS_SYNC_EVENTS
 
 from . import domain, repository
-from .handlers import fail_sync
+from .handlers import fail_sync, send_waiting
 from .settings import PmsSyncSettings
 
 if TYPE_CHECKING:
@@ -43,12 +45,18 @@ async def resend_unacknowledged(service: Service) -> None:
 
 
 async def settle_overdue(pool: asyncpg.Pool, settings: PmsSyncSettings, *, source: str) -> int:
-    """One batch: resend or give up on each overdue sync, in one transaction; returns how many."""
+    """One batch, in one transaction: send each sync whose wait for its request is over, resend
+    or give up on each whose ack is overdue; returns how many."""
     async with pool.acquire() as conn, conn.transaction():
         due = await repository.lock_due_syncs(conn, settings.pms_retry_batch_size)
         events: list[outbox.OutgoingEvent] = []
         for sync in due:
-            if domain.on_timeout(sync["attempts"], settings.pms_max_attempts) == "resend":
+            if sync["status"] == "waiting":
+                # The request may have come in since (a replica raced us to it): use it if so.
+                request = await repository.get_request(conn, sync["request_id"])
+                command = await send_waiting(conn, sync, request, settings)
+                events.append(_event(sync["topic"], command, sync, source))
+            elif domain.on_timeout(sync["attempts"], settings.pms_max_attempts) == "resend":
                 attempt = sync["attempts"] + 1
                 wait = domain.ack_wait_seconds(
                     attempt,

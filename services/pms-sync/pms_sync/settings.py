@@ -11,4 +11,7 @@ class PmsSyncSettings(ServiceSettings):
     pms_max_attempts: int = 5
     pms_max_backoff_seconds: float = 3600.0
     pms_retry_poll_seconds: float = 1.0
+    # How long a command waits for its upstream request (the chart note) when booking.events.v1
+    # was read first; after that it is sent without it.
+    pms_request_wait_seconds: float = 30.0
     pms_retry_batch_size: int = 100

@@ -1,0 +1,136 @@
+"""Calling the PMS: the part of a connector that is specific to one PMS. Replace it with your
+PMS's API; keep the three outcomes.
+
+The reference PMS API:
+- `POST {PMS_API_URL}/appointments/{booking_id}/cancel` and `…/no-show`, a JSON body built from
+  the command (below), header `Idempotency-Key: <sync_id>`;
+- 2xx: applied (a repeat of the same key answers as the first time did), `{"reference": "…"}`
+  is the PMS's own id for the change;
+- 4xx: refused for good (unknown appointment, locked, invalid), `{"message": "…"}` says why;
+- 5xx, 408, 429 or no answer at all: try again later.
+
+Outcomes: `ok` (acknowledge with the reference), `error` (acknowledge with the PMS's reason:
+the practice will be asked to update by hand), `unavailable` (do not acknowledge: pms-sync
+sends the command again later, with the same sync_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow
+
+Command = PmsCancelBooking | PmsRecordNoShow
+
+
+@dataclass(frozen=True)
+class PmsRequest:
+    path: str
+    body: dict[str, Any]
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class PmsResult:
+    outcome: Literal["ok", "error", "unavailable"]
+    external_ref: str | None = None
+    error: str | None = None
+
+
+def request_for(command: Command) -> PmsRequest:
+    """The PMS call that applies one command. Everything the command carries goes to the PMS:
+    who, when, why, the label staff see, the fee billing raised (code and amount) and the chart
+    note for the clinical record. Optional fields the command does not have are left out."""
+    booking = quote(command.booking_id, safe="")
+    fields = command.to_json_dict()
+    if isinstance(command, PmsCancelBooking):
+        body = {
+            "practice_id": fields["practice_id"],
+            "status": "cancelled",
+            "status_label": fields["status_label"],
+            "cancelled_at": fields["cancelled_at"],
+            "cancelled_by": fields["actor"],
+            "classification": fields["classification"],
+            "reason_code": fields.get("reason_code"),
+            "reason_text": fields.get("reason_text"),
+            "fee": fields.get("fee"),
+            "chart_note": fields.get("chart_note"),
+        }
+        path = f"/appointments/{booking}/cancel"
+    else:
+        body = {
+            "practice_id": fields["practice_id"],
+            "status": "no_show",
+            "code": fields["code"],
+            "recorded_at": fields["recorded_at"],
+            "recorded_by": fields["actor"],
+            "fee": fields.get("fee"),
+            "chart_note": fields.get("chart_note"),
+        }
+        path = f"/appointments/{booking}/no-show"
+    return PmsRequest(path, {k: v for k, v in body.items() if v is not None}, command.sync_id)
+
+
+def is_transient(status_code: int) -> bool:
+    """Worth trying again: the PMS is down, overloaded or timed out; any other 4xx is final."""
+    return status_code >= 500 or status_code in (408, 429)
+
+
+def external_ref_of(response: httpx.Response) -> str | None:
+    body = _json(response)
+    ref = body.get("reference") or body.get("id")
+    return str(ref) if ref is not None else None
+
+
+def error_of(response: httpx.Response) -> str:
+    """The PMS's own reason, for the practice: "422 Unprocessable Entity: appointment is locked"."""
+    body = _json(response)
+    reason = body.get("message") or body.get("error") or body.get("detail") or response.text.strip()
+    status = f"{response.status_code} {response.reason_phrase}".strip()
+    return f"{status}: {str(reason)[:300]}" if reason else status
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+async def apply(
+    client: httpx.AsyncClient, request: PmsRequest, *, attempts: int, backoff: float, max_backoff: float
+) -> PmsResult:
+    """Send one request, trying again on a transient failure. Safe to repeat: the PMS applies one
+    Idempotency-Key once, so a retry here, or a redelivery later, never applies it twice."""
+    why = "not tried"
+    for attempt in range(1, attempts + 1):
+        retry_after: float | None = None
+        try:
+            response = await client.post(request.path, json=request.body, headers={"Idempotency-Key": request.idempotency_key})
+        except httpx.TransportError as exc:  # refused, reset, DNS, timeout: no answer at all
+            why = f"PMS not reachable: {type(exc).__name__}"
+        else:
+            if response.is_success:
+                return PmsResult("ok", external_ref=external_ref_of(response))
+            if not is_transient(response.status_code):
+                return PmsResult("error", error=error_of(response))
+            why = error_of(response)
+            retry_after = _retry_after(response)
+        if attempt < attempts:
+            delay = retry_after if retry_after is not None else backoff * 2 ** (attempt - 1) * (0.75 + random.random() / 2)
+            await asyncio.sleep(min(max_backoff, delay))
+    return PmsResult("unavailable", error=why)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: use our own backoff
