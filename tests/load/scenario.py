@@ -127,7 +127,9 @@ def _add_story(story: Story, rng: random.Random, now: datetime) -> None:
         _request(story, "booking.no_show_reported", {
             "request_id": story.request_id, "booking_id": b, "reported_at": iso(now), "actor": STAFF,
             "party": "patient", "code": "FTA"})
-        e.update({"cancellation.assessed": 1, "booking.no_show_recorded": 1, "charge.created": 1, "payment.captured": 1})
+        # ... and the patient's email about the no-show fee (RULES.md "Notifications").
+        e.update({"cancellation.assessed": 1, "booking.no_show_recorded": 1, "charge.created": 1, "payment.captured": 1,
+                  "notification.sent": 1})
         if synced:
             e["pms.record_no_show"] = 1
         return
