@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -32,6 +32,11 @@ PREFERS_SMS = domain.PracticeContact(**{**PRACTICE.__dict__, "preferred_channel"
 SMS_PREFERRED_BUT_NO_PHONE = domain.PracticeContact(**{**PRACTICE.__dict__, "preferred_channel": "sms", "phone": None})
 ASKED_NO_EMAIL = domain.PracticeContact(**{**ASKED.__dict__, "email": None})
 UNKNOWN = domain.PracticeContact.unknown("p9")
+NO_CONTACTS = domain.PracticeContact(practice_id="p8", name="Quiet Clinic", timezone="Australia/Sydney")
+
+NOOR = domain.ProfessionalContact(first_name="Noor", email="noor@locums.example", phone="+61 400 000 009", locale=None)
+NOOR_GERMAN = domain.ProfessionalContact(first_name="Noor", email="noor@locums.example", locale="de-AT")
+NOOR_NO_EMAIL = domain.ProfessionalContact(first_name="Noor", email=None, phone="+61 400 000 009")
 
 
 def plan(messages: list[domain.Message]) -> list[tuple[str, str, str]]:
@@ -96,6 +101,125 @@ def test_who_hears_about_a_cancellation(actor, patient, practice, expected) -> N
 )
 def test_who_hears_about_a_rejection(reason, requester, patient, expected) -> None:
     assert plan(domain.plan_rejection(reason, requester, patient, PRACTICE)) == expected
+
+
+# no-show recorded, fee charged → the patient, by email only
+@pytest.mark.parametrize(
+    ("patient", "expected"),
+    [
+        (ADA, [("patient", "email", "send")]),
+        (PHONE_ONLY, [("patient", "email", "the patient has no email address on file")]),
+        (BLANK, [("patient", "email", "the patient has no email address on file")]),
+        (None, [("patient", "email", "no contact details are known for this booking's patient")]),
+    ],
+)
+def test_who_hears_about_a_no_show_fee(patient, expected) -> None:
+    messages = domain.plan_no_show_fee(patient, PRACTICE)
+    assert plan(messages) == expected
+    assert {m.template for m in messages} == {"no_show_fee_charged"}
+
+
+@pytest.mark.parametrize(
+    ("fee", "expected"),
+    [
+        # nothing charged yet (the no-show alone, or a waived fee that billing never raises)
+        (domain.NoShowFee(), None),
+        (domain.NoShowFee(charge_card=False), None),
+        (domain.NoShowFee(charge_card=True), None),
+        # not for the card: outstanding at once
+        (domain.NoShowFee(charge_id="ch-1", charge_card=False), "outstanding"),
+        # for the card: the gateway's answer first
+        (domain.NoShowFee(charge_id="ch-1", charge_card=True), None),
+        (domain.NoShowFee(charge_id="ch-1", charge_card=True, payment="captured"), "charged_to_card"),
+        (domain.NoShowFee(charge_id="ch-1", charge_card=True, payment="failed"), "card_failed"),
+        # the charge seen, the no-show not yet: wait, unless the card already answered
+        (domain.NoShowFee(charge_id="ch-1"), None),
+        (domain.NoShowFee(charge_id="ch-1", payment="captured"), "charged_to_card"),
+        (domain.NoShowFee(charge_id="ch-1", payment="failed"), "card_failed"),
+    ],
+)
+def test_a_no_show_fee_is_told_once_it_is_settled(fee, expected) -> None:
+    assert domain.no_show_fee_settlement(fee) == expected
+
+
+# slot offered → the waitlisted patient, SMS and email, while the offer stands
+@pytest.mark.parametrize(
+    ("waitlisted", "expected"),
+    [
+        (ADA, [("waitlist", "email", "send"), ("waitlist", "sms", "send")]),
+        (EMAIL_ONLY, [("waitlist", "email", "send"), ("waitlist", "sms", "the patient has no mobile number on file")]),
+        (PHONE_ONLY, [("waitlist", "email", "the patient has no email address on file"), ("waitlist", "sms", "send")]),
+        (None, [
+            ("waitlist", "email", "no contact details are known for this waitlist entry"),
+            ("waitlist", "sms", "no contact details are known for this waitlist entry"),
+        ]),
+    ],
+)
+def test_who_hears_about_a_slot_offer(waitlisted, expected) -> None:
+    messages = domain.plan_slot_offer(waitlisted, PRACTICE, expires_at=T + timedelta(minutes=30), now=T)
+    assert plan(messages) == expected
+    assert {m.template for m in messages} == {"slot_offered"}
+
+
+def test_an_offer_that_expired_before_it_could_be_sent_is_skipped_not_sent() -> None:
+    expires = T + timedelta(minutes=30)
+    assert plan(domain.plan_slot_offer(ADA, PRACTICE, expires_at=expires, now=expires)) == [
+        ("waitlist", "email", "the offer expired before it could be sent"),
+        ("waitlist", "sms", "the offer expired before it could be sent"),
+    ]
+    assert all(m.address is None for m in domain.plan_slot_offer(ADA, PRACTICE, expires_at=expires, now=expires))
+
+
+# hold placed, account suspended → the professional, by email
+@pytest.mark.parametrize("template", [domain.HOLD_TEMPLATE, domain.SUSPENSION_TEMPLATE])
+@pytest.mark.parametrize(
+    ("professional", "expected"),
+    [
+        (NOOR, [("professional", "email", "send")]),
+        (NOOR_NO_EMAIL, [("professional", "email", "no email address is known for this professional")]),
+        (None, [("professional", "email", "no contact details are known for this professional")]),
+    ],
+)
+def test_who_hears_about_a_hold_or_a_suspension(template, professional, expected) -> None:
+    messages = domain.plan_professional_notice(template, professional, PRACTICE)
+    assert plan(messages) == expected
+    assert {m.template for m in messages} == {template}
+
+
+def test_a_professional_is_written_to_in_their_locale_else_the_practices() -> None:
+    german_practice = domain.PracticeContact(**{**PRACTICE.__dict__, "locale": "de"})
+    assert domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR_GERMAN, PRACTICE)[0].locale == "de"
+    assert domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, german_practice)[0].locale == "de"
+    assert domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, PRACTICE)[0].locale == "en"
+
+
+# PMS manual update required → the practice, through its preferred channel
+@pytest.mark.parametrize(
+    ("practice", "expected"),
+    [
+        (PRACTICE, [("practice", "email", "send")]),
+        (PREFERS_SMS, [("practice", "sms", "send")]),
+        (SMS_PREFERRED_BUT_NO_PHONE, [("practice", "email", "send")]),
+        (NO_CONTACTS, [("practice", "email", "the practice has no email address or phone number on file")]),
+    ],
+)
+def test_who_hears_that_the_pms_needs_a_manual_update(practice, expected) -> None:
+    messages = domain.plan_manual_update(practice)
+    assert plan(messages) == expected
+    assert {m.template for m in messages} == {"pms_manual_update_required"}
+
+
+@pytest.mark.parametrize(
+    ("actor", "reason_code", "expected"),
+    [
+        ("system", "professional_suspended", True),
+        ("system", None, False),
+        ("system", "practice_closed", False),
+        ("professional", "professional_suspended", False),
+    ],
+)
+def test_a_system_cancellation_says_when_a_suspension_caused_it(actor, reason_code, expected) -> None:
+    assert domain.caused_by_suspension(actor, reason_code) is expected
 
 
 def test_templates_are_named_for_the_event_and_who_cancelled() -> None:
@@ -195,6 +319,12 @@ ALL_PLANS = [
     *domain.plan_cancellation("system", ADA, PREFERS_SMS),
     *domain.plan_cancellation("system", ADA, PRACTICE),
     *domain.plan_rejection("within_online_cutoff", None, ADA, PRACTICE),
+    *domain.plan_no_show_fee(ADA, PRACTICE),
+    *domain.plan_slot_offer(ADA, PRACTICE, expires_at=T + timedelta(minutes=30), now=T - timedelta(hours=1)),
+    *domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, PRACTICE),
+    *domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, NOOR, PRACTICE),
+    *domain.plan_manual_update(PRACTICE),
+    *domain.plan_manual_update(PREFERS_SMS),
 ]
 
 
@@ -220,8 +350,21 @@ def _context(message: domain.Message, **facts: object) -> dict[str, object]:
         "rebook_url": "https://portal.example/practices/p1/rebook?booking_id=bk-1",
         "reason": "within_online_cutoff",
         "message": "Please contact the practice to cancel within 48 hours of your appointment.",
+        # the rows told from billing, booking's waitlist, scoring and pms-sync
+        "fee_code": "D9986", "fee_code_system": "CDT", "settlement": "outstanding",
+        "expires": T - timedelta(minutes=30),
+        "offer_url": "https://portal.example/practices/p1/offers/of-1",
+        "professional_id": "pro-1", "professional_first_name": "Noor",
+        "hold_starts": T, "hold_ends": T + timedelta(days=7), "hold_cause": "late_cancellation",
+        "suspended": T, "hold_count": 3,
+        "pms_action": "cancel_booking", "pms_integration": "manual",
+        "pms_message": "Manual update required: cancel this booking in your PMS too",
     }
-    return domain.template_context(message, starts_at=T, practice=PRACTICE, patient=ADA, **(defaults | facts))
+    fee = (Decimal("60.00"), "AUD") if message.template == domain.NO_SHOW_FEE_TEMPLATE else None
+    patient = None if message.recipient == "professional" else ADA
+    return domain.template_context(
+        message, starts_at=T, practice=PRACTICE, patient=patient, fee=fee, **(defaults | facts)
+    )
 
 
 def _only(messages: list[domain.Message], recipient: str, channel: str, locale: str = "en") -> domain.Message:
@@ -280,6 +423,142 @@ def test_rejection_tells_the_patient_what_to_do_next() -> None:
     assert "You can reach Harbour Dental on +61 2 9000 0000 or at desk@harbour.example." in english.body
     german = renderer.render(message.template, "patient", "email", "de", _context(message))
     assert "bitte wenden Sie sich direkt an die Praxis" in german.body
+
+
+def test_offer_link() -> None:
+    assert (
+        domain.offer_url("https://portal.example/", "prac 1", "of/2")
+        == "https://portal.example/practices/prac%201/offers/of%2F2"
+    )
+
+
+def test_system_cancellation_caused_by_a_suspension_says_so_and_others_do_not() -> None:
+    renderer = Renderer()
+    for practice in (PRACTICE, PREFERS_SMS):
+        [message] = domain.plan_cancellation("system", ADA, practice)
+        for locale, words in (("en", "account is suspended"), ("de", "Konto der gebuchten Fachkraft gesperrt")):
+            suspended = renderer.render(
+                message.template, "practice", message.channel, locale,
+                _context(message, suspension=True, reason_code="professional_suspended",
+                         reason_text="The booked professional's account is suspended."),
+            )
+            assert words in suspended.body
+            assert "The booked professional's account is suspended." not in suspended.body  # said once, in words
+            other = renderer.render(
+                message.template, "practice", message.channel, locale, _context(message, reason_text="Clinic flooded")
+            )
+            assert words not in other.body and "Clinic flooded" in other.body
+
+
+@pytest.mark.parametrize(
+    ("settlement", "english", "german"),
+    [
+        ("charged_to_card", "The fee has been charged to the card we hold on file for you.",
+         "Die Gebühr wurde von der bei uns hinterlegten Karte abgebucht."),
+        ("outstanding", "The fee is outstanding on your account.", "Die Gebühr ist auf Ihrem Konto offen."),
+        ("card_failed", "We could not charge the fee to the card we hold on file for you, so it is outstanding",
+         "Wir konnten die Gebühr nicht von der bei uns hinterlegten Karte abbuchen"),
+    ],
+)
+def test_no_show_fee_email_names_amount_code_and_how_it_is_paid(settlement, english, german) -> None:
+    [message] = domain.plan_no_show_fee(ADA, PRACTICE)
+    renderer = Renderer()
+    en = renderer.render(message.template, "patient", "email", "en", _context(message, settlement=settlement))
+    assert en.subject == "No-show fee for your appointment on Tuesday 11 March 2031, 9:00 am AEDT"
+    assert "a no-show fee of 60.00 AUD applies (code D9986, CDT)" in en.body
+    assert english in en.body
+    de_message = domain.Message(**{**message.__dict__, "locale": "de"})
+    de = renderer.render(message.template, "patient", "email", "de", _context(de_message, settlement=settlement))
+    assert de.subject == "Ausfallgebühr für Ihren Termin am Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"
+    assert "Ausfallgebühr von 60,00 AUD an (Code D9986, CDT)" in de.body
+    assert german in de.body
+
+
+def test_slot_offer_names_the_slot_and_the_expiry_in_the_practices_time() -> None:
+    messages = domain.plan_slot_offer(ADA, PRACTICE, expires_at=T, now=T - timedelta(minutes=1))
+    renderer = Renderer()
+    expires = datetime(2031, 3, 10, 21, 30, tzinfo=UTC)  # 8:30 am in Sydney
+    sms = _only(messages, "waitlist", "sms")
+    out = renderer.render(sms.template, "waitlist", "sms", "en", _context(sms, expires=expires))
+    assert out.body == (
+        "Harbour Dental: an appointment on Tuesday 11 March 2031, 9:00 am AEDT has come free and is held for you "
+        "until Tuesday 11 March 2031, 8:30 am AEDT. Take it: https://portal.example/practices/p1/offers/of-1 "
+        "or call +61 2 9000 0000."
+    )
+    german_sms = _only(messages, "waitlist", "sms", "de")
+    out = renderer.render(german_sms.template, "waitlist", "sms", "de", _context(german_sms, expires=expires))
+    assert "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)" in out.body
+    assert "reserviert bis Dienstag, 11. März 2031, 08:30 Uhr (AEDT)" in out.body
+    email = _only(messages, "waitlist", "email")
+    out = renderer.render(email.template, "waitlist", "email", "en", _context(email, expires=expires))
+    assert out.subject == "An appointment has come free: Tuesday 11 March 2031, 9:00 am AEDT"
+    assert "We are holding it for you until Tuesday 11 March 2031, 8:30 am AEDT." in out.body
+    assert out.body.startswith("Hello Ada,\n")
+
+
+def test_slot_offer_without_a_known_slot_time_still_reads() -> None:
+    [email, sms] = domain.plan_slot_offer(ADA, PRACTICE, expires_at=T, now=T - timedelta(minutes=1))
+    context = domain.template_context(
+        email, starts_at=None, practice=PRACTICE, patient=ADA, expires=T, offer_url="https://x/o", booking_id="bk-1"
+    )
+    out = Renderer().render(email.template, "waitlist", "email", "en", context)
+    assert out.subject == "An appointment has come free"
+    assert "None" not in out.body and "until Tuesday 11 March 2031, 9:00 am AEDT" in out.body
+
+
+def test_hold_email_gives_the_holds_end_in_the_practices_time() -> None:
+    [message] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, PRACTICE)
+    renderer = Renderer()
+    en = renderer.render(message.template, "professional", "email", "en", _context(message))
+    assert en.subject == "Your account is on hold until Tuesday 18 March 2031, 9:00 am AEDT"
+    assert en.body.startswith("Hello Noor,\n")
+    assert "from Tuesday 11 March 2031, 9:00 am AEDT until Tuesday 18 March 2031, 9:00 am AEDT" in en.body
+    assert "because of a late cancellation of booking bk-1" in en.body
+    assert "Ada" not in en.body  # the patient is none of the professional's business here
+    de_message = domain.Message(**{**message.__dict__, "locale": "de"})
+    de = renderer.render(message.template, "professional", "email", "de", _context(de_message, hold_cause="no_show"))
+    assert de.subject == "Ihr Konto ist vorübergehend gesperrt bis Dienstag, 18. März 2031, 09:00 Uhr (AEDT)"
+    assert "wegen eines Nichterscheinens" in de.body
+
+
+def test_suspension_email() -> None:
+    [message] = domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, NOOR, PRACTICE)
+    renderer = Renderer()
+    en = renderer.render(message.template, "professional", "email", "en", _context(message))
+    assert en.subject == "Your account has been suspended"
+    assert "suspended on Tuesday 11 March 2031, 9:00 am AEDT, after 3 holds within 365 days" in en.body
+    assert "future bookings have been cancelled" in en.body
+    de_message = domain.Message(**{**message.__dict__, "locale": "de"})
+    de = renderer.render(message.template, "professional", "email", "de", _context(de_message))
+    assert "am Dienstag, 11. März 2031, 09:00 Uhr (AEDT) gesperrt" in de.body
+
+
+def test_manual_update_tells_the_practice_the_pms_message() -> None:
+    renderer = Renderer()
+    [email] = domain.plan_manual_update(PRACTICE)
+    en = renderer.render(email.template, "practice", "email", "en", _context(email))
+    assert en.subject == "Manual update required: cancel this booking in your PMS"
+    assert en.body.startswith("Manual update required: cancel this booking in your PMS too\n")
+    assert "Appointment: Tuesday 11 March 2031, 9:00 am AEDT" in en.body
+    de_email = domain.Message(**{**email.__dict__, "locale": "de"})
+    de = renderer.render(email.template, "practice", "email", "de", _context(de_email, pms_action="record_no_show"))
+    assert "das Nichterscheinen" in de.subject
+    assert "„Manual update required: cancel this booking in your PMS too“" in de.body
+    [sms] = domain.plan_manual_update(PREFERS_SMS)
+    out = renderer.render(sms.template, "practice", "sms", "en", _context(sms))
+    assert out.body == (
+        "Manual update required: cancel this booking in your PMS too. Booking bk-1, patient Ada, "
+        "Tuesday 11 March 2031, 9:00 am AEDT."
+    )
+
+
+def test_time_facts_are_shown_in_the_practices_timezone_and_locale() -> None:
+    [message] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR_GERMAN, PRACTICE)
+    context = domain.template_context(
+        message, starts_at=None, practice=PRACTICE, patient=None, hold_starts=T, hold_ends=None
+    )
+    assert context["hold_starts"] == "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"
+    assert context["hold_ends"] is None and context["when"] is None
 
 
 def test_a_locale_without_its_own_template_falls_back_to_english(tmp_path: Path) -> None:

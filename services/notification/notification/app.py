@@ -1,9 +1,11 @@
 """The notification service: the contact directory, templates per locale, email (SMTP) and SMS
 (provider HTTP API), the delivery log and its retries.
 
-Consumes `upstream.bookings.v1` (patients' contacts, who asked for a cancellation),
-`upstream.practices.v1` (practices' contacts, channel, timezone, locale) and `booking.events.v1`;
-publishes `notification.sent` / `notification.failed` on `notification.events.v1`. Personal
+Consumes `upstream.bookings.v1` (patients' and professionals' contacts, who asked for a
+cancellation), `upstream.practices.v1` (practices' contacts, channel, timezone, locale; waitlisted
+patients), `booking.events.v1` (cancellations, rejections, no-shows, slot offers),
+`billing.events.v1` (no-show charges and their payment), `scoring.events.v1` (holds, suspension)
+and `pms-sync.events.v1` (manual PMS updates); publishes `notification.sent` / `notification.failed` on `notification.events.v1`. Personal
 data stays in this service's schema: never in logs, never in published events, never in the
 read API.
 """
@@ -16,7 +18,15 @@ from typing import Any
 from shared.contracts.notification import NotificationFailed, NotificationSent
 from shared.http import BadRequest, json_route
 from shared.service import Service, ServiceDefinition
-from shared.topics import BOOKING_EVENTS, NOTIFICATION_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
+from shared.topics import (
+    BILLING_EVENTS,
+    BOOKING_EVENTS,
+    NOTIFICATION_EVENTS,
+    PMS_SYNC_EVENTS,
+    SCORING_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+)
 
 from . import handlers, repository
 from .delivery import Deps, send_deliveries
@@ -25,11 +35,15 @@ from .settings import NotificationSettings
 
 def _routes(service: Service) -> list[tuple[str, Any]]:
     async def notifications(query: dict[str, str]) -> dict[str, Any]:
-        """The deliveries of one booking with their status (no addresses, no text): `?booking_id=`."""
-        if "booking_id" not in query:
-            raise BadRequest("booking_id is required")
-        rows = await repository.deliveries_for_booking(service.pool, query["booking_id"])
-        return {"booking_id": query["booking_id"], "items": [dict(r) for r in rows]}
+        """The deliveries with their status (no addresses, no text) of one booking
+        (`?booking_id=`) or sent to one professional (`?professional_id=`)."""
+        if query.get("booking_id"):
+            rows = await repository.deliveries_for_booking(service.pool, query["booking_id"])
+            return {"booking_id": query["booking_id"], "items": [dict(r) for r in rows]}
+        if query.get("professional_id"):
+            rows = await repository.deliveries_for_professional(service.pool, query["professional_id"])
+            return {"professional_id": query["professional_id"], "items": [dict(r) for r in rows]}
+        raise BadRequest("booking_id or professional_id is required")
 
     return [("/notifications", json_route(notifications))]
 
@@ -46,7 +60,10 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
     settings = settings or NotificationSettings()
     return ServiceDefinition(
         name=settings.service_name,
-        description="Tells patients and practices what happened, by email and SMS, in their language and timezone.",
+        description=(
+            "Tells patients, waitlisted patients, practices and professionals what happened, by email and SMS,"
+            " in their language and timezone."
+        ),
         settings=settings,
         migrations=Path(__file__).parent.parent / "migrations",
         consumes={
@@ -55,11 +72,26 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
                 "booking.rescheduled": handlers.reschedule_booking,
                 "booking.cancellation_requested": handlers.remember_request,
             },
-            UPSTREAM_PRACTICES: {"practice.configured": handlers.configure_practice},
+            UPSTREAM_PRACTICES: {
+                "practice.configured": handlers.configure_practice,
+                "waitlist.joined": handlers.remember_waitlist_entry,
+            },
             BOOKING_EVENTS: {
                 "booking.cancelled": handlers.notify_cancellation,
                 "booking.cancellation_rejected": handlers.notify_rejection,
+                "booking.no_show_recorded": handlers.note_no_show,
+                "booking.slot_offered": handlers.notify_slot_offer,
             },
+            BILLING_EVENTS: {
+                "charge.created": handlers.note_charge,
+                "payment.captured": handlers.note_payment,
+                "payment.failed": handlers.note_payment,
+            },
+            SCORING_EVENTS: {
+                "hold.placed": handlers.notify_hold,
+                "account.suspended": handlers.notify_suspension,
+            },
+            PMS_SYNC_EVENTS: {"pms.manual_update_required": handlers.notify_manual_update},
         },
         publishes={NOTIFICATION_EVENTS: [NotificationSent, NotificationFailed]},
         make_deps=_make_deps,

@@ -262,7 +262,8 @@ async def _commit_outcome(
                 outbox.outgoing(
                     NOTIFICATION_EVENTS,
                     payload,
-                    subject=row["booking_id"] or str(notification_id),
+                    # CONTRACT.md: keyed by booking_id, or professional_id for notices about a professional.
+                    subject=row["booking_id"] or row["professional_id"] or str(notification_id),
                     source=f"service/{service.definition.name}",
                     correlation_id=row["correlation_id"],
                 )

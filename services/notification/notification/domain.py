@@ -8,6 +8,10 @@ Pure: plain values in, plain values out, no I/O. Guarantees:
   dropped silently and never an error.
 - Times shown to people are in the practice's timezone (UTC when it is unknown or not a valid
   IANA name) and in the recipient's locale (English when it is not one we write).
+- Where one fact reaches us as several events (a no-show fee: the no-show, the charge, the
+  card payment) or can be re-published under a new envelope id (a slot offer, a hold), the id
+  is derived from the fact's own key (the no-show's booking, `offer_id`, `hold_id` …), not
+  from the envelope, so the recipient still hears once.
 - Text that leaves for the delivery log's `reason` or a published event goes through
   `redact` first, so an address a provider echoes back never travels further.
 """
@@ -34,12 +38,21 @@ CANCELLATION_TEMPLATES = {
     "system": "booking_cancelled_by_system",
 }
 REJECTION_TEMPLATE = "booking_cancellation_rejected"
+NO_SHOW_FEE_TEMPLATE = "no_show_fee_charged"
+SLOT_OFFER_TEMPLATE = "slot_offered"
+HOLD_TEMPLATE = "hold_placed"
+SUSPENSION_TEMPLATE = "account_suspended"
+MANUAL_UPDATE_TEMPLATE = "pms_manual_update_required"
+
+# The reason_code the booking service gives the cancellations it makes for a suspended
+# professional: the office is told the cancellation was caused by the suspension.
+SUSPENSION_REASON_CODE = "professional_suspended"
 
 # Rejections only a patient's own portal request can get: when we never saw the request, these
 # reasons are what tells us the patient asked (and is waiting for an answer).
 PATIENT_PORTAL_REASONS = frozenset({"within_online_cutoff", "online_cancellation_disabled", "no_portal_account"})
 
-Recipient = Literal["patient", "practice"]
+Recipient = Literal["patient", "practice", "professional", "waitlist"]
 Channel = Literal["email", "sms"]
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:notification")
@@ -48,6 +61,16 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:notification")
 @dataclass(frozen=True)
 class PatientContact:
     first_name: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfessionalContact:
+    """The booked professional, as the latest booking.scheduled that carried a contact named them."""
+
+    first_name: str | None = None
     email: str | None = None
     phone: str | None = None
     locale: str | None = None
@@ -108,15 +131,21 @@ def resolve_locale(*candidates: str | None) -> str:
 # --- who hears, on which channel --------------------------------------------------------------
 
 
-def _patient_messages(template: str, patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+def _patient_messages(
+    template: str,
+    patient: PatientContact | None,
+    practice: PracticeContact,
+    *,
+    recipient: Recipient = "patient",
+    unknown: str = "no contact details are known for this booking's patient",
+) -> list[Message]:
     """Email and SMS where the patient has them; a channel without an address is skipped."""
     locale = resolve_locale(patient.locale if patient else None, practice.locale)
     if patient is None:
-        reason = "no contact details are known for this booking's patient"
-        return [Message("patient", channel, template, locale, None, reason) for channel in ("email", "sms")]
+        return [Message(recipient, channel, template, locale, None, unknown) for channel in ("email", "sms")]
     return [
-        _message("patient", "email", template, locale, patient.email, "the patient has no email address on file"),
-        _message("patient", "sms", template, locale, patient.phone, "the patient has no mobile number on file"),
+        _message(recipient, "email", template, locale, patient.email, "the patient has no email address on file"),
+        _message(recipient, "sms", template, locale, patient.phone, "the patient has no mobile number on file"),
     ]
 
 
@@ -190,6 +219,97 @@ def plan_rejection(
     return _patient_messages(REJECTION_TEMPLATE, patient, practice)
 
 
+# --- no-show fees ----------------------------------------------------------------------------------
+
+Settlement = Literal["charged_to_card", "outstanding", "card_failed"]
+
+
+@dataclass(frozen=True)
+class NoShowFee:
+    """What is known so far of one booking's no-show fee, gathered from three events that may
+    arrive in any order: `booking.no_show_recorded` (whether the card is to be charged),
+    `charge.created` kind no_show (the charge: amount and code), and `payment.captured` /
+    `payment.failed` (the card's answer)."""
+
+    charge_id: str | None = None  # None until charge.created was seen
+    charge_card: bool | None = None  # None until booking.no_show_recorded was seen
+    payment: Literal["captured", "failed"] | None = None
+
+
+def no_show_fee_settlement(fee: NoShowFee) -> Settlement | None:
+    """How the patient's no-show fee stands, or None while it is not yet known (nothing to send).
+
+    RULES.md: "no-show recorded, fee charged → patient, email". The patient is told once, when
+    the answer is final: a fee on the card after the gateway answered (charged, or could not be
+    charged and so outstanding); a fee not for the card at once (outstanding on the account).
+    """
+    if fee.charge_id is None:
+        return None  # no charge was raised (yet): a waived fee is never told
+    if fee.payment == "captured":
+        return "charged_to_card"
+    if fee.payment == "failed":
+        return "card_failed"
+    if fee.charge_card is False:
+        return "outstanding"
+    return None  # to be charged to the card (or not known yet whether): wait for the answer
+
+
+def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """The patient, by email only (RULES.md "Notifications")."""
+    locale = resolve_locale(patient.locale if patient else None, practice.locale)
+    if patient is None:
+        return [Message("patient", "email", NO_SHOW_FEE_TEMPLATE, locale, None,
+                        "no contact details are known for this booking's patient")]
+    return [_message("patient", "email", NO_SHOW_FEE_TEMPLATE, locale, patient.email,
+                     "the patient has no email address on file")]
+
+
+# --- slot offers -------------------------------------------------------------------------------------
+
+
+def plan_slot_offer(
+    waitlisted: PatientContact | None, practice: PracticeContact, *, expires_at: datetime, now: datetime
+) -> list[Message]:
+    """booking.slot_offered: the waitlisted patient, by SMS and email, while the offer stands.
+
+    An offer that expired before it could be recorded (a lagging consumer, contacts that came
+    late) is recorded skipped: the slot has gone to the next person, a message would mislead.
+    """
+    messages = _patient_messages(
+        SLOT_OFFER_TEMPLATE, waitlisted, practice, recipient="waitlist",
+        unknown="no contact details are known for this waitlist entry",
+    )
+    if expires_at <= now:
+        expired = "the offer expired before it could be sent"
+        return [Message(m.recipient, m.channel, m.template, m.locale, None, expired) for m in messages]
+    return messages
+
+
+# --- the professional ----------------------------------------------------------------------------------
+
+
+def plan_professional_notice(
+    template: str, professional: ProfessionalContact | None, practice: PracticeContact
+) -> list[Message]:
+    """hold.placed, account.suspended: the professional, by email (RULES.md "Notifications").
+    No known email is recorded skipped with the reason, never an error."""
+    locale = resolve_locale(professional.locale if professional else None, practice.locale)
+    if professional is None:
+        return [Message("professional", "email", template, locale, None,
+                        "no contact details are known for this professional")]
+    return [_message("professional", "email", template, locale, professional.email,
+                     "no email address is known for this professional")]
+
+
+# --- the practice's PMS ----------------------------------------------------------------------------
+
+
+def plan_manual_update(practice: PracticeContact) -> list[Message]:
+    """pms.manual_update_required: the office, through its preferred channel (the other one when
+    the preferred has no address), because staff must change their PMS by hand."""
+    return [_office_message(MANUAL_UPDATE_TEMPLATE, practice)]
+
+
 # --- what the templates are given --------------------------------------------------------------
 
 _WEEKDAYS = {
@@ -234,6 +354,16 @@ def rebook_url(portal_base_url: str, practice_id: str, booking_id: str) -> str:
     return f"{portal_base_url.rstrip('/')}/practices/{quote(practice_id, safe='')}/rebook?{query}"
 
 
+def offer_url(portal_base_url: str, practice_id: str, offer_id: str) -> str:
+    """Where a waitlisted patient takes the slot offered to them (the portal's offer page)."""
+    return f"{portal_base_url.rstrip('/')}/practices/{quote(practice_id, safe='')}/offers/{quote(offer_id, safe='')}"
+
+
+def caused_by_suspension(actor_kind: str, reason_code: str | None) -> bool:
+    """A system cancellation the booking service made because the professional was suspended."""
+    return actor_kind == "system" and reason_code == SUSPENSION_REASON_CODE
+
+
 def format_money(amount: Decimal, currency: str, locale: str) -> str:
     """`45.00 AUD` / `45,00 AUD`."""
     text = f"{amount:,.2f}"
@@ -256,7 +386,29 @@ FACT_DEFAULTS: dict[str, Any] = {
     "rebook_url": None,
     "reason": None,  # a rejection's contract reason
     "message": None,  # a rejection's sentence a person can act on
+    "suspension": False,  # a system cancellation caused by the professional's suspension
+    # no-show fee
+    "fee_code": None,
+    "fee_code_system": None,
+    "settlement": None,  # charged_to_card | outstanding | card_failed
+    # slot offer
+    "expires": None,  # formatted, in the practice's timezone
+    "offer_url": None,
+    # the professional
+    "professional_first_name": None,
+    "hold_starts": None,  # formatted
+    "hold_ends": None,  # formatted
+    "hold_cause": None,  # late_cancellation | no_show
+    "suspended": None,  # formatted
+    "hold_count": 0,
+    # the practice's PMS
+    "pms_action": None,  # cancel_booking | record_no_show
+    "pms_integration": None,
+    "pms_message": None,  # pms-sync's own sentence (English)
 }
+
+# Facts that are times: given as datetimes, shown formatted like `when`.
+TIME_FACTS = frozenset({"expires", "hold_starts", "hold_ends", "suspended"})
 
 
 def template_context(
@@ -278,9 +430,15 @@ def template_context(
     if unknown:
         raise TypeError(f"templates are given no fact(s) {sorted(unknown)}")
     reason_code = facts.get("reason_code")
+    times = {
+        name: format_when(value, practice.timezone, message.locale)
+        for name, value in facts.items()
+        if name in TIME_FACTS and value is not None
+    }
     return {
         **FACT_DEFAULTS,
         **facts,
+        **times,
         "reason_code": reason_code.replace("_", " ") if reason_code else None,
         "fee": format_money(fee[0], fee[1], message.locale) if fee else None,
         "locale": message.locale,

@@ -8,19 +8,29 @@ sender (`delivery.send_deliveries`) sends what was committed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from shared.consumer import Unit
-from shared.contracts.booking import BookingCancellationRejected, BookingCancelled
+from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed
+from shared.contracts.booking import (
+    BookingCancellationRejected,
+    BookingCancelled,
+    BookingNoShowRecorded,
+    BookingSlotOffered,
+)
+from shared.contracts.pms_sync import PmsManualUpdateRequired
+from shared.contracts.scoring import AccountSuspended, HoldPlaced
 from shared.contracts.upstream import (
     BookingCancellationRequested,
     BookingRescheduled,
     BookingScheduled,
     PracticeConfigured,
+    WaitlistJoined,
 )
 from shared.logging import get_logger
 
@@ -65,6 +75,20 @@ async def remember_patient(unit: Unit, event: BookingScheduled) -> None:
         },
         scheduled_at=unit.event.envelope.time,
     )
+    contact = event.professional_contact
+    if event.professional_id and contact is not None:
+        await repository.upsert_professional(
+            unit.conn,
+            {
+                "professional_id": event.professional_id,
+                "practice_id": event.practice_id,
+                "first_name": contact.first_name,
+                "email": contact.email,
+                "phone": contact.phone,
+                "locale": contact.locale,
+            },
+            scheduled_at=unit.event.envelope.time,
+        )
 
 
 async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
@@ -78,6 +102,29 @@ async def remember_request(unit: Unit, event: BookingCancellationRequested) -> N
     )
 
 
+async def remember_waitlist_entry(unit: Unit, event: WaitlistJoined) -> None:
+    """Store the waitlisted patient's contacts, then tell any offer that was waiting for them."""
+    await repository.lock_waitlist_entry(unit.conn, event.waitlist_id)
+    await repository.upsert_waitlist_entry(
+        unit.conn,
+        {
+            "waitlist_id": event.waitlist_id,
+            "practice_id": event.practice_id,
+            "patient_id": event.patient.patient_id,
+            "first_name": event.patient.first_name,
+            "email": event.patient.email,
+            "phone": event.patient.phone,
+            "locale": event.patient.locale,
+            "joined_at": event.joined_at,
+        },
+    )
+    waiting = await repository.untold_offers(unit.conn, event.waitlist_id)
+    if waiting:
+        entry = await repository.get_waitlist_entry(unit.conn, event.waitlist_id)
+        for offer in waiting:
+            await _tell_offer(unit, offer, entry)
+
+
 # --- what to tell whom ---------------------------------------------------------------------------
 
 
@@ -85,6 +132,7 @@ async def notify_cancellation(unit: Unit, event: BookingCancelled) -> None:
     practice = await _practice(unit.conn, event.practice_id)
     patient = _patient(await repository.get_patient(unit.conn, event.booking_id))
     deps: Deps = unit.deps
+    suspension = domain.caused_by_suspension(event.actor.kind, event.reason_code)
     await _record(
         unit,
         domain.plan_cancellation(event.actor.kind, patient, practice),
@@ -100,6 +148,7 @@ async def notify_cancellation(unit: Unit, event: BookingCancelled) -> None:
         reason_code=event.reason_code,
         reason_text=event.reason_text,
         series_count=len(event.series_booking_ids),
+        suspension=suspension,
         rebook_url=(
             domain.rebook_url(deps.settings.portal_base_url, event.practice_id, event.booking_id)
             if event.actor.kind == "patient"
@@ -129,6 +178,189 @@ async def notify_rejection(unit: Unit, event: BookingCancellationRejected) -> No
     )
 
 
+async def notify_slot_offer(unit: Unit, event: BookingSlotOffered) -> None:
+    """The waitlisted patient, SMS and email, with the slot's time and the offer's expiry. When
+    their contacts are not known yet, the offer waits for waitlist.joined (remember_waitlist_entry)."""
+    await repository.lock_waitlist_entry(unit.conn, event.waitlist_id)
+    offer = {
+        "offer_id": event.offer_id,
+        "booking_id": event.booking_id,
+        "waitlist_id": event.waitlist_id,
+        "expires_at": event.expires_at,
+        "event_id": unit.event.id,
+        "correlation_id": unit.event.correlation_id,
+    }
+    await repository.remember_offer(unit.conn, offer)
+    entry = await repository.get_waitlist_entry(unit.conn, event.waitlist_id)
+    if entry is None:
+        log.info("slot offer waits for the waitlist entry's contacts", offer_id=event.offer_id)
+        return
+    await _tell_offer(unit, offer, entry)
+
+
+async def _tell_offer(unit: Unit, offer: Any, entry: asyncpg.Record | None) -> None:
+    deps: Deps = unit.deps
+    slot = await repository.get_patient(unit.conn, offer["booking_id"])  # the slot's time
+    practice_id = entry["practice_id"] if entry else (slot["practice_id"] if slot else "")
+    practice = await _practice(unit.conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    waitlisted = _patient(entry)
+    await _record(
+        unit,
+        domain.plan_slot_offer(waitlisted, practice, expires_at=offer["expires_at"], now=datetime.now(UTC)),
+        cause=Cause(
+            key=f"booking.slot_offered/{offer['offer_id']}",
+            event_id=offer["event_id"],
+            event_type="booking.slot_offered",
+            correlation_id=offer["correlation_id"],
+        ),
+        practice=practice,
+        patient=waitlisted,
+        starts_at=slot["starts_at"] if slot else None,
+        booking_id=offer["booking_id"],
+        expires=offer["expires_at"],
+        offer_url=domain.offer_url(deps.settings.portal_base_url, practice.practice_id, offer["offer_id"]),
+    )
+    await repository.mark_offer_told(unit.conn, offer["offer_id"])
+
+
+async def note_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
+    """A patient's no-show with a fee: whether it goes on the card; told once the fee is settled."""
+    if event.party != "patient" or event.decision.fee is None:
+        return  # nothing is charged to a patient: nothing to tell
+    fee = await repository.merge_no_show(
+        unit.conn, event.booking_id, event.practice_id, event.starts_at, event.decision.charge_card
+    )
+    await _tell_no_show_fee(unit, fee)
+
+
+async def note_charge(unit: Unit, event: ChargeCreated) -> None:
+    if event.kind != "no_show":
+        return  # a late-cancellation fee is told with the cancellation itself
+    fee = await repository.merge_no_show_charge(
+        unit.conn,
+        {
+            "booking_id": event.booking_id,
+            "charge_id": event.charge_id,
+            "amount": event.amount,
+            "currency": event.currency,
+            "code": event.code,
+            "code_system": event.code_system,
+        },
+    )
+    if fee is None:
+        log.warning("a second no-show charge for one booking; the first one is told", charge_id=event.charge_id)
+        return
+    await _tell_no_show_fee(unit, fee)
+
+
+async def note_payment(unit: Unit, event: PaymentCaptured | PaymentFailed) -> None:
+    outcome = "captured" if isinstance(event, PaymentCaptured) else "failed"
+    fee = await repository.merge_no_show_payment(unit.conn, event.booking_id, event.charge_id, outcome)
+    if fee is not None:
+        await _tell_no_show_fee(unit, fee)
+
+
+async def _tell_no_show_fee(unit: Unit, fee: asyncpg.Record) -> None:
+    settlement = domain.no_show_fee_settlement(
+        domain.NoShowFee(charge_id=fee["charge_id"], charge_card=fee["charge_card"], payment=fee["payment"])
+    )
+    if settlement is None:
+        return
+    patient_row = await repository.get_patient(unit.conn, fee["booking_id"])
+    practice_id = fee["practice_id"] or (patient_row["practice_id"] if patient_row else "")
+    practice = await _practice(unit.conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    patient = _patient(patient_row)
+    await _record(
+        unit,
+        domain.plan_no_show_fee(patient, practice),
+        # One message per booking's no-show fee, whichever of the events completed the picture.
+        cause=Cause.of(unit, key=f"no_show_fee/{fee['booking_id']}"),
+        practice=practice,
+        patient=patient,
+        starts_at=fee["starts_at"] or (patient_row["starts_at"] if patient_row else None),
+        fee=(fee["amount"], fee["currency"]),
+        booking_id=fee["booking_id"],
+        fee_code=fee["code"],
+        fee_code_system=fee["code_system"],
+        settlement=settlement,
+    )
+
+
+async def notify_hold(unit: Unit, event: HoldPlaced) -> None:
+    """The professional, by email, with the hold's start and end in the booking's practice's time."""
+    professional = await repository.get_professional(unit.conn, event.professional_id)
+    booking = await repository.get_patient(unit.conn, event.booking_id)
+    practice = await _practice_of(unit.conn, booking, professional)
+    await _record(
+        unit,
+        domain.plan_professional_notice(domain.HOLD_TEMPLATE, _professional(professional), practice),
+        cause=Cause.of(unit, key=f"hold.placed/{event.hold_id}"),
+        practice=practice,
+        patient=None,
+        starts_at=booking["starts_at"] if booking else None,
+        booking_id=event.booking_id,
+        professional_id=event.professional_id,
+        professional_first_name=professional["first_name"] if professional else None,
+        hold_starts=event.starts_at,
+        hold_ends=event.ends_at,
+        hold_cause=event.cause,
+    )
+
+
+async def notify_suspension(unit: Unit, event: AccountSuspended) -> None:
+    """The professional, by email: suspended, and their future bookings cancelled."""
+    professional = await repository.get_professional(unit.conn, event.professional_id)
+    practice = await _practice_of(unit.conn, None, professional)
+    await _record(
+        unit,
+        domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, _professional(professional), practice),
+        cause=Cause.of(unit, key=f"account.suspended/{event.professional_id}/{event.suspended_at.isoformat()}"),
+        practice=practice,
+        patient=None,
+        starts_at=None,
+        professional_id=event.professional_id,
+        professional_first_name=professional["first_name"] if professional else None,
+        suspended=event.suspended_at,
+        hold_count=len(event.holds),
+    )
+
+
+async def notify_manual_update(unit: Unit, event: PmsManualUpdateRequired) -> None:
+    """The practice, through its preferred channel: staff must change their PMS by hand."""
+    practice = await _practice(unit.conn, event.practice_id)
+    patient_row = await repository.get_patient(unit.conn, event.booking_id)
+    await _record(
+        unit,
+        domain.plan_manual_update(practice),
+        # A booking is cancelled or marked a no-show once: one alert per booking and action.
+        cause=Cause.of(unit, key=f"pms.manual_update_required/{event.booking_id}/{event.action}"),
+        practice=practice,
+        patient=_patient(patient_row),
+        starts_at=patient_row["starts_at"] if patient_row else None,
+        booking_id=event.booking_id,
+        pms_action=event.action,
+        pms_integration=event.integration,
+        pms_message=event.message,
+    )
+
+
+async def _practice_of(
+    conn: asyncpg.Connection, booking: asyncpg.Record | None, professional: asyncpg.Record | None
+) -> domain.PracticeContact:
+    """The practice whose timezone and locale a professional's notice is written in: the
+    booking's, else the one of the booking that named the professional, else none (UTC)."""
+    practice_id = booking["practice_id"] if booking else (professional["practice_id"] if professional else None)
+    return await _practice(conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+
+
+def _professional(row: asyncpg.Record | None) -> domain.ProfessionalContact | None:
+    if row is None:
+        return None
+    return domain.ProfessionalContact(
+        first_name=row["first_name"], email=row["email"], phone=row["phone"], locale=row["locale"]
+    )
+
+
 async def _practice(conn: asyncpg.Connection, practice_id: str) -> domain.PracticeContact:
     row = await repository.get_practice(conn, practice_id)
     if row is None:
@@ -153,6 +385,23 @@ def _patient(row: asyncpg.Record | None) -> domain.PatientContact | None:
     )
 
 
+@dataclass(frozen=True)
+class Cause:
+    """What a message answers: `key` names the fact (the notification id derives from it), the
+    rest is the event recorded beside it. For the cancellation rows the key is the envelope id;
+    for facts that can reach us more than once under new envelopes it is the fact's own id."""
+
+    key: str
+    event_id: str
+    event_type: str
+    correlation_id: str | None
+
+    @classmethod
+    def of(cls, unit: Unit, key: str | None = None) -> Cause:
+        event = unit.event
+        return cls(key=key or event.id, event_id=event.id, event_type=event.type, correlation_id=event.correlation_id)
+
+
 async def _record(
     unit: Unit,
     messages: list[domain.Message],
@@ -161,17 +410,20 @@ async def _record(
     patient: domain.PatientContact | None,
     starts_at: datetime | None,
     fee: tuple[Decimal, str] | None = None,
+    cause: Cause | None = None,
     **facts: Any,
 ) -> None:
     """One delivery row per planned message: pending with its rendered text, or skipped."""
     deps: Deps = unit.deps
+    cause = cause or Cause.of(unit)
     for message in messages:
         row: dict[str, Any] = {
-            "notification_id": domain.notification_id(unit.event.id, message.recipient, message.channel),
-            "event_id": unit.event.id,
-            "event_type": unit.event.type,
-            "correlation_id": unit.event.correlation_id,
+            "notification_id": domain.notification_id(cause.key, message.recipient, message.channel),
+            "event_id": cause.event_id,
+            "event_type": cause.event_type,
+            "correlation_id": cause.correlation_id,
             "booking_id": facts.get("booking_id"),
+            "professional_id": facts.get("professional_id"),
             "practice_id": practice.practice_id or None,
             "recipient": message.recipient,
             "channel": message.channel,

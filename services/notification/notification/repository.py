@@ -81,13 +81,134 @@ async def requester_kind(conn: Conn, request_id: str) -> str | None:
     return await conn.fetchval("SELECT actor_kind FROM cancellation_requests WHERE request_id = $1", request_id)
 
 
+async def upsert_professional(conn: asyncpg.Connection, p: dict[str, Any], scheduled_at: datetime) -> None:
+    """Store how to reach a professional; a replayed older booking.scheduled never overwrites a newer one."""
+    await conn.execute(
+        "INSERT INTO professionals (professional_id, practice_id, first_name, email, phone, locale, scheduled_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (professional_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
+        " first_name = EXCLUDED.first_name, email = EXCLUDED.email, phone = EXCLUDED.phone,"
+        " locale = EXCLUDED.locale, scheduled_at = EXCLUDED.scheduled_at, updated_at = now()"
+        " WHERE professionals.scheduled_at <= EXCLUDED.scheduled_at",
+        p["professional_id"], p["practice_id"], p["first_name"], p["email"], p["phone"], p["locale"], scheduled_at,
+    )
+
+
+async def get_professional(conn: Conn, professional_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT professional_id, practice_id, first_name, email, phone, locale FROM professionals"
+        " WHERE professional_id = $1",
+        professional_id,
+    )
+
+
+# --- the waitlist and its offers ---------------------------------------------------------------
+
+
+async def lock_waitlist_entry(conn: asyncpg.Connection, waitlist_id: str) -> None:
+    """Serialise, until the transaction ends, everything about one waitlist entry: its contacts
+    and its offers arrive on different topics, and whichever is second must see the first."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"notification.waitlist:{waitlist_id}")
+
+
+async def upsert_waitlist_entry(conn: asyncpg.Connection, w: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO waitlist_entries (waitlist_id, practice_id, patient_id, first_name, email, phone, locale,"
+        " joined_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (waitlist_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
+        " patient_id = EXCLUDED.patient_id, first_name = EXCLUDED.first_name, email = EXCLUDED.email,"
+        " phone = EXCLUDED.phone, locale = EXCLUDED.locale, joined_at = EXCLUDED.joined_at, updated_at = now()"
+        " WHERE waitlist_entries.joined_at <= EXCLUDED.joined_at",
+        w["waitlist_id"], w["practice_id"], w["patient_id"], w["first_name"], w["email"], w["phone"],
+        w["locale"], w["joined_at"],
+    )
+
+
+async def get_waitlist_entry(conn: Conn, waitlist_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT waitlist_id, practice_id, first_name, email, phone, locale FROM waitlist_entries"
+        " WHERE waitlist_id = $1",
+        waitlist_id,
+    )
+
+
+async def remember_offer(conn: asyncpg.Connection, o: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO slot_offers (offer_id, booking_id, waitlist_id, expires_at, event_id, correlation_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (offer_id) DO NOTHING",
+        o["offer_id"], o["booking_id"], o["waitlist_id"], o["expires_at"], o["event_id"], o["correlation_id"],
+    )
+
+
+async def untold_offers(conn: asyncpg.Connection, waitlist_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT offer_id, booking_id, waitlist_id, expires_at, event_id, correlation_id FROM slot_offers"
+        " WHERE waitlist_id = $1 AND NOT told ORDER BY received_at",
+        waitlist_id,
+    )
+
+
+async def mark_offer_told(conn: asyncpg.Connection, offer_id: str) -> None:
+    await conn.execute("UPDATE slot_offers SET told = true WHERE offer_id = $1", offer_id)
+
+
+# --- no-show fees ------------------------------------------------------------------------------
+
+_NO_SHOW_FEE = (
+    "booking_id, practice_id, starts_at, charge_card, charge_id, amount, currency, code, code_system, payment"
+)
+
+
+async def merge_no_show(
+    conn: asyncpg.Connection, booking_id: str, practice_id: str, starts_at: datetime, charge_card: bool
+) -> asyncpg.Record:
+    """What booking.no_show_recorded tells of the fee; returns all that is known now (row locked)."""
+    return await conn.fetchrow(
+        "INSERT INTO no_show_fees (booking_id, practice_id, starts_at, charge_card) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (booking_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
+        " starts_at = EXCLUDED.starts_at, charge_card = EXCLUDED.charge_card, updated_at = now()"
+        f" RETURNING {_NO_SHOW_FEE}",
+        booking_id, practice_id, starts_at, charge_card,
+    )
+
+
+async def merge_no_show_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> asyncpg.Record | None:
+    """What charge.created (kind no_show) tells; returns all that is known now (row locked).
+
+    A booking has one no-show, so one no-show charge: the first one seen stands, and a second
+    (which billing's deterministic charge ids should make impossible) is ignored, never told twice.
+    """
+    return await conn.fetchrow(
+        "INSERT INTO no_show_fees (booking_id, charge_id, amount, currency, code, code_system)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (booking_id) DO UPDATE SET charge_id = EXCLUDED.charge_id, amount = EXCLUDED.amount,"
+        " currency = EXCLUDED.currency, code = EXCLUDED.code, code_system = EXCLUDED.code_system,"
+        " updated_at = now()"
+        " WHERE no_show_fees.charge_id IS NULL OR no_show_fees.charge_id = EXCLUDED.charge_id"
+        f" RETURNING {_NO_SHOW_FEE}",
+        c["booking_id"], c["charge_id"], c["amount"], c["currency"], c["code"], c["code_system"],
+    )
+
+
+async def merge_no_show_payment(
+    conn: asyncpg.Connection, booking_id: str, charge_id: str, payment: str
+) -> asyncpg.Record | None:
+    """The card's answer for a no-show charge we know (billing publishes the charge first, on the
+    same key); None for any other charge. The first answer stands."""
+    return await conn.fetchrow(
+        "UPDATE no_show_fees SET payment = COALESCE(payment, $3), updated_at = now()"
+        f" WHERE booking_id = $1 AND charge_id = $2 RETURNING {_NO_SHOW_FEE}",
+        booking_id, charge_id, payment,
+    )
+
+
 # --- the delivery log --------------------------------------------------------------------------
 
 # What the sender needs of a claimed delivery.
 _CLAIMED = ", ".join(
     f"d.{column}"
     for column in (
-        "notification_id", "event_type", "correlation_id", "booking_id", "practice_id", "recipient",
+        "notification_id", "event_type", "correlation_id", "booking_id", "practice_id", "professional_id", "recipient",
         "channel", "template", "address", "subject", "body", "attempts",
     )
 )
@@ -98,13 +219,13 @@ async def record_delivery(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
     inserted = await conn.fetchval(
         "INSERT INTO deliveries (notification_id, event_id, event_type, correlation_id, booking_id,"
         " practice_id, recipient, channel, template, locale, address, subject, body, status, reason,"
-        " finished_at)"
+        " finished_at, professional_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-        " CASE WHEN $14 = 'skipped' THEN now() END)"
+        " CASE WHEN $14 = 'skipped' THEN now() END, $16)"
         " ON CONFLICT (notification_id) DO NOTHING RETURNING true",
         d["notification_id"], d["event_id"], d["event_type"], d["correlation_id"], d["booking_id"],
         d["practice_id"], d["recipient"], d["channel"], d["template"], d["locale"], d["address"],
-        d["subject"], d["body"], d["status"], d["reason"],
+        d["subject"], d["body"], d["status"], d["reason"], d.get("professional_id"),
     )
     return bool(inserted)
 
@@ -157,11 +278,26 @@ async def schedule_retry(
     return bool(updated)
 
 
+# What the read API shows of a delivery: ids, roles, template, status; no address, no text.
+_LOGGED = (
+    "notification_id, event_id, event_type, booking_id, professional_id, recipient, channel, template,"
+    " locale, status, reason, attempts, next_attempt_at, created_at, finished_at"
+)
+
+
 async def deliveries_for_booking(pool: Conn, booking_id: str) -> list[asyncpg.Record]:
     """The delivery log of one booking, without addresses or message text."""
     return await pool.fetch(
-        "SELECT notification_id, event_id, event_type, recipient, channel, template, locale, status,"
-        " reason, attempts, next_attempt_at, created_at, finished_at"
-        " FROM deliveries WHERE booking_id = $1 ORDER BY created_at, event_id, recipient, channel",
+        f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1"
+        " ORDER BY created_at, event_id, recipient, channel",
         booking_id,
+    )
+
+
+async def deliveries_for_professional(pool: Conn, professional_id: str) -> list[asyncpg.Record]:
+    """The notices sent to one professional (holds, suspension), without addresses or text."""
+    return await pool.fetch(
+        f"SELECT {_LOGGED} FROM deliveries WHERE professional_id = $1"
+        " ORDER BY created_at, event_id, recipient, channel",
+        professional_id,
     )

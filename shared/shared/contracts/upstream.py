@@ -46,6 +46,16 @@ def _null_means_default(value: Any, default: str) -> Any:
 # --- upstream.bookings.v1 --------------------------------------------------------------------
 
 
+class ProfessionalContact(ContractModel):
+    """How to reach the booked professional (optional addition within v1): the notification
+    service tells them about holds and a suspension by email."""
+
+    first_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+
+
 class BookingScheduled(Payload):
     event_type: ClassVar[str] = "booking.scheduled"
 
@@ -60,6 +70,8 @@ class BookingScheduled(Payload):
     series_id: Id | None = None  # recurring appointment
     deposit: Money | None = None  # money already paid
     price: Money | None = None
+    # Optional addition within v1: how to reach the professional (notices about holds, suspension).
+    professional_contact: ProfessionalContact | None = None
 
 
 class BookingRescheduled(Payload):
