@@ -5,9 +5,11 @@ Guarantees:
    unknown type or against the contract goes to `dlq.<service>.v1` with its original bytes,
    topic, partition, offset and the error — through the outbox, in the same transaction as
    everything else, so it is recorded once and never lost.
-2. A batch of records is handled in ONE Postgres transaction: per record, a savepoint, the
-   inbox claim of the envelope id (a second delivery does nothing), the handler's change and
-   the outbox rows of the events it emits.
+2. A batch of records is handled in ONE Postgres transaction: the inbox claim of every envelope
+   id (a second delivery does nothing), each handler's change, and the outbox rows of the events
+   they emit, in record order. The batch runs at once (one claim and one outbox write for all);
+   when a handler fails for good, the transaction is rolled back and the batch runs again with
+   a savepoint per record, so only that record is dead-lettered.
 3. The Kafka offsets are committed only after that transaction committed: a crash anywhere
    before means redelivery, which (2) makes harmless.
 4. A transient fault (database or broker down, serialization failure) rolls the batch back and
@@ -101,6 +103,10 @@ class Unit:
 
 
 Handler = Callable[[Unit, Any], Awaitable[None]]
+
+
+class _RecordFailed(Exception):
+    """A handler failed for good in an optimistic batch: redo the batch record by record."""
 # For a request whose payload breaks the contract: (data, error) -> [(topic, payload, subject)]
 # to publish besides the dead letter, e.g. a rejection the requester can act on.
 InvalidRequestAnswer = Callable[[dict[str, Any], str], list[tuple[str, Payload, str]]]
@@ -132,6 +138,7 @@ class MessageProcessor:
         answer_invalid: Mapping[str, InvalidRequestAnswer] | None = None,
         on_committed: Callable[[], None] | None = None,
         max_backoff: float = 30.0,
+        savepoint_per_record: bool = False,
     ) -> None:
         self.service = service
         self.pool = pool
@@ -141,6 +148,9 @@ class MessageProcessor:
         self._on_committed = on_committed
         self._max_backoff = max_backoff
         self._registries = {topic: models_for(topic) for topic in handlers}
+        # Batches run optimistically (one inbox claim and one outbox write per batch, no
+        # savepoints) and fall back to a savepoint per record only when a handler fails for good.
+        self._savepoint_per_record = savepoint_per_record
         self.stopping = False
 
     async def handle(self, records: Sequence[Record]) -> BatchOutcome:
@@ -149,7 +159,15 @@ class MessageProcessor:
         while True:
             started = time.perf_counter()
             try:
-                outcome = await self._handle_in_transaction(parsed)
+                if self._savepoint_per_record:
+                    outcome = await self._handle_in_transaction(parsed)
+                else:
+                    try:
+                        outcome = await self._handle_batch_at_once(parsed)
+                    except _RecordFailed:
+                        # Rolled back whole; again record by record, so only the failing one is
+                        # dead-lettered and the others keep their effect.
+                        outcome = await self._handle_in_transaction(parsed)
             except Exception as exc:
                 if self.stopping:
                     raise
@@ -193,6 +211,47 @@ class MessageProcessor:
         async with self.pool.acquire() as conn, conn.transaction():
             for record, result in parsed:
                 await self._handle_one(conn, record, result, outcome)
+        return outcome
+
+    async def _handle_batch_at_once(
+        self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
+    ) -> BatchOutcome:
+        outcome = BatchOutcome()
+        handled: set[str] = set()
+        emitted: list[outbox.OutgoingEvent] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            wanted = [
+                r.id for rec, r in parsed
+                if isinstance(r, Event) and r.type in self.handlers[rec.topic]
+            ]
+            first_seen = await inbox.claim_many(conn, self.service, list(dict.fromkeys(wanted)))
+            for record, result in parsed:
+                if isinstance(result, ContractViolation):
+                    await self._handle_one(conn, record, result, outcome)
+                    continue
+                handler = self.handlers[record.topic].get(result.type)
+                if handler is None:
+                    outcome.add(record.topic, "ignored")
+                    continue
+                if result.id not in first_seen or result.id in handled:
+                    outcome.add(record.topic, "duplicate")
+                    continue
+                handled.add(result.id)
+                structlog.contextvars.bind_contextvars(
+                    correlation_id=result.correlation_id, event_id=result.id, event_type=result.type
+                )
+                unit = Unit(conn=conn, event=result, service=self.service, deps=self.deps)
+                try:
+                    await handler(unit, result.payload)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    raise _RecordFailed from exc
+                finally:
+                    structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
+                emitted.extend(unit.emitted)
+                outcome.add(record.topic, "processed")
+            await outbox.write(conn, emitted)
         return outcome
 
     async def _handle_one(

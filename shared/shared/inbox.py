@@ -23,3 +23,17 @@ async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
         event_id,
     )
     return bool(claimed)
+
+
+async def claim_many(conn: asyncpg.Connection, consumer: str, event_ids: list[str]) -> set[str]:
+    """The ids of `event_ids` seen for the first time, claimed in one statement (same guarantee
+    as `claim`, for a whole batch)."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch(
+        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        event_ids,
+    )
+    return {r["event_id"] for r in rows}

@@ -159,7 +159,14 @@ def build_app(definition: ServiceDefinition) -> AsgiFastStream:
             records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
             if not records:
                 return
-            await service.processor.handle(records)
+            try:
+                await service.processor.handle(records)
+            except Exception:
+                # Not committed (the processor gives up only when stopping): the next batch's
+                # offset commit must not skip past it, so rewind every partition of the batch to
+                # its first record and it is delivered again.
+                await msg.nack()
+                raise
             try:
                 await msg.ack()
             except KafkaError as exc:
@@ -194,6 +201,7 @@ def build_app(definition: ServiceDefinition) -> AsgiFastStream:
             deps=service.deps,
             answer_invalid=definition.answer_invalid,
             on_committed=service.wake_relay,
+            savepoint_per_record=settings.consumer_savepoint_per_record,
         )
 
     async def after_startup() -> None:

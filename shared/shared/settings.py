@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     # How many records one consumer transaction may take at once.
     consumer_max_records: int = 200
     consumer_batch_timeout_ms: int = 50
+    # Off: a batch claims its ids and writes its events in one statement each (faster); on: a
+    # savepoint per record from the start (the fallback a failing batch uses anyway).
+    consumer_savepoint_per_record: bool = False
     relay_batch_size: int = 500
     relay_poll_interval_seconds: float = 0.2
 

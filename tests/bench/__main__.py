@@ -31,6 +31,8 @@ from tests.load.system import System
 from .baseline import Baseline
 
 VARIANTS = {
+    "a savepoint, an inbox claim and an outbox write per record (CONSUMER_SAVEPOINT_PER_RECORD=true)": (
+        {"CONSUMER_SAVEPOINT_PER_RECORD": "true"}, {}),
     "one record per consumer transaction (CONSUMER_MAX_RECORDS=1)": ({"CONSUMER_MAX_RECORDS": "1"}, {}),
     "relay publishes one row per round trip (RELAY_BATCH_SIZE=1)": ({"RELAY_BATCH_SIZE": "1"}, {}),
     "two replicas of booking, billing and notification": ({}, {"booking": 2, "billing": 2, "notification": 2}),
