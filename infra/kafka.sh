@@ -157,7 +157,9 @@ start() {
         write_config
         format_storage
         say "starting the broker (log: $LOG)"
-        nohup java -Xms256m -Xmx768m -Dlog4j2.configurationFile="$LOG4J" \
+        # setsid: the broker outlives the process group of whoever started it (pg_ctl does the
+        # same for Postgres), so ending that shell or job does not take the broker down.
+        setsid nohup java -Xms256m -Xmx768m -Dlog4j2.configurationFile="$LOG4J" \
             -cp "$LIBS/*" kafka.Kafka "$CONF" >"$LOG" 2>&1 </dev/null &
         pid=$!
         echo "$pid" > "$PIDFILE"
