@@ -143,7 +143,7 @@ async def main(args: argparse.Namespace) -> int:
         variant = System.from_environment(out / f"logs-{stamp}", env=env, replicas=replicas).start()
         try:
             await burst(variant, 30, seed=4, label="warm-up")
-            result["variants"][name] = await burst(variant, max(50, args.size // 2), seed=5, label="variant")
+            result["variants"][name] = await burst(variant, args.size, seed=5, label="variant")
         finally:
             variant.stop()
 
