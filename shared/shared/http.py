@@ -57,6 +57,14 @@ def json_route(func: Callable[[dict[str, str]], Awaitable[Any]]) -> GetHandler:
     return get(handler)
 
 
+def required(query: dict[str, str], name: str) -> str:
+    """The value of a query parameter the route cannot do without (400 when missing or empty)."""
+    value = query.get(name)
+    if not value:
+        raise BadRequest(f"{name} is required")
+    return value
+
+
 def page_args(query: dict[str, str], default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
     """(limit, offset) from `page` (1-based) and `page_size`."""
     try:

@@ -15,7 +15,6 @@ import asyncio
 import importlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys

@@ -25,7 +25,7 @@ from shared.contracts.billing import (
     PaymentCaptured,
     PaymentFailed,
 )
-from shared.http import BadRequest, json_route, page_args
+from shared.http import json_route, page_args, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
 
@@ -64,8 +64,7 @@ def _terms(text: str | None) -> dict[str, Any] | None:
 def _routes(service: Service) -> list[tuple[str, Any]]:
     async def patient_charges(query: dict[str, str]) -> dict[str, Any]:
         """A patient's charges, oldest first, paginated, and the card payments made for them: `?patient_id=`."""
-        if not query.get("patient_id"):
-            raise BadRequest("patient_id is required")
+        required(query, "patient_id")
         limit, offset = page_args(query)
         rows = await repository.charges_of_patient(service.pool, query["patient_id"], limit=limit, offset=offset)
         charge_ids = {r["charge_id"] for r in rows}
@@ -85,8 +84,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
     async def booking_billing(query: dict[str, str]) -> dict[str, Any]:
         """Everything billing did for one booking: charges (fee and code), payments, deposit outcomes,
         adjustments and the audit: `?booking_id=`."""
-        if not query.get("booking_id"):
-            raise BadRequest("booking_id is required")
+        required(query, "booking_id")
         booking_id = query["booking_id"]
         charges = await repository.charges_of_booking(service.pool, booking_id)
         payments = await repository.payments_of_booking(service.pool, booking_id)
@@ -118,8 +116,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
 
     async def practice_balances(query: dict[str, str]) -> dict[str, Any]:
         """What patients owe one practice, per currency: `?practice_id=`."""
-        if not query.get("practice_id"):
-            raise BadRequest("practice_id is required")
+        required(query, "practice_id")
         rows = await repository.balances_of_practice(service.pool, query["practice_id"])
         return {
             "practice_id": query["practice_id"],

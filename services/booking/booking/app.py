@@ -23,7 +23,7 @@ from shared.contracts.booking import (
     BookingSlotReleased,
     CancellationAssessmentRequested,
 )
-from shared.http import BadRequest, json_route, page_args
+from shared.http import BadRequest, json_route, page_args, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
@@ -65,8 +65,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
 
     async def one_booking(query: dict[str, str]) -> dict[str, Any]:
         """One booking with its full audit trail: `?booking_id=`."""
-        if "booking_id" not in query:
-            raise BadRequest("booking_id is required")
+        required(query, "booking_id")
         booking = await repository.get_booking(service.pool, query["booking_id"])
         if booking is None:
             raise BadRequest(f"no booking {query['booking_id']}")

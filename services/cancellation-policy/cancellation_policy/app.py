@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts.policy import CancellationAssessed
-from shared.http import BadRequest, json_route
+from shared.http import json_route, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, UPSTREAM_PRACTICES
 
@@ -22,8 +22,7 @@ from .settings import PolicySettings
 def _routes(service: Service) -> list[tuple[str, Any]]:
     async def practice_policy(query: dict[str, str]) -> dict[str, Any]:
         """The versions of one practice's settings: `?practice_id=`."""
-        if "practice_id" not in query:
-            raise BadRequest("practice_id is required")
+        required(query, "practice_id")
         rows = await repository.settings_history(service.pool, query["practice_id"])
         return {
             "practice_id": query["practice_id"],
@@ -35,8 +34,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
 
     async def booking_decisions(query: dict[str, str]) -> dict[str, Any]:
         """Every decision made for one booking, with its explanation: `?booking_id=`."""
-        if "booking_id" not in query:
-            raise BadRequest("booking_id is required")
+        required(query, "booking_id")
         rows = await repository.decisions_for_booking(service.pool, query["booking_id"])
         return {"booking_id": query["booking_id"], "decisions": [{**dict(r), "decision": json.loads(r["decision"])} for r in rows]}
 

@@ -19,7 +19,7 @@ from shared.contracts.pms_sync import (
     PmsSyncCompleted,
     PmsSyncFailed,
 )
-from shared.http import BadRequest, json_route, page_args
+from shared.http import json_route, page_args, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
@@ -38,15 +38,13 @@ from .settings import PmsSyncSettings
 def _routes(service: Service) -> list[tuple[str, Any]]:
     async def syncs(query: dict[str, str]) -> dict[str, Any]:
         """Every sync of one booking with its status and attempts: `?booking_id=`."""
-        if "booking_id" not in query:
-            raise BadRequest("booking_id is required")
+        required(query, "booking_id")
         rows = await repository.syncs_for_booking(service.pool, query["booking_id"])
         return {"booking_id": query["booking_id"], "items": [dict(r) for r in rows]}
 
     async def manual_updates(query: dict[str, str]) -> dict[str, Any]:
         """What one practice must change in its PMS by hand, newest first: `?practice_id=`, paginated."""
-        if "practice_id" not in query:
-            raise BadRequest("practice_id is required")
+        required(query, "practice_id")
         limit, offset = page_args(query)
         rows = await repository.manual_updates_for_practice(service.pool, query["practice_id"], limit, offset)
         return {"practice_id": query["practice_id"], "items": [dict(r) for r in rows], "page_size": limit, "offset": offset}

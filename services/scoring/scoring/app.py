@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts.scoring import AccountSuspended, HoldLifted, HoldPlaced, ScoreChanged
-from shared.http import BadRequest, json_route, page_args
+from shared.http import BadRequest, json_route, page_args, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, UPSTREAM_PROFESSIONALS
 
@@ -29,9 +29,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
 
         A professional scoring has never heard of has the starting score and nothing else.
         """
-        professional_id = query.get("professional_id")
-        if not professional_id:
-            raise BadRequest("professional_id is required")
+        professional_id = required(query, "professional_id")
         limit, offset = page_args(query)
         row = await repository.get_professional(service.pool, professional_id)
         deltas = await repository.ledger_deltas(service.pool, professional_id)
