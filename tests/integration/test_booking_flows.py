@@ -3,6 +3,7 @@ RULES.md "Who may cancel, and when", series, no-shows, the waitlist and suspensi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime, timedelta
@@ -290,3 +291,18 @@ async def test_a_request_id_reused_for_another_booking_is_rejected_not_dropped(p
         lambda s: s.key == second and s.type == "booking.cancellation_rejected" and s.data["request_id"] == request_id
     )
     assert answer[0].data["reason"] == "invalid_request" and "new request id" in answer[0].data["message"]
+
+
+async def test_a_booking_arriving_after_the_suspension_is_cancelled_too(practice):
+    # Topics are consumed independently: the suspension may be handled before the booking.
+    professional_id = unique("pro")
+    await practice.publisher.event(
+        SCORING_EVENTS, "account.suspended", professional_id,
+        {"professional_id": professional_id, "holds": [unique("hold")], "suspended_at": iso(datetime.now(UTC))},
+        source="service/scoring",
+    )
+    await asyncio.sleep(1.0)
+    late_arrival = await practice.book(20 * H, professional_id=professional_id)
+    cancelled = await practice.watcher.wait_for(lambda s: s.type == "booking.cancelled" and s.key == late_arrival)
+    assert cancelled[0].data["actor"]["kind"] == "system"
+    assert cancelled[0].data["reason_code"] == "professional_suspended"

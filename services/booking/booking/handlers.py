@@ -83,6 +83,14 @@ async def schedule_booking(unit: Unit, event: BookingScheduled) -> None:
     if not inserted:
         return
     await repository.audit(unit.conn, event.booking_id, at=unit.event.envelope.time, action="scheduled")
+    if event.professional_id is not None:
+        suspension = await repository.suspension_of(unit.conn, event.professional_id)
+        if suspension is not None and event.starts_at > suspension["suspended_at"]:
+            booking = await repository.lock_booking(unit.conn, event.booking_id)
+            await _cancel_by_system(
+                unit, booking, suspended_at=suspension["suspended_at"], cause=suspension["cause_event_id"]
+            )
+            return
     offer_id = await repository.accept_offer_for(unit.conn, event.patient.patient_id, event.practice_id, event.starts_at)
     if offer_id is not None:
         await repository.audit(
@@ -411,23 +419,29 @@ async def expire_offers(service: Any) -> None:
 
 async def cancel_for_suspension(unit: Unit, event: AccountSuspended) -> None:
     """Every future booking of a suspended professional is cancelled by the system, through
-    the policy like any other cancellation (which decides: no penalty)."""
-    actor = {"kind": "system", "id": "scoring", "roles": []}
+    the policy like any other cancellation (which decides: no penalty). The suspension is
+    remembered, so a booking that arrives after it is cancelled as it arrives."""
+    await repository.record_suspension(unit.conn, event.professional_id, event.suspended_at, unit.event.id)
     for booking in await repository.future_bookings_of(unit.conn, event.professional_id, event.suspended_at):
-        request = BookingCancellationRequested.new(
-            request_id=derived_id("suspension", unit.event.id, booking["booking_id"]),
-            booking_id=booking["booking_id"],
-            requested_at=event.suspended_at,
-            actor=actor,
-            channel="system",
-            reason_code="professional_suspended",
-            reason_text="The booked professional's account is suspended.",
-        )
-        await repository.audit(
-            unit.conn, booking["booking_id"], at=event.suspended_at, action="cancellation_requested",
-            actor=actor, channel="system", request_id=request.request_id, reason="professional_suspended",
-        )
-        await _ask_policy(unit, booking, request.request_id, "cancellation", request)
+        await _cancel_by_system(unit, booking, suspended_at=event.suspended_at, cause=unit.event.id)
+
+
+async def _cancel_by_system(unit: Unit, booking: Any, *, suspended_at: datetime, cause: str) -> None:
+    actor = {"kind": "system", "id": "scoring", "roles": []}
+    request = BookingCancellationRequested.new(
+        request_id=derived_id("suspension", cause, booking["booking_id"]),
+        booking_id=booking["booking_id"],
+        requested_at=suspended_at,
+        actor=actor,
+        channel="system",
+        reason_code="professional_suspended",
+        reason_text="The booked professional's account is suspended.",
+    )
+    await repository.audit(
+        unit.conn, booking["booking_id"], at=suspended_at, action="cancellation_requested",
+        actor=actor, channel="system", request_id=request.request_id, reason="professional_suspended",
+    )
+    await _ask_policy(unit, booking, request.request_id, "cancellation", request)
 
 
 # --- requests we cannot read -------------------------------------------------------------------

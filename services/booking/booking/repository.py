@@ -258,3 +258,17 @@ async def report(
         f" GROUP BY practice_id, {column} ORDER BY practice_id, {column}",
         starts_from, starts_before, practice_id,
     )
+
+
+async def record_suspension(conn: asyncpg.Connection, professional_id: str, suspended_at: datetime, cause: str) -> None:
+    await conn.execute(
+        "INSERT INTO suspended_professionals (professional_id, suspended_at, cause_event_id) VALUES ($1, $2, $3)"
+        " ON CONFLICT (professional_id) DO NOTHING",
+        professional_id, suspended_at, cause,
+    )
+
+
+async def suspension_of(conn: asyncpg.Connection, professional_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT suspended_at, cause_event_id FROM suspended_professionals WHERE professional_id = $1", professional_id
+    )
