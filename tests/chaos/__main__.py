@@ -38,7 +38,7 @@ from shared.topics import (
 )
 from tests.load import scenario as scenarios
 from tests.load.checker import Collector, check, end_offsets, outbox_backlog
-from tests.load.driver import Progress, prepare, send_requests, wait_complete
+from tests.load.driver import Progress, prepare, send_reliably, send_requests, wait_complete
 from tests.load.system import System
 
 from .poison import poison_messages
@@ -184,8 +184,7 @@ async def _publish_raw(bootstrap: str, messages: list[bytes]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
-        for i, raw in enumerate(messages):
-            await producer.send_and_wait(UPSTREAM_BOOKINGS, raw, key=f"poison-{i}".encode())
+        await send_reliably(producer, [(UPSTREAM_BOOKINGS, f"poison-{i}".encode(), raw) for i, raw in enumerate(messages)])
     finally:
         await producer.stop()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from .checker import Collector, is_complete
 from .scenario import Scenario
@@ -39,9 +40,33 @@ class Progress:
         sys.stderr.flush()
 
 
+async def send_reliably(producer: AIOKafkaProducer, messages: list[tuple[str, bytes, bytes]], timeout: float = 180) -> None:
+    """Publish (topic, key, value) messages and wait for the broker's acknowledgement, sending
+    again what failed (a broker restart) as an upstream publisher would: a message sent twice
+    carries the same envelope id, which every consumer de-duplicates."""
+    deadline = time.monotonic() + timeout
+    remaining = list(messages)
+    while remaining:
+        futures = []
+        for topic, key, value in remaining:
+            try:
+                futures.append(await producer.send(topic, value, key=key))
+            except KafkaError as exc:
+                futures.append(exc)
+        results = [f if isinstance(f, Exception) else None for f in futures]
+        pending = [(i, f) for i, f in enumerate(futures) if not isinstance(f, Exception)]
+        done = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        for (i, _), outcome in zip(pending, done):
+            results[i] = outcome if isinstance(outcome, Exception) else None
+        remaining = [m for m, r in zip(remaining, results) if r is not None]
+        if remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(remaining)} message(s) not accepted by the broker in {timeout}s")
+            await asyncio.sleep(1.0)
+
+
 async def _send_all(producer: AIOKafkaProducer, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
-    futures = [await producer.send(topic, json.dumps(env).encode(), key=key.encode()) for topic, key, env in messages]
-    await asyncio.gather(*futures)
+    await send_reliably(producer, [(topic, key.encode(), json.dumps(env).encode()) for topic, key, env in messages])
 
 
 async def _count(admin_dsn: str, query: str, ids: list[str]) -> int:
@@ -102,7 +127,7 @@ async def send_requests(
     sent_at: dict[str, float] = {}
     try:
         started = time.monotonic()
-        pending = []
+        batch: list[tuple[str, bytes, bytes]] = []
         for i, messages in enumerate(scenario.request_messages()):
             if rate:
                 delay = started + i / rate - time.monotonic()
@@ -110,13 +135,13 @@ async def send_requests(
                     await asyncio.sleep(delay)
             for topic, key, env in messages:
                 sent_at[env["id"]] = time.time() * 1000
-                pending.append(await producer.send(topic, json.dumps(env).encode(), key=key.encode()))
-            if len(pending) >= 200 or rate:
-                await asyncio.gather(*pending)
-                pending = []
+                batch.append((topic, key.encode(), json.dumps(env).encode()))
+            if len(batch) >= 200 or rate:
+                await send_reliably(producer, batch)
+                batch = []
             if on_sent:
                 on_sent(i + 1)
-        await asyncio.gather(*pending)
+        await send_reliably(producer, batch)
     finally:
         await producer.stop()
     return sent_at
