@@ -17,7 +17,7 @@ PIDFILE="$HOME_DIR/kafka.pid"
 LOG="$HOME_DIR/kafka.log"
 POM="$ROOT/infra/kafka/pom.xml"
 PORT=9092
-START_TIMEOUT=60
+START_TIMEOUT=180  # a KRaft node restarted quickly can wait ~60 s to re-register
 
 say() { echo "kafka: $*"; }
 die() { echo "kafka: ERROR: $*" >&2; exit 1; }

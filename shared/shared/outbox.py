@@ -98,8 +98,10 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 0.2,
         retention_hours: int = 24 * 7,
+        on_publish_failure: Callable[[Exception], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_publish_failure = on_publish_failure
         self._publish = publish
         self._service = service
         self._batch_size = batch_size
@@ -154,6 +156,11 @@ class OutboxRelay:
                 failures += 1
                 delay = min(10.0, 0.2 * 2**failures) * (0.5 + random.random() / 2)
                 log.warning("outbox relay retrying", error=type(exc).__name__, detail=str(exc)[:200], delay=round(delay, 2))
+                if self._on_publish_failure is not None:
+                    try:
+                        await self._on_publish_failure(exc)
+                    except Exception as reset_exc:  # noqa: BLE001 - the next round tries again
+                        log.warning("relay producer reset failed", error=type(reset_exc).__name__)
                 await self._sleep(delay)
 
     async def _lead(self, conn: asyncpg.Connection) -> None:

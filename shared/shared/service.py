@@ -176,21 +176,23 @@ def build_app(definition: ServiceDefinition) -> AsgiFastStream:
     async def on_startup() -> None:
         service.pool = await _connect_pool(settings, definition.name)
         await db.migrate(service.pool, settings.schema, definition.migrations)
-        service.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"{definition.name}-relay",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            **settings.kafka_client_args(),
-        )
-        await service.producer.start()
+        service.producer = await _start_producer(settings, definition.name)
+
+        async def reset_producer(exc: Exception) -> None:
+            # An idempotent producer that lost its sequence (a broker restart can leave it
+            # OutOfOrderSequence forever) is replaced; the unmarked rows are published again
+            # and consumers de-duplicate them by envelope id.
+            if isinstance(exc, KafkaError) and service.producer is not None:
+                old, service.producer = service.producer, await _start_producer(settings, definition.name)
+                await old.stop()
+
         service.relay = OutboxRelay(
             service.pool,
-            _publisher(service.producer),
+            _publisher(service),
             service=definition.name,
             batch_size=settings.relay_batch_size,
             poll_interval=settings.relay_poll_interval_seconds,
+            on_publish_failure=reset_producer,
         )
         if definition.make_deps is not None:
             service.deps = await definition.make_deps(service)
@@ -272,9 +274,23 @@ async def _raw_decoder(msg: Any) -> Any:
     return None
 
 
-def _publisher(producer: AIOKafkaProducer):
+async def _start_producer(settings: ServiceSettings, name: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{name}-relay",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        **settings.kafka_client_args(),
+    )
+    await producer.start()
+    return producer
+
+
+def _publisher(service: Service):
     async def publish(topic: str, key: bytes, value: bytes, headers: dict[str, str]):
-        return await producer.send(
+        assert service.producer is not None  # looked up per call: the relay may have replaced it
+        return await service.producer.send(
             topic, value=value, key=key or None, headers=[(k, v.encode()) for k, v in headers.items()]
         )
 

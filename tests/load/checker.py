@@ -113,13 +113,19 @@ class Verdict:
                 and self.dead_lettered == self.poison_expected)
 
 
+# A PMS command is one effect per sync_id: pms-sync sends it again, same sync_id, until acked.
+EFFECT_IDENTITY = {"pms.cancel_booking": "sync_id", "pms.record_no_show": "sync_id"}
+
+
 def effects_of(records: list[Record]) -> Counter[str]:
-    """Distinct envelopes per counted type (a redelivered envelope counts once)."""
+    """Distinct effects per counted type: by envelope id (a redelivered envelope counts once),
+    or by the business id where the contract resends on purpose."""
     seen: dict[str, set[str]] = defaultdict(set)
     for r in records:
         type_ = r.value.get("type")
         if type_ in COUNTED_TYPES:
-            seen[type_].add(r.value.get("id", ""))
+            field_ = EFFECT_IDENTITY.get(type_)
+            seen[type_].add(r.value.get("data", {}).get(field_, "") if field_ else r.value.get("id", ""))
     return Counter({t: len(ids) for t, ids in seen.items()})
 
 
@@ -146,8 +152,9 @@ def check(
     sent_at_ms: dict[str, float],
     poison: list[bytes],
     since: dict[tuple[str, int], int] | None = None,
+    consumers: int = 1,
 ) -> Verdict:
-    verdict = Verdict(requests=len(scenario.stories), poison_expected=len(poison))
+    verdict = Verdict(requests=len(scenario.stories))
     for story in scenario.stories:
         records = collector.by_key.get(story.booking_id, [])
         got = effects_of(records)
@@ -168,7 +175,11 @@ def check(
         if not missing and story.request_envelope_id in sent_at_ms:
             last = max(r.timestamp_ms for r in records if r.value.get("type") in story.expected)
             verdict.latencies_ms.append(max(0.0, last - sent_at_ms[story.request_envelope_id]))
-    wanted = {base64.b64encode(p).decode() for p in poison}
+    # Every poison message dead-lettered by every service that consumes it, each Kafka record
+    # once (a message the generator had to send twice is two records), and nothing else.
+    wanted = {base64.b64encode(p).decode() for p in set(poison)}
+    by_value: dict[str, set[str]] = defaultdict(set)
+    positions: Counter[tuple] = Counter()
     for r in collector.records:
         if r.topic.startswith("dlq.") and r.value.get("type") == "message.dead_lettered":
             data = r.value.get("data", {})
@@ -176,10 +187,17 @@ def check(
             if since is not None and origin in since and data.get("original_offset", 0) < since[origin]:
                 continue  # a record published before this run (a consumer catching up): not ours to judge
             if data.get("original_value_base64") in wanted:
-                verdict.dead_lettered += 1
+                by_value[data["original_value_base64"]].add(r.topic)
+                positions[(r.topic, *origin, data.get("original_offset"))] += 1
             else:
-                verdict.problems.append(f"unexpected dead letter on {r.topic}: {r.value.get('data', {}).get('error')}")
+                verdict.problems.append(f"unexpected dead letter on {r.topic}: {data.get('error')}")
                 verdict.unexpected += 1
+    verdict.dead_lettered = sum(1 for v in wanted if len(by_value[v]) >= consumers)
+    verdict.poison_expected = len(wanted)
+    twice = sum(n - 1 for n in positions.values() if n > 1)
+    if twice:
+        verdict.duplicated += twice
+        verdict.problems.append(f"{twice} record(s) dead-lettered twice by the same service")
     return verdict
 
 

@@ -43,7 +43,8 @@ class Progress:
 async def send_reliably(producer: AIOKafkaProducer, messages: list[tuple[str, bytes, bytes]], timeout: float = 180) -> None:
     """Publish (topic, key, value) messages and wait for the broker's acknowledgement, sending
     again what failed (a broker restart) as an upstream publisher would: a message sent twice
-    carries the same envelope id, which every consumer de-duplicates."""
+    carries the same envelope id, which every consumer de-duplicates. (The producers here are
+    not idempotent on purpose: an idempotent one can lose its sequence over a broker restart.)"""
     deadline = time.monotonic() + timeout
     remaining = list(messages)
     while remaining:
@@ -79,7 +80,7 @@ async def _count(admin_dsn: str, query: str, ids: list[str]) -> int:
 
 async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: float = 300) -> None:
     """Practices and bookings in place in every service that needs them, before any request."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
         await _send_all(producer, scenario.setup_messages())
@@ -122,7 +123,7 @@ async def send_requests(
 ) -> dict[str, float]:
     """Publish every story's requests (in story order, each story's own messages in order), at
     `rate` stories per second or as fast as possible; returns envelope id -> send time (ms)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     await producer.start()
     sent_at: dict[str, float] = {}
     try:

@@ -39,7 +39,8 @@ class System:
             "notification": {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.mailbox.port), "SMS_API_URL": self.sms.url,
                              "SMS_API_KEY": "load", "DELIVERY_POLL_INTERVAL_SECONDS": "0.05", "DELIVERY_BATCH_SIZE": "100"},
             "billing": {"PAYMENT_GATEWAY": "sandbox", "CAPTURE_POLL_INTERVAL_SECONDS": "0.05", "CAPTURE_BATCH_SIZE": "100"},
-            "pms-sync": {"PMS_RETRY_POLL_SECONDS": "0.5"},
+            # No connector acks during a load run: resends would only add noise.
+            "pms-sync": {"PMS_RETRY_POLL_SECONDS": "0.5", "PMS_ACK_TIMEOUT_SECONDS": "3600"},
         }.get(service, {})
         return {"LOG_LEVEL": "WARNING", **self.env, **extra}
 
