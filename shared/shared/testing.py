@@ -181,6 +181,22 @@ class EventWatcher:
         await asyncio.sleep(seconds)
 
 
+async def wait_for_row(admin_dsn: str, sql: str, *args: Any, timeout: float = 30.0) -> None:
+    """Until a service has stored what a test published (topics are consumed in no fixed order)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await conn.fetchval(sql, *args):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no row for {sql!r} {args} within {timeout}s")
+    finally:
+        await conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

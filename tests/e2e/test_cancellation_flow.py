@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from shared.testing import SERVICE_MODULES, EventWatcher, ServiceProcess, iso, unique
+from shared.testing import SERVICE_MODULES, EventWatcher, ServiceProcess, iso, unique, wait_for_row
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -86,9 +86,9 @@ async def test_a_staff_late_cancellation_reaches_every_service_once(system, infr
             "deposit": {"amount": "20.00", "currency": "AUD"},
         })
         # Settings and contacts are in place before the request (topics are consumed independently).
-        await _wait_rows(infra, "cancellation_policy", "SELECT 1 FROM practice_settings WHERE practice_id = $1", practice_id)
-        await _wait_rows(infra, "pms-sync", "SELECT 1 FROM integrations WHERE practice_id = $1", practice_id)
-        await _wait_rows(infra, "booking", "SELECT 1 FROM bookings WHERE booking_id = $1", booking_id)
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM cancellation_policy.practice_settings WHERE practice_id = $1", practice_id)
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.integrations WHERE practice_id = $1", practice_id)
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM booking.bookings WHERE booking_id = $1", booking_id)
 
         request = await publisher.event(UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id, {
             "request_id": unique("request"), "booking_id": booking_id, "requested_at": iso(datetime.now(UTC)),
@@ -161,7 +161,7 @@ async def test_a_professional_late_cancellation_costs_score_and_a_hold(system, i
             "professional_id": professional_id,
             "patient": {"patient_id": unique("patient"), "first_name": "Office", "portal_account": False, "card_on_file": False},
         })
-        await _wait_rows(infra, "booking", "SELECT 1 FROM bookings WHERE booking_id = $1", booking_id)
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM booking.bookings WHERE booking_id = $1", booking_id)
         await publisher.event(UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id, {
             "request_id": unique("request"), "booking_id": booking_id, "requested_at": iso(datetime.now(UTC)),
             "actor": {"kind": "professional", "id": professional_id, "roles": []}, "channel": "professional_app",
@@ -180,15 +180,6 @@ def _dsn(infra, service: str) -> str:
     from shared.provision import service_dsn
 
     return service_dsn(infra.admin_dsn, service)
-
-
-async def _wait_rows(infra, service: str, query: str, *args, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await _rows(_dsn(infra, service), query, *args):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{service}: nothing for {query} {args} within {timeout}s")
 
 
 async def _mail_to(mailbox, address: str, timeout: float = 30.0):

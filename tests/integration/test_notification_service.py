@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.testing import FAILING_PHONE_PREFIX, EventWatcher, Mailbox, ServiceProcess, SmsProvider, iso, unique
+from shared.testing import EventWatcher, FAILING_PHONE_PREFIX, Mailbox, ServiceProcess, SmsProvider, iso, unique, wait_for_row
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -113,19 +113,6 @@ def booking_cancelled(booking_id: str, practice_id: str, *, actor_kind: str, cha
         **extra,
     }
 
-
-async def wait_for_row(admin_dsn: str, sql: str, *args: Any, timeout: float = 30.0) -> None:
-    """Until the service has stored what a test published (topics are consumed in no fixed order)."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await conn.fetchval(sql, *args):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no row for {sql!r} {args} within {timeout}s")
-    finally:
-        await conn.close()
 
 
 async def contacts_known(infra: Any, booking_id: str, practice_id: str) -> None:

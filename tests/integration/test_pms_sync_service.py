@@ -5,16 +5,13 @@ asked to do by hand.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
-from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique
+from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique, wait_for_row
 from shared.topics import (
     BOOKING_EVENTS,
     PMS_INTEGRATION_TOPICS,
@@ -48,19 +45,6 @@ def pms_sync(infra: Any, log_dir: Any) -> Iterator[ServiceProcess]:
     finally:
         service.stop()
 
-
-async def wait_for_row(admin_dsn: str, sql: str, *args: Any, timeout: float = 30.0) -> None:
-    """Until the service has stored what a test published (topics are consumed in no fixed order)."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await conn.fetchval(sql, *args):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no row for {sql!r} {args} within {timeout}s")
-    finally:
-        await conn.close()
 
 
 async def configure(infra: Any, publisher: Publisher, practice_id: str, integration: str) -> None:
