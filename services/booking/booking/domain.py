@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-REASON_TEXT_MAX_CHARS = 255
+from shared.contracts.upstream import REASON_TEXT_MAX_CHARS
+
 
 REJECTION_MESSAGES = {
     "not_found": "We could not find this appointment; please check the booking reference or contact the practice.",
