@@ -1,51 +1,36 @@
-"""JSON logs (structlog) that carry the correlation id and never print personal data.
+"""JSON logs (structlog) that carry the correlation id and never print personal data or secrets.
 
-Guarantee: a value under a personal-data key (email, phone, names, addresses) is replaced by
-"[redacted]", and anything that looks like an email address or a phone number inside any
-logged string is masked, whichever library logged it (ours, FastStream, aiokafka, uvicorn).
+Guarantee: every log line, whichever library logged it (ours, FastStream, aiokafka, uvicorn),
+passes through `redact_personal_data`, i.e. `shared.redaction`: a value under a key that names
+personal data or a secret (names, email, phone, address, `reason_text`, `chart_note`, `note`,
+password, token, api key, authorization …) is "[redacted]" at any depth; email addresses, phone
+numbers, URL passwords and bearer tokens are masked inside every string, including the message,
+tracebacks and the text of objects (models, dataclasses, exceptions, anything else by its
+`repr`). Dates, timestamps, ids, offsets and amounts stay readable. Log a validation error with
+`describe_validation_error(exc)` ("loc: msg" only, never the input values).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
-PERSONAL_KEYS = frozenset(
-    {
-        "email", "phone", "first_name", "last_name", "name", "full_name", "patient_name",
-        "address", "to", "recipient_address", "contact", "password", "api_key", "secret",
-    }
-)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-# A whole token only: digit runs inside ids (UUIDs, "bk-2026…") and ISO dates are not phones.
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
+from shared.redaction import describe_validation_error, redact_fields
 
+__all__ = ["configure_logging", "describe_validation_error", "get_logger", "redact_personal_data"]
 
-def _mask(text: str) -> str:
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
-
-
-def _scrub(value: Any, depth: int = 0) -> Any:
-    if depth > 4:
-        return value
-    if isinstance(value, str):
-        return _mask(value)
-    if isinstance(value, dict):
-        return {
-            k: "[redacted]" if isinstance(k, str) and k.lower() in PERSONAL_KEYS else _scrub(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_scrub(v, depth + 1) for v in value]
-    return value
+# Put into the event by structlog's ProcessorFormatter for its own use, removed before rendering.
+_PROCESSOR_META = frozenset({"_record", "_from_structlog"})
 
 
 def redact_personal_data(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return _scrub(event_dict)
+    """The structlog processor: the event with personal data and secrets masked."""
+    fields = {key: value for key, value in event_dict.items() if key not in _PROCESSOR_META}
+    meta = {key: value for key, value in event_dict.items() if key in _PROCESSOR_META}
+    return {**redact_fields(fields), **meta}
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
@@ -55,8 +40,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.format_exc_info,
-        redact_personal_data,
-        # After redaction: an ISO date looks like a phone number to the mask ("[phone]T05:43Z").
+        redact_personal_data,  # after format_exc_info: tracebacks are masked too
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (

@@ -18,7 +18,6 @@ Pure: plain values in, plain values out, no I/O. Guarantees:
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -26,6 +25,8 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from shared.redaction import mask_text
 
 SUPPORTED_LOCALES = ("en", "de")
 DEFAULT_LOCALE = "en"
@@ -468,10 +469,7 @@ def after_failure(attempts: int, *, max_attempts: int, permanent: bool) -> Liter
     return "retry"
 
 
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")  # as shared.logging: ids and times stay
-
-
 def redact(text: str, limit: int = 300) -> str:
-    """An error as it may be stored and published: addresses and numbers masked, shortened."""
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))[:limit]
+    """An error as it may be stored and published: personal data and secrets masked as in the
+    logs (`shared.redaction.mask_text`: addresses → "[email]", numbers → "[phone]"), shortened."""
+    return mask_text(text)[:limit]
