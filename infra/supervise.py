@@ -3,7 +3,8 @@
     .venv/bin/python infra/supervise.py [--only booking,billing] [--replicas billing=2,scoring=3]
 
 Each process gets SERVICE_NAME, HTTP_PORT and its own DATABASE_URL (its service role, derived from
-ADMIN_DATABASE_URL) on top of the inherited environment. Every output line is prefixed with the
+ADMIN_DATABASE_URL) on top of the inherited environment, and ENVIRONMENT=development and
+PAYMENT_GATEWAY=sandbox unless the environment names them. Every output line is prefixed with the
 process's name. A process that dies is restarted with backoff; after 5 quick crashes in a row the
 supervisor gives up on it and says why. SIGINT or SIGTERM stops everything: SIGTERM to each
 process, SIGKILL to any still running 10 s later.
@@ -59,6 +60,8 @@ class Process:
 
     def env(self, admin_dsn: str) -> dict[str, str]:
         return {
+            "ENVIRONMENT": "development",  # this runs the system for development, not production
+            "PAYMENT_GATEWAY": "sandbox",
             **os.environ,
             "SERVICE_NAME": self.service,
             "HTTP_PORT": str(self.port),

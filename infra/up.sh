@@ -46,5 +46,9 @@ export KAFKA_BOOTSTRAP_SERVERS=$(printf %q "$KAFKA_BOOTSTRAP_SERVERS")
 export ADMIN_DATABASE_URL=$(printf %q "$ADMIN_DATABASE_URL")
 export DATABASE_URL=\$ADMIN_DATABASE_URL
 export CANCELLATIONS_INFRA=$infra
+# Development: billing takes payments in its sandbox (outside development PAYMENT_GATEWAY must
+# be given). A value already in the environment when this file is sourced wins.
+export ENVIRONMENT=\${ENVIRONMENT:-development}
+export PAYMENT_GATEWAY=\${PAYMENT_GATEWAY:-sandbox}
 ENV
 echo "up: ready; source .local/env.sh"

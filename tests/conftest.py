@@ -24,6 +24,12 @@ from shared.testing import Mailbox, SmsProvider, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests are development: billing (in-process and as a process, which inherits this
+# environment) defaults to the sandbox gateway here, and only here. A test that wants
+# production behaviour sets ENVIRONMENT itself.
+os.environ.setdefault("ENVIRONMENT", "development")
+os.environ.setdefault("PAYMENT_GATEWAY", "sandbox")
+
 
 @dataclass(frozen=True)
 class Infra:

@@ -37,3 +37,32 @@ async def claim_many(conn: asyncpg.Connection, consumer: str, event_ids: list[st
         event_ids,
     )
     return {r["event_id"] for r in rows}
+
+
+# Deletes at most `$2` rows older than `$1` hours. Rows another transaction holds (a replica
+# pruning at the same moment) are skipped, not waited for; the TID scan keeps the DELETE cheap.
+_PRUNE_BATCH = (
+    "DELETE FROM inbox WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM inbox WHERE processed_at < now() - $1::float8 * interval '1 hour'"
+    " LIMIT $2 FOR UPDATE SKIP LOCKED))"
+)
+
+
+async def prune(pool: asyncpg.Pool, *, retention_hours: float, batch_size: int = 10_000) -> int:
+    """Delete the claims older than `retention_hours`, `batch_size` rows per statement (each
+    its own short transaction), until none is left; returns how many rows were deleted.
+
+    Safe with any number of replicas pruning at once (a row locked by one is skipped by the
+    others). A message redelivered after its claim was pruned is handled a second time, so the
+    retention must be far longer than any redelivery window: the retention of the topics the
+    service consumes, and of its consumer group's committed offsets (a group whose offsets
+    expired starts again from the earliest record). Kafka's defaults are 7 days for both;
+    INBOX_RETENTION_HOURS defaults to 14 days.
+    """
+    total = 0
+    while True:
+        status = await pool.execute(_PRUNE_BATCH, float(retention_hours), batch_size)
+        deleted = int(status.split()[-1])  # "DELETE <n>"
+        total += deleted
+        if deleted < batch_size:
+            return total

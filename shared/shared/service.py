@@ -8,12 +8,15 @@ Guarantees (STYLE.md habits 2, 5, 7):
   `auto_offset_reset="earliest"`; the relay's producer is idempotent with acks=all.
 - Subscribers only translate: a batch of raw records in, `MessageProcessor.handle`, commit.
 - Shutdown stops consuming first, then lets the relay publish what was committed.
+- Every replica prunes inbox claims older than INBOX_RETENTION_HOURS in the background
+  (shared.inbox.prune: batched, safe with replicas).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,8 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from . import db
+from . import db, inbox
+from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
 from .http import json_response, metrics_route
@@ -110,19 +114,45 @@ def _broker_security(settings: ServiceSettings) -> Any:
 
 async def _connect_pool(settings: ServiceSettings, name: str) -> asyncpg.Pool:
     """The pool, waiting for the database for up to a minute (it may start after us)."""
-    delay = 0.5
     for attempt in range(1, 1000):
         try:
             return await db.create_pool(
-                settings.database_url, settings.schema, application_name=name, max_size=settings.database_pool_size
+                settings.database_url,
+                settings.schema,
+                application_name=name,
+                max_size=settings.database_pool_size,
+                statement_timeout_ms=settings.database_statement_timeout_ms,
+                lock_timeout_ms=settings.database_lock_timeout_ms,
             )
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError) as exc:
             if attempt >= 20:
                 raise
             log.warning("database not reachable yet", error=type(exc).__name__, attempt=attempt)
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
+            await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=5.0))
     raise RuntimeError("unreachable")
+
+
+async def prune_inbox(service: Service) -> None:
+    """Background task (every service, every replica): delete inbox claims older than
+    INBOX_RETENTION_HOURS, once shortly after startup and then every
+    INBOX_PRUNE_INTERVAL_SECONDS (jittered, so replicas do not all prune at once)."""
+    settings = service.settings
+    assert service.pool is not None
+    await asyncio.sleep(random.uniform(5.0, 30.0))  # let startup traffic settle first
+    while not service.stopping:
+        started = asyncio.get_running_loop().time()
+        pruned = await inbox.prune(
+            service.pool, retention_hours=settings.inbox_retention_hours, batch_size=settings.inbox_prune_batch_size
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+        if pruned:
+            log.info(
+                "inbox pruned", rows=pruned, retention_hours=settings.inbox_retention_hours, seconds=round(elapsed, 2)
+            )
+        else:
+            log.debug("inbox pruned", rows=0, retention_hours=settings.inbox_retention_hours)
+        interval = settings.inbox_prune_interval_seconds
+        await asyncio.sleep(random.uniform(0.75 * interval, 1.25 * interval))
 
 
 def build_app(definition: ServiceDefinition) -> AsgiFastStream:
@@ -209,7 +239,7 @@ def build_app(definition: ServiceDefinition) -> AsgiFastStream:
     async def after_startup() -> None:
         assert service.relay is not None
         service.relay.start()
-        for task in definition.background:
+        for task in (*definition.background, prune_inbox):
             service.tasks.append(asyncio.create_task(_supervised(task, service), name=task.__name__))
         service.started = True
         log.info("service started", topics=topics)
@@ -306,7 +336,7 @@ async def _supervised(task: BackgroundTask, service: Service) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("background task failed; restarting", task=task.__name__, error=type(exc).__name__, detail=str(exc)[:300])
+            log.error("background task failed; restarting", task=task.__name__, error=type(exc).__name__, detail=mask_text(str(exc))[:300])
             await asyncio.sleep(2.0)
 
 

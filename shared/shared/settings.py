@@ -8,14 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+DEVELOPMENT = "development"
+
+
+def is_development(environment: str | None) -> bool:
+    """ENVIRONMENT names development (any case); anything else, unset included, is production."""
+    return (environment or "").strip().lower() == DEVELOPMENT
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     service_name: str
+    # Where the service runs. Anything but `development` is treated as production: a setting
+    # whose safe default differs (billing's PAYMENT_GATEWAY) must then be given explicitly.
+    # `make run`, docker-compose and the test harnesses set `development`.
+    environment: str = "production"
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -24,6 +36,19 @@ class ServiceSettings(BaseSettings):
     database_url: str = "postgresql://localhost:5432/cancellations"
     database_schema: str | None = None  # default: the service name with '-' as '_'
     database_pool_size: int = 10
+    # Set on every pooled connection (0 = no limit): a statement running longer is cancelled
+    # (QueryCanceledError), a lock waited on longer is given up (LockNotAvailableError); the
+    # consumer retries both as transient. Migrations run without either limit.
+    database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    database_lock_timeout_ms: int = Field(default=10_000, ge=0)
+    # Inbox rows (the ids of the events already handled) older than this are deleted, in
+    # batches, by every replica every INBOX_PRUNE_INTERVAL_SECONDS. An event redelivered after
+    # its row is gone would be handled twice: keep this far longer than any redelivery window
+    # (the retention of the consumed topics and of the consumer group's offsets; Kafka's
+    # defaults are 7 days each).
+    inbox_retention_hours: float = Field(default=336.0, gt=0)
+    inbox_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    inbox_prune_batch_size: int = Field(default=10_000, gt=0)
     topic_partitions: int = 6
     http_host: str = "0.0.0.0"
     http_port: int = 8000
@@ -41,6 +66,10 @@ class ServiceSettings(BaseSettings):
     @property
     def schema(self) -> str:
         return self.database_schema or self.service_name.replace("-", "_")
+
+    @property
+    def is_development(self) -> bool:
+        return is_development(self.environment)
 
     def kafka_client_args(self) -> dict[str, Any]:
         """Connection arguments for aiokafka clients (admin, plain producers)."""

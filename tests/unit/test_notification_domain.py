@@ -581,7 +581,17 @@ def test_template_context_refuses_a_fact_no_template_knows() -> None:
     [(1, 30.0), (2, 60.0), (3, 120.0), (4, 240.0), (8, 3600.0), (20, 3600.0)],
 )
 def test_retry_delay_doubles_up_to_a_cap(attempts: int, expected: float) -> None:
-    assert domain.retry_delay(attempts, base_seconds=30, max_seconds=3600) == expected
+    """The nominal delay (the jitter's upper end) doubles; with jitter, between half and all of it."""
+    assert domain.retry_delay(attempts, base_seconds=30, max_seconds=3600, rng=lambda: 1.0) == expected
+    assert domain.retry_delay(attempts, base_seconds=30, max_seconds=3600, rng=lambda: 0.0) == expected / 2
+    for _ in range(200):
+        assert expected / 2 <= domain.retry_delay(attempts, base_seconds=30, max_seconds=3600) <= expected
+
+
+def test_retry_delays_are_spread() -> None:
+    """Messages that failed together are not retried in the same second."""
+    delays = {round(domain.retry_delay(3, base_seconds=30, max_seconds=3600), 1) for _ in range(50)}
+    assert len(delays) > 10
 
 
 @pytest.mark.parametrize(

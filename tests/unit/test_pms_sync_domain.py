@@ -122,7 +122,8 @@ def test_an_occurrence_of_a_series_goes_with_its_own_sync_id_timely_and_without_
     [
         (FEE, FEE),
         (None, None),  # waived, or a timely cancellation
-        (Fee(amount=Decimal("0.00"), currency="AUD", code="D9987", code_system="CDT"), None),  # billing raises no charge
+        # billing raises no charge (a zero fee: the contract refuses one, the domain still guards)
+        (Fee.model_construct(amount=Decimal("0.00"), currency="AUD", code="D9987", code_system="CDT"), None),
     ],
 )
 def test_the_command_carries_the_fee_only_when_billing_raises_one(fee: Fee | None, sent: Fee | None) -> None:
@@ -262,7 +263,17 @@ def test_the_first_ack_settles_a_sync(status: str, ack: str, expected: str) -> N
     [(1, 60.0), (2, 120.0), (3, 240.0), (4, 480.0), (5, 960.0), (7, 3600.0), (30, 3600.0)],
 )
 def test_each_send_waits_twice_as_long_for_its_ack(attempt: int, expected: float) -> None:
-    assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600) == expected
+    """The nominal wait (the jitter's upper end) doubles; with jitter, between half and all of it."""
+    assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 1.0) == expected
+    assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 0.0) == expected / 2
+    for _ in range(200):
+        assert expected / 2 <= domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600) <= expected
+
+
+def test_ack_waits_are_spread() -> None:
+    """Syncs sent together while a connector was down are not resent in the same second."""
+    waits = {round(domain.ack_wait_seconds(2, timeout_seconds=60, max_backoff_seconds=3600), 1) for _ in range(50)}
+    assert len(waits) > 10
 
 
 @pytest.mark.parametrize(
@@ -277,10 +288,11 @@ def test_retry_schedule_of_one_sync() -> None:
     """The whole life of an unacknowledged sync with the defaults: 5 sends, then give up."""
     waits, attempts = [], 1
     while True:
-        waits.append(domain.ack_wait_seconds(attempts, timeout_seconds=60, max_backoff_seconds=3600))
+        waits.append(domain.ack_wait_seconds(attempts, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 1.0))
         if domain.on_timeout(attempts, 5) == "give_up":
             break
         attempts += 1
+    # The nominal schedule; with jitter each wait is between half and all of it (930–1860 s in all).
     assert (attempts, waits, sum(waits)) == (5, [60, 120, 240, 480, 960], 1860)
     assert domain.no_ack_error(attempts) == "no acknowledgement after 5 attempts"
     assert domain.no_ack_error(1) == "no acknowledgement after 1 attempt"

@@ -249,8 +249,19 @@ def _from_intent(intent: dict[str, Any], amount_minor: int, currency: str) -> Pa
 GATEWAYS = ("sandbox", "stripe")
 
 
-def require_supported(choice: str, *, stripe_api_key: str | None = None) -> None:
-    """Refuse a configuration that cannot work, with a sentence an operator can act on."""
+def require_supported(choice: str | None, *, stripe_api_key: str | None = None) -> None:
+    """Refuse a configuration that cannot work, with a sentence an operator can act on.
+
+    `choice` None is PAYMENT_GATEWAY left unset, which only development may do (BillingSettings
+    then chooses the sandbox): anywhere else the gateway must be chosen explicitly.
+    """
+    if choice is None:
+        raise ConfigurationError(
+            "PAYMENT_GATEWAY is not set, and ENVIRONMENT is not 'development' (unset is production): "
+            "outside development the payment gateway must be chosen explicitly. Set PAYMENT_GATEWAY=stripe "
+            "(with STRIPE_API_KEY) to take real payments, PAYMENT_GATEWAY=sandbox to take none, or "
+            "ENVIRONMENT=development to default to the sandbox."
+        )
     if choice not in GATEWAYS:
         raise ConfigurationError(f"PAYMENT_GATEWAY={choice!r} is not a known gateway; use 'sandbox' or 'stripe'.")
     if choice == "stripe" and not stripe_api_key:
@@ -261,7 +272,7 @@ def require_supported(choice: str, *, stripe_api_key: str | None = None) -> None
 
 
 def make_gateway(
-    choice: str,
+    choice: str | None,
     *,
     sandbox_declines: Mapping[str, str] | None = None,
     stripe_api_key: str | None = None,

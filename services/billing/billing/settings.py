@@ -1,6 +1,8 @@
-from pydantic import Field, SecretStr
+from typing import Any
 
-from shared.settings import ServiceSettings
+from pydantic import Field, SecretStr, model_validator
+
+from shared.settings import ServiceSettings, is_development
 
 from .gateway import DEFAULT_SANDBOX_DECLINES
 
@@ -9,8 +11,10 @@ class BillingSettings(ServiceSettings):
     service_name: str = "billing"
     http_port: int = 8004
     # sandbox | stripe (Stripe needs STRIPE_API_KEY; STRIPE_API_BASE points it elsewhere, e.g. a
-    # local Stripe-speaking server in tests; unset: Stripe's own https://api.stripe.com)
-    payment_gateway: str = "sandbox"
+    # local Stripe-speaking server in tests; unset: Stripe's own https://api.stripe.com).
+    # Unset: `sandbox` when ENVIRONMENT=development; otherwise billing refuses to start (a
+    # production deployment must never take payments in the sandbox by omission).
+    payment_gateway: str | None = None
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     # SANDBOX_DECLINES='{"-decline": "card_declined"}': customer-reference suffix -> decline reason.
@@ -21,3 +25,10 @@ class BillingSettings(ServiceSettings):
     capture_batch_size: int = 20
     capture_lease_seconds: float = 60.0
     gateway_timeout_seconds: float = 20.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sandbox_by_default_in_development(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("payment_gateway") is None and is_development(data.get("environment")):
+            return {**data, "payment_gateway": "sandbox"}
+        return data

@@ -35,6 +35,8 @@ import asyncpg
 import httpx
 
 from shared import outbox
+from shared.backoff import backoff_delay
+from shared.consumer import is_transient
 from shared.contracts.notification import NotificationFailed, NotificationSent
 from shared.logging import get_logger
 from shared.topics import NOTIFICATION_EVENTS
@@ -218,16 +220,17 @@ async def _record_outcome(service: Service, row: asyncpg.Record, step: str, reas
     """Mark the row and write its event in one transaction; keep trying while the database is down,
     because until this commits the message counts as unsent and would be sent again."""
     settings: NotificationSettings = service.deps.settings
-    delay = 0.5
     for attempt in range(1, 8):
         try:
             await _commit_outcome(service, row, step, reason, settings)
             service.wake_relay()
             return
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            # Database down, a lock or statement timeout, a serialization failure: try again.
+            if not is_transient(exc):
+                raise
             log.warning("could not record a delivery outcome; retrying", error=type(exc).__name__, attempt=attempt)
-            await asyncio.sleep(delay)
-            delay = min(10.0, delay * 2)
+            await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=10.0))
     log.error(
         "delivery outcome not recorded; the message will be sent again when its lease ends",
         notification_id=str(row["notification_id"]),

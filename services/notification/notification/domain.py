@@ -18,7 +18,9 @@ Pure: plain values in, plain values out, no I/O. Guarantees:
 
 from __future__ import annotations
 
+import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -26,6 +28,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from shared.backoff import backoff_delay
 from shared.redaction import mask_text
 
 SUPPORTED_LOCALES = ("en", "de")
@@ -456,9 +459,14 @@ def template_context(
 # --- sending, failing, retrying -----------------------------------------------------------------
 
 
-def retry_delay(attempts: int, *, base_seconds: float, max_seconds: float) -> float:
-    """Seconds to wait after the `attempts`-th failed try: base, 2×base, 4×base, … capped."""
-    return min(max_seconds, base_seconds * 2 ** max(0, attempts - 1))
+def retry_delay(
+    attempts: int, *, base_seconds: float, max_seconds: float, rng: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after the `attempts`-th failed try: base, 2×base, 4×base, … capped, with
+    equal jitter (between half and all of that; shared.backoff), so the messages that failed
+    together in a provider's outage are not all retried in the same second. `rng` (a float
+    in [0, 1)) makes it deterministic in tests."""
+    return backoff_delay(attempts, base=base_seconds, cap=max_seconds, rng=rng)
 
 
 def after_failure(attempts: int, *, max_attempts: int, permanent: bool) -> Literal["retry", "failed"]:

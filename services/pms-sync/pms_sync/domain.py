@@ -16,9 +16,12 @@ Guarantees (RULES.md "PMS synchronisation"):
 
 from __future__ import annotations
 
+import random
 import uuid
+from collections.abc import Callable
 from typing import Literal
 
+from shared.backoff import backoff_delay
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Fee
 from shared.contracts.pms_sync import PmsCancelBooking, PmsManualUpdateRequired, PmsRecordNoShow
@@ -165,9 +168,15 @@ def manual_update(
     )
 
 
-def ack_wait_seconds(attempt: int, *, timeout_seconds: float, max_backoff_seconds: float) -> float:
-    """How long the `attempt`-th send waits for its ack: timeout, 2×, 4×, … capped."""
-    return min(max_backoff_seconds, timeout_seconds * 2 ** max(0, attempt - 1))
+def ack_wait_seconds(
+    attempt: int, *, timeout_seconds: float, max_backoff_seconds: float, rng: Callable[[], float] = random.random
+) -> float:
+    """How long the `attempt`-th send waits for its ack: timeout, 2×, 4×, … capped, with equal
+    jitter (between half and all of that; shared.backoff), so the syncs sent together while a
+    connector was down are not all resent in the same second. A resend sooner than the
+    connector's ack is harmless: it carries the same `sync_id`. `rng` (a float in [0, 1))
+    makes it deterministic in tests."""
+    return backoff_delay(attempt, base=timeout_seconds, cap=max_backoff_seconds, rng=rng)
 
 
 def on_timeout(attempts: int, max_attempts: int) -> Literal["resend", "give_up"]:
