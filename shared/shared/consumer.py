@@ -21,7 +21,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +32,13 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from . import inbox, outbox
+from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.deadletter import MessageDeadLettered
 from .contracts.envelope import ContractViolation, Event, parse_envelope
 from .contracts.registry import models_for
 from .logging import get_logger
+from .redaction import mask_text
 from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
 from .topics import dead_letter_topic
 
@@ -50,8 +51,17 @@ class Record(Protocol):
     topic: str
     partition: int
     offset: int
+    timestamp: int  # milliseconds since the epoch: the producer's CreateTime, kept on a replay
     key: bytes | None
     value: bytes | None
+
+
+def record_time(record: Record) -> datetime | None:
+    """When the broker says the record was produced; None when it carries no usable time."""
+    try:
+        return datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 else None
+    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -66,6 +76,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout (DATABASE_STATEMENT_TIMEOUT_MS)
     asyncpg.exceptions.InsufficientResourcesError,
 )
 
@@ -86,6 +97,8 @@ class Unit:
     event: Event
     service: str
     deps: Any
+    # The Kafka record's own timestamp: what a request's claimed time is checked against.
+    record_time: datetime | None = None
     emitted: list[outbox.OutgoingEvent] = field(default_factory=list)
 
     def emit(self, topic: str, payload: Payload, *, subject: str, time: datetime | None = None) -> str:
@@ -177,11 +190,11 @@ class MessageProcessor:
                 # of the recipe itself, which an operator must see and which must not lose data.
                 attempt += 1
                 TRANSIENT_RETRIES.labels(self.service).inc()
-                delay = min(self._max_backoff, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+                delay = backoff_delay(attempt, base=0.2, cap=self._max_backoff)
                 (log.warning if is_transient(exc) else log.error)(
                     "batch rolled back; retrying" if is_transient(exc) else "batch cannot be processed; retrying",
                     error=type(exc).__name__,
-                    detail=str(exc)[:200],
+                    detail=mask_text(str(exc))[:200],
                     attempt=attempt,
                     delay=round(delay, 2),
                     records=len(records),
@@ -203,6 +216,8 @@ class MessageProcessor:
             return parse_envelope(record.value, registry)
         except ContractViolation as violation:
             return violation
+        except Exception as exc:  # noqa: BLE001 - parse_envelope should not, but a record can never wedge us
+            return ContractViolation(f"cannot be read ({type(exc).__name__})")
 
     async def _handle_in_transaction(
         self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
@@ -240,7 +255,9 @@ class MessageProcessor:
                 structlog.contextvars.bind_contextvars(
                     correlation_id=result.correlation_id, event_id=result.id, event_type=result.type
                 )
-                unit = Unit(conn=conn, event=result, service=self.service, deps=self.deps)
+                unit = Unit(
+                    conn=conn, event=result, service=self.service, deps=self.deps, record_time=record_time(record)
+                )
                 try:
                     await handler(unit, result.payload)
                 except Exception as exc:
@@ -281,17 +298,22 @@ class MessageProcessor:
                 if not await inbox.claim(conn, self.service, event.id):
                     outcome.add(record.topic, "duplicate")
                     return
-                unit = Unit(conn=conn, event=event, service=self.service, deps=self.deps)
+                unit = Unit(
+                    conn=conn, event=event, service=self.service, deps=self.deps, record_time=record_time(record)
+                )
                 await handler(unit, event.payload)
                 await outbox.write(conn, unit.emitted)
             outcome.add(record.topic, "processed")
         except Exception as exc:
             if is_transient(exc):
                 raise
-            # It will fail the same way every time: record why, in place of its effect, once.
-            log.error("handler failed; dead-lettering", error=type(exc).__name__, detail=str(exc)[:300])
+            # It will fail the same way every time: record why, in place of its effect, once. The
+            # log names only the error's type (its text may quote personal data); the dead letter,
+            # readable by ops only, has the whole reason.
+            log.error("handler failed; dead-lettering", error=type(exc).__name__)
             await self._dead_letter(
-                conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id
+                conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id,
+                log_reason=f"handler failed: {type(exc).__name__}",
             )
             outcome.add(record.topic, "dead_lettered")
         finally:
@@ -302,18 +324,22 @@ class MessageProcessor:
         answer = self._answer_invalid.get(envelope.type) if envelope is not None else None
         if envelope is None or answer is None:
             return
-        await outbox.write(
-            conn,
-            [
+        try:
+            events = [
                 outbox.outgoing(
                     topic, payload, subject=subject, source=f"service/{self.service}",
                     correlation_id=envelope.correlationid or envelope.id,
                 )
                 for topic, payload, subject in answer(envelope.data, str(violation))
-            ],
-        )
+            ]
+        except Exception as exc:  # noqa: BLE001 - hostile data may defeat the answer; the dead letter stands
+            log.warning("no answer to an invalid request", event_type=envelope.type, error=type(exc).__name__)
+            return
+        await outbox.write(conn, events)
 
-    async def _dead_letter(self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str) -> bool:
+    async def _dead_letter(
+        self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str, log_reason: str | None = None
+    ) -> bool:
         if not await inbox.claim(conn, self.service, claim_id):
             return False  # this very record was dead-lettered before
         await outbox.write(conn, [dead_letter(self.service, record, error)])
@@ -322,7 +348,7 @@ class MessageProcessor:
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            reason=error[:300],
+            reason=(log_reason or error)[:300],
         )
         return True
 

@@ -18,3 +18,6 @@ TRANSIENT_RETRIES = Counter(
 )
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox rows published to Kafka", ["service"])
 OUTBOX_UNPUBLISHED = Gauge("outbox_unpublished", "Outbox rows waiting after the last empty poll", ["service"])
+OUTBOX_PARKED = Counter(
+    "outbox_parked_total", "Outbox rows the broker refused for good, set aside with their reason", ["service"]
+)

@@ -10,6 +10,11 @@ Guarantees:
 - One relay per service holds the lead (a session advisory lock on its own connection), so
   per-key order holds with any number of replicas. Rows are read by "unpublished, by seq",
   never by "greater than the last seq seen", because sequences commit out of order.
+- Nothing written here can be too large for the broker: an event over `MAX_EVENT_BYTES` is
+  refused when it is built (`EventTooLarge`, a permanent error: the message that caused it is
+  dead-lettered). A row the broker still refuses for good (too large, invalid topic) is parked
+  (`parked_at`, `park_reason`, the `outbox_parked_total` metric and an error log line) and the
+  rows behind it flow; a parked row is never published by itself again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -25,22 +29,44 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiokafka import errors as kafka_errors
 
+from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.envelope import new_envelope
 from .logging import get_logger
-from .metrics import OUTBOX_PUBLISHED, OUTBOX_UNPUBLISHED
+from .redaction import mask_text
+from .metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED, OUTBOX_UNPUBLISHED
 
 log = get_logger(__name__)
+
+# Kafka refuses a record over about 1 MB (the broker's message.max.bytes and the producer's
+# max.request.size): key and value together stay well below it.
+MAX_EVENT_BYTES = 900_000
+MAX_KEY_CHARS = 1024
+
+# The broker's answers that no retry changes.
+PERMANENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.CorruptRecordException,
+)
+
+
+class EventTooLarge(ValueError):
+    """An event the broker could never take: the message that caused it is dead-lettered."""
 
 
 @dataclass(frozen=True)
 class OutgoingEvent:
-    """One event to publish: its topic, its key (the aggregate id) and its full envelope."""
+    """One event to publish: its topic, its key (the aggregate id), its envelope and its JSON."""
 
     topic: str
     key: str
     envelope: dict[str, Any]
+    body: str
 
     @property
     def id(self) -> str:
@@ -65,15 +91,18 @@ def outgoing(
         time=time,
         event_id=event_id,
     )
-    return OutgoingEvent(topic=topic, key=subject, envelope=envelope)
+    body = json.dumps(envelope)
+    if len(subject) > MAX_KEY_CHARS or len(body) + len(subject) > MAX_EVENT_BYTES:
+        raise EventTooLarge(
+            f"{envelope['type']} for {subject[:100]!r} would be {len(body)} bytes with a key of {len(subject)}"
+            f" characters: at most {MAX_EVENT_BYTES} bytes and a key of {MAX_KEY_CHARS} characters fit the broker"
+        )
+    return OutgoingEvent(topic=topic, key=subject, envelope=envelope, body=body)
 
 
 async def write(conn: asyncpg.Connection, events: Iterable[OutgoingEvent]) -> int:
     """Insert events into the outbox inside the caller's transaction."""
-    rows = [
-        (uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], json.dumps(e.envelope))
-        for e in events
-    ]
+    rows = [(uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], e.body) for e in events]
     if rows:
         await conn.executemany(
             "INSERT INTO outbox (id, topic, key, type, payload) VALUES ($1, $2, $3, $4, $5::jsonb)",
@@ -154,8 +183,8 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # database or broker down: back off, never skip a row
                 failures += 1
-                delay = min(10.0, 0.2 * 2**failures) * (0.5 + random.random() / 2)
-                log.warning("outbox relay retrying", error=type(exc).__name__, detail=str(exc)[:200], delay=round(delay, 2))
+                delay = backoff_delay(failures, base=0.4, cap=10.0)
+                log.warning("outbox relay retrying", error=type(exc).__name__, detail=mask_text(str(exc))[:200], delay=round(delay, 2))
                 if self._on_publish_failure is not None:
                     try:
                         await self._on_publish_failure(exc)
@@ -173,41 +202,79 @@ class OutboxRelay:
             if self._stopping:
                 return
             if loop.time() - cleaned_at > 300:
-                await conn.execute(
-                    "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)",
-                    self._retention_hours,
-                )
-                cleaned_at = loop.time()
+                cleaned_at = loop.time()  # once per period, even when it fails
+                await self._clean(conn)
             await self._sleep(self._poll_interval)
+
+    async def _clean(self, conn: asyncpg.Connection, batch: int = 10_000) -> None:
+        """Delete published rows past retention, a batch at a time (each well within statement_timeout)."""
+        while True:
+            deleted = await conn.fetchval(
+                "WITH gone AS (DELETE FROM outbox WHERE seq = ANY(ARRAY("
+                " SELECT seq FROM outbox WHERE published_at < now() - make_interval(hours => $1) LIMIT $2"
+                ")) RETURNING 1) SELECT count(*) FROM gone",
+                self._retention_hours, batch,
+            )
+            if deleted < batch or self._stopping:
+                return
 
     async def publish_once(self, conn: asyncpg.Connection) -> int:
         """Publish one batch of unpublished rows in seq order; returns how many."""
         rows = await conn.fetch(
-            "SELECT seq, topic, key, payload::text AS payload FROM outbox"
-            " WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+            "SELECT seq, topic, key, type, payload::text AS payload FROM outbox"
+            " WHERE published_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1",
             self._batch_size,
         )
         if not rows:
             OUTBOX_UNPUBLISHED.labels(self._service).set(0)
             return 0
-        futures = [
-            await self._publish(
-                row["topic"],
-                (row["key"] or "").encode(),
-                row["payload"].encode(),
-                {"content-type": "application/cloudevents+json"},
-            )
-            for row in rows
-        ]
-        # Every row of the batch is acknowledged before any is marked: a failure republishes
-        # the whole batch, which consumers de-duplicate.
-        await asyncio.gather(*futures)
+        sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+        refused: list[tuple[asyncpg.Record, BaseException]] = []
+        for row in rows:
+            try:
+                future = await self._publish(
+                    row["topic"],
+                    (row["key"] or "").encode(),
+                    row["payload"].encode(),
+                    {"content-type": "application/cloudevents+json"},
+                )
+            except PERMANENT_PUBLISH_ERRORS as exc:  # refused before it left (e.g. over the size limit)
+                refused.append((row, exc))
+            else:
+                sent.append((row, future))
+        outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        transient: BaseException | None = None
+        for (row, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, PERMANENT_PUBLISH_ERRORS):
+                refused.append((row, outcome))
+            elif isinstance(outcome, BaseException) and transient is None:
+                transient = outcome
+        if refused:
+            await self._park(conn, refused)
+        if transient is not None:
+            # Nothing of this batch is marked published: it goes again whole (consumers
+            # de-duplicate), so a key's events never overtake one another.
+            raise transient
         await conn.execute(
             "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
-            [row["seq"] for row in rows],
+            [row["seq"] for row, _ in sent],
         )
-        OUTBOX_PUBLISHED.labels(self._service).inc(len(rows))
+        OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
         return len(rows)
+
+    async def _park(self, conn: asyncpg.Connection, refused: list[tuple[asyncpg.Record, BaseException]]) -> None:
+        """Set aside rows the broker refuses for good, with the reason, so the rows behind them flow."""
+        await conn.executemany(
+            "UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE seq = $1",
+            [(row["seq"], f"{type(exc).__name__}: {exc}"[:1000]) for row, exc in refused],
+        )
+        OUTBOX_PARKED.labels(self._service).inc(len(refused))
+        for row, exc in refused:
+            log.error(
+                "outbox row parked: the broker refuses it for good",
+                seq=row["seq"], topic=row["topic"], event_type=row["type"], size=len(row["payload"]),
+                error=type(exc).__name__,
+            )
 
     async def _sleep(self, seconds: float) -> None:
         try:
