@@ -9,6 +9,7 @@ UPSTREAM_PROFESSIONALS = "upstream.professionals.v1"
 BOOKING_EVENTS = "booking.events.v1"
 POLICY_REQUESTS = "policy.requests.v1"  # internal: booking -> cancellation-policy
 POLICY_DECISIONS = "policy.decisions.v1"
+PRACTICE_EVENTS = "practice.events.v1"  # cancellation-policy's answers to practice.configured
 SCORING_EVENTS = "scoring.events.v1"
 BILLING_COMMANDS = "billing.commands.v1"
 BILLING_EVENTS = "billing.events.v1"
@@ -44,6 +45,7 @@ ALL_TOPICS = (
     BOOKING_EVENTS,
     POLICY_REQUESTS,
     POLICY_DECISIONS,
+    PRACTICE_EVENTS,
     SCORING_EVENTS,
     BILLING_COMMANDS,
     BILLING_EVENTS,

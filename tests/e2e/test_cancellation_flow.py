@@ -67,7 +67,7 @@ async def _rows(dsn: str, query: str, *args):
 
 async def test_a_staff_late_cancellation_reaches_every_service_once(system, infra, publisher, mailbox, sms):
     practice_id, booking_id, patient_id = unique("practice"), unique("booking"), unique("patient")
-    email, phone = f"{patient_id}@patients.test", "+61400" + patient_id[-6:].replace("-", "0")
+    email, phone = f"{patient_id}@patients.test", f"+61400{int(patient_id[-6:], 16) % 10**6:06d}"  # E.164
     starts = datetime.now(UTC) + timedelta(hours=6)
 
     async with EventWatcher(infra.bootstrap, WATCHED) as w:

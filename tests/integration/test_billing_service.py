@@ -280,8 +280,9 @@ async def test_contract_breaking_payloads_are_dead_lettered(
     practice, float_fee, yen_cents, after = unique("practice"), unique("bk"), unique("bk"), unique("bk")
     broken = cancelled(float_fee, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987")))
     broken["decision"]["fee"]["amount"] = 45.0  # money is a decimal string, never a float
-    # valid JSON for the contract, but not money: JPY has no decimals. Never rounded: refused.
-    inexact = cancelled(yen_cents, practice, unique("pat"), decision("late", fee=("4500.50", "JPY", "D9987")))
+    # valid JSON, but not money: JPY has no decimals. Never rounded: refused by the contract's bounds.
+    inexact = cancelled(yen_cents, practice, unique("pat"), decision("late", fee=("4500", "JPY", "D9987")))
+    inexact["decision"]["fee"]["amount"] = "4500.50"
     async with EventWatcher(infra.bootstrap, [DLQ, BILLING_EVENTS]) as w:
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", float_fee, broken)
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", yen_cents, inexact)
@@ -294,7 +295,7 @@ async def test_contract_breaking_payloads_are_dead_lettered(
         assert not w.matching(lambda s: s.topic == BILLING_EVENTS and s.key in (float_fee, yen_cents))
     assert "never floats" in letter.data["error"] and letter.data["service"] == "billing"
     assert json.loads(letter.data["original_value_text"])["data"]["decision"]["fee"]["amount"] == 45.0
-    assert "InvalidAmount" in refused.data["error"] and "JPY" in refused.data["error"]
+    assert "more decimal places than JPY has" in refused.data["error"]
     assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
         {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
     ]
@@ -511,6 +512,34 @@ async def test_an_adjustment_delivered_twice_or_replayed_is_answered_once(
     assert [a["action"] for a in record["audit"]] == ["charge_created", "charge_adjusted", "charge_adjusted"]
     assert [r["request_id"] for r in record["adjustments"]] == [command["request_id"], second["request_id"]]
     assert record["charges"][0]["amount"] == "35.00"
+
+
+async def test_an_out_of_bounds_adjustment_is_rejected_as_invalid_request(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    """Outside the contract's bounds (an exponent of a million, zero, 21 roles): dead-lettered and
+    answered invalid_request, keyed by the charge. Within them but more than the charge's currency
+    may be: answered by the handler, keyed by the booking. The charge stays as it was."""
+    practice = unique("practice")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS, DLQ]) as w:
+        [(booking, charge)] = await _raise_charges(w, publisher, practice, 1)
+        unreadable = [
+            adjustment(charge, ["owner"], amount="1E+1000000"),
+            adjustment(charge, ["owner"], amount="0"),
+            adjustment(charge, ["owner"] * 21, amount="30.00"),
+        ]
+        too_much = adjustment(charge, ["owner"], amount="100000.01")  # AUD: at most 100000.00
+        for command in [*unreadable, too_much]:
+            await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command)
+        answers = [(await w.wait_for(answer_to(c)))[0] for c in [*unreadable, too_much]]
+        letters = await w.wait_for(lambda s: s.topic == DLQ and s.key == charge, count=len(unreadable))
+    for command, answer in zip([*unreadable, too_much], answers, strict=True):
+        assert answer.type == "charge.adjustment_rejected"
+        assert answer.data == {"charge_id": charge, "request_id": command["request_id"], "reason": "invalid_request"}
+    assert [a.key for a in answers] == [charge, charge, charge, booking]
+    assert len(letters) == len(unreadable) and "1E+1000000" not in letters[0].data["error"]
+    [row] = billing.get_json(f"/booking-billing?booking_id={booking}")["charges"]
+    assert (row["amount"], row["status"]) == ("45.00", "outstanding")
 
 
 # --- the capture task's crash window, in-process against a throwaway copy of the schema -------

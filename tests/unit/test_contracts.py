@@ -267,6 +267,13 @@ def examples() -> dict[type[Payload], Payload]:
             fee_decision="policy",
         ),
         policy.CancellationAssessed.new(booking_id=booking_id, request_id=request_id, **late_decision().model_dump()),
+        policy.PracticeConfigurationAccepted.new(practice_id=practice_id, policy_version="r1.s2"),
+        policy.PracticeConfigurationRejected.new(
+            practice_id=practice_id,
+            reason="invalid_settings",
+            message="The practice settings were not applied: cancellation.late_window_hours is 100000: input should"
+            " be less than or equal to 720. Send the settings again with this corrected; the previous settings stay in force.",
+        ),
         scoring.ScoreChanged.new(professional_id=professional_id, booking_id=booking_id, delta=-5, score=85, cause="late_cancelled"),
         scoring.HoldPlaced.new(
             hold_id=hold_id,
@@ -677,10 +684,19 @@ def test_every_documented_event_type_has_a_model_on_its_topic() -> None:
             assert not missing, f"{topic} has no model for {sorted(missing)}"
 
 
-def test_only_internal_event_types_are_missing_from_the_document() -> None:
+# Events of the contract's second release that have a model (contract_doc reads the first release's lists).
+SECOND_RELEASE_TYPES = {"practice.configuration_accepted", "practice.configuration_rejected"}
+
+
+def test_only_internal_and_second_release_event_types_are_missing_from_the_first_release_lists() -> None:
     documented = set().union(*documented_types_by_topic().values())
-    assert ALL_EVENT_TYPES - documented == {"cancellation.assessment_requested", "message.dead_lettered"}
-    assert len(ALL_EVENT_TYPES) == 40
+    internal = {"cancellation.assessment_requested", "message.dead_lettered"}
+    assert ALL_EVENT_TYPES - documented == internal | SECOND_RELEASE_TYPES
+    assert len(ALL_EVENT_TYPES) == 42
+    text = CONTRACT_DOC.read_text(encoding="utf-8")
+    assert all(f"`{event_type}`" in text for event_type in SECOND_RELEASE_TYPES)
+    assert "`practice.events.v1`" in text and topics.PRACTICE_EVENTS == "practice.events.v1"
+    assert set(models_for(topics.PRACTICE_EVENTS)) == SECOND_RELEASE_TYPES
 
 
 def test_nul_characters_are_a_contract_violation_and_dead_letters_stay_storable() -> None:

@@ -5,7 +5,9 @@ Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded) and
 `billing.commands.v1` (charge.adjustment_requested); publishes `billing.events.v1`
 (charge.created, payment.captured, payment.failed, deposit.refunded, deposit.kept,
 credit_note.issued, charge.adjusted, charge.adjustment_rejected), keyed by booking_id. The capture
-task (capture.py) charges cards outside the consumer's transactions.
+task (capture.py) charges cards outside the consumer's transactions. An adjustment command that
+breaks the contract's bounds is dead-lettered and, when it names a valid charge and request id,
+answered with `charge.adjustment_rejected` (`invalid_request`), keyed by the charge id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.contracts.base import Payload
 from shared.contracts.billing import (
     ChargeAdjusted,
     ChargeAdjustmentRejected,
@@ -25,6 +28,7 @@ from shared.contracts.billing import (
     PaymentCaptured,
     PaymentFailed,
 )
+from shared.contracts.common import valid_id
 from shared.http import json_route, page_args, required
 from shared.service import Service, ServiceDefinition
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
@@ -59,6 +63,17 @@ def _terms(text: str | None) -> dict[str, Any] | None:
     terms = json.loads(text)
     minor = terms.pop("amount_minor")
     return {"amount": str(domain.from_minor(minor, terms["currency"])), **terms}
+
+
+def reject_unreadable_adjustment(data: dict[str, Any], error: str) -> list[tuple[str, Payload, str]]:
+    """`charge.adjustment_rejected` (invalid_request) for an adjustment command that breaks the
+    contract, besides its dead letter; keyed by the charge id, as for a charge billing does not
+    know. No valid charge and request id to answer to: the dead letter only."""
+    charge_id, request_id = valid_id(data.get("charge_id")), valid_id(data.get("request_id"))
+    if charge_id is None or request_id is None:
+        return []
+    rejection = ChargeAdjustmentRejected.new(charge_id=charge_id, request_id=request_id, reason="invalid_request")
+    return [(BILLING_EVENTS, rejection, charge_id)]
 
 
 def _routes(service: Service) -> list[tuple[str, Any]]:
@@ -188,4 +203,5 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
         close_deps=close_deps,
         background=[capture.capture_payments],
         http_routes=_routes,
+        answer_invalid={"charge.adjustment_requested": reject_unreadable_adjustment},
     )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from shared.consumer import Unit
-from shared.contracts.base import Money
+from shared.contracts.base import Money, money_problem
 from shared.contracts.billing import (
     ChargeAdjusted,
     ChargeAdjustmentRejected,
@@ -229,6 +229,10 @@ async def adjust_charge(unit: Unit, command: ChargeAdjustmentRequested) -> None:
         code=command.code,
         code_system=command.code_system,
     )
+    if decision.after is not None and money_problem(decision.after.amount, decision.after.currency) is not None:
+        # The command's amount is checked against the charge's currency only here (the contract
+        # bounds it by the most any currency allows): more than its currency may be is invalid.
+        decision = domain.AdjustmentDecision(terms, rejection="invalid_request")
     first_answer = await repository.record_adjustment_request(
         unit.conn,
         request_id=command.request_id,

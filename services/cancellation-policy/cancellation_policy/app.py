@@ -1,7 +1,9 @@
 """The cancellation-policy service: practice settings (versioned) and the rule engine.
 
 Consumes `upstream.practices.v1` (practice.configured) and `policy.requests.v1` (from booking);
-publishes `cancellation.assessed` on `policy.decisions.v1`.
+publishes `cancellation.assessed` on `policy.decisions.v1` and its answer to every
+practice.configured (`practice.configuration_accepted` or `practice.configuration_rejected`) on
+`practice.events.v1`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.contracts.policy import CancellationAssessed
+from shared.contracts.policy import (
+    CancellationAssessed,
+    PracticeConfigurationAccepted,
+    PracticeConfigurationRejected,
+)
 from shared.http import json_route, required
 from shared.service import Service, ServiceDefinition
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, UPSTREAM_PRACTICES
+from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES
 
-from . import handlers, repository
+from . import configuration, handlers, repository
 from .settings import PolicySettings
 
 
@@ -54,6 +60,8 @@ def definition(settings: PolicySettings | None = None) -> ServiceDefinition:
         },
         publishes={
             POLICY_DECISIONS: [CancellationAssessed],
+            PRACTICE_EVENTS: [PracticeConfigurationAccepted, PracticeConfigurationRejected],
         },
         http_routes=_routes,
+        answer_invalid={"practice.configured": configuration.reject_invalid_settings},
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from shared.consumer import Unit
 from shared.contracts.booking import CancellationAssessmentRequested
-from shared.contracts.policy import CancellationAssessed
+from shared.contracts.policy import CancellationAssessed, PracticeConfigurationAccepted
 from shared.contracts.upstream import PracticeConfigured, PracticeSettings
-from shared.topics import POLICY_DECISIONS
+from shared.topics import POLICY_DECISIONS, PRACTICE_EVENTS
 
 from . import domain, repository
 
@@ -17,7 +17,9 @@ def policy_version(practice_version: int) -> str:
 
 
 async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
-    await repository.add_settings_version(
+    """Store the settings as the practice's next version and say which policy version they are.
+    (Settings that break the contract never get here: `configuration.reject_invalid_settings`.)"""
+    version = await repository.add_settings_version(
         unit.conn,
         event.practice_id,
         settings=event.settings.to_json_dict(),
@@ -26,6 +28,8 @@ async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
         locale=event.locale,
         configured_at=unit.event.envelope.time,
     )
+    accepted = PracticeConfigurationAccepted.new(practice_id=event.practice_id, policy_version=policy_version(version))
+    unit.emit(PRACTICE_EVENTS, accepted, subject=event.practice_id)
 
 
 async def assess_request(unit: Unit, event: CancellationAssessmentRequested) -> None:

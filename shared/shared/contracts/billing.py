@@ -1,7 +1,7 @@
 """What the billing service publishes on `billing.events.v1`.
 
 Guarantees: amounts are flat `amount` (a decimal string, never a float) and `currency` (ISO
-4217) exactly as CONTRACT.md lists them; a charge adjustment is answered by exactly one of
+4217) exactly as CONTRACT.md lists them, checked together as `Money` is (`FlatMoney`); a charge adjustment is answered by exactly one of
 `charge.adjusted` (with the charge before and after) or `charge.adjustment_rejected` (with a
 reason), both carrying the command's `request_id`.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
-
-from .base import Payload
-from .common import Amount, ChargeKind, CodeSystem, Currency, Fee, Id
+from .base import Amount, Currency, FlatMoney, Payload
+from .common import ChargeKind, Code, CodeSystem, ErrorText, Fee, Id, Label
 
 
-class ChargeCreated(Payload):
+class ChargeCreated(Payload, FlatMoney):
     event_type: ClassVar[str] = "charge.created"
 
     charge_id: Id
@@ -25,7 +23,7 @@ class ChargeCreated(Payload):
     kind: ChargeKind
     amount: Amount
     currency: Currency
-    code: str
+    code: Code
     code_system: CodeSystem
 
 
@@ -33,7 +31,7 @@ class ChargeCreated(Payload):
 # `isinstance(event, PaymentCaptured)` can never be true of a failed payment.
 
 
-class _PaymentOutcome(Payload):
+class _PaymentOutcome(Payload, FlatMoney):
     charge_id: Id
     booking_id: Id
     amount: Amount
@@ -47,10 +45,10 @@ class PaymentCaptured(_PaymentOutcome):
 class PaymentFailed(_PaymentOutcome):
     event_type: ClassVar[str] = "payment.failed"
 
-    failure_reason: str | None = None
+    failure_reason: ErrorText | None = None
 
 
-class _DepositOutcome(Payload):
+class _DepositOutcome(Payload, FlatMoney):
     booking_id: Id
     amount: Amount
     currency: Currency
@@ -86,4 +84,4 @@ class ChargeAdjustmentRejected(Payload):
 
     charge_id: Id
     request_id: Id
-    reason: str = Field(min_length=1)
+    reason: Label  # forbidden, invalid_request, not_found, already_paid, capture_in_progress

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from .base import ContractModel, Money, Payload
 from .common import (
     Actor,
     Channel,
     Classification,
+    Code,
     Decision,
     FeeDecision,
     Id,
+    IdList,
+    Message,
     NoShowCode,
+    Note,
     Party,
+    ReasonCode,
     RejectionReason,
     Scope,
     StatusLabel,
@@ -43,18 +48,18 @@ class BookingCancelled(Payload):
     patient_id: Id
     professional_id: Id | None = None
     practitioner_id: Id
-    service_code: str
+    service_code: Code
     starts_at: UtcDatetime
     ends_at: UtcDatetime
     cancelled_at: UtcDatetime
     actor: Actor
     channel: Channel
     status_label: StatusLabel  # "Cancelled online" when a patient cancelled through the portal
-    reason_code: str | None = None
-    reason_text: str | None = None
+    reason_code: ReasonCode | None = None
+    reason_text: Note | None = None
     classification: Classification
     decision: Decision
-    series_booking_ids: list[str] = []  # other occurrences cancelled with this one
+    series_booking_ids: IdList = []  # other occurrences cancelled with this one
     deposit: Money | None = None  # paid ahead: billing refunds or keeps it per decision.deposit_action
 
 
@@ -64,7 +69,7 @@ class BookingCancellationRejected(Payload):
     booking_id: Id
     request_id: Id
     reason: RejectionReason
-    message: str = Field(min_length=1)  # one sentence a person can act on
+    message: Message  # one sentence a person can act on
 
 
 class BookingNoShowRecorded(Payload):
@@ -89,7 +94,7 @@ class BookingNoShowRejected(Payload):
     booking_id: Id
     request_id: Id
     reason: RejectionReason
-    message: str = Field(min_length=1)
+    message: Message
 
 
 class BookingCompleted(Payload):
@@ -110,7 +115,7 @@ class BookingSlotReleased(Payload):
     starts_at: UtcDatetime
     ends_at: UtcDatetime
     practitioner_id: Id
-    service_code: str
+    service_code: Code
 
 
 class BookingSlotOffered(Payload):
@@ -134,7 +139,7 @@ class BookingSnapshot(ContractModel):
     ends_at: UtcDatetime
     status: BookingStatus
     practitioner_id: Id | None = None
-    service_code: str | None = None
+    service_code: Code | None = None
     professional_id: Id | None = None
     series_id: Id | None = None
     patient_portal_account: bool
@@ -148,6 +153,9 @@ class CancellationAssessmentRequested(Payload):
 
     `requested_at` is the request's own time (`requested_at` of a cancellation, `reported_at`
     of a no-show): the policy decides by it, never by the time it processes this message.
+    When the request claimed a time outside the tolerance of its Kafka record's timestamp,
+    `requested_at` is the record's time and `claimed_at` the time it claimed
+    (docs/rules.md, "Time and trust"), and the decision's explanation says so.
     """
 
     event_type: ClassVar[str] = "cancellation.assessment_requested"
@@ -160,12 +168,14 @@ class CancellationAssessmentRequested(Payload):
     requested_at: UtcDatetime
     actor: Actor
     channel: Channel | None = None  # cancellations only
-    reason_code: str | None = None
-    reason_text: str | None = None
+    reason_code: ReasonCode | None = None
+    reason_text: Note | None = None
     scope: Scope = "this"
     fee_decision: FeeDecision = "policy"
     party: Party | None = None  # no-shows only
     code: NoShowCode | None = None  # no-shows only
+    claimed_at: UtcDatetime | None = None  # set only when the claimed time was not trusted
+
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Self:
         if self.kind == "cancellation" and self.channel is None:

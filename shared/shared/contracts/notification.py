@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from .base import Payload
-from .common import ContactChannel, Id, Recipient
+from .common import ContactChannel, ErrorText, Id, Label, Recipient
 
 
 class _NotificationOutcome(Payload):
@@ -17,7 +17,7 @@ class _NotificationOutcome(Payload):
     booking_id: Id | None = None  # absent for notices about a professional (holds, suspension)
     recipient: Recipient
     channel: ContactChannel
-    template: str
+    template: Label
 
 
 class NotificationSent(_NotificationOutcome):
@@ -27,4 +27,4 @@ class NotificationSent(_NotificationOutcome):
 class NotificationFailed(_NotificationOutcome):
     event_type: ClassVar[str] = "notification.failed"
 
-    error: str | None = None
+    error: ErrorText | None = None

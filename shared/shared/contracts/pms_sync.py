@@ -16,15 +16,21 @@ from .base import Payload
 from .common import (
     Actor,
     Classification,
+    ErrorText,
     Fee,
     Id,
+    Message,
     NoShowCode,
+    Note,
     PmsAction,
     PmsIntegration,
+    ReasonCode,
     StatusLabel,
     SyncedIntegration,
     UtcDatetime,
 )
+
+SYNC_ATTEMPTS_MAX = 10_000
 
 # --- pms-sync.<integration>.v1 ---------------------------------------------------------------
 
@@ -38,11 +44,11 @@ class PmsCancelBooking(Payload):
     cancelled_at: UtcDatetime
     actor: Actor
     classification: Classification
-    reason_code: str | None = None
-    reason_text: str | None = None
+    reason_code: ReasonCode | None = None
+    reason_text: Note | None = None
     status_label: StatusLabel
     fee: Fee | None = None
-    chart_note: str | None = None
+    chart_note: Note | None = None
 
 
 class PmsRecordNoShow(Payload):
@@ -55,7 +61,7 @@ class PmsRecordNoShow(Payload):
     recorded_at: UtcDatetime
     actor: Actor
     fee: Fee | None = None
-    chart_note: str | None = None
+    chart_note: Note | None = None
 
 
 # --- pms-sync.events.v1 ----------------------------------------------------------------------
@@ -65,7 +71,7 @@ class _SyncOutcome(Payload):
     sync_id: Id
     booking_id: Id
     integration: SyncedIntegration
-    attempts: int = Field(ge=1)
+    attempts: int = Field(ge=1, le=SYNC_ATTEMPTS_MAX)
 
 
 class PmsSyncCompleted(_SyncOutcome):
@@ -75,7 +81,7 @@ class PmsSyncCompleted(_SyncOutcome):
 class PmsSyncFailed(_SyncOutcome):
     event_type: ClassVar[str] = "pms.sync_failed"
 
-    error: str | None = None
+    error: ErrorText | None = None
 
 
 class PmsManualUpdateRequired(Payload):
@@ -85,4 +91,4 @@ class PmsManualUpdateRequired(Payload):
     practice_id: Id
     integration: PmsIntegration
     action: PmsAction
-    message: str = Field(min_length=1)  # what staff must change in their PMS, in plain words
+    message: Message  # what staff must change in their PMS, in plain words

@@ -50,6 +50,7 @@ TOPIC_EVENTS: dict[str, dict[str, type[Payload]]] = {
     ),
     topics.POLICY_REQUESTS: _by_type(booking.CancellationAssessmentRequested),
     topics.POLICY_DECISIONS: _by_type(policy.CancellationAssessed),
+    topics.PRACTICE_EVENTS: _by_type(policy.PracticeConfigurationAccepted, policy.PracticeConfigurationRejected),
     topics.SCORING_EVENTS: _by_type(
         scoring.ScoreChanged,
         scoring.HoldPlaced,

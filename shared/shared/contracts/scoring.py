@@ -2,15 +2,19 @@
 
 Guarantees: every change of a professional's reliability score is one `score.changed` with
 its cause and the resulting score; a hold's placement and lifting are separate events sharing
-its `hold_id`; scores and deltas are whole points.
+its `hold_id`; scores and deltas are whole points, within `SCORE_LIMIT` either way.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+
 from .base import Payload
-from .common import HoldCause, HoldLiftCause, Id, ScoreCause, UtcDatetime
+from .common import HoldCause, HoldLiftCause, Id, IdList, ScoreCause, UtcDatetime
+
+SCORE_LIMIT = 1_000_000  # scores are unclamped sums of penalties; this is far beyond any real one
 
 
 class ScoreChanged(Payload):
@@ -18,8 +22,8 @@ class ScoreChanged(Payload):
 
     professional_id: Id
     booking_id: Id | None = None
-    delta: int
-    score: int
+    delta: int = Field(ge=-SCORE_LIMIT, le=SCORE_LIMIT)
+    score: int = Field(ge=-SCORE_LIMIT, le=SCORE_LIMIT)
     cause: ScoreCause
 
 
@@ -46,5 +50,5 @@ class AccountSuspended(Payload):
     event_type: ClassVar[str] = "account.suspended"
 
     professional_id: Id
-    holds: list[str]  # the hold_ids that led to the suspension
+    holds: IdList  # the hold_ids that led to the suspension
     suspended_at: UtcDatetime

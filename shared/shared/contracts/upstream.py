@@ -3,8 +3,11 @@
 Guarantees: a payload that parses here has every field CONTRACT.md requires, with the
 contract's defaults filled in where it allows a field to be left out (`scope` "this",
 `fee_decision` "policy", every practice setting). Business rules are NOT enforced here: a
-`reason_text` over 255 characters parses, so the booking service can answer it with
-`invalid_request` instead of dead-lettering a request a person is waiting on.
+`reason_text` over 255 characters parses (up to a hard cap of `REASON_TEXT_PARSE_MAX_CHARS`),
+so the booking service can answer it with `invalid_request` instead of dead-lettering a request
+a person is waiting on. Bounds ARE (see `.common` and `.base`): every id, text, contact, time,
+amount and setting has its range, and a practice's settings their sane limits
+(`CUTOFF_HOURS_MAX`, `NO_SHOW_MINUTES_MAX`, `OFFER_MINUTES_MAX`).
 """
 
 from __future__ import annotations
@@ -13,29 +16,43 @@ from typing import Any, ClassVar, Self
 
 from pydantic import Field, field_validator
 
-from .base import ContractModel, Money, Payload
+from .base import AnyCurrencyAmount, ContractModel, Money, Payload
 from .common import (
+    NOTE_MAX_CHARS,
     AckStatus,
     Actor,
-    Amount,
     Channel,
+    Code,
     CodeSystem,
     ContactChannel,
     DepositChoice,
+    ErrorText,
     ExcuseDecision,
     Fee,
     FeeDecision,
     Id,
+    Locale,
+    Name,
     NoShowCode,
+    Note,
+    OptionalEmail,
+    OptionalPhone,
     Party,
     Patient,
     PmsIntegration,
+    ReasonCode,
+    Reference,
     Scope,
     StaffActor,
+    Timezone,
     UtcDatetime,
 )
 
 REASON_TEXT_MAX_CHARS = 255  # a rule the booking service applies (invalid_request), not a parse check
+REASON_TEXT_PARSE_MAX_CHARS = NOTE_MAX_CHARS  # longer than this is not a request at all: dead-lettered
+CUTOFF_HOURS_MAX = 720  # 30 days: the patient cutoff and the late window
+NO_SHOW_MINUTES_MAX = 1440  # a day
+OFFER_MINUTES_MAX = 1440
 
 
 def _null_means_default(value: Any, default: str) -> Any:
@@ -50,10 +67,10 @@ class ProfessionalContact(ContractModel):
     """How to reach the booked professional (optional addition within v1): the notification
     service tells them about holds and a suspension by email."""
 
-    first_name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    locale: str | None = None
+    first_name: Name | None = None
+    email: OptionalEmail = None
+    phone: OptionalPhone = None
+    locale: Locale | None = None
 
 
 class BookingScheduled(Payload):
@@ -64,7 +81,7 @@ class BookingScheduled(Payload):
     starts_at: UtcDatetime
     ends_at: UtcDatetime
     practitioner_id: Id
-    service_code: str
+    service_code: Code
     patient: Patient
     professional_id: Id | None = None  # a booked professional in a staffing marketplace
     series_id: Id | None = None  # recurring appointment
@@ -99,11 +116,11 @@ class BookingCancellationRequested(Payload):
     requested_at: UtcDatetime
     actor: Actor
     channel: Channel
-    reason_code: str | None = None  # practice-defined list, e.g. illness, transport, rescheduling
-    reason_text: str | None = None  # at most REASON_TEXT_MAX_CHARS: checked by booking, see module doc
+    reason_code: ReasonCode | None = None  # practice-defined list, e.g. illness, transport, rescheduling
+    reason_text: Note | None = None  # at most REASON_TEXT_MAX_CHARS: checked by booking, see module doc
     scope: Scope = "this"
     fee_decision: FeeDecision = "policy"  # staff only
-    chart_note: str | None = None
+    chart_note: Note | None = None
 
     @field_validator("scope", mode="before")
     @classmethod
@@ -126,7 +143,7 @@ class BookingNoShowReported(Payload):
     party: Party
     code: NoShowCode
     fee_decision: FeeDecision = "policy"
-    chart_note: str | None = None
+    chart_note: Note | None = None
 
     @field_validator("fee_decision", mode="before")
     @classmethod
@@ -140,16 +157,16 @@ class BookingNoShowReported(Payload):
 
 
 class ContactSettings(ContractModel):
-    email: str | None = None
-    phone: str | None = None
+    email: OptionalEmail = None
+    phone: OptionalPhone = None
     preferred_channel: ContactChannel = "email"
 
 
 class CancellationSettings(ContractModel):
     online_enabled: bool = True
-    patient_cutoff_hours: int = Field(default=48, ge=0)
-    late_window_hours: int = Field(default=24, ge=0)
-    professional_no_show_minutes: int = Field(default=60, ge=0)
+    patient_cutoff_hours: int = Field(default=48, ge=0, le=CUTOFF_HOURS_MAX)
+    late_window_hours: int = Field(default=24, ge=0, le=CUTOFF_HOURS_MAX)
+    professional_no_show_minutes: int = Field(default=60, ge=0, le=NO_SHOW_MINUTES_MAX)
     notify_practice_on_online_cancel: bool = False
 
 
@@ -167,7 +184,7 @@ class DepositSettings(ContractModel):
 
 class WaitlistSettings(ContractModel):
     enabled: bool = False
-    offer_minutes: int = Field(default=30, gt=0)
+    offer_minutes: int = Field(default=30, ge=1, le=OFFER_MINUTES_MAX)
 
 
 class PmsSettings(ContractModel):
@@ -188,9 +205,9 @@ class PracticeSettings(ContractModel):
 class _PracticeIdentity(Payload):
     # A base of its own only so the wire form lists who the practice is before its settings.
     practice_id: Id
-    name: str
-    timezone: str = Field(min_length=1)  # IANA name, for anything shown to people
-    locale: str
+    name: Name
+    timezone: Timezone  # IANA name, for anything shown to people
+    locale: Locale
 
 
 class PracticeConfigured(PracticeSettings, _PracticeIdentity):
@@ -212,7 +229,7 @@ class WaitlistJoined(Payload):
     waitlist_id: Id
     practice_id: Id
     patient: Patient
-    service_code: str | None = None
+    service_code: Code | None = None
     practitioner_id: Id | None = None
     joined_at: UtcDatetime
 
@@ -226,7 +243,7 @@ class ExcuseSubmitted(Payload):
     excuse_id: Id
     professional_id: Id
     booking_id: Id
-    document_ref: str
+    document_ref: Reference
     submitted_at: UtcDatetime
 
 
@@ -254,8 +271,8 @@ class ChargeAdjustmentRequested(Payload):
     request_id: Id
     charge_id: Id
     actor: StaffActor
-    amount: Amount | None = None  # in the charge's currency
-    code: str | None = None
+    amount: AnyCurrencyAmount | None = None  # in the charge's currency: billing checks it against that
+    code: Code | None = None
     code_system: CodeSystem | None = None
 
 
@@ -268,5 +285,5 @@ class PmsSyncAcknowledged(Payload):
     sync_id: Id
     booking_id: Id
     status: AckStatus
-    error: str | None = None
-    external_ref: str | None = None
+    error: ErrorText | None = None
+    external_ref: Reference | None = None
