@@ -120,9 +120,10 @@ Handler = Callable[[Unit, Any], Awaitable[None]]
 
 class _RecordFailed(Exception):
     """A handler failed for good in an optimistic batch: redo the batch record by record."""
-# For a request whose payload breaks the contract: (data, error) -> [(topic, payload, subject)]
-# to publish besides the dead letter, e.g. a rejection the requester can act on.
-InvalidRequestAnswer = Callable[[dict[str, Any], str], list[tuple[str, Payload, str]]]
+# For a request whose payload breaks the contract: (data, error, envelope subject) ->
+# [(topic, payload, subject)] to publish besides the dead letter, e.g. a rejection the requester
+# can act on. `data` is hostile: an answer checks what it takes from it.
+InvalidRequestAnswer = Callable[[dict[str, Any], str, str], list[tuple[str, Payload, str]]]
 
 
 @dataclass
@@ -330,7 +331,7 @@ class MessageProcessor:
                     topic, payload, subject=subject, source=f"service/{self.service}",
                     correlation_id=envelope.correlationid or envelope.id,
                 )
-                for topic, payload, subject in answer(envelope.data, str(violation))
+                for topic, payload, subject in answer(envelope.data, str(violation), envelope.subject)
             ]
         except Exception as exc:  # noqa: BLE001 - hostile data may defeat the answer; the dead letter stands
             log.warning("no answer to an invalid request", event_type=envelope.type, error=type(exc).__name__)

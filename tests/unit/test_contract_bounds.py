@@ -546,7 +546,7 @@ def test_a_rejection_needs_a_valid_practice_id(practice_id: Any, subject: str | 
 
 @pytest.mark.parametrize("data", [{}, {"practice_id": "pr-1", "fees": "nope"}, {"practice_id": "pr-1", "name": {"x": [1] * 10}}])
 def test_answering_never_raises(data: dict[str, Any]) -> None:
-    reject_invalid_settings(data, "broken")
+    reject_invalid_settings(data, "broken", None)
 
 
 @pytest.mark.parametrize(
@@ -564,7 +564,7 @@ def test_an_out_of_bounds_adjustment_is_rejected_as_invalid_request(changes: dic
     data = ADJUSTMENT | changes
     with pytest.raises(ValidationError):
         ChargeAdjustmentRequested.model_validate(data)
-    answers = reject_unreadable_adjustment(data, "charge.adjustment_requested payload breaks the contract")
+    answers = reject_unreadable_adjustment(data, "charge.adjustment_requested payload breaks the contract", "ch-1")
     if not answered:
         assert answers == []
         return

@@ -65,7 +65,7 @@ def _terms(text: str | None) -> dict[str, Any] | None:
     return {"amount": str(domain.from_minor(minor, terms["currency"])), **terms}
 
 
-def reject_unreadable_adjustment(data: dict[str, Any], error: str) -> list[tuple[str, Payload, str]]:
+def reject_unreadable_adjustment(data: dict[str, Any], error: str, subject: str) -> list[tuple[str, Payload, str]]:
     """`charge.adjustment_rejected` (invalid_request) for an adjustment command that breaks the
     contract, besides its dead letter; keyed by the charge id, as for a charge billing does not
     know. No valid charge and request id to answer to: the dead letter only."""

@@ -9,7 +9,7 @@ internally, `policy.requests.v1`.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,17 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
     ]
 
 
+async def _deps(service: Service) -> handlers.BookingDeps:
+    settings = service.settings
+    assert isinstance(settings, BookingSettings)
+    return handlers.BookingDeps(
+        time_trust=domain.TimeTrust(
+            before=timedelta(seconds=settings.request_time_trusted_before_seconds),
+            after=timedelta(seconds=settings.request_time_trusted_after_seconds),
+        )
+    )
+
+
 def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
     settings = settings or BookingSettings()
     return ServiceDefinition(
@@ -146,6 +157,7 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
         },
         http_routes=_routes,
         background=[handlers.expire_offers],
+        make_deps=_deps,
         answer_invalid={
             "booking.cancellation_requested": handlers.reject_unreadable("cancellation"),
             "booking.no_show_reported": handlers.reject_unreadable("no_show"),

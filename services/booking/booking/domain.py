@@ -11,7 +11,7 @@ time, and is released for online booking when nobody (else) waits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shared.contracts.upstream import REASON_TEXT_MAX_CHARS
 
@@ -46,6 +46,25 @@ def check_request(status: str | None, reason_text: str | None) -> Rejection | No
     if reason_text is not None and len(reason_text) > REASON_TEXT_MAX_CHARS:
         return Rejection("invalid_request", REJECTION_MESSAGES["invalid_request"])
     return None
+
+
+@dataclass(frozen=True)
+class TimeTrust:
+    """How far a request's own time may lie from its Kafka record's timestamp and still be
+    believed (docs/rules.md, "Time and trust"): a little before it (the request waited in the
+    upstream system's outbox), hardly after it (clocks disagree by a little, never by minutes)."""
+
+    before: timedelta = timedelta(minutes=10)
+    after: timedelta = timedelta(minutes=2)
+
+    def decide_at(self, claimed: datetime, record_time: datetime | None) -> datetime:
+        """The time to decide by: the claim when it is within the tolerance, else the record's.
+
+        The record's timestamp is kept on a replay, so a replay decides the same.
+        """
+        if record_time is None or record_time - self.before <= claimed <= record_time + self.after:
+            return claimed
+        return record_time
 
 
 def status_label(actor_kind: str, channel: str) -> str:

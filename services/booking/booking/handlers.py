@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,11 @@ from shared.contracts.upstream import (
 from shared.topics import BOOKING_EVENTS, POLICY_REQUESTS
 
 from . import domain, repository
+
+
+@dataclass(frozen=True)
+class BookingDeps:
+    time_trust: domain.TimeTrust
 
 
 def _money(amount: Any, currency: str | None) -> Money | None:
@@ -134,35 +140,53 @@ async def complete_booking(unit: Unit, event: UpstreamBookingCompleted) -> None:
     )
 
 
+def _time_trust(unit: Unit) -> domain.TimeTrust:
+    return unit.deps.time_trust if isinstance(unit.deps, BookingDeps) else domain.TimeTrust()
+
+
+def _claim_checked(claimed: datetime, unit: Unit) -> tuple[datetime, dict[str, str]]:
+    """The time to decide by, and what the audit trail says when the claim was not believed."""
+    at = _time_trust(unit).decide_at(claimed, unit.record_time)
+    return at, ({} if at == claimed else {"claimed_at": claimed.isoformat(), "decided_at": "record_time"})
+
+
 async def request_cancellation(unit: Unit, event: BookingCancellationRequested) -> None:
+    at, distrust = _claim_checked(event.requested_at, unit)
+    claimed_at = event.requested_at if distrust else None
+    event = event.model_copy(update={"requested_at": at})
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     rejection = domain.check_request(booking["status"] if booking else None, event.reason_text)
     await repository.audit(
-        unit.conn, event.booking_id, at=event.requested_at, action="cancellation_requested",
+        unit.conn, event.booking_id, at=at, action="cancellation_requested",
         actor=event.actor.to_json_dict(), channel=event.channel, request_id=event.request_id,
-        reason=event.reason_code, detail={"scope": event.scope, "fee_decision": event.fee_decision},
+        reason=event.reason_code, detail={"scope": event.scope, "fee_decision": event.fee_decision, **distrust},
     )
     if rejection is not None:
-        await _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=event.requested_at)
+        await _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=at)
         return
-    await _ask_policy(unit, booking, event.request_id, "cancellation", event)
+    await _ask_policy(unit, booking, event.request_id, "cancellation", event, claimed_at)
 
 
 async def report_no_show(unit: Unit, event: BookingNoShowReported) -> None:
+    at, distrust = _claim_checked(event.reported_at, unit)
+    claimed_at = event.reported_at if distrust else None
+    event = event.model_copy(update={"reported_at": at})
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     rejection = domain.check_request(booking["status"] if booking else None, None)
     await repository.audit(
-        unit.conn, event.booking_id, at=event.reported_at, action="no_show_reported",
+        unit.conn, event.booking_id, at=at, action="no_show_reported",
         actor=event.actor.to_json_dict(), request_id=event.request_id,
-        detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision},
+        detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision, **distrust},
     )
     if rejection is not None:
-        await _reject(unit, event.booking_id, event.request_id, rejection, kind="no_show", at=event.reported_at)
+        await _reject(unit, event.booking_id, event.request_id, rejection, kind="no_show", at=at)
         return
-    await _ask_policy(unit, booking, event.request_id, "no_show", event)
+    await _ask_policy(unit, booking, event.request_id, "no_show", event, claimed_at)
 
 
-async def _ask_policy(unit: Unit, booking: Any, request_id: str, kind: str, event: Any) -> None:
+async def _ask_policy(
+    unit: Unit, booking: Any, request_id: str, kind: str, event: Any, claimed_at: datetime | None = None
+) -> None:
     at = event.requested_at if kind == "cancellation" else event.reported_at
     used_for = await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict())
     if used_for == booking["booking_id"]:
@@ -179,6 +203,7 @@ async def _ask_policy(unit: Unit, booking: Any, request_id: str, kind: str, even
         "booking": _snapshot(booking),
         "actor": event.actor,
         "fee_decision": event.fee_decision,
+        "claimed_at": claimed_at,
     }
     if kind == "cancellation":
         fields |= {
@@ -452,7 +477,7 @@ def reject_unreadable(kind: str):
     still names its booking and request, the requester also gets a rejection they can act on."""
     model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
 
-    def reject(data: dict[str, Any], error: str) -> list[tuple[str, Any, str]]:
+    def reject(data: dict[str, Any], error: str, subject: str) -> list[tuple[str, Any, str]]:
         booking_id, request_id = data.get("booking_id"), data.get("request_id")
         if not (isinstance(booking_id, str) and booking_id and isinstance(request_id, str) and request_id):
             return []

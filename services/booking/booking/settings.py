@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from shared.settings import ServiceSettings
 
 
@@ -6,3 +8,6 @@ class BookingSettings(ServiceSettings):
     http_port: int = 8001
     # How often the scheduler looks for waitlist offers that expired.
     offer_check_interval_seconds: float = 5.0
+    # A request's own time is believed only this far before / after its Kafka record's timestamp.
+    request_time_trusted_before_seconds: int = Field(default=600, ge=0, le=86_400)
+    request_time_trusted_after_seconds: int = Field(default=120, ge=0, le=86_400)

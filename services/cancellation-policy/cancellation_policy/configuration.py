@@ -93,11 +93,11 @@ def rejection_message(data: dict[str, Any], error: str) -> str:
 
 
 def reject_invalid_settings(
-    data: dict[str, Any], error: str, subject: str | None = None
+    data: dict[str, Any], error: str, subject: str | None
 ) -> list[tuple[str, Payload, str]]:
     """`practice.configuration_rejected` for settings that broke the contract (besides the dead
     letter), keyed by the practice: its id from the payload when valid, else from the envelope's
-    subject when the consumer passes it; neither valid, no answer (the dead letter only)."""
+    subject; neither valid, no answer (the dead letter only)."""
     try:
         practice_id = valid_id(data.get("practice_id")) or valid_id(subject)
         if practice_id is None:

@@ -5,7 +5,7 @@ deciding by the request's own time, so a replay or a lagging consumer decides th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from shared.contracts.booking import CancellationAssessmentRequested
@@ -70,6 +70,19 @@ def _patient_fee(kind: str, classification: str, fee_decision: str, settings: Pr
 
 
 def assess(request: CancellationAssessmentRequested, settings: PracticeSettings) -> Assessment:
+    assessment = _assess(request, settings)
+    if request.claimed_at is None:
+        return assessment
+    # docs/rules.md, "Time and trust": a claimed time outside the tolerance is not believed.
+    return replace(
+        assessment,
+        explanation=f"{assessment.explanation} Decided at the time the request reached us"
+        f" ({request.requested_at:%Y-%m-%d %H:%M} UTC), not the time it claims"
+        f" ({request.claimed_at:%Y-%m-%d %H:%M} UTC), which lies outside the accepted tolerance.",
+    )
+
+
+def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings) -> Assessment:
     booking = request.booking
     actor = request.actor
     lead = booking.starts_at - request.requested_at
