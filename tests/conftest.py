@@ -1,4 +1,4 @@
-"""Where the tests find real infrastructure (DESIGN.md "Running it"):
+"""Where the tests find real infrastructure (docs/design.md#running-it):
 
 1. `KAFKA_BOOTSTRAP_SERVERS` and `ADMIN_DATABASE_URL` (or `DATABASE_URL` as a superuser) when set
    — `make test` brings up the local no-Docker infrastructure and sets them;

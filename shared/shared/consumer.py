@@ -1,4 +1,4 @@
-"""How a service handles a message — the recipe of DESIGN.md, written once for all six.
+"""How a service handles a message — the recipe of docs/design.md, written once for all six.
 
 Guarantees:
 1. Every record is parsed (envelope and payload, pydantic); one that is unparseable, of an

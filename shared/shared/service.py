@@ -1,6 +1,6 @@
 """The composition of one service: broker, subscribers, pool, migrations, relay, HTTP, runner.
 
-Guarantees (STYLE.md habits 2, 5, 7):
+Guarantees (docs/style.md#the-habits 2, 5, 7):
 - Nothing is created at import time: pools, producers and the relay are built in the app's
   startup hooks and closed in its shutdown hooks.
 - Every subscriber is explicit about delivery: the service's consumer group, manual
@@ -37,6 +37,7 @@ from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
 from .http import json_response, metrics_route
 from .logging import configure_logging, get_logger
+from .redaction import mask_text
 from .outbox import OutboxRelay
 from .settings import ServiceSettings
 

@@ -1,4 +1,4 @@
-"""Settings every service reads from its environment (DESIGN.md "Settings every deployment knows").
+"""Settings every service reads from its environment (docs/design.md#settings-every-deployment-knows).
 
 Names and defaults are fixed so operators and tools can rely on them; a service adds its own
 settings by subclassing `ServiceSettings`.

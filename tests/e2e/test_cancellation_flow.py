@@ -1,5 +1,5 @@
 """One cancellation through all six services as separate processes, on the real broker and
-database, with a real SMTP server and a local SMS provider: the flow of DESIGN.md.
+database, with a real SMTP server and a local SMS provider: the flow of docs/design.md.
 
 booking.scheduled, then a staff cancellation on upstream.bookings.v1 → booking asks
 cancellation-policy → the decision comes back → booking.cancelled → scoring, billing,

@@ -1,5 +1,5 @@
 """Booking and cancellation-policy as real processes on the real broker: every path of
-RULES.md "Who may cancel, and when", series, no-shows, the waitlist and suspension."""
+docs/rules.md#who-may-cancel-and-when, series, no-shows, the waitlist and suspension."""
 
 from __future__ import annotations
 

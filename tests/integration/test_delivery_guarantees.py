@@ -1,4 +1,4 @@
-"""The message-handling recipe (DESIGN.md "How a service handles a message"), proven on the real
+"""The message-handling recipe (docs/design.md#how-a-service-handles-a-message), proven on the real
 broker and database with the booking and cancellation-policy services running as processes.
 
 What must stay true, one test each:

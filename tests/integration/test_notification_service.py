@@ -400,7 +400,7 @@ async def test_a_rejected_portal_cancellation_tells_the_patient_what_to_do(
     assert notification.get_json(f"/notifications?booking_id={staff_booking_id}")["items"] == []
 
 
-# --- the rest of RULES.md "Notifications": no-show fees, slot offers, holds, suspension, PMS -------
+# --- the rest of docs/rules.md#notifications: no-show fees, slot offers, holds, suspension, PMS -------
 
 
 def no_show_recorded(booking_id: str, practice_id: str, *, charge_card: bool, fee: str = "60.00") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Table tests of billing's pure rules (RULES.md "Fees and deposits"): exact minor units, the
+"""Table tests of billing's pure rules (docs/rules.md#fees-and-deposits): exact minor units, the
 charge and deposit each decision makes, deterministic ids, who may adjust a charge and what an
 adjustment may change, the sandbox gateway's idempotency and the gateway configuration. No I/O."""
 

@@ -1,4 +1,4 @@
-"""Table tests of the cancellation policy (RULES.md), one row per rule and boundary."""
+"""Table tests of the cancellation policy (docs/rules.md), one row per rule and boundary."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Table tests of the professional reliability rules (RULES.md "Professional reliability score
-and holds"): score arithmetic, penalties, hold stacking, excuses, recalculation, suspension and
+"""Table tests of the professional reliability rules (docs/rules.md#professional-reliability-score-and-holds): score arithmetic, penalties, hold stacking, excuses, recalculation, suspension and
 the nightly schedule. Pure: no I/O."""
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def test_score_is_the_base_plus_the_ledger_unclamped(deltas: list[int], expected
         ("late", -30, 3, Penalty(-30, "late_cancelled", 3, "late_cancellation")),
         ("late", -50, 0, Penalty(-50, "late_cancelled", None, None)),
         ("timely", -10, 2, Penalty(-10, "cancelled", 2, "late_cancellation")),
-        # a decision without numbers falls back to the RULES.md table
+        # a decision without numbers falls back to the docs/rules.md table
         ("timely", None, None, Penalty(-10, "cancelled", None, None)),
         ("late", None, None, Penalty(-50, "late_cancelled", 7, "late_cancellation")),
         ("no_show", None, None, Penalty(-100, "no_show", 14, "no_show")),

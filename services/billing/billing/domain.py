@@ -1,4 +1,4 @@
-"""Charges, payments and deposits (RULES.md "Fees and deposits"). Pure: plain values in, plain
+"""Charges, payments and deposits (docs/rules.md#fees-and-deposits). Pure: plain values in, plain
 values out, no I/O.
 
 Guarantees:

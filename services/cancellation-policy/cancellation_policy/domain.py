@@ -1,4 +1,4 @@
-"""The rule engine of RULES.md: who may cancel and when, classification, fees, deposits and
+"""The rule engine of docs/rules.md: who may cancel and when, classification, fees, deposits and
 a professional's penalty. Pure: `assess(request, settings, policy_version)` over plain values,
 deciding by the request's own time, so a replay or a lagging consumer decides the same.
 """
@@ -14,7 +14,7 @@ from shared.contracts.upstream import REASON_TEXT_MAX_CHARS, PracticeSettings
 
 RULES_VERSION = "r1"
 
-# Professional reliability (RULES.md "Professional reliability score and holds").
+# Professional reliability (docs/rules.md#professional-reliability-score-and-holds).
 PROFESSIONAL_PENALTY = {"timely": (-10, None), "late": (-50, 7), "no_show": (-100, 14)}
 
 

@@ -1,4 +1,4 @@
--- The rest of RULES.md "Notifications": no-show fees, slot offers to waitlisted patients, holds
+-- The rest of docs/rules.md#notifications: no-show fees, slot offers to waitlisted patients, holds
 -- and suspensions told to the professional, manual PMS updates told to the practice.
 -- Additive only (new tables, one nullable column), so a replica still on 0001 keeps working.
 

@@ -34,7 +34,7 @@ from shared.redaction import mask_text
 SUPPORTED_LOCALES = ("en", "de")
 DEFAULT_LOCALE = "en"
 
-# RULES.md "Notifications": which template a cancellation is told with, by who cancelled.
+# docs/rules.md#notifications: which template a cancellation is told with, by who cancelled.
 CANCELLATION_TEMPLATES = {
     "staff": "booking_cancelled_by_staff",
     "patient": "booking_cancelled_online",
@@ -181,7 +181,7 @@ def _message(
 def plan_cancellation(
     actor_kind: str, patient: PatientContact | None, practice: PracticeContact
 ) -> list[Message]:
-    """RULES.md "Notifications", booking.cancelled:
+    """docs/rules.md#notifications, booking.cancelled:
     - by staff: the patient, by email and SMS (the reason quoted by the template);
     - online by the patient: the patient by email and SMS with a rebook link, and the practice
       by email only when it asked for it (`notify_practice_on_online_cancel`);
@@ -243,7 +243,7 @@ class NoShowFee:
 def no_show_fee_settlement(fee: NoShowFee) -> Settlement | None:
     """How the patient's no-show fee stands, or None while it is not yet known (nothing to send).
 
-    RULES.md: "no-show recorded, fee charged → patient, email". The patient is told once, when
+    docs/rules.md: "no-show recorded, fee charged → patient, email". The patient is told once, when
     the answer is final: a fee on the card after the gateway answered (charged, or could not be
     charged and so outstanding); a fee not for the card at once (outstanding on the account).
     """
@@ -259,7 +259,7 @@ def no_show_fee_settlement(fee: NoShowFee) -> Settlement | None:
 
 
 def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
-    """The patient, by email only (RULES.md "Notifications")."""
+    """The patient, by email only (docs/rules.md#notifications)."""
     locale = resolve_locale(patient.locale if patient else None, practice.locale)
     if patient is None:
         return [Message("patient", "email", NO_SHOW_FEE_TEMPLATE, locale, None,
@@ -295,7 +295,7 @@ def plan_slot_offer(
 def plan_professional_notice(
     template: str, professional: ProfessionalContact | None, practice: PracticeContact
 ) -> list[Message]:
-    """hold.placed, account.suspended: the professional, by email (RULES.md "Notifications").
+    """hold.placed, account.suspended: the professional, by email (docs/rules.md#notifications).
     No known email is recorded skipped with the reason, never an error."""
     locale = resolve_locale(professional.locale if professional else None, practice.locale)
     if professional is None:

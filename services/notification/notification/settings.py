@@ -7,7 +7,7 @@ class NotificationSettings(ServiceSettings):
     service_name: str = "notification"
     http_port: int = 8005
 
-    # Email (DESIGN.md "Settings every deployment knows").
+    # Email (docs/design.md#settings-every-deployment-knows).
     smtp_host: str = "localhost"
     smtp_port: int = 1025
     smtp_from: str = "no-reply@localhost"

@@ -1,5 +1,5 @@
 """The connector's settings, from the environment. The Kafka and log settings have the names
-every service of the system uses (DESIGN.md "Settings every deployment knows")."""
+every service of the system uses (docs/design.md#settings-every-deployment-knows)."""
 
 from __future__ import annotations
 

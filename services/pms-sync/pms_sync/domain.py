@@ -1,7 +1,7 @@
 """What goes to a practice's PMS, what the practice must do by hand, and when to send again.
 
 Pure: plain values and contract models in, contract models and decisions out; no I/O.
-Guarantees (RULES.md "PMS synchronisation"):
+Guarantees (docs/rules.md#pms-synchronisation):
 - `praktika` / `core_practice`: a command on that integration's topic carrying everything the
   PMS could store (actor, classification, reasons, status label, the fee billing raised, chart
   note); `manual`: a manual-update request at once, naming the PMS when it is known; `none`:

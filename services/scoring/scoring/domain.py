@@ -1,10 +1,9 @@
-"""The professional's reliability score and holds (RULES.md "Professional reliability score and
-holds"). Pure: plain values in, plain values out, no I/O.
+"""The professional's reliability score and holds (docs/rules.md#professional-reliability-score-and-holds). Pure: plain values in, plain values out, no I/O.
 
 Guarantees:
 - The score is `BASE_SCORE` plus the sum of the ledger's deltas; nothing is clamped.
 - A penalty is the one the policy decided (`score_delta`, `hold_days` on the decision); only a
-  decision without them falls back to the RULES.md table for its classification.
+  decision without them falls back to the docs/rules.md table for its classification.
 - Holds stack: a new hold starts when the latest hold of the professional that was not excused
   ends (one that expired since still ran its course), or at the event's own time when none runs
   beyond it, so the same history always gives the same windows, whenever the expiry job ran.
@@ -30,7 +29,7 @@ COMPLETION_DELTA = 10
 SUSPENSION_HOLDS = 3
 SUSPENSION_WINDOW = timedelta(days=365)
 
-# RULES.md table, by classification: (score delta, hold days). Used only when a decision does
+# docs/rules.md table, by classification: (score delta, hold days). Used only when a decision does
 # not carry its own numbers; the policy's numbers win so a changed rule is applied once, there.
 PENALTY_TABLE: dict[str, tuple[int, int | None]] = {
     "timely": (-10, None),

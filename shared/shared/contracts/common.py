@@ -253,7 +253,7 @@ class Fee(Money):
     code_system: CodeSystem
 
 
-SCORE_DELTA_LIMIT = 1000  # a decision's penalty, either way (RULES.md: -10, -50, -100)
+SCORE_DELTA_LIMIT = 1000  # a decision's penalty, either way (docs/rules.md: -10, -50, -100)
 HOLD_DAYS_MAX = 365
 
 

@@ -1,4 +1,4 @@
--- The message-handling tables every service keeps in its own schema (DESIGN.md, STYLE.md).
+-- The message-handling tables every service keeps in its own schema (docs/design.md, docs/style.md#outbox-and-inbox-tables).
 
 -- A consumer claims an event id here in the same transaction as its effect:
 -- a second delivery finds the row and does nothing.
