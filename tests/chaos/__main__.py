@@ -4,15 +4,23 @@ email), per-booking order kept, dead-letter topics holding exactly the injected 
 outboxes drained. Prints a table: fault → requests, lost, duplicated, out of order,
 dead-lettered.
 
-Short form (default, fits CI): every fault once with a small load. `--long`: more load and
-every service killed, for the README's results.
+The last round, "hostile input" (tests/chaos/hostile.py, hostile_round.py), mixes some 870
+inbound messages with one field at an edge value (overflowing times, huge numbers, 5000-deep
+JSON, 700 KB strings, invalid UTF-8, wrong types, ...) into the load: each must be refused
+(dead-lettered, or rejected as invalid) exactly once by every service consuming its topic, and
+healthy messages published after them must still have their effects. Its columns: hostile
+sent / refused / missing / duplicated; below the table, per class and per failing case, what
+each service did. Run it alone with `--only hostile`; list its cases with
+`python -m tests.chaos.hostile`.
+
+Short form (default, fits CI): every fault once with a small load, then the hostile round.
+`--long`: more load and every service killed, for the README's results.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -26,7 +34,6 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from shared.asyncapi import SERVICE_MODULES as APP_MODULES
 from shared.topics import (
     BILLING_COMMANDS,
     BOOKING_EVENTS,
@@ -41,6 +48,7 @@ from tests.load.checker import Collector, check, end_offsets, outbox_backlog
 from tests.load.driver import Progress, prepare, send_reliably, send_requests, wait_complete
 from tests.load.system import System
 
+from .hostile_round import NAME as HOSTILE, consumer_map, hostile_round, report
 from .poison import poison_messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +61,7 @@ INPUT_TOPICS = [UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, UPSTREAM_PROFESSIONALS, B
 
 def consumers_of(topic: str) -> int:
     """How many services consume `topic`: each dead-letters a poison message on it once."""
-    return sum(topic in importlib.import_module(m).definition().consumes for m in APP_MODULES.values())
+    return len(consumer_map().get(topic, []))
 
 
 # --- the faults ----------------------------------------------------------------------------------
@@ -231,11 +239,12 @@ def faults(long: bool) -> list[Fault]:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ["fault", "requests", "lost", "duplicated", "out_of_order", "dead_lettered", "outbox_backlog", "ok"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    cols = ["fault", "requests", "lost", "duplicated", "out_of_order", "dead_lettered", "outbox_backlog",
+            "hostile_sent", "hostile_refused", "hostile_missing", "hostile_duplicated", "ok"]
+    widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
     line = " | ".join(c.ljust(widths[c]) for c in cols)
     sep = "-+-".join("-" * widths[c] for c in cols)
-    return "\n".join([line, sep, *(" | ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows)])
+    return "\n".join([line, sep, *(" | ".join(str(r.get(c, "-")).ljust(widths[c]) for c in cols) for r in rows)])
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -245,7 +254,8 @@ async def main(args: argparse.Namespace) -> int:
     system = System.from_environment(out / f"chaos-logs-{stamp}").start()
     rows = []
     try:
-        chosen = [f for f in faults(args.long) if not args.only or any(o in f.__name__ for o in args.only.split(","))]
+        wanted = [o.strip() for o in args.only.split(",") if o.strip()]
+        chosen = [f for f in faults(args.long) if not wanted or any(o in f.__name__ for o in wanted)]
         for i, fault in enumerate(chosen):
             poison = args.poison if fault is no_fault or args.long else (args.poison if i == 1 else 0)
             rows.append(await round_(system, fault, stories=args.stories, rate=args.rate, poison=poison, seed=100 + i))
@@ -254,10 +264,27 @@ async def main(args: argparse.Namespace) -> int:
                                              "unexpected", "dead_lettered", "outbox_backlog")}
             print(f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} {'' if row['ok'] else (counters, row['problems'])}",
                   flush=True)
+        if not wanted or any(o in HOSTILE for o in wanted):
+            try:
+                rows.append(await hostile_round(system, stories=args.stories, rate=args.rate, seed=100 + len(chosen),
+                                                input_topics=INPUT_TOPICS))
+            except Exception as exc:  # noqa: BLE001 - the table of the other rounds is still wanted
+                rows.append({"fault": HOSTILE, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"],
+                             "hostile_sent": 0, "hostile_refused": 0, "hostile_missing": 0, "hostile_duplicated": 0,
+                             "kept_consuming": "-"})
+            row = rows[-1]
+            print(f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} (hostile: {row['hostile_sent']} sent,"
+                  f" {row['hostile_refused']} refused, {row['hostile_missing']} missing, {row['hostile_duplicated']}"
+                  f" duplicated; kept consuming: {row['kept_consuming']}; healthy problems: {row['problems']})", flush=True)
     finally:
         system.stop()
     print("\n== chaos ==")
     print(_table(rows))
+    for row in rows:
+        if "hostile" in row:
+            print(report(row))
+        elif row["fault"] == HOSTILE:
+            print(f"\n== {HOSTILE}: the round could not run: {row['problems'][0]} ==")
     path = out / f"chaos-{stamp}.json"
     path.write_text(json.dumps(rows, indent=2))
     print(f"written: {path}")
@@ -270,7 +297,8 @@ if __name__ == "__main__":
     parser.add_argument("--stories", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None, help="requests per second during a round")
     parser.add_argument("--poison", type=int, default=20, help="poison and fuzzed messages mixed in")
-    parser.add_argument("--only", default="", help="comma-separated parts of fault names to run, e.g. 'SIGKILL,control'")
+    parser.add_argument("--only", default="",
+                        help="comma-separated parts of round names to run, e.g. 'SIGKILL,control' or 'hostile'")
     parser.add_argument("--out", default="bench-results")
     ns = parser.parse_args()
     ns.stories = ns.stories or (600 if ns.long else 60)

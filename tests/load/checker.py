@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -153,7 +154,10 @@ def check(
     poison: list[bytes],
     since: dict[tuple[str, int], int] | None = None,
     consumers: int = 1,
+    ignore_dead_letter: Callable[[Record], bool] | None = None,
 ) -> Verdict:
+    """`ignore_dead_letter`: dead letters judged elsewhere (e.g. of the chaos hostile round),
+    neither poison nor unexpected here."""
     verdict = Verdict(requests=len(scenario.stories))
     for story in scenario.stories:
         records = collector.by_key.get(story.booking_id, [])
@@ -177,8 +181,8 @@ def check(
             verdict.latencies_ms.append(max(0.0, last - sent_at_ms[story.request_envelope_id]))
     # Every poison message dead-lettered by every service that consumes it, each Kafka record
     # once (a message the generator had to send twice is two records), and nothing else.
-    wanted = {base64.b64encode(p).decode() for p in set(poison)}
-    by_value: dict[str, set[str]] = defaultdict(set)
+    wanted = set(poison)
+    by_value: dict[bytes, set[str]] = defaultdict(set)
     positions: Counter[tuple] = Counter()
     for r in collector.records:
         if r.topic.startswith("dlq.") and r.value.get("type") == "message.dead_lettered":
@@ -186,8 +190,11 @@ def check(
             origin = (data.get("original_topic"), data.get("original_partition"))
             if since is not None and origin in since and data.get("original_offset", 0) < since[origin]:
                 continue  # a record published before this run (a consumer catching up): not ours to judge
-            if data.get("original_value_base64") in wanted:
-                by_value[data["original_value_base64"]].add(r.topic)
+            if ignore_dead_letter is not None and ignore_dead_letter(r):
+                continue
+            original = original_value(data)
+            if original in wanted:
+                by_value[original].add(r.topic)
                 positions[(r.topic, *origin, data.get("original_offset"))] += 1
             else:
                 verdict.problems.append(f"unexpected dead letter on {r.topic}: {data.get('error')}")
@@ -199,6 +206,15 @@ def check(
         verdict.duplicated += twice
         verdict.problems.append(f"{twice} record(s) dead-lettered twice by the same service")
     return verdict
+
+
+def original_value(dead_letter: dict[str, Any]) -> bytes | None:
+    """The original bytes a dead letter keeps (base64, or the text when they were UTF-8)."""
+    if dead_letter.get("original_value_base64") is not None:
+        return base64.b64decode(dead_letter["original_value_base64"])
+    if dead_letter.get("original_value_text") is not None:
+        return dead_letter["original_value_text"].encode()
+    return None
 
 
 def _out_of_order(story: Any, records: list[Record]) -> bool:
@@ -219,13 +235,19 @@ def _out_of_order(story: Any, records: list[Record]) -> bool:
 
 
 async def outbox_backlog(admin_dsn: str) -> dict[str, int]:
-    """Unpublished outbox rows per service schema (0 everywhere once the system has drained)."""
+    """Outbox rows waiting to be published, per service schema (0 everywhere once the system has
+    drained). A row the relay set aside for good (`parked_at`, where the schema has it) is not
+    waiting: it never drains, and the run that caused it judges it."""
     conn = await asyncpg.connect(admin_dsn)
     try:
-        return {
-            schema: await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
-            for schema in SCHEMAS.values()
-        }
+        backlog = {}
+        for schema in SCHEMAS.values():
+            parking = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox'"
+                " AND column_name = 'parked_at'", schema)
+            backlog[schema] = await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL" + (" AND parked_at IS NULL" if parking else ""))
+        return backlog
     finally:
         await conn.close()
 
