@@ -60,6 +60,9 @@ def notification(infra: Any, mailbox: Mailbox, sms: SmsProvider, tmp_path_factor
 # --- helpers -----------------------------------------------------------------------------------
 
 T_START = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)  # Tuesday 11 March 2031, 9:00 am in Sydney (AEDT)
+# Times and money read as Babel (CLDR) writes them in the reader's locale: a narrow no-break space
+# before am/pm in an email body (a subject or an SMS folds it into a space).
+NNBSP = "\u202f"
 
 
 def practice_configured(practice_id: str, **overrides: Any) -> dict[str, Any]:
@@ -237,8 +240,8 @@ async def test_staff_cancellation_emails_and_texts_the_patient_once(
         # The email arrived, with the reason quoted and the time in the practice's timezone.
         received = await received_email(mailbox, email, one(rows, "patient", "email"))
         assert '"Dr Lee is unwell today"' in received.body
-        assert "Tuesday 11 March 2031, 9:00 am AEDT" in received.body
-        assert "Tuesday 11 March 2031" in (received.subject or "")
+        assert f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT" in received.body  # the patient's en-AU
+        assert "Tuesday, 11 March 2031" in (received.subject or "")
         if received.mail is not None:
             assert received.mail["Message-ID"] == f"<{by_channel['email']}@clinic.test>"
             assert received.mail["From"] == "practice-notices@clinic.test"
@@ -297,7 +300,7 @@ async def test_online_cancellation_confirms_with_rebook_link_and_tells_practice_
     assert "online abgesagt" in text
     # (the portal's base URL is the recording process's setting: the path is what matters)
     assert f"/practices/{practice_id}/rebook?booking_id={booking_id}" in text
-    assert "Montag, 10. März 2031, 23:00 Uhr (CET)" in text  # 22:00 UTC is 23:00 the day before in Berlin
+    assert "Montag, 10. März 2031, 23:00 CET" in text  # 22:00 UTC is 23:00 the day before in Berlin
     _, office = await email_text(mailbox, f"desk-{practice_id}@clinic.test", one(rows, "practice", "email"))
     assert "Max" in office
 
@@ -475,13 +478,13 @@ async def test_a_no_show_fee_is_emailed_to_the_patient_once_with_amount_code_and
     [card_row] = await finished(infra, "booking_id", card_booking, 1)
     assert (card_row["recipient"], card_row["channel"], card_row["template"]) == ("patient", "email", "no_show_fee_charged")
     subject, body = await email_text(mailbox, card_email, card_row)
-    assert subject == "No-show fee for your appointment on Tuesday 11 March 2031, 9:00 am AEDT"
-    assert "a no-show fee of 60.00 AUD applies (code D9986, CDT)" in body
+    assert subject == "No-show fee for your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT"
+    assert "a no-show fee of A$60.00 applies (code D9986, CDT)" in body
     assert "charged to the card we hold on file" in body
 
     [account_row] = await finished(infra, "booking_id", account_booking, 1)
     _, body = await email_text(mailbox, account_email, account_row)
-    assert "60.00 AUD" in body and "D9986" in body
+    assert "A$60.00" in body and "D9986" in body
     assert "The fee is outstanding on your account." in body
 
     # The same payment again, and a later payment of the outstanding one: nobody hears twice.
@@ -535,13 +538,13 @@ async def test_a_slot_offer_texts_and_emails_the_waitlisted_patient_with_the_exp
     rows = await finished(infra, "booking_id", booking_id, 2)
     assert len(rows) == 2
     text = await sms_text(sms, phone, one(rows, "waitlist", "sms"))
-    assert text.startswith("Harbour Dental: an appointment on Tuesday 11 March 2031, 9:00 am AEDT has come free")
-    assert "held for you until Tuesday 11 March 2031, 8:30 am AEDT" in text
+    assert text.startswith("Harbour Dental: an appointment on Tuesday, 11 March 2031, 9:00 am AEDT has come free")
+    assert "held for you until Tuesday, 11 March 2031, 8:30 am AEDT" in text  # Ivy's en-AU
     assert f"/practices/{practice_id}/offers/{offer_id}" in text  # the base URL is the recording process's
     subject, body = await email_text(mailbox, email, one(rows, "waitlist", "email"))
-    assert subject == "An appointment has come free: Tuesday 11 March 2031, 9:00 am AEDT"
+    assert subject == "An appointment has come free: Tuesday, 11 March 2031, 9:00 am AEDT"
     assert body.startswith("Hello Ivy,\n")
-    assert "We are holding it for you until Tuesday 11 March 2031, 8:30 am AEDT." in body
+    assert f"We are holding it for you until Tuesday, 11 March 2031, 8:30{NNBSP}am AEDT." in body
     # The booking's own (cancelled) patient is not the one told.
     assert mailbox.to(f"ann-{booking_id}@patients.test") == []
 
@@ -576,7 +579,7 @@ async def test_a_slot_offer_that_arrives_before_the_waitlist_entry_waits_for_its
     skipped = one(rows, "waitlist", "sms")
     assert (skipped["status"], skipped["reason"]) == ("skipped", "the patient has no mobile number on file")
     subject, body = await email_text(mailbox, email, one(rows, "waitlist", "email"))
-    assert subject == "Ein Termin ist frei geworden: Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"  # the practice's locale
+    assert subject == "Ein Termin ist frei geworden: Dienstag, 11. März 2031, 09:00 AEDT"  # the practice's locale
     assert "Guten Tag Joe," in body
     log = notification.get_json(f"/notifications?booking_id={booking_id}")
     assert sorted((i["recipient"], i["channel"], i["status"]) for i in log["items"]) == [
@@ -652,9 +655,9 @@ async def test_a_hold_and_a_suspension_are_emailed_to_the_professional(
     env = await publisher.event(SCORING_EVENTS, "hold.placed", professional_id, hold)
     [hold_row] = await finished(infra, "professional_id", professional_id, 1)
     subject, body = await email_text(mailbox, email, hold_row)
-    assert subject == "Your account is on hold until Tuesday 18 March 2031, 9:00 am AEDT"
+    assert subject == "Your account is on hold until Tuesday, 18 March 2031, 9:00 am AEDT"  # Noor's en-AU
     assert body.startswith("Hello Noor,\n")
-    assert "from Tuesday 11 March 2031, 9:00 am AEDT until Tuesday 18 March 2031, 9:00 am AEDT" in body
+    assert f"from Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT until Tuesday, 18 March 2031, 9:00{NNBSP}am AEDT" in body
 
     # A redelivery and a re-publication of the same hold: the professional hears once.
     await publisher.raw(SCORING_EVENTS, professional_id, json.dumps(env).encode())
@@ -680,7 +683,7 @@ async def test_a_hold_and_a_suspension_are_emailed_to_the_professional(
         await asyncio.sleep(0.1)
     suspension = [m for m in mailbox.to(email) if m["Message-ID"].startswith(f"<{rows[1]['notification_id']}@")]
     body = suspension[0].get_payload(decode=True).decode() if suspension else rows[1]["body"]
-    assert "Your account was suspended on Wednesday 12 March 2031, 12:00 pm AEDT, after 3 holds" in body
+    assert f"Your account was suspended on Wednesday, 12 March 2031, 12:00{NNBSP}pm AEDT, after 3 holds" in body
     assert len(mailbox.to(email)) <= 2
 
     log = notification.get_json(f"/notifications?professional_id={professional_id}")
@@ -738,7 +741,7 @@ async def test_a_manual_pms_update_is_told_to_the_practice(
     subject, body = await email_text(mailbox, f"desk-{practice_id}@clinic.test", row)
     assert subject == "Manual update required: cancel this booking in your PMS"
     assert body.startswith(message + "\n")
-    assert "Patient: Lea" in body and "Appointment: Tuesday 11 March 2031, 9:00 am AEDT" in body
+    assert "Patient: Lea" in body and f"Appointment: Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT" in body
 
     await publisher.raw(PMS_SYNC_EVENTS, booking_id, json.dumps(env).encode())
     await publisher.event(PMS_SYNC_EVENTS, "pms.manual_update_required", booking_id, manual)

@@ -30,7 +30,7 @@ from billing.domain import (
 )
 from billing.gateway import ConfigurationError, IdempotencyKeyReused, SandboxGateway, StripeGateway, make_gateway
 from billing.settings import BillingSettings
-from shared.contracts.base import Money
+from shared.contracts.base import CURRENCIES, Money, decimal_places
 from shared.contracts.common import Decision, Fee
 
 
@@ -48,6 +48,11 @@ from shared.contracts.common import Decision, Fee
         ("1.234", "KWD", 1234),
         ("12345678901.99", "USD", 1234567890199),  # large amounts stay exact
         ("1E+3", "JPY", 1000),
+        # Babel's decimal places, the contract's: billing keeps no table of its own
+        ("3000", "HUF", 3000),
+        ("250000", "IDR", 250000),
+        ("1500", "IQD", 1500),
+        ("1.2345", "CLF", 12345),
     ],
 )
 def test_to_minor_and_back_is_exact(amount: str, currency: str, minor: int) -> None:
@@ -71,6 +76,7 @@ def test_from_minor_prints_the_currencys_decimals(minor: int, currency: str, tex
         ("45.001", "AUD"),  # more decimals than the currency has: never rounded
         ("100.5", "JPY"),
         ("1.2345", "KWD"),
+        ("12.50", "HUF"),  # HUF has no decimals (Babel), so neither has billing
         ("-1.00", "AUD"),
         ("NaN", "AUD"),
         ("Infinity", "USD"),
@@ -79,6 +85,12 @@ def test_from_minor_prints_the_currencys_decimals(minor: int, currency: str, tex
 def test_to_minor_refuses_inexact_or_negative_amounts(amount: str, currency: str) -> None:
     with pytest.raises(InvalidAmount):
         to_minor(Decimal(amount), currency)
+
+
+def test_billing_counts_decimals_as_the_contract_does() -> None:
+    # One rule: an amount the contract lets through is exactly what billing can store.
+    assert all(exponent(code) == decimal_places(code) for code in CURRENCIES)
+    assert exponent("jpy") == exponent("JPY") == 0
 
 
 def test_to_minor_refuses_floats() -> None:
@@ -403,6 +415,35 @@ def test_a_refused_adjustment_says_why(kwargs: dict, reason: str) -> None:
 def test_adjusted_terms_keep_the_currencys_decimals() -> None:
     after = adjust(charge=ChargeTerms(1234, "KWD", "X", "custom"), amount="2.5").after
     assert after is not None and format(after.amount, "f") == "2.500" and after.amount_minor == 2500
+
+
+# --- Stripe's unit for amounts, which is not always the currency's decimal places ---------------
+
+
+@pytest.mark.parametrize(
+    ("amount_minor", "currency", "sent"),
+    [
+        (4500, "AUD", 4500),
+        (6000, "JPY", 6000),
+        (6000, "jpy", 6000),
+        (1230, "KWD", 1230),
+        (3000, "HUF", 300000),  # HUF has no decimals, but Stripe counts it in two
+        (5000, "ISK", 500000),  # likewise ISK
+        (250000, "IDR", 25000000),
+        (50000, "UGX", 50000),  # zero-decimal for Stripe as for Babel
+    ],
+)
+def test_stripe_is_sent_amounts_in_its_own_unit(amount_minor: int, currency: str, sent: int) -> None:
+    from billing.gateway import stripe_amount
+
+    assert stripe_amount(amount_minor, currency) == sent
+
+
+def test_an_amount_stripe_cannot_hold_exactly_is_refused() -> None:
+    from billing.gateway import stripe_amount
+
+    with pytest.raises(ValueError):
+        stripe_amount(12345, "CLF")  # 1.2345 CLF: four decimals, Stripe's unit has two
 
 
 # --- what Stripe's PaymentIntent answer means (the HTTP round trip: test_billing_stripe.py) --

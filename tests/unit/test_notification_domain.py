@@ -268,38 +268,101 @@ def test_patient_messages_use_the_patients_locale_else_the_practices() -> None:
 
 
 # --- times and money, in the practice's timezone and the reader's locale ---------------------------
+# Babel (CLDR) writes them. CLDR puts a narrow no-break space before AM/PM and a no-break space
+# between an amount and a trailing currency sign; a subject or an SMS folds both into a space.
 
+NNBSP = "\u202f"
+NBSP = "\xa0"
 T = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
     ("timezone", "locale", "expected"),
     [
-        ("Australia/Sydney", "en", "Tuesday 11 March 2031, 9:00 am AEDT"),
-        ("Australia/Sydney", "de", "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"),
-        ("Europe/Berlin", "de", "Montag, 10. März 2031, 23:00 Uhr (CET)"),
-        ("America/New_York", "en", "Monday 10 March 2031, 6:00 pm EDT"),
-        ("UTC", "en", "Monday 10 March 2031, 10:00 pm UTC"),
-        (None, "en", "Monday 10 March 2031, 10:00 pm UTC"),  # unknown timezone: UTC
-        ("Mars/Olympus_Mons", "en", "Monday 10 March 2031, 10:00 pm UTC"),  # invalid: UTC, not a crash
-        ("Asia/Kolkata", "en", "Tuesday 11 March 2031, 3:30 am IST"),
+        ("Australia/Sydney", "en", f"Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT"),
+        ("Australia/Sydney", "de", "Dienstag, 11. März 2031, 09:00 AEDT"),
+        ("Australia/Sydney", "en-AU", f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT"),  # the tag's region
+        ("Australia/Sydney", "de-AT", "Dienstag, 11. März 2031, 09:00 AEDT"),
+        ("Australia/Sydney", "fr", f"Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT"),  # not written: English
+        ("Europe/Berlin", "de", "Montag, 10. März 2031, 23:00 CET"),
+        ("America/New_York", "en", f"Monday, March 10, 2031, 6:00{NNBSP}PM EDT"),
+        ("UTC", "en", f"Monday, March 10, 2031, 10:00{NNBSP}PM UTC"),
+        (None, "en", f"Monday, March 10, 2031, 10:00{NNBSP}PM UTC"),  # unknown timezone: UTC
+        ("Mars/Olympus_Mons", "en", f"Monday, March 10, 2031, 10:00{NNBSP}PM UTC"),  # invalid: UTC, not a crash
+        ("Asia/Kolkata", "en", f"Tuesday, March 11, 2031, 3:30{NNBSP}AM IST"),
     ],
 )
 def test_times_are_shown_in_the_practices_timezone(timezone, locale, expected) -> None:
     assert domain.format_when(T, timezone, locale) == expected
 
 
+@pytest.mark.parametrize(
+    ("at", "timezone", "locale", "expected"),
+    [
+        # Berlin springs forward at 01:00 UTC on 30 March 2031: 02:00 CET becomes 03:00 CEST
+        (datetime(2031, 3, 30, 0, 30, tzinfo=UTC), "Europe/Berlin", "de", "Sonntag, 30. März 2031, 01:30 CET"),
+        (datetime(2031, 3, 30, 1, 30, tzinfo=UTC), "Europe/Berlin", "de", "Sonntag, 30. März 2031, 03:30 CEST"),
+        (datetime(2031, 3, 30, 0, 30, tzinfo=UTC), "Europe/Berlin", "en", f"Sunday, March 30, 2031, 1:30{NNBSP}AM CET"),
+        (datetime(2031, 3, 30, 1, 30, tzinfo=UTC), "Europe/Berlin", "en", f"Sunday, March 30, 2031, 3:30{NNBSP}AM CEST"),
+        # New York springs forward at 07:00 UTC on 9 March 2031
+        (datetime(2031, 3, 9, 6, 30, tzinfo=UTC), "America/New_York", "en", f"Sunday, March 9, 2031, 1:30{NNBSP}AM EST"),
+        (datetime(2031, 3, 9, 7, 30, tzinfo=UTC), "America/New_York", "en", f"Sunday, March 9, 2031, 3:30{NNBSP}AM EDT"),
+        # Sydney falls back at 16:00 UTC on 5 April 2031: 02:30 happens twice, the zone tells which
+        (datetime(2031, 4, 5, 15, 30, tzinfo=UTC), "Australia/Sydney", "en", f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEDT"),
+        (datetime(2031, 4, 5, 16, 30, tzinfo=UTC), "Australia/Sydney", "en", f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEST"),
+        (datetime(2031, 4, 5, 15, 30, tzinfo=UTC), "Australia/Sydney", "de", "Sonntag, 6. April 2031, 02:30 AEDT"),
+        (datetime(2031, 4, 5, 16, 30, tzinfo=UTC), "Australia/Sydney", "de", "Sonntag, 6. April 2031, 02:30 AEST"),
+    ],
+)
+def test_times_across_a_daylight_saving_change(at, timezone, locale, expected) -> None:
+    assert domain.format_when(at, timezone, locale) == expected
+
+
 def test_noon_and_midnight_read_as_people_say_them() -> None:
-    assert domain.format_when(datetime(2031, 3, 10, 0, 5, tzinfo=UTC), "UTC", "en").endswith("12:05 am UTC")
-    assert domain.format_when(datetime(2031, 3, 10, 12, 0, tzinfo=UTC), "UTC", "en").endswith("12:00 pm UTC")
+    assert domain.format_when(datetime(2031, 3, 10, 0, 5, tzinfo=UTC), "UTC", "en").endswith(f"12:05{NNBSP}AM UTC")
+    assert domain.format_when(datetime(2031, 3, 10, 12, 0, tzinfo=UTC), "UTC", "en").endswith(f"12:00{NNBSP}PM UTC")
+    assert domain.format_when(datetime(2031, 3, 10, 0, 5, tzinfo=UTC), "UTC", "de").endswith("00:05 UTC")
 
 
 @pytest.mark.parametrize(
-    ("amount", "locale", "expected"),
-    [("45.00", "en", "45.00 AUD"), ("45", "de", "45,00 AUD"), ("1250.5", "en", "1,250.50 AUD"), ("1250.5", "de", "1.250,50 AUD")],
+    ("amount", "currency", "locale", "expected"),
+    [
+        ("45.00", "AUD", "en", "A$45.00"),
+        ("45", "AUD", "de", f"45,00{NBSP}AU$"),
+        ("1250.5", "AUD", "en", "A$1,250.50"),
+        ("1250.5", "AUD", "de", f"1.250,50{NBSP}AU$"),
+        ("1250.5", "AUD", "en-AU", "$1,250.50"),  # at home the dollar needs no prefix
+        # the currency's own decimals: JPY none, KWD three
+        ("3000", "JPY", "en", "¥3,000"),
+        ("3000", "JPY", "de", f"3.000{NBSP}¥"),
+        ("1.25", "KWD", "en", "KWD1.250"),
+        ("1.25", "KWD", "de", f"1,250{NBSP}KWD"),
+        ("0.5", "BHD", "en", "BHD0.500"),
+        ("3000", "HUF", "de", f"3.000{NBSP}HUF"),  # as the contract counts HUF: no decimals
+        # the locale's own way
+        ("45", "EUR", "de", f"45,00{NBSP}€"),
+        ("45", "EUR", "en", "€45.00"),
+        ("45.5", "EUR", "de-AT", f"€{NBSP}45,50"),
+    ],
 )
-def test_money(amount, locale, expected) -> None:
-    assert domain.format_money(Decimal(amount), "AUD", locale) == expected
+def test_money(amount, currency, locale, expected) -> None:
+    assert domain.format_money(Decimal(amount), currency, locale) == expected
+
+
+@pytest.mark.parametrize(
+    ("language", "tags", "expected"),
+    [
+        ("en", ("en-AU", "de-DE"), "en_AU"),  # the recipient's tag first
+        ("en", (None, "en-AU"), "en_AU"),  # else the practice's
+        ("en", ("de-AT", "en-GB"), "en_GB"),  # a tag in another language is not the message's
+        ("de", ("de_CH",), "de_CH"),
+        ("de", ("en-AU",), "de"),
+        ("en", ("not a tag", "xx"), "en"),
+        ("en", (), "en"),
+    ],
+)
+def test_the_formatting_locale_is_the_most_specific_tag_in_the_messages_language(language, tags, expected) -> None:
+    assert str(domain.formatting_locale(language, *tags)) == expected
 
 
 def test_rebook_link() -> None:
@@ -378,7 +441,7 @@ def test_staff_cancellation_email_quotes_the_reason_in_the_practices_time() -> N
         message.template, "patient", "email", "en",
         _context(message, reason_text="Dr Lee is unwell", reason_code="illness"),
     )
-    assert out.subject == "Your appointment on Tuesday 11 March 2031, 9:00 am AEDT has been cancelled"
+    assert out.subject == "Your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT has been cancelled"
     assert out.body.startswith("Hello Ada,\n")
     assert 'Reason given: "Dr Lee is unwell"' in out.body
     assert "+61 2 9000 0000" in out.body
@@ -401,16 +464,16 @@ def test_german_sms_and_fee() -> None:
         booking_id="bk-1",
     )
     out = Renderer().render(message.template, "patient", "email", "de", context)
-    assert out.subject == "Ihr Termin am Dienstag, 11. März 2031, 09:00 Uhr (AEDT) wurde abgesagt"
+    assert out.subject == "Ihr Termin am Dienstag, 11. März 2031, 09:00 AEDT wurde abgesagt"
     assert "Angegebener Grund: „Krank“" in out.body
-    assert "45,00 AUD" in out.body
+    assert "45,00\xa0AU$" in out.body  # CLDR: a no-break space before the sign
 
 
 def test_online_cancellation_gives_the_patient_a_rebook_link() -> None:
     message = _only(domain.plan_cancellation("patient", ADA, ASKED), "patient", "sms")
     out = Renderer().render(message.template, "patient", "sms", "en", _context(message))
     assert out.body == (
-        "Harbour Dental: your appointment on Tuesday 11 March 2031, 9:00 am AEDT is cancelled. "
+        "Harbour Dental: your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT is cancelled. "
         "Book again: https://portal.example/practices/p1/rebook?booking_id=bk-1"
     )
 
@@ -464,13 +527,13 @@ def test_no_show_fee_email_names_amount_code_and_how_it_is_paid(settlement, engl
     [message] = domain.plan_no_show_fee(ADA, PRACTICE)
     renderer = Renderer()
     en = renderer.render(message.template, "patient", "email", "en", _context(message, settlement=settlement))
-    assert en.subject == "No-show fee for your appointment on Tuesday 11 March 2031, 9:00 am AEDT"
-    assert "a no-show fee of 60.00 AUD applies (code D9986, CDT)" in en.body
+    assert en.subject == "No-show fee for your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT"
+    assert "a no-show fee of A$60.00 applies (code D9986, CDT)" in en.body
     assert english in en.body
     de_message = domain.Message(**{**message.__dict__, "locale": "de"})
     de = renderer.render(message.template, "patient", "email", "de", _context(de_message, settlement=settlement))
-    assert de.subject == "Ausfallgebühr für Ihren Termin am Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"
-    assert "Ausfallgebühr von 60,00 AUD an (Code D9986, CDT)" in de.body
+    assert de.subject == "Ausfallgebühr für Ihren Termin am Dienstag, 11. März 2031, 09:00 AEDT"
+    assert "Ausfallgebühr von 60,00\xa0AU$ an (Code D9986, CDT)" in de.body
     assert german in de.body
 
 
@@ -481,18 +544,18 @@ def test_slot_offer_names_the_slot_and_the_expiry_in_the_practices_time() -> Non
     sms = _only(messages, "waitlist", "sms")
     out = renderer.render(sms.template, "waitlist", "sms", "en", _context(sms, expires=expires))
     assert out.body == (
-        "Harbour Dental: an appointment on Tuesday 11 March 2031, 9:00 am AEDT has come free and is held for you "
-        "until Tuesday 11 March 2031, 8:30 am AEDT. Take it: https://portal.example/practices/p1/offers/of-1 "
+        "Harbour Dental: an appointment on Tuesday, March 11, 2031, 9:00 AM AEDT has come free and is held for you "
+        "until Tuesday, March 11, 2031, 8:30 AM AEDT. Take it: https://portal.example/practices/p1/offers/of-1 "
         "or call +61 2 9000 0000."
     )
     german_sms = _only(messages, "waitlist", "sms", "de")
     out = renderer.render(german_sms.template, "waitlist", "sms", "de", _context(german_sms, expires=expires))
-    assert "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)" in out.body
-    assert "reserviert bis Dienstag, 11. März 2031, 08:30 Uhr (AEDT)" in out.body
+    assert "Dienstag, 11. März 2031, 09:00 AEDT" in out.body
+    assert "reserviert bis Dienstag, 11. März 2031, 08:30 AEDT" in out.body
     email = _only(messages, "waitlist", "email")
     out = renderer.render(email.template, "waitlist", "email", "en", _context(email, expires=expires))
-    assert out.subject == "An appointment has come free: Tuesday 11 March 2031, 9:00 am AEDT"
-    assert "We are holding it for you until Tuesday 11 March 2031, 8:30 am AEDT." in out.body
+    assert out.subject == "An appointment has come free: Tuesday, March 11, 2031, 9:00 AM AEDT"
+    assert f"We are holding it for you until Tuesday, March 11, 2031, 8:30{NNBSP}AM AEDT." in out.body
     assert out.body.startswith("Hello Ada,\n")
 
 
@@ -503,21 +566,21 @@ def test_slot_offer_without_a_known_slot_time_still_reads() -> None:
     )
     out = Renderer().render(email.template, "waitlist", "email", "en", context)
     assert out.subject == "An appointment has come free"
-    assert "None" not in out.body and "until Tuesday 11 March 2031, 9:00 am AEDT" in out.body
+    assert "None" not in out.body and f"until Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT" in out.body
 
 
 def test_hold_email_gives_the_holds_end_in_the_practices_time() -> None:
     [message] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, PRACTICE)
     renderer = Renderer()
     en = renderer.render(message.template, "professional", "email", "en", _context(message))
-    assert en.subject == "Your account is on hold until Tuesday 18 March 2031, 9:00 am AEDT"
+    assert en.subject == "Your account is on hold until Tuesday, March 18, 2031, 9:00 AM AEDT"
     assert en.body.startswith("Hello Noor,\n")
-    assert "from Tuesday 11 March 2031, 9:00 am AEDT until Tuesday 18 March 2031, 9:00 am AEDT" in en.body
+    assert f"from Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT until Tuesday, March 18, 2031, 9:00{NNBSP}AM AEDT" in en.body
     assert "because of a late cancellation of booking bk-1" in en.body
     assert "Ada" not in en.body  # the patient is none of the professional's business here
     de_message = domain.Message(**{**message.__dict__, "locale": "de"})
     de = renderer.render(message.template, "professional", "email", "de", _context(de_message, hold_cause="no_show"))
-    assert de.subject == "Ihr Konto ist vorübergehend gesperrt bis Dienstag, 18. März 2031, 09:00 Uhr (AEDT)"
+    assert de.subject == "Ihr Konto ist vorübergehend gesperrt bis Dienstag, 18. März 2031, 09:00 AEDT"
     assert "wegen eines Nichterscheinens" in de.body
 
 
@@ -526,11 +589,11 @@ def test_suspension_email() -> None:
     renderer = Renderer()
     en = renderer.render(message.template, "professional", "email", "en", _context(message))
     assert en.subject == "Your account has been suspended"
-    assert "suspended on Tuesday 11 March 2031, 9:00 am AEDT, after 3 holds within 365 days" in en.body
+    assert f"suspended on Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT, after 3 holds within 365 days" in en.body
     assert "future bookings have been cancelled" in en.body
     de_message = domain.Message(**{**message.__dict__, "locale": "de"})
     de = renderer.render(message.template, "professional", "email", "de", _context(de_message))
-    assert "am Dienstag, 11. März 2031, 09:00 Uhr (AEDT) gesperrt" in de.body
+    assert "am Dienstag, 11. März 2031, 09:00 AEDT gesperrt" in de.body
 
 
 def test_manual_update_tells_the_practice_the_pms_message() -> None:
@@ -539,7 +602,7 @@ def test_manual_update_tells_the_practice_the_pms_message() -> None:
     en = renderer.render(email.template, "practice", "email", "en", _context(email))
     assert en.subject == "Manual update required: cancel this booking in your PMS"
     assert en.body.startswith("Manual update required: cancel this booking in your PMS too\n")
-    assert "Appointment: Tuesday 11 March 2031, 9:00 am AEDT" in en.body
+    assert f"Appointment: Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT" in en.body
     de_email = domain.Message(**{**email.__dict__, "locale": "de"})
     de = renderer.render(email.template, "practice", "email", "de", _context(de_email, pms_action="record_no_show"))
     assert "das Nichterscheinen" in de.subject
@@ -548,7 +611,7 @@ def test_manual_update_tells_the_practice_the_pms_message() -> None:
     out = renderer.render(sms.template, "practice", "sms", "en", _context(sms))
     assert out.body == (
         "Manual update required: cancel this booking in your PMS too. Booking bk-1, patient Ada, "
-        "Tuesday 11 March 2031, 9:00 am AEDT."
+        "Tuesday, March 11, 2031, 9:00 AM AEDT."
     )
 
 
@@ -557,8 +620,32 @@ def test_time_facts_are_shown_in_the_practices_timezone_and_locale() -> None:
     context = domain.template_context(
         message, starts_at=None, practice=PRACTICE, patient=None, hold_starts=T, hold_ends=None
     )
-    assert context["hold_starts"] == "Dienstag, 11. März 2031, 09:00 Uhr (AEDT)"
+    assert context["hold_starts"] == "Dienstag, 11. März 2031, 09:00 AEDT"
     assert context["hold_ends"] is None and context["when"] is None
+
+
+def test_a_message_is_formatted_in_its_readers_region_and_never_in_someone_elses() -> None:
+    aussie = domain.PatientContact(first_name="Ada", email="ada@example.com", locale="en-AU")
+    [to_patient] = domain.plan_no_show_fee(aussie, PRACTICE)
+    context = domain.template_context(to_patient, starts_at=T, practice=PRACTICE, patient=aussie, fee=(Decimal("3000"), "JPY"))
+    assert context["when"] == f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT"
+    assert context["fee"] == "JPY3,000"  # en-AU writes the yen by its code; never "3,000.00"
+    # The office is told in the practice's locale, whatever the patient's.
+    [to_office] = domain.plan_cancellation("professional", aussie, PRACTICE)
+    context = domain.template_context(to_office, starts_at=T, practice=PRACTICE, patient=aussie)
+    assert context["when"] == f"Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT"
+    aussie_practice = domain.PracticeContact(**{**PRACTICE.__dict__, "locale": "en-AU"})
+    [to_office] = domain.plan_cancellation("professional", aussie, aussie_practice)
+    context = domain.template_context(to_office, starts_at=T, practice=aussie_practice, patient=aussie)
+    assert context["when"] == f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT"
+    # A professional in their own; a German reader at that practice in German, not en-AU.
+    noor_au = domain.ProfessionalContact(first_name="Noor", email="noor@locums.example", locale="en-AU")
+    [to_professional] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, noor_au, PRACTICE)
+    context = domain.template_context(to_professional, starts_at=None, practice=PRACTICE, patient=None, hold_ends=T)
+    assert context["hold_ends"] == f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT"
+    [to_german] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR_GERMAN, aussie_practice)
+    context = domain.template_context(to_german, starts_at=None, practice=aussie_practice, patient=None, hold_ends=T)
+    assert context["hold_ends"] == "Dienstag, 11. März 2031, 09:00 AEDT"
 
 
 def test_a_locale_without_its_own_template_falls_back_to_english(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+import stamina
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 try:
     import pms_connector  # noqa: F401
@@ -140,6 +143,67 @@ async def test_out_of_attempts_the_command_is_left_unacknowledged() -> None:
     assert len(seen) == 3
     client, _ = _pms(httpx.ReadTimeout("slow"))
     assert await _apply(client, attempts=2) == pms.PmsResult("unavailable", error="PMS not reachable: ReadTimeout")
+
+
+@pytest.fixture
+def waits() -> Iterator[list[float]]:
+    """The waits stamina schedules between tries, as its retry hooks report them."""
+    seen: list[float] = []
+
+    def record(details: RetryDetails) -> None:
+        seen.append(details.wait_for)
+
+    set_on_retry_hooks([record])
+    try:
+        yield seen
+    finally:
+        set_on_retry_hooks(None)
+
+
+async def test_the_waits_grow_with_jitter_up_to_the_cap(waits: list[float]) -> None:
+    client, seen = _pms(*[httpx.Response(503)] * 4, httpx.Response(200, json={"reference": "R1"}))
+    async with client:
+        result = await pms.apply(client, pms.request_for(cancel()), attempts=5, backoff=0.01, max_backoff=0.03)
+    assert result == pms.PmsResult("ok", external_ref="R1") and len(seen) == 5
+    # backoff × 2^(n−1) plus up to one backoff of jitter, never more than the cap
+    bounds = [(0.01, 0.02), (0.02, 0.03), (0.03, 0.03), (0.03, 0.03)]
+    assert len(waits) == 4
+    assert all(low - 1e-9 <= wait <= high + 1e-9 for wait, (low, high) in zip(waits, bounds, strict=True)), waits
+
+
+async def test_a_retry_after_is_followed_within_the_cap(waits: list[float]) -> None:
+    client, seen = _pms(
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(503, headers={"Retry-After": "120"}),
+        httpx.Response(200, json={"reference": "R2"}),
+    )
+    async with client:
+        result = await pms.apply(client, pms.request_for(cancel()), attempts=5, backoff=1.0, max_backoff=0.02)
+    assert result == pms.PmsResult("ok", external_ref="R2") and len(seen) == 3
+    assert waits == pytest.approx([0.0, 0.02])
+
+
+async def test_the_real_settings_retry_without_waiting_in_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNECTOR_INTEGRATION", "praktika")
+    monkeypatch.setenv("PMS_API_URL", "http://pms.test/v2")
+    settings = ConnectorSettings()  # type: ignore[call-arg]
+    client, seen = _pms(httpx.ConnectError("refused"))
+    with stamina.set_testing(True, attempts=settings.connector_http_attempts, cap=True):  # no waits, same tries
+        async with client:
+            result = await pms.apply(
+                client, pms.request_for(cancel()), attempts=settings.connector_http_attempts,
+                backoff=settings.connector_http_backoff_seconds, max_backoff=settings.connector_http_max_backoff_seconds,
+            )
+    assert result == pms.PmsResult("unavailable", error="PMS not reachable: ConnectError")
+    assert len(seen) == settings.connector_http_attempts == 5
+
+
+@pytest.mark.parametrize("error", [httpx.DecodingError("garbled"), ValueError("not ours")])
+async def test_only_transport_errors_and_transient_answers_are_tried_again(error: Exception) -> None:
+    client, seen = _pms(error)
+    with pytest.raises(type(error)):
+        await _apply(client)
+    assert len(seen) == 1
 
 
 def test_settings_name_the_topic_and_group(monkeypatch: pytest.MonkeyPatch) -> None:

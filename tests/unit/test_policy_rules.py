@@ -6,10 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from booking.domain import Rejection, check_request
 from cancellation_policy.domain import assess, classify
 from shared.contracts.booking import BookingSnapshot, CancellationAssessmentRequested
 from shared.contracts.common import Actor, Fee
-from shared.contracts.upstream import CancellationSettings, DepositSettings, FeeSettings, PracticeSettings
+from shared.contracts.upstream import (
+    REASON_TEXT_TOO_LONG,
+    CancellationSettings,
+    DepositSettings,
+    FeeSettings,
+    PracticeSettings,
+)
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LATE_FEE = Fee(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
@@ -101,6 +108,14 @@ def test_within_cutoff_message_names_the_practices_cutoff():
 
 def test_reason_text_of_exactly_255_characters_is_accepted():
     assert assess(request(STAFF, 72 * H, reason_text="x" * 255), DEFAULTS).allowed
+
+
+def test_a_reason_too_long_gets_the_one_sentence_booking_gives_too():
+    # One sentence, kept once beside the limit: booking and the policy answer alike.
+    result = assess(request(STAFF, 72 * H, reason_text="x" * 256), DEFAULTS)
+    assert result.explanation == REASON_TEXT_TOO_LONG
+    assert check_request("scheduled", "x" * 256) == Rejection("invalid_request", REASON_TEXT_TOO_LONG)
+    assert "255 characters" in REASON_TEXT_TOO_LONG
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from scoring.domain import (
     UNKNOWN_EXCUSE,
     UNKNOWN_PROFESSIONAL,
     Compensation,
+    DecisionWithoutPenalty,
     Entry,
     Hold,
     Penalty,
@@ -82,24 +83,33 @@ def test_score_is_the_base_plus_the_ledger_unclamped(deltas: list[int], expected
         ("timely", -10, None, Penalty(-10, "cancelled", None, None)),
         ("late", -50, 7, Penalty(-50, "late_cancelled", 7, "late_cancellation")),
         ("no_show", -100, 14, Penalty(-100, "no_show", 14, "no_show")),
-        # a policy that decides other numbers is followed
+        # a policy that decides other numbers is followed: scoring keeps no table of its own
         ("late", -30, 3, Penalty(-30, "late_cancelled", 3, "late_cancellation")),
         ("late", -50, 0, Penalty(-50, "late_cancelled", None, None)),
+        ("late", -50, None, Penalty(-50, "late_cancelled", None, None)),
+        ("no_show", -70, None, Penalty(-70, "no_show", None, None)),
         ("timely", -10, 2, Penalty(-10, "cancelled", 2, "late_cancellation")),
-        # a decision without numbers falls back to the docs/rules.md table
-        ("timely", None, None, Penalty(-10, "cancelled", None, None)),
-        ("late", None, None, Penalty(-50, "late_cancelled", 7, "late_cancellation")),
-        ("no_show", None, None, Penalty(-100, "no_show", 14, "no_show")),
+        ("timely", 0, None, Penalty(0, "cancelled", None, None)),
     ],
 )
-def test_penalty(classification: str, score_delta: int | None, hold_days: int | None, expected: Penalty) -> None:
+def test_penalty_is_the_policys(classification: str, score_delta: int, hold_days: int | None, expected: Penalty) -> None:
     assert penalty(classification, score_delta, hold_days) == expected
+
+
+@pytest.mark.parametrize("classification", ["timely", "late", "no_show"])
+@pytest.mark.parametrize("hold_days", [None, 7])
+def test_a_decision_without_its_penalty_is_refused_not_guessed(classification: str, hold_days: int | None) -> None:
+    # The policy decides every professional penalty; a decision without one breaks the contract
+    # and is dead-lettered (a ValueError the consumer never retries).
+    with pytest.raises(DecisionWithoutPenalty, match="score_delta"):
+        penalty(classification, None, hold_days)
+    assert issubclass(DecisionWithoutPenalty, ValueError)
 
 
 @pytest.mark.parametrize(("classification", "days"), [("sometimes", None), ("late", -1)])
 def test_penalty_refuses_what_no_rule_names(classification: str, days: int | None) -> None:
     with pytest.raises(ValueError):
-        penalty(classification, -50 if days else None, days)
+        penalty(classification, -50, days)
 
 
 @pytest.mark.parametrize(

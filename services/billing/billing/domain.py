@@ -2,9 +2,10 @@
 values out, no I/O.
 
 Guarantees:
-- Money is exact: an amount becomes integer minor units of its currency (ISO 4217 exponent:
-  JPY 0, AUD/USD/EUR 2, KWD 3 …) and back, through `Decimal` only. An amount with more decimals
-  than its currency has, or a negative one, is refused, never rounded.
+- Money is exact: an amount becomes integer minor units of its currency and back, through
+  `Decimal` only. A currency has the decimal places the contract checks amounts with
+  (`shared.contracts.base.decimal_places`, Babel's data: JPY 0, AUD/USD/EUR 2, KWD 3 …). An
+  amount with more decimals than its currency has, or a negative one, is refused, never rounded.
 - A charge, a payment and a credit note have ids derived from what caused them (uuid5 of the
   booking and the request), so a redelivery or a replay names the row that exists already and
   cannot make a second one.
@@ -26,20 +27,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from shared.contracts.base import Money
+from shared.contracts.base import Money, decimal_places
 from shared.contracts.common import Decision
-
-# ISO 4217 minor-unit exponents that are not 2; every other currency has two decimals.
-_EXPONENTS: dict[str, int] = {
-    **dict.fromkeys(
-        ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
-         "VUV", "XAF", "XOF", "XPF"),
-        0,
-    ),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-    "CLF": 4,
-    "UYW": 4,
-}
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cancellations:billing")
 
@@ -53,8 +42,9 @@ class InvalidAmount(ValueError):
 
 
 def exponent(currency: str) -> int:
-    """How many decimals the currency has (ISO 4217 minor units)."""
-    return _EXPONENTS.get(currency.upper(), 2)
+    """How many decimals the currency has: the contract's rule (`decimal_places`, Babel's
+    data), so billing stores exactly the amounts the contract lets through."""
+    return decimal_places(currency.upper())
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

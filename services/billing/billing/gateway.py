@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from .domain import from_minor
+
 PaymentStatus = Literal["captured", "failed"]
 
 # Customer-reference suffix -> the decline a real processor would give for such a card.
@@ -82,7 +84,7 @@ class PaymentGateway(Protocol):
         self,
         *,
         idempotency_key: str,
-        amount_minor: int,
+        amount_minor: int,  # billing's minor units: the currency's decimal places (billing.domain)
         currency: str,
         customer_ref: str,
         payment_method: str | None = None,
@@ -146,6 +148,28 @@ class SandboxGateway:
         return None
 
 
+# How Stripe counts `amount` (docs.stripe.com/currencies, "Minor units in API amounts"): two
+# decimals for every currency not listed here, ISK, HUF and TWD included. This is Stripe's API
+# unit, not a currency's decimal places: billing's `amount_minor` counts those (the contract's
+# rule, Babel's data), and the two differ for some currencies (HUF: 0 decimals, 2 for Stripe).
+_STRIPE_ZERO_DECIMAL = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
+_STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def stripe_amount(amount_minor: int, currency: str) -> int:
+    """Billing's minor units of `currency` as Stripe's `amount`: 3000 HUF (`amount_minor` 3000)
+    is 300000, 6000 JPY is 6000, 45.00 AUD (4500) is 4500. Never rounds: an amount Stripe's unit
+    cannot hold exactly is refused (ValueError)."""
+    code = currency.upper()
+    places = 0 if code in _STRIPE_ZERO_DECIMAL else 3 if code in _STRIPE_THREE_DECIMAL else 2
+    scaled = from_minor(amount_minor, code).scaleb(places)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"Stripe counts {code} in {places} decimals, which cannot hold this amount exactly")
+    return int(scaled)
+
+
 class StripeGateway:
     """Stripe through the official SDK (`stripe.StripeClient` with its httpx async client).
 
@@ -185,7 +209,7 @@ class StripeGateway:
             raise ValueError("Stripe charges a saved card: a payment method is required")
         stripe = self._stripe
         params: dict[str, Any] = {
-            "amount": amount_minor,  # minor units, as Stripe counts them (JPY 6000 is 6000)
+            "amount": stripe_amount(amount_minor, currency),  # as Stripe counts them (JPY 6000 is 6000)
             "currency": currency.lower(),
             "customer": customer_ref,
             "payment_method": payment_method,

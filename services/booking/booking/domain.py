@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.contracts.upstream import REASON_TEXT_MAX_CHARS
+from shared.contracts.upstream import REASON_TEXT_MAX_CHARS, REASON_TEXT_TOO_LONG
 
 
 REJECTION_MESSAGES = {
@@ -22,7 +22,7 @@ REJECTION_MESSAGES = {
     "already_completed": "This appointment has already taken place, so it can no longer be cancelled.",
     "already_no_show": "This appointment was recorded as missed, so it can no longer be cancelled; please contact the practice.",
     "request_id_reused": "This request id was already used for another appointment; please send the request again with a new request id.",
-    "invalid_request": f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again.",
+    "invalid_request": REASON_TEXT_TOO_LONG,
 }
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from shared.contracts.booking import CancellationAssessmentRequested
 from shared.contracts.common import Fee
-from shared.contracts.upstream import REASON_TEXT_MAX_CHARS, PracticeSettings
+from shared.contracts.upstream import REASON_TEXT_MAX_CHARS, REASON_TEXT_TOO_LONG, PracticeSettings
 
 RULES_VERSION = "r1"
 
@@ -89,10 +89,7 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
     rules = settings.cancellation
 
     if request.reason_text is not None and len(request.reason_text) > REASON_TEXT_MAX_CHARS:
-        return _reject(
-            "invalid_request",
-            f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again.",
-        )
+        return _reject("invalid_request", REASON_TEXT_TOO_LONG)
     if request.fee_decision != "policy" and actor.kind != "staff":
         return _reject("not_allowed", "Only practice staff can choose to charge or waive a fee; please send the request without a fee decision.")
     if request.kind == "no_show":

@@ -7,7 +7,9 @@ Pure: plain values in, plain values out, no I/O. Guarantees:
 - A channel the recipient has no address for is planned as *skipped* with the reason, never
   dropped silently and never an error.
 - Times shown to people are in the practice's timezone (UTC when it is unknown or not a valid
-  IANA name) and in the recipient's locale (English when it is not one we write).
+  IANA name) and in the recipient's locale (English when it is not one we write); times and
+  money are formatted by Babel (CLDR) in that locale, with the region the recipient's or the
+  practice's tag names (`en-AU`), and money with its currency's own decimals (JPY 0, KWD 3).
 - Where one fact reaches us as several events (a no-show fee: the no-show, the charge, the
   card payment) or can be re-published under a new envelope id (a slot offer, a hold), the id
   is derived from the fact's own key (the no-show's booking, `offer_id`, `hold_id` …), not
@@ -27,6 +29,10 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_datetime, get_datetime_format
+from babel.numbers import format_currency
 
 from shared.backoff import backoff_delay
 from shared.redaction import mask_text
@@ -104,9 +110,13 @@ class Message:
     recipient: Recipient
     channel: Channel
     template: str
-    locale: str
+    locale: str  # the language of the template: en | de
     address: str | None  # None exactly when skipped
     skip_reason: str | None = None
+    # The reader's locale tags the language was chosen from, most specific first (the
+    # recipient's, then the practice's): times and money are formatted in the first one in
+    # `locale`'s language, so an `en-AU` reader gets Australian conventions.
+    tags: tuple[str | None, ...] = ()
 
     @property
     def skipped(self) -> bool:
@@ -144,12 +154,13 @@ def _patient_messages(
     unknown: str = "no contact details are known for this booking's patient",
 ) -> list[Message]:
     """Email and SMS where the patient has them; a channel without an address is skipped."""
-    locale = resolve_locale(patient.locale if patient else None, practice.locale)
+    tags = (patient.locale if patient else None, practice.locale)
+    locale = resolve_locale(*tags)
     if patient is None:
         return [Message(recipient, channel, template, locale, None, unknown) for channel in ("email", "sms")]
     return [
-        _message(recipient, "email", template, locale, patient.email, "the patient has no email address on file"),
-        _message(recipient, "sms", template, locale, patient.phone, "the patient has no mobile number on file"),
+        _message(recipient, "email", template, tags, patient.email, "the patient has no email address on file"),
+        _message(recipient, "sms", template, tags, patient.phone, "the patient has no mobile number on file"),
     ]
 
 
@@ -160,7 +171,9 @@ def _office_message(template: str, practice: PracticeContact) -> Message:
     other: Channel = "sms" if practice.preferred_channel == "email" else "email"
     for channel in (practice.preferred_channel, other):
         if addresses[channel]:
-            return Message("practice", channel, template, resolve_locale(practice.locale), addresses[channel])
+            return Message(
+                "practice", channel, template, resolve_locale(practice.locale), addresses[channel], tags=(practice.locale,)
+            )
     return Message(
         "practice",
         practice.preferred_channel,
@@ -172,10 +185,13 @@ def _office_message(template: str, practice: PracticeContact) -> Message:
 
 
 def _message(
-    recipient: Recipient, channel: Channel, template: str, locale: str, address: str | None, missing: str
+    recipient: Recipient, channel: Channel, template: str, tags: tuple[str | None, ...], address: str | None, missing: str
 ) -> Message:
+    """To the reader whose locale `tags` are (most specific first), or skipped without an address."""
     address = address.strip() if address else None
-    return Message(recipient, channel, template, locale, address or None, None if address else missing)
+    return Message(
+        recipient, channel, template, resolve_locale(*tags), address or None, None if address else missing, tags=tags
+    )
 
 
 def plan_cancellation(
@@ -195,7 +211,7 @@ def plan_cancellation(
         if practice.notify_practice_on_online_cancel:
             messages.append(
                 _message(
-                    "practice", "email", template, resolve_locale(practice.locale), practice.email,
+                    "practice", "email", template, (practice.locale,), practice.email,
                     "the practice has no email address on file",
                 )
             )
@@ -260,11 +276,11 @@ def no_show_fee_settlement(fee: NoShowFee) -> Settlement | None:
 
 def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
     """The patient, by email only (docs/rules.md#notifications)."""
-    locale = resolve_locale(patient.locale if patient else None, practice.locale)
+    tags = (patient.locale if patient else None, practice.locale)
     if patient is None:
-        return [Message("patient", "email", NO_SHOW_FEE_TEMPLATE, locale, None,
+        return [Message("patient", "email", NO_SHOW_FEE_TEMPLATE, resolve_locale(*tags), None,
                         "no contact details are known for this booking's patient")]
-    return [_message("patient", "email", NO_SHOW_FEE_TEMPLATE, locale, patient.email,
+    return [_message("patient", "email", NO_SHOW_FEE_TEMPLATE, tags, patient.email,
                      "the patient has no email address on file")]
 
 
@@ -297,11 +313,11 @@ def plan_professional_notice(
 ) -> list[Message]:
     """hold.placed, account.suspended: the professional, by email (docs/rules.md#notifications).
     No known email is recorded skipped with the reason, never an error."""
-    locale = resolve_locale(professional.locale if professional else None, practice.locale)
+    tags = (professional.locale if professional else None, practice.locale)
     if professional is None:
-        return [Message("professional", "email", template, locale, None,
+        return [Message("professional", "email", template, resolve_locale(*tags), None,
                         "no contact details are known for this professional")]
-    return [_message("professional", "email", template, locale, professional.email,
+    return [_message("professional", "email", template, tags, professional.email,
                      "no email address is known for this professional")]
 
 
@@ -316,18 +332,6 @@ def plan_manual_update(practice: PracticeContact) -> list[Message]:
 
 # --- what the templates are given --------------------------------------------------------------
 
-_WEEKDAYS = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
-}
-_MONTHS = {
-    "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"),
-    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
-           "Oktober", "November", "Dezember"),
-}
-
-
 def zone(name: str | None) -> tzinfo:
     """The practice's IANA timezone; UTC when unknown or invalid (a message still goes out)."""
     if not name:
@@ -338,18 +342,36 @@ def zone(name: str | None) -> tzinfo:
         return UTC
 
 
-def format_when(at: datetime, timezone: str | None, locale: str) -> str:
-    """`Tuesday 11 March 2025, 9:00 am AEDT` / `Dienstag, 11. März 2025, 09:00 Uhr (AEDT)`."""
-    local = at.astimezone(zone(timezone))
-    locale = resolve_locale(locale)
-    weekday = _WEEKDAYS[locale][local.weekday()]
-    month = _MONTHS[locale][local.month - 1]
-    abbreviation = local.strftime("%Z")
-    if locale == "de":
-        return f"{weekday}, {local.day}. {month} {local.year}, {local:%H:%M} Uhr ({abbreviation})"
-    hour = local.hour % 12 or 12
-    meridiem = "am" if local.hour < 12 else "pm"
-    return f"{weekday} {local.day} {month} {local.year}, {hour}:{local:%M} {meridiem} {abbreviation}"
+def formatting_locale(language: str, *tags: str | None) -> Locale:
+    """The locale a message's times and money are formatted in: the first of `tags` (most
+    specific first: the recipient's, then the practice's) in the message's `language`, so an
+    `en-AU` reader gets Australian conventions; else the language's own (`en`, `de`)."""
+    for tag in tags:
+        if not tag:
+            continue
+        try:
+            locale = Locale.parse(tag.strip().replace("_", "-"), sep="-")
+        except (ValueError, UnknownLocaleError):
+            continue
+        if locale.language == language:
+            return locale
+    return Locale.parse(resolve_locale(language))
+
+
+def format_when(at: datetime, timezone: str | None, locale: str | Locale) -> str:
+    """The moment as the locale writes a full date with a short time, in the practice's
+    timezone, then the zone's abbreviation (tz database): `Tuesday, March 11, 2031, 9:00 AM AEDT`
+    (en; CLDR puts a narrow no-break space before AM), `Dienstag, 11. März 2031, 09:00 AEDT` (de).
+    The abbreviation says which side of a daylight-saving change the time lies on."""
+    locale = locale if isinstance(locale, Locale) else formatting_locale(resolve_locale(locale), locale)
+    local_zone = zone(timezone)
+    pattern = (
+        get_datetime_format("full", locale=locale)
+        .replace("{1}", locale.date_formats["full"].pattern)
+        .replace("{0}", locale.time_formats["short"].pattern)
+    )
+    text = format_datetime(at, pattern, tzinfo=local_zone, locale=locale)
+    return f"{text} {at.astimezone(local_zone).tzname()}"
 
 
 def rebook_url(portal_base_url: str, practice_id: str, booking_id: str) -> str:
@@ -368,12 +390,11 @@ def caused_by_suspension(actor_kind: str, reason_code: str | None) -> bool:
     return actor_kind == "system" and reason_code == SUSPENSION_REASON_CODE
 
 
-def format_money(amount: Decimal, currency: str, locale: str) -> str:
-    """`45.00 AUD` / `45,00 AUD`."""
-    text = f"{amount:,.2f}"
-    if resolve_locale(locale) == "de":
-        text = text.replace(",", "_").replace(".", ",").replace("_", ".")
-    return f"{text} {currency}"
+def format_money(amount: Decimal, currency: str, locale: str | Locale) -> str:
+    """As the locale writes an amount of the currency, with the currency's own decimals (Babel's,
+    the contract's): `A$45.00` / `45,00 €` (de) / `¥3,000` / `KWD1.250`."""
+    locale = locale if isinstance(locale, Locale) else formatting_locale(resolve_locale(locale), locale)
+    return format_currency(amount, currency, locale=locale)
 
 
 # Every fact a template may ask for, so a template never meets an undefined name for an event
@@ -434,8 +455,9 @@ def template_context(
     if unknown:
         raise TypeError(f"templates are given no fact(s) {sorted(unknown)}")
     reason_code = facts.get("reason_code")
+    locale = formatting_locale(message.locale, *message.tags)
     times = {
-        name: format_when(value, practice.timezone, message.locale)
+        name: format_when(value, practice.timezone, locale)
         for name, value in facts.items()
         if name in TIME_FACTS and value is not None
     }
@@ -444,7 +466,7 @@ def template_context(
         **facts,
         **times,
         "reason_code": reason_code.replace("_", " ") if reason_code else None,
-        "fee": format_money(fee[0], fee[1], message.locale) if fee else None,
+        "fee": format_money(fee[0], fee[1], locale) if fee else None,
         "locale": message.locale,
         "recipient": message.recipient,
         "channel": message.channel,
@@ -452,7 +474,7 @@ def template_context(
         "practice_name": practice.name,
         "practice_email": practice.email,
         "practice_phone": practice.phone,
-        "when": format_when(starts_at, practice.timezone, message.locale) if starts_at else None,
+        "when": format_when(starts_at, practice.timezone, locale) if starts_at else None,
     }
 
 

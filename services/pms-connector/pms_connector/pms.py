@@ -16,13 +16,12 @@ sends the command again later, with the same sync_id).
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import stamina
 
 from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow
 
@@ -104,29 +103,53 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+class _TryAgain(Exception):
+    """A transient answer (5xx, 408, 429): what the PMS said, and its Retry-After if any. Its
+    text is the status alone: stamina logs each retry with it, and the PMS's words stay out of
+    the logs (they go to pms-sync in the acknowledgement only)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.why = error_of(response)
+        self.retry_after = _retry_after(response)
+
+
 async def apply(
     client: httpx.AsyncClient, request: PmsRequest, *, attempts: int, backoff: float, max_backoff: float
 ) -> PmsResult:
-    """Send one request, trying again on a transient failure. Safe to repeat: the PMS applies one
-    Idempotency-Key once, so a retry here, or a redelivery later, never applies it twice."""
-    why = "not tried"
-    for attempt in range(1, attempts + 1):
-        retry_after: float | None = None
-        try:
-            response = await client.post(request.path, json=request.body, headers={"Idempotency-Key": request.idempotency_key})
-        except httpx.TransportError as exc:  # refused, reset, DNS, timeout: no answer at all
-            why = f"PMS not reachable: {type(exc).__name__}"
-        else:
-            if response.is_success:
-                return PmsResult("ok", external_ref=external_ref_of(response))
-            if not is_transient(response.status_code):
-                return PmsResult("error", error=error_of(response))
-            why = error_of(response)
-            retry_after = _retry_after(response)
-        if attempt < attempts:
-            delay = retry_after if retry_after is not None else backoff * 2 ** (attempt - 1) * (0.75 + random.random() / 2)
-            await asyncio.sleep(min(max_backoff, delay))
-    return PmsResult("unavailable", error=why)
+    """Send one request, trying again on a transient failure (no answer, 5xx, 408, 429): up to
+    `attempts` tries in all, waiting `backoff` × 2^(n−1) plus up to `backoff` of jitter, at most
+    `max_backoff` (or the PMS's Retry-After, capped the same), by `stamina`. Safe to repeat: the
+    PMS applies one Idempotency-Key once, so a retry here, or a redelivery later, never applies
+    it twice."""
+
+    def worth_another_try(exc: Exception) -> bool | float:
+        if isinstance(exc, _TryAgain) and exc.retry_after is not None:
+            return min(max_backoff, exc.retry_after)
+        return isinstance(exc, (httpx.TransportError, _TryAgain))
+
+    try:
+        async for attempt in stamina.retry_context(
+            on=worth_another_try,
+            attempts=attempts,
+            timeout=None,  # bounded by the attempts (and each call's own timeout)
+            wait_initial=backoff,
+            wait_max=max_backoff,
+            wait_jitter=backoff,
+        ):
+            with attempt:
+                response = await client.post(
+                    request.path, json=request.body, headers={"Idempotency-Key": request.idempotency_key}
+                )
+                if is_transient(response.status_code):
+                    raise _TryAgain(response)
+    except httpx.TransportError as exc:  # refused, reset, DNS, timeout: no answer at all
+        return PmsResult("unavailable", error=f"PMS not reachable: {type(exc).__name__}")
+    except _TryAgain as exc:
+        return PmsResult("unavailable", error=exc.why)
+    if response.is_success:
+        return PmsResult("ok", external_ref=external_ref_of(response))
+    return PmsResult("error", error=error_of(response))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

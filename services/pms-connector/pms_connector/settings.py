@@ -26,7 +26,8 @@ class ConnectorSettings(BaseSettings):
     pms_api_token: SecretStr | None = None  # sent as `Authorization: Bearer …` when set
     pms_timeout_seconds: float = 10.0
     # A 5xx, 408, 429 or a connection error is tried again, this many times in all, waiting
-    # backoff × 2^(n−1) (capped) in between; then the command is left unacknowledged.
+    # backoff × 2^(n−1) plus up to backoff of jitter, capped (stamina; a Retry-After is capped
+    # the same), in between; then the command is left unacknowledged.
     connector_http_attempts: int = 5
     connector_http_backoff_seconds: float = 0.5
     connector_http_max_backoff_seconds: float = 8.0

@@ -2,8 +2,9 @@
 
 Guarantees:
 - The score is `BASE_SCORE` plus the sum of the ledger's deltas; nothing is clamped.
-- A penalty is the one the policy decided (`score_delta`, `hold_days` on the decision); only a
-  decision without them falls back to the docs/rules.md table for its classification.
+- A penalty is the one the policy decided (`score_delta`, `hold_days` on the decision): the
+  table lives once, in cancellation-policy. A decision without its `score_delta` breaks the
+  contract (`DecisionWithoutPenalty`): it is refused, never guessed.
 - Holds stack: a new hold starts when the latest hold of the professional that was not excused
   ends (one that expired since still ran its course), or at the event's own time when none runs
   beyond it, so the same history always gives the same windows, whenever the expiry job ran.
@@ -29,13 +30,7 @@ COMPLETION_DELTA = 10
 SUSPENSION_HOLDS = 3
 SUSPENSION_WINDOW = timedelta(days=365)
 
-# docs/rules.md table, by classification: (score delta, hold days). Used only when a decision does
-# not carry its own numbers; the policy's numbers win so a changed rule is applied once, there.
-PENALTY_TABLE: dict[str, tuple[int, int | None]] = {
-    "timely": (-10, None),
-    "late": (-50, 7),
-    "no_show": (-100, 14),
-}
+# How scoring names a penalty, by the decision's classification. The numbers are the policy's.
 SCORE_CAUSE = {"timely": "cancelled", "late": "late_cancelled", "no_show": "no_show"}
 HOLD_CAUSE = {"late": "late_cancellation", "no_show": "no_show"}
 PENALTY_CAUSES = frozenset(SCORE_CAUSE.values())  # ledger causes an excuse can take out
@@ -80,20 +75,31 @@ def score(deltas: Iterable[int]) -> int:
     return BASE_SCORE + sum(deltas)
 
 
-def penalty(classification: str, score_delta: int | None = None, hold_days: int | None = None) -> Penalty:
-    """The penalty of a professional cancellation (classification timely|late|no_show) or of a
-    professional no-show (classification no_show), from the decision's numbers when it has them."""
-    if classification not in PENALTY_TABLE:
+class DecisionWithoutPenalty(ValueError):
+    """A professional's cancellation or no-show whose decision carries no `score_delta`. The
+    policy always decides one, so the message breaks the contract: it is dead-lettered, since
+    it would fail the same way every time."""
+
+
+def penalty(classification: str, score_delta: int | None, hold_days: int | None) -> Penalty:
+    """The penalty the policy decided for a professional cancellation (classification
+    timely|late|no_show) or a professional no-show (classification no_show): `score_delta`, and
+    a hold of `hold_days` when that is more than zero."""
+    if classification not in SCORE_CAUSE:
         raise ValueError(f"no professional penalty for classification {classification!r}")
-    table_delta, table_days = PENALTY_TABLE[classification]
-    delta = table_delta if score_delta is None else score_delta
-    days = table_days if score_delta is None and hold_days is None else hold_days
-    if days is not None and days < 0:
-        raise ValueError(f"a hold cannot last {days} days")
-    has_hold = bool(days)
+    if score_delta is None:
+        raise DecisionWithoutPenalty(
+            f"the decision on a professional's cancellation or no-show ({classification}) carries no"
+            " score_delta; only the cancellation policy decides a penalty"
+        )
+    if hold_days is not None and hold_days < 0:
+        raise ValueError(f"a hold cannot last {hold_days} days")
+    has_hold = bool(hold_days)
     # A hold on a timely cancellation (a policy could decide one) is a late-cancellation hold.
     hold_cause = HOLD_CAUSE.get(classification, "late_cancellation") if has_hold else None
-    return Penalty(delta=delta, cause=SCORE_CAUSE[classification], hold_days=days if has_hold else None, hold_cause=hold_cause)
+    return Penalty(
+        delta=score_delta, cause=SCORE_CAUSE[classification], hold_days=hold_days if has_hold else None, hold_cause=hold_cause
+    )
 
 
 def next_hold_window(holds: Sequence[Hold], at: datetime, days: int) -> tuple[datetime, datetime]:

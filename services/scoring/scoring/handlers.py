@@ -33,8 +33,10 @@ class ScoringRules:
 
 
 async def score_cancellation(unit: Unit, event: BookingCancelled) -> None:
-    """A professional's own cancellation costs score (and a hold when late); cancellations by
-    the patient, the practice or the system never touch the professional's score."""
+    """A professional's own cancellation costs what the policy decided (score, and a hold when
+    it decided one); cancellations by the patient, the practice or the system never touch the
+    professional's score. A decision without its `score_delta` is refused
+    (`domain.DecisionWithoutPenalty`), so the record is dead-lettered, never scored by a guess."""
     if event.actor.kind != "professional":
         return
     # The policy only lets the booked professional cancel, so the actor is that professional.
@@ -44,7 +46,8 @@ async def score_cancellation(unit: Unit, event: BookingCancelled) -> None:
 
 
 async def score_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
-    """A professional who did not attend: the no-show penalty and hold."""
+    """A professional who did not attend: the penalty and hold the policy decided (refused, so
+    dead-lettered, when the decision carries none)."""
     if event.party != "professional":
         return
     if event.professional_id is None:
