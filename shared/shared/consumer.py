@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 import structlog
@@ -43,6 +43,8 @@ from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
 from .topics import dead_letter_topic
 
 log = get_logger(__name__)
+
+Deps = TypeVar("Deps")
 
 
 class Record(Protocol):
@@ -90,15 +92,15 @@ def is_transient(exc: BaseException) -> bool:
 
 
 @dataclass
-class Unit:
-    """One message's worth of work, handed to a handler inside the batch transaction."""
+class UnitOfWork(Generic[Deps]):
+    """One transaction's worth of work: its connection, the service's dependencies, and the
+    events to publish if, and only if, the transaction commits. Handlers get a `Unit` (one with
+    the message it handles); background work gets a plain `UnitOfWork`."""
 
     conn: asyncpg.Connection
-    event: Event
     service: str
-    deps: Any
-    # The Kafka record's own timestamp: what a request's claimed time is checked against.
-    record_time: datetime | None = None
+    deps: Deps
+    correlation_id: str | None = None
     emitted: list[outbox.OutgoingEvent] = field(default_factory=list)
 
     def emit(self, topic: str, payload: Payload, *, subject: str, time: datetime | None = None) -> str:
@@ -108,14 +110,23 @@ class Unit:
             payload,
             subject=subject,
             source=f"service/{self.service}",
-            correlation_id=self.event.correlation_id,
+            correlation_id=self.correlation_id,
             time=time,
         )
         self.emitted.append(event)
         return event.id
 
 
-Handler = Callable[[Unit, Any], Awaitable[None]]
+@dataclass
+class Unit(UnitOfWork[Deps]):
+    """A handler's unit of work: the message it handles, and that record's broker timestamp."""
+
+    event: Event = field(kw_only=True)
+    # The Kafka record's own timestamp: what a request's claimed time is checked against.
+    record_time: datetime | None = field(default=None, kw_only=True)
+
+
+Handler = Callable[[Unit[Any], Any], Awaitable[None]]
 
 
 class _RecordFailed(Exception):
@@ -223,102 +234,98 @@ class MessageProcessor:
     async def _handle_in_transaction(
         self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
     ) -> BatchOutcome:
+        """One savepoint per record: a record that fails for good is dead-lettered in place of
+        its effect, and the others keep theirs."""
         outcome = BatchOutcome()
         async with self.pool.acquire() as conn, conn.transaction():
             for record, result in parsed:
-                await self._handle_one(conn, record, result, outcome)
+                if isinstance(result, ContractViolation):
+                    await self._refuse(conn, record, result, outcome)
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: this record's effect, or none of it
+                        first = await inbox.claim(conn, self.service, result.id) if self._wants(record, result) else False
+                        emitted = await self._apply(conn, record, result, first, outcome)
+                        await outbox.write(conn, emitted)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    await self._handler_failed(conn, record, result, exc, outcome)
         return outcome
 
     async def _handle_batch_at_once(
         self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
     ) -> BatchOutcome:
+        """One inbox claim and one outbox write for the whole batch, no savepoints; a record that
+        fails for good raises `_RecordFailed`, and the batch is redone one savepoint per record."""
         outcome = BatchOutcome()
-        handled: set[str] = set()
         emitted: list[outbox.OutgoingEvent] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            wanted = [
-                r.id for rec, r in parsed
-                if isinstance(r, Event) and r.type in self.handlers[rec.topic]
-            ]
+            wanted = [r.id for rec, r in parsed if isinstance(r, Event) and self._wants(rec, r)]
             first_seen = await inbox.claim_many(conn, self.service, list(dict.fromkeys(wanted)))
             for record, result in parsed:
                 if isinstance(result, ContractViolation):
-                    await self._handle_one(conn, record, result, outcome)
+                    await self._refuse(conn, record, result, outcome)
                     continue
-                handler = self.handlers[record.topic].get(result.type)
-                if handler is None:
-                    outcome.add(record.topic, "ignored")
-                    continue
-                if result.id not in first_seen or result.id in handled:
-                    outcome.add(record.topic, "duplicate")
-                    continue
-                handled.add(result.id)
-                structlog.contextvars.bind_contextvars(
-                    correlation_id=result.correlation_id, event_id=result.id, event_type=result.type
-                )
-                unit = Unit(
-                    conn=conn, event=result, service=self.service, deps=self.deps, record_time=record_time(record)
-                )
+                first = result.id in first_seen
+                first_seen.discard(result.id)  # the same id twice in one batch: the second is a duplicate
                 try:
-                    await handler(unit, result.payload)
+                    emitted += await self._apply(conn, record, result, first, outcome)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     raise _RecordFailed from exc
-                finally:
-                    structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
-                emitted.extend(unit.emitted)
-                outcome.add(record.topic, "processed")
             await outbox.write(conn, emitted)
         return outcome
 
-    async def _handle_one(
-        self,
-        conn: asyncpg.Connection,
-        record: Record,
-        result: Event | ContractViolation,
-        outcome: BatchOutcome,
-    ) -> None:
-        if isinstance(result, ContractViolation):
-            if await self._dead_letter(conn, record, str(result), claim_id=_position_id(record)):
-                await self._answer(conn, result)
-            outcome.add(record.topic, "dead_lettered")
-            return
+    def _wants(self, record: Record, event: Event) -> bool:
+        return event.type in self.handlers[record.topic]
 
-        event = result
+    async def _apply(
+        self, conn: asyncpg.Connection, record: Record, event: Event, first: bool, outcome: BatchOutcome
+    ) -> list[outbox.OutgoingEvent]:
+        """The one path of a valid record, in either mode: its handler's effect and the events it
+        emits, or nothing when this service ignores its type or has seen it (`first` is false)."""
         handler = self.handlers[record.topic].get(event.type)
         if handler is None:  # a contract event this service has no business with
             outcome.add(record.topic, "ignored")
-            return
-
+            return []
+        if not first:
+            outcome.add(record.topic, "duplicate")
+            return []
         structlog.contextvars.bind_contextvars(
             correlation_id=event.correlation_id, event_id=event.id, event_type=event.type
         )
         try:
-            async with conn.transaction():  # a savepoint: this record's effect, or none of it
-                if not await inbox.claim(conn, self.service, event.id):
-                    outcome.add(record.topic, "duplicate")
-                    return
-                unit = Unit(
-                    conn=conn, event=event, service=self.service, deps=self.deps, record_time=record_time(record)
-                )
-                await handler(unit, event.payload)
-                await outbox.write(conn, unit.emitted)
-            outcome.add(record.topic, "processed")
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            # It will fail the same way every time: record why, in place of its effect, once. The
-            # log names only the error's type (its text may quote personal data); the dead letter,
-            # readable by ops only, has the whole reason.
-            log.error("handler failed; dead-lettering", error=type(exc).__name__)
-            await self._dead_letter(
-                conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id,
-                log_reason=f"handler failed: {type(exc).__name__}",
+            unit: Unit[Any] = Unit(
+                conn=conn, service=self.service, deps=self.deps, correlation_id=event.correlation_id,
+                event=event, record_time=record_time(record),
             )
-            outcome.add(record.topic, "dead_lettered")
+            await handler(unit, event.payload)
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
+        outcome.add(record.topic, "processed")
+        return unit.emitted
+
+    async def _refuse(
+        self, conn: asyncpg.Connection, record: Record, violation: ContractViolation, outcome: BatchOutcome
+    ) -> None:
+        """A record that breaks the contract: its dead letter (and answer), once per position."""
+        if await self._dead_letter(conn, record, str(violation), claim_id=_position_id(record)):
+            await self._answer(conn, violation)
+        outcome.add(record.topic, "dead_lettered")
+
+    async def _handler_failed(
+        self, conn: asyncpg.Connection, record: Record, event: Event, exc: Exception, outcome: BatchOutcome
+    ) -> None:
+        """It will fail the same way every time: record why, in place of its effect, once. The log
+        names only the error's type (its text may quote personal data); the dead letter, readable
+        by ops only, has the whole reason."""
+        await self._dead_letter(
+            conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id,
+            log_reason=f"handler failed: {type(exc).__name__}",
+        )
+        outcome.add(record.topic, "dead_lettered")
 
     async def _answer(self, conn: asyncpg.Connection, violation: ContractViolation) -> None:
         envelope = violation.envelope

@@ -1,7 +1,8 @@
-"""JSON over HTTP for every service: /healthz, /readyz, /metrics and the read APIs.
+"""The read APIs of every service, served by FastAPI (`shared.service.http_app`).
 
-FastStream's ASGI app matches exact paths, so read APIs take their arguments as query
-parameters (`/bookings?practice_id=…&page=2`).
+A read route is `async def route(query) -> body` over the query parameters
+(`/bookings?practice_id=…&page=2`); `BadRequest` answers 400 with its sentence. The body may
+hold datetimes, decimals and UUIDs; it is written as JSON.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
 from uuid import UUID
 
-from faststream.asgi import AsgiResponse, get
-from faststream.asgi.handlers import GetHandler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import Request
+from fastapi.responses import Response
+
+ReadRoute = Callable[[dict[str, str]], Awaitable[Any]]
 
 
 class BadRequest(Exception):
@@ -31,30 +32,21 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def json_response(body: Any, status: int = 200) -> AsgiResponse:
-    return AsgiResponse(
-        json.dumps(body, default=_default).encode(),
-        status_code=status,
-        headers={"content-type": "application/json"},
-    )
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, default=_default).encode(), status_code=status, media_type="application/json")
 
 
-def query_params(scope: dict[str, Any]) -> dict[str, str]:
-    parsed = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=False)
-    return {k: v[-1] for k, v in parsed.items()}
+def read_endpoint(route: ReadRoute) -> Callable[[Request], Awaitable[Response]]:
+    """The FastAPI endpoint of a read route."""
 
-
-def json_route(func: Callable[[dict[str, str]], Awaitable[Any]]) -> GetHandler:
-    """A GET route from `async def func(query) -> body`; BadRequest becomes a 400."""
-
-    async def handler(scope: Any) -> AsgiResponse:
+    async def endpoint(request: Request) -> Response:
         try:
-            return json_response(await func(query_params(scope)))
+            return json_response(await route(dict(request.query_params)))
         except BadRequest as exc:
             return json_response({"error": str(exc)}, status=400)
 
-    handler.__doc__ = func.__doc__
-    return get(handler)
+    endpoint.__doc__ = route.__doc__
+    return endpoint
 
 
 def required(query: dict[str, str], name: str) -> str:
@@ -75,10 +67,3 @@ def page_args(query: dict[str, str], default_size: int = 50, max_size: int = 500
     if page < 1 or not 1 <= size <= max_size:
         raise BadRequest(f"page starts at 1 and page_size is between 1 and {max_size}")
     return size, (page - 1) * size
-
-
-def metrics_route() -> GetHandler:
-    async def metrics(scope: Any) -> AsgiResponse:
-        return AsgiResponse(generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
-
-    return get(metrics)

@@ -29,7 +29,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
+from aiokafka.errors import KafkaError
 
 from .backoff import backoff_delay
 from .contracts.base import Payload
@@ -111,27 +113,32 @@ async def write(conn: asyncpg.Connection, events: Iterable[OutgoingEvent]) -> in
     return len(rows)
 
 
-# publish(topic, key, value, headers) -> a future that resolves when the broker acknowledged.
-Publish = Callable[[str, bytes, bytes, dict[str, str]], Awaitable["asyncio.Future[Any]"]]
+# A started Kafka producer for the relay: idempotent, acks=all (see shared.service).
+ProducerFactory = Callable[[], Awaitable[AIOKafkaProducer]]
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in order; one leader per service."""
+    """Publishes committed outbox rows in order; one leader per service.
+
+    The relay owns its producer: it starts one with `start()`, replaces it after a Kafka error
+    (an idempotent producer can lose its sequence over a broker restart and stay
+    OutOfOrderSequence for ever; the rows not marked are published again and consumers
+    de-duplicate them), and stops it with `stop()`.
+    """
 
     def __init__(
         self,
         pool: asyncpg.Pool,
-        publish: Publish,
+        new_producer: ProducerFactory,
         *,
         service: str,
         batch_size: int = 500,
         poll_interval: float = 0.2,
         retention_hours: int = 24 * 7,
-        on_publish_failure: Callable[[Exception], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
-        self._on_publish_failure = on_publish_failure
-        self._publish = publish
+        self._new_producer = new_producer
+        self._producer: AIOKafkaProducer | None = None  # between start() and stop()
         self._service = service
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -145,7 +152,8 @@ class OutboxRelay:
         """Something was committed to the outbox in this process: publish without waiting."""
         self._wakeup.set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._producer = await self._new_producer()
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
@@ -158,6 +166,21 @@ class OutboxRelay:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _publish(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
+        """Hand one record to the producer; the future resolves when the broker acknowledged it."""
+        assert self._producer is not None, "publishing before start()"
+        return await self._producer.send(
+            topic, value=value, key=key or None, headers=[("content-type", b"application/cloudevents+json")]
+        )
+
+    async def _replace_producer(self) -> None:
+        old, self._producer = self._producer, await self._new_producer()
+        if old is not None:
+            await old.stop()
 
     async def _run(self) -> None:
         failures = 0
@@ -185,9 +208,9 @@ class OutboxRelay:
                 failures += 1
                 delay = backoff_delay(failures, base=0.4, cap=10.0)
                 log.warning("outbox relay retrying", error=type(exc).__name__, detail=mask_text(str(exc))[:200], delay=round(delay, 2))
-                if self._on_publish_failure is not None:
+                if isinstance(exc, KafkaError):
                     try:
-                        await self._on_publish_failure(exc)
+                        await self._replace_producer()
                     except Exception as reset_exc:  # noqa: BLE001 - the next round tries again
                         log.warning("relay producer reset failed", error=type(reset_exc).__name__)
                 await self._sleep(delay)
@@ -232,12 +255,7 @@ class OutboxRelay:
         refused: list[tuple[asyncpg.Record, BaseException]] = []
         for row in rows:
             try:
-                future = await self._publish(
-                    row["topic"],
-                    (row["key"] or "").encode(),
-                    row["payload"].encode(),
-                    {"content-type": "application/cloudevents+json"},
-                )
+                future = await self._publish(row["topic"], (row["key"] or "").encode(), row["payload"].encode())
             except PERMANENT_PUBLISH_ERRORS as exc:  # refused before it left (e.g. over the size limit)
                 refused.append((row, exc))
             else:

@@ -1,8 +1,10 @@
-"""The composition of one service: broker, subscribers, pool, migrations, relay, HTTP, runner.
+"""The runtime of one service: pool, migrations, relay, handlers, subscriber, background work,
+and its HTTP surface.
 
 Guarantees (docs/style.md#the-habits 2, 5, 7):
-- Nothing is created at import time: pools, producers and the relay are built in the app's
-  startup hooks and closed in its shutdown hooks.
+- Nothing is created at import time. `Runtime.build` creates everything a service needs, and
+  only a fully built runtime exists (no part of it is ever missing); `start()` begins
+  consuming, publishing and background work, `stop()` ends them in the safe order.
 - Every subscriber is explicit about delivery: the service's consumer group, manual
   acknowledgement that commits offsets only after the batch transaction committed,
   `auto_offset_reset="earliest"`; the relay's producer is idempotent with acks=all.
@@ -10,14 +12,18 @@ Guarantees (docs/style.md#the-habits 2, 5, 7):
 - Shutdown stops consuming first, then lets the relay publish what was committed.
 - Every replica prunes inbox claims older than INBOX_RETENTION_HOURS in the background
   (shared.inbox.prune: batched, safe with replicas).
+- The HTTP surface (FastAPI, `http_app`) builds the runtime in its lifespan; liveness,
+  readiness and metrics live there with the read API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,27 +32,29 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from faststream import AckPolicy
-from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import db, inbox
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
-from .http import json_response, metrics_route
+from .http import ReadRoute, read_endpoint
 from .logging import configure_logging, get_logger
-from .redaction import mask_text
 from .outbox import OutboxRelay
+from .redaction import mask_text
 from .settings import ServiceSettings
 
 log = get_logger(__name__)
 
-BackgroundTask = Callable[["Service"], Awaitable[None]]
+BackgroundTask = Callable[["Runtime"], Awaitable[None]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServiceDefinition:
     """What makes one service: its name, schema, what it consumes and publishes, its extras."""
 
@@ -56,37 +64,108 @@ class ServiceDefinition:
     migrations: Path
     consumes: Mapping[str, Mapping[str, Handler]]  # topic -> event type -> handler
     publishes: Mapping[str, Sequence[type[Payload]]]  # topic -> the models it may publish
-    # Build the handlers' dependencies once the pool exists (SMTP client, gateways, ...).
-    make_deps: Callable[["Service"], Awaitable[Any]] | None = None
+    # The handlers' dependencies (SMTP client, gateways, rules from settings), built at startup
+    # (a value, or an awaitable of one).
+    make_deps: Callable[[], Any] | None = None
     close_deps: Callable[[Any], Awaitable[None]] | None = None
     background: Sequence[BackgroundTask] = ()  # long-running loops: schedulers, senders
-    http_routes: Callable[["Service"], Sequence[tuple[str, Any]]] | None = None
+    http_routes: Callable[["Runtime"], Sequence[tuple[str, ReadRoute]]] | None = None
     # event type -> what to answer besides the dead letter when its payload breaks the contract
     answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
 
 
-@dataclass
-class Service:
-    """The running parts of a service, built at startup."""
+class Runtime:
+    """A service, fully built: its pool (migrated), relay, dependencies, processor and broker."""
 
-    definition: ServiceDefinition
-    broker: KafkaBroker
-    pool: asyncpg.Pool | None = None
-    producer: AIOKafkaProducer | None = None
-    relay: OutboxRelay | None = None
-    processor: MessageProcessor | None = None
-    deps: Any = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    started: bool = False
-    stopping: bool = False
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        pool: asyncpg.Pool,
+        relay: OutboxRelay,
+        deps: Any,
+        processor: MessageProcessor,
+    ) -> None:
+        self.definition = definition
+        self.settings = definition.settings
+        self.pool = pool
+        self.relay = relay
+        self.deps = deps
+        self.processor = processor
+        self.broker = _broker(self)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.started = False
+        self.stopping = False
+
+    @classmethod
+    async def build(cls, definition: ServiceDefinition) -> Runtime:
+        settings = definition.settings
+        pool = await _connect_pool(settings, definition.name)
+        try:
+            await db.migrate(pool, settings.schema, definition.migrations)
+            relay = OutboxRelay(
+                pool,
+                lambda: _start_producer(settings, definition.name),
+                service=definition.name,
+                batch_size=settings.relay_batch_size,
+                poll_interval=settings.relay_poll_interval_seconds,
+            )
+            deps = definition.make_deps() if definition.make_deps is not None else None
+            if inspect.isawaitable(deps):
+                deps = await deps
+        except BaseException:
+            await pool.close()
+            raise
+        processor = MessageProcessor(
+            service=definition.name,
+            pool=pool,
+            handlers=definition.consumes,
+            deps=deps,
+            answer_invalid=definition.answer_invalid,
+            on_committed=relay.wake,
+            savepoint_per_record=settings.consumer_savepoint_per_record,
+        )
+        return cls(definition, pool, relay, deps, processor)
 
     @property
-    def settings(self) -> ServiceSettings:
-        return self.definition.settings
+    def name(self) -> str:
+        return self.definition.name
 
     def wake_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.wake()
+        self.relay.wake()
+
+    async def start(self) -> None:
+        await self.relay.start()
+        if self.definition.consumes:
+            await self.broker.start()
+        for task in (*self.definition.background, prune_inbox):
+            self.tasks.append(asyncio.create_task(_supervised(task, self), name=task.__name__))
+        self.started = True
+        log.info("service started", topics=list(self.definition.consumes))
+
+    async def stop(self) -> None:
+        """Stop consuming (an in-flight batch is not committed), end background work, let the
+        relay publish what was committed, then close."""
+        self.stopping = True
+        self.processor.stopping = True
+        await self.broker.stop()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.relay.stop()
+        if self.definition.close_deps is not None and self.deps is not None:
+            await self.definition.close_deps(self.deps)
+        await self.pool.close()
+        log.info("service stopped")
+
+    async def readiness(self) -> dict[str, Any]:
+        checks: dict[str, bool] = {"started": self.started and not self.stopping}
+        try:
+            async with asyncio.timeout(2):
+                checks["database"] = bool(await self.pool.fetchval("SELECT true"))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            checks["database"] = False
+        checks["relay_leader"] = self.relay.is_leader
+        return {"ready": checks["started"] and checks["database"], "checks": checks}
 
 
 def _broker_security(settings: ServiceSettings) -> Any:
@@ -133,12 +212,11 @@ async def _connect_pool(settings: ServiceSettings, name: str) -> asyncpg.Pool:
     raise RuntimeError("unreachable")
 
 
-async def prune_inbox(service: Service) -> None:
+async def prune_inbox(service: Runtime) -> None:
     """Background task (every service, every replica): delete inbox claims older than
     INBOX_RETENTION_HOURS, once shortly after startup and then every
     INBOX_PRUNE_INTERVAL_SECONDS (jittered, so replicas do not all prune at once)."""
     settings = service.settings
-    assert service.pool is not None
     await asyncio.sleep(random.uniform(5.0, 30.0))  # let startup traffic settle first
     while not service.stopping:
         started = asyncio.get_running_loop().time()
@@ -156,148 +234,51 @@ async def prune_inbox(service: Service) -> None:
         await asyncio.sleep(random.uniform(0.75 * interval, 1.25 * interval))
 
 
-def build_app(definition: ServiceDefinition) -> AsgiFastStream:
-    settings = definition.settings
+def _broker(runtime: Runtime) -> KafkaBroker:
+    """The FastStream broker with the service's one subscriber (all its topics, one group)."""
+    settings, definition = runtime.settings, runtime.definition
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         security=_broker_security(settings),
         client_id=definition.name,
-        enable_idempotence=True,
-        acks="all",
         allow_auto_create_topics=False,  # topics are created from the contract by provisioning
         graceful_timeout=15.0,
         log_level=logging.DEBUG,  # one line per message only at DEBUG
     )
-    service = Service(definition=definition, broker=broker)
+    if not definition.consumes:
+        return broker
 
-    topics = list(definition.consumes)
-    if topics:
-
-        @broker.subscriber(
-            *topics,
-            group_id=definition.name,
-            batch=True,
-            max_records=settings.consumer_max_records,
-            batch_timeout_ms=settings.consumer_batch_timeout_ms,
-            auto_offset_reset="earliest",
-            ack_policy=AckPolicy.MANUAL,
-            decoder=_raw_decoder,
-            title=f"{definition.name}:consume",
-        )
-        async def on_records(msg: KafkaMessage) -> None:
-            """Subscribers only translate: raw records in, the recipe, then commit offsets."""
-            assert service.processor is not None
-            records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-            if not records:
-                return
-            try:
-                await service.processor.handle(records)
-            except Exception:
-                # Not committed (the processor gives up only when stopping): the next batch's
-                # offset commit must not skip past it, so rewind every partition of the batch to
-                # its first record and it is delivered again.
-                await msg.nack()
-                raise
-            try:
-                await msg.ack()
-            except KafkaError as exc:
-                # The batch committed in Postgres; a redelivery after a rebalance is harmless.
-                log.warning("offset commit failed; records will be redelivered", error=type(exc).__name__)
-
-    async def on_startup() -> None:
-        service.pool = await _connect_pool(settings, definition.name)
-        await db.migrate(service.pool, settings.schema, definition.migrations)
-        service.producer = await _start_producer(settings, definition.name)
-
-        async def reset_producer(exc: Exception) -> None:
-            # An idempotent producer that lost its sequence (a broker restart can leave it
-            # OutOfOrderSequence forever) is replaced; the unmarked rows are published again
-            # and consumers de-duplicate them by envelope id.
-            if isinstance(exc, KafkaError) and service.producer is not None:
-                old, service.producer = service.producer, await _start_producer(settings, definition.name)
-                await old.stop()
-
-        service.relay = OutboxRelay(
-            service.pool,
-            _publisher(service),
-            service=definition.name,
-            batch_size=settings.relay_batch_size,
-            poll_interval=settings.relay_poll_interval_seconds,
-            on_publish_failure=reset_producer,
-        )
-        if definition.make_deps is not None:
-            service.deps = await definition.make_deps(service)
-        service.processor = MessageProcessor(
-            service=definition.name,
-            pool=service.pool,
-            handlers=definition.consumes,
-            deps=service.deps,
-            answer_invalid=definition.answer_invalid,
-            on_committed=service.wake_relay,
-            savepoint_per_record=settings.consumer_savepoint_per_record,
-        )
-
-    async def after_startup() -> None:
-        assert service.relay is not None
-        service.relay.start()
-        for task in (*definition.background, prune_inbox):
-            service.tasks.append(asyncio.create_task(_supervised(task, service), name=task.__name__))
-        service.started = True
-        log.info("service started", topics=topics)
-
-    async def on_shutdown() -> None:
-        service.stopping = True
-        if service.processor is not None:
-            service.processor.stopping = True  # an in-flight batch stops retrying; not committed
-        for task in service.tasks:
-            task.cancel()
-        await asyncio.gather(*service.tasks, return_exceptions=True)
-
-    async def after_shutdown() -> None:
-        # Consumers have stopped; publish what they committed, then close.
-        if service.relay is not None:
-            await service.relay.stop()
-        if service.producer is not None:
-            await service.producer.stop()
-        if definition.close_deps is not None and service.deps is not None:
-            await definition.close_deps(service.deps)
-        if service.pool is not None:
-            await service.pool.close()
-        log.info("service stopped")
-
-    @get
-    async def healthz(scope: Any) -> AsgiResponse:
-        """Liveness: the process answers."""
-        return json_response({"status": "ok", "service": definition.name})
-
-    @get
-    async def readyz(scope: Any) -> AsgiResponse:
-        """Readiness: started, database answering, broker connected."""
-        checks: dict[str, bool] = {"started": service.started and not service.stopping}
-        try:
-            assert service.pool is not None
-            async with asyncio.timeout(2):
-                checks["database"] = await service.pool.fetchval("SELECT true")
-        except Exception:
-            checks["database"] = False
-        checks["relay_leader"] = bool(service.relay and service.relay.is_leader)
-        ready = checks["started"] and checks["database"]
-        return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
-
-    routes: list[tuple[str, Any]] = [("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics_route())]
-    app = AsgiFastStream(
-        broker,
-        asgi_routes=routes,
-        on_startup=[on_startup],
-        after_startup=[after_startup],
-        on_shutdown=[on_shutdown],
-        after_shutdown=[after_shutdown],
+    @broker.subscriber(
+        *definition.consumes,
+        group_id=definition.name,
+        batch=True,
+        max_records=settings.consumer_max_records,
+        batch_timeout_ms=settings.consumer_batch_timeout_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=_raw_decoder,
+        title=f"{definition.name}:consume",
     )
-    if definition.http_routes is not None:
-        for path, route in definition.http_routes(service):
-            app.mount(path, route)
-    app.service = service  # type: ignore[attr-defined]  # for tests and tooling
-    return app
+    async def on_records(msg: KafkaMessage) -> None:
+        """Subscribers only translate: raw records in, the recipe, then commit offsets."""
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        if not records:
+            return
+        try:
+            await runtime.processor.handle(records)
+        except Exception:
+            # Not committed (the processor gives up only when stopping): the next batch's
+            # offset commit must not skip past it, so rewind every partition of the batch to
+            # its first record and it is delivered again.
+            await msg.nack()
+            raise
+        try:
+            await msg.ack()
+        except KafkaError as exc:
+            # The batch committed in Postgres; a redelivery after a rebalance is harmless.
+            log.warning("offset commit failed; records will be redelivered", error=type(exc).__name__)
+
+    return broker
 
 
 async def _raw_decoder(msg: Any) -> Any:
@@ -318,27 +299,59 @@ async def _start_producer(settings: ServiceSettings, name: str) -> AIOKafkaProdu
     return producer
 
 
-def _publisher(service: Service):
-    async def publish(topic: str, key: bytes, value: bytes, headers: dict[str, str]):
-        assert service.producer is not None  # looked up per call: the relay may have replaced it
-        return await service.producer.send(
-            topic, value=value, key=key or None, headers=[(k, v.encode()) for k, v in headers.items()]
-        )
-
-    return publish
-
-
-async def _supervised(task: BackgroundTask, service: Service) -> None:
+async def _supervised(task: BackgroundTask, runtime: Runtime) -> None:
     """Keep a background loop alive: log and restart it after an unexpected error."""
-    while not service.stopping:
+    failures = 0
+    while not runtime.stopping:
         try:
-            await task(service)
+            await task(runtime)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("background task failed; restarting", task=task.__name__, error=type(exc).__name__, detail=mask_text(str(exc))[:300])
-            await asyncio.sleep(2.0)
+            failures += 1
+            log.error("background task failed; restarting", task=task.__name__, error=type(exc).__name__,
+                      detail=mask_text(str(exc))[:300])
+            await asyncio.sleep(backoff_delay(failures, base=1.0, cap=30.0))
+
+
+def http_app(definition: ServiceDefinition) -> FastAPI:
+    """The service's HTTP surface; its lifespan builds, starts and stops the runtime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.build(definition)
+        for path, route in definition.http_routes(runtime) if definition.http_routes else ():
+            app.add_api_route(path, read_endpoint(route), methods=["GET"], summary=(route.__doc__ or "").split("\n")[0])
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=definition.name, description=definition.description, lifespan=lifespan)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "service": definition.name}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: started, database answering (503 otherwise)."""
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return JSONResponse({"ready": False, "checks": {"started": False}}, status_code=503)
+        body = await runtime.readiness()
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
 
 
 def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
@@ -346,9 +359,8 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
     definition = definition_factory()
     settings = definition.settings
     configure_logging(definition.name, settings.log_level, settings.log_format)
-    app = build_app(definition)
     config = uvicorn.Config(
-        app,
+        http_app(definition),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

@@ -223,8 +223,7 @@ class ServiceProcess:
     def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServiceProcess:
         self.port = self.port or free_port()
         env = {
-            "ENVIRONMENT": "development",  # the sandbox card gateway, as in `make run`
-            "PAYMENT_GATEWAY": "sandbox",
+            "ENVIRONMENT": "development",  # so billing takes the sandbox card gateway, as in `make run`
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "DATABASE_URL": service_dsn(self.admin_dsn, self.service),

@@ -29,8 +29,8 @@ from shared.contracts.billing import (
     PaymentFailed,
 )
 from shared.contracts.common import valid_id
-from shared.http import json_route, page_args, required
-from shared.service import Service, ServiceDefinition
+from shared.http import page_args, required
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
 
 from . import capture, domain, gateway, handlers, repository
@@ -76,7 +76,7 @@ def reject_unreadable_adjustment(data: dict[str, Any], error: str, subject: str)
     return [(BILLING_EVENTS, rejection, charge_id)]
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def patient_charges(query: dict[str, str]) -> dict[str, Any]:
         """A patient's charges, oldest first, paginated, and the card payments made for them: `?patient_id=`."""
         required(query, "patient_id")
@@ -147,9 +147,9 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
         }
 
     return [
-        ("/charges", json_route(patient_charges)),
-        ("/booking-billing", json_route(booking_billing)),
-        ("/balances", json_route(practice_balances)),
+        ("/charges", patient_charges),
+        ("/booking-billing", booking_billing),
+        ("/balances", practice_balances),
     ]
 
 
@@ -159,7 +159,7 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
     # Refuse an unusable gateway now, before anything starts, with a sentence saying why.
     gateway.require_supported(settings.payment_gateway, stripe_api_key=api_key)
 
-    async def make_deps(service: Service) -> BillingDeps:
+    async def make_deps() -> BillingDeps:
         return BillingDeps(
             gateway=gateway.make_gateway(
                 settings.payment_gateway,

@@ -36,7 +36,7 @@ import asyncpg
 from shared import outbox
 from shared.contracts.billing import PaymentCaptured, PaymentFailed
 from shared.logging import get_logger
-from shared.service import Service
+from shared.service import Runtime
 from shared.topics import BILLING_EVENTS
 
 from . import domain, repository
@@ -49,7 +49,7 @@ log = get_logger(__name__)
 KEY_LIFETIME_MARGIN = timedelta(hours=1)
 
 
-async def capture_payments(service: Service) -> None:
+async def capture_payments(service: Runtime) -> None:
     """Background loop: capture what is due, then sleep until the next poll."""
     settings: BillingSettings = service.settings  # type: ignore[assignment]
     assert service.pool is not None

@@ -23,8 +23,8 @@ from shared.contracts.booking import (
     BookingSlotReleased,
     CancellationAssessmentRequested,
 )
-from shared.http import BadRequest, json_route, page_args, required
-from shared.service import Service, ServiceDefinition
+from shared.http import BadRequest, page_args, required
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
     POLICY_DECISIONS,
@@ -47,7 +47,7 @@ def _time(query: dict[str, str], name: str) -> datetime | None:
         raise BadRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-21T09:00:00Z") from None
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def list_bookings(query: dict[str, str]) -> dict[str, Any]:
         """Bookings by `practice_id`, `status`, `practitioner_id`, `from`/`to` (start time), paginated."""
         limit, offset = page_args(query)
@@ -104,15 +104,13 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
         return {"group_by": group_by, "from": starts_from, "to": starts_before, "groups": groups}
 
     return [
-        ("/bookings", json_route(list_bookings)),
-        ("/booking", json_route(one_booking)),
-        ("/reports/cancellations", json_route(cancellation_report)),
+        ("/bookings", list_bookings),
+        ("/booking", one_booking),
+        ("/reports/cancellations", cancellation_report),
     ]
 
 
-async def _deps(service: Service) -> handlers.BookingDeps:
-    settings = service.settings
-    assert isinstance(settings, BookingSettings)
+def _deps(settings: BookingSettings) -> handlers.BookingDeps:
     return handlers.BookingDeps(
         time_trust=domain.TimeTrust(
             before=timedelta(seconds=settings.request_time_trusted_before_seconds),
@@ -157,7 +155,7 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
         },
         http_routes=_routes,
         background=[handlers.expire_offers],
-        make_deps=_deps,
+        make_deps=lambda: _deps(settings),
         answer_invalid={
             "booking.cancellation_requested": handlers.reject_unreadable("cancellation"),
             "booking.no_show_reported": handlers.reject_unreadable("no_show"),

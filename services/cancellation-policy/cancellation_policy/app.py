@@ -17,15 +17,15 @@ from shared.contracts.policy import (
     PracticeConfigurationAccepted,
     PracticeConfigurationRejected,
 )
-from shared.http import json_route, required
-from shared.service import Service, ServiceDefinition
+from shared.http import required
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES
 
 from . import configuration, handlers, repository
 from .settings import PolicySettings
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def practice_policy(query: dict[str, str]) -> dict[str, Any]:
         """The versions of one practice's settings: `?practice_id=`."""
         required(query, "practice_id")
@@ -44,7 +44,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
         rows = await repository.decisions_for_booking(service.pool, query["booking_id"])
         return {"booking_id": query["booking_id"], "decisions": [{**dict(r), "decision": json.loads(r["decision"])} for r in rows]}
 
-    return [("/policies", json_route(practice_policy)), ("/decisions", json_route(booking_decisions))]
+    return [("/policies", practice_policy), ("/decisions", booking_decisions)]
 
 
 def definition(settings: PolicySettings | None = None) -> ServiceDefinition:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts.notification import NotificationFailed, NotificationSent
-from shared.http import BadRequest, json_route
-from shared.service import Service, ServiceDefinition
+from shared.http import BadRequest
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -33,7 +33,7 @@ from .delivery import Deps, send_deliveries
 from .settings import NotificationSettings
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def notifications(query: dict[str, str]) -> dict[str, Any]:
         """The deliveries with their status (no addresses, no text) of one booking
         (`?booking_id=`) or sent to one professional (`?professional_id=`)."""
@@ -45,11 +45,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
             return {"professional_id": query["professional_id"], "items": [dict(r) for r in rows]}
         raise BadRequest("booking_id or professional_id is required")
 
-    return [("/notifications", json_route(notifications))]
-
-
-async def _make_deps(service: Service) -> Deps:
-    return Deps.build(service.settings)  # type: ignore[arg-type]
+    return [("/notifications", notifications)]
 
 
 async def _close_deps(deps: Deps) -> None:
@@ -94,7 +90,7 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
             PMS_SYNC_EVENTS: {"pms.manual_update_required": handlers.notify_manual_update},
         },
         publishes={NOTIFICATION_EVENTS: [NotificationSent, NotificationFailed]},
-        make_deps=_make_deps,
+        make_deps=lambda: Deps.build(settings),
         close_deps=_close_deps,
         background=[send_deliveries],
         http_routes=_routes,

@@ -46,7 +46,7 @@ from .rendering import Renderer
 from .settings import NotificationSettings
 
 if TYPE_CHECKING:
-    from shared.service import Service
+    from shared.service import Runtime
 
 log = get_logger(__name__)
 
@@ -154,7 +154,7 @@ class Deps:
         await self.http.aclose()
 
 
-async def send_deliveries(service: Service) -> None:
+async def send_deliveries(service: Runtime) -> None:
     """Background task: claim due deliveries, send them, record each outcome; forever."""
     settings: NotificationSettings = service.settings  # type: ignore[assignment]
     assert service.pool is not None
@@ -182,7 +182,7 @@ async def send_deliveries(service: Service) -> None:
                 )
 
 
-async def deliver(service: Service, row: asyncpg.Record) -> None:
+async def deliver(service: Runtime, row: asyncpg.Record) -> None:
     """Send one claimed delivery and record what happened."""
     deps: Deps = service.deps
     settings = deps.settings
@@ -216,7 +216,7 @@ async def deliver(service: Service, row: asyncpg.Record) -> None:
     await _record_outcome(service, row, step, reason)
 
 
-async def _record_outcome(service: Service, row: asyncpg.Record, step: str, reason: str | None) -> None:
+async def _record_outcome(service: Runtime, row: asyncpg.Record, step: str, reason: str | None) -> None:
     """Mark the row and write its event in one transaction; keep trying while the database is down,
     because until this commits the message counts as unsent and would be sent again."""
     settings: NotificationSettings = service.deps.settings
@@ -238,7 +238,7 @@ async def _record_outcome(service: Service, row: asyncpg.Record, step: str, reas
 
 
 async def _commit_outcome(
-    service: Service, row: asyncpg.Record, step: str, reason: str | None, settings: NotificationSettings
+    service: Runtime, row: asyncpg.Record, step: str, reason: str | None, settings: NotificationSettings
 ) -> None:
     assert service.pool is not None
     notification_id: uuid.UUID = row["notification_id"]

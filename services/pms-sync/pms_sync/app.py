@@ -19,8 +19,8 @@ from shared.contracts.pms_sync import (
     PmsSyncCompleted,
     PmsSyncFailed,
 )
-from shared.http import json_route, page_args, required
-from shared.service import Service, ServiceDefinition
+from shared.http import page_args, required
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
     PMS_INTEGRATION_TOPICS,
@@ -35,7 +35,7 @@ from .scheduler import resend_unacknowledged
 from .settings import PmsSyncSettings
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def syncs(query: dict[str, str]) -> dict[str, Any]:
         """Every sync of one booking with its status and attempts: `?booking_id=`."""
         required(query, "booking_id")
@@ -49,12 +49,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
         rows = await repository.manual_updates_for_practice(service.pool, query["practice_id"], limit, offset)
         return {"practice_id": query["practice_id"], "items": [dict(r) for r in rows], "page_size": limit, "offset": offset}
 
-    return [("/syncs", json_route(syncs)), ("/manual-updates", json_route(manual_updates))]
-
-
-async def _settings_as_deps(service: Service) -> PmsSyncSettings:
-    # Handlers need only the retry settings (the first ack wait).
-    return service.settings  # type: ignore[return-value]
+    return [("/syncs", syncs), ("/manual-updates", manual_updates)]
 
 
 def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
@@ -80,7 +75,7 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
             **{topic: [PmsCancelBooking, PmsRecordNoShow] for topic in PMS_INTEGRATION_TOPICS.values()},
             PMS_SYNC_EVENTS: [PmsSyncCompleted, PmsSyncFailed, PmsManualUpdateRequired],
         },
-        make_deps=_settings_as_deps,
+        make_deps=lambda: settings,  # handlers need only the retry settings (the first ack wait)
         background=[resend_unacknowledged],
         http_routes=_routes,
     )

@@ -27,12 +27,12 @@ from .handlers import fail_sync, send_waiting
 from .settings import PmsSyncSettings
 
 if TYPE_CHECKING:
-    from shared.service import Service
+    from shared.service import Runtime
 
 log = get_logger(__name__)
 
 
-async def resend_unacknowledged(service: Service) -> None:
+async def resend_unacknowledged(service: Runtime) -> None:
     """Background task: every poll, settle the syncs whose ack is overdue; forever."""
     settings: PmsSyncSettings = service.settings  # type: ignore[assignment]
     assert service.pool is not None

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts.scoring import AccountSuspended, HoldLifted, HoldPlaced, ScoreChanged
-from shared.http import BadRequest, json_route, page_args, required
-from shared.service import Service, ServiceDefinition
+from shared.http import BadRequest, page_args, required
+from shared.service import Runtime, ServiceDefinition
 from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, UPSTREAM_PROFESSIONALS
 
 from . import domain, handlers, repository, scheduler
 from .settings import ScoringSettings
 
 
-def _routes(service: Service) -> list[tuple[str, Any]]:
+def _routes(service: Runtime) -> list[tuple[str, Any]]:
     async def professional(query: dict[str, str]) -> dict[str, Any]:
         """One professional's score, ledger (paginated), holds and excuses: `?professional_id=`.
 
@@ -62,7 +62,7 @@ def _routes(service: Service) -> list[tuple[str, Any]]:
         rows = await repository.excuses_for_read(service.pool, professional_id)
         return {"professional_id": professional_id, "excuses": [dict(r) for r in rows]}
 
-    return [("/professional", json_route(professional)), ("/excuses", json_route(excuses))]
+    return [("/professional", professional), ("/excuses", excuses)]
 
 
 def definition(settings: ScoringSettings | None = None) -> ServiceDefinition:
@@ -72,7 +72,7 @@ def definition(settings: ScoringSettings | None = None) -> ServiceDefinition:
         suspension_window=timedelta(days=settings.suspension_window_days),
     )
 
-    async def make_deps(service: Service) -> handlers.ScoringRules:
+    async def make_deps() -> handlers.ScoringRules:
         return rules
 
     return ServiceDefinition(

@@ -28,12 +28,12 @@ from . import domain, handlers, repository
 from .settings import ScoringSettings
 
 if TYPE_CHECKING:
-    from shared.service import Service
+    from shared.service import Runtime
 
 log = get_logger(__name__)
 
 
-async def expire_holds(service: Service) -> None:
+async def expire_holds(service: Runtime) -> None:
     """Background task: lift the holds whose end has passed; forever."""
     settings: ScoringSettings = service.settings  # type: ignore[assignment]
     assert service.pool is not None
@@ -75,7 +75,7 @@ async def lift_expired_holds(pool: asyncpg.Pool, *, now: datetime, batch_size: i
     return len(professional_ids), len(lifted)
 
 
-async def recalculate_nightly(service: Service) -> None:
+async def recalculate_nightly(service: Runtime) -> None:
     """Background task: the nightly recalculation, once per date across replicas; forever."""
     settings: ScoringSettings = service.settings  # type: ignore[assignment]
     assert service.pool is not None
