@@ -736,27 +736,32 @@ class Judge:
         return "missing", text
 
 
-async def parked_rows(admin_dsn: str, judge: Judge) -> dict[int, list[str]]:
-    """Dead letters of hostile cases that a relay set aside (parked) instead of publishing."""
-    found: dict[int, list[str]] = defaultdict(list)
+async def unpublished_dead_letters(admin_dsn: str, judge: Judge) -> dict[tuple[int, str], str]:
+    """(case, service) -> why a dead letter the service wrote for the case never reached its topic:
+    set aside (parked) by the relay, or still waiting behind a relay that is stuck."""
+    found: dict[tuple[int, str], str] = {}
     conn = await asyncpg.connect(admin_dsn)
     try:
         for service, schema in SCHEMAS.items():
-            has = await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
-                                      " AND table_name = 'outbox' AND column_name = 'parked_at'", schema)
-            if not has:
-                continue
+            parking = await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+                                          " AND table_name = 'outbox' AND column_name = 'parked_at'", schema)
+            parked = "parked_at IS NOT NULL AS parked, park_reason" if parking else "false AS parked, NULL"
             for row in await conn.fetch(
                     f"SELECT payload->'data'->>'original_topic' AS topic, payload->'data'->>'original_partition' AS partition,"
-                    f" payload->'data'->>'original_offset' AS offset, park_reason, octet_length(payload::text) AS bytes"
-                    f" FROM {schema}.outbox WHERE parked_at IS NOT NULL AND type = 'message.dead_lettered'"
-                    f" AND parked_at > now() - interval '1 hour'"):
+                    f" payload->'data'->>'original_offset' AS offset, {parked} AS reason, octet_length(payload::text) AS bytes,"
+                    f" (SELECT count(*) FROM {schema}.outbox o WHERE o.published_at IS NULL AND o.seq < outbox.seq) AS ahead"
+                    f" FROM {schema}.outbox WHERE published_at IS NULL AND type = 'message.dead_lettered'"
+                    f" AND created_at > now() - interval '1 hour'"):
                 if row["partition"] is None or row["offset"] is None:
                     continue
                 case = judge.by_position.get((row["topic"], int(row["partition"]), int(row["offset"])))
-                if case is not None:
-                    found[case.n].append(f"{service}: dead letter ({row['bytes']} bytes) parked in the outbox,"
-                                         f" never published: {str(row['park_reason'])[:160]}")
+                if case is None:
+                    continue
+                found[(case.n, service)] = (
+                    f"its dead letter ({row['bytes']} bytes) was parked in the outbox, never published: {str(row['reason'])[:160]}"
+                    if row["parked"] else
+                    f"its dead letter ({row['bytes']} bytes) is written but was never published ({row['ahead']} outbox"
+                    f" rows ahead of it: the relay is stuck)")
     finally:
         await conn.close()
     return found
@@ -829,7 +834,7 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
 
         judge = Judge(cases, consumers)
         judge.read(collector.records)
-        parked = await parked_rows(system.admin_dsn, judge)
+        unpublished = await unpublished_dead_letters(system.admin_dsn, judge)
         healthy = check(scenario, collector, sent, [], since, consumers=len(consumers.get(UPSTREAM_BOOKINGS, [])),
                         ignore_dead_letter=lambda r: judge.attribute(r) is not None)
         backlog = await _backlog(system.admin_dsn)
@@ -854,10 +859,10 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
                             "services": {}, "note": case.send_error})
             continue
         per_service = {s: judge.verdict(case, s, monitor) for s in consumers.get(case.topic, [])}
-        for line in parked.get(case.n, []):
-            service, text = line.split(": ", 1)
-            if service in per_service and per_service[service][0] == "missing":
-                per_service[service] = ("missing", f"{per_service[service][1]}; {text}")
+        for service, (verdict, what) in per_service.items():
+            why = unpublished.get((case.n, service))
+            if why is not None and verdict != "ok":
+                per_service[service] = ("missing", why if what.startswith(("accepted silently", "not reached")) else f"{what}; {why}")
         verdicts = {v for v, _ in per_service.values()}
         status = next((v for v in ("duplicated", "missing", "not_reached") if v in verdicts), "refused")
         results.append({"n": case.n, "name": case.name, "class": case.klass, "topic": case.topic,
