@@ -76,6 +76,8 @@ HOSTILE: list[tuple[str, bytes | None, str]] = [
     ("NUL in text", json.dumps(scheduled(service_code="a\u0000b")).encode(), "NUL"),
     ("wrong type for an object", json.dumps(scheduled(patient=["x"])).encode(), "patient"),
     ("envelope id of 10 000 characters", json.dumps({**scheduled(), "id": "i" * 10_000}).encode(), "id"),
+    ("envelope id with a control character", json.dumps({**scheduled(), "id": "ab\ncd"}).encode(), "id"),
+    ("envelope type with a control character", json.dumps({**scheduled(), "type": "booking.scheduled\t"}).encode(), "type"),
     ("float infinity", json.dumps(scheduled(deposit={"amount": 1e400, "currency": "EUR"})).encode(), "deposit"),
 ]
 
