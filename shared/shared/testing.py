@@ -1,5 +1,6 @@
 """Test helpers for every tier: build contract events, publish them, watch what the services
-publish, and run services as real processes (start, SIGTERM, SIGKILL, SIGSTOP).
+publish, run services as real processes (start, SIGTERM, SIGKILL, SIGSTOP), and keep the handler
+tier's fakes true to the repositories they stand for (`assert_same_functions`).
 
 Guarantee: `EventWatcher` sees only events published after it started (it is positioned at the
 end of every partition before the test publishes), so tests never depend on older traffic.
@@ -8,6 +9,7 @@ end of every partition before the test publishes), so tests never depend on olde
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from email import message_from_bytes
@@ -199,6 +202,18 @@ async def wait_for_row(admin_dsn: str, sql: str, *args: Any, timeout: float = 30
         raise AssertionError(f"no row for {sql!r} {args} within {timeout}s")
     finally:
         await conn.close()
+
+
+def assert_same_functions(fake: object, real: ModuleType) -> None:
+    """Every public method of `fake` is a function of `real` with the same parameters (names,
+    kinds and defaults), so a fake repository cannot drift from the repository.py it stands for."""
+    for name, method in inspect.getmembers(fake, inspect.ismethod):
+        if name.startswith("_"):
+            continue
+        assert hasattr(real, name), f"{real.__name__} has no {name}: the fake implements a function it lacks"
+        ours = [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+        theirs = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(real, name)).parameters.values()]
+        assert ours == theirs, f"{name}: the fake takes {ours}, {real.__name__} takes {theirs}"
 
 
 def free_port() -> int:

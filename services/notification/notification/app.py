@@ -90,7 +90,7 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
             PMS_SYNC_EVENTS: {"pms.manual_update_required": handlers.notify_manual_update},
         },
         publishes={NOTIFICATION_EVENTS: [NotificationSent, NotificationFailed]},
-        make_deps=lambda: Deps.build(settings),
+        make_deps=lambda: handlers.NotificationDeps.build(settings),
         close_deps=_close_deps,
         background=[send_deliveries],
         http_routes=_routes,

@@ -3,15 +3,19 @@
 The consumer's transaction only *records* the messages to send (one delivery row per recipient
 and channel, status pending, or skipped with the reason); it never talks to an SMTP server or
 an SMS provider, so a rolled-back or redelivered batch can never have sent anything. The
-sender (`delivery.send_deliveries`) sends what was committed.
+sender (delivery.py) sends what was committed.
+
+Handlers reach the database and the clock only through their ports (`HandlerDeps`, the unit's
+deps), so tests/handlers runs them against fakes. They have no channel to send on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -34,17 +38,48 @@ from shared.contracts.upstream import (
 )
 from shared.logging import get_logger
 
-from . import domain, repository
+from . import domain
+from . import repository as sql_repository
 from .delivery import Deps
+from .rendering import Renderer
+from .settings import NotificationSettings
 
 log = get_logger(__name__)
+
+
+class HandlerDeps(Protocol):
+    """What a handler reaches through `unit.deps`: `NotificationDeps` in the service, fakes in
+    tests/handlers. No channel: a handler records messages, the sender sends them."""
+
+    @property
+    def settings(self) -> NotificationSettings: ...
+
+    @property
+    def renderer(self) -> Renderer: ...
+
+    @property
+    def repository(self) -> Any: ...  # repository.py, or anything with the same functions
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+
+
+@dataclass
+class NotificationDeps(Deps):
+    """The service's deps (`make_deps`): the sender's (`delivery.Deps`: settings, renderer,
+    channels) and the handlers' own ports."""
+
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any = sql_repository
+    # Whether a slot offer has expired by the time it is recorded.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 # --- the contact directory ---------------------------------------------------------------------
 
 
-async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
-    await repository.upsert_practice(
+async def configure_practice(unit: Unit[HandlerDeps], event: PracticeConfigured) -> None:
+    await unit.deps.repository.upsert_practice(
         unit.conn,
         {
             "practice_id": event.practice_id,
@@ -60,7 +95,8 @@ async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
     )
 
 
-async def remember_patient(unit: Unit, event: BookingScheduled) -> None:
+async def remember_patient(unit: Unit[HandlerDeps], event: BookingScheduled) -> None:
+    repository = unit.deps.repository
     await repository.upsert_patient(
         unit.conn,
         {
@@ -91,19 +127,20 @@ async def remember_patient(unit: Unit, event: BookingScheduled) -> None:
         )
 
 
-async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
-    await repository.reschedule(unit.conn, event.booking_id, event.starts_at)
+async def reschedule_booking(unit: Unit[HandlerDeps], event: BookingRescheduled) -> None:
+    await unit.deps.repository.reschedule(unit.conn, event.booking_id, event.starts_at)
 
 
-async def remember_request(unit: Unit, event: BookingCancellationRequested) -> None:
+async def remember_request(unit: Unit[HandlerDeps], event: BookingCancellationRequested) -> None:
     # Only who asked and how: a rejection is told to the patient when the patient asked.
-    await repository.remember_request(
+    await unit.deps.repository.remember_request(
         unit.conn, event.request_id, event.booking_id, event.actor.kind, event.channel, event.requested_at
     )
 
 
-async def remember_waitlist_entry(unit: Unit, event: WaitlistJoined) -> None:
+async def remember_waitlist_entry(unit: Unit[HandlerDeps], event: WaitlistJoined) -> None:
     """Store the waitlisted patient's contacts, then tell any offer that was waiting for them."""
+    repository = unit.deps.repository
     await repository.lock_waitlist_entry(unit.conn, event.waitlist_id)
     await repository.upsert_waitlist_entry(
         unit.conn,
@@ -128,10 +165,9 @@ async def remember_waitlist_entry(unit: Unit, event: WaitlistJoined) -> None:
 # --- what to tell whom ---------------------------------------------------------------------------
 
 
-async def notify_cancellation(unit: Unit, event: BookingCancelled) -> None:
-    practice = await _practice(unit.conn, event.practice_id)
-    patient = _patient(await repository.get_patient(unit.conn, event.booking_id))
-    deps: Deps = unit.deps
+async def notify_cancellation(unit: Unit[HandlerDeps], event: BookingCancelled) -> None:
+    practice = await _practice(unit, event.practice_id)
+    patient = _patient(await unit.deps.repository.get_patient(unit.conn, event.booking_id))
     suspension = domain.caused_by_suspension(event.actor.kind, event.reason_code)
     await _record(
         unit,
@@ -150,18 +186,19 @@ async def notify_cancellation(unit: Unit, event: BookingCancelled) -> None:
         series_count=len(event.series_booking_ids),
         suspension=suspension,
         rebook_url=(
-            domain.rebook_url(deps.settings.portal_base_url, event.practice_id, event.booking_id)
+            domain.rebook_url(unit.deps.settings.portal_base_url, event.practice_id, event.booking_id)
             if event.actor.kind == "patient"
             else None
         ),
     )
 
 
-async def notify_rejection(unit: Unit, event: BookingCancellationRejected) -> None:
+async def notify_rejection(unit: Unit[HandlerDeps], event: BookingCancellationRejected) -> None:
+    repository = unit.deps.repository
     patient_row = await repository.get_patient(unit.conn, event.booking_id)
     patient = _patient(patient_row)
     practice = (
-        await _practice(unit.conn, patient_row["practice_id"])
+        await _practice(unit, patient_row["practice_id"])
         if patient_row
         else domain.PracticeContact.unknown("")
     )
@@ -178,9 +215,10 @@ async def notify_rejection(unit: Unit, event: BookingCancellationRejected) -> No
     )
 
 
-async def notify_slot_offer(unit: Unit, event: BookingSlotOffered) -> None:
+async def notify_slot_offer(unit: Unit[HandlerDeps], event: BookingSlotOffered) -> None:
     """The waitlisted patient, SMS and email, with the slot's time and the offer's expiry. When
     their contacts are not known yet, the offer waits for waitlist.joined (remember_waitlist_entry)."""
+    repository = unit.deps.repository
     await repository.lock_waitlist_entry(unit.conn, event.waitlist_id)
     offer = {
         "offer_id": event.offer_id,
@@ -198,15 +236,15 @@ async def notify_slot_offer(unit: Unit, event: BookingSlotOffered) -> None:
     await _tell_offer(unit, offer, entry)
 
 
-async def _tell_offer(unit: Unit, offer: Any, entry: asyncpg.Record | None) -> None:
-    deps: Deps = unit.deps
-    slot = await repository.get_patient(unit.conn, offer["booking_id"])  # the slot's time
+async def _tell_offer(unit: Unit[HandlerDeps], offer: Any, entry: asyncpg.Record | None) -> None:
+    deps = unit.deps
+    slot = await deps.repository.get_patient(unit.conn, offer["booking_id"])  # the slot's time
     practice_id = entry["practice_id"] if entry else (slot["practice_id"] if slot else "")
-    practice = await _practice(unit.conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
     waitlisted = _patient(entry)
     await _record(
         unit,
-        domain.plan_slot_offer(waitlisted, practice, expires_at=offer["expires_at"], now=datetime.now(UTC)),
+        domain.plan_slot_offer(waitlisted, practice, expires_at=offer["expires_at"], now=deps.clock()),
         cause=Cause(
             key=f"booking.slot_offered/{offer['offer_id']}",
             event_id=offer["event_id"],
@@ -220,23 +258,23 @@ async def _tell_offer(unit: Unit, offer: Any, entry: asyncpg.Record | None) -> N
         expires=offer["expires_at"],
         offer_url=domain.offer_url(deps.settings.portal_base_url, practice.practice_id, offer["offer_id"]),
     )
-    await repository.mark_offer_told(unit.conn, offer["offer_id"])
+    await deps.repository.mark_offer_told(unit.conn, offer["offer_id"])
 
 
-async def note_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
+async def note_no_show(unit: Unit[HandlerDeps], event: BookingNoShowRecorded) -> None:
     """A patient's no-show with a fee: whether it goes on the card; told once the fee is settled."""
     if event.party != "patient" or event.decision.fee is None:
         return  # nothing is charged to a patient: nothing to tell
-    fee = await repository.merge_no_show(
+    fee = await unit.deps.repository.merge_no_show(
         unit.conn, event.booking_id, event.practice_id, event.starts_at, event.decision.charge_card
     )
     await _tell_no_show_fee(unit, fee)
 
 
-async def note_charge(unit: Unit, event: ChargeCreated) -> None:
+async def note_charge(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
     if event.kind != "no_show":
         return  # a late-cancellation fee is told with the cancellation itself
-    fee = await repository.merge_no_show_charge(
+    fee = await unit.deps.repository.merge_no_show_charge(
         unit.conn,
         {
             "booking_id": event.booking_id,
@@ -253,22 +291,22 @@ async def note_charge(unit: Unit, event: ChargeCreated) -> None:
     await _tell_no_show_fee(unit, fee)
 
 
-async def note_payment(unit: Unit, event: PaymentCaptured | PaymentFailed) -> None:
+async def note_payment(unit: Unit[HandlerDeps], event: PaymentCaptured | PaymentFailed) -> None:
     outcome = "captured" if isinstance(event, PaymentCaptured) else "failed"
-    fee = await repository.merge_no_show_payment(unit.conn, event.booking_id, event.charge_id, outcome)
+    fee = await unit.deps.repository.merge_no_show_payment(unit.conn, event.booking_id, event.charge_id, outcome)
     if fee is not None:
         await _tell_no_show_fee(unit, fee)
 
 
-async def _tell_no_show_fee(unit: Unit, fee: asyncpg.Record) -> None:
+async def _tell_no_show_fee(unit: Unit[HandlerDeps], fee: asyncpg.Record) -> None:
     settlement = domain.no_show_fee_settlement(
         domain.NoShowFee(charge_id=fee["charge_id"], charge_card=fee["charge_card"], payment=fee["payment"])
     )
     if settlement is None:
         return
-    patient_row = await repository.get_patient(unit.conn, fee["booking_id"])
+    patient_row = await unit.deps.repository.get_patient(unit.conn, fee["booking_id"])
     practice_id = fee["practice_id"] or (patient_row["practice_id"] if patient_row else "")
-    practice = await _practice(unit.conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
     patient = _patient(patient_row)
     await _record(
         unit,
@@ -286,11 +324,12 @@ async def _tell_no_show_fee(unit: Unit, fee: asyncpg.Record) -> None:
     )
 
 
-async def notify_hold(unit: Unit, event: HoldPlaced) -> None:
+async def notify_hold(unit: Unit[HandlerDeps], event: HoldPlaced) -> None:
     """The professional, by email, with the hold's start and end in the booking's practice's time."""
+    repository = unit.deps.repository
     professional = await repository.get_professional(unit.conn, event.professional_id)
     booking = await repository.get_patient(unit.conn, event.booking_id)
-    practice = await _practice_of(unit.conn, booking, professional)
+    practice = await _practice_of(unit, booking, professional)
     await _record(
         unit,
         domain.plan_professional_notice(domain.HOLD_TEMPLATE, _professional(professional), practice),
@@ -307,10 +346,10 @@ async def notify_hold(unit: Unit, event: HoldPlaced) -> None:
     )
 
 
-async def notify_suspension(unit: Unit, event: AccountSuspended) -> None:
+async def notify_suspension(unit: Unit[HandlerDeps], event: AccountSuspended) -> None:
     """The professional, by email: suspended, and their future bookings cancelled."""
-    professional = await repository.get_professional(unit.conn, event.professional_id)
-    practice = await _practice_of(unit.conn, None, professional)
+    professional = await unit.deps.repository.get_professional(unit.conn, event.professional_id)
+    practice = await _practice_of(unit, None, professional)
     await _record(
         unit,
         domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, _professional(professional), practice),
@@ -325,10 +364,10 @@ async def notify_suspension(unit: Unit, event: AccountSuspended) -> None:
     )
 
 
-async def notify_manual_update(unit: Unit, event: PmsManualUpdateRequired) -> None:
+async def notify_manual_update(unit: Unit[HandlerDeps], event: PmsManualUpdateRequired) -> None:
     """The practice, through its preferred channel: staff must change their PMS by hand."""
-    practice = await _practice(unit.conn, event.practice_id)
-    patient_row = await repository.get_patient(unit.conn, event.booking_id)
+    practice = await _practice(unit, event.practice_id)
+    patient_row = await unit.deps.repository.get_patient(unit.conn, event.booking_id)
     await _record(
         unit,
         domain.plan_manual_update(practice),
@@ -345,12 +384,12 @@ async def notify_manual_update(unit: Unit, event: PmsManualUpdateRequired) -> No
 
 
 async def _practice_of(
-    conn: asyncpg.Connection, booking: asyncpg.Record | None, professional: asyncpg.Record | None
+    unit: Unit[HandlerDeps], booking: asyncpg.Record | None, professional: asyncpg.Record | None
 ) -> domain.PracticeContact:
     """The practice whose timezone and locale a professional's notice is written in: the
     booking's, else the one of the booking that named the professional, else none (UTC)."""
     practice_id = booking["practice_id"] if booking else (professional["practice_id"] if professional else None)
-    return await _practice(conn, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    return await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
 
 
 def _professional(row: asyncpg.Record | None) -> domain.ProfessionalContact | None:
@@ -361,8 +400,8 @@ def _professional(row: asyncpg.Record | None) -> domain.ProfessionalContact | No
     )
 
 
-async def _practice(conn: asyncpg.Connection, practice_id: str) -> domain.PracticeContact:
-    row = await repository.get_practice(conn, practice_id)
+async def _practice(unit: Unit[HandlerDeps], practice_id: str) -> domain.PracticeContact:
+    row = await unit.deps.repository.get_practice(unit.conn, practice_id)
     if row is None:
         return domain.PracticeContact.unknown(practice_id)
     return domain.PracticeContact(
@@ -397,13 +436,13 @@ class Cause:
     correlation_id: str | None
 
     @classmethod
-    def of(cls, unit: Unit, key: str | None = None) -> Cause:
+    def of(cls, unit: Unit[Any], key: str | None = None) -> Cause:
         event = unit.event
         return cls(key=key or event.id, event_id=event.id, event_type=event.type, correlation_id=event.correlation_id)
 
 
 async def _record(
-    unit: Unit,
+    unit: Unit[HandlerDeps],
     messages: list[domain.Message],
     *,
     practice: domain.PracticeContact,
@@ -414,7 +453,7 @@ async def _record(
     **facts: Any,
 ) -> None:
     """One delivery row per planned message: pending with its rendered text, or skipped."""
-    deps: Deps = unit.deps
+    deps = unit.deps
     cause = cause or Cause.of(unit)
     for message in messages:
         row: dict[str, Any] = {
@@ -445,7 +484,7 @@ async def _record(
                 "status": "pending",
                 "reason": None,
             }
-        if await repository.record_delivery(unit.conn, row):
+        if await deps.repository.record_delivery(unit.conn, row):
             log.info(
                 "notification recorded",
                 notification_id=str(row["notification_id"]),

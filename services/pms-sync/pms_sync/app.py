@@ -75,7 +75,7 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
             **{topic: [PmsCancelBooking, PmsRecordNoShow] for topic in PMS_INTEGRATION_TOPICS.values()},
             PMS_SYNC_EVENTS: [PmsSyncCompleted, PmsSyncFailed, PmsManualUpdateRequired],
         },
-        make_deps=lambda: settings,  # handlers need only the retry settings (the first ack wait)
+        make_deps=lambda: handlers.PmsSyncDeps(settings=settings, repository=repository),
         background=[resend_unacknowledged],
         http_routes=_routes,
     )

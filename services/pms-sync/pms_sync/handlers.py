@@ -1,8 +1,15 @@
-"""One async function per message type: load, decide, save, emit."""
+"""One async function per message type: load, decide, save, emit.
+
+Handlers reach the database only through their ports (`PmsSyncDeps`, the unit's deps), so
+tests/handlers runs them against fakes. They read no clock: a sync's waits are counted from the
+database's `now()`, the clock the scheduler's due rows are compared with.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -26,40 +33,51 @@ from shared.contracts.upstream import (
 from shared.logging import get_logger
 from shared.topics import PMS_SYNC_EVENTS
 
-from . import domain, repository
+from . import domain
+from . import repository as sql_repository
 from .settings import PmsSyncSettings
 
 log = get_logger(__name__)
 
 
-async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
-    await repository.configure_integration(
+@dataclass(frozen=True)
+class PmsSyncDeps:
+    """The handlers' ports and the retry settings (the first ack wait, the wait for a request),
+    built by `app.definition`'s `make_deps`."""
+
+    settings: PmsSyncSettings
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any
+
+
+async def configure_practice(unit: Unit[PmsSyncDeps], event: PracticeConfigured) -> None:
+    await unit.deps.repository.configure_integration(
         unit.conn, event.practice_id, event.pms.integration, configured_at=unit.event.envelope.time
     )
 
 
-async def remember_cancellation_request(unit: Unit, event: BookingCancellationRequested) -> None:
+async def remember_cancellation_request(unit: Unit[PmsSyncDeps], event: BookingCancellationRequested) -> None:
     # booking.cancelled does not carry the chart note; the request does.
-    await repository.remember_request(
+    await unit.deps.repository.remember_request(
         unit.conn, event.request_id, event.booking_id, "cancellation", event.actor.to_json_dict(), event.chart_note
     )
     await _send_waiting(unit, event.request_id)
 
 
-async def remember_no_show_report(unit: Unit, event: BookingNoShowReported) -> None:
+async def remember_no_show_report(unit: Unit[PmsSyncDeps], event: BookingNoShowReported) -> None:
     # booking.no_show_recorded carries neither the reporter nor the chart note; the report does.
-    await repository.remember_request(
+    await unit.deps.repository.remember_request(
         unit.conn, event.request_id, event.booking_id, "no_show", event.actor.to_json_dict(), event.chart_note
     )
     await _send_waiting(unit, event.request_id)
 
 
-async def sync_cancellation(unit: Unit, event: BookingCancelled) -> None:
-    integration = await _integration(unit.conn, event.practice_id)
+async def sync_cancellation(unit: Unit[PmsSyncDeps], event: BookingCancelled) -> None:
+    integration = await _integration(unit, event.practice_id)
     how = domain.route(integration)
     if how == "none":
         return
-    request = await repository.get_request(unit.conn, event.request_id)
+    request = await unit.deps.repository.get_request(unit.conn, event.request_id)
     chart_note = request["chart_note"] if request else None
     wait = domain.waits_for_request("cancel_booking", event.channel, request_seen=request is not None)
     # The occurrences of a series cancelled with it are cancelled in the PMS too, each by itself.
@@ -71,22 +89,23 @@ async def sync_cancellation(unit: Unit, event: BookingCancelled) -> None:
             await _send(unit, integration, event.request_id, command, wait_for_request=wait)
 
 
-async def sync_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
-    integration = await _integration(unit.conn, event.practice_id)
+async def sync_no_show(unit: Unit[PmsSyncDeps], event: BookingNoShowRecorded) -> None:
+    integration = await _integration(unit, event.practice_id)
     how = domain.route(integration)
     if how == "none":
         return
     if how == "manual":
         await _ask_for_manual_update(unit, event.booking_id, event.practice_id, integration, "record_no_show")
         return
-    request = await repository.get_request(unit.conn, event.request_id)
+    request = await unit.deps.repository.get_request(unit.conn, event.request_id)
     reporter = _actor_of(request) if request else None
     command = domain.no_show_command(event, reporter, request["chart_note"] if request else None)
     wait = domain.waits_for_request("record_no_show", None, request_seen=request is not None)
     await _send(unit, integration, event.request_id, command, wait_for_request=wait)
 
 
-async def acknowledge_sync(unit: Unit, event: PmsSyncAcknowledged) -> None:
+async def acknowledge_sync(unit: Unit[PmsSyncDeps], event: PmsSyncAcknowledged) -> None:
+    repository = unit.deps.repository
     sync = await repository.lock_sync(unit.conn, event.sync_id)
     if sync is None:
         log.warning("acknowledgement of a sync we never sent; ignored", sync_id=event.sync_id)
@@ -106,18 +125,25 @@ async def acknowledge_sync(unit: Unit, event: PmsSyncAcknowledged) -> None:
             subject=sync["booking_id"],
         )
         return
-    for payload in await fail_sync(unit.conn, sync, event.error or "the PMS connector reported an error"):
+    error = event.error or "the PMS connector reported an error"
+    for payload in await fail_sync(unit.conn, sync, error, repository=repository):
         unit.emit(PMS_SYNC_EVENTS, payload, subject=sync["booking_id"])
 
 
-async def fail_sync(conn: asyncpg.Connection, sync: asyncpg.Record, error: str) -> list[Payload]:
+async def fail_sync(
+    conn: asyncpg.Connection,
+    sync: asyncpg.Record,
+    error: str,
+    *,
+    repository: Any = sql_repository,  # what scheduler.py calls it with: repository.py itself
+) -> list[Payload]:
     """End a sync as failed; returns what to publish: `pms.sync_failed` and the manual update."""
     error = error[:500]
     await repository.fail_sync(conn, sync["sync_id"], error)
     manual = domain.manual_update(
         sync["booking_id"], sync["practice_id"], sync["integration"], sync["action"], error, failed=True
     )
-    await _record_manual_update(conn, manual, sync_id=sync["sync_id"])
+    await _record_manual_update(repository, conn, manual, sync_id=sync["sync_id"])
     return [
         PmsSyncFailed.new(
             sync_id=sync["sync_id"], booking_id=sync["booking_id"], integration=sync["integration"],
@@ -127,12 +153,17 @@ async def fail_sync(conn: asyncpg.Connection, sync: asyncpg.Record, error: str) 
     ]
 
 
-async def _integration(conn: asyncpg.Connection, practice_id: str) -> str:
-    return await repository.integration_of(conn, practice_id) or domain.DEFAULT_INTEGRATION
+async def _integration(unit: Unit[PmsSyncDeps], practice_id: str) -> str:
+    return await unit.deps.repository.integration_of(unit.conn, practice_id) or domain.DEFAULT_INTEGRATION
 
 
 async def send_waiting(
-    conn: asyncpg.Connection, sync: asyncpg.Record, request: asyncpg.Record | None, settings: PmsSyncSettings
+    conn: asyncpg.Connection,
+    sync: asyncpg.Record,
+    request: asyncpg.Record | None,
+    settings: PmsSyncSettings,
+    *,
+    repository: Any = sql_repository,  # what scheduler.py calls it with: repository.py itself
 ) -> PmsCancelBooking | PmsRecordNoShow:
     """Send a waiting command now (attempt 1): completed from its request when there is one;
     returns the command to publish. The request arrived, or the wait for it is over."""
@@ -158,26 +189,27 @@ def _first_ack_wait(settings: PmsSyncSettings) -> float:
     )
 
 
-async def _send_waiting(unit: Unit, request_id: str) -> None:
+async def _send_waiting(unit: Unit[PmsSyncDeps], request_id: str) -> None:
     """The request is in: send the commands that were waiting for it (normally none)."""
+    repository = unit.deps.repository
     waiting = await repository.lock_waiting_syncs(unit.conn, request_id)
     request = await repository.get_request(unit.conn, request_id) if waiting else None
     for sync in waiting:
-        command = await send_waiting(unit.conn, sync, request, unit.deps)
+        command = await send_waiting(unit.conn, sync, request, unit.deps.settings, repository=repository)
         unit.emit(sync["topic"], command, subject=sync["booking_id"])
 
 
 async def _send(
-    unit: Unit,
+    unit: Unit[PmsSyncDeps],
     integration: str,
     request_id: str,
     command: PmsCancelBooking | PmsRecordNoShow,
     *,
     wait_for_request: bool = False,
 ) -> None:
-    settings: PmsSyncSettings = unit.deps
+    settings = unit.deps.settings
     topic = domain.topic_of(integration)
-    added = await repository.add_sync(
+    added = await unit.deps.repository.add_sync(
         unit.conn,
         sync_id=command.sync_id,
         booking_id=command.booking_id,
@@ -199,14 +231,16 @@ async def _send(
     unit.emit(topic, command, subject=command.booking_id)
 
 
-async def _ask_for_manual_update(unit: Unit, booking_id: str, practice_id: str, integration: str, action: str) -> None:
+async def _ask_for_manual_update(
+    unit: Unit[PmsSyncDeps], booking_id: str, practice_id: str, integration: str, action: str
+) -> None:
     manual = domain.manual_update(booking_id, practice_id, integration, action)
-    await _record_manual_update(unit.conn, manual, sync_id=None)
+    await _record_manual_update(unit.deps.repository, unit.conn, manual, sync_id=None)
     unit.emit(PMS_SYNC_EVENTS, manual, subject=booking_id)
 
 
 async def _record_manual_update(
-    conn: asyncpg.Connection, manual: PmsManualUpdateRequired, *, sync_id: str | None
+    repository: Any, conn: asyncpg.Connection, manual: PmsManualUpdateRequired, *, sync_id: str | None
 ) -> None:
     await repository.add_manual_update(
         conn,

@@ -1,0 +1,722 @@
+"""Notification's handlers against fakes of their ports (the repository, the clock): who hears
+what for each kind of event, what is recorded for a contact that cannot be reached, that one
+business fact reaches a person once however often and in whatever order its events arrive, and
+which language they read it in. No database, no broker, milliseconds each.
+
+The plans and the words themselves are tables in tests/unit/test_notification_domain.py; the
+sending, the SQL and the broker are tests/integration/test_notification_service.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from notification import handlers, repository
+from notification.rendering import Renderer
+from notification.settings import NotificationSettings
+from shared.consumer import Unit
+from shared.contracts.base import Payload
+from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed
+from shared.contracts.booking import (
+    BookingCancellationRejected,
+    BookingCancelled,
+    BookingNoShowRecorded,
+    BookingSlotOffered,
+)
+from shared.contracts.pms_sync import PmsManualUpdateRequired
+from shared.contracts.scoring import AccountSuspended, HoldPlaced
+from shared.contracts.upstream import (
+    BookingCancellationRequested,
+    BookingRescheduled,
+    BookingScheduled,
+    PracticeConfigured,
+    WaitlistJoined,
+)
+from shared.testing import assert_same_functions
+from shared.topics import (
+    BILLING_EVENTS,
+    BOOKING_EVENTS,
+    PMS_SYNC_EVENTS,
+    SCORING_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+)
+
+UnitFor = Callable[..., Unit[Any]]
+
+T = datetime(2031, 3, 10, 22, 0, tzinfo=UTC)  # Tuesday 11 March 2031, 9:00 am in Sydney (AEDT)
+PRACTICE = "prac-1"
+BOOKING = "bk-1"
+PROFESSIONAL = "pro-1"
+PORTAL = "https://portal.clinic.test"
+
+TOPICS = {
+    PracticeConfigured: UPSTREAM_PRACTICES,
+    WaitlistJoined: UPSTREAM_PRACTICES,
+    BookingScheduled: UPSTREAM_BOOKINGS,
+    BookingRescheduled: UPSTREAM_BOOKINGS,
+    BookingCancellationRequested: UPSTREAM_BOOKINGS,
+    BookingCancelled: BOOKING_EVENTS,
+    BookingCancellationRejected: BOOKING_EVENTS,
+    BookingNoShowRecorded: BOOKING_EVENTS,
+    BookingSlotOffered: BOOKING_EVENTS,
+    ChargeCreated: BILLING_EVENTS,
+    PaymentCaptured: BILLING_EVENTS,
+    PaymentFailed: BILLING_EVENTS,
+    HoldPlaced: SCORING_EVENTS,
+    AccountSuspended: SCORING_EVENTS,
+    PmsManualUpdateRequired: PMS_SYNC_EVENTS,
+}
+
+
+# --- the fakes -----------------------------------------------------------------------------------
+
+
+def _project(row: dict[str, Any] | None, columns: str) -> dict[str, Any] | None:
+    """Only the columns the real statement selects: a handler reading another one fails here too."""
+    return None if row is None else {c: row.get(c) for c in columns.split()}
+
+
+PRACTICE_COLUMNS = "practice_id name timezone locale email phone preferred_channel notify_practice_on_online_cancel"
+PATIENT_COLUMNS = "booking_id practice_id first_name email phone locale starts_at"
+PROFESSIONAL_COLUMNS = "professional_id practice_id first_name email phone locale"
+WAITLIST_COLUMNS = "waitlist_id practice_id first_name email phone locale"
+OFFER_COLUMNS = "offer_id booking_id waitlist_id expires_at event_id correlation_id"
+NO_SHOW_FEE_COLUMNS = "booking_id practice_id starts_at charge_card charge_id amount currency code code_system payment"
+
+
+class FakeRepository:
+    """The functions of notification/repository.py the handlers call, with the same names,
+    arguments and results, over dicts; the connection argument is ignored. Conflicts behave as
+    the SQL's do: a replayed older contact never overwrites a newer one, a delivery's id is
+    recorded once, one no-show fee per booking with the first charge and the first answer."""
+
+    def __init__(self) -> None:
+        self.practices: dict[str, dict[str, Any]] = {}
+        self.patients: dict[str, dict[str, Any]] = {}
+        self.professionals: dict[str, dict[str, Any]] = {}
+        self.requests: dict[str, dict[str, Any]] = {}
+        self.waitlist: dict[str, dict[str, Any]] = {}
+        self.offers: dict[str, dict[str, Any]] = {}  # in the order received
+        self.no_show_fees: dict[str, dict[str, Any]] = {}
+        self.deliveries: dict[uuid.UUID, dict[str, Any]] = {}  # in the order recorded
+
+    @staticmethod
+    def _newer_wins(table: dict[str, dict[str, Any]], key: str, row: dict[str, Any], at: str) -> None:
+        if key not in table or table[key][at] <= row[at]:
+            table[key] = row
+
+    async def upsert_practice(self, conn: Any, p: dict[str, Any], configured_at: datetime) -> None:
+        self._newer_wins(self.practices, p["practice_id"], p | {"configured_at": configured_at}, "configured_at")
+
+    async def upsert_patient(self, conn: Any, p: dict[str, Any], scheduled_at: datetime) -> None:
+        self._newer_wins(self.patients, p["booking_id"], p | {"scheduled_at": scheduled_at}, "scheduled_at")
+
+    async def reschedule(self, conn: Any, booking_id: str, starts_at: datetime) -> None:
+        if booking_id in self.patients:
+            self.patients[booking_id]["starts_at"] = starts_at
+
+    async def remember_request(
+        self, conn: Any, request_id: str, booking_id: str, actor_kind: str, channel: str, requested_at: datetime
+    ) -> None:
+        self.requests.setdefault(request_id, {"booking_id": booking_id, "actor_kind": actor_kind, "channel": channel})
+
+    async def get_practice(self, conn: Any, practice_id: str) -> dict[str, Any] | None:
+        return _project(self.practices.get(practice_id), PRACTICE_COLUMNS)
+
+    async def get_patient(self, conn: Any, booking_id: str) -> dict[str, Any] | None:
+        return _project(self.patients.get(booking_id), PATIENT_COLUMNS)
+
+    async def requester_kind(self, conn: Any, request_id: str) -> str | None:
+        request = self.requests.get(request_id)
+        return request["actor_kind"] if request else None
+
+    async def upsert_professional(self, conn: Any, p: dict[str, Any], scheduled_at: datetime) -> None:
+        self._newer_wins(self.professionals, p["professional_id"], p | {"scheduled_at": scheduled_at}, "scheduled_at")
+
+    async def get_professional(self, conn: Any, professional_id: str) -> dict[str, Any] | None:
+        return _project(self.professionals.get(professional_id), PROFESSIONAL_COLUMNS)
+
+    async def lock_waitlist_entry(self, conn: Any, waitlist_id: str) -> None:
+        pass  # one test, one task: nothing to serialise
+
+    async def upsert_waitlist_entry(self, conn: Any, w: dict[str, Any]) -> None:
+        self._newer_wins(self.waitlist, w["waitlist_id"], dict(w), "joined_at")
+
+    async def get_waitlist_entry(self, conn: Any, waitlist_id: str) -> dict[str, Any] | None:
+        return _project(self.waitlist.get(waitlist_id), WAITLIST_COLUMNS)
+
+    async def remember_offer(self, conn: Any, o: dict[str, Any]) -> None:
+        self.offers.setdefault(o["offer_id"], o | {"told": False})
+
+    async def untold_offers(self, conn: Any, waitlist_id: str) -> list[dict[str, Any]]:
+        return [
+            _project(o, OFFER_COLUMNS)  # type: ignore[misc]
+            for o in self.offers.values()
+            if o["waitlist_id"] == waitlist_id and not o["told"]
+        ]
+
+    async def mark_offer_told(self, conn: Any, offer_id: str) -> None:
+        self.offers[offer_id]["told"] = True
+
+    def _fee(self, booking_id: str) -> dict[str, Any]:
+        return self.no_show_fees.setdefault(booking_id, dict.fromkeys(NO_SHOW_FEE_COLUMNS.split()) | {"booking_id": booking_id})
+
+    async def merge_no_show(
+        self, conn: Any, booking_id: str, practice_id: str, starts_at: datetime, charge_card: bool
+    ) -> dict[str, Any]:
+        fee = self._fee(booking_id)
+        fee |= {"practice_id": practice_id, "starts_at": starts_at, "charge_card": charge_card}
+        return dict(fee)
+
+    async def merge_no_show_charge(self, conn: Any, c: dict[str, Any]) -> dict[str, Any] | None:
+        fee = self._fee(c["booking_id"])
+        if fee["charge_id"] not in (None, c["charge_id"]):
+            return None
+        fee |= {k: c[k] for k in ("charge_id", "amount", "currency", "code", "code_system")}
+        return dict(fee)
+
+    async def merge_no_show_payment(self, conn: Any, booking_id: str, charge_id: str, payment: str) -> dict[str, Any] | None:
+        fee = self.no_show_fees.get(booking_id)
+        if fee is None or fee["charge_id"] != charge_id:
+            return None
+        fee["payment"] = fee["payment"] or payment
+        return dict(fee)
+
+    async def record_delivery(self, conn: Any, d: dict[str, Any]) -> bool:
+        if d["notification_id"] in self.deliveries:
+            return False
+        self.deliveries[d["notification_id"]] = dict(d)
+        return True
+
+
+
+def test_the_fake_takes_what_repository_py_takes() -> None:
+    assert_same_functions(FakeRepository(), repository)
+
+def told(repo: FakeRepository) -> list[tuple[str, str, str]]:
+    """(recipient, channel, status) of every recorded delivery, sorted."""
+    return sorted((d["recipient"], d["channel"], d["status"]) for d in repo.deliveries.values())
+
+
+def delivery(repo: FakeRepository, recipient: str, channel: str) -> dict[str, Any]:
+    [row] = [d for d in repo.deliveries.values() if d["recipient"] == recipient and d["channel"] == channel]
+    return row
+
+
+@dataclass
+class Deps:
+    """What `handlers.HandlerDeps` asks for, with the fakes; no channel, as in the service."""
+
+    settings: NotificationSettings
+    renderer: Renderer
+    repository: FakeRepository
+    clock: Any  # conftest's FixedClock: the test moves it
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer()  # compiled templates are kept: once per module
+
+
+@pytest.fixture
+def deps(renderer: Renderer, clock: Any) -> Deps:
+    clock.now = T - timedelta(days=1)
+    return Deps(
+        settings=NotificationSettings(portal_base_url=PORTAL), renderer=renderer, repository=FakeRepository(), clock=clock
+    )
+
+
+@pytest.fixture
+def repo(deps: Deps) -> FakeRepository:
+    return deps.repository
+
+
+Handle = Callable[..., Awaitable[Unit[Any]]]
+
+
+@pytest.fixture
+def handle(unit_for: UnitFor, deps: Deps) -> Handle:
+    """`await handle(handler, payload, **envelope)`: the payload parsed as the consumer would, on
+    its topic, handed to `handler` in a unit of its own."""
+
+    async def handle(handler: Callable[..., Awaitable[None]], payload: Payload, **envelope: Any) -> Unit[Any]:
+        unit = unit_for("notification", deps, TOPICS[type(payload)], payload, **envelope)
+        await handler(unit, unit.event.payload)
+        # Handlers only record messages; the outcome events are the sender's (delivery.py).
+        assert unit.emitted == []
+        return unit
+
+    return handle
+
+
+# --- the events ----------------------------------------------------------------------------------
+
+
+def practice_configured(practice_id: str = PRACTICE, **overrides: Any) -> PracticeConfigured:
+    fields: dict[str, Any] = {
+        "practice_id": practice_id,
+        "name": "Harbour Dental",
+        "timezone": "Australia/Sydney",
+        "locale": "en",
+        "contact": {"email": "desk@clinic.test", "phone": "+61290000000", "preferred_channel": "email"},
+        "cancellation": {"notify_practice_on_online_cancel": False},
+    }
+    return PracticeConfigured.new(**(fields | overrides))
+
+
+def booking_scheduled(booking_id: str = BOOKING, **patient: Any) -> BookingScheduled:
+    return BookingScheduled.new(
+        booking_id=booking_id,
+        practice_id=PRACTICE,
+        starts_at=T,
+        ends_at=T + timedelta(minutes=30),
+        practitioner_id="dr-lee",
+        service_code="D1110",
+        patient={
+            "patient_id": "pat-1", "first_name": "Ada", "email": "ada@example.test", "phone": "+61400000001",
+            "portal_account": True, "card_on_file": True, **patient,
+        },
+        professional_id=PROFESSIONAL,
+        professional_contact={"first_name": "Grace", "email": "grace@example.test"},
+    )
+
+
+def cancelled(actor_kind: str = "staff", channel: str = "practice", **overrides: Any) -> BookingCancelled:
+    fields: dict[str, Any] = {
+        "booking_id": BOOKING,
+        "request_id": "req-1",
+        "practice_id": PRACTICE,
+        "patient_id": "pat-1",
+        "practitioner_id": "dr-lee",
+        "service_code": "D1110",
+        "starts_at": T,
+        "ends_at": T + timedelta(minutes=30),
+        "cancelled_at": T - timedelta(days=3),
+        "actor": {"kind": actor_kind, "id": f"{actor_kind}-7", "roles": []},
+        "channel": channel,
+        "status_label": "Cancelled",
+        "reason_text": "Flu",
+        "classification": "timely",
+        "decision": {
+            "allowed": True, "classification": "timely", "charge_card": False, "deposit_action": "none",
+            "policy_version": "r1.s1",
+        },
+    }
+    return BookingCancelled.new(**(fields | overrides))
+
+
+def no_show_recorded(*, charge_card: bool, party: str = "patient", fee: bool = True) -> BookingNoShowRecorded:
+    return BookingNoShowRecorded.new(
+        booking_id=BOOKING,
+        request_id="req-ns",
+        practice_id=PRACTICE,
+        patient_id="pat-1",
+        party=party,
+        code="DNA",
+        starts_at=T,
+        recorded_at=T + timedelta(minutes=20),
+        decision={
+            "allowed": True, "classification": "no_show", "charge_card": charge_card, "deposit_action": "none",
+            "policy_version": "r1.s1",
+            **({"fee": {"amount": "45.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"}} if fee else {}),
+        },
+    )
+
+
+def charge_created(charge_id: str = "ch-1", kind: str = "no_show") -> ChargeCreated:
+    return ChargeCreated.new(
+        charge_id=charge_id, booking_id=BOOKING, patient_id="pat-1", kind=kind, amount=Decimal("45.00"),
+        currency="AUD", code="D9986", code_system="CDT",
+    )
+
+
+def payment(outcome: type[PaymentCaptured | PaymentFailed], charge_id: str = "ch-1") -> Payload:
+    return outcome.new(charge_id=charge_id, booking_id=BOOKING, amount=Decimal("45.00"), currency="AUD")
+
+
+def waitlist_joined(locale: str | None = None, *, joined_at: datetime = T - timedelta(days=7)) -> WaitlistJoined:
+    return WaitlistJoined.new(
+        waitlist_id="wl-1",
+        practice_id=PRACTICE,
+        patient={
+            "patient_id": "pat-9", "first_name": "Lin", "email": "lin@example.test", "phone": "+61400000009",
+            "portal_account": True, "card_on_file": False, "locale": locale,
+        },
+        joined_at=joined_at,
+    )
+
+
+def slot_offered(expires_at: datetime = T - timedelta(hours=20)) -> BookingSlotOffered:
+    return BookingSlotOffered.new(offer_id="of-1", booking_id=BOOKING, waitlist_id="wl-1", expires_at=expires_at)
+
+
+def hold_placed(hold_id: str = "hold-1") -> HoldPlaced:
+    return HoldPlaced.new(
+        hold_id=hold_id, professional_id=PROFESSIONAL, booking_id=BOOKING, cause="late_cancellation",
+        starts_at=T, ends_at=T + timedelta(days=7),
+    )
+
+
+def manual_update(action: str = "cancel_booking") -> PmsManualUpdateRequired:
+    return PmsManualUpdateRequired.new(
+        booking_id=BOOKING, practice_id=PRACTICE, integration="manual", action=action,
+        message="Manual update required: cancel this booking in your PMS too",
+    )
+
+
+async def contacts(handle: Handle, **practice: Any) -> None:
+    """The practice and the booking's patient (and professional) are known."""
+    await handle(handlers.configure_practice, practice_configured(**practice))
+    await handle(handlers.remember_patient, booking_scheduled())
+
+
+# --- who hears about a cancellation ----------------------------------------------------------------
+
+
+async def test_a_staff_cancellation_is_recorded_for_the_patient_by_email_and_sms_in_the_practices_time(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await contacts(handle)
+    unit = await handle(handlers.notify_cancellation, cancelled("staff"), correlation_id="corr-1")
+
+    assert told(repo) == [("patient", "email", "pending"), ("patient", "sms", "pending")]
+    email, sms = delivery(repo, "patient", "email"), delivery(repo, "patient", "sms")
+    assert (email["address"], sms["address"]) == ("ada@example.test", "+61400000001")
+    assert email["template"] == "booking_cancelled_by_staff"
+    assert email["subject"] == "Your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT has been cancelled"
+    assert 'Reason: "Flu"' in sms["body"] and sms["subject"] is None
+    for row in (email, sms):
+        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (unit.event.id, "booking.cancelled", "corr-1")
+        assert (row["booking_id"], row["practice_id"], row["professional_id"]) == (BOOKING, PRACTICE, None)
+
+
+@pytest.mark.parametrize("asked", [True, False])
+async def test_an_online_cancellation_gives_a_rebook_link_and_tells_the_practice_only_when_it_asked(
+    handle: Handle, repo: FakeRepository, asked: bool
+) -> None:
+    await contacts(handle, cancellation={"notify_practice_on_online_cancel": asked})
+    await handle(handlers.notify_cancellation, cancelled("patient", "patient_portal"))
+
+    practice = [("practice", "email", "pending")] if asked else []
+    assert told(repo) == [("patient", "email", "pending"), ("patient", "sms", "pending"), *practice]
+    assert f"{PORTAL}/practices/{PRACTICE}/rebook?booking_id={BOOKING}" in delivery(repo, "patient", "sms")["body"]
+    if asked:
+        assert delivery(repo, "practice", "email")["address"] == "desk@clinic.test"
+
+
+@pytest.mark.parametrize("actor", ["professional", "system"])
+async def test_a_cancellation_by_a_professional_or_the_system_reaches_the_office_on_its_preferred_channel(
+    handle: Handle, repo: FakeRepository, actor: str
+) -> None:
+    await contacts(handle, contact={"email": "desk@clinic.test", "phone": "+61290000000", "preferred_channel": "sms"})
+    await handle(handlers.notify_cancellation, cancelled(actor, "system" if actor == "system" else "practice"))
+
+    assert told(repo) == [("practice", "sms", "pending")]  # not the patient: the office rebooks them
+    sms = delivery(repo, "practice", "sms")
+    assert sms["address"] == "+61290000000" and sms["template"] == f"booking_cancelled_by_{actor}"
+
+
+async def test_a_system_cancellation_for_a_suspended_professional_tells_the_office_so(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await contacts(handle)
+    await handle(handlers.notify_cancellation, cancelled("system", "system", reason_code="professional_suspended"))
+
+    assert "because the booked professional's account is suspended" in delivery(repo, "practice", "email")["body"]
+
+
+# --- who cannot be reached -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patient", "expected"),
+    [
+        (
+            {"email": None, "phone": None},
+            {
+                "email": ("skipped", "the patient has no email address on file"),
+                "sms": ("skipped", "the patient has no mobile number on file"),
+            },
+        ),
+        ({"email": None}, {"email": ("skipped", "the patient has no email address on file"), "sms": ("pending", None)}),
+        ({"phone": None}, {"email": ("pending", None), "sms": ("skipped", "the patient has no mobile number on file")}),
+    ],
+)
+async def test_a_channel_without_an_address_is_recorded_skipped_with_the_reason(
+    handle: Handle, repo: FakeRepository, patient: dict[str, Any], expected: dict[str, tuple[str, str | None]]
+) -> None:
+    await handle(handlers.configure_practice, practice_configured())
+    await handle(handlers.remember_patient, booking_scheduled(**patient))
+    await handle(handlers.notify_cancellation, cancelled("staff"))
+
+    for channel, (status, reason) in expected.items():
+        row = delivery(repo, "patient", channel)
+        assert (row["status"], row["reason"]) == (status, reason)
+        if status == "skipped":  # nothing to send, and nothing written for no one
+            assert (row["address"], row["subject"], row["body"]) == (None, None, None)
+
+
+async def test_a_cancellation_of_a_booking_and_practice_never_seen_is_recorded_skipped_not_lost(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await handle(handlers.notify_cancellation, cancelled("staff"))
+    await handle(handlers.notify_cancellation, cancelled("professional", booking_id="bk-2"))
+
+    reasons = {(d["recipient"], d["channel"], d["reason"]) for d in repo.deliveries.values()}
+    assert reasons == {
+        ("patient", "email", "no contact details are known for this booking's patient"),
+        ("patient", "sms", "no contact details are known for this booking's patient"),
+        ("practice", "email", "the practice has no email address or phone number on file"),
+    }
+    assert {d["status"] for d in repo.deliveries.values()} == {"skipped"}
+
+
+async def test_a_professional_without_a_known_contact_is_recorded_skipped(handle: Handle, repo: FakeRepository) -> None:
+    await handle(handlers.notify_hold, hold_placed())
+
+    assert told(repo) == [("professional", "email", "skipped")]
+    assert delivery(repo, "professional", "email")["reason"] == "no contact details are known for this professional"
+
+
+# --- nobody hears twice about one fact -----------------------------------------------------------
+
+
+async def test_a_cancellation_delivered_again_is_recorded_once(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    first = await handle(handlers.notify_cancellation, cancelled("staff"))
+    await handle(handlers.notify_cancellation, first.event.payload, event_id=first.event.id)
+
+    assert told(repo) == [("patient", "email", "pending"), ("patient", "sms", "pending")]
+
+
+@pytest.mark.parametrize(
+    ("handler", "again", "other"),
+    [
+        # The same hold (hold_id) or suspension (professional and time) republished under a new
+        # envelope; a different hold or a later suspension is a new fact.
+        (handlers.notify_hold, hold_placed(), hold_placed("hold-2")),
+        (
+            handlers.notify_suspension,
+            AccountSuspended.new(professional_id=PROFESSIONAL, holds=["h1", "h2", "h3"], suspended_at=T),
+            AccountSuspended.new(professional_id=PROFESSIONAL, holds=["h4", "h5", "h6"], suspended_at=T + timedelta(days=90)),
+        ),
+    ],
+)
+async def test_a_professional_hears_once_of_each_hold_and_suspension(
+    handle: Handle, repo: FakeRepository, handler: Any, again: Payload, other: Payload
+) -> None:
+    await contacts(handle)
+    first = await handle(handler, again)
+    await handle(handler, again)  # a new envelope id: a replay or a resend upstream
+
+    [row] = repo.deliveries.values()
+    assert (row["recipient"], row["channel"], row["status"]) == ("professional", "email", "pending")
+    assert (row["address"], row["event_id"], row["professional_id"]) == ("grace@example.test", first.event.id, PROFESSIONAL)
+
+    await handle(handler, other)
+    assert len(repo.deliveries) == 2
+
+
+NO_SHOW, CHARGE, CAPTURED = range(3)
+NO_SHOW_EVENTS: list[tuple[Any, Callable[[], Payload]]] = [
+    (handlers.note_no_show, lambda: no_show_recorded(charge_card=True)),
+    (handlers.note_charge, charge_created),
+    (handlers.note_payment, lambda: payment(PaymentCaptured)),
+]
+# booking.events.v1 and billing.events.v1 are read independently; billing publishes a charge
+# before its payment, on the same key, so the payment never comes before its charge.
+NO_SHOW_ORDERS = [o for o in itertools.permutations(range(3)) if o.index(CHARGE) < o.index(CAPTURED)]
+
+
+@pytest.mark.parametrize("order", NO_SHOW_ORDERS, ids=str)
+async def test_a_no_show_fee_on_the_card_is_told_once_whatever_order_its_events_arrive_in(
+    handle: Handle, repo: FakeRepository, order: tuple[int, ...]
+) -> None:
+    await contacts(handle)
+    units = [await handle(NO_SHOW_EVENTS[i][0], NO_SHOW_EVENTS[i][1]()) for i in order]
+
+    assert told(repo) == [("patient", "email", "pending")]
+    [row] = repo.deliveries.values()
+    # Told when the card answered, even before the no-show itself was read (the practice and the
+    # time then come from the booking).
+    assert row["event_id"] == units[order.index(CAPTURED)].event.id
+    assert row["practice_id"] == PRACTICE and "on Tuesday, March 11, 2031" in row["subject"]
+    assert "A$45.00 applies (code D9986, CDT)" in row["body"]
+    assert "charged to the card we hold on file" in row["body"]
+
+    # Its events again, or the card's other answer after the first: nothing new.
+    for handler, payload in [*NO_SHOW_EVENTS, (handlers.note_payment, lambda: payment(PaymentFailed))]:
+        await handle(handler, payload())
+    assert len(repo.deliveries) == 1
+
+
+async def test_a_no_show_fee_not_for_the_card_is_told_once_the_charge_is_raised(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await contacts(handle)
+    await handle(handlers.note_no_show, no_show_recorded(charge_card=False))
+    assert repo.deliveries == {}
+    await handle(handlers.note_charge, charge_created())
+
+    assert "outstanding on your account" in delivery(repo, "patient", "email")["body"]
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [(handlers.note_no_show, no_show_recorded(charge_card=False, party="professional"))],
+        [(handlers.note_no_show, no_show_recorded(charge_card=False, fee=False))],
+        [(handlers.note_charge, charge_created(kind="late_cancellation"))],  # told with the cancellation
+        [(handlers.note_payment, payment(PaymentCaptured, "ch-unknown"))],
+        [(handlers.note_no_show, no_show_recorded(charge_card=True)), (handlers.note_charge, charge_created())],
+    ],
+    ids=["professional-no-show", "no-fee", "late-cancellation-charge", "payment-of-an-unknown-charge", "card-not-answered-yet"],
+)
+async def test_what_tells_the_patient_nothing_about_a_no_show_fee(
+    handle: Handle, repo: FakeRepository, events: list[tuple[Any, Payload]]
+) -> None:
+    await contacts(handle)
+    for handler, payload in events:
+        await handle(handler, payload)
+    assert repo.deliveries == {}
+
+
+async def test_a_second_no_show_charge_for_one_booking_is_never_told(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    await handle(handlers.note_no_show, no_show_recorded(charge_card=False))
+    await handle(handlers.note_charge, charge_created("ch-1"))
+    await handle(handlers.note_charge, charge_created("ch-2"))
+    await handle(handlers.note_payment, payment(PaymentFailed, "ch-2"))
+
+    assert told(repo) == [("patient", "email", "pending")]
+
+
+async def test_a_slot_offer_waits_for_the_waitlisted_patients_contacts_then_is_told_once(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await contacts(handle)
+    offer = await handle(handlers.notify_slot_offer, slot_offered(), correlation_id="corr-offer")
+    assert repo.deliveries == {}  # whom to tell is not known yet
+
+    await handle(handlers.remember_waitlist_entry, waitlist_joined())
+    assert told(repo) == [("waitlist", "email", "pending"), ("waitlist", "sms", "pending")]
+    for row in repo.deliveries.values():  # recorded as the offer's messages
+        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (offer.event.id, "booking.slot_offered", "corr-offer")
+    assert f"{PORTAL}/practices/{PRACTICE}/offers/of-1" in delivery(repo, "waitlist", "sms")["body"]
+
+    # The entry again (newer contacts) and the offer again: nobody is told twice.
+    await handle(handlers.remember_waitlist_entry, waitlist_joined(joined_at=T - timedelta(days=6)))
+    await handle(handlers.notify_slot_offer, slot_offered())
+    assert len(repo.deliveries) == 2
+
+
+@pytest.mark.parametrize("contacts_first", [True, False])
+async def test_an_offer_that_expired_by_the_clock_is_recorded_skipped(
+    handle: Handle, deps: Deps, repo: FakeRepository, contacts_first: bool
+) -> None:
+    await contacts(handle)
+    expires = T - timedelta(hours=20)
+    if contacts_first:
+        await handle(handlers.remember_waitlist_entry, waitlist_joined())
+        deps.clock.now = expires  # a consumer that lagged until the offer was over
+        await handle(handlers.notify_slot_offer, slot_offered(expires))
+    else:
+        await handle(handlers.notify_slot_offer, slot_offered(expires))
+        deps.clock.now = expires + timedelta(minutes=1)  # the contacts came after the offer ended
+        await handle(handlers.remember_waitlist_entry, waitlist_joined())
+
+    assert told(repo) == [("waitlist", "email", "skipped"), ("waitlist", "sms", "skipped")]
+    assert {d["reason"] for d in repo.deliveries.values()} == {"the offer expired before it could be sent"}
+
+
+# --- rejections, reschedules, the practice's PMS -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("requester", "heard"), [("patient", True), ("staff", False)])
+async def test_a_rejection_is_told_to_the_patient_only_when_the_patient_asked(
+    handle: Handle, repo: FakeRepository, requester: str, heard: bool
+) -> None:
+    await contacts(handle)
+    await handle(
+        handlers.remember_request,
+        BookingCancellationRequested.new(
+            request_id="req-1", booking_id=BOOKING, requested_at=T - timedelta(hours=2),
+            actor={"kind": requester, "id": "someone"}, channel="patient_portal" if requester == "patient" else "practice",
+        ),
+    )
+    # A reason a staff request can get too: only the remembered request says who asked.
+    await handle(
+        handlers.notify_rejection,
+        BookingCancellationRejected.new(booking_id=BOOKING, request_id="req-1", reason="already_cancelled", message="It is cancelled already."),
+    )
+    assert told(repo) == ([("patient", "email", "pending"), ("patient", "sms", "pending")] if heard else [])
+
+
+async def test_a_rejection_names_the_appointments_rescheduled_time(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    await handle(
+        handlers.reschedule_booking,
+        BookingRescheduled.new(booking_id=BOOKING, starts_at=T + timedelta(days=1), ends_at=T + timedelta(days=1, minutes=30)),
+    )
+    # Never saw the request, but only a patient's portal request is refused for this reason.
+    await handle(
+        handlers.notify_rejection,
+        BookingCancellationRejected.new(booking_id=BOOKING, request_id="req-x", reason="within_online_cutoff", message="Please call us."),
+    )
+    assert "Wednesday, March 12, 2031, 9:00 AM AEDT" in delivery(repo, "patient", "sms")["body"]
+
+
+async def test_a_manual_pms_update_is_told_to_the_office_once_per_booking_and_action(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await contacts(handle, contact={"phone": "+61290000000", "preferred_channel": "sms"})
+    await handle(handlers.notify_manual_update, manual_update())
+    await handle(handlers.notify_manual_update, manual_update())  # re-published under a new envelope
+
+    assert told(repo) == [("practice", "sms", "pending")]
+    assert delivery(repo, "practice", "sms")["body"].startswith("Manual update required: cancel this booking in your PMS too.")
+
+    await handle(handlers.notify_manual_update, manual_update("record_no_show"))
+    assert len(repo.deliveries) == 2
+
+
+# --- which language ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patient_locale", "practice_locale", "locale", "words"),
+    [
+        (None, "en", "en", "has been cancelled"),
+        (None, "de", "de", "wurde abgesagt"),  # no locale of their own: the practice's
+        ("de-AT", "en", "de", "wurde abgesagt"),  # the patient's own comes first
+        ("fr-FR", "de", "de", "wurde abgesagt"),  # one we do not write: the practice's
+        ("fr", "it", "en", "has been cancelled"),  # neither: English
+    ],
+)
+async def test_the_patient_reads_their_own_language_else_the_practices_else_english(
+    handle: Handle, repo: FakeRepository, patient_locale: str | None, practice_locale: str, locale: str, words: str
+) -> None:
+    await handle(handlers.configure_practice, practice_configured(locale=practice_locale))
+    await handle(handlers.remember_patient, booking_scheduled(locale=patient_locale))
+    await handle(handlers.notify_cancellation, cancelled("staff"))
+
+    sms = delivery(repo, "patient", "sms")
+    assert sms["locale"] == locale and words in sms["body"]
+
+
+async def test_a_professional_without_a_locale_reads_the_practices(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle, locale="de")
+    await handle(handlers.notify_hold, hold_placed())
+
+    email = delivery(repo, "professional", "email")
+    assert email["locale"] == "de"
+    assert email["subject"] == "Ihr Konto ist vorübergehend gesperrt bis Dienstag, 18. März 2031, 09:00 AEDT"
