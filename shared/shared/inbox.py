@@ -48,6 +48,13 @@ _PRUNE_BATCH = (
 )
 
 
+async def prune_batch(conn: asyncpg.Connection, *, retention_hours: float, limit: int) -> list[asyncpg.Record]:
+    """Delete at most `limit` claims older than `retention_hours` inside the caller's
+    transaction, skipping rows another replica holds; returns one row per claim deleted. The
+    background job (`shared.service.inbox_pruning`) runs it a batch per transaction."""
+    return await conn.fetch(_PRUNE_BATCH + " RETURNING 1", float(retention_hours), limit)
+
+
 async def prune(pool: asyncpg.Pool, *, retention_hours: float, batch_size: int = 10_000) -> int:
     """Delete the claims older than `retention_hours`, `batch_size` rows per statement (each
     its own short transaction), until none is left; returns how many rows were deleted.

@@ -21,3 +21,13 @@ OUTBOX_UNPUBLISHED = Gauge("outbox_unpublished", "Outbox rows waiting after the 
 OUTBOX_PARKED = Counter(
     "outbox_parked_total", "Outbox rows the broker refused for good, set aside with their reason", ["service"]
 )
+BACKGROUND_ROWS = Counter(
+    "background_rows_total",
+    "Rows background jobs claimed, by job and outcome (handled, failed for good, deferred: a call's outcome unknown)",
+    ["service", "job", "outcome"],
+)
+BACKGROUND_RETRIES = Counter(
+    "background_retries_total",
+    "Background rounds rolled back and retried after a fault (database down, a timeout)",
+    ["service", "job"],
+)

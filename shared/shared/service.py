@@ -10,8 +10,9 @@ Guarantees (docs/style.md#the-habits 2, 5, 7):
   `auto_offset_reset="earliest"`; the relay's producer is idempotent with acks=all.
 - Subscribers only translate: a batch of raw records in, `MessageProcessor.handle`, commit.
 - Shutdown stops consuming first, then lets the relay publish what was committed.
-- Every replica prunes inbox claims older than INBOX_RETENTION_HOURS in the background
-  (shared.inbox.prune: batched, safe with replicas).
+- Background work runs on one building block (shared.background), supervised here: restarted
+  after an unexpected error. Every replica prunes inbox claims older than
+  INBOX_RETENTION_HOURS in the background (`inbox_pruning`: batched, safe with replicas).
 - The HTTP surface (FastAPI, `http_app`) builds the runtime in its lifespan; liveness,
   readiness and metrics live there with the read API.
 """
@@ -21,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import db, inbox
+from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
@@ -68,7 +70,9 @@ class ServiceDefinition:
     # (a value, or an awaitable of one).
     make_deps: Callable[[], Any] | None = None
     close_deps: Callable[[Any], Awaitable[None]] | None = None
-    background: Sequence[BackgroundTask] = ()  # long-running loops: schedulers, senders
+    # Background jobs (shared.background: a DueWork or DueCall declaration each), started, supervised
+    # and stopped with the service.
+    background: Sequence[BackgroundTask] = ()
     http_routes: Callable[["Runtime"], Sequence[tuple[str, ReadRoute]]] | None = None
     # event type -> what to answer besides the dead letter when its payload breaks the contract
     answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
@@ -137,7 +141,8 @@ class Runtime:
         await self.relay.start()
         if self.definition.consumes:
             await self.broker.start()
-        for task in (*self.definition.background, prune_inbox):
+        jobs: list[BackgroundTask] = [*self.definition.background, inbox_pruning(self.settings)]
+        for task in jobs:
             self.tasks.append(asyncio.create_task(_supervised(task, self), name=task.__name__))
         self.started = True
         log.info("service started", topics=list(self.definition.consumes))
@@ -212,26 +217,23 @@ async def _connect_pool(settings: ServiceSettings, name: str) -> asyncpg.Pool:
     raise RuntimeError("unreachable")
 
 
-async def prune_inbox(service: Runtime) -> None:
-    """Background task (every service, every replica): delete inbox claims older than
-    INBOX_RETENTION_HOURS, once shortly after startup and then every
-    INBOX_PRUNE_INTERVAL_SECONDS (jittered, so replicas do not all prune at once)."""
-    settings = service.settings
-    await asyncio.sleep(random.uniform(5.0, 30.0))  # let startup traffic settle first
-    while not service.stopping:
-        started = asyncio.get_running_loop().time()
-        pruned = await inbox.prune(
-            service.pool, retention_hours=settings.inbox_retention_hours, batch_size=settings.inbox_prune_batch_size
-        )
-        elapsed = asyncio.get_running_loop().time() - started
-        if pruned:
-            log.info(
-                "inbox pruned", rows=pruned, retention_hours=settings.inbox_retention_hours, seconds=round(elapsed, 2)
-            )
-        else:
-            log.debug("inbox pruned", rows=0, retention_hours=settings.inbox_retention_hours)
-        interval = settings.inbox_prune_interval_seconds
-        await asyncio.sleep(random.uniform(0.75 * interval, 1.25 * interval))
+def inbox_pruning(settings: ServiceSettings) -> DueWork[asyncpg.Record, Any]:
+    """Background job (every service, every replica): delete inbox claims older than
+    INBOX_RETENTION_HOURS, first shortly after startup (jittered, once startup traffic has
+    settled) and then every INBOX_PRUNE_INTERVAL_SECONDS, INBOX_PRUNE_BATCH_SIZE rows per
+    transaction until none is left, skipping rows another replica holds (shared.inbox)."""
+
+    async def claim(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+        return await inbox.prune_batch(conn, retention_hours=settings.inbox_retention_hours, limit=limit)
+
+    return DueWork(
+        name="prune_inbox",
+        claim=claim,  # deleting them is the whole work
+        interval_seconds=settings.inbox_prune_interval_seconds,
+        batch_size=settings.inbox_prune_batch_size,
+        first_delay_seconds=30.0,
+        log_rounds=True,
+    )
 
 
 def _broker(runtime: Runtime) -> KafkaBroker:

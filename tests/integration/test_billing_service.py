@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,8 @@ import pytest
 from billing import capture, repository
 from billing.domain import charge_id, credit_note_id
 from billing.gateway import GatewayUnavailable, PaymentResult, SandboxGateway
-from shared import db
+from billing.settings import BillingSettings
+from shared import background, db
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee
@@ -599,10 +601,13 @@ async def _pending_charge(pool: asyncpg.Pool) -> str:
 
 
 async def _capture(pool: asyncpg.Pool, gateway: Any, woken: list[bool], lease: float) -> int:
-    return await capture.capture_due(
-        pool, gateway, source="service/billing", batch_size=10, lease_seconds=lease, timeout=5.0,
-        on_committed=lambda: woken.append(True),
+    """One round of the capture job (shared.background) with `gateway`; how many charges it leased."""
+    settings = BillingSettings(capture_batch_size=10, capture_lease_seconds=lease, gateway_timeout_seconds=5.0)
+    done = await background.run_round(
+        capture.card_capture(settings, saved_cards=gateway.charges_saved_cards),
+        pool=pool, service="billing", deps=SimpleNamespace(gateway=gateway), on_committed=lambda: woken.append(True),
     )
+    return done.claimed
 
 
 async def test_a_lost_gateway_answer_is_asked_again_with_the_same_key_and_charged_once(

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -39,7 +40,8 @@ from test_billing_service import cancelled, decision, no_show, on
 from billing import capture, repository
 from billing.domain import charge_id
 from billing.gateway import GatewayUnavailable, IdempotencyKeyReused, SandboxGateway, StripeGateway
-from shared import db
+from billing.settings import BillingSettings
+from shared import background, db
 from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, unique
 from shared.topics import BILLING_EVENTS, BOOKING_EVENTS
 
@@ -437,10 +439,13 @@ async def _pending_charge(pool: asyncpg.Pool, patient: str, *, card: tuple[str, 
 
 
 async def _capture(pool: asyncpg.Pool, gateway: Any, *, timeout: float = 5.0) -> int:
-    return await capture.capture_due(
-        pool, gateway, source="service/billing", batch_size=10, lease_seconds=0.0, timeout=timeout,
-        on_committed=lambda: None,
+    """One round of the capture job (shared.background) with `gateway`; how many charges it leased."""
+    settings = BillingSettings(capture_batch_size=10, capture_lease_seconds=0.0, gateway_timeout_seconds=timeout)
+    done = await background.run_round(
+        capture.card_capture(settings, saved_cards=gateway.charges_saved_cards),
+        pool=pool, service="billing", deps=SimpleNamespace(gateway=gateway),
     )
+    return done.claimed
 
 
 async def test_no_saved_card_fails_without_asking_stripe(

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared import db, inbox
+from shared import background, db, inbox
 from shared import service as service_module
 from shared.consumer import is_transient
 from shared.provision import service_dsn
@@ -203,11 +204,11 @@ async def test_the_service_runtime_prunes_in_the_background_and_says_how_much(
 
         debug = warning = error = info
 
-    monkeypatch.setattr(service_module, "log", Recorder())
-    monkeypatch.setattr(service_module.random, "uniform", lambda a, b: 0.05)  # no start delay, a short interval
+    monkeypatch.setattr(background, "log", Recorder())
     settings = settings_for(infra, schema, inbox_retention_hours=1, inbox_prune_interval_seconds=0.05)
-    service = SimpleNamespace(settings=settings, pool=pool, stopping=False)
-    task = asyncio.create_task(service_module.prune_inbox(service))  # type: ignore[arg-type]
+    job = replace(service_module.inbox_pruning(settings), first_delay_seconds=0)  # no start delay
+    service = SimpleNamespace(pool=pool, name="guards", deps=None, stopping=False, wake_relay=lambda: None)
+    task = asyncio.create_task(job(service))
     try:
         await _add_claims(pool, "guards", 7, age_hours=2)
         await _add_claims(pool, "guards", 2, age_hours=0)
@@ -224,7 +225,7 @@ async def test_the_service_runtime_prunes_in_the_background_and_says_how_much(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await pool.close()
-    counts = [kw["rows"] for event, kw in logged if event == "inbox pruned" and kw["rows"]]
+    counts = [kw["handled"] for event, kw in logged if event == "background round" and kw["job"] == "prune_inbox"]
     assert sum(counts) == 10 and set(counts) <= {7, 3, 10}
 
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from test_scoring_service import START, cancelled, completed, of
 
-from shared import db
+from shared import background, db
 from shared.provision import service_dsn
 from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique
 from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, UPSTREAM_PROFESSIONALS, dead_letter_topic
@@ -320,6 +320,25 @@ async def test_the_nightly_recalculation_runs_once_per_night_across_replicas(
     the date claimed; a later night finds nothing left to do for this professional."""
     from scoring.scheduler import run_recalculation
 
+    async def nights(*days: date) -> list[int | None]:
+        """Each day's run at once, as replicas would run it: one round each of a background job
+        (shared.background) that finds that day due; what each run came to."""
+        results: dict[int, int | None] = {}
+
+        def replica(i: int, day: date) -> background.DueWork[date, Any]:
+            async def claim(conn: Any, now: datetime, limit: int) -> list[date]:
+                return [day]
+
+            async def act(unit: background.WorkUnit[Any], run_date: date) -> None:
+                results[i] = await run_recalculation(unit, run_date)
+
+            return background.DueWork(name="recalculate_nightly", claim=claim, act=act, interval_seconds=1, batch_size=1)
+
+        await asyncio.gather(
+            *(background.run_round(replica(i, day), pool=pool, service="scoring", deps=None) for i, day in enumerate(days))
+        )
+        return [results[i] for i in range(len(days))]
+
     pro = unique("pro")
     pool = await db.create_pool(service_dsn(infra.admin_dsn, "scoring"), "scoring", application_name="test-scoring")
     try:
@@ -332,16 +351,12 @@ async def test_the_nightly_recalculation_runs_once_per_night_across_replicas(
 
             # dates no real night will use, unique per run of this test
             night = date.fromordinal(random.randrange(date(1000, 1, 1).toordinal(), date(1900, 1, 1).toordinal()))
-            now = datetime.now(UTC)
-            runs: list[Callable[[], Awaitable[int | None]]] = [
-                lambda: run_recalculation(pool, night, now=now, source="service/scoring") for _ in range(2)
-            ]
-            results = await asyncio.gather(*(run() for run in runs))
+            results = await nights(night, night)
             assert results.count(None) == 1  # the other replica found the night claimed
             [restored] = await w.wait_for(recalculated(pro))
             assert (restored.data["delta"], restored.data["score"]) == (50, 100)
 
-            await run_recalculation(pool, night + timedelta(days=1), now=now, source="service/scoring")
+            await nights(night + timedelta(days=1))
             await w.settle(1.5)
             assert len(w.matching(recalculated(pro))) == 1
     finally:

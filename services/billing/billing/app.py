@@ -201,7 +201,9 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
         },
         make_deps=make_deps,
         close_deps=close_deps,
-        background=[capture.capture_payments],
+        background=[
+            capture.card_capture(settings, saved_cards=gateway.charges_saved_cards(settings.payment_gateway))
+        ],
         http_routes=_routes,
         answer_invalid={"charge.adjustment_requested": reject_unreadable_adjustment},
     )

@@ -1,4 +1,5 @@
-"""The capture task: charges the card on file for every charge waiting in `pending_capture`.
+"""The capture task: charges the card on file for every charge waiting in `pending_capture` (a
+`DueCall` on shared.background: claim and lease, call the gateway outside, record).
 
 Guarantees:
 - The gateway is called outside every database transaction, and only for a charge whose
@@ -7,7 +8,9 @@ Guarantees:
   asked the processor charges the card at most once and answers with its first result.
 - The answer is recorded in one transaction of its own: the payment row, the charge's new status
   (`paid`, or `outstanding` when it failed: a failed charge stays owed), the audit row and the
-  `payment.captured` / `payment.failed` event in the outbox, then the relay is woken.
+  `payment.captured` / `payment.failed` event in the outbox, then the relay is woken. While the
+  database is unreachable, recording is retried for about half a minute before the lease
+  decides.
 - A charge is leased while its call is in flight (`next_capture_at`), so replicas do not call
   for the same charge at once; an unknown outcome (timeout, gateway down) is retried after the
   lease with backoff, with the same key.
@@ -27,16 +30,15 @@ Stripe for 24 hours. Nothing else can repeat a charge.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from shared import outbox
+from shared.background import DueCall, WorkUnit
 from shared.contracts.billing import PaymentCaptured, PaymentFailed
 from shared.logging import get_logger
-from shared.service import Runtime
 from shared.topics import BILLING_EVENTS
 
 from . import domain, repository
@@ -49,54 +51,59 @@ log = get_logger(__name__)
 KEY_LIFETIME_MARGIN = timedelta(hours=1)
 
 
-async def capture_payments(service: Runtime) -> None:
-    """Background loop: capture what is due, then sleep until the next poll."""
-    settings: BillingSettings = service.settings  # type: ignore[assignment]
-    assert service.pool is not None
-    gateway: PaymentGateway = service.deps.gateway
-    while not service.stopping:
-        handled = await capture_due(
-            service.pool,
-            gateway,
-            source=f"service/{service.definition.name}",
-            batch_size=settings.capture_batch_size,
-            lease_seconds=settings.capture_lease_seconds,
-            timeout=settings.gateway_timeout_seconds,
-            on_committed=service.wake_relay,
-        )
-        if handled < settings.capture_batch_size:
-            await asyncio.sleep(settings.capture_poll_interval_seconds)
+class HasGateway(Protocol):
+    """What the capture job needs of the service's deps: the payment gateway."""
+
+    @property
+    def gateway(self) -> PaymentGateway: ...
 
 
-async def capture_due(
-    pool: asyncpg.Pool,
-    gateway: PaymentGateway,
-    *,
-    source: str,
-    batch_size: int,
-    lease_seconds: float,
-    timeout: float,
-    on_committed: Callable[[], None],
-) -> int:
-    """Lease the charges due, then call the gateway and record the answer for each; returns how many."""
-    async with pool.acquire() as conn, conn.transaction():
+@dataclass(frozen=True)
+class DueCharge:
+    """A charge claimed for capture, with the patient's saved card (None: no card on file)."""
+
+    charge: asyncpg.Record
+    card: asyncpg.Record | None
+
+
+def card_capture(settings: BillingSettings, *, saved_cards: bool) -> DueCall[DueCharge, PaymentResult, HasGateway]:
+    """Background job: lease the charges due for capture, CAPTURE_BATCH_SIZE at a time, call the
+    gateway for each and record its answer; every CAPTURE_POLL_INTERVAL_SECONDS. `saved_cards`
+    is the configured gateway's `charges_saved_cards` (`gateway.charges_saved_cards`): False
+    (the sandbox) leaves the charges of patients with a saved card alone."""
+
+    async def claim(conn: asyncpg.Connection, now: datetime, limit: int) -> list[DueCharge]:
         charges = await repository.claim_captures(
-            conn, limit=batch_size, lease_seconds=lease_seconds, saved_cards=gateway.charges_saved_cards
+            conn, limit=limit, lease_seconds=settings.capture_lease_seconds, saved_cards=saved_cards
         )
         cards = await repository.cards_of_patients(conn, list({c["patient_id"] for c in charges})) if charges else {}
-    for charge in charges:
-        card = cards.get(charge["patient_id"])
-        if _past_key_lifetime(gateway, charge):
-            continue
-        if card is None and gateway.charges_saved_cards:
-            result: PaymentResult | None = PaymentResult(
-                "failed", None, charge["amount_minor"], charge["currency"], failure_reason="no_card_on_file"
-            )
-        else:
-            result = await _call_gateway(gateway, charge, card, timeout)
-        if result is not None and await _record(pool, gateway.name, charge, result, source):
-            on_committed()
-    return len(charges)
+        return [DueCharge(charge, cards.get(charge["patient_id"])) for charge in charges]
+
+    async def call(deps: HasGateway, due: DueCharge) -> PaymentResult | None:
+        return await charge_card(deps.gateway, due, timeout=settings.gateway_timeout_seconds)
+
+    return DueCall(
+        name="capture_payments",
+        claim=claim,
+        call=call,
+        record=record_payment,
+        correlation=lambda due: due.charge["correlation_id"],
+        key=lambda due: due.charge["charge_id"],
+        interval_seconds=settings.capture_poll_interval_seconds,
+        batch_size=settings.capture_batch_size,
+    )
+
+
+async def charge_card(gateway: PaymentGateway, due: DueCharge, *, timeout: float) -> PaymentResult | None:
+    """The gateway's answer for one leased charge, outside any transaction; None when it is not
+    known (asked again with the same key when the lease ends) or must not be asked for."""
+    if _past_key_lifetime(gateway, due.charge):
+        return None
+    if due.card is None and gateway.charges_saved_cards:
+        return PaymentResult(
+            "failed", None, due.charge["amount_minor"], due.charge["currency"], failure_reason="no_card_on_file"
+        )
+    return await _call_gateway(gateway, due.charge, due.card, timeout)
 
 
 def _past_key_lifetime(gateway: PaymentGateway, charge: Any) -> bool:
@@ -152,58 +159,47 @@ def _why(gateway_name: str, charge: Any, result: PaymentResult) -> str:
     return f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
 
 
-async def _record(pool: asyncpg.Pool, gateway_name: str, charge: Any, result: PaymentResult, source: str) -> bool:
-    """Record the gateway's answer once; False when another attempt recorded it first."""
+async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: PaymentResult) -> None:
+    """Record the gateway's answer once, in the unit's transaction: the payment, the charge's
+    new status, the audit row and `payment.captured` / `payment.failed`. Nothing when another
+    attempt recorded it first."""
+    charge = due.charge
     charge_id = charge["charge_id"]
-    now = datetime.now(UTC)
+    gateway_name = unit.deps.gateway.name
+    current = await repository.lock_charge(unit.conn, charge_id)
+    if current is None or current["status"] != "pending_capture":
+        return
+    await repository.record_payment(
+        unit.conn,
+        payment_id=domain.payment_id(charge_id),
+        charge_id=charge_id,
+        status=result.status,
+        amount_minor=charge["amount_minor"],
+        currency=charge["currency"],
+        gateway=gateway_name,
+        gateway_ref=result.reference,
+        idempotency_key=charge_id,
+        failure_reason=result.failure_reason,
+        charge_status=domain.status_after_payment(result.captured),
+    )
+    await repository.audit(
+        unit.conn,
+        at=unit.now,
+        actor=f"service/{unit.service}",
+        action=f"payment_{result.status}",
+        booking_id=charge["booking_id"],
+        charge_id=charge_id,
+        amount_minor=charge["amount_minor"],
+        currency=charge["currency"],
+        reason=_why(gateway_name, charge, result),
+        detail={"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
+    )
     amount = domain.from_minor(charge["amount_minor"], charge["currency"])
-    async with pool.acquire() as conn, conn.transaction():
-        current = await repository.lock_charge(conn, charge_id)
-        if current is None or current["status"] != "pending_capture":
-            return False
-        await repository.record_payment(
-            conn,
-            payment_id=domain.payment_id(charge_id),
-            charge_id=charge_id,
-            status=result.status,
-            amount_minor=charge["amount_minor"],
-            currency=charge["currency"],
-            gateway=gateway_name,
-            gateway_ref=result.reference,
-            idempotency_key=charge_id,
-            failure_reason=result.failure_reason,
-            charge_status=domain.status_after_payment(result.captured),
-        )
-        await repository.audit(
-            conn,
-            at=now,
-            actor=source,
-            action=f"payment_{result.status}",
-            booking_id=charge["booking_id"],
-            charge_id=charge_id,
-            amount_minor=charge["amount_minor"],
-            currency=charge["currency"],
-            reason=_why(gateway_name, charge, result),
-            detail={"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
-        )
-        fields = {"charge_id": charge_id, "booking_id": charge["booking_id"], "amount": amount, "currency": charge["currency"]}
-        payload = (
-            PaymentCaptured.new(**fields)
-            if result.captured
-            else PaymentFailed.new(**fields, failure_reason=result.failure_reason)
-        )
-        await outbox.write(
-            conn,
-            [
-                outbox.outgoing(
-                    BILLING_EVENTS,
-                    payload,
-                    subject=charge["booking_id"],
-                    source=source,
-                    correlation_id=charge["correlation_id"],
-                    time=now,
-                )
-            ],
-        )
+    fields = {"charge_id": charge_id, "booking_id": charge["booking_id"], "amount": amount, "currency": charge["currency"]}
+    payload = (
+        PaymentCaptured.new(**fields)
+        if result.captured
+        else PaymentFailed.new(**fields, failure_reason=result.failure_reason)
+    )
+    unit.emit(BILLING_EVENTS, payload, subject=charge["booking_id"], time=unit.now)
     log.info("payment recorded", charge_id=charge_id, status=result.status, failure_reason=result.failure_reason)
-    return True

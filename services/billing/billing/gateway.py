@@ -308,3 +308,9 @@ def make_gateway(
         assert stripe_api_key is not None
         return StripeGateway(stripe_api_key, api_base=stripe_api_base, timeout=timeout)
     return SandboxGateway(sandbox_declines)
+
+
+def charges_saved_cards(choice: str | None) -> bool:
+    """Whether the gateway `make_gateway(choice)` builds charges only saved cards (see
+    `PaymentGateway.charges_saved_cards`): what the capture job claims depends on it."""
+    return (StripeGateway if choice == "stripe" else SandboxGateway).charges_saved_cards

@@ -154,7 +154,7 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
             POLICY_REQUESTS: [CancellationAssessmentRequested],
         },
         http_routes=_routes,
-        background=[handlers.expire_offers],
+        background=[handlers.offer_expiry(settings)],
         make_deps=lambda: _deps(settings),
         answer_invalid={
             "booking.cancellation_requested": handlers.reject_unreadable("cancellation"),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared import outbox
+import asyncpg
+
+from shared.background import DueWork, WorkUnit
 from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import (
@@ -38,6 +39,7 @@ from shared.contracts.upstream import (
 from shared.topics import BOOKING_EVENTS, POLICY_REQUESTS
 
 from . import domain, repository
+from .settings import BookingSettings
 
 
 @dataclass(frozen=True)
@@ -411,32 +413,30 @@ async def offer_or_release(
     return events
 
 
-async def expire_offers(service: Any) -> None:
-    """Background: offers expire on time even when no message arrives; the slot goes to the
-    next patient in line, or is released. Replicas share the work (skip-locked claims)."""
-    interval = service.settings.offer_check_interval_seconds
-    while True:
-        async with service.pool.acquire() as conn, conn.transaction():
-            now = datetime.now(UTC)
-            expired = await repository.claim_expired_offers(conn, now)
-            events = []
-            for offer in expired:
-                await repository.audit(
-                    conn, offer["booking_id"], at=offer["expires_at"], action="slot_offer_expired",
-                    detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
-                )
-                for slot in await offer_or_release(conn, [offer["booking_id"]], now=now):
-                    events.append(
-                        outbox.outgoing(
-                            BOOKING_EVENTS, slot, subject=slot.booking_id, source="service/booking",
-                            correlation_id=offer["offer_id"],
-                        )
-                    )
-            await outbox.write(conn, events)
-        if events:
-            service.wake_relay()
-        if len(expired) < 100:
-            await asyncio.sleep(interval)
+def offer_expiry(settings: BookingSettings) -> DueWork[asyncpg.Record, BookingDeps]:
+    """Background job: offers expire on time even when no message arrives; the slot goes to the
+    next patient in line, or is released. Replicas share the work (skip-locked claims). The
+    claim itself marks the offer expired, so an offer whose slot cannot be passed on (a failure
+    for good, logged) is not taken again and does not hold up the others."""
+    return DueWork(
+        name="expire_offers",
+        claim=repository.claim_expired_offers,
+        act=expire_offer,
+        correlation=lambda offer: offer["offer_id"],
+        key=lambda offer: offer["offer_id"],
+        interval_seconds=settings.offer_check_interval_seconds,
+        batch_size=settings.offer_expiry_batch_size,
+    )
+
+
+async def expire_offer(unit: WorkUnit[BookingDeps], offer: asyncpg.Record) -> None:
+    """An expired offer (its patient waits again): audited, and its slot offered to the next in line or released."""
+    await repository.audit(
+        unit.conn, offer["booking_id"], at=offer["expires_at"], action="slot_offer_expired",
+        detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
+    )
+    for slot in await offer_or_release(unit.conn, [offer["booking_id"]], now=unit.now):
+        unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
 
 
 # --- suspension ----------------------------------------------------------------------------------

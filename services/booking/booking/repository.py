@@ -189,7 +189,7 @@ async def add_offer(
     await conn.execute("UPDATE waitlist SET status = 'offered' WHERE waitlist_id = $1", waitlist_id)
 
 
-async def claim_expired_offers(conn: asyncpg.Connection, now: datetime, limit: int = 100) -> list[asyncpg.Record]:
+async def claim_expired_offers(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
     """Open offers past their expiry, marked expired (their patients wait again); skip-locked
     so replicas share the work and never expire one offer twice."""
     rows = await conn.fetch(

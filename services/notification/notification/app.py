@@ -29,7 +29,7 @@ from shared.topics import (
 )
 
 from . import handlers, repository
-from .delivery import Deps, send_deliveries
+from .delivery import Deps, sender
 from .settings import NotificationSettings
 
 
@@ -92,6 +92,6 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
         publishes={NOTIFICATION_EVENTS: [NotificationSent, NotificationFailed]},
         make_deps=lambda: handlers.NotificationDeps.build(settings),
         close_deps=_close_deps,
-        background=[send_deliveries],
+        background=[sender(settings)],
         http_routes=_routes,
     )

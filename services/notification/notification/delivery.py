@@ -1,4 +1,5 @@
-"""The sender: sends the deliveries the consumer recorded, retries, and reports the outcome.
+"""The sender: sends the deliveries the consumer recorded, retries, and reports the outcome (a
+`DueCall` on shared.background: claim and lease, send outside, record).
 
 Guarantees:
 - Several replicas never send the same row at once: rows are claimed with
@@ -26,17 +27,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import aiosmtplib
 import asyncpg
 import httpx
 
-from shared import outbox
-from shared.backoff import backoff_delay
-from shared.consumer import is_transient
+from shared.background import DueCall, WorkUnit
 from shared.contracts.notification import NotificationFailed, NotificationSent
 from shared.logging import get_logger
 from shared.topics import NOTIFICATION_EVENTS
@@ -44,9 +44,6 @@ from shared.topics import NOTIFICATION_EVENTS
 from . import domain, repository
 from .rendering import Renderer
 from .settings import NotificationSettings
-
-if TYPE_CHECKING:
-    from shared.service import Runtime
 
 log = get_logger(__name__)
 
@@ -154,125 +151,100 @@ class Deps:
         await self.http.aclose()
 
 
-async def send_deliveries(service: Runtime) -> None:
-    """Background task: claim due deliveries, send them, record each outcome; forever."""
-    settings: NotificationSettings = service.settings  # type: ignore[assignment]
-    assert service.pool is not None
-    while not service.stopping:
-        claimed = await repository.claim_due(service.pool, settings.delivery_batch_size, settings.delivery_lease_seconds)
-        if not claimed:
-            await asyncio.sleep(settings.delivery_poll_interval_seconds)
-            continue
-        batch = asyncio.gather(*(deliver(service, row) for row in claimed), return_exceptions=True)
-        try:
-            results = await asyncio.shield(batch)
-        except asyncio.CancelledError:
-            # Shutting down: let the sends in flight finish and be recorded, because a send cut
-            # off now would be repeated when its lease ends.
-            await asyncio.wait_for(batch, timeout=max(settings.smtp_timeout_seconds, settings.sms_timeout_seconds) + 5)
-            raise
-        for row, result in zip(claimed, results, strict=True):
-            if isinstance(result, BaseException):
-                # The row stays claimed until its lease ends, then it is tried again.
-                log.error(
-                    "delivery failed unexpectedly",
-                    notification_id=str(row["notification_id"]),
-                    error=type(result).__name__,
-                    detail=domain.redact(str(result)),
-                )
+def sender(settings: NotificationSettings) -> DueCall[asyncpg.Record, Attempt, Deps]:
+    """Background job: claim due deliveries (leased for DELIVERY_LEASE_SECONDS), send a batch at
+    once, record each outcome; every DELIVERY_POLL_INTERVAL_SECONDS. At shutdown the sends in
+    flight are let finish and be recorded, because a send cut off would be repeated when its
+    lease ends."""
+
+    async def claim(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+        return await repository.claim_due(conn, limit, settings.delivery_lease_seconds)
+
+    async def send(deps: Deps, row: asyncpg.Record) -> Attempt:
+        return await send_one(deps, row, max_attempts=settings.delivery_max_attempts)
+
+    async def record(unit: WorkUnit[Deps], row: asyncpg.Record, attempt: Attempt) -> None:
+        await record_outcome(unit, row, attempt, settings)
+
+    return DueCall(
+        name="send_deliveries",
+        claim=claim,
+        call=send,
+        record=record,
+        correlation=lambda row: row["correlation_id"],
+        key=lambda row: str(row["notification_id"]),
+        interval_seconds=settings.delivery_poll_interval_seconds,
+        batch_size=settings.delivery_batch_size,
+        concurrency=settings.delivery_batch_size,
+        drain_seconds=max(settings.smtp_timeout_seconds, settings.sms_timeout_seconds) + 5,
+    )
 
 
-async def deliver(service: Runtime, row: asyncpg.Record) -> None:
-    """Send one claimed delivery and record what happened."""
-    deps: Deps = service.deps
-    settings = deps.settings
+@dataclass(frozen=True)
+class Attempt:
+    """What one send came to: sent, to be retried, or failed for good (with the redacted reason)."""
+
+    step: Literal["sent", "retry", "failed"]
+    reason: str | None = None
+
+
+async def send_one(deps: Deps, row: asyncpg.Record, *, max_attempts: int) -> Attempt:
+    """Send one claimed delivery, outside any transaction; what came of it."""
     notification_id: uuid.UUID = row["notification_id"]
     try:
         if row["channel"] == "email":
             await deps.email.send(notification_id, row["address"], row["subject"] or "", row["body"] or "")
         else:
             await deps.sms.send(notification_id, row["address"], row["body"] or "")
-        error: DeliveryError | None = None
+        return Attempt("sent")
     except DeliveryError as exc:
         error = exc
     except Exception as exc:  # an unforeseen fault of the client library: try again later
         error = DeliveryError(f"{type(exc).__name__}: {exc}", permanent=False)
-
-    attempts = row["attempts"]
-    if error is None:
-        await _record_outcome(service, row, "sent", None)
-        return
     reason = domain.redact(str(error))
-    step = domain.after_failure(attempts, max_attempts=settings.delivery_max_attempts, permanent=error.permanent)
+    step = domain.after_failure(row["attempts"], max_attempts=max_attempts, permanent=error.permanent)
     log.warning(
         "notification not delivered",
         notification_id=str(notification_id),
         channel=row["channel"],
         recipient=row["recipient"],
-        attempts=attempts,
+        attempts=row["attempts"],
         next=step,
         error=reason,
     )
-    await _record_outcome(service, row, step, reason)
+    return Attempt(step, reason)
 
 
-async def _record_outcome(service: Runtime, row: asyncpg.Record, step: str, reason: str | None) -> None:
-    """Mark the row and write its event in one transaction; keep trying while the database is down,
-    because until this commits the message counts as unsent and would be sent again."""
-    settings: NotificationSettings = service.deps.settings
-    for attempt in range(1, 8):
-        try:
-            await _commit_outcome(service, row, step, reason, settings)
-            service.wake_relay()
-            return
-        except Exception as exc:
-            # Database down, a lock or statement timeout, a serialization failure: try again.
-            if not is_transient(exc):
-                raise
-            log.warning("could not record a delivery outcome; retrying", error=type(exc).__name__, attempt=attempt)
-            await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=10.0))
-    log.error(
-        "delivery outcome not recorded; the message will be sent again when its lease ends",
-        notification_id=str(row["notification_id"]),
-    )
-
-
-async def _commit_outcome(
-    service: Runtime, row: asyncpg.Record, step: str, reason: str | None, settings: NotificationSettings
+async def record_outcome(
+    unit: WorkUnit[Any], row: asyncpg.Record, attempt: Attempt, settings: NotificationSettings
 ) -> None:
-    assert service.pool is not None
+    """Mark the row and emit its event (sent or failed), or schedule its retry, in the unit's
+    transaction. Until it commits the message counts as unsent and would be sent again, so the
+    runner retries it while the database is down."""
     notification_id: uuid.UUID = row["notification_id"]
-    async with service.pool.acquire() as conn, conn.transaction():
-        if step == "retry":
-            delay = domain.retry_delay(
-                row["attempts"],
-                base_seconds=settings.delivery_retry_base_seconds,
-                max_seconds=settings.delivery_retry_max_seconds,
-            )
-            await repository.schedule_retry(conn, notification_id, row["attempts"], delay, reason or "")
-            return
-        if step == "sent":
-            changed = await repository.mark_sent(conn, notification_id)
-            payload: Any = NotificationSent.new(**_outcome_fields(row))
-        else:
-            changed = await repository.mark_failed(conn, notification_id, row["attempts"], reason or "")
-            payload = NotificationFailed.new(**_outcome_fields(row), error=reason)
-        if not changed:
-            return  # another replica recorded this delivery's outcome already
-        await outbox.write(
-            conn,
-            [
-                outbox.outgoing(
-                    NOTIFICATION_EVENTS,
-                    payload,
-                    # CONTRACT.md: keyed by booking_id, or professional_id for notices about a professional.
-                    subject=row["booking_id"] or row["professional_id"] or str(notification_id),
-                    source=f"service/{service.definition.name}",
-                    correlation_id=row["correlation_id"],
-                )
-            ],
+    if attempt.step == "retry":
+        delay = domain.retry_delay(
+            row["attempts"],
+            base_seconds=settings.delivery_retry_base_seconds,
+            max_seconds=settings.delivery_retry_max_seconds,
         )
-    log.info("notification " + step, notification_id=str(notification_id), channel=row["channel"], recipient=row["recipient"])
+        await repository.schedule_retry(unit.conn, notification_id, row["attempts"], delay, attempt.reason or "")
+        return
+    payload: NotificationSent | NotificationFailed
+    if attempt.step == "sent":
+        changed = await repository.mark_sent(unit.conn, notification_id)
+        payload = NotificationSent.new(**_outcome_fields(row))
+    else:
+        changed = await repository.mark_failed(unit.conn, notification_id, row["attempts"], attempt.reason or "")
+        payload = NotificationFailed.new(**_outcome_fields(row), error=attempt.reason)
+    if not changed:
+        return  # another replica recorded this delivery's outcome already
+    # CONTRACT.md: keyed by booking_id, or professional_id for notices about a professional.
+    unit.emit(NOTIFICATION_EVENTS, payload, subject=row["booking_id"] or row["professional_id"] or str(notification_id))
+    log.info(
+        "notification " + attempt.step, notification_id=str(notification_id), channel=row["channel"],
+        recipient=row["recipient"],
+    )
 
 
 def _outcome_fields(row: asyncpg.Record) -> dict[str, Any]:

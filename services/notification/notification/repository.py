@@ -230,14 +230,14 @@ async def record_delivery(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
     return bool(inserted)
 
 
-async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
     """Claim up to `limit` pending deliveries that are due, counting the attempt.
 
     SKIP LOCKED: replicas claiming at the same moment take disjoint rows, never the same one.
     The lease (`next_attempt_at` pushed forward) keeps the row from being claimed again while
     it is being sent; if this process dies mid-send, the row is due again when the lease ends.
     """
-    return await pool.fetch(
+    return await conn.fetch(
         "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)"
         " FROM (SELECT notification_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
         " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due"

@@ -31,7 +31,7 @@ from shared.topics import (
 )
 
 from . import handlers, repository
-from .scheduler import resend_unacknowledged
+from .scheduler import overdue_syncs
 from .settings import PmsSyncSettings
 
 
@@ -76,6 +76,6 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
             PMS_SYNC_EVENTS: [PmsSyncCompleted, PmsSyncFailed, PmsManualUpdateRequired],
         },
         make_deps=lambda: handlers.PmsSyncDeps(settings=settings, repository=repository),
-        background=[resend_unacknowledged],
+        background=[overdue_syncs(settings)],
         http_routes=_routes,
     )

@@ -97,6 +97,6 @@ def definition(settings: ScoringSettings | None = None) -> ServiceDefinition:
         },
         publishes={SCORING_EVENTS: [ScoreChanged, HoldPlaced, HoldLifted, AccountSuspended]},
         make_deps=make_deps,
-        background=(scheduler.expire_holds, scheduler.recalculate_nightly),
+        background=(scheduler.hold_expiry(settings), scheduler.nightly_recalculation(settings)),
         http_routes=_routes,
     )

@@ -312,6 +312,11 @@ async def claim_recalculation_run(conn: asyncpg.Connection, run_date: date) -> b
     return bool(claimed)
 
 
+async def recalculation_ran(conn: asyncpg.Connection, run_date: date) -> bool:
+    """Whether the night's run is recorded (committed by this or another replica)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM recalculation_runs WHERE run_date = $1)", run_date))
+
+
 async def finish_recalculation_run(conn: asyncpg.Connection, run_date: date, *, professionals: int, entries: int) -> None:
     await conn.execute(
         "UPDATE recalculation_runs SET professionals = $2, entries = $3 WHERE run_date = $1",
