@@ -24,9 +24,9 @@ down:
 test: venv up
 	source .local/env.sh && $(PYTHON) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
-## test-unit: unit tests only, no infrastructure
+## test-unit: unit and handler tests only, no infrastructure
 test-unit: venv
-	$(PYTHON) -m pytest tests/unit -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests/unit tests/handlers -p no:cacheprovider $(PYTEST_ARGS)
 
 ## bench: throughput and latency of the whole system against a bare baseline (BENCH_ARGS="--size 2000")
 bench: venv up

@@ -13,7 +13,6 @@ answered with `charge.adjustment_rejected` (`invalid_request`), keyed by the cha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,6 @@ from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
 
 from . import capture, domain, gateway, handlers, repository
 from .settings import BillingSettings
-
-
-@dataclass(frozen=True)
-class BillingDeps:
-    gateway: gateway.PaymentGateway
 
 
 def _money(row: Any, *, minor: str = "amount_minor") -> str:
@@ -159,18 +153,19 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
     # Refuse an unusable gateway now, before anything starts, with a sentence saying why.
     gateway.require_supported(settings.payment_gateway, stripe_api_key=api_key)
 
-    async def make_deps() -> BillingDeps:
-        return BillingDeps(
+    async def make_deps() -> handlers.BillingDeps:
+        return handlers.BillingDeps(
             gateway=gateway.make_gateway(
                 settings.payment_gateway,
                 sandbox_declines=settings.sandbox_declines,
                 stripe_api_key=api_key,
                 stripe_api_base=settings.stripe_api_base,
                 timeout=settings.gateway_timeout_seconds,
-            )
+            ),
+            repository=repository,
         )
 
-    async def close_deps(deps: BillingDeps) -> None:
+    async def close_deps(deps: handlers.BillingDeps) -> None:
         await deps.gateway.close()
 
     return ServiceDefinition(

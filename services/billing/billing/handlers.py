@@ -2,12 +2,14 @@
 
 A handler never calls the payment gateway: a card charge is a side effect outside our database,
 so it is recorded here as `pending_capture` and made by the capture task (capture.py) after this
-transaction committed.
+transaction committed. Handlers reach the database only through their ports (`BillingDeps`,
+the unit's deps), so tests/handlers runs them against fakes.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,10 +28,21 @@ from shared.contracts.common import Decision, Fee
 from shared.contracts.upstream import ChargeAdjustmentRequested
 from shared.topics import BILLING_EVENTS
 
-from . import domain, repository
+from . import domain
+from .gateway import PaymentGateway
 
 
-async def bill_cancellation(unit: Unit, event: BookingCancelled) -> None:
+@dataclass(frozen=True)
+class BillingDeps:
+    """The ports of the handlers and the capture task, built by `app.definition`'s `make_deps`.
+    No clock: handlers decide by the event's own time, so a replay decides the same."""
+
+    gateway: PaymentGateway  # the capture task's (capture.py); a handler never calls it
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any
+
+
+async def bill_cancellation(unit: Unit[BillingDeps], event: BookingCancelled) -> None:
     await _bill(
         unit,
         "cancellation",
@@ -45,7 +58,7 @@ async def bill_cancellation(unit: Unit, event: BookingCancelled) -> None:
     )
 
 
-async def bill_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
+async def bill_no_show(unit: Unit[BillingDeps], event: BookingNoShowRecorded) -> None:
     await _bill(
         unit,
         "no_show",
@@ -68,7 +81,7 @@ def _why(request: str, decision: Decision) -> str:
 
 
 async def _bill(
-    unit: Unit,
+    unit: Unit[BillingDeps],
     request: Literal["cancellation", "no_show"],
     *,
     booking_id: str,
@@ -84,7 +97,7 @@ async def _bill(
     deposit_plan = domain.plan_deposit(booking_id, request_id, decision, deposit)
     if charge is None and deposit_plan is None:
         return
-    await repository.lock_booking_billing(unit.conn, booking_id)
+    await unit.deps.repository.lock_booking_billing(unit.conn, booking_id)
     reason = _why(request, decision)
     if charge is not None:
         await _raise_charge(unit, charge, booking_id, request_id, practice_id, patient_id, decision, at, actor, reason)
@@ -93,7 +106,7 @@ async def _bill(
 
 
 async def _raise_charge(
-    unit: Unit,
+    unit: Unit[BillingDeps],
     charge: domain.ChargePlan,
     booking_id: str,
     request_id: str,
@@ -104,6 +117,7 @@ async def _raise_charge(
     actor: str,
     reason: str,
 ) -> None:
+    repository = unit.deps.repository
     created = await repository.insert_charge(
         unit.conn,
         {
@@ -165,7 +179,7 @@ _DEPOSIT_EVENTS = {"refunded": DepositRefunded, "kept": DepositKept, "credit_not
 
 
 async def _settle_deposit(
-    unit: Unit,
+    unit: Unit[BillingDeps],
     plan: domain.DepositPlan,
     booking_id: str,
     request_id: str,
@@ -175,6 +189,7 @@ async def _settle_deposit(
     actor: str,
     reason: str,
 ) -> None:
+    repository = unit.deps.repository
     recorded = await repository.insert_deposit_outcome(
         unit.conn,
         {
@@ -209,9 +224,10 @@ async def _settle_deposit(
     unit.emit(BILLING_EVENTS, _DEPOSIT_EVENTS[plan.outcome].new(**fields), subject=booking_id)
 
 
-async def adjust_charge(unit: Unit, command: ChargeAdjustmentRequested) -> None:
+async def adjust_charge(unit: Unit[BillingDeps], command: ChargeAdjustmentRequested) -> None:
     """Answer `charge.adjustment_requested` with exactly one of `charge.adjusted` or
     `charge.adjustment_rejected`, once per request id, recorded with who and when."""
+    repository = unit.deps.repository
     at = unit.event.envelope.time  # the command's own time: a replay decides and records the same
     actor = f"staff:{command.actor.id}"
     charge_key = _canonical_uuid(command.charge_id)  # charge ids are uuids: anything else names no charge
@@ -269,7 +285,7 @@ async def adjust_charge(unit: Unit, command: ChargeAdjustmentRequested) -> None:
 
 
 async def _apply_adjustment(
-    unit: Unit,
+    unit: Unit[BillingDeps],
     command: ChargeAdjustmentRequested,
     charge: Any,
     decision: domain.AdjustmentDecision,
@@ -277,6 +293,7 @@ async def _apply_adjustment(
     at: datetime,
     actor: str,
 ) -> None:
+    repository = unit.deps.repository
     before, after = decision.before, decision.after
     assert before is not None and after is not None
     await repository.adjust_charge(
@@ -308,7 +325,7 @@ async def _apply_adjustment(
 
 
 def _emit_rejection(
-    unit: Unit, command: ChargeAdjustmentRequested, decision: domain.AdjustmentDecision, *, subject: str
+    unit: Unit[BillingDeps], command: ChargeAdjustmentRequested, decision: domain.AdjustmentDecision, *, subject: str
 ) -> None:
     unit.emit(
         BILLING_EVENTS,
@@ -328,5 +345,5 @@ def _fee(terms: domain.ChargeTerms) -> Fee:
     return Fee.new(amount=terms.amount, currency=terms.currency, code=terms.code, code_system=terms.code_system)
 
 
-def _adjustment_detail(command: ChargeAdjustmentRequested, unit: Unit) -> dict[str, object]:
+def _adjustment_detail(command: ChargeAdjustmentRequested, unit: Unit[BillingDeps]) -> dict[str, object]:
     return {"request_id": command.request_id, "roles": list(command.actor.roles), "event_id": unit.event.id}

@@ -62,6 +62,7 @@ def definition(settings: PolicySettings | None = None) -> ServiceDefinition:
             POLICY_DECISIONS: [CancellationAssessed],
             PRACTICE_EVENTS: [PracticeConfigurationAccepted, PracticeConfigurationRejected],
         },
+        make_deps=lambda: handlers.PolicyDeps(repository=repository),
         http_routes=_routes,
         answer_invalid={"practice.configured": configuration.reject_invalid_settings},
     )

@@ -1,6 +1,13 @@
-"""One async function per message type: load, decide, save, emit."""
+"""One async function per message type: load, decide, save, emit.
+
+Handlers reach the database only through their ports (`PolicyDeps`, the unit's deps), so
+tests/handlers runs them against fakes.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from shared.consumer import Unit
 from shared.contracts.booking import CancellationAssessmentRequested
@@ -8,7 +15,16 @@ from shared.contracts.policy import CancellationAssessed, PracticeConfigurationA
 from shared.contracts.upstream import PracticeConfigured, PracticeSettings
 from shared.topics import POLICY_DECISIONS, PRACTICE_EVENTS
 
-from . import domain, repository
+from . import domain
+
+
+@dataclass(frozen=True)
+class PolicyDeps:
+    """The handlers' ports, built by `app.definition`'s `make_deps`. No clock: a request is
+    decided by its own time, so a replay decides the same."""
+
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any
 
 
 def policy_version(practice_version: int) -> str:
@@ -16,9 +32,10 @@ def policy_version(practice_version: int) -> str:
     return f"{domain.RULES_VERSION}.s{practice_version}"
 
 
-async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
+async def configure_practice(unit: Unit[PolicyDeps], event: PracticeConfigured) -> None:
     """Store the settings as the practice's next version and say which policy version they are.
     (Settings that break the contract never get here: `configuration.reject_invalid_settings`.)"""
+    repository = unit.deps.repository
     version = await repository.add_settings_version(
         unit.conn,
         event.practice_id,
@@ -32,7 +49,8 @@ async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
     unit.emit(PRACTICE_EVENTS, accepted, subject=event.practice_id)
 
 
-async def assess_request(unit: Unit, event: CancellationAssessmentRequested) -> None:
+async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRequested) -> None:
+    repository = unit.deps.repository
     current = await repository.current_settings(unit.conn, event.practice_id)
     version, settings = (current[0], PracticeSettings.model_validate(current[1])) if current else (0, PracticeSettings())
     assessment = domain.assess(event, settings)
@@ -50,11 +68,16 @@ async def assess_request(unit: Unit, event: CancellationAssessmentRequested) -> 
         policy_version=policy_version(version),
         explanation=assessment.explanation,
     )
-    await repository.record_decision(
+    recorded = await repository.record_decision(
         unit.conn,
         request_id=event.request_id,
         booking_id=event.booking_id,
         practice_id=event.practice_id,
         decision=decision.to_json_dict(),
     )
+    if not recorded:
+        # The same request again under another envelope id (a replay): it was decided and
+        # answered once, and booking takes one answer per request. The first decision stands,
+        # even when the settings changed since.
+        return
     unit.emit(POLICY_DECISIONS, decision, subject=event.booking_id)

@@ -41,14 +41,16 @@ async def current_settings(conn: asyncpg.Connection, practice_id: str) -> tuple[
 
 async def record_decision(
     conn: asyncpg.Connection, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
-) -> None:
-    await conn.execute(
+) -> bool:
+    """Record the decision of a request; False when that request was decided already."""
+    inserted = await conn.fetchval(
         "INSERT INTO decisions (request_id, booking_id, practice_id, policy_version, allowed, classification,"
         " explanation, decision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-        " ON CONFLICT (request_id) DO NOTHING",
+        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
         request_id, booking_id, practice_id, decision["policy_version"], decision["allowed"],
         decision["classification"], decision.get("explanation", ""), json.dumps(decision),
     )
+    return bool(inserted)
 
 
 async def settings_history(pool: asyncpg.Pool, practice_id: str) -> list[asyncpg.Record]:

@@ -67,13 +67,14 @@ def _routes(service: Runtime) -> list[tuple[str, Any]]:
 
 def definition(settings: ScoringSettings | None = None) -> ServiceDefinition:
     settings = settings or ScoringSettings()
-    rules = handlers.ScoringRules(
+    deps = handlers.ScoringDeps(
+        repository=repository,
         suspension_holds=settings.suspension_holds,
         suspension_window=timedelta(days=settings.suspension_window_days),
     )
 
-    async def make_deps() -> handlers.ScoringRules:
-        return rules
+    async def make_deps() -> handlers.ScoringDeps:
+        return deps
 
     return ServiceDefinition(
         name=settings.service_name,

@@ -2,13 +2,16 @@
 
 Every write locks the professional's row first, so one professional's ledger, holds, excuses
 and suspension change in one order whatever partition (booking) the causing events came from;
-the hold-expiry and nightly jobs (scheduler.py) lock the same row.
+the hold-expiry and nightly jobs (scheduler.py) lock the same row. Handlers reach the database
+only through their ports (`ScoringDeps`, the unit's deps), so tests/handlers runs them against
+fakes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -19,20 +22,24 @@ from shared.contracts.upstream import ExcuseReviewed, ExcuseSubmitted, ScoreReca
 from shared.logging import get_logger
 from shared.topics import SCORING_EVENTS
 
-from . import domain, repository
+from . import domain
+from . import repository as sql_repository
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class ScoringRules:
-    """The platform's suspension settings, handed to the handlers as the unit's deps."""
+class ScoringDeps:
+    """The handlers' ports and the platform's suspension settings, built by `app.definition`'s
+    `make_deps`. No clock: handlers decide by the event's own time, so a replay decides the same."""
 
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any
     suspension_holds: int = domain.SUSPENSION_HOLDS
     suspension_window: timedelta = domain.SUSPENSION_WINDOW
 
 
-async def score_cancellation(unit: Unit, event: BookingCancelled) -> None:
+async def score_cancellation(unit: Unit[ScoringDeps], event: BookingCancelled) -> None:
     """A professional's own cancellation costs what the policy decided (score, and a hold when
     it decided one); cancellations by the patient, the practice or the system never touch the
     professional's score. A decision without its `score_delta` is refused
@@ -45,7 +52,7 @@ async def score_cancellation(unit: Unit, event: BookingCancelled) -> None:
     await _penalise(unit, professional_id, event.booking_id, penalty, at=event.cancelled_at)
 
 
-async def score_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
+async def score_no_show(unit: Unit[ScoringDeps], event: BookingNoShowRecorded) -> None:
     """A professional who did not attend: the penalty and hold the policy decided (refused, so
     dead-lettered, when the decision carries none)."""
     if event.party != "professional":
@@ -57,20 +64,21 @@ async def score_no_show(unit: Unit, event: BookingNoShowRecorded) -> None:
     await _penalise(unit, event.professional_id, event.booking_id, penalty, at=event.recorded_at)
 
 
-async def score_completion(unit: Unit, event: BookingCompleted) -> None:
+async def score_completion(unit: Unit[ScoringDeps], event: BookingCompleted) -> None:
     """A completed booking with a professional earns the completion bonus."""
     if event.professional_id is None:
         return
-    await repository.lock_professional(unit.conn, event.professional_id)
+    await unit.deps.repository.lock_professional(unit.conn, event.professional_id)
     await _add_to_ledger(
         unit, event.professional_id, event.booking_id, domain.COMPLETION_DELTA, "completed", at=event.completed_at
     )
 
 
 async def _add_to_ledger(
-    unit: Unit, professional_id: str, booking_id: str, delta: int, cause: str, *, at: datetime
+    unit: Unit[ScoringDeps], professional_id: str, booking_id: str, delta: int, cause: str, *, at: datetime
 ) -> bool:
     """Append the entry and announce the new score; False when this booking already counted."""
+    repository = unit.deps.repository
     added = await repository.add_ledger_entry(
         unit.conn,
         entry_id=domain.ledger_entry_id(professional_id, booking_id, cause),
@@ -94,7 +102,10 @@ async def _add_to_ledger(
     return True
 
 
-async def _penalise(unit: Unit, professional_id: str, booking_id: str, penalty: domain.Penalty, *, at: datetime) -> None:
+async def _penalise(
+    unit: Unit[ScoringDeps], professional_id: str, booking_id: str, penalty: domain.Penalty, *, at: datetime
+) -> None:
+    repository = unit.deps.repository
     professional = await repository.lock_professional(unit.conn, professional_id)
     if not await _add_to_ledger(unit, professional_id, booking_id, penalty.delta, penalty.cause, at=at):
         return
@@ -129,7 +140,7 @@ async def _penalise(unit: Unit, professional_id: str, booking_id: str, penalty: 
 
     if professional["suspended_at"] is not None:
         return  # suspended once; later holds are recorded but suspend nothing new
-    rules: ScoringRules = unit.deps
+    rules = unit.deps
     placed = domain.Hold(hold_id=hold_id, status="running", occurred_at=at, starts_at=starts_at, ends_at=ends_at)
     suspending = domain.suspension_holds(
         [*holds, placed], threshold=rules.suspension_holds, window=rules.suspension_window
@@ -144,9 +155,10 @@ async def _penalise(unit: Unit, professional_id: str, booking_id: str, penalty: 
         )
 
 
-async def record_excuse(unit: Unit, event: ExcuseSubmitted) -> None:
+async def record_excuse(unit: Unit[ScoringDeps], event: ExcuseSubmitted) -> None:
     """A submitted excuse waits for its review, or is refused at once (recorded as rejected
     with the reason) when no penalty is recorded for that professional and booking."""
+    repository = unit.deps.repository
     professional = await repository.find_professional_for_update(unit.conn, event.professional_id)
     penalised = professional is not None and await repository.has_penalty(
         unit.conn, event.professional_id, event.booking_id
@@ -188,10 +200,11 @@ async def record_excuse(unit: Unit, event: ExcuseSubmitted) -> None:
     log.info("excuse known already; its decision stands", excuse_id=event.excuse_id, details_filled=completed)
 
 
-async def review_excuse(unit: Unit, event: ExcuseReviewed) -> None:
+async def review_excuse(unit: Unit[ScoringDeps], event: ExcuseReviewed) -> None:
     """Approval lifts the booking's hold at once (`hold.lifted`, cause excused) and lets the next
     recalculation take its penalty out; rejection changes nothing. A review of an excuse never
     submitted is recorded as rejected with the reason."""
+    repository = unit.deps.repository
     known = await repository.get_excuse(unit.conn, event.excuse_id)
     if known is not None and known["professional_id"] is not None:
         # Lock order as everywhere: the professional first, then what belongs to them.
@@ -245,15 +258,23 @@ async def review_excuse(unit: Unit, event: ExcuseReviewed) -> None:
         )
 
 
-async def recalculate_scores(unit: Unit, event: ScoreRecalculationRequested) -> None:
+async def recalculate_scores(unit: Unit[ScoringDeps], event: ScoreRecalculationRequested) -> None:
     """Recalculate one professional's score, or every professional's when none is named."""
     at = unit.event.envelope.time
-    for changed in await recalculate(unit.conn, event.professional_id, at=at, cause_id=unit.event.id):
+    changes = await recalculate(
+        unit.conn, event.professional_id, at=at, cause_id=unit.event.id, repository=unit.deps.repository
+    )
+    for changed in changes:
         unit.emit(SCORING_EVENTS, changed, subject=changed.professional_id, time=at)
 
 
 async def recalculate(
-    conn: asyncpg.Connection, professional_id: str | None, *, at: datetime, cause_id: str
+    conn: asyncpg.Connection,
+    professional_id: str | None,
+    *,
+    at: datetime,
+    cause_id: str,
+    repository: Any = sql_repository,  # the nightly run (scheduler.py) has no deps to pass yet
 ) -> list[ScoreChanged]:
     """Recompute scores from the ledger and the approved excuses (one professional, or all):
     add each missing compensating entry, and return one `score.changed` (cause recalculated) per

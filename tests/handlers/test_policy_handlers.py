@@ -1,0 +1,167 @@
+"""cancellation-policy's handlers against an in-memory repository (no I/O): what the domain
+tables (tests/unit/test_policy_rules.py) cannot see — settings stored as numbered versions and
+answered with their policy version, an assessment decided by the practice's latest stored
+version (or the defaults), and a request decided and answered once however often it arrives."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cancellation_policy import repository
+from cancellation_policy.handlers import PolicyDeps, assess_request, configure_practice
+from shared.consumer import Unit
+from shared.contracts.booking import BookingSnapshot, CancellationAssessmentRequested
+from shared.contracts.common import Actor, Fee
+from shared.contracts.upstream import FeeSettings, PracticeConfigured
+from shared.testing import assert_same_functions, unique
+from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+LATE_FEE = Fee.new(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
+
+
+class FakePolicyRepository:
+    """The functions of cancellation_policy/repository.py the handlers call, over dicts."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, list[dict[str, Any]]] = {}  # practice_id -> versions, oldest first
+        self.decisions: dict[str, dict[str, Any]] = {}  # request_id -> row
+
+    async def add_settings_version(
+        self, conn: Any, practice_id: str, *, settings: dict[str, Any], name: str, timezone: str, locale: str,
+        configured_at: datetime,
+    ) -> int:
+        versions = self.settings.setdefault(practice_id, [])
+        # Stored as the jsonb column stores it: what comes back is JSON, not the caller's objects.
+        versions.append({
+            "version": len(versions) + 1, "settings": json.loads(json.dumps(settings)), "name": name,
+            "timezone": timezone, "locale": locale, "configured_at": configured_at,
+        })
+        return len(versions)
+
+    async def current_settings(self, conn: Any, practice_id: str) -> tuple[int, dict[str, Any]] | None:
+        versions = self.settings.get(practice_id)
+        return (versions[-1]["version"], copy.deepcopy(versions[-1]["settings"])) if versions else None
+
+    async def record_decision(
+        self, conn: Any, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
+    ) -> bool:
+        if request_id in self.decisions:
+            return False
+        self.decisions[request_id] = {"booking_id": booking_id, "practice_id": practice_id, "decision": decision}
+        return True
+
+
+Handle = Callable[..., Awaitable[Unit[Any]]]
+
+
+@pytest.fixture
+def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
+    """`await handle(payload, repo, **unit_for options)`: its handler run on a fresh unit (a new
+    envelope id each time, as a replay has), which is returned with what it emitted."""
+
+    async def handle(payload: Any, repo: FakePolicyRepository, **kw: Any) -> Unit[Any]:
+        handler: Any
+        if isinstance(payload, PracticeConfigured):
+            handler, topic, subject = configure_practice, UPSTREAM_PRACTICES, payload.practice_id
+        else:
+            handler, topic, subject = assess_request, POLICY_REQUESTS, payload.booking_id
+        deps = PolicyDeps(repository=repo)
+        unit = unit_for("cancellation-policy", deps, topic, payload, subject=subject, **kw)
+        await handler(unit, payload)
+        return unit
+
+    return handle
+
+
+def configured(practice_id: str, **settings: Any) -> PracticeConfigured:
+    return PracticeConfigured.new(
+        practice_id=practice_id, name="Harbour Dental", timezone="Australia/Sydney", locale="en-AU", **settings
+    )
+
+
+def late_cancellation(practice_id: str, *, request_id: str | None = None) -> CancellationAssessmentRequested:
+    """Reception cancelling 5 hours ahead: late under the default 24-hour window."""
+    return CancellationAssessmentRequested.new(
+        booking_id=unique("bk"),
+        request_id=request_id or unique("req"),
+        practice_id=practice_id,
+        kind="cancellation",
+        booking=BookingSnapshot.new(
+            starts_at=START, ends_at=START + timedelta(minutes=30), status="scheduled",
+            professional_id="pro-1", patient_portal_account=True, patient_card_on_file=True,
+        ),
+        requested_at=START - timedelta(hours=5),
+        actor=Actor.new(kind="staff", id="staff-1", roles=["reception"]),
+        channel="practice",
+    )
+
+
+def test_the_fake_has_the_repositorys_signatures() -> None:
+    assert_same_functions(FakePolicyRepository(), repository)
+
+
+async def test_each_configuration_is_the_next_version_and_is_accepted_with_it(handle: Handle) -> None:
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    first = await handle(configured(practice_id), repo, time=at)
+    second = await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo)
+
+    answers = [(e.topic, e.envelope["type"], e.key, e.envelope["data"]) for e in first.emitted + second.emitted]
+    assert answers == [
+        (PRACTICE_EVENTS, "practice.configuration_accepted", practice_id, {"practice_id": practice_id, "policy_version": "r1.s1"}),
+        (PRACTICE_EVENTS, "practice.configuration_accepted", practice_id, {"practice_id": practice_id, "policy_version": "r1.s2"}),
+    ]
+    versions = repo.settings[practice_id]
+    assert [v["version"] for v in versions] == [1, 2]
+    assert versions[0]["configured_at"] == at  # the configuration's own time, not when it was handled
+    assert (versions[0]["name"], versions[0]["timezone"], versions[0]["locale"]) == ("Harbour Dental", "Australia/Sydney", "en-AU")
+    assert versions[0]["settings"]["fees"].get("late_cancellation") is None
+    assert versions[1]["settings"]["fees"]["late_cancellation"]["amount"] == "45.00"
+    assert "practice_id" not in versions[1]["settings"]  # the settings only, not who the practice is
+
+
+async def test_an_unconfigured_practice_is_assessed_by_the_defaults_as_version_zero(handle: Handle) -> None:
+    repo = FakePolicyRepository()
+    request = late_cancellation(unique("practice"))
+    unit = await handle(request, repo)
+
+    [decided] = unit.emitted
+    assert (decided.topic, decided.envelope["type"], decided.key) == (POLICY_DECISIONS, "cancellation.assessed", request.booking_id)
+    data = decided.envelope["data"]
+    assert (data["policy_version"], data["classification"], data.get("fee")) == ("r1.s0", "late", None)
+    assert repo.decisions[request.request_id]["decision"] == data
+
+
+async def test_an_assessment_uses_the_practices_latest_stored_version(handle: Handle) -> None:
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    for settings in ({}, {"fees": FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=True)}):
+        await handle(configured(practice_id, **settings), repo)
+
+    request = late_cancellation(practice_id)
+    unit = await handle(request, repo)
+
+    data = unit.emitted[0].envelope["data"]
+    assert data["policy_version"] == "r1.s2"
+    assert data["fee"] == {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+    assert data["charge_card"] is True
+    assert repo.decisions[request.request_id]["practice_id"] == practice_id
+
+
+async def test_a_request_is_decided_and_answered_once_even_after_the_settings_changed(handle: Handle) -> None:
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    request = late_cancellation(practice_id)
+    first = await handle(request, repo)
+
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo)
+    replay = await handle(request, repo)  # the same request under a new envelope id
+
+    assert len(first.emitted) == 1 and replay.emitted == []
+    assert list(repo.decisions) == [request.request_id]
+    assert repo.decisions[request.request_id]["decision"]["policy_version"] == "r1.s0"  # the first decision stands
