@@ -115,7 +115,8 @@ def _deps(settings: BookingSettings) -> handlers.BookingDeps:
         time_trust=domain.TimeTrust(
             before=timedelta(seconds=settings.request_time_trusted_before_seconds),
             after=timedelta(seconds=settings.request_time_trusted_after_seconds),
-        )
+        ),
+        repository=repository,
     )
 
 

@@ -1,10 +1,16 @@
-"""One async function per message type: load, decide, save, emit."""
+"""One async function per message type: load, decide, save, emit.
+
+Handlers reach the database only through their ports (`BookingDeps`, the unit's deps), so
+tests/handlers runs them against fakes. They read no clock: a request is decided at its own
+time when that is believed, else at its Kafka record's time (`TimeTrust`), so a replay decides
+the same. The offer-expiry job calls repository.py itself and decides at its round's `now`.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,13 +44,18 @@ from shared.contracts.upstream import (
 )
 from shared.topics import BOOKING_EVENTS, POLICY_REQUESTS
 
-from . import domain, repository
+from . import domain
+from . import repository as sql_repository
 from .settings import BookingSettings
 
 
 @dataclass(frozen=True)
 class BookingDeps:
-    time_trust: domain.TimeTrust
+    """The handlers' ports and the request-time tolerance, built by `app.definition`'s `make_deps`."""
+
+    time_trust: domain.TimeTrust = field(default_factory=domain.TimeTrust)
+    # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
+    repository: Any = sql_repository
 
 
 def _money(amount: Any, currency: str | None) -> Money | None:
@@ -67,7 +78,8 @@ def _snapshot(b: Any) -> BookingSnapshot:
     )
 
 
-async def schedule_booking(unit: Unit, event: BookingScheduled) -> None:
+async def schedule_booking(unit: Unit[BookingDeps], event: BookingScheduled) -> None:
+    repository = unit.deps.repository
     inserted = await repository.insert_booking(
         unit.conn,
         {
@@ -107,7 +119,8 @@ async def schedule_booking(unit: Unit, event: BookingScheduled) -> None:
         )
 
 
-async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
+async def reschedule_booking(unit: Unit[BookingDeps], event: BookingRescheduled) -> None:
+    repository = unit.deps.repository
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     if booking is None or booking["status"] != "scheduled":
         raise LookupError(f"booking {event.booking_id} is unknown or no longer scheduled; it cannot be rescheduled")
@@ -121,7 +134,8 @@ async def reschedule_booking(unit: Unit, event: BookingRescheduled) -> None:
     )
 
 
-async def complete_booking(unit: Unit, event: UpstreamBookingCompleted) -> None:
+async def complete_booking(unit: Unit[BookingDeps], event: UpstreamBookingCompleted) -> None:
+    repository = unit.deps.repository
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     if booking is None:
         raise LookupError(f"booking {event.booking_id} is unknown; it cannot be completed")
@@ -142,17 +156,14 @@ async def complete_booking(unit: Unit, event: UpstreamBookingCompleted) -> None:
     )
 
 
-def _time_trust(unit: Unit) -> domain.TimeTrust:
-    return unit.deps.time_trust if isinstance(unit.deps, BookingDeps) else domain.TimeTrust()
-
-
-def _claim_checked(claimed: datetime, unit: Unit) -> tuple[datetime, dict[str, str]]:
+def _claim_checked(claimed: datetime, unit: Unit[BookingDeps]) -> tuple[datetime, dict[str, str]]:
     """The time to decide by, and what the audit trail says when the claim was not believed."""
-    at = _time_trust(unit).decide_at(claimed, unit.record_time)
+    at = unit.deps.time_trust.decide_at(claimed, unit.record_time)
     return at, ({} if at == claimed else {"claimed_at": claimed.isoformat(), "decided_at": "record_time"})
 
 
-async def request_cancellation(unit: Unit, event: BookingCancellationRequested) -> None:
+async def request_cancellation(unit: Unit[BookingDeps], event: BookingCancellationRequested) -> None:
+    repository = unit.deps.repository
     at, distrust = _claim_checked(event.requested_at, unit)
     claimed_at = event.requested_at if distrust else None
     event = event.model_copy(update={"requested_at": at})
@@ -169,7 +180,8 @@ async def request_cancellation(unit: Unit, event: BookingCancellationRequested) 
     await _ask_policy(unit, booking, event.request_id, "cancellation", event, claimed_at)
 
 
-async def report_no_show(unit: Unit, event: BookingNoShowReported) -> None:
+async def report_no_show(unit: Unit[BookingDeps], event: BookingNoShowReported) -> None:
+    repository = unit.deps.repository
     at, distrust = _claim_checked(event.reported_at, unit)
     claimed_at = event.reported_at if distrust else None
     event = event.model_copy(update={"reported_at": at})
@@ -187,8 +199,9 @@ async def report_no_show(unit: Unit, event: BookingNoShowReported) -> None:
 
 
 async def _ask_policy(
-    unit: Unit, booking: Any, request_id: str, kind: str, event: Any, claimed_at: datetime | None = None
+    unit: Unit[BookingDeps], booking: Any, request_id: str, kind: str, event: Any, claimed_at: datetime | None = None
 ) -> None:
+    repository = unit.deps.repository
     at = event.requested_at if kind == "cancellation" else event.reported_at
     used_for = await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict())
     if used_for == booking["booking_id"]:
@@ -220,7 +233,10 @@ async def _ask_policy(
     unit.emit(POLICY_REQUESTS, CancellationAssessmentRequested.new(**fields), subject=booking["booking_id"])
 
 
-async def _reject(unit: Unit, booking_id: str, request_id: str, rejection: domain.Rejection, *, kind: str, at: Any) -> None:
+async def _reject(
+    unit: Unit[BookingDeps], booking_id: str, request_id: str, rejection: domain.Rejection, *, kind: str, at: Any
+) -> None:
+    repository = unit.deps.repository
     model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
     unit.emit(
         BOOKING_EVENTS,
@@ -233,7 +249,8 @@ async def _reject(unit: Unit, booking_id: str, request_id: str, rejection: domai
     )
 
 
-async def apply_decision(unit: Unit, event: CancellationAssessed) -> None:
+async def apply_decision(unit: Unit[BookingDeps], event: CancellationAssessed) -> None:
+    repository = unit.deps.repository
     pending = await repository.take_pending_request(unit.conn, event.request_id)
     if pending is None:
         raise LookupError(f"no pending request {event.request_id} for booking {event.booking_id}")
@@ -263,7 +280,10 @@ async def apply_decision(unit: Unit, event: CancellationAssessed) -> None:
         await _record_no_show(unit, booking, original, decision)
 
 
-async def _cancel(unit: Unit, booking: Any, request: BookingCancellationRequested, decision: Decision) -> None:
+async def _cancel(
+    unit: Unit[BookingDeps], booking: Any, request: BookingCancellationRequested, decision: Decision
+) -> None:
+    repository = unit.deps.repository
     label = domain.status_label(request.actor.kind, request.channel)
     series_ids: list[str] = []
     if request.scope == "this_and_future" and booking["series_id"]:
@@ -306,11 +326,15 @@ async def _cancel(unit: Unit, booking: Any, request: BookingCancellationRequeste
         ),
         subject=booking["booking_id"],
     )
-    for slot in await offer_or_release(unit.conn, [booking["booking_id"], *series_ids], now=request.requested_at):
+    freed = [booking["booking_id"], *series_ids]
+    for slot in await offer_or_release(unit.conn, freed, now=request.requested_at, repository=repository):
         unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
 
 
-async def _record_no_show(unit: Unit, booking: Any, report: BookingNoShowReported, decision: Decision) -> None:
+async def _record_no_show(
+    unit: Unit[BookingDeps], booking: Any, report: BookingNoShowReported, decision: Decision
+) -> None:
+    repository = unit.deps.repository
     await repository.close_booking(
         unit.conn, [booking["booking_id"]], status="no_show", closed_at=report.reported_at,
         classification="no_show",
@@ -349,14 +373,14 @@ def derived_id(*parts: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "/".join(parts)))
 
 
-async def configure_practice(unit: Unit, event: PracticeConfigured) -> None:
-    await repository.upsert_practice(
+async def configure_practice(unit: Unit[BookingDeps], event: PracticeConfigured) -> None:
+    await unit.deps.repository.upsert_practice(
         unit.conn, event.practice_id, event.waitlist.enabled, event.waitlist.offer_minutes
     )
 
 
-async def join_waitlist(unit: Unit, event: WaitlistJoined) -> None:
-    await repository.join_waitlist(
+async def join_waitlist(unit: Unit[BookingDeps], event: WaitlistJoined) -> None:
+    await unit.deps.repository.join_waitlist(
         unit.conn,
         {
             "waitlist_id": event.waitlist_id,
@@ -370,7 +394,11 @@ async def join_waitlist(unit: Unit, event: WaitlistJoined) -> None:
 
 
 async def offer_or_release(
-    conn: Any, booking_ids: list[str], *, now: datetime
+    conn: Any,
+    booking_ids: list[str],
+    *,
+    now: datetime,
+    repository: Any = sql_repository,  # the handlers' port; the offer-expiry job's repository.py itself
 ) -> list[BookingSlotOffered | BookingSlotReleased]:
     """For each freed slot: an offer to the longest-waiting match when the practice keeps a
     waitlist, otherwise (or when nobody is left) its release for online booking."""
@@ -420,7 +448,7 @@ def offer_expiry(settings: BookingSettings) -> DueWork[asyncpg.Record, BookingDe
     for good, logged) is not taken again and does not hold up the others."""
     return DueWork(
         name="expire_offers",
-        claim=repository.claim_expired_offers,
+        claim=sql_repository.claim_expired_offers,
         act=expire_offer,
         correlation=lambda offer: offer["offer_id"],
         key=lambda offer: offer["offer_id"],
@@ -431,7 +459,7 @@ def offer_expiry(settings: BookingSettings) -> DueWork[asyncpg.Record, BookingDe
 
 async def expire_offer(unit: WorkUnit[BookingDeps], offer: asyncpg.Record) -> None:
     """An expired offer (its patient waits again): audited, and its slot offered to the next in line or released."""
-    await repository.audit(
+    await sql_repository.audit(
         unit.conn, offer["booking_id"], at=offer["expires_at"], action="slot_offer_expired",
         detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
     )
@@ -442,16 +470,18 @@ async def expire_offer(unit: WorkUnit[BookingDeps], offer: asyncpg.Record) -> No
 # --- suspension ----------------------------------------------------------------------------------
 
 
-async def cancel_for_suspension(unit: Unit, event: AccountSuspended) -> None:
+async def cancel_for_suspension(unit: Unit[BookingDeps], event: AccountSuspended) -> None:
     """Every future booking of a suspended professional is cancelled by the system, through
     the policy like any other cancellation (which decides: no penalty). The suspension is
     remembered, so a booking that arrives after it is cancelled as it arrives."""
+    repository = unit.deps.repository
     await repository.record_suspension(unit.conn, event.professional_id, event.suspended_at, unit.event.id)
     for booking in await repository.future_bookings_of(unit.conn, event.professional_id, event.suspended_at):
         await _cancel_by_system(unit, booking, suspended_at=event.suspended_at, cause=unit.event.id)
 
 
-async def _cancel_by_system(unit: Unit, booking: Any, *, suspended_at: datetime, cause: str) -> None:
+async def _cancel_by_system(unit: Unit[BookingDeps], booking: Any, *, suspended_at: datetime, cause: str) -> None:
+    repository = unit.deps.repository
     actor = {"kind": "system", "id": "scoring", "roles": []}
     request = BookingCancellationRequested.new(
         request_id=derived_id("suspension", cause, booking["booking_id"]),
