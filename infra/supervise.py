@@ -79,7 +79,9 @@ class Process:
         while not self.stopping:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module,
+                sys.executable,
+                "-m",
+                self.module,
                 env=self.env(admin_dsn),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -146,7 +148,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated services to run (default: all six)")
     parser.add_argument(
-        "--replicas", action="append", default=[],
+        "--replicas",
+        action="append",
+        default=[],
         help="SERVICE=N[,SERVICE=N...]: processes for a service (HTTP_PORT + 100 per extra replica)",
     )
     parser.add_argument("--no-colour", "--no-color", action="store_true", dest="no_colour")
@@ -177,10 +181,7 @@ async def supervise(args: argparse.Namespace) -> int:
     colour = not args.no_colour and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     names = [(s, i) for s, n in args.replicas.items() for i in range(n)]
     width = max(len(s if i == 0 else f"{s}#{i + 1}") for s, i in names)
-    processes = [
-        Process(s, i, width, COLOURS[k % len(COLOURS)] if colour else None)
-        for k, (s, i) in enumerate(names)
-    ]
+    processes = [Process(s, i, width, COLOURS[k % len(COLOURS)] if colour else None) for k, (s, i) in enumerate(names)]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,7 +198,7 @@ async def supervise(args: argparse.Namespace) -> int:
         for p in processes:
             p.stopping = True
             p.signal(signal.SIGTERM)
-        done, pending = await asyncio.wait(runs, timeout=STOP_GRACE_SECONDS)
+        _, pending = await asyncio.wait(runs, timeout=STOP_GRACE_SECONDS)
         if pending:
             for p in processes:
                 if p.proc and p.proc.returncode is None:
@@ -208,7 +209,7 @@ async def supervise(args: argparse.Namespace) -> int:
         return 0
 
     stopper.cancel()
-    gave_up = [p.name for p, ok in zip(processes, all_done.result()) if not ok]
+    gave_up = [p.name for p, ok in zip(processes, all_done.result(), strict=True) if not ok]
     print(f"supervise: gave up on {', '.join(gave_up)}; nothing left to run", flush=True)
     return 1
 

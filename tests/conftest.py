@@ -48,7 +48,7 @@ def _local_infra() -> Infra:
     env = {}
     for line in (ROOT / ".local" / "env.sh").read_text().splitlines():
         if line.startswith("export ") and "=" in line:
-            k, v = line[len("export "):].split("=", 1)
+            k, v = line[len("export ") :].split("=", 1)
             env[k] = v
     return Infra(env["KAFKA_BOOTSTRAP_SERVERS"], env["ADMIN_DATABASE_URL"])
 

@@ -73,9 +73,7 @@ def document(definition: ServiceDefinition) -> dict[str, Any]:
 
     def channel(topic: str, models: list[type[Payload]]) -> str:
         cid = _channel_id(topic)
-        entry = channels.setdefault(
-            cid, {"address": topic, "messages": {}, "bindings": {"kafka": {"topic": topic}}}
-        )
+        entry = channels.setdefault(cid, {"address": topic, "messages": {}, "bindings": {"kafka": {"topic": topic}}})
         for message_id in add_models(models):
             entry["messages"][message_id] = {"$ref": f"#/components/messages/{message_id}"}
         return cid

@@ -191,8 +191,14 @@ async def run(
     while not host.stopping:
         try:
             done = await run_round(
-                job, pool=host.pool, service=host.name, deps=host.deps, on_committed=host.wake_relay,
-                stopping=lambda: host.stopping, clock=clock, sleep=sleep,
+                job,
+                pool=host.pool,
+                service=host.name,
+                deps=host.deps,
+                on_committed=host.wake_relay,
+                stopping=lambda: host.stopping,
+                clock=clock,
+                sleep=sleep,
             )
         except Exception as exc:  # noqa: BLE001 - a round is retried, never dropped
             if host.stopping:
@@ -202,7 +208,10 @@ async def run(
             delay = backoff_delay(failures, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS, rng=rng)
             (log.warning if is_transient(exc) else log.error)(
                 "background round rolled back; retrying" if is_transient(exc) else "background round failed; retrying",
-                error=type(exc).__name__, detail=mask_text(str(exc))[:200], attempt=failures, delay=round(delay, 2),
+                error=type(exc).__name__,
+                detail=mask_text(str(exc))[:200],
+                attempt=failures,
+                delay=round(delay, 2),
             )
             await sleep(delay)
             continue
@@ -254,8 +263,13 @@ async def run_round(
             BACKGROUND_ROWS.labels(service, job.name, outcome).inc(count)
     if done.claimed:
         (log.info if job.log_rounds else log.debug)(
-            "background round", job=job.name, claimed=done.claimed, handled=done.handled, failed=done.failed,
-            deferred=done.deferred, seconds=round(time.perf_counter() - started, 3),
+            "background round",
+            job=job.name,
+            claimed=done.claimed,
+            handled=done.handled,
+            failed=done.failed,
+            deferred=done.deferred,
+            seconds=round(time.perf_counter() - started, 3),
         )
     return done
 
@@ -298,8 +312,12 @@ async def _failed(
     """Log a row that failed for good and let the job record it (inside the caller's
     transaction, under a savepoint); returns what `on_failure` emitted."""
     log.error(
-        "background row failed", job=job.name, row=job.key(row) if job.key else None, error=type(exc).__name__,
-        detail=mask_text(str(exc))[:300], recorded=job.on_failure is not None,
+        "background row failed",
+        job=job.name,
+        row=job.key(row) if job.key else None,
+        error=type(exc).__name__,
+        detail=mask_text(str(exc))[:300],
+        recorded=job.on_failure is not None,
     )
     if job.on_failure is None:
         return []
@@ -311,8 +329,12 @@ async def _failed(
     except Exception as failure:
         if is_transient(failure):
             raise
-        log.error("a failed background row could not be recorded", job=job.name, error=type(failure).__name__,
-                  detail=mask_text(str(failure))[:300])
+        log.error(
+            "a failed background row could not be recorded",
+            job=job.name,
+            error=type(failure).__name__,
+            detail=mask_text(str(failure))[:300],
+        )
         return []
     return unit.emitted
 
@@ -389,8 +411,12 @@ async def _call_and_record_bound(
         outcome = await job.call(deps, row)
     except Exception as exc:  # noqa: BLE001 - a call that raises is a failed row, not a failed loop
         if is_transient(exc):
-            log.warning("background call failed; the row is due again when its lease ends", job=job.name,
-                        row=job.key(row) if job.key else None, error=type(exc).__name__)
+            log.warning(
+                "background call failed; the row is due again when its lease ends",
+                job=job.name,
+                row=job.key(row) if job.key else None,
+                error=type(exc).__name__,
+            )
             return "deferred"
         await _record_failure(job, pool, service, deps, row, exc, on_committed, clock)
         return "failed"
@@ -406,21 +432,35 @@ async def _call_and_record_bound(
             if not is_transient(exc):
                 await _record_failure(job, pool, service, deps, row, exc, on_committed, clock)
                 return "failed"
-            log.warning("could not record a background outcome; retrying", job=job.name,
-                        row=job.key(row) if job.key else None, error=type(exc).__name__, attempt=attempt)
+            log.warning(
+                "could not record a background outcome; retrying",
+                job=job.name,
+                row=job.key(row) if job.key else None,
+                error=type(exc).__name__,
+                attempt=attempt,
+            )
             await sleep(backoff_delay(attempt, base=RECORD_RETRY_BASE_SECONDS, cap=RECORD_RETRY_CAP_SECONDS))
             continue
         if unit.emitted:
             on_committed()
         return "handled"
-    log.error("background outcome not recorded; the call is made again when the lease ends", job=job.name,
-              row=job.key(row) if job.key else None)
+    log.error(
+        "background outcome not recorded; the call is made again when the lease ends",
+        job=job.name,
+        row=job.key(row) if job.key else None,
+    )
     return "failed"
 
 
 async def _record_failure(
-    job: Job[Any, Any], pool: asyncpg.Pool, service: str, deps: Any, row: Any, exc: Exception,
-    on_committed: Callable[[], None], clock: Clock,
+    job: Job[Any, Any],
+    pool: asyncpg.Pool,
+    service: str,
+    deps: Any,
+    row: Any,
+    exc: Exception,
+    on_committed: Callable[[], None],
+    clock: Clock,
 ) -> None:
     """A row of a `DueCall` that failed for good, logged and handed to `on_failure` in a
     transaction of its own (a fault there is logged: the lease brings the row back)."""

@@ -38,8 +38,8 @@ from .contracts.deadletter import MessageDeadLettered
 from .contracts.envelope import ContractViolation, Event, parse_envelope
 from .contracts.registry import models_for
 from .logging import get_logger
-from .redaction import mask_text
 from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
+from .redaction import mask_text
 from .topics import dead_letter_topic
 
 log = get_logger(__name__)
@@ -131,6 +131,8 @@ Handler = Callable[[Unit[Any], Any], Awaitable[None]]
 
 class _RecordFailed(Exception):
     """A handler failed for good in an optimistic batch: redo the batch record by record."""
+
+
 # For a request whose payload breaks the contract: (data, error, envelope subject) ->
 # [(topic, payload, subject)] to publish besides the dead letter, e.g. a rejection the requester
 # can act on. `data` is hostile: an answer checks what it takes from it.
@@ -231,9 +233,7 @@ class MessageProcessor:
         except Exception as exc:  # noqa: BLE001 - parse_envelope should not, but a record can never wedge us
             return ContractViolation(f"cannot be read ({type(exc).__name__})")
 
-    async def _handle_in_transaction(
-        self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
-    ) -> BatchOutcome:
+    async def _handle_in_transaction(self, parsed: Sequence[tuple[Record, Event | ContractViolation]]) -> BatchOutcome:
         """One savepoint per record: a record that fails for good is dead-lettered in place of
         its effect, and the others keep theirs."""
         outcome = BatchOutcome()
@@ -244,7 +244,9 @@ class MessageProcessor:
                     continue
                 try:
                     async with conn.transaction():  # a savepoint: this record's effect, or none of it
-                        first = await inbox.claim(conn, self.service, result.id) if self._wants(record, result) else False
+                        first = (
+                            await inbox.claim(conn, self.service, result.id) if self._wants(record, result) else False
+                        )
                         emitted = await self._apply(conn, record, result, first, outcome)
                         await outbox.write(conn, emitted)
                 except Exception as exc:
@@ -253,9 +255,7 @@ class MessageProcessor:
                     await self._handler_failed(conn, record, result, exc, outcome)
         return outcome
 
-    async def _handle_batch_at_once(
-        self, parsed: Sequence[tuple[Record, Event | ContractViolation]]
-    ) -> BatchOutcome:
+    async def _handle_batch_at_once(self, parsed: Sequence[tuple[Record, Event | ContractViolation]]) -> BatchOutcome:
         """One inbox claim and one outbox write for the whole batch, no savepoints; a record that
         fails for good raises `_RecordFailed`, and the batch is redone one savepoint per record."""
         outcome = BatchOutcome()
@@ -298,8 +298,12 @@ class MessageProcessor:
         )
         try:
             unit: Unit[Any] = Unit(
-                conn=conn, service=self.service, deps=self.deps, correlation_id=event.correlation_id,
-                event=event, record_time=record_time(record),
+                conn=conn,
+                service=self.service,
+                deps=self.deps,
+                correlation_id=event.correlation_id,
+                event=event,
+                record_time=record_time(record),
             )
             await handler(unit, event.payload)
         finally:
@@ -322,7 +326,10 @@ class MessageProcessor:
         names only the error's type (its text may quote personal data); the dead letter, readable
         by ops only, has the whole reason."""
         await self._dead_letter(
-            conn, record, f"{type(exc).__name__}: {exc}"[:2000], claim_id=event.id,
+            conn,
+            record,
+            f"{type(exc).__name__}: {exc}"[:2000],
+            claim_id=event.id,
             log_reason=f"handler failed: {type(exc).__name__}",
         )
         outcome.add(record.topic, "dead_lettered")
@@ -335,7 +342,10 @@ class MessageProcessor:
         try:
             events = [
                 outbox.outgoing(
-                    topic, payload, subject=subject, source=f"service/{self.service}",
+                    topic,
+                    payload,
+                    subject=subject,
+                    source=f"service/{self.service}",
                     correlation_id=envelope.correlationid or envelope.id,
                 )
                 for topic, payload, subject in answer(envelope.data, str(violation), envelope.subject)

@@ -17,8 +17,7 @@ async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
     so two replicas never both believe they are first.
     """
     claimed = await conn.fetchval(
-        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
         consumer,
         event_id,
     )

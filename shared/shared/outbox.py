@@ -37,8 +37,8 @@ from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.envelope import new_envelope
 from .logging import get_logger
-from .redaction import mask_text
 from .metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED, OUTBOX_UNPUBLISHED
+from .redaction import mask_text
 
 log = get_logger(__name__)
 
@@ -163,7 +163,7 @@ class OutboxRelay:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=drain_seconds)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None
         if self._producer is not None:
@@ -204,10 +204,15 @@ class OutboxRelay:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # database or broker down: back off, never skip a row
+            except Exception as exc:  # noqa: BLE001 - database or broker down: back off, never skip a row
                 failures += 1
                 delay = backoff_delay(failures, base=0.4, cap=10.0)
-                log.warning("outbox relay retrying", error=type(exc).__name__, detail=mask_text(str(exc))[:200], delay=round(delay, 2))
+                log.warning(
+                    "outbox relay retrying",
+                    error=type(exc).__name__,
+                    detail=mask_text(str(exc))[:200],
+                    delay=round(delay, 2),
+                )
                 if isinstance(exc, KafkaError):
                     try:
                         await self._replace_producer()
@@ -236,7 +241,8 @@ class OutboxRelay:
                 "WITH gone AS (DELETE FROM outbox WHERE seq = ANY(ARRAY("
                 " SELECT seq FROM outbox WHERE published_at < now() - make_interval(hours => $1) LIMIT $2"
                 ")) RETURNING 1) SELECT count(*) FROM gone",
-                self._retention_hours, batch,
+                self._retention_hours,
+                batch,
             )
             if deleted < batch or self._stopping:
                 return
@@ -290,13 +296,16 @@ class OutboxRelay:
         for row, exc in refused:
             log.error(
                 "outbox row parked: the broker refuses it for good",
-                seq=row["seq"], topic=row["topic"], event_type=row["type"], size=len(row["payload"]),
+                seq=row["seq"],
+                topic=row["topic"],
+                event_type=row["type"],
+                size=len(row["payload"]),
                 error=type(exc).__name__,
             )
 
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._wakeup.clear()

@@ -50,8 +50,7 @@ def role_password(role: str) -> str:
     return os.environ.get(f"DB_PASSWORD_{role.upper()}") or role
 
 
-def _with(dsn: str, *, user: str | None = None, password: str | None = None,
-          database: str | None = None) -> str:
+def _with(dsn: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> str:
     parts = urlsplit(dsn)
     netloc = parts.netloc
     if user is not None:
@@ -127,9 +126,7 @@ async def _isolate(conn: asyncpg.Connection, database: str) -> None:
             if other != role:
                 await _exec(conn, "REVOKE ALL ON SCHEMA %I FROM %I", schema, other)
                 # Membership would pass the other role's privileges on, schema and all.
-                if await conn.fetchval(
-                    "SELECT pg_has_role($1, $2, 'MEMBER')", other, role
-                ):
+                if await conn.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", other, role):
                     await _exec(conn, "REVOKE %I FROM %I", role, other)
 
 

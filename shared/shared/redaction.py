@@ -56,31 +56,130 @@ Sensitivity = Literal["secret", "personal"]
 # --- keys ----------------------------------------------------------------------------------------
 
 # A key is split into lower-case words ("patientEmail", "X-Api-Key" → patient/email, x/api/key).
-_SECRET_WORDS = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "tokens",
-    "authorization", "auth", "cookie", "cookies", "credential", "credentials", "signature",
-    "apikey", "sessionid",
-})
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "tokens",
+        "authorization",
+        "auth",
+        "cookie",
+        "cookies",
+        "credential",
+        "credentials",
+        "signature",
+        "apikey",
+        "sessionid",
+    }
+)
 _SECRET_SUFFIXES = ("api_key", "access_key", "private_key", "secret_key", "signing_key", "session_key")
-_PERSONAL_WORDS = frozenset({
-    "email", "emails", "mail", "phone", "phones", "mobile", "telephone", "tel", "fax", "msisdn",
-    "address", "addresses", "street", "postcode", "postal", "zip", "zipcode",
-    "birthday", "birthdate", "birth", "dob", "ssn", "iban",
-    "note", "notes", "comment", "comments", "text",  # free text: reason_text, chart_note …
-})
-_PERSONAL_KEYS = frozenset({
-    "to", "cc", "bcc", "contact", "contacts", "firstname", "lastname", "surname", "fullname",
-    "username", "input", "input_value",  # pydantic's copy of the offending value
-})
+_PERSONAL_WORDS = frozenset(
+    {
+        "email",
+        "emails",
+        "mail",
+        "phone",
+        "phones",
+        "mobile",
+        "telephone",
+        "tel",
+        "fax",
+        "msisdn",
+        "address",
+        "addresses",
+        "street",
+        "postcode",
+        "postal",
+        "zip",
+        "zipcode",
+        "birthday",
+        "birthdate",
+        "birth",
+        "dob",
+        "ssn",
+        "iban",
+        "note",
+        "notes",
+        "comment",
+        "comments",
+        "text",  # free text: reason_text, chart_note …
+    }
+)
+_PERSONAL_KEYS = frozenset(
+    {
+        "to",
+        "cc",
+        "bcc",
+        "contact",
+        "contacts",
+        "firstname",
+        "lastname",
+        "surname",
+        "fullname",
+        "username",
+        "input",
+        "input_value",  # pydantic's copy of the offending value
+    }
+)
 # "…_name" is a person's name unless the word before says what else it names.
 _NAME_WORDS = frozenset({"name", "names"})
-_TECHNICAL_NAME_OWNERS = frozenset({
-    "app", "attr", "attribute", "bucket", "channel", "class", "column", "container", "currency",
-    "database", "db", "domain", "event", "field", "file", "func", "function", "group", "header",
-    "host", "image", "index", "integration", "job", "key", "locale", "logger", "metric", "model",
-    "module", "param", "process", "queue", "record", "schema", "server", "service", "state",
-    "status", "step", "table", "task", "template", "thread", "timezone", "topic", "type", "tz",
-})
+_TECHNICAL_NAME_OWNERS = frozenset(
+    {
+        "app",
+        "attr",
+        "attribute",
+        "bucket",
+        "channel",
+        "class",
+        "column",
+        "container",
+        "currency",
+        "database",
+        "db",
+        "domain",
+        "event",
+        "field",
+        "file",
+        "func",
+        "function",
+        "group",
+        "header",
+        "host",
+        "image",
+        "index",
+        "integration",
+        "job",
+        "key",
+        "locale",
+        "logger",
+        "metric",
+        "model",
+        "module",
+        "param",
+        "process",
+        "queue",
+        "record",
+        "schema",
+        "server",
+        "service",
+        "state",
+        "status",
+        "step",
+        "table",
+        "task",
+        "template",
+        "thread",
+        "timezone",
+        "topic",
+        "type",
+        "tz",
+    }
+)
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -108,9 +207,7 @@ def is_sensitive_key(key: str) -> bool:
 # --- text ----------------------------------------------------------------------------------------
 
 # `key=`, `key: `, `"key": `, `'key': `, `\"key\": ` — the value is looked at separately.
-_KEY_BEFORE_VALUE = re.compile(
-    r"""(?<![\w-])(?P<key>[A-Za-z_][\w-]*)\\?["']?[ \t]*(?P<sep>=(?!=)|:(?!//|:))[ \t]*"""
-)
+_KEY_BEFORE_VALUE = re.compile(r"""(?<![\w-])(?P<key>[A-Za-z_][\w-]*)\\?["']?[ \t]*(?P<sep>=(?!=)|:(?!//|:))[ \t]*""")
 _QUOTED = re.compile(r"""(["'])(?:\\.|(?!\1).)*\1""", re.DOTALL)
 _ESCAPED_QUOTED = re.compile(r"""\\(["']).*?\\\1""", re.DOTALL)
 # Words up to a delimiter or the next `key=` / `key:`.
@@ -184,7 +281,7 @@ def _value_end(text: str, start: int, separator: str, sensitivity: Sensitivity) 
     if first in "\"'":
         quoted = _QUOTED.match(text, start)
         return quoted.end() if quoted else len(text)  # unterminated: to the end
-    if text.startswith(("\\\"", "\\'"), start):
+    if text.startswith(('\\"', "\\'"), start):
         escaped = _ESCAPED_QUOTED.match(text, start)
         return escaped.end() if escaped else len(text)
     if first in _CLOSING:
@@ -223,7 +320,7 @@ def _phone_or_keep(found: re.Match[str]) -> str:
     candidate = found[0]
     leading_date = _DATE.match(candidate)
     if leading_date is not None:  # "01.12.2026" is a day, whatever follows it
-        return leading_date[0] + _PHONE.sub(_phone_or_keep, candidate[leading_date.end():])
+        return leading_date[0] + _PHONE.sub(_phone_or_keep, candidate[leading_date.end() :])
     if _is_phone(candidate):
         return PHONE_MASK
     if _digit_count(candidate) > _PHONE_MAX_DIGITS:
@@ -292,7 +389,7 @@ class _Redactor:
         self._inside.add(id(value))
         try:
             return self._compound(value, depth)
-        except Exception:  # a mapping or model that cannot be walked: its text, masked
+        except Exception:  # noqa: BLE001 - a mapping or model that cannot be walked: its text, masked
             return mask_text(_as_text(value))
         finally:
             self._inside.discard(id(value))
@@ -350,5 +447,5 @@ def _as_text(value: object) -> str:
         if isinstance(value, (UUID, Decimal, timedelta)):
             return str(value)
         return repr(value)
-    except Exception:  # a broken __repr__ or __str__ must not break the log line
+    except Exception:  # noqa: BLE001 - a broken __repr__ or __str__ must not break the log line
         return f"<{type(value).__name__}>"

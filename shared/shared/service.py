@@ -73,7 +73,7 @@ class ServiceDefinition:
     # Background jobs (shared.background: a DueWork or DueCall declaration each), started, supervised
     # and stopped with the service.
     background: Sequence[BackgroundTask] = ()
-    http_routes: Callable[["Runtime"], Sequence[tuple[str, ReadRoute]]] | None = None
+    http_routes: Callable[[Runtime], Sequence[tuple[str, ReadRoute]]] | None = None
     # event type -> what to answer besides the dead letter when its payload breaks the contract
     answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
 
@@ -310,10 +310,14 @@ async def _supervised(task: BackgroundTask, runtime: Runtime) -> None:
             return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a supervisor logs and restarts whatever its task raised
             failures += 1
-            log.error("background task failed; restarting", task=task.__name__, error=type(exc).__name__,
-                      detail=mask_text(str(exc))[:300])
+            log.error(
+                "background task failed; restarting",
+                task=task.__name__,
+                error=type(exc).__name__,
+                detail=mask_text(str(exc))[:300],
+            )
             await asyncio.sleep(backoff_delay(failures, base=1.0, cap=30.0))
 
 

@@ -11,7 +11,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 DEVELOPMENT = "development"
 
 

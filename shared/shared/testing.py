@@ -23,13 +23,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
-from typing import Any
-
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 from urllib.parse import parse_qs
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -55,8 +54,14 @@ def iso(t: datetime) -> str:
 
 
 def envelope(
-    type_: str, subject: str, data: dict[str, Any], *, event_id: str | None = None,
-    source: str = "upstream/test", time: datetime | None = None, correlation_id: str | None = None,
+    type_: str,
+    subject: str,
+    data: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    source: str = "upstream/test",
+    time: datetime | None = None,
+    correlation_id: str | None = None,
 ) -> dict[str, Any]:
     env = {
         "specversion": "1.0",
@@ -139,7 +144,7 @@ class EventWatcher:
 
     async def _partitions(self, topic: str) -> set[int]:
         assert self._consumer is not None
-        await self._consumer._client.force_metadata_update()  # noqa: SLF001
+        await self._consumer._client.force_metadata_update()
         return self._consumer.partitions_for_topic(topic) or set()
 
     async def _collect(self) -> None:
@@ -167,9 +172,7 @@ class EventWatcher:
     def matching(self, predicate: Callable[[Seen], bool]) -> list[Seen]:
         return [s for s in self.seen if predicate(s)]
 
-    async def wait_for(
-        self, predicate: Callable[[Seen], bool], count: int = 1, timeout: float = 30.0
-    ) -> list[Seen]:
+    async def wait_for(self, predicate: Callable[[Seen], bool], count: int = 1, timeout: float = 30.0) -> list[Seen]:
         """At least `count` events matching `predicate`, or AssertionError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -253,7 +256,9 @@ class ServiceProcess:
         self._log = open(self.log_dir / f"{self.service}-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", SERVICE_MODULES[self.service]],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if wait_ready:
             self.wait_ready(timeout)
@@ -317,7 +322,7 @@ class Mailbox:
         self.port = port
         self.messages: list[tuple[list[str], Message]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
         return "250 Message accepted for delivery"
 
@@ -343,7 +348,7 @@ class SmsProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
                 provider.requests.append(SmsRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, form))

@@ -67,9 +67,7 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, **client_args) 
         existing = set(await admin.list_topics())
         missing = [t for t in ALL_TOPICS if t not in existing]
         if missing:
-            await admin.create_topics(
-                [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
-            )
+            await admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
         return missing
     finally:
         await admin.close()

@@ -32,7 +32,9 @@ from .baseline import Baseline
 
 VARIANTS = {
     "a savepoint, an inbox claim and an outbox write per record (CONSUMER_SAVEPOINT_PER_RECORD=true)": (
-        {"CONSUMER_SAVEPOINT_PER_RECORD": "true"}, {}),
+        {"CONSUMER_SAVEPOINT_PER_RECORD": "true"},
+        {},
+    ),
     "one record per consumer transaction (CONSUMER_MAX_RECORDS=1)": ({"CONSUMER_MAX_RECORDS": "1"}, {}),
     "relay publishes one row per round trip (RELAY_BATCH_SIZE=1)": ({"RELAY_BATCH_SIZE": "1"}, {}),
     "two replicas of booking, billing and notification": ({}, {"booking": 2, "billing": 2, "notification": 2}),
@@ -65,7 +67,9 @@ async def burst(system: System, size: int, seed: int, label: str) -> dict:
         "seconds": round(elapsed, 2),
         "throughput_per_s": round(size / elapsed, 2),
         "per_service_messages_per_s": {s: round((after.get(s, 0) - before.get(s, 0)) / elapsed, 1) for s in after},
-        "lost": verdict.lost, "duplicated": verdict.duplicated, "out_of_order": verdict.out_of_order,
+        "lost": verdict.lost,
+        "duplicated": verdict.duplicated,
+        "out_of_order": verdict.out_of_order,
         "unexpected": verdict.unexpected,
     }
 
@@ -83,8 +87,14 @@ async def at_rate(system: System, count: int, rate: float, seed: int) -> dict:
         verdict = check(scenario, collector, sent, poison=[])
     finally:
         await collector.stop()
-    return {"offered_per_s": rate, "stories": count, "latency_ms": _summary(verdict.latencies_ms),
-            "latencies_ms": verdict.latencies_ms, "lost": verdict.lost, "duplicated": verdict.duplicated}
+    return {
+        "offered_per_s": rate,
+        "stories": count,
+        "latency_ms": _summary(verdict.latencies_ms),
+        "latencies_ms": verdict.latencies_ms,
+        "lost": verdict.lost,
+        "duplicated": verdict.duplicated,
+    }
 
 
 def chart(result: dict, path: Path) -> None:
@@ -94,8 +104,10 @@ def chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for label, values in (("system: request → last effect", result["system"]["latency"]["latencies_ms"]),
-                          ("baseline: 4 bare hops", result["baseline"]["latency"]["latencies_ms"])):
+    for label, values in (
+        ("system: request → last effect", result["system"]["latency"]["latencies_ms"]),
+        ("baseline: 4 bare hops", result["baseline"]["latency"]["latencies_ms"]),
+    ):
         ordered = sorted(values)
         if ordered:
             left.plot(ordered, [i / len(ordered) for i in range(1, len(ordered) + 1)], label=label)
@@ -106,7 +118,8 @@ def chart(result: dict, path: Path) -> None:
     left.legend()
     names = ["baseline (msgs through 4 hops)", "system (cancellations)"] + [f"variant: {k}" for k in result["variants"]]
     values = [result["baseline"]["throughput_per_s"], result["system"]["burst"]["throughput_per_s"]] + [
-        v["throughput_per_s"] for v in result["variants"].values()]
+        v["throughput_per_s"] for v in result["variants"].values()
+    ]
     right.barh(range(len(names)), values, color=["grey", "tab:blue"] + ["tab:orange"] * len(result["variants"]))
     right.set_yticks(range(len(names)), [n if len(n) < 48 else n[:45] + "…" for n in names], fontsize=8)
     right.invert_yaxis()
@@ -126,20 +139,27 @@ async def main(args: argparse.Namespace) -> int:
     async with Baseline(system.bootstrap, system.admin_dsn) as baseline:
         await baseline.measure(200, None)  # warm up: group joins, connections
         tp = await baseline.measure(args.baseline_size, None, Progress("baseline: throughput", args.baseline_size))
-        lat = await baseline.measure(args.latency_count, args.rate, Progress(f"baseline: {args.rate:g}/s", args.latency_count))
-    result["baseline"] = {"hops": tp.hops, "throughput_per_s": round(tp.throughput_per_s, 1),
-                          "latency": {"latency_ms": _summary(lat.latencies_ms), "latencies_ms": lat.latencies_ms}}
+        lat = await baseline.measure(
+            args.latency_count, args.rate, Progress(f"baseline: {args.rate:g}/s", args.latency_count)
+        )
+    result["baseline"] = {
+        "hops": tp.hops,
+        "throughput_per_s": round(tp.throughput_per_s, 1),
+        "latency": {"latency_ms": _summary(lat.latencies_ms), "latencies_ms": lat.latencies_ms},
+    }
 
     system.start()
     try:
         await burst(system, 50, seed=1, label="warm-up")
-        result["system"] = {"burst": await burst(system, args.size, seed=2, label="burst"),
-                            "latency": await at_rate(system, args.latency_count, args.rate, seed=3)}
+        result["system"] = {
+            "burst": await burst(system, args.size, seed=2, label="burst"),
+            "latency": await at_rate(system, args.latency_count, args.rate, seed=3),
+        }
     finally:
         system.stop()
 
     result["variants"] = {}
-    for name, (env, replicas) in (VARIANTS.items() if args.variants else ()):
+    for name, (env, replicas) in VARIANTS.items() if args.variants else ():
         variant = System.from_environment(out / f"logs-{stamp}", env=env, replicas=replicas).start()
         try:
             await burst(variant, 30, seed=4, label="warm-up")
@@ -152,10 +172,16 @@ async def main(args: argparse.Namespace) -> int:
     sys_tp, sys_lat = result["system"]["burst"]["throughput_per_s"], result["system"]["latency"]["latency_ms"]
     result["ratios"] = {
         "throughput_system_over_baseline": round(sys_tp / base_tp, 4) if base_tp else None,
-        **{f"latency_{p}_system_over_baseline": round(sys_lat[p] / base_lat[p], 2) if sys_lat[p] and base_lat[p] else None
-           for p in ("p50", "p95", "p99")},
-        **{f"variant_throughput_over_system: {name}": round(v["throughput_per_s"] / sys_tp, 3)
-           for name, v in result["variants"].items()},
+        **{
+            f"latency_{p}_system_over_baseline": round(sys_lat[p] / base_lat[p], 2)
+            if sys_lat[p] and base_lat[p]
+            else None
+            for p in ("p50", "p95", "p99")
+        },
+        **{
+            f"variant_throughput_over_system: {name}": round(v["throughput_per_s"] / sys_tp, 3)
+            for name, v in result["variants"].items()
+        },
     }
     path = out / f"bench-{stamp}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
@@ -168,10 +194,14 @@ async def main(args: argparse.Namespace) -> int:
 def _print(r: dict, path: Path) -> None:
     b, s = r["baseline"], r["system"]
     print("\n== bench ==")
-    print(f"baseline ({b['hops']} bare hops): {b['throughput_per_s']} msgs/s; latency at {r['config']['rate']:g}/s "
-          f"p50/p95/p99 = {b['latency']['latency_ms']}")
-    print(f"system: {s['burst']['throughput_per_s']} cancellations/s sustained over {s['burst']['stories']} "
-          f"(lost {s['burst']['lost']}, duplicated {s['burst']['duplicated']}, out of order {s['burst']['out_of_order']})")
+    print(
+        f"baseline ({b['hops']} bare hops): {b['throughput_per_s']} msgs/s; latency at {r['config']['rate']:g}/s "
+        f"p50/p95/p99 = {b['latency']['latency_ms']}"
+    )
+    print(
+        f"system: {s['burst']['throughput_per_s']} cancellations/s sustained over {s['burst']['stories']} "
+        f"(lost {s['burst']['lost']}, duplicated {s['burst']['duplicated']}, out of order {s['burst']['out_of_order']})"
+    )
     print(f"system latency request→last effect at {r['config']['rate']:g}/s: {s['latency']['latency_ms']}")
     print(f"per service (messages/s): {s['burst']['per_service_messages_per_s']}")
     for name, value in r["ratios"].items():
@@ -180,9 +210,15 @@ def _print(r: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=int(os.environ.get("BENCH_SIZE", "400")), help="stories in the burst")
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("BENCH_RATE", "10")), help="offered requests/s for latency")
+    parser = argparse.ArgumentParser(
+        prog="make bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=int, default=int(os.environ.get("BENCH_SIZE", "400")), help="stories in the burst"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=float(os.environ.get("BENCH_RATE", "10")), help="offered requests/s for latency"
+    )
     parser.add_argument("--latency-count", type=int, default=int(os.environ.get("BENCH_LATENCY_COUNT", "150")))
     parser.add_argument("--baseline-size", type=int, default=int(os.environ.get("BENCH_BASELINE_SIZE", "3000")))
     parser.add_argument("--no-variants", dest="variants", action="store_false")

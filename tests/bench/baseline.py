@@ -25,8 +25,9 @@ CREATE TABLE IF NOT EXISTS bench.outbox (seq bigserial PRIMARY KEY, id uuid UNIQ
 
 
 async def _hop(bootstrap: str, dsn: str, name: str, source: str, target: str) -> None:
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=name, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        source, bootstrap_servers=bootstrap, group_id=name, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
     conn = await asyncpg.connect(dsn)
     await consumer.start()
@@ -86,8 +87,11 @@ class Baseline:
             await admin.close()
         ctx = multiprocessing.get_context("spawn")
         for i in range(self.hops):
-            p = ctx.Process(target=_run_hop, args=(self.bootstrap, self.dsn, f"bench-{self.run}-hop{i}",
-                                                   self.topics[i], self.topics[i + 1]), daemon=True)
+            p = ctx.Process(
+                target=_run_hop,
+                args=(self.bootstrap, self.dsn, f"bench-{self.run}-hop{i}", self.topics[i], self.topics[i + 1]),
+                daemon=True,
+            )
             p.start()
             self.procs.append(p)
         return self
@@ -100,7 +104,7 @@ class Baseline:
         await admin.start()
         try:
             await admin.delete_topics(self.topics)
-        except Exception:  # noqa: BLE001 - cleanup only
+        except Exception:
             pass
         finally:
             await admin.close()
@@ -108,8 +112,13 @@ class Baseline:
     async def measure(self, count: int, rate: float | None, progress=None) -> BaselineResult:
         """Send `count` messages into the first hop (at `rate`/s or as fast as possible) and
         wait for all of them at the end of the chain."""
-        sink = AIOKafkaConsumer(self.topics[-1], bootstrap_servers=self.bootstrap, group_id=f"bench-{self.run}-sink-{uuid.uuid4().hex[:4]}",
-                                auto_offset_reset="latest", enable_auto_commit=False)
+        sink = AIOKafkaConsumer(
+            self.topics[-1],
+            bootstrap_servers=self.bootstrap,
+            group_id=f"bench-{self.run}-sink-{uuid.uuid4().hex[:4]}",
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+        )
         await sink.start()
         while not sink.assignment():
             await asyncio.sleep(0.05)
@@ -141,8 +150,13 @@ class Baseline:
                     await asyncio.sleep(delay)
             mid = f"{marker}-{i}"
             sent[mid] = time.time() * 1000
-            futures.append(await producer.send(self.topics[0], json.dumps({"id": mid, "marker": marker, "pad": "x" * 600}).encode(),
-                                               key=f"k{i % 997}".encode()))
+            futures.append(
+                await producer.send(
+                    self.topics[0],
+                    json.dumps({"id": mid, "marker": marker, "pad": "x" * 600}).encode(),
+                    key=f"k{i % 997}".encode(),
+                )
+            )
             if len(futures) >= 200 or rate:
                 await asyncio.gather(*futures)
                 futures = []

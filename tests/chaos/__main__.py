@@ -48,15 +48,23 @@ from tests.load.checker import Collector, check, end_offsets, outbox_backlog
 from tests.load.driver import Progress, prepare, send_reliably, send_requests, wait_complete
 from tests.load.system import System
 
-from .hostile_round import NAME as HOSTILE, consumer_map, hostile_round, report
+from .hostile_round import NAME as HOSTILE
+from .hostile_round import consumer_map, hostile_round, report
 from .poison import poison_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 Fault = Callable[[System], Awaitable[None]]
 # What the services consume from outside and from each other: dead letters of records published
 # on these before a round started are a consumer catching up, not the round's doing.
-INPUT_TOPICS = [UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, UPSTREAM_PROFESSIONALS, BILLING_COMMANDS, PMS_SYNC_ACKS,
-                BOOKING_EVENTS, SCORING_EVENTS]
+INPUT_TOPICS = [
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+    UPSTREAM_PROFESSIONALS,
+    BILLING_COMMANDS,
+    PMS_SYNC_ACKS,
+    BOOKING_EVENTS,
+    SCORING_EVENTS,
+]
 
 
 def consumers_of(topic: str) -> int:
@@ -132,7 +140,9 @@ def restart_infra(what: str) -> Fault:
         for action in ("stop", "start"):
             done = await asyncio.to_thread(subprocess.run, ["bash", script, action], capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"infra/{what}.sh {action} failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}")
+                raise RuntimeError(
+                    f"infra/{what}.sh {action} failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}"
+                )
             if action == "stop":
                 await asyncio.sleep(2.0)
 
@@ -174,19 +184,30 @@ async def round_(system: System, fault: Fault, *, stories: int, rate: float, poi
         verdict = check(scenario, collector, sent, bad, since, consumers=consumers_of(UPSTREAM_BOOKINGS))
         verdict.outbox_backlog = sum((await outbox_backlog(system.admin_dsn)).values())
         second_emails = sum(
-            max(0, len(system.mailbox.to(s.patient_email)) - emails_before[s.booking_id] - s.expected["notification.sent"])
+            max(
+                0,
+                len(system.mailbox.to(s.patient_email)) - emails_before[s.booking_id] - s.expected["notification.sent"],
+            )
             for s in scenario.stories
         )
         second_charges = await _second_charges(system.admin_dsn, [s.booking_id for s in scenario.stories])
     finally:
         await collector.stop()
     return {
-        "fault": fault.__name__, "requests": verdict.requests, "complete": verdict.complete, "lost": verdict.lost,
-        "duplicated": verdict.duplicated + second_emails + second_charges, "second_emails": second_emails,
-        "second_charges": second_charges, "out_of_order": verdict.out_of_order, "unexpected": verdict.unexpected,
-        "dead_lettered": f"{verdict.dead_lettered}/{verdict.poison_expected}", "outbox_backlog": verdict.outbox_backlog,
+        "fault": fault.__name__,
+        "requests": verdict.requests,
+        "complete": verdict.complete,
+        "lost": verdict.lost,
+        "duplicated": verdict.duplicated + second_emails + second_charges,
+        "second_emails": second_emails,
+        "second_charges": second_charges,
+        "out_of_order": verdict.out_of_order,
+        "unexpected": verdict.unexpected,
+        "dead_lettered": f"{verdict.dead_lettered}/{verdict.poison_expected}",
+        "outbox_backlog": verdict.outbox_backlog,
         "fault_seconds": round(fault_seconds, 1),
-        "ok": verdict.ok and second_emails == 0 and second_charges == 0, "problems": verdict.problems[:10],
+        "ok": verdict.ok and second_emails == 0 and second_charges == 0,
+        "problems": verdict.problems[:10],
     }
 
 
@@ -194,7 +215,9 @@ async def _publish_raw(bootstrap: str, messages: list[bytes]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        await send_reliably(producer, [(UPSTREAM_BOOKINGS, f"poison-{i}".encode(), raw) for i, raw in enumerate(messages)])
+        await send_reliably(
+            producer, [(UPSTREAM_BOOKINGS, f"poison-{i}".encode(), raw) for i, raw in enumerate(messages)]
+        )
     finally:
         await producer.stop()
 
@@ -225,8 +248,11 @@ async def _second_charges(admin_dsn: str, booking_ids: list[str]) -> int:
 
 
 def faults(long: bool) -> list[Fault]:
-    killed = ["booking", "cancellation-policy", "scoring", "billing", "notification", "pms-sync"] if long else [
-        "booking", "billing", "notification"]
+    killed = (
+        ["booking", "cancellation-policy", "scoring", "billing", "notification", "pms-sync"]
+        if long
+        else ["booking", "billing", "notification"]
+    )
     return [
         no_fault,
         *(kill(s) for s in killed),
@@ -239,8 +265,20 @@ def faults(long: bool) -> list[Fault]:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ["fault", "requests", "lost", "duplicated", "out_of_order", "dead_lettered", "outbox_backlog",
-            "hostile_sent", "hostile_refused", "hostile_missing", "hostile_duplicated", "ok"]
+    cols = [
+        "fault",
+        "requests",
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "dead_lettered",
+        "outbox_backlog",
+        "hostile_sent",
+        "hostile_refused",
+        "hostile_missing",
+        "hostile_duplicated",
+        "ok",
+    ]
     widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in cols}
     line = " | ".join(c.ljust(widths[c]) for c in cols)
     sep = "-+-".join("-" * widths[c] for c in cols)
@@ -260,22 +298,50 @@ async def main(args: argparse.Namespace) -> int:
             poison = args.poison if fault is no_fault or args.long else (args.poison if i == 1 else 0)
             rows.append(await round_(system, fault, stories=args.stories, rate=args.rate, poison=poison, seed=100 + i))
             row = rows[-1]
-            counters = {k: row[k] for k in ("lost", "duplicated", "second_emails", "second_charges", "out_of_order",
-                                             "unexpected", "dead_lettered", "outbox_backlog")}
-            print(f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} {'' if row['ok'] else (counters, row['problems'])}",
-                  flush=True)
+            counters = {
+                k: row[k]
+                for k in (
+                    "lost",
+                    "duplicated",
+                    "second_emails",
+                    "second_charges",
+                    "out_of_order",
+                    "unexpected",
+                    "dead_lettered",
+                    "outbox_backlog",
+                )
+            }
+            print(
+                f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} {'' if row['ok'] else (counters, row['problems'])}",
+                flush=True,
+            )
         if not wanted or any(o in HOSTILE for o in wanted):
             try:
-                rows.append(await hostile_round(system, stories=args.stories, rate=args.rate, seed=100 + len(chosen),
-                                                input_topics=INPUT_TOPICS))
-            except Exception as exc:  # noqa: BLE001 - the table of the other rounds is still wanted
-                rows.append({"fault": HOSTILE, "ok": False, "problems": [f"{type(exc).__name__}: {exc}"],
-                             "hostile_sent": 0, "hostile_refused": 0, "hostile_missing": 0, "hostile_duplicated": 0,
-                             "kept_consuming": "-"})
+                rows.append(
+                    await hostile_round(
+                        system, stories=args.stories, rate=args.rate, seed=100 + len(chosen), input_topics=INPUT_TOPICS
+                    )
+                )
+            except Exception as exc:
+                rows.append(
+                    {
+                        "fault": HOSTILE,
+                        "ok": False,
+                        "problems": [f"{type(exc).__name__}: {exc}"],
+                        "hostile_sent": 0,
+                        "hostile_refused": 0,
+                        "hostile_missing": 0,
+                        "hostile_duplicated": 0,
+                        "kept_consuming": "-",
+                    }
+                )
             row = rows[-1]
-            print(f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} (hostile: {row['hostile_sent']} sent,"
-                  f" {row['hostile_refused']} refused, {row['hostile_missing']} missing, {row['hostile_duplicated']}"
-                  f" duplicated; kept consuming: {row['kept_consuming']}; healthy problems: {row['problems']})", flush=True)
+            print(
+                f"{row['fault']}: {'ok' if row['ok'] else 'PROBLEMS'} (hostile: {row['hostile_sent']} sent,"
+                f" {row['hostile_refused']} refused, {row['hostile_missing']} missing, {row['hostile_duplicated']}"
+                f" duplicated; kept consuming: {row['kept_consuming']}; healthy problems: {row['problems']})",
+                flush=True,
+            )
     finally:
         system.stop()
     print("\n== chaos ==")
@@ -292,13 +358,16 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="make chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--long", action="store_true", help="more load, every service killed")
     parser.add_argument("--stories", type=int, default=None)
     parser.add_argument("--rate", type=float, default=None, help="requests per second during a round")
     parser.add_argument("--poison", type=int, default=20, help="poison and fuzzed messages mixed in")
-    parser.add_argument("--only", default="",
-                        help="comma-separated parts of round names to run, e.g. 'SIGKILL,control' or 'hostile'")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts of round names to run, e.g. 'SIGKILL,control' or 'hostile'"
+    )
     parser.add_argument("--out", default="bench-results")
     ns = parser.parse_args()
     ns.stories = ns.stories or (600 if ns.long else 60)

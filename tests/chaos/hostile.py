@@ -58,10 +58,22 @@ REFUSE, REFUSE_OR_PROCESS = "refuse", "refuse_or_process"
 # Which service may refuse an event type with a rejection event instead of (or besides) a dead
 # letter, and the rejection types and reasons that count as "refused as invalid input".
 REJECTIONS: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {
-    "booking.cancellation_requested": ("booking", frozenset({"booking.cancellation_rejected"}), frozenset({"invalid_request"})),
+    "booking.cancellation_requested": (
+        "booking",
+        frozenset({"booking.cancellation_rejected"}),
+        frozenset({"invalid_request"}),
+    ),
     "booking.no_show_reported": ("booking", frozenset({"booking.no_show_rejected"}), frozenset({"invalid_request"})),
-    "charge.adjustment_requested": ("billing", frozenset({"charge.adjustment_rejected"}), frozenset({"invalid_request"})),
-    "practice.configured": ("cancellation-policy", frozenset({"practice.configuration_rejected"}), frozenset({"invalid_settings"})),
+    "charge.adjustment_requested": (
+        "billing",
+        frozenset({"charge.adjustment_rejected"}),
+        frozenset({"invalid_request"}),
+    ),
+    "practice.configured": (
+        "cancellation-policy",
+        frozenset({"practice.configuration_rejected"}),
+        frozenset({"invalid_settings"}),
+    ),
 }
 ALL_REJECTION_TYPES = frozenset(t for _, types_, _ in REJECTIONS.values() for t in types_)
 
@@ -249,22 +261,34 @@ NEAR_LIMIT = Variant("message of about 1 MB", "size: message of about 1 MB", Siz
 # "{tag}" in an envelope id or correlationid is the case's own tag: a service that accepts the
 # message answers with it as the correlationid, so the answer is still traced to its case.
 ENVELOPE_VARIANTS: dict[str, list[Variant]] = {
-    "id": [Variant("10000 characters", "id: 10 000 characters", "{tag}" + "e" * 9_970),
-           Variant("control characters", "id: control characters", "{tag}\x01\x1b[2J"),
-           Variant("empty", "empty value: empty string", ""), WRONG_NUMBER],
-    "type": [Variant("unknown", "envelope: unknown event type", "hostile.happened"),
-             Variant("10000 characters", "text: 10 000 characters", "t" * 10_000), WRONG_LIST],
+    "id": [
+        Variant("10000 characters", "id: 10 000 characters", "{tag}" + "e" * 9_970),
+        Variant("control characters", "id: control characters", "{tag}\x01\x1b[2J"),
+        Variant("empty", "empty value: empty string", ""),
+        WRONG_NUMBER,
+    ],
+    "type": [
+        Variant("unknown", "envelope: unknown event type", "hostile.happened"),
+        Variant("10000 characters", "text: 10 000 characters", "t" * 10_000),
+        WRONG_LIST,
+    ],
     "source": [Variant("10000 characters", "text: 10 000 characters", "s" * 10_000), WRONG_NUMBER],
     "subject": [Variant("10000 characters", "text: 10 000 characters", "s" * 10_000), WRONG_NUMBER],
-    "time": [Variant("year 1", "datetime: year 1", "0001-01-01T00:00:00Z"),
-             Variant("year 9999", "datetime: year 9999", "9999-12-31T23:59:59Z"),
-             Variant("9999-12-31T23:59:59-23:59", "datetime: overflows on conversion to UTC", "9999-12-31T23:59:59-23:59"),
-             Variant("no offset", "datetime: no offset (naive)", "2026-03-01T10:00:00"),
-             Variant("not a date", "datetime: not a date", "next tuesday")],
+    "time": [
+        Variant("year 1", "datetime: year 1", "0001-01-01T00:00:00Z"),
+        Variant("year 9999", "datetime: year 9999", "9999-12-31T23:59:59Z"),
+        Variant("9999-12-31T23:59:59-23:59", "datetime: overflows on conversion to UTC", "9999-12-31T23:59:59-23:59"),
+        Variant("no offset", "datetime: no offset (naive)", "2026-03-01T10:00:00"),
+        Variant("not a date", "datetime: not a date", "next tuesday"),
+    ],
     "specversion": [Variant("2.0", "envelope: wrong specversion", "2.0"), WRONG_NUMBER],
     "datacontenttype": [Variant("text/plain", "envelope: wrong content type", "text/plain")],
-    "data": [Variant("list", "wrong type: list where an object belongs", []),
-             Variant("string", "wrong type: string where an object belongs", "hostile"), NULL, NESTED],
+    "data": [
+        Variant("list", "wrong type: list where an object belongs", []),
+        Variant("string", "wrong type: string where an object belongs", "hostile"),
+        NULL,
+        NESTED,
+    ],
     "correlationid": [Variant("10000 characters", "text: 10 000 characters", "{tag}" + "c" * 9_970), WRONG_NUMBER],
 }
 
@@ -284,8 +308,10 @@ def _message_variants(healthy: bytes) -> list[tuple[Variant, bytes | None]]:
         (Variant("nested 5000 deep", "JSON nested 5000 deep", None), DEEP.text),
         (Variant("UTF-8 byte-order mark", "bytes: byte-order mark / UTF-16", None), b"\xef\xbb\xbf" + healthy),
         (Variant("UTF-16", "bytes: byte-order mark / UTF-16", None), healthy.decode().encode("utf-16")),
-        (Variant("1 MB of whitespace", "size: message of about 1 MB", None),
-         healthy[:-1] + b" " * (NEAR_LIMIT_BYTES - len(healthy)) + b"}"),
+        (
+            Variant("1 MB of whitespace", "size: message of about 1 MB", None),
+            healthy[:-1] + b" " * (NEAR_LIMIT_BYTES - len(healthy)) + b"}",
+        ),
     ]
 
 
@@ -304,8 +330,15 @@ class Ids:
 
 
 def _patient(tag: str) -> dict[str, Any]:
-    return {"patient_id": f"{tag}-pat", "first_name": "Hostile", "email": f"{tag}@patients.hostile.test",
-            "phone": "+61400000000", "portal_account": True, "card_on_file": False, "locale": "en"}
+    return {
+        "patient_id": f"{tag}-pat",
+        "first_name": "Hostile",
+        "email": f"{tag}@patients.hostile.test",
+        "phone": "+61400000000",
+        "portal_account": True,
+        "card_on_file": False,
+        "locale": "en",
+    }
 
 
 def templates(ids: Ids, tag: str, n: int, now: datetime) -> dict[str, dict[str, Any]]:
@@ -314,60 +347,137 @@ def templates(ids: Ids, tag: str, n: int, now: datetime) -> dict[str, dict[str, 
     fee = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
     return {
         "booking.scheduled": {
-            "booking_id": tag, "practice_id": ids.practice_id, "starts_at": iso(future), "ends_at": iso(soon),
-            "practitioner_id": "dr-hostile", "service_code": "D1110", "patient": _patient(tag),
-            "professional_id": f"{tag}-pro", "series_id": f"{tag}-series",
-            "deposit": {"amount": "20.00", "currency": "AUD"}, "price": {"amount": "120.00", "currency": "AUD"},
-            "professional_contact": {"first_name": "Pro", "email": f"{tag}@pros.hostile.test", "phone": "+61400000001",
-                                     "locale": "en"},
+            "booking_id": tag,
+            "practice_id": ids.practice_id,
+            "starts_at": iso(future),
+            "ends_at": iso(soon),
+            "practitioner_id": "dr-hostile",
+            "service_code": "D1110",
+            "patient": _patient(tag),
+            "professional_id": f"{tag}-pro",
+            "series_id": f"{tag}-series",
+            "deposit": {"amount": "20.00", "currency": "AUD"},
+            "price": {"amount": "120.00", "currency": "AUD"},
+            "professional_contact": {
+                "first_name": "Pro",
+                "email": f"{tag}@pros.hostile.test",
+                "phone": "+61400000001",
+                "locale": "en",
+            },
         },
-        "booking.rescheduled": {"booking_id": tag, "starts_at": iso(future + timedelta(days=1)),
-                                "ends_at": iso(soon + timedelta(days=1))},
+        "booking.rescheduled": {
+            "booking_id": tag,
+            "starts_at": iso(future + timedelta(days=1)),
+            "ends_at": iso(soon + timedelta(days=1)),
+        },
         "booking.completed": {"booking_id": tag, "completed_at": iso(now)},
         "booking.cancellation_requested": {
-            "request_id": f"{tag}-req", "booking_id": tag, "requested_at": iso(now),
-            "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]}, "channel": "practice",
-            "reason_code": "illness", "reason_text": "Hostile round template", "scope": "this",
-            "fee_decision": "policy", "chart_note": "Hostile round chart note", "deposit_decision": "policy",
+            "request_id": f"{tag}-req",
+            "booking_id": tag,
+            "requested_at": iso(now),
+            "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]},
+            "channel": "practice",
+            "reason_code": "illness",
+            "reason_text": "Hostile round template",
+            "scope": "this",
+            "fee_decision": "policy",
+            "chart_note": "Hostile round chart note",
+            "deposit_decision": "policy",
         },
         "booking.no_show_reported": {
-            "request_id": f"{tag}-req", "booking_id": tag, "reported_at": iso(now),
-            "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]}, "party": "patient",
-            "code": "FTA", "fee_decision": "policy", "chart_note": "Hostile round chart note",
+            "request_id": f"{tag}-req",
+            "booking_id": tag,
+            "reported_at": iso(now),
+            "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]},
+            "party": "patient",
+            "code": "FTA",
+            "fee_decision": "policy",
+            "chart_note": "Hostile round chart note",
         },
         "booking.arrived": {"booking_id": tag, "arrived_at": iso(now)},
-        "waitlist.offer_accepted": {"offer_id": f"{tag}-offer", "waitlist_id": f"{tag}-wl", "new_booking_id": f"{tag}-new",
-                                    "accepted_at": iso(now)},
+        "waitlist.offer_accepted": {
+            "offer_id": f"{tag}-offer",
+            "waitlist_id": f"{tag}-wl",
+            "new_booking_id": f"{tag}-new",
+            "accepted_at": iso(now),
+        },
         "practice.configured": {
-            "practice_id": tag, "name": "Hostile practice", "timezone": "Australia/Sydney", "locale": "en",
-            "contact": {"email": f"{tag}@practices.hostile.test", "phone": "+61400000002", "preferred_channel": "email"},
-            "cancellation": {"online_enabled": True, "patient_cutoff_hours": 48, "late_window_hours": 24,
-                             "professional_no_show_minutes": 60, "notify_practice_on_online_cancel": False},
-            "fees": {"late_cancellation": dict(fee), "no_show": {**fee, "amount": "60.00", "code": "D9986"},
-                     "charge_card_on_file": False},
+            "practice_id": tag,
+            "name": "Hostile practice",
+            "timezone": "Australia/Sydney",
+            "locale": "en",
+            "contact": {
+                "email": f"{tag}@practices.hostile.test",
+                "phone": "+61400000002",
+                "preferred_channel": "email",
+            },
+            "cancellation": {
+                "online_enabled": True,
+                "patient_cutoff_hours": 48,
+                "late_window_hours": 24,
+                "professional_no_show_minutes": 60,
+                "notify_practice_on_online_cancel": False,
+            },
+            "fees": {
+                "late_cancellation": dict(fee),
+                "no_show": {**fee, "amount": "60.00", "code": "D9986"},
+                "charge_card_on_file": False,
+            },
             "deposits": {"timely": "refund", "late": "keep", "no_show": "keep"},
             "waitlist": {"enabled": False, "offer_minutes": 30},
             "pms": {"integration": "none"},
         },
-        "waitlist.joined": {"waitlist_id": tag, "practice_id": ids.practice_id, "patient": _patient(tag),
-                            "service_code": "D1110", "practitioner_id": "dr-hostile", "joined_at": iso(now)},
-        "excuse.submitted": {"excuse_id": f"{tag}-exc", "professional_id": tag, "booking_id": f"{tag}-bk",
-                             "document_ref": "docs://hostile/excuse.pdf", "submitted_at": iso(now)},
-        "excuse.reviewed": {"excuse_id": f"{tag}-exc", "decision": "approved", "reviewer_id": "reviewer-hostile",
-                            "reviewed_at": iso(now)},
+        "waitlist.joined": {
+            "waitlist_id": tag,
+            "practice_id": ids.practice_id,
+            "patient": _patient(tag),
+            "service_code": "D1110",
+            "practitioner_id": "dr-hostile",
+            "joined_at": iso(now),
+        },
+        "excuse.submitted": {
+            "excuse_id": f"{tag}-exc",
+            "professional_id": tag,
+            "booking_id": f"{tag}-bk",
+            "document_ref": "docs://hostile/excuse.pdf",
+            "submitted_at": iso(now),
+        },
+        "excuse.reviewed": {
+            "excuse_id": f"{tag}-exc",
+            "decision": "approved",
+            "reviewer_id": "reviewer-hostile",
+            "reviewed_at": iso(now),
+        },
         "score.recalculation_requested": {"professional_id": tag},
-        "professional.reinstated": {"professional_id": tag, "reviewer_id": "reviewer-hostile", "reinstated_at": iso(now),
-                                    "note": "Hostile round"},
+        "professional.reinstated": {
+            "professional_id": tag,
+            "reviewer_id": "reviewer-hostile",
+            "reinstated_at": iso(now),
+            "note": "Hostile round",
+        },
         "charge.adjustment_requested": {
             # A distinct amount per case: an adjustment that changes nothing is refused as
             # invalid_request whatever else it carries, which would pass a case by accident.
-            "request_id": f"{tag}-req", "charge_id": ids.charge_id, "actor": {"id": "manager-hostile", "roles": ["manager"]},
-            "amount": str(Decimal("10.00") + Decimal(n) / 100), "code": "D9987", "code_system": "CDT",
+            "request_id": f"{tag}-req",
+            "charge_id": ids.charge_id,
+            "actor": {"id": "manager-hostile", "roles": ["manager"]},
+            "amount": str(Decimal("10.00") + Decimal(n) / 100),
+            "code": "D9987",
+            "code_system": "CDT",
         },
-        "charge.review_decided": {"request_id": f"{tag}-req", "charge_id": ids.charge_id,
-                                  "actor": {"id": "manager-hostile", "roles": ["manager"]}, "decision": "approve"},
-        "pms.sync_acknowledged": {"sync_id": ids.sync_id, "booking_id": ids.sync_booking_id, "status": "error",
-                                  "error": "Hostile round: the PMS said no", "external_ref": f"{tag}-ext"},
+        "charge.review_decided": {
+            "request_id": f"{tag}-req",
+            "charge_id": ids.charge_id,
+            "actor": {"id": "manager-hostile", "roles": ["manager"]},
+            "decision": "approve",
+        },
+        "pms.sync_acknowledged": {
+            "sync_id": ids.sync_id,
+            "booking_id": ids.sync_booking_id,
+            "status": "error",
+            "error": "Hostile round: the PMS said no",
+            "external_ref": f"{tag}-ext",
+        },
     }
 
 
@@ -459,9 +569,20 @@ def leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[Lea
 def _healthy_value(leaf: Leaf, tag: str, now: datetime) -> Any:
     """A valid value for a field the template does not set (a field added after this file)."""
     return {
-        "id": f"{tag}-{leaf.path[-1]}", "ref": f"{tag}-{leaf.path[-1]}", "text": "hostile", "email": f"{tag}@hostile.test", "phone": "+61400000003",
-        "locale": "en", "timezone": "UTC", "currency": "AUD", "amount": "10.00", "datetime": iso(now),
-        "enum": leaf.choices[0] if leaf.choices else "x", "bool": False, "int": 1, "list": [],
+        "id": f"{tag}-{leaf.path[-1]}",
+        "ref": f"{tag}-{leaf.path[-1]}",
+        "text": "hostile",
+        "email": f"{tag}@hostile.test",
+        "phone": "+61400000003",
+        "locale": "en",
+        "timezone": "UTC",
+        "currency": "AUD",
+        "amount": "10.00",
+        "datetime": iso(now),
+        "enum": leaf.choices[0] if leaf.choices else "x",
+        "bool": False,
+        "int": 1,
+        "list": [],
     }.get(leaf.kind, "hostile")
 
 
@@ -493,8 +614,16 @@ _PLACEHOLDER = "@@hostile-raw-{}@@"
 
 
 def _envelope(type_: str, subject: str, data: Any, envelope_id: str, now: datetime) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": envelope_id, "type": type_, "source": "upstream/hostile", "subject": subject,
-            "time": iso(now), "datacontenttype": "application/json", "data": data}
+    return {
+        "specversion": "1.0",
+        "id": envelope_id,
+        "type": type_,
+        "source": "upstream/hostile",
+        "subject": subject,
+        "time": iso(now),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
 
 
 def _encode(document: Any, raws: dict[str, bytes]) -> bytes:
@@ -521,19 +650,46 @@ class _Builder:
     def tag(self) -> str:
         return f"hostile-{self.ids.run}-{len(self.cases):04d}"
 
-    def add(self, topic: str, event_type: str, field_: str, variant: Variant, value: bytes | None,
-            envelope_id: str | None, tag: str) -> None:
+    def add(
+        self,
+        topic: str,
+        event_type: str,
+        field_: str,
+        variant: Variant,
+        value: bytes | None,
+        envelope_id: str | None,
+        tag: str,
+    ) -> None:
         starts = BOOKING_STARTS.get(event_type) if topic == UPSTREAM_BOOKINGS else None
-        self.cases.append(Case(
-            n=len(self.cases), name=f"{event_type if event_type != '(message)' else topic} {field_}: {variant.name}",
-            klass=variant.klass, topic=topic,
-            event_type=event_type, field=field_, variant=variant.name, expect=variant.expect, key=tag.encode(),
-            value=value, envelope_id=envelope_id, tag=tag, sacrificial_booking=tag if starts is not None else None,
-            booking_starts_in=starts,
-        ))
+        self.cases.append(
+            Case(
+                n=len(self.cases),
+                name=f"{event_type if event_type != '(message)' else topic} {field_}: {variant.name}",
+                klass=variant.klass,
+                topic=topic,
+                event_type=event_type,
+                field=field_,
+                variant=variant.name,
+                expect=variant.expect,
+                key=tag.encode(),
+                value=value,
+                envelope_id=envelope_id,
+                tag=tag,
+                sacrificial_booking=tag if starts is not None else None,
+                booking_starts_in=starts,
+            )
+        )
 
-    def payload_case(self, topic: str, event_type: str, model: type[BaseModel], path: tuple[str, ...] | None,
-                     variant: Variant, *, envelope_field: str | None = None) -> None:
+    def payload_case(
+        self,
+        topic: str,
+        event_type: str,
+        model: type[BaseModel],
+        path: tuple[str, ...] | None,
+        variant: Variant,
+        *,
+        envelope_field: str | None = None,
+    ) -> None:
         tag = self.tag()
         data = _complete(model, templates(self.ids, tag, len(self.cases), self.now)[event_type], tag, self.now)
         envelope_id = f"{tag}-env"
@@ -583,8 +739,10 @@ def _subject(event_type: str, data: dict[str, Any], tag: str) -> str:
 def _field_variants(leaf: Leaf) -> list[Variant]:
     variants = list(VARIANTS.get(leaf.kind, VARIANTS["text"]))
     if leaf.path[-1] in DECIDED_AT_RECORD_TIME:
-        variants = [Variant(v.name, v.klass, v.value, REFUSE_OR_PROCESS) if v.name in ("year 1", "year 9999") else v
-                    for v in variants]
+        variants = [
+            Variant(v.name, v.klass, v.value, REFUSE_OR_PROCESS) if v.name in ("year 1", "year 9999") else v
+            for v in variants
+        ]
     if leaf.required:
         variants.append(NULL)
     return variants
@@ -628,8 +786,11 @@ def build(ids: Ids, now: datetime | None = None) -> list[Case]:
         for event_type in covered:
             model = registry[event_type]
             for leaf in leaves(model):
-                for variant in _field_variants(leaf) if leaf.kind != "object" else (
-                        VARIANTS["object"] + ([NULL] if leaf.required else [])):
+                for variant in (
+                    _field_variants(leaf)
+                    if leaf.kind != "object"
+                    else (VARIANTS["object"] + ([NULL] if leaf.required else []))
+                ):
                     builder.payload_case(topic, event_type, model, leaf.path, variant)
             carrier = _carrier(model)
             for variant in BYTE_VARIANTS + SIZE_VARIANTS:
@@ -670,15 +831,17 @@ def table(cases: list[Case]) -> str:
     for c in sorted(cases, key=lambda c: c.n):
         rows.append((str(c.n), c.topic, c.event_type, c.field, c.variant, c.klass, str(c.size), c.expect))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+    return "\n".join(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def summary(cases: list[Case]) -> str:
     per_type: dict[tuple[str, str], int] = defaultdict(int)
     for c in cases:
         per_type[(c.topic, c.event_type)] += 1
-    lines = [f"{len(cases)} hostile cases, {len({c.klass for c in cases})} classes, "
-             f"{sum(c.size for c in cases) / 1e6:.1f} MB"]
+    lines = [
+        f"{len(cases)} hostile cases, {len({c.klass for c in cases})} classes, "
+        f"{sum(c.size for c in cases) / 1e6:.1f} MB"
+    ]
     lines += [f"  {topic} {event_type}: {n}" for (topic, event_type), n in sorted(per_type.items())]
     missing = uncovered_event_types()
     if missing:

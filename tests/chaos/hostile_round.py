@@ -122,10 +122,12 @@ class World:
     second_sync_id: str = ""
 
 
-async def _publish(producer: AIOKafkaProducer, messages: list[tuple[str, str, dict[str, Any]]],
-                   partition: int | None = None) -> list[tuple[int, int]]:
-    futures = [await producer.send(t, json.dumps(env).encode(), key=k.encode(), partition=partition)
-               for t, k, env in messages]
+async def _publish(
+    producer: AIOKafkaProducer, messages: list[tuple[str, str, dict[str, Any]]], partition: int | None = None
+) -> list[tuple[int, int]]:
+    futures = [
+        await producer.send(t, json.dumps(env).encode(), key=k.encode(), partition=partition) for t, k, env in messages
+    ]
     return [((md := await f).partition, md.offset) for f in futures]
 
 
@@ -139,52 +141,121 @@ async def _count(admin_dsn: str, sql: str, *args: Any) -> int:
 
 def _practice(practice_id: str, integration: str) -> dict[str, Any]:
     fee = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
-    return {"practice_id": practice_id, "name": "Hostile round practice", "timezone": "Australia/Sydney", "locale": "en",
-            "contact": {"email": f"front@{practice_id}.hostile.test", "preferred_channel": "email"},
-            "fees": {"late_cancellation": fee, "no_show": {**fee, "amount": "60.00", "code": "D9986"},
-                     "charge_card_on_file": False},
-            "pms": {"integration": integration}}
+    return {
+        "practice_id": practice_id,
+        "name": "Hostile round practice",
+        "timezone": "Australia/Sydney",
+        "locale": "en",
+        "contact": {"email": f"front@{practice_id}.hostile.test", "preferred_channel": "email"},
+        "fees": {
+            "late_cancellation": fee,
+            "no_show": {**fee, "amount": "60.00", "code": "D9986"},
+            "charge_card_on_file": False,
+        },
+        "pms": {"integration": integration},
+    }
 
 
 def _scheduled(booking_id: str, practice_id: str, starts: datetime) -> tuple[str, str, dict[str, Any]]:
-    return (UPSTREAM_BOOKINGS, booking_id, envelope("booking.scheduled", booking_id, {
-        "booking_id": booking_id, "practice_id": practice_id, "starts_at": iso(starts),
-        "ends_at": iso(starts + timedelta(minutes=30)), "practitioner_id": "dr-hostile", "service_code": "D1110",
-        "patient": {"patient_id": f"{booking_id}-pat", "first_name": "Hostile", "email": f"{booking_id}@patients.hostile.test",
-                    "portal_account": True, "card_on_file": False, "locale": "en"},
-    }, source="upstream/hostile"))
+    return (
+        UPSTREAM_BOOKINGS,
+        booking_id,
+        envelope(
+            "booking.scheduled",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "practice_id": practice_id,
+                "starts_at": iso(starts),
+                "ends_at": iso(starts + timedelta(minutes=30)),
+                "practitioner_id": "dr-hostile",
+                "service_code": "D1110",
+                "patient": {
+                    "patient_id": f"{booking_id}-pat",
+                    "first_name": "Hostile",
+                    "email": f"{booking_id}@patients.hostile.test",
+                    "portal_account": True,
+                    "card_on_file": False,
+                    "locale": "en",
+                },
+            },
+            source="upstream/hostile",
+        ),
+    )
 
 
 def _cancel(booking_id: str, now: datetime) -> tuple[str, str, dict[str, Any]]:
-    return (UPSTREAM_BOOKINGS, booking_id, envelope("booking.cancellation_requested", booking_id, {
-        "request_id": f"{booking_id}-req", "booking_id": booking_id, "requested_at": iso(now),
-        "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]}, "channel": "practice",
-        "reason_code": "illness"}, source="upstream/hostile"))
+    return (
+        UPSTREAM_BOOKINGS,
+        booking_id,
+        envelope(
+            "booking.cancellation_requested",
+            booking_id,
+            {
+                "request_id": f"{booking_id}-req",
+                "booking_id": booking_id,
+                "requested_at": iso(now),
+                "actor": {"kind": "staff", "id": "staff-hostile", "roles": ["reception"]},
+                "channel": "practice",
+                "reason_code": "illness",
+            },
+            source="upstream/hostile",
+        ),
+    )
 
 
 async def setup_world(system: System, collector: Collector, run: str, now: datetime, draft: list[Case]) -> World:
     """The practice, one booking per request case, a charge and two PMS syncs, all ready."""
     practice_id = f"hostile-{run}-practice"
-    world = World(run, Ids(run, practice_id), f"hostile-{run}-charge", f"hostile-{run}-sync-b",
-                  f"hostile-{run}-canary-cancel", f"hostile-{run}-canary-scheduled")
+    world = World(
+        run,
+        Ids(run, practice_id),
+        f"hostile-{run}-charge",
+        f"hostile-{run}-sync-b",
+        f"hostile-{run}-canary-cancel",
+        f"hostile-{run}-canary-scheduled",
+    )
     producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        await _publish(producer, [(UPSTREAM_PRACTICES, practice_id, envelope(
-            "practice.configured", practice_id, _practice(practice_id, "praktika"), source="upstream/hostile"))])
+        await _publish(
+            producer,
+            [
+                (
+                    UPSTREAM_PRACTICES,
+                    practice_id,
+                    envelope(
+                        "practice.configured",
+                        practice_id,
+                        _practice(practice_id, "praktika"),
+                        source="upstream/hostile",
+                    ),
+                )
+            ],
+        )
         for table in ("cancellation_policy.practice_settings", "pms_sync.integrations", "notification.practices"):
+
             async def configured(table: str = table) -> bool:
-                return await _count(system.admin_dsn, f"SELECT count(*) FROM {table} WHERE practice_id = $1", practice_id) > 0
+                return (
+                    await _count(system.admin_dsn, f"SELECT count(*) FROM {table} WHERE practice_id = $1", practice_id)
+                    > 0
+                )
 
             if not await wait_until(configured, 120):
                 raise TimeoutError(f"hostile round setup: practice not in {table} in time")
         bookings = {c.sacrificial_booking: c.booking_starts_in for c in draft if c.sacrificial_booking}
-        bookings |= {world.charge_booking: timedelta(hours=6), world.second_sync_booking: timedelta(hours=72),
-                     world.canary_booking: timedelta(hours=72)}
+        bookings |= {
+            world.charge_booking: timedelta(hours=6),
+            world.second_sync_booking: timedelta(hours=72),
+            world.canary_booking: timedelta(hours=72),
+        }
         await _publish(producer, [_scheduled(b, practice_id, now + starts) for b, starts in bookings.items()])
         ids = list(bookings)
-        for sql in ("SELECT count(*) FROM booking.bookings WHERE booking_id = ANY($1)",
-                    "SELECT count(*) FROM notification.patients WHERE booking_id = ANY($1)"):
+        for sql in (
+            "SELECT count(*) FROM booking.bookings WHERE booking_id = ANY($1)",
+            "SELECT count(*) FROM notification.patients WHERE booking_id = ANY($1)",
+        ):
+
             async def scheduled(sql: str = sql) -> bool:
                 return await _count(system.admin_dsn, sql, ids) == len(ids)
 
@@ -201,12 +272,19 @@ async def setup_world(system: System, collector: Collector, run: str, now: datet
         return None
 
     async def ready() -> bool:
-        return all((first(world.charge_booking, "charge.created"), first(world.charge_booking, "pms.cancel_booking"),
-                    first(world.second_sync_booking, "pms.cancel_booking")))
+        return all(
+            (
+                first(world.charge_booking, "charge.created"),
+                first(world.charge_booking, "pms.cancel_booking"),
+                first(world.second_sync_booking, "pms.cancel_booking"),
+            )
+        )
 
     if not await wait_until(ready, 60):
-        raise TimeoutError("hostile round setup: no charge.created / pms.cancel_booking for the setup cancellations"
-                           " (are booking, billing and pms-sync publishing?)")
+        raise TimeoutError(
+            "hostile round setup: no charge.created / pms.cancel_booking for the setup cancellations"
+            " (are booking, billing and pms-sync publishing?)"
+        )
     world.ids.charge_id = first(world.charge_booking, "charge.created")["charge_id"]
     world.ids.sync_id = first(world.charge_booking, "pms.cancel_booking")["sync_id"]
     world.ids.sync_booking_id = world.charge_booking
@@ -234,39 +312,120 @@ def canaries(world: World, now: datetime) -> tuple[list[tuple[str, str, dict[str
     adjust_env, ack_env = f"hostile-{run}-canary-adjust", f"hostile-{run}-canary-ack"
     cancel = _cancel(world.canary_booking, now)
     messages = [
-        (UPSTREAM_PRACTICES, practice, envelope("practice.configured", practice, _practice(practice, "none"),
-                                                source="upstream/hostile")),
-        (UPSTREAM_PROFESSIONALS, f"hostile-{run}-canary-pro", envelope("excuse.submitted", f"hostile-{run}-canary-pro", {
-            "excuse_id": excuse, "professional_id": f"hostile-{run}-canary-pro", "booking_id": world.canary_booking,
-            "document_ref": "docs://hostile/canary.pdf", "submitted_at": iso(now)}, source="upstream/hostile")),
-        (BILLING_COMMANDS, world.ids.charge_id, envelope("charge.adjustment_requested", world.ids.charge_id, {
-            "request_id": f"hostile-{run}-canary-adjust", "charge_id": world.ids.charge_id,
-            "actor": {"id": "manager-hostile", "roles": ["manager"]}, "amount": "30.00"},
-            event_id=adjust_env, source="upstream/hostile")),
+        (
+            UPSTREAM_PRACTICES,
+            practice,
+            envelope("practice.configured", practice, _practice(practice, "none"), source="upstream/hostile"),
+        ),
+        (
+            UPSTREAM_PROFESSIONALS,
+            f"hostile-{run}-canary-pro",
+            envelope(
+                "excuse.submitted",
+                f"hostile-{run}-canary-pro",
+                {
+                    "excuse_id": excuse,
+                    "professional_id": f"hostile-{run}-canary-pro",
+                    "booking_id": world.canary_booking,
+                    "document_ref": "docs://hostile/canary.pdf",
+                    "submitted_at": iso(now),
+                },
+                source="upstream/hostile",
+            ),
+        ),
+        (
+            BILLING_COMMANDS,
+            world.ids.charge_id,
+            envelope(
+                "charge.adjustment_requested",
+                world.ids.charge_id,
+                {
+                    "request_id": f"hostile-{run}-canary-adjust",
+                    "charge_id": world.ids.charge_id,
+                    "actor": {"id": "manager-hostile", "roles": ["manager"]},
+                    "amount": "30.00",
+                },
+                event_id=adjust_env,
+                source="upstream/hostile",
+            ),
+        ),
         _scheduled(world.canary_scheduled, world.ids.practice_id, now + timedelta(hours=72)),
         cancel,
-        (PMS_SYNC_ACKS, world.second_sync_booking, envelope("pms.sync_acknowledged", world.second_sync_booking, {
-            "sync_id": world.second_sync_id, "booking_id": world.second_sync_booking, "status": "ok",
-            "external_ref": "hostile-canary"}, event_id=ack_env, source="pms-connector/hostile")),
+        (
+            PMS_SYNC_ACKS,
+            world.second_sync_booking,
+            envelope(
+                "pms.sync_acknowledged",
+                world.second_sync_booking,
+                {
+                    "sync_id": world.second_sync_id,
+                    "booking_id": world.second_sync_booking,
+                    "status": "ok",
+                    "external_ref": "hostile-canary",
+                },
+                event_id=ack_env,
+                source="pms-connector/hostile",
+            ),
+        ),
     ]
     checks = [
-        Canary(UPSTREAM_PRACTICES, "cancellation-policy", "practice configured",
-               "SELECT count(*) FROM cancellation_policy.practice_settings WHERE practice_id = $1", practice),
-        Canary(UPSTREAM_PRACTICES, "booking", "practice configured",
-               "SELECT count(*) FROM booking.practices WHERE practice_id = $1", practice),
-        Canary(UPSTREAM_PRACTICES, "notification", "practice configured",
-               "SELECT count(*) FROM notification.practices WHERE practice_id = $1", practice),
-        Canary(UPSTREAM_PRACTICES, "pms-sync", "practice configured",
-               "SELECT count(*) FROM pms_sync.integrations WHERE practice_id = $1", practice),
-        Canary(UPSTREAM_PROFESSIONALS, "scoring", "excuse recorded",
-               "SELECT count(*) FROM scoring.excuses WHERE excuse_id = $1", excuse),
+        Canary(
+            UPSTREAM_PRACTICES,
+            "cancellation-policy",
+            "practice configured",
+            "SELECT count(*) FROM cancellation_policy.practice_settings WHERE practice_id = $1",
+            practice,
+        ),
+        Canary(
+            UPSTREAM_PRACTICES,
+            "booking",
+            "practice configured",
+            "SELECT count(*) FROM booking.practices WHERE practice_id = $1",
+            practice,
+        ),
+        Canary(
+            UPSTREAM_PRACTICES,
+            "notification",
+            "practice configured",
+            "SELECT count(*) FROM notification.practices WHERE practice_id = $1",
+            practice,
+        ),
+        Canary(
+            UPSTREAM_PRACTICES,
+            "pms-sync",
+            "practice configured",
+            "SELECT count(*) FROM pms_sync.integrations WHERE practice_id = $1",
+            practice,
+        ),
+        Canary(
+            UPSTREAM_PROFESSIONALS,
+            "scoring",
+            "excuse recorded",
+            "SELECT count(*) FROM scoring.excuses WHERE excuse_id = $1",
+            excuse,
+        ),
         Canary(BILLING_COMMANDS, "billing", "adjustment answered", answer_of=adjust_env),
-        Canary(UPSTREAM_BOOKINGS, "booking", "booking scheduled",
-               "SELECT count(*) FROM booking.bookings WHERE booking_id = $1", world.canary_scheduled),
-        Canary(UPSTREAM_BOOKINGS, "notification", "patient recorded",
-               "SELECT count(*) FROM notification.patients WHERE booking_id = $1", world.canary_scheduled),
-        Canary(UPSTREAM_BOOKINGS, "pms-sync", "cancellation request recorded",
-               "SELECT count(*) FROM pms_sync.requests WHERE request_id = $1", cancel[2]["data"]["request_id"]),
+        Canary(
+            UPSTREAM_BOOKINGS,
+            "booking",
+            "booking scheduled",
+            "SELECT count(*) FROM booking.bookings WHERE booking_id = $1",
+            world.canary_scheduled,
+        ),
+        Canary(
+            UPSTREAM_BOOKINGS,
+            "notification",
+            "patient recorded",
+            "SELECT count(*) FROM notification.patients WHERE booking_id = $1",
+            world.canary_scheduled,
+        ),
+        Canary(
+            UPSTREAM_BOOKINGS,
+            "pms-sync",
+            "cancellation request recorded",
+            "SELECT count(*) FROM pms_sync.requests WHERE request_id = $1",
+            cancel[2]["data"]["request_id"],
+        ),
         Canary(PMS_SYNC_ACKS, "pms-sync", "sync completed", answer_of=ack_env),
     ]
     return messages, checks
@@ -284,8 +443,10 @@ async def wait_canaries(admin_dsn: str, collector: Collector, checks: list[Canar
                 except (OSError, asyncpg.PostgresError):
                     pass
             else:
-                c.done = any(r.value.get("correlationid") == c.answer_of and r.value.get("source") == f"service/{c.service}"
-                             for r in collector.records)
+                c.done = any(
+                    r.value.get("correlationid") == c.answer_of and r.value.get("source") == f"service/{c.service}"
+                    for r in collector.records
+                )
         await asyncio.sleep(0.5)
 
 
@@ -352,13 +513,19 @@ class Monitor:
         await self._admin.start()
         self._offsets = AIOKafkaConsumer(bootstrap_servers=self.system.bootstrap, enable_auto_commit=False)
         await self._offsets.start()
-        await self._offsets._client.force_metadata_update()  # noqa: SLF001
-        self._tps = [TopicPartition(t, p) for t in self.consumers for p in (self._offsets.partitions_for_topic(t) or ())]
+        await self._offsets._client.force_metadata_update()
+        self._tps = [
+            TopicPartition(t, p) for t in self.consumers for p in (self._offsets.partitions_for_topic(t) or ())
+        ]
         self._db = await asyncpg.connect(self.system.admin_dsn)
         self._parking = {
-            schema: bool(await self._db.fetchval(
-                "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox'"
-                " AND column_name = 'parked_at'", schema))
+            schema: bool(
+                await self._db.fetchval(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox'"
+                    " AND column_name = 'parked_at'",
+                    schema,
+                )
+            )
             for schema in SCHEMAS.values()
         }
         for s in self.services:
@@ -393,7 +560,9 @@ class Monitor:
     def behind(self, service: str) -> list[tuple[str, int]]:
         """The hostile partitions of `service` it has not yet consumed to the end of the hostile records."""
         mine = self.committed.get(service, {})
-        return [tp for tp in self.hostile_end if tp[0] in self.topics_of(service) and mine.get(tp, 0) < self.hostile_end[tp]]
+        return [
+            tp for tp in self.hostile_end if tp[0] in self.topics_of(service) and mine.get(tp, 0) < self.hostile_end[tp]
+        ]
 
     def passed(self, service: str, case: Case) -> bool:
         return self.committed.get(service, {}).get((case.topic, case.partition), 0) > case.offset
@@ -412,8 +581,12 @@ class Monitor:
                         self._last[s], self._last_change[s] = snapshot, now
                     if s in self.busy or s in self.given_up or not self.behind(s):
                         continue
-                    lagging = any(self.ends.get(tp, 0) > self.committed.get(s, {}).get(tp, 0)
-                                  for t in self.topics_of(s) for tp in self.ends if tp[0] == t)
+                    lagging = any(
+                        self.ends.get(tp, 0) > self.committed.get(s, {}).get(tp, 0)
+                        for t in self.topics_of(s)
+                        for tp in self.ends
+                        if tp[0] == t
+                    )
                     if lagging and self.stuck(s):
                         self.busy.add(s)
                         self._unwedging.append(asyncio.create_task(self._unwedge(s)))
@@ -423,7 +596,7 @@ class Monitor:
                     await self._check_members()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the watch must outlive a broker or database hiccup
+            except Exception as exc:
                 self.log(f"watch: {type(exc).__name__}: {str(exc)[:200]}")
             await asyncio.sleep(0.5)
 
@@ -441,8 +614,10 @@ class Monitor:
             since = self._foreign_since.setdefault(s, now)
             if now - since > 2 * STALL_SECONDS and members > self.foreign.get(s, 0):
                 if s not in self.foreign:
-                    self.log(f"{s}: its consumer group has {members} members but this run started {ours}: another run"
-                             " of the services consumes the same partitions; its results may be mixed into this round's")
+                    self.log(
+                        f"{s}: its consumer group has {members} members but this run started {ours}: another run"
+                        " of the services consumes the same partitions; its results may be mixed into this round's"
+                    )
                 self.foreign[s] = members
 
     async def _unwedge(self, service: str) -> None:
@@ -455,20 +630,24 @@ class Monitor:
                 self._give_up(service, at, f"still stuck at {where}; the harness's time budget for it is spent")
                 return
             if self.mode.get(service) != "single":
-                self.log(f"{service} stopped consuming (no commit for {STALL_SECONDS:g}s) at {where};"
-                         " restarting it with one record per batch to find the record")
+                self.log(
+                    f"{service} stopped consuming (no commit for {STALL_SECONDS:g}s) at {where};"
+                    " restarting it with one record per batch to find the record"
+                )
                 await self.restart(service, single=True)
                 return
             culprits = [(tp, o) for tp, o in at.items() if (*tp, o) in self.hostile_at]
             if len(culprits) != 1:
                 self._give_up(service, at, f"stuck at {where}, not on exactly one hostile record")
                 return
-            (tp, offset), = culprits
+            ((tp, offset),) = culprits
             case = self.hostile_at[(*tp, offset)]
             self.note(case, service, "wedged the consumer (it retried this record for ever); the harness skipped it")
-            self.log(f"{service} wedged by case #{case.n} {case.name!r} at {tp[0]}[{tp[1]}] offset {offset}; skipping it")
+            self.log(
+                f"{service} wedged by case #{case.n} {case.name!r} at {tp[0]}[{tp[1]}] offset {offset}; skipping it"
+            )
             await self.restart(service, single=True, commit={tp: offset + 1})
-        except Exception as exc:  # noqa: BLE001 - report it, keep the round going
+        except Exception as exc:
             self.log(f"{service}: unwedging failed: {type(exc).__name__}: {str(exc)[:300]}")
             self.given_up[service] = f"unwedging failed: {type(exc).__name__}"
         finally:
@@ -484,11 +663,19 @@ class Monitor:
             if case is None:
                 continue
             if self.mode.get(service) == "single":
-                self.note(case, service, "wedged the consumer: it retries this record for ever (left there:"
-                                         " the harness's time budget for this service is spent)")
+                self.note(
+                    case,
+                    service,
+                    "wedged the consumer: it retries this record for ever (left there:"
+                    " the harness's time budget for this service is spent)",
+                )
             else:
-                self.note(case, service, "the consumer stopped at the batch starting with this record (a record"
-                                         " from here on wedged it; the harness's time budget for this service is spent)")
+                self.note(
+                    case,
+                    service,
+                    "the consumer stopped at the batch starting with this record (a record"
+                    " from here on wedged it; the harness's time budget for this service is spent)",
+                )
 
     async def restart(self, service: str, *, single: bool, commit: dict[tuple[str, int], int] | None = None) -> None:
         """Stop every replica, move the group's offsets (`commit`), start them again."""
@@ -526,7 +713,9 @@ class Monitor:
         """Commit for a group whose members are gone (after their session timed out)."""
         deadline = time.monotonic() + timeout
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.system.bootstrap, group_id=group, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.system.bootstrap, group_id=group, enable_auto_commit=False
+            )
             await consumer.start()
             try:
                 tps = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in offsets.items()}
@@ -548,7 +737,8 @@ class Monitor:
             row = await self._db.fetchrow(
                 f"SELECT seq, key, type, octet_length(payload::text) AS bytes, payload->'data'->>'original_topic' AS topic,"
                 f" payload->'data'->>'original_partition' AS partition, payload->'data'->>'original_offset' AS offset"
-                f" FROM {schema}.outbox WHERE published_at IS NULL{parked} ORDER BY seq LIMIT 1")
+                f" FROM {schema}.outbox WHERE published_at IS NULL{parked} ORDER BY seq LIMIT 1"
+            )
             if row is None:
                 self._relay_head.pop(service, None)
                 continue
@@ -562,12 +752,14 @@ class Monitor:
             # broker's limit) fails them all, so look at the whole batch, not only its head.
             blocking = []
             for big in await self._db.fetch(
-                    f"SELECT seq, type, bytes, topic, partition, \"offset\", correlation FROM (SELECT seq, type,"
-                    f" octet_length(payload::text) + octet_length(coalesce(key, '')) AS bytes,"
-                    f" payload->'data'->>'original_topic' AS topic, payload->'data'->>'original_partition' AS partition,"
-                    f" payload->'data'->>'original_offset' AS \"offset\", payload->>'correlationid' AS correlation"
-                    f" FROM {schema}.outbox WHERE published_at IS NULL{parked}"
-                    f" ORDER BY seq LIMIT {RELAY_BATCH}) head WHERE bytes > $1", BROKER_RECORD_LIMIT - 1024):
+                f'SELECT seq, type, bytes, topic, partition, "offset", correlation FROM (SELECT seq, type,'
+                f" octet_length(payload::text) + octet_length(coalesce(key, '')) AS bytes,"
+                f" payload->'data'->>'original_topic' AS topic, payload->'data'->>'original_partition' AS partition,"
+                f" payload->'data'->>'original_offset' AS \"offset\", payload->>'correlationid' AS correlation"
+                f" FROM {schema}.outbox WHERE published_at IS NULL{parked}"
+                f" ORDER BY seq LIMIT {RELAY_BATCH}) head WHERE bytes > $1",
+                BROKER_RECORD_LIMIT - 1024,
+            ):
                 case = None
                 if big["topic"] and big["partition"] and big["offset"]:
                     case = self.hostile_at.get((big["topic"], int(big["partition"]), int(big["offset"])))
@@ -575,27 +767,39 @@ class Monitor:
                 if case is not None:
                     blocking.append((big, case))
             if not blocking:
-                self.log(f"{service}'s relay has not published outbox row {row['seq']} ({row['type']}, {row['bytes']} bytes)"
-                         f" for {RELAY_STALL_SECONDS:g}s; no hostile dead letter too large to publish is among its next"
-                         f" {RELAY_BATCH} rows, so it is left alone")
+                self.log(
+                    f"{service}'s relay has not published outbox row {row['seq']} ({row['type']}, {row['bytes']} bytes)"
+                    f" for {RELAY_STALL_SECONDS:g}s; no hostile dead letter too large to publish is among its next"
+                    f" {RELAY_BATCH} rows, so it is left alone"
+                )
                 self._relay_head[service] = (row["seq"], time.monotonic() + 60)
                 continue
             for big, case in blocking:
                 await self._db.execute(f"UPDATE {schema}.outbox SET published_at = now() WHERE seq = $1", big["seq"])
                 what = "its dead letter" if big["type"] == "message.dead_lettered" else f"the {big['type']} it caused"
-                self.note(case, service, f"{what} ({big['bytes']} bytes, over the broker's limit) could never be"
-                                         " published: the relay stalled on it and every event behind it waited; the"
-                                         " harness marked the row published")
-                self.log(f"{service}'s relay stalled on {what.replace('its ', 'the ').replace(' it caused', '')} of case"
-                         f" #{case.n} {case.name!r} ({big['bytes']} bytes); the harness marked it published")
+                self.note(
+                    case,
+                    service,
+                    f"{what} ({big['bytes']} bytes, over the broker's limit) could never be"
+                    " published: the relay stalled on it and every event behind it waited; the"
+                    " harness marked the row published",
+                )
+                self.log(
+                    f"{service}'s relay stalled on {what.replace('its ', 'the ').replace(' it caused', '')} of case"
+                    f" #{case.n} {case.name!r} ({big['bytes']} bytes); the harness marked it published"
+                )
                 self.relay_skipped.append(f"{service}: #{case.n}")
 
     async def wait_passed(self, topics: tuple[str, ...], timeout: float) -> bool:
         """Until every consumer of `topics` is past their hostile records (True), or given up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            waiting = [s for t in topics for s in self.consumers.get(t, [])
-                       if s not in self.given_up and any(tp[0] in topics for tp in self.behind(s))]
+            waiting = [
+                s
+                for t in topics
+                for s in self.consumers.get(t, [])
+                if s not in self.given_up and any(tp[0] in topics for tp in self.behind(s))
+            ]
             if not waiting:
                 return not any(s in self.given_up for t in topics for s in self.consumers.get(t, []))
             await asyncio.sleep(0.5)
@@ -609,7 +813,9 @@ class Monitor:
             stuck = service in self.given_up or (self.behind(service) and self.stuck(service))
             move = {tp: self.hostile_end[tp] for tp in self.behind(service)} if stuck else None
             if self.mode.get(service) == "single" or stuck:
-                self.log(f"restoring {service}" + (f" (moving its offsets past the hostile records: {move})" if move else ""))
+                self.log(
+                    f"restoring {service}" + (f" (moving its offsets past the hostile records: {move})" if move else "")
+                )
                 restarts.append(self.restart(service, single=False, commit=move))
         for outcome in await asyncio.gather(*restarts, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -670,12 +876,16 @@ class Judge:
         """The hostile case a published record stems from, if any."""
         if r.value.get("type") == "message.dead_lettered":
             data = r.value.get("data", {})
-            case = self.by_position.get((data.get("original_topic"), data.get("original_partition"), data.get("original_offset")))
+            case = self.by_position.get(
+                (data.get("original_topic"), data.get("original_partition"), data.get("original_offset"))
+            )
             if case is not None:
                 return case
             text = data.get("original_value_text") or ""
             found = _CORRELATION.search(text[-2000:]) or _CORRELATION.search(text[:4000])
-            return (self.by_correlation.get(found.group(1)) if found else None) or self._case_of_key(data.get("original_key"))
+            return (self.by_correlation.get(found.group(1)) if found else None) or self._case_of_key(
+                data.get("original_key")
+            )
         return self.by_correlation.get(r.value.get("correlationid")) or self._case_of_key(r.key)
 
     def read(self, records: list[Record]) -> None:
@@ -687,13 +897,17 @@ class Judge:
                 data = r.value.get("data", {})
                 service = r.topic.removeprefix("dlq.").removesuffix(".v1")
                 if (data.get("original_topic"), data.get("original_partition"), data.get("original_offset")) == (
-                        case.topic, case.partition, case.offset):
+                    case.topic,
+                    case.partition,
+                    case.offset,
+                ):
                     self.dead_letters[(case.n, service)].add(r.value.get("id", ""))
                     self.errors.setdefault((case.n, service), str(data.get("error"))[:160])
                 else:
                     self.downstream[case.n].append(
                         f"{service} dead-lettered a {data.get('original_topic')} record it caused"
-                        f" ({str(data.get('error'))[:120]})")
+                        f" ({str(data.get('error'))[:120]})"
+                    )
             else:
                 self.outputs[case.n].append(r)
 
@@ -702,8 +916,11 @@ class Judge:
         dead = len(self.dead_letters.get((case.n, service), ()))
         rejecter, rejection_types, reasons = REJECTIONS.get(case.event_type, (None, frozenset(), frozenset()))
         mine = [r for r in self.outputs.get(case.n, []) if r.value.get("source") == f"service/{service}"]
-        answers = {r.value.get("id"): r.value.get("data", {}).get("reason") for r in mine
-                   if service == rejecter and r.value.get("type") in rejection_types}
+        answers = {
+            r.value.get("id"): r.value.get("data", {}).get("reason")
+            for r in mine
+            if service == rejecter and r.value.get("type") in rejection_types
+        }
         refused = sum(1 for reason in answers.values() if reason in reasons)
         other = sorted({str(reason) for reason in answers.values() if reason not in reasons})
         emitted = sorted({str(r.value.get("type")) for r in mine if r.value.get("type") not in rejection_types})
@@ -712,7 +929,11 @@ class Judge:
         if dead:
             what.append(f"dead-lettered{f' ×{dead}' if dead > 1 else ''} ({self.errors.get((case.n, service), '')})")
         if answers:
-            what.append("rejected " + ", ".join(sorted({str(v) for v in answers.values()})) + (f" ×{len(answers)}" if len(answers) > 1 else ""))
+            what.append(
+                "rejected "
+                + ", ".join(sorted({str(v) for v in answers.values()}))
+                + (f" ×{len(answers)}" if len(answers) > 1 else "")
+            )
         if emitted:
             what.append("processed: emitted " + ", ".join(emitted))
         what.extend(notes)
@@ -721,9 +942,12 @@ class Judge:
             if other:
                 what.append("(a rejection for another reason is not a refusal of invalid input)")
             if not emitted and not notes:
-                what.append("accepted silently: no dead letter, no rejection, nothing published" if passed else
-                            f"not reached: {service} did not get this far"
-                            + (f" ({monitor.given_up[service]})" if service in monitor.given_up else ""))
+                what.append(
+                    "accepted silently: no dead letter, no rejection, nothing published"
+                    if passed
+                    else f"not reached: {service} did not get this far"
+                    + (f" ({monitor.given_up[service]})" if service in monitor.given_up else "")
+                )
         text = "; ".join(what)
         if dead > 1 or refused > 1:
             return "duplicated", text
@@ -743,15 +967,19 @@ async def unpublished_dead_letters(admin_dsn: str, judge: Judge) -> dict[tuple[i
     conn = await asyncpg.connect(admin_dsn)
     try:
         for service, schema in SCHEMAS.items():
-            parking = await conn.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
-                                          " AND table_name = 'outbox' AND column_name = 'parked_at'", schema)
+            parking = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+                " AND table_name = 'outbox' AND column_name = 'parked_at'",
+                schema,
+            )
             parked = "parked_at IS NOT NULL AS parked, park_reason" if parking else "false AS parked, NULL"
             for row in await conn.fetch(
-                    f"SELECT payload->'data'->>'original_topic' AS topic, payload->'data'->>'original_partition' AS partition,"
-                    f" payload->'data'->>'original_offset' AS offset, {parked} AS reason, octet_length(payload::text) AS bytes,"
-                    f" (SELECT count(*) FROM {schema}.outbox o WHERE o.published_at IS NULL AND o.seq < outbox.seq) AS ahead"
-                    f" FROM {schema}.outbox WHERE published_at IS NULL AND type = 'message.dead_lettered'"
-                    f" AND created_at > now() - interval '1 hour'"):
+                f"SELECT payload->'data'->>'original_topic' AS topic, payload->'data'->>'original_partition' AS partition,"
+                f" payload->'data'->>'original_offset' AS offset, {parked} AS reason, octet_length(payload::text) AS bytes,"
+                f" (SELECT count(*) FROM {schema}.outbox o WHERE o.published_at IS NULL AND o.seq < outbox.seq) AS ahead"
+                f" FROM {schema}.outbox WHERE published_at IS NULL AND type = 'message.dead_lettered'"
+                f" AND created_at > now() - interval '1 hour'"
+            ):
                 if row["partition"] is None or row["offset"] is None:
                     continue
                 case = judge.by_position.get((row["topic"], int(row["partition"]), int(row["offset"])))
@@ -759,9 +987,10 @@ async def unpublished_dead_letters(admin_dsn: str, judge: Judge) -> dict[tuple[i
                     continue
                 found[(case.n, service)] = (
                     f"its dead letter ({row['bytes']} bytes) was parked in the outbox, never published: {str(row['reason'])[:160]}"
-                    if row["parked"] else
-                    f"its dead letter ({row['bytes']} bytes) is written but was never published ({row['ahead']} outbox"
-                    f" rows ahead of it: the relay is stuck)")
+                    if row["parked"]
+                    else f"its dead letter ({row['bytes']} bytes) is written but was never published ({row['ahead']} outbox"
+                    f" rows ahead of it: the relay is stuck)"
+                )
     finally:
         await conn.close()
     return found
@@ -795,13 +1024,15 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
         # hostile messages (and the canaries): healthy traffic behind them on the same partition.
         partitions = max(p for _, p in since) + 1 if since else 6
         on_partition = [s for s in scenario.stories if _partition_of(s.booking_id, partitions) == PARTITION]
-        later = on_partition[len(on_partition) // 3:]
+        later = on_partition[len(on_partition) // 3 :]
         earlier = [s for s in scenario.stories if s not in later]
-        sending = asyncio.create_task(send_requests(
-            system.bootstrap, scenarios.Scenario(scenario.run_id, scenario.practices, earlier), rate=rate))
+        sending = asyncio.create_task(
+            send_requests(system.bootstrap, scenarios.Scenario(scenario.run_id, scenario.practices, earlier), rate=rate)
+        )
         await asyncio.sleep(len(earlier) / rate / 3)
-        producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all", linger_ms=5,
-                                    max_request_size=2 * 1024 * 1024)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=system.bootstrap, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
+        )
         await producer.start()
         try:
             for phase in hostile.PHASES:
@@ -810,17 +1041,21 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
                 await publish_cases(producer, batch)
                 monitor.add(batch)
                 passed = await monitor.wait_passed(phase, timeout=UNWEDGE_BUDGET_SECONDS + 30)
-                monitor.log(f"phase {', '.join(phase)}: {len(batch)} cases published"
-                            + (" and consumed past by every consumer" if passed else "; NOT consumed past by every consumer")
-                            + f" after {time.monotonic() - phase_started:.1f}s", quiet=passed)
+                monitor.log(
+                    f"phase {', '.join(phase)}: {len(batch)} cases published"
+                    + (" and consumed past by every consumer" if passed else "; NOT consumed past by every consumer")
+                    + f" after {time.monotonic() - phase_started:.1f}s",
+                    quiet=passed,
+                )
             hostile_sent_at = time.time() * 1000
             canary_messages, canary_checks = canaries(world, datetime.now(UTC))
             await _publish(producer, canary_messages, partition=PARTITION)
         finally:
             await producer.stop()
         sent = await sending
-        sent |= await send_requests(system.bootstrap, scenarios.Scenario(scenario.run_id, scenario.practices, later),
-                                    rate=rate)
+        sent |= await send_requests(
+            system.bootstrap, scenarios.Scenario(scenario.run_id, scenario.practices, later), rate=rate
+        )
         # A service left stuck will not catch up: then wait only briefly for what can still come.
         wedged = bool(monitor.given_up)
         await wait_complete(scenario, collector, timeout=20 if wedged else 90, label=f"{NAME}: effects")
@@ -835,13 +1070,23 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
         judge = Judge(cases, consumers)
         judge.read(collector.records)
         unpublished = await unpublished_dead_letters(system.admin_dsn, judge)
-        healthy = check(scenario, collector, sent, [], since, consumers=len(consumers.get(UPSTREAM_BOOKINGS, [])),
-                        ignore_dead_letter=lambda r: judge.attribute(r) is not None)
+        healthy = check(
+            scenario,
+            collector,
+            sent,
+            [],
+            since,
+            consumers=len(consumers.get(UPSTREAM_BOOKINGS, [])),
+            ignore_dead_letter=lambda r: judge.attribute(r) is not None,
+        )
         backlog = await _backlog(system.admin_dsn)
         # Kept consuming: the load's requests sent after the hostile messages on their partition.
-        after = [s for s in scenario.stories
-                 if sent.get(s.request_envelope_id or "", 0) > hostile_sent_at
-                 and _partition_of(s.booking_id, partitions) == PARTITION]
+        after = [
+            s
+            for s in scenario.stories
+            if sent.get(s.request_envelope_id or "", 0) > hostile_sent_at
+            and _partition_of(s.booking_id, partitions) == PARTITION
+        ]
         after_done = [s for s in after if is_complete(s, collector.by_key.get(s.booking_id, []))]
     finally:
         if monitor.started:
@@ -855,47 +1100,91 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
     results = []
     for case in sorted(cases, key=lambda c: c.n):
         if case.send_error:
-            results.append({"n": case.n, "name": case.name, "class": case.klass, "status": "not sent",
-                            "services": {}, "note": case.send_error})
+            results.append(
+                {
+                    "n": case.n,
+                    "name": case.name,
+                    "class": case.klass,
+                    "status": "not sent",
+                    "services": {},
+                    "note": case.send_error,
+                }
+            )
             continue
         per_service = {s: judge.verdict(case, s, monitor) for s in consumers.get(case.topic, [])}
         for service, (verdict, what) in per_service.items():
             why = unpublished.get((case.n, service))
             if why is not None and verdict != "ok":
-                per_service[service] = ("missing", why if what.startswith(("accepted silently", "not reached")) else f"{what}; {why}")
+                per_service[service] = (
+                    "missing",
+                    why if what.startswith(("accepted silently", "not reached")) else f"{what}; {why}",
+                )
         verdicts = {v for v, _ in per_service.values()}
         status = next((v for v in ("duplicated", "missing", "not_reached") if v in verdicts), "refused")
-        results.append({"n": case.n, "name": case.name, "class": case.klass, "topic": case.topic,
-                        "offset": case.offset, "bytes": case.size, "expect": case.expect, "status": status,
-                        "services": {s: {"verdict": v, "what": w} for s, (v, w) in per_service.items()},
-                        "downstream": judge.downstream.get(case.n, [])})
+        results.append(
+            {
+                "n": case.n,
+                "name": case.name,
+                "class": case.klass,
+                "topic": case.topic,
+                "offset": case.offset,
+                "bytes": case.size,
+                "expect": case.expect,
+                "status": status,
+                "services": {s: {"verdict": v, "what": w} for s, (v, w) in per_service.items()},
+                "downstream": judge.downstream.get(case.n, []),
+            }
+        )
 
     kept = {f"{c.topic} → {c.service} ({c.what})": c.done for c in canary_checks}
     counts = Counter(r["status"] for r in results)
-    ok = (healthy.ok and backlog == 0 and all(kept.values()) and len(after_done) == len(after)
-          and counts["refused"] == len(results))
+    ok = (
+        healthy.ok
+        and backlog == 0
+        and all(kept.values())
+        and len(after_done) == len(after)
+        and counts["refused"] == len(results)
+    )
     return {
-        "fault": NAME, "requests": healthy.requests, "complete": healthy.complete, "lost": healthy.lost,
-        "duplicated": healthy.duplicated, "second_emails": 0, "second_charges": 0,
-        "out_of_order": healthy.out_of_order, "unexpected": healthy.unexpected, "dead_lettered": "-",
-        "outbox_backlog": backlog, "fault_seconds": round(time.monotonic() - started, 1),
-        "hostile_sent": len(results) - counts["not sent"], "hostile_refused": counts["refused"],
-        "hostile_missing": counts["missing"] + counts["not_reached"], "hostile_not_reached": counts["not_reached"],
+        "fault": NAME,
+        "requests": healthy.requests,
+        "complete": healthy.complete,
+        "lost": healthy.lost,
+        "duplicated": healthy.duplicated,
+        "second_emails": 0,
+        "second_charges": 0,
+        "out_of_order": healthy.out_of_order,
+        "unexpected": healthy.unexpected,
+        "dead_lettered": "-",
+        "outbox_backlog": backlog,
+        "fault_seconds": round(time.monotonic() - started, 1),
+        "hostile_sent": len(results) - counts["not sent"],
+        "hostile_refused": counts["refused"],
+        "hostile_missing": counts["missing"] + counts["not_reached"],
+        "hostile_not_reached": counts["not_reached"],
         "hostile_duplicated": counts["duplicated"],
         "kept_consuming": f"{sum(kept.values())}/{len(kept)} canaries, {len(after_done)}/{len(after)} later requests",
-        "ok": ok, "problems": healthy.problems[:10],
-        "hostile": {"cases": results, "canaries": kept, "timeline": monitor.timeline, "foreign_consumers": monitor.foreign,
-                    "later_requests": {"sent": len(after), "complete": len(after_done)},
-                    "uncovered_event_types": hostile.uncovered_event_types()},
+        "ok": ok,
+        "problems": healthy.problems[:10],
+        "hostile": {
+            "cases": results,
+            "canaries": kept,
+            "timeline": monitor.timeline,
+            "foreign_consumers": monitor.foreign,
+            "later_requests": {"sent": len(after), "complete": len(after_done)},
+            "uncovered_event_types": hostile.uncovered_event_types(),
+        },
     }
 
 
 def report(row: dict) -> str:
     """Per class, then per failing case: what each consuming service did with it."""
     h = row["hostile"]
-    lines = [f"\n== {NAME}: {row['hostile_sent']} sent, {row['hostile_refused']} refused, {row['hostile_missing']} missing"
-             f" (of which {row['hostile_not_reached']} not reached: a consumer was stuck before them),"
-             f" {row['hostile_duplicated']} duplicated; kept consuming: {row['kept_consuming']} =="]
+    lines = [
+        f"\n== {NAME}: {row['hostile_sent']} sent, {row['hostile_refused']} refused, {row['hostile_missing']} missing"
+        f" (of which {row['hostile_not_reached']} not reached: a consumer was stuck before them),"
+        f" {row['hostile_duplicated']} duplicated; kept consuming: {row['kept_consuming']} =="
+    ]
     per_class: dict[str, Counter[str]] = defaultdict(Counter)
     failing_services: dict[str, set[str]] = defaultdict(set)
     for r in h["cases"]:
@@ -905,10 +1194,19 @@ def report(row: dict) -> str:
                 failing_services[r["class"]].add(s)
     rows = [("class", "sent", "refused", "missing", "(not reached)", "duplicated", "not refused by")]
     for klass, c in sorted(per_class.items(), key=lambda kv: (kv[1]["refused"] == sum(kv[1].values()), kv[0])):
-        rows.append((klass, str(sum(c.values())), str(c["refused"]), str(c["missing"] + c["not_reached"]),
-                     str(c["not_reached"]), str(c["duplicated"]), ", ".join(sorted(failing_services[klass])) or "-"))
+        rows.append(
+            (
+                klass,
+                str(sum(c.values())),
+                str(c["refused"]),
+                str(c["missing"] + c["not_reached"]),
+                str(c["not_reached"]),
+                str(c["duplicated"]),
+                ", ".join(sorted(failing_services[klass])) or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += [" | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines += [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
     failing = [r for r in h["cases"] if r["status"] not in ("refused", "not_reached")]
     if failing:
         lines.append(f"\nfailing cases ({len(failing)}; what each consumer that did not refuse it once did):")
@@ -924,25 +1222,36 @@ def report(row: dict) -> str:
             if r.get("note"):
                 lines.append(f"      {r['note']}")
     if h.get("foreign_consumers"):
-        lines.append("\nWARNING: consumer groups had members this run did not start (another test or chaos run on the"
-                     " same broker): " + ", ".join(f"{s} ({n} members)" for s, n in h["foreign_consumers"].items())
-                     + "; what those members did is mixed into the verdicts above")
+        lines.append(
+            "\nWARNING: consumer groups had members this run did not start (another test or chaos run on the"
+            " same broker): "
+            + ", ".join(f"{s} ({n} members)" for s, n in h["foreign_consumers"].items())
+            + "; what those members did is mixed into the verdicts above"
+        )
     unreached: dict[str, list[int]] = defaultdict(list)
     for r in h["cases"]:
         for s, v in r["services"].items():
             if v["verdict"] == "not_reached":
                 unreached[s].append(r["n"])
     for s, ns in sorted(unreached.items()):
-        lines.append(f"  not reached by {s}: {len(ns)} case(s), #{', #'.join(map(str, ns[:25]))}{' …' if len(ns) > 25 else ''}")
+        lines.append(
+            f"  not reached by {s}: {len(ns)} case(s), #{', #'.join(map(str, ns[:25]))}{' …' if len(ns) > 25 else ''}"
+        )
     stopped = [k for k, done in h["canaries"].items() if not done]
     if stopped:
-        lines.append("\nstopped consuming (no effect of a healthy message published after the hostile ones on "
-                     f"partition {PARTITION}): " + "; ".join(stopped))
+        lines.append(
+            "\nstopped consuming (no effect of a healthy message published after the hostile ones on "
+            f"partition {PARTITION}): " + "; ".join(stopped)
+        )
     if h["later_requests"]["sent"] != h["later_requests"]["complete"]:
-        lines.append(f"later requests on partition {PARTITION}: {h['later_requests']['complete']}/{h['later_requests']['sent']} complete")
+        lines.append(
+            f"later requests on partition {PARTITION}: {h['later_requests']['complete']}/{h['later_requests']['sent']} complete"
+        )
     if h["timeline"]:
         lines.append("\ntimeline (phases, and what the harness did about stuck consumers and relays):")
         lines += [f"  {t}" for t in h["timeline"]]
     if h["uncovered_event_types"]:
-        lines.append(f"\nno hostile template for: {', '.join(h['uncovered_event_types'])} (add one to tests/chaos/hostile.py)")
+        lines.append(
+            f"\nno hostile template for: {', '.join(h['uncovered_event_types'])} (add one to tests/chaos/hostile.py)"
+        )
     return "\n".join(lines)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.testing import envelope
 
@@ -24,12 +25,19 @@ def _poison(draw: st.DrawFn) -> bytes:
     if kind == "not_object":
         return json.dumps([tag, draw(_json_scalars)]).encode()
     if kind == "no_envelope":
-        return json.dumps({"id": tag, "data": draw(st.dictionaries(st.text(max_size=8), _json_scalars, max_size=4))}).encode()
+        return json.dumps(
+            {"id": tag, "data": draw(st.dictionaries(st.text(max_size=8), _json_scalars, max_size=4))}
+        ).encode()
     if kind == "unknown_type":
         return json.dumps(envelope(f"fuzz.{draw(st.sampled_from(['happened', 'x', 'cancel']))}", tag, {})).encode()
     # A known type whose payload breaks the contract: a required field missing or of the wrong type.
-    data = {"request_id": f"fuzz-{tag}", "booking_id": f"fuzz-{tag}", "requested_at": "2026-01-01T00:00:00Z",
-            "actor": {"kind": "staff", "id": "s", "roles": []}, "channel": "practice"}
+    data = {
+        "request_id": f"fuzz-{tag}",
+        "booking_id": f"fuzz-{tag}",
+        "requested_at": "2026-01-01T00:00:00Z",
+        "actor": {"kind": "staff", "id": "s", "roles": []},
+        "channel": "practice",
+    }
     field = draw(st.sampled_from(["requested_at", "actor", "channel"]))
     if draw(st.booleans()):
         del data[field]

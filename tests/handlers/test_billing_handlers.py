@@ -62,27 +62,62 @@ class FakeBillingRepository:
         self.charges[charge_id].update(amount_minor=amount_minor, code=code, code_system=code_system)
 
     async def record_adjustment_request(
-        self, conn: Any, *, request_id: str, charge_id: str, booking_id: str | None, actor: str, actor_roles: list[str],
-        outcome: str, reason: str | None, before: dict[str, Any] | None, after: dict[str, Any] | None,
+        self,
+        conn: Any,
+        *,
+        request_id: str,
+        charge_id: str,
+        booking_id: str | None,
+        actor: str,
+        actor_roles: list[str],
+        outcome: str,
+        reason: str | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
         requested_at: datetime,
     ) -> bool:
         if request_id in self.adjustments:
             return False
         self.adjustments[request_id] = {
-            "charge_id": charge_id, "booking_id": booking_id, "actor": actor, "actor_roles": actor_roles,
-            "outcome": outcome, "reason": reason, "before": before, "after": after, "requested_at": requested_at,
+            "charge_id": charge_id,
+            "booking_id": booking_id,
+            "actor": actor,
+            "actor_roles": actor_roles,
+            "outcome": outcome,
+            "reason": reason,
+            "before": before,
+            "after": after,
+            "requested_at": requested_at,
         }
         return True
 
     async def audit(
-        self, conn: Any, *, at: datetime, actor: str, action: str, booking_id: str, reason: str,
-        charge_id: str | None = None, amount_minor: int | None = None, currency: str | None = None,
+        self,
+        conn: Any,
+        *,
+        at: datetime,
+        actor: str,
+        action: str,
+        booking_id: str,
+        reason: str,
+        charge_id: str | None = None,
+        amount_minor: int | None = None,
+        currency: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self.audits.append({
-            "at": at, "actor": actor, "action": action, "booking_id": booking_id, "charge_id": charge_id,
-            "amount_minor": amount_minor, "currency": currency, "reason": reason, "detail": detail or {},
-        })
+        self.audits.append(
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "booking_id": booking_id,
+                "charge_id": charge_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "reason": reason,
+                "detail": detail or {},
+            }
+        )
 
 
 Handle = Callable[..., Awaitable[list[tuple[str, str, dict[str, Any]]]]]
@@ -93,7 +128,9 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
     """`await handle(handler, payload, repo, **unit_for options)`: the handler run on a fresh unit
     (a new envelope id each time, as a replay has); returns what it emitted as (type, key, data)."""
 
-    async def handle(handler: Any, payload: Any, repo: FakeBillingRepository, **kw: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    async def handle(
+        handler: Any, payload: Any, repo: FakeBillingRepository, **kw: Any
+    ) -> list[tuple[str, str, dict[str, Any]]]:
         topic = BILLING_COMMANDS if isinstance(payload, ChargeAdjustmentRequested) else BOOKING_EVENTS
         kw.setdefault("subject", getattr(payload, "booking_id", None) or payload.charge_id)
         deps = BillingDeps(gateway=SandboxGateway(), repository=repo)
@@ -109,33 +146,66 @@ def decision(
     classification: str = "late", *, fee: Fee | None = LATE_FEE, charge_card: bool = False, deposit_action: str = "none"
 ) -> Decision:
     return Decision.new(
-        allowed=True, classification=classification, fee=fee, charge_card=charge_card, deposit_action=deposit_action,
-        policy_version="r1.s3", explanation="Cancelled 5 hours ahead: inside the 24-hour late window.",
+        allowed=True,
+        classification=classification,
+        fee=fee,
+        charge_card=charge_card,
+        deposit_action=deposit_action,
+        policy_version="r1.s3",
+        explanation="Cancelled 5 hours ahead: inside the 24-hour late window.",
     )
 
 
 def cancelled(the_decision: Decision, *, deposit: Money | None = None) -> BookingCancelled:
     return BookingCancelled.new(
-        booking_id=unique("bk"), request_id=unique("req"), practice_id="practice-1", patient_id="pat-1",
-        professional_id="pro-1", practitioner_id="dr-1", service_code="hygiene", starts_at=START,
-        ends_at=START + timedelta(minutes=45), cancelled_at=START - timedelta(hours=5),
-        actor=Actor.new(kind="staff", id="staff-1", roles=["reception"]), channel="practice",
-        status_label="Cancelled", classification=the_decision.classification, decision=the_decision, deposit=deposit,
+        booking_id=unique("bk"),
+        request_id=unique("req"),
+        practice_id="practice-1",
+        patient_id="pat-1",
+        professional_id="pro-1",
+        practitioner_id="dr-1",
+        service_code="hygiene",
+        starts_at=START,
+        ends_at=START + timedelta(minutes=45),
+        cancelled_at=START - timedelta(hours=5),
+        actor=Actor.new(kind="staff", id="staff-1", roles=["reception"]),
+        channel="practice",
+        status_label="Cancelled",
+        classification=the_decision.classification,
+        decision=the_decision,
+        deposit=deposit,
     )
 
 
 def no_show(the_decision: Decision) -> BookingNoShowRecorded:
     return BookingNoShowRecorded.new(
-        booking_id=unique("bk"), request_id=unique("req"), practice_id="practice-1", patient_id="pat-1",
-        professional_id="pro-1", party="patient", code="DNA", starts_at=START,
-        recorded_at=START + timedelta(minutes=70), decision=the_decision,
+        booking_id=unique("bk"),
+        request_id=unique("req"),
+        practice_id="practice-1",
+        patient_id="pat-1",
+        professional_id="pro-1",
+        party="patient",
+        code="DNA",
+        starts_at=START,
+        recorded_at=START + timedelta(minutes=70),
+        decision=the_decision,
     )
 
 
-def adjustment(charge_id: str, roles: list[str], *, amount: str | None = "30.00", code: str | None = None, request_id: str | None = None) -> ChargeAdjustmentRequested:
+def adjustment(
+    charge_id: str,
+    roles: list[str],
+    *,
+    amount: str | None = "30.00",
+    code: str | None = None,
+    request_id: str | None = None,
+) -> ChargeAdjustmentRequested:
     return ChargeAdjustmentRequested.new(
-        request_id=request_id or unique("adj"), charge_id=charge_id, actor=StaffActor.new(id="staff-9", roles=roles),
-        amount=amount, code=code,
+        request_id=request_id or unique("adj"),
+        charge_id=charge_id,
+        actor=StaffActor.new(id="staff-9", roles=roles),
+        amount=amount,
+        code=code,
     )
 
 
@@ -150,25 +220,49 @@ def test_the_fake_has_the_repositorys_signatures() -> None:
     assert_same_functions(FakeBillingRepository(), repository)
 
 
-@pytest.mark.parametrize(("charge_card", "status"), [(False, "outstanding"), (True, "pending_capture")], ids=["invoice", "card"])
-async def test_a_late_cancellation_raises_its_fee_once_as_an_invoice_or_a_card_charge(charge_card: bool, status: str, handle: Handle) -> None:
+@pytest.mark.parametrize(
+    ("charge_card", "status"), [(False, "outstanding"), (True, "pending_capture")], ids=["invoice", "card"]
+)
+async def test_a_late_cancellation_raises_its_fee_once_as_an_invoice_or_a_card_charge(
+    charge_card: bool, status: str, handle: Handle
+) -> None:
     repo = FakeBillingRepository()
     event = cancelled(decision(charge_card=charge_card))
     charge_id = domain.charge_id(event.booking_id, event.request_id)
 
     # Only the charge: a card is charged by the capture task after the commit, never here.
     assert await handle(bill_cancellation, event, repo) == [
-        ("charge.created", event.booking_id, {
-            "charge_id": charge_id, "booking_id": event.booking_id, "patient_id": "pat-1", "kind": "late_cancellation",
-            "amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT",
-        }),
+        (
+            "charge.created",
+            event.booking_id,
+            {
+                "charge_id": charge_id,
+                "booking_id": event.booking_id,
+                "patient_id": "pat-1",
+                "kind": "late_cancellation",
+                "amount": "45.00",
+                "currency": "AUD",
+                "code": "D9987",
+                "code_system": "CDT",
+            },
+        ),
     ]
     assert await handle(bill_cancellation, event, repo) == []  # replayed under a new envelope id
 
     charge = repo.charges[charge_id]
-    assert (charge["status"], charge["charge_card"], charge["amount_minor"], charge["policy_version"]) == (status, charge_card, 4500, "r1.s3")
+    assert (charge["status"], charge["charge_card"], charge["amount_minor"], charge["policy_version"]) == (
+        status,
+        charge_card,
+        4500,
+        "r1.s3",
+    )
     [audit] = repo.audits
-    assert (audit["action"], audit["actor"], audit["charge_id"], audit["amount_minor"]) == ("charge_created", "staff:staff-1", charge_id, 4500)
+    assert (audit["action"], audit["actor"], audit["charge_id"], audit["amount_minor"]) == (
+        "charge_created",
+        "staff:staff-1",
+        charge_id,
+        4500,
+    )
     assert audit["reason"].startswith("cancellation classified late under policy r1.s3: Cancelled 5 hours ahead")
     assert audit["detail"]["code"] == "D9987" and audit["detail"]["status"] == status
     assert repo.locked == [event.booking_id, event.booking_id]
@@ -179,13 +273,24 @@ async def test_a_no_show_raises_a_no_show_charge_in_its_currency_audited_as_its_
 ) -> None:
     repo = FakeBillingRepository()
     event = no_show(decision("no_show", fee=NO_SHOW_FEE))
-    unit = unit_for("billing", BillingDeps(gateway=SandboxGateway(), repository=repo), BOOKING_EVENTS, event, subject=event.booking_id)
+    unit = unit_for(
+        "billing",
+        BillingDeps(gateway=SandboxGateway(), repository=repo),
+        BOOKING_EVENTS,
+        event,
+        subject=event.booking_id,
+    )
     await bill_no_show(unit, event)
 
     [created] = unit.emitted
     data = created.envelope["data"]
     assert (created.envelope["type"], created.key, data["kind"], data["amount"], data["currency"], data["code"]) == (
-        "charge.created", event.booking_id, "no_show", "3000", "JPY", "99999"
+        "charge.created",
+        event.booking_id,
+        "no_show",
+        "3000",
+        "JPY",
+        "99999",
     )
     # booking.no_show_recorded does not name who reported it: the audit names its producer.
     assert repo.audits[0]["actor"] == unit.event.envelope.source
@@ -206,7 +311,9 @@ async def test_a_decision_with_no_fee_and_no_deposit_moves_nothing_and_locks_not
         ("credit_note", "credit_note", "credit_note.issued", "credit_note_issued"),
     ],
 )
-async def test_a_deposit_is_settled_once_as_the_decision_says(action: str, outcome: str, event_type: str, audited: str, handle: Handle) -> None:
+async def test_a_deposit_is_settled_once_as_the_decision_says(
+    action: str, outcome: str, event_type: str, audited: str, handle: Handle
+) -> None:
     repo = FakeBillingRepository()
     event = cancelled(decision(fee=None, deposit_action=action), deposit=Money.new(amount="20.00", currency="AUD"))
     expected = {"booking_id": event.booking_id, "amount": "20.00", "currency": "AUD"}
@@ -217,7 +324,11 @@ async def test_a_deposit_is_settled_once_as_the_decision_says(action: str, outco
     assert await handle(bill_cancellation, event, repo) == []
 
     [stored] = repo.deposits.values()
-    assert (stored["outcome"], stored["amount_minor"], stored["credit_note_id"]) == (outcome, 2000, expected.get("credit_note_id"))
+    assert (stored["outcome"], stored["amount_minor"], stored["credit_note_id"]) == (
+        outcome,
+        2000,
+        expected.get("credit_note_id"),
+    )
     assert [a["action"] for a in repo.audits] == [audited]
     assert repo.charges == {}
 
@@ -236,33 +347,57 @@ async def test_a_permitted_adjustment_changes_the_charge_and_says_before_and_aft
     at = datetime(2026, 6, 4, 10, 0, tzinfo=UTC)
 
     assert await handle(adjust_charge, request, repo, time=at) == [
-        ("charge.adjusted", booking_id, {
-            "charge_id": charge_id, "request_id": request.request_id,
-            "before": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
-            "after": {"amount": "30.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
-        }),
+        (
+            "charge.adjusted",
+            booking_id,
+            {
+                "charge_id": charge_id,
+                "request_id": request.request_id,
+                "before": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
+                "after": {"amount": "30.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
+            },
+        ),
     ]
     assert (repo.charges[charge_id]["amount_minor"], repo.charges[charge_id]["code"]) == (3000, "D9986")
     answer = repo.adjustments[request.request_id]
-    assert (answer["outcome"], answer["actor"], answer["requested_at"], answer["booking_id"]) == ("adjusted", "staff:staff-9", at, booking_id)
+    assert (answer["outcome"], answer["actor"], answer["requested_at"], answer["booking_id"]) == (
+        "adjusted",
+        "staff:staff-9",
+        at,
+        booking_id,
+    )
     assert repo.audits[-1]["action"] == "charge_adjusted" and repo.audits[-1]["at"] == at  # the command's own time
 
     # The same request again: answered once, and the charge is not adjusted twice.
-    assert await handle(adjust_charge, adjustment(charge_id, ["owner"], amount="10.00", request_id=request.request_id), repo) == []
+    assert (
+        await handle(
+            adjust_charge, adjustment(charge_id, ["owner"], amount="10.00", request_id=request.request_id), repo
+        )
+        == []
+    )
     assert repo.charges[charge_id]["amount_minor"] == 3000
 
 
 @pytest.mark.parametrize("roles", [["reception"], ["therapist"], []])
-async def test_an_adjustment_by_someone_without_the_role_is_refused_and_audited(roles: list[str], handle: Handle) -> None:
+async def test_an_adjustment_by_someone_without_the_role_is_refused_and_audited(
+    roles: list[str], handle: Handle
+) -> None:
     repo = FakeBillingRepository()
     charge_id, booking_id = await a_charge(handle, repo)
     request = adjustment(charge_id, roles)
 
     assert await handle(adjust_charge, request, repo) == [
-        ("charge.adjustment_rejected", booking_id, {"charge_id": charge_id, "request_id": request.request_id, "reason": "forbidden"})
+        (
+            "charge.adjustment_rejected",
+            booking_id,
+            {"charge_id": charge_id, "request_id": request.request_id, "reason": "forbidden"},
+        )
     ]
     assert repo.charges[charge_id]["amount_minor"] == 4500
-    assert (repo.audits[-1]["action"], repo.audits[-1]["reason"]) == ("adjustment_rejected", "adjustment refused: forbidden")
+    assert (repo.audits[-1]["action"], repo.audits[-1]["reason"]) == (
+        "adjustment_rejected",
+        "adjustment refused: forbidden",
+    )
     assert repo.adjustments[request.request_id]["outcome"] == "rejected"
 
 
@@ -274,11 +409,17 @@ async def test_an_adjustment_by_someone_without_the_role_is_refused_and_audited(
         ("6f1c1d1e-8a43-4c4b-9a52-000000000000", ["reception"], "forbidden"),  # permission is checked first
     ],
 )
-async def test_an_adjustment_of_no_charge_is_answered_keyed_by_the_charge_id(charge_id: str, roles: list[str], reason: str, handle: Handle) -> None:
+async def test_an_adjustment_of_no_charge_is_answered_keyed_by_the_charge_id(
+    charge_id: str, roles: list[str], reason: str, handle: Handle
+) -> None:
     repo = FakeBillingRepository()
     request = adjustment(charge_id, roles)
     assert await handle(adjust_charge, request, repo) == [
-        ("charge.adjustment_rejected", charge_id, {"charge_id": charge_id, "request_id": request.request_id, "reason": reason})
+        (
+            "charge.adjustment_rejected",
+            charge_id,
+            {"charge_id": charge_id, "request_id": request.request_id, "reason": reason},
+        )
     ]
     assert repo.adjustments[request.request_id]["booking_id"] is None
     assert repo.audits == []  # no booking to audit it under; the answer is recorded
@@ -298,10 +439,19 @@ async def test_an_amount_beyond_what_the_charges_currency_allows_is_an_invalid_r
     # Within the contract's bound (the most any currency allows), beyond AUD's own maximum.
     request = adjustment(charge_id, ["owner"], amount="5000000")
     assert await handle(adjust_charge, request, repo) == [
-        ("charge.adjustment_rejected", booking_id, {"charge_id": charge_id, "request_id": request.request_id, "reason": "invalid_request"})
+        (
+            "charge.adjustment_rejected",
+            booking_id,
+            {"charge_id": charge_id, "request_id": request.request_id, "reason": "invalid_request"},
+        )
     ]
     assert repo.charges[charge_id]["amount_minor"] == 4500
-    assert repo.adjustments[request.request_id]["before"] == {"amount_minor": 4500, "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+    assert repo.adjustments[request.request_id]["before"] == {
+        "amount_minor": 4500,
+        "currency": "AUD",
+        "code": "D9987",
+        "code_system": "CDT",
+    }
 
 
 async def test_a_charge_being_captured_keeps_its_amount_but_its_code_can_be_corrected(handle: Handle) -> None:
@@ -313,4 +463,3 @@ async def test_a_charge_being_captured_keeps_its_amount_but_its_code_can_be_corr
     [(kind, _, data)] = await handle(adjust_charge, adjustment(charge_id, ["manager"], amount=None, code="D9986"), repo)
     assert (kind, data["after"]["amount"], data["after"]["code"]) == ("charge.adjusted", "45.00", "D9986")
     assert (repo.charges[charge_id]["amount_minor"], repo.charges[charge_id]["status"]) == (4500, "pending_capture")
-

@@ -96,7 +96,10 @@ class FakeRepository:
         if b["booking_id"] in self.bookings:
             return False
         self.bookings[b["booking_id"]] = dict(b) | {
-            "status": "scheduled", "status_label": None, "classification": None, "closed_at": None,
+            "status": "scheduled",
+            "status_label": None,
+            "classification": None,
+            "closed_at": None,
             "slot_released_at": None,
         }
         return True
@@ -109,7 +112,8 @@ class FakeRepository:
 
     async def lock_later_in_series(self, conn: Any, series_id: str, after: datetime) -> list[dict[str, Any]]:
         later = [
-            b for b in self.bookings.values()
+            b
+            for b in self.bookings.values()
             if b["series_id"] == series_id and b["starts_at"] > after and b["status"] == "scheduled"
         ]
         return [self._row(b["booking_id"]) for b in sorted(later, key=lambda b: b["starts_at"])]
@@ -130,8 +134,12 @@ class FakeRepository:
         for booking_id in booking_ids:
             booking = self.bookings.get(booking_id)
             if booking is not None and booking["status"] == "scheduled":
-                booking |= {"status": status, "status_label": status_label, "classification": classification,
-                            "closed_at": closed_at}
+                booking |= {
+                    "status": status,
+                    "status_label": status_label,
+                    "classification": classification,
+                    "closed_at": closed_at,
+                }
 
     async def add_pending_request(
         self, conn: Any, request_id: str, booking_id: str, kind: str, request: dict[str, Any]
@@ -139,7 +147,10 @@ class FakeRepository:
         if request_id in self.pending:
             return str(self.pending[request_id]["booking_id"])
         self.pending[request_id] = {
-            "request_id": request_id, "booking_id": booking_id, "kind": kind, "request": json.dumps(request),
+            "request_id": request_id,
+            "booking_id": booking_id,
+            "kind": kind,
+            "request": json.dumps(request),
             "decided": False,
         }
         return None
@@ -166,14 +177,25 @@ class FakeRepository:
         detail: dict[str, Any] | None = None,
     ) -> None:
         json.dumps([actor, detail])  # what the SQL stores as jsonb must be JSON
-        self.trail.append({
-            "booking_id": booking_id, "at": at, "action": action, "actor": actor, "channel": channel,
-            "request_id": request_id, "reason": reason, "policy_version": policy_version, "detail": detail or {},
-        })
+        self.trail.append(
+            {
+                "booking_id": booking_id,
+                "at": at,
+                "action": action,
+                "actor": actor,
+                "channel": channel,
+                "request_id": request_id,
+                "reason": reason,
+                "policy_version": policy_version,
+                "detail": detail or {},
+            }
+        )
 
     async def upsert_practice(self, conn: Any, practice_id: str, waitlist_enabled: bool, offer_minutes: int) -> None:
         self.practices[practice_id] = {
-            "practice_id": practice_id, "waitlist_enabled": waitlist_enabled, "offer_minutes": offer_minutes,
+            "practice_id": practice_id,
+            "waitlist_enabled": waitlist_enabled,
+            "offer_minutes": offer_minutes,
         }
 
     async def practice(self, conn: Any, practice_id: str) -> dict[str, Any] | None:
@@ -186,7 +208,8 @@ class FakeRepository:
     async def lock_waiting(self, conn: Any, practice_id: str, booking_id: str) -> list[dict[str, Any]]:
         offered = {o["waitlist_id"] for o in self.offers.values() if o["booking_id"] == booking_id}
         waiting = [
-            w for w in self.waitlist.values()
+            w
+            for w in self.waitlist.values()
             if w["practice_id"] == practice_id and w["status"] == "waiting" and w["waitlist_id"] not in offered
         ]
         return [
@@ -198,8 +221,12 @@ class FakeRepository:
         self, conn: Any, offer_id: str, booking_id: str, waitlist_id: str, offered_at: datetime, expires_at: datetime
     ) -> None:
         self.offers[offer_id] = {
-            "offer_id": offer_id, "booking_id": booking_id, "waitlist_id": waitlist_id, "offered_at": offered_at,
-            "expires_at": expires_at, "status": "open",
+            "offer_id": offer_id,
+            "booking_id": booking_id,
+            "waitlist_id": waitlist_id,
+            "offered_at": offered_at,
+            "expires_at": expires_at,
+            "status": "open",
         }
         self.waitlist[waitlist_id]["status"] = "offered"
 
@@ -207,7 +234,10 @@ class FakeRepository:
         for offer in self.offers.values():
             slot, entry = self.bookings[offer["booking_id"]], self.waitlist[offer["waitlist_id"]]
             if (offer["status"], entry["patient_id"], slot["practice_id"], slot["starts_at"]) == (
-                "open", patient_id, practice_id, starts_at
+                "open",
+                patient_id,
+                practice_id,
+                starts_at,
             ):
                 offer["status"], entry["status"] = "accepted", "booked"
                 return str(offer["offer_id"])
@@ -222,7 +252,8 @@ class FakeRepository:
 
     async def future_bookings_of(self, conn: Any, professional_id: str, after: datetime) -> list[dict[str, Any]]:
         future = [
-            b for b in self.bookings.values()
+            b
+            for b in self.bookings.values()
             if b["professional_id"] == professional_id and b["status"] == "scheduled" and b["starts_at"] > after
         ]
         return [self._row(b["booking_id"]) for b in sorted(future, key=lambda b: b["starts_at"])]
@@ -298,8 +329,12 @@ def requested(
     booking_id: str = BOOKING, request_id: str = REQUEST, *, at: datetime = NOW, **overrides: Any
 ) -> BookingCancellationRequested:
     fields: dict[str, Any] = {
-        "request_id": request_id, "booking_id": booking_id, "requested_at": at, "actor": PATIENT,
-        "channel": "patient_portal", "reason_code": "illness",
+        "request_id": request_id,
+        "booking_id": booking_id,
+        "requested_at": at,
+        "actor": PATIENT,
+        "channel": "patient_portal",
+        "reason_code": "illness",
     }
     return BookingCancellationRequested.new(**(fields | overrides))
 
@@ -312,22 +347,32 @@ def reported(at: datetime = T + timedelta(minutes=20)) -> BookingNoShowReported:
 
 def assessed(request_id: str = REQUEST, booking_id: str = BOOKING, **overrides: Any) -> CancellationAssessed:
     fields: dict[str, Any] = {
-        "booking_id": booking_id, "request_id": request_id, "allowed": True, "classification": "timely",
-        "charge_card": False, "deposit_action": "refund", "policy_version": "r1.s1",
+        "booking_id": booking_id,
+        "request_id": request_id,
+        "allowed": True,
+        "classification": "timely",
+        "charge_card": False,
+        "deposit_action": "refund",
+        "policy_version": "r1.s1",
     }
     return CancellationAssessed.new(**(fields | overrides))
 
 
 def configured(*, waitlist: bool, offer_minutes: int = 30) -> PracticeConfigured:
     return PracticeConfigured.new(
-        practice_id=PRACTICE, name="Harbour Dental", timezone="Australia/Sydney", locale="en",
+        practice_id=PRACTICE,
+        name="Harbour Dental",
+        timezone="Australia/Sydney",
+        locale="en",
         waitlist={"enabled": waitlist, "offer_minutes": offer_minutes},
     )
 
 
 def joined(waitlist_id: str, joined_at: datetime, patient_id: str = "pat-9", **wants: Any) -> WaitlistJoined:
     return WaitlistJoined.new(
-        waitlist_id=waitlist_id, practice_id=PRACTICE, joined_at=joined_at,
+        waitlist_id=waitlist_id,
+        practice_id=PRACTICE,
+        joined_at=joined_at,
         patient={"patient_id": patient_id, "first_name": "Bo", "portal_account": True, "card_on_file": False},
         **wants,
     )
@@ -337,7 +382,9 @@ def suspended(at: datetime = NOW) -> AccountSuspended:
     return AccountSuspended.new(professional_id=PROFESSIONAL, holds=["hold-1", "hold-2"], suspended_at=at)
 
 
-async def cancelled(handle: Handle, repo: FakeRepository, request: BookingCancellationRequested | None = None) -> Published:
+async def cancelled(
+    handle: Handle, repo: FakeRepository, request: BookingCancellationRequested | None = None
+) -> Published:
     """The booking scheduled, cancellation requested, the policy's yes applied; what that published."""
     if BOOKING not in repo.bookings:
         await handle(handlers.schedule_booking, scheduled())
@@ -354,7 +401,11 @@ async def test_a_booking_is_stored_and_audited_once_however_often_it_is_schedule
 ) -> None:
     assert await handle(handlers.schedule_booking, scheduled(), time=NOW - timedelta(days=9)) == []
     stored = dict(repo.bookings[BOOKING])
-    assert (stored["status"], stored["deposit_amount"], stored["deposit_currency"]) == ("scheduled", Decimal("20.00"), "AUD")
+    assert (stored["status"], stored["deposit_amount"], stored["deposit_currency"]) == (
+        "scheduled",
+        Decimal("20.00"),
+        "AUD",
+    )
     assert entry(repo, "scheduled")["at"] == NOW - timedelta(days=9)  # the envelope's time
 
     assert await handle(handlers.schedule_booking, scheduled(starts_at=T + timedelta(hours=1))) == []  # a replay
@@ -365,11 +416,18 @@ async def test_a_booking_is_stored_and_audited_once_however_often_it_is_schedule
 async def test_a_rescheduled_booking_moves_and_the_trail_says_from_where(handle: Handle, repo: FakeRepository) -> None:
     await handle(handlers.schedule_booking, scheduled())
     later = T + timedelta(days=1)
-    assert await handle(handlers.reschedule_booking, BookingRescheduled.new(
-        booking_id=BOOKING, starts_at=later, ends_at=later + timedelta(minutes=30)
-    )) == []
+    assert (
+        await handle(
+            handlers.reschedule_booking,
+            BookingRescheduled.new(booking_id=BOOKING, starts_at=later, ends_at=later + timedelta(minutes=30)),
+        )
+        == []
+    )
 
-    assert (repo.bookings[BOOKING]["starts_at"], repo.bookings[BOOKING]["ends_at"]) == (later, later + timedelta(minutes=30))
+    assert (repo.bookings[BOOKING]["starts_at"], repo.bookings[BOOKING]["ends_at"]) == (
+        later,
+        later + timedelta(minutes=30),
+    )
     assert entry(repo, "rescheduled")["detail"] == {"from": T.isoformat(), "to": later.isoformat()}
 
 
@@ -381,14 +439,18 @@ async def test_a_reschedule_of_an_unknown_or_closed_booking_is_refused_and_chang
     if closed:
         await cancelled(handle, repo)
     before = (dict(repo.bookings.get(BOOKING, {})), list(repo.trail))
-    move = BookingRescheduled.new(booking_id=BOOKING, starts_at=T + timedelta(days=1), ends_at=T + timedelta(days=1, minutes=30))
+    move = BookingRescheduled.new(
+        booking_id=BOOKING, starts_at=T + timedelta(days=1), ends_at=T + timedelta(days=1, minutes=30)
+    )
 
     with pytest.raises(LookupError, match="cannot be rescheduled"):
         await handle(handlers.reschedule_booking, move)
     assert (dict(repo.bookings.get(BOOKING, {})), repo.trail) == before
 
 
-async def test_a_completed_booking_is_closed_and_published_with_its_professional(handle: Handle, repo: FakeRepository) -> None:
+async def test_a_completed_booking_is_closed_and_published_with_its_professional(
+    handle: Handle, repo: FakeRepository
+) -> None:
     await handle(handlers.schedule_booking, scheduled(professional_id=PROFESSIONAL))
     done = T + timedelta(minutes=35)
     [(topic, key, type_, data)] = await handle(
@@ -428,9 +490,16 @@ async def test_a_request_for_a_scheduled_booking_goes_to_the_policy_with_the_boo
     )
 
     assert (topic, key, type_) == (POLICY_REQUESTS, BOOKING, "cancellation.assessment_requested")
-    assert {k: data[k] for k in ("request_id", "practice_id", "kind", "requested_at", "channel", "reason_text", "scope")} == {
-        "request_id": REQUEST, "practice_id": PRACTICE, "kind": "cancellation", "requested_at": "2031-03-07T22:00:00Z",
-        "channel": "patient_portal", "reason_text": "Fever", "scope": "this_and_future",
+    assert {
+        k: data[k] for k in ("request_id", "practice_id", "kind", "requested_at", "channel", "reason_text", "scope")
+    } == {
+        "request_id": REQUEST,
+        "practice_id": PRACTICE,
+        "kind": "cancellation",
+        "requested_at": "2031-03-07T22:00:00Z",
+        "channel": "patient_portal",
+        "reason_text": "Fever",
+        "scope": "this_and_future",
     }
     assert "claimed_at" not in data  # believed: nothing to correct
     assert data["booking"]["status"] == "scheduled" and data["booking"]["series_id"] == "ser-1"
@@ -463,7 +532,9 @@ async def test_a_request_for_an_unknown_or_closed_booking_is_rejected_without_as
     assert actions(repo)[-2:] == ["cancellation_requested", "cancellation_rejected"]
 
 
-async def test_a_request_id_used_for_another_booking_is_rejected_as_invalid(handle: Handle, repo: FakeRepository) -> None:
+async def test_a_request_id_used_for_another_booking_is_rejected_as_invalid(
+    handle: Handle, repo: FakeRepository
+) -> None:
     await handle(handlers.schedule_booking, scheduled())
     await handle(handlers.schedule_booking, scheduled("bk-2"))
     await handle(handlers.request_cancellation, requested())
@@ -488,7 +559,12 @@ async def test_the_same_request_resubmitted_is_with_the_policy_already(handle: H
 @pytest.mark.parametrize(
     ("handler", "payload", "action", "claimed_field"),
     [
-        (handlers.request_cancellation, requested(at=NOW - timedelta(hours=6)), "cancellation_requested", "requested_at"),
+        (
+            handlers.request_cancellation,
+            requested(at=NOW - timedelta(hours=6)),
+            "cancellation_requested",
+            "requested_at",
+        ),
         (handlers.report_no_show, reported(at=NOW - timedelta(hours=6)), "no_show_reported", "reported_at"),
     ],
 )
@@ -542,18 +618,27 @@ async def test_an_allowed_cancellation_closes_the_booking_and_publishes_it_with_
 
     (topic, key, type_, data) = published[0]
     assert (topic, key, type_) == (BOOKING_EVENTS, BOOKING, "booking.cancelled")
-    assert (data["status_label"], data["classification"], data["cancelled_at"]) == (label, "timely", "2031-03-07T22:00:00Z")
+    assert (data["status_label"], data["classification"], data["cancelled_at"]) == (
+        label,
+        "timely",
+        "2031-03-07T22:00:00Z",
+    )
     assert (data["decision"]["deposit_action"], data["deposit"]) == ("refund", {"amount": "20.00", "currency": "AUD"})
     assert data["series_booking_ids"] == []
     booking = repo.bookings[BOOKING]
     assert (booking["status"], booking["status_label"], booking["classification"], booking["closed_at"]) == (
-        "cancelled", label, "timely", NOW
+        "cancelled",
+        label,
+        "timely",
+        NOW,
     )
     assert entry(repo, "cancelled")["policy_version"] == "r1.s1"
     assert repo.pending[REQUEST]["decided"]
 
 
-async def test_a_freed_slot_is_released_when_the_practice_keeps_no_waitlist(handle: Handle, repo: FakeRepository) -> None:
+async def test_a_freed_slot_is_released_when_the_practice_keeps_no_waitlist(
+    handle: Handle, repo: FakeRepository
+) -> None:
     await handle(handlers.configure_practice, configured(waitlist=False))
     await handle(handlers.join_waitlist, joined("wl-1", NOW - timedelta(days=5)))
     published = await cancelled(handle, repo)
@@ -561,8 +646,12 @@ async def test_a_freed_slot_is_released_when_the_practice_keeps_no_waitlist(hand
     assert [type_ for _, _, type_, _ in published] == ["booking.cancelled", "booking.slot_released"]
     released = published[1][3]
     assert released == {
-        "booking_id": BOOKING, "practice_id": PRACTICE, "starts_at": "2031-03-10T22:00:00Z",
-        "ends_at": "2031-03-10T22:30:00Z", "practitioner_id": "dr-lee", "service_code": "D1110",
+        "booking_id": BOOKING,
+        "practice_id": PRACTICE,
+        "starts_at": "2031-03-10T22:00:00Z",
+        "ends_at": "2031-03-10T22:30:00Z",
+        "practitioner_id": "dr-lee",
+        "service_code": "D1110",
     }
     assert repo.bookings[BOOKING]["slot_released_at"] == NOW
     assert repo.offers == {} and actions(repo)[-1] == "slot_released"
@@ -582,7 +671,10 @@ async def test_a_freed_slot_is_offered_to_the_longest_waiting_match(handle: Hand
     assert (offer["waitlist_id"], offer["expires_at"]) == ("wl-first", "2031-03-07T22:45:00Z")
     assert offer["offer_id"] == handlers.derived_id("offer", BOOKING, "wl-first")
     assert {w: e["status"] for w, e in repo.waitlist.items()} == {
-        "wl-other-service": "waiting", "wl-other-doctor": "waiting", "wl-first": "offered", "wl-second": "waiting",
+        "wl-other-service": "waiting",
+        "wl-other-doctor": "waiting",
+        "wl-first": "offered",
+        "wl-second": "waiting",
     }
     assert repo.bookings[BOOKING]["slot_released_at"] is None
     assert entry(repo, "slot_offered")["detail"]["waitlist_id"] == "wl-first"
@@ -616,9 +708,10 @@ async def test_this_and_future_cancels_the_later_scheduled_occurrences_of_the_se
     week = timedelta(days=7)
     occurrences = {"bk-0": T - week, BOOKING: T, "bk-2": T + week, "bk-3": T + 2 * week, "bk-4": T + 3 * week}
     for booking_id, starts_at in occurrences.items():
-        await handle(handlers.schedule_booking, scheduled(
-            booking_id, series_id="ser-1", starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30)
-        ))
+        await handle(
+            handlers.schedule_booking,
+            scheduled(booking_id, series_id="ser-1", starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30)),
+        )
     await cancelled(handle, repo, requested("bk-3", "req-3", actor=STAFF, channel="practice"))  # already cancelled
 
     published = await cancelled(handle, repo, requested(scope="this_and_future"))
@@ -626,19 +719,29 @@ async def test_this_and_future_cancels_the_later_scheduled_occurrences_of_the_se
     (_, _, type_, data) = published[0]
     assert type_ == "booking.cancelled" and data["series_booking_ids"] == ["bk-2", "bk-4"]
     assert {b: repo.bookings[b]["status"] for b in occurrences} == {
-        "bk-0": "scheduled", BOOKING: "cancelled", "bk-2": "cancelled", "bk-3": "cancelled", "bk-4": "cancelled",
+        "bk-0": "scheduled",
+        BOOKING: "cancelled",
+        "bk-2": "cancelled",
+        "bk-3": "cancelled",
+        "bk-4": "cancelled",
     }
     assert repo.bookings["bk-3"]["status_label"] == "Cancelled"  # its own cancellation, untouched
     assert [(key, type_) for _, key, type_, _ in published[1:]] == [
-        (BOOKING, "booking.slot_released"), ("bk-2", "booking.slot_released"), ("bk-4", "booking.slot_released"),
+        (BOOKING, "booking.slot_released"),
+        ("bk-2", "booking.slot_released"),
+        ("bk-4", "booking.slot_released"),
     ]
     assert entry(repo, "cancelled", "bk-4")["detail"]["series_of"] == BOOKING
 
 
 async def test_this_only_leaves_the_rest_of_the_series(handle: Handle, repo: FakeRepository) -> None:
     await handle(handlers.schedule_booking, scheduled(series_id="ser-1"))
-    await handle(handlers.schedule_booking, scheduled("bk-2", series_id="ser-1", starts_at=T + timedelta(days=7),
-                                                      ends_at=T + timedelta(days=7, minutes=30)))
+    await handle(
+        handlers.schedule_booking,
+        scheduled(
+            "bk-2", series_id="ser-1", starts_at=T + timedelta(days=7), ends_at=T + timedelta(days=7, minutes=30)
+        ),
+    )
     published = await cancelled(handle, repo)
 
     assert published[0][3]["series_booking_ids"] == [] and repo.bookings["bk-2"]["status"] == "scheduled"
@@ -665,7 +768,9 @@ async def test_a_no_show_goes_to_the_policy_and_is_recorded_without_freeing_the_
     assert repo.offers == {} and repo.bookings[BOOKING]["slot_released_at"] is None
 
 
-async def test_a_decision_that_does_not_allow_is_passed_on_as_the_rejection(handle: Handle, repo: FakeRepository) -> None:
+async def test_a_decision_that_does_not_allow_is_passed_on_as_the_rejection(
+    handle: Handle, repo: FakeRepository
+) -> None:
     await handle(handlers.schedule_booking, scheduled())
     await handle(handlers.request_cancellation, requested())
     no = assessed(allowed=False, rejection_reason="within_online_cutoff", explanation="Please call the practice.")
@@ -717,16 +822,23 @@ async def test_a_suspension_sends_the_professionals_future_bookings_to_the_polic
         ("bk-2", T + timedelta(days=1), PROFESSIONAL),
         ("bk-other", T, "pro-2"),
     ]:
-        await handle(handlers.schedule_booking, scheduled(
-            booking_id, professional_id=professional, starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30)
-        ))
+        await handle(
+            handlers.schedule_booking,
+            scheduled(
+                booking_id, professional_id=professional, starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30)
+            ),
+        )
 
     published = await handle(handlers.cancel_for_suspension, suspended(at), event_id="susp-1")
 
     assert [(topic, key) for topic, key, _, _ in published] == [(POLICY_REQUESTS, BOOKING), (POLICY_REQUESTS, "bk-2")]
     for _, key, _, data in published:
         assert data["request_id"] == handlers.derived_id("suspension", "susp-1", key)
-        assert (data["actor"]["kind"], data["channel"], data["reason_code"]) == ("system", "system", "professional_suspended")
+        assert (data["actor"]["kind"], data["channel"], data["reason_code"]) == (
+            "system",
+            "system",
+            "professional_suspended",
+        )
         assert data["requested_at"] == "2031-03-07T22:00:00Z"
     assert repo.suspensions[PROFESSIONAL] == {"suspended_at": at, "cause_event_id": "susp-1"}
     assert actions(repo, "bk-past") == actions(repo, "bk-other") == ["scheduled"]
@@ -736,7 +848,10 @@ async def test_a_suspension_sends_the_professionals_future_bookings_to_the_polic
         handlers.apply_decision, assessed(request_id, deposit_action="refund", explanation="No penalty: suspended.")
     )
     assert (type_, data["status_label"], data["channel"], data["actor"]["kind"]) == (
-        "booking.cancelled", "Cancelled", "system", "system"
+        "booking.cancelled",
+        "Cancelled",
+        "system",
+        "system",
     )
 
 
@@ -754,7 +869,9 @@ async def test_a_booking_arriving_after_the_suspension_is_sent_to_the_policy_as_
 
     # One that started before the suspension is left alone (it is the past).
     before = NOW - timedelta(hours=2)
-    early = scheduled("bk-early", professional_id=PROFESSIONAL, starts_at=before, ends_at=before + timedelta(minutes=30))
+    early = scheduled(
+        "bk-early", professional_id=PROFESSIONAL, starts_at=before, ends_at=before + timedelta(minutes=30)
+    )
     assert await handle(handlers.schedule_booking, early) == []
 
 

@@ -168,7 +168,9 @@ class FakeRepository:
         self.offers[offer_id]["told"] = True
 
     def _fee(self, booking_id: str) -> dict[str, Any]:
-        return self.no_show_fees.setdefault(booking_id, dict.fromkeys(NO_SHOW_FEE_COLUMNS.split()) | {"booking_id": booking_id})
+        return self.no_show_fees.setdefault(
+            booking_id, dict.fromkeys(NO_SHOW_FEE_COLUMNS.split()) | {"booking_id": booking_id}
+        )
 
     async def merge_no_show(
         self, conn: Any, booking_id: str, practice_id: str, starts_at: datetime, charge_card: bool
@@ -184,7 +186,9 @@ class FakeRepository:
         fee |= {k: c[k] for k in ("charge_id", "amount", "currency", "code", "code_system")}
         return dict(fee)
 
-    async def merge_no_show_payment(self, conn: Any, booking_id: str, charge_id: str, payment: str) -> dict[str, Any] | None:
+    async def merge_no_show_payment(
+        self, conn: Any, booking_id: str, charge_id: str, payment: str
+    ) -> dict[str, Any] | None:
         fee = self.no_show_fees.get(booking_id)
         if fee is None or fee["charge_id"] != charge_id:
             return None
@@ -198,9 +202,9 @@ class FakeRepository:
         return True
 
 
-
 def test_the_fake_takes_what_repository_py_takes() -> None:
     assert_same_functions(FakeRepository(), repository)
+
 
 def told(repo: FakeRepository) -> list[tuple[str, str, str]]:
     """(recipient, channel, status) of every recorded delivery, sorted."""
@@ -231,7 +235,10 @@ def renderer() -> Renderer:
 def deps(renderer: Renderer, clock: Any) -> Deps:
     clock.now = T - timedelta(days=1)
     return Deps(
-        settings=NotificationSettings(portal_base_url=PORTAL), renderer=renderer, repository=FakeRepository(), clock=clock
+        settings=NotificationSettings(portal_base_url=PORTAL),
+        renderer=renderer,
+        repository=FakeRepository(),
+        clock=clock,
     )
 
 
@@ -282,8 +289,13 @@ def booking_scheduled(booking_id: str = BOOKING, **patient: Any) -> BookingSched
         practitioner_id="dr-lee",
         service_code="D1110",
         patient={
-            "patient_id": "pat-1", "first_name": "Ada", "email": "ada@example.test", "phone": "+61400000001",
-            "portal_account": True, "card_on_file": True, **patient,
+            "patient_id": "pat-1",
+            "first_name": "Ada",
+            "email": "ada@example.test",
+            "phone": "+61400000001",
+            "portal_account": True,
+            "card_on_file": True,
+            **patient,
         },
         professional_id=PROFESSIONAL,
         professional_contact={"first_name": "Grace", "email": "grace@example.test"},
@@ -307,7 +319,10 @@ def cancelled(actor_kind: str = "staff", channel: str = "practice", **overrides:
         "reason_text": "Flu",
         "classification": "timely",
         "decision": {
-            "allowed": True, "classification": "timely", "charge_card": False, "deposit_action": "none",
+            "allowed": True,
+            "classification": "timely",
+            "charge_card": False,
+            "deposit_action": "none",
             "policy_version": "r1.s1",
         },
     }
@@ -325,7 +340,10 @@ def no_show_recorded(*, charge_card: bool, party: str = "patient", fee: bool = T
         starts_at=T,
         recorded_at=T + timedelta(minutes=20),
         decision={
-            "allowed": True, "classification": "no_show", "charge_card": charge_card, "deposit_action": "none",
+            "allowed": True,
+            "classification": "no_show",
+            "charge_card": charge_card,
+            "deposit_action": "none",
             "policy_version": "r1.s1",
             **({"fee": {"amount": "45.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"}} if fee else {}),
         },
@@ -334,8 +352,14 @@ def no_show_recorded(*, charge_card: bool, party: str = "patient", fee: bool = T
 
 def charge_created(charge_id: str = "ch-1", kind: str = "no_show") -> ChargeCreated:
     return ChargeCreated.new(
-        charge_id=charge_id, booking_id=BOOKING, patient_id="pat-1", kind=kind, amount=Decimal("45.00"),
-        currency="AUD", code="D9986", code_system="CDT",
+        charge_id=charge_id,
+        booking_id=BOOKING,
+        patient_id="pat-1",
+        kind=kind,
+        amount=Decimal("45.00"),
+        currency="AUD",
+        code="D9986",
+        code_system="CDT",
     )
 
 
@@ -348,8 +372,13 @@ def waitlist_joined(locale: str | None = None, *, joined_at: datetime = T - time
         waitlist_id="wl-1",
         practice_id=PRACTICE,
         patient={
-            "patient_id": "pat-9", "first_name": "Lin", "email": "lin@example.test", "phone": "+61400000009",
-            "portal_account": True, "card_on_file": False, "locale": locale,
+            "patient_id": "pat-9",
+            "first_name": "Lin",
+            "email": "lin@example.test",
+            "phone": "+61400000009",
+            "portal_account": True,
+            "card_on_file": False,
+            "locale": locale,
         },
         joined_at=joined_at,
     )
@@ -361,14 +390,21 @@ def slot_offered(expires_at: datetime = T - timedelta(hours=20)) -> BookingSlotO
 
 def hold_placed(hold_id: str = "hold-1") -> HoldPlaced:
     return HoldPlaced.new(
-        hold_id=hold_id, professional_id=PROFESSIONAL, booking_id=BOOKING, cause="late_cancellation",
-        starts_at=T, ends_at=T + timedelta(days=7),
+        hold_id=hold_id,
+        professional_id=PROFESSIONAL,
+        booking_id=BOOKING,
+        cause="late_cancellation",
+        starts_at=T,
+        ends_at=T + timedelta(days=7),
     )
 
 
 def manual_update(action: str = "cancel_booking") -> PmsManualUpdateRequired:
     return PmsManualUpdateRequired.new(
-        booking_id=BOOKING, practice_id=PRACTICE, integration="manual", action=action,
+        booking_id=BOOKING,
+        practice_id=PRACTICE,
+        integration="manual",
+        action=action,
         message="Manual update required: cancel this booking in your PMS too",
     )
 
@@ -395,7 +431,11 @@ async def test_a_staff_cancellation_is_recorded_for_the_patient_by_email_and_sms
     assert email["subject"] == "Your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT has been cancelled"
     assert 'Reason: "Flu"' in sms["body"] and sms["subject"] is None
     for row in (email, sms):
-        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (unit.event.id, "booking.cancelled", "corr-1")
+        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (
+            unit.event.id,
+            "booking.cancelled",
+            "corr-1",
+        )
         assert (row["booking_id"], row["practice_id"], row["professional_id"]) == (BOOKING, PRACTICE, None)
 
 
@@ -507,7 +547,9 @@ async def test_a_cancellation_delivered_again_is_recorded_once(handle: Handle, r
         (
             handlers.notify_suspension,
             AccountSuspended.new(professional_id=PROFESSIONAL, holds=["h1", "h2", "h3"], suspended_at=T),
-            AccountSuspended.new(professional_id=PROFESSIONAL, holds=["h4", "h5", "h6"], suspended_at=T + timedelta(days=90)),
+            AccountSuspended.new(
+                professional_id=PROFESSIONAL, holds=["h4", "h5", "h6"], suspended_at=T + timedelta(days=90)
+            ),
         ),
     ],
 )
@@ -520,7 +562,11 @@ async def test_a_professional_hears_once_of_each_hold_and_suspension(
 
     [row] = repo.deliveries.values()
     assert (row["recipient"], row["channel"], row["status"]) == ("professional", "email", "pending")
-    assert (row["address"], row["event_id"], row["professional_id"]) == ("grace@example.test", first.event.id, PROFESSIONAL)
+    assert (row["address"], row["event_id"], row["professional_id"]) == (
+        "grace@example.test",
+        first.event.id,
+        PROFESSIONAL,
+    )
 
     await handle(handler, other)
     assert len(repo.deliveries) == 2
@@ -579,7 +625,13 @@ async def test_a_no_show_fee_not_for_the_card_is_told_once_the_charge_is_raised(
         [(handlers.note_payment, payment(PaymentCaptured, "ch-unknown"))],
         [(handlers.note_no_show, no_show_recorded(charge_card=True)), (handlers.note_charge, charge_created())],
     ],
-    ids=["professional-no-show", "no-fee", "late-cancellation-charge", "payment-of-an-unknown-charge", "card-not-answered-yet"],
+    ids=[
+        "professional-no-show",
+        "no-fee",
+        "late-cancellation-charge",
+        "payment-of-an-unknown-charge",
+        "card-not-answered-yet",
+    ],
 )
 async def test_what_tells_the_patient_nothing_about_a_no_show_fee(
     handle: Handle, repo: FakeRepository, events: list[tuple[Any, Payload]]
@@ -610,7 +662,11 @@ async def test_a_slot_offer_waits_for_the_waitlisted_patients_contacts_then_is_t
     await handle(handlers.remember_waitlist_entry, waitlist_joined())
     assert told(repo) == [("waitlist", "email", "pending"), ("waitlist", "sms", "pending")]
     for row in repo.deliveries.values():  # recorded as the offer's messages
-        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (offer.event.id, "booking.slot_offered", "corr-offer")
+        assert (row["event_id"], row["event_type"], row["correlation_id"]) == (
+            offer.event.id,
+            "booking.slot_offered",
+            "corr-offer",
+        )
     assert f"{PORTAL}/practices/{PRACTICE}/offers/of-1" in delivery(repo, "waitlist", "sms")["body"]
 
     # The entry again (newer contacts) and the offer again: nobody is told twice.
@@ -649,14 +705,19 @@ async def test_a_rejection_is_told_to_the_patient_only_when_the_patient_asked(
     await handle(
         handlers.remember_request,
         BookingCancellationRequested.new(
-            request_id="req-1", booking_id=BOOKING, requested_at=T - timedelta(hours=2),
-            actor={"kind": requester, "id": "someone"}, channel="patient_portal" if requester == "patient" else "practice",
+            request_id="req-1",
+            booking_id=BOOKING,
+            requested_at=T - timedelta(hours=2),
+            actor={"kind": requester, "id": "someone"},
+            channel="patient_portal" if requester == "patient" else "practice",
         ),
     )
     # A reason a staff request can get too: only the remembered request says who asked.
     await handle(
         handlers.notify_rejection,
-        BookingCancellationRejected.new(booking_id=BOOKING, request_id="req-1", reason="already_cancelled", message="It is cancelled already."),
+        BookingCancellationRejected.new(
+            booking_id=BOOKING, request_id="req-1", reason="already_cancelled", message="It is cancelled already."
+        ),
     )
     assert told(repo) == ([("patient", "email", "pending"), ("patient", "sms", "pending")] if heard else [])
 
@@ -665,12 +726,16 @@ async def test_a_rejection_names_the_appointments_rescheduled_time(handle: Handl
     await contacts(handle)
     await handle(
         handlers.reschedule_booking,
-        BookingRescheduled.new(booking_id=BOOKING, starts_at=T + timedelta(days=1), ends_at=T + timedelta(days=1, minutes=30)),
+        BookingRescheduled.new(
+            booking_id=BOOKING, starts_at=T + timedelta(days=1), ends_at=T + timedelta(days=1, minutes=30)
+        ),
     )
     # Never saw the request, but only a patient's portal request is refused for this reason.
     await handle(
         handlers.notify_rejection,
-        BookingCancellationRejected.new(booking_id=BOOKING, request_id="req-x", reason="within_online_cutoff", message="Please call us."),
+        BookingCancellationRejected.new(
+            booking_id=BOOKING, request_id="req-x", reason="within_online_cutoff", message="Please call us."
+        ),
     )
     assert "Wednesday, March 12, 2031, 9:00 AM AEDT" in delivery(repo, "patient", "sms")["body"]
 
@@ -683,7 +748,9 @@ async def test_a_manual_pms_update_is_told_to_the_office_once_per_booking_and_ac
     await handle(handlers.notify_manual_update, manual_update())  # re-published under a new envelope
 
     assert told(repo) == [("practice", "sms", "pending")]
-    assert delivery(repo, "practice", "sms")["body"].startswith("Manual update required: cancel this booking in your PMS too.")
+    assert delivery(repo, "practice", "sms")["body"].startswith(
+        "Manual update required: cancel this booking in your PMS too."
+    )
 
     await handle(handlers.notify_manual_update, manual_update("record_no_show"))
     assert len(repo.deliveries) == 2

@@ -77,7 +77,9 @@ class FakeRepository:
         self.syncs: dict[str, dict[str, Any]] = {}
         self.manual_updates: list[dict[str, Any]] = []
 
-    async def configure_integration(self, conn: Any, practice_id: str, integration: str, configured_at: datetime) -> None:
+    async def configure_integration(
+        self, conn: Any, practice_id: str, integration: str, configured_at: datetime
+    ) -> None:
         known = self.integrations.get(practice_id)
         if known is None or known["configured_at"] <= configured_at:
             self.integrations[practice_id] = {"integration": integration, "configured_at": configured_at}
@@ -91,7 +93,13 @@ class FakeRepository:
     ) -> None:
         self.requests.setdefault(
             request_id,
-            {"request_id": request_id, "booking_id": booking_id, "kind": kind, "actor": json.dumps(actor), "chart_note": chart_note},
+            {
+                "request_id": request_id,
+                "booking_id": booking_id,
+                "kind": kind,
+                "actor": json.dumps(actor),
+                "chart_note": chart_note,
+            },
         )
 
     async def get_request(self, conn: Any, request_id: str) -> dict[str, Any] | None:
@@ -117,10 +125,20 @@ class FakeRepository:
         if sync_id in self.syncs:
             return False
         self.syncs[sync_id] = {
-            "sync_id": sync_id, "booking_id": booking_id, "practice_id": practice_id, "request_id": request_id,
-            "integration": integration, "action": action, "topic": topic, "command": json.dumps(command),
-            "correlation_id": correlation_id, "status": "waiting" if waiting else "sent",
-            "attempts": 0 if waiting else 1, "next_retry_in": wait_seconds, "error": None, "external_ref": None,
+            "sync_id": sync_id,
+            "booking_id": booking_id,
+            "practice_id": practice_id,
+            "request_id": request_id,
+            "integration": integration,
+            "action": action,
+            "topic": topic,
+            "command": json.dumps(command),
+            "correlation_id": correlation_id,
+            "status": "waiting" if waiting else "sent",
+            "attempts": 0 if waiting else 1,
+            "next_retry_in": wait_seconds,
+            "error": None,
+            "external_ref": None,
         }
         return True
 
@@ -136,7 +154,12 @@ class FakeRepository:
         return [self._row(s) for s in sorted(waiting, key=lambda s: s["booking_id"])]
 
     async def mark_first_sent(self, conn: Any, sync_id: str, command: dict[str, Any], ack_wait_seconds: float) -> None:
-        self.syncs[sync_id] |= {"command": json.dumps(command), "status": "sent", "attempts": 1, "next_retry_in": ack_wait_seconds}
+        self.syncs[sync_id] |= {
+            "command": json.dumps(command),
+            "status": "sent",
+            "attempts": 1,
+            "next_retry_in": ack_wait_seconds,
+        }
 
     async def complete_sync(self, conn: Any, sync_id: str, external_ref: str | None) -> None:
         self.syncs[sync_id] |= {"status": "completed", "external_ref": external_ref, "next_retry_in": None}
@@ -145,17 +168,31 @@ class FakeRepository:
         self.syncs[sync_id] |= {"status": "failed", "error": error, "next_retry_in": None}
 
     async def add_manual_update(
-        self, conn: Any, *, booking_id: str, practice_id: str, integration: str, action: str, message: str, sync_id: str | None
+        self,
+        conn: Any,
+        *,
+        booking_id: str,
+        practice_id: str,
+        integration: str,
+        action: str,
+        message: str,
+        sync_id: str | None,
     ) -> None:
         self.manual_updates.append(
-            {"booking_id": booking_id, "practice_id": practice_id, "integration": integration, "action": action,
-             "message": message, "sync_id": sync_id}
+            {
+                "booking_id": booking_id,
+                "practice_id": practice_id,
+                "integration": integration,
+                "action": action,
+                "message": message,
+                "sync_id": sync_id,
+            }
         )
-
 
 
 def test_the_fake_takes_what_repository_py_takes() -> None:
     assert_same_functions(FakeRepository(), repository)
+
 
 @pytest.fixture
 def repo() -> FakeRepository:
@@ -171,8 +208,12 @@ def handle(unit_for: Callable[..., Unit[Any]], repo: FakeRepository) -> Handle:
     its topic, handed to `handler` in a unit of its own; returns what it published, as
     (topic, key, type, data)."""
 
-    async def handle(handler: Callable[..., Awaitable[None]], payload: Payload, **envelope: Any) -> list[tuple[str, str, str, dict[str, Any]]]:
-        unit = unit_for("pms-sync", PmsSyncDeps(settings=SETTINGS, repository=repo), TOPICS[type(payload)], payload, **envelope)
+    async def handle(
+        handler: Callable[..., Awaitable[None]], payload: Payload, **envelope: Any
+    ) -> list[tuple[str, str, str, dict[str, Any]]]:
+        unit = unit_for(
+            "pms-sync", PmsSyncDeps(settings=SETTINGS, repository=repo), TOPICS[type(payload)], payload, **envelope
+        )
         await handler(unit, unit.event.payload)
         for event in unit.emitted:  # every event carries the causing event's correlation id
             assert event.envelope.get("correlationid") == unit.event.correlation_id
@@ -186,14 +227,25 @@ def handle(unit_for: Callable[..., Unit[Any]], repo: FakeRepository) -> Handle:
 
 def configured(integration: str) -> PracticeConfigured:
     return PracticeConfigured.new(
-        practice_id=PRACTICE, name="Harbour Dental", timezone="Australia/Sydney", locale="en", pms={"integration": integration}
+        practice_id=PRACTICE,
+        name="Harbour Dental",
+        timezone="Australia/Sydney",
+        locale="en",
+        pms={"integration": integration},
     )
 
 
-def requested(request_id: str = REQUEST, chart_note: str | None = "Patient has flu; rebook in 2 weeks") -> BookingCancellationRequested:
+def requested(
+    request_id: str = REQUEST, chart_note: str | None = "Patient has flu; rebook in 2 weeks"
+) -> BookingCancellationRequested:
     return BookingCancellationRequested.new(
-        request_id=request_id, booking_id=BOOKING, requested_at=T - timedelta(hours=5), actor=STAFF, channel="practice",
-        reason_code="illness", chart_note=chart_note,
+        request_id=request_id,
+        booking_id=BOOKING,
+        requested_at=T - timedelta(hours=5),
+        actor=STAFF,
+        channel="practice",
+        reason_code="illness",
+        chart_note=chart_note,
     )
 
 
@@ -214,8 +266,12 @@ def cancelled(**overrides: Any) -> BookingCancelled:
         "reason_code": "illness",
         "classification": "late",
         "decision": {
-            "allowed": True, "classification": "late", "charge_card": False, "deposit_action": "none",
-            "policy_version": "r1.s1", "fee": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
+            "allowed": True,
+            "classification": "late",
+            "charge_card": False,
+            "deposit_action": "none",
+            "policy_version": "r1.s1",
+            "fee": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
         },
     }
     return BookingCancelled.new(**(fields | overrides))
@@ -223,16 +279,33 @@ def cancelled(**overrides: Any) -> BookingCancelled:
 
 def no_show_reported() -> BookingNoShowReported:
     return BookingNoShowReported.new(
-        request_id="req-ns", booking_id=BOOKING, reported_at=T + timedelta(minutes=20), actor=NURSE, party="patient",
-        code="DNA", chart_note="Did not answer two calls",
+        request_id="req-ns",
+        booking_id=BOOKING,
+        reported_at=T + timedelta(minutes=20),
+        actor=NURSE,
+        party="patient",
+        code="DNA",
+        chart_note="Did not answer two calls",
     )
 
 
 def no_show_recorded() -> BookingNoShowRecorded:
     return BookingNoShowRecorded.new(
-        booking_id=BOOKING, request_id="req-ns", practice_id=PRACTICE, patient_id="pat-1", party="patient", code="DNA",
-        starts_at=T, recorded_at=T + timedelta(minutes=20),
-        decision={"allowed": True, "classification": "no_show", "charge_card": False, "deposit_action": "none", "policy_version": "r1.s1"},
+        booking_id=BOOKING,
+        request_id="req-ns",
+        practice_id=PRACTICE,
+        patient_id="pat-1",
+        party="patient",
+        code="DNA",
+        starts_at=T,
+        recorded_at=T + timedelta(minutes=20),
+        decision={
+            "allowed": True,
+            "classification": "no_show",
+            "charge_card": False,
+            "deposit_action": "none",
+            "policy_version": "r1.s1",
+        },
     )
 
 
@@ -301,7 +374,12 @@ async def test_a_connected_practice_gets_the_command_on_its_integrations_topic_w
     assert command["chart_note"] == "Patient has flu; rebook in 2 weeks"
     assert command["fee"]["amount"] == "45.00" and command["actor"] == STAFF
     sync = repo.syncs[command["sync_id"]]
-    assert (sync["status"], sync["attempts"], sync["integration"], sync["correlation_id"]) == ("sent", 1, integration, "corr-1")
+    assert (sync["status"], sync["attempts"], sync["integration"], sync["correlation_id"]) == (
+        "sent",
+        1,
+        integration,
+        "corr-1",
+    )
     assert SETTINGS.pms_ack_timeout_seconds / 2 <= sync["next_retry_in"] <= SETTINGS.pms_ack_timeout_seconds
     assert json.loads(sync["command"]) == command  # what a resend sends again
 
@@ -315,9 +393,13 @@ async def test_a_replayed_cancellation_is_the_same_sync_and_is_sent_once(handle:
 # --- a command waits for its request -----------------------------------------------------------------
 
 
-async def test_a_cancellation_read_before_its_request_waits_for_the_chart_note(handle: Handle, repo: FakeRepository) -> None:
+async def test_a_cancellation_read_before_its_request_waits_for_the_chart_note(
+    handle: Handle, repo: FakeRepository
+) -> None:
     await handle(handlers.configure_practice, configured("praktika"))
-    assert await handle(handlers.sync_cancellation, cancelled(series_booking_ids=["bk-2"]), correlation_id="corr-1") == []
+    assert (
+        await handle(handlers.sync_cancellation, cancelled(series_booking_ids=["bk-2"]), correlation_id="corr-1") == []
+    )
     assert {(s["booking_id"], s["status"], s["attempts"], s["next_retry_in"]) for s in repo.syncs.values()} == {
         (BOOKING, "waiting", 0, SETTINGS.pms_request_wait_seconds),
         ("bk-2", "waiting", 0, SETTINGS.pms_request_wait_seconds),
@@ -365,7 +447,10 @@ async def test_an_ok_ack_completes_the_sync_once(handle: Handle, repo: FakeRepos
 
     assert (topic, key, type_) == (PMS_SYNC_EVENTS, BOOKING, "pms.sync_completed")
     assert data == {"sync_id": command["sync_id"], "booking_id": BOOKING, "integration": "praktika", "attempts": 1}
-    assert (repo.syncs[command["sync_id"]]["status"], repo.syncs[command["sync_id"]]["external_ref"]) == ("completed", "PRK-991")
+    assert (repo.syncs[command["sync_id"]]["status"], repo.syncs[command["sync_id"]]["external_ref"]) == (
+        "completed",
+        "PRK-991",
+    )
 
     assert await handle(handlers.acknowledge_sync, ack("ok")) == []  # the connector said it again
 

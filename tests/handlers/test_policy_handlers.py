@@ -34,15 +34,28 @@ class FakePolicyRepository:
         self.decisions: dict[str, dict[str, Any]] = {}  # request_id -> row
 
     async def add_settings_version(
-        self, conn: Any, practice_id: str, *, settings: dict[str, Any], name: str, timezone: str, locale: str,
+        self,
+        conn: Any,
+        practice_id: str,
+        *,
+        settings: dict[str, Any],
+        name: str,
+        timezone: str,
+        locale: str,
         configured_at: datetime,
     ) -> int:
         versions = self.settings.setdefault(practice_id, [])
         # Stored as the jsonb column stores it: what comes back is JSON, not the caller's objects.
-        versions.append({
-            "version": len(versions) + 1, "settings": json.loads(json.dumps(settings)), "name": name,
-            "timezone": timezone, "locale": locale, "configured_at": configured_at,
-        })
+        versions.append(
+            {
+                "version": len(versions) + 1,
+                "settings": json.loads(json.dumps(settings)),
+                "name": name,
+                "timezone": timezone,
+                "locale": locale,
+                "configured_at": configured_at,
+            }
+        )
         return len(versions)
 
     async def current_settings(self, conn: Any, practice_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -94,8 +107,12 @@ def late_cancellation(practice_id: str, *, request_id: str | None = None) -> Can
         practice_id=practice_id,
         kind="cancellation",
         booking=BookingSnapshot.new(
-            starts_at=START, ends_at=START + timedelta(minutes=30), status="scheduled",
-            professional_id="pro-1", patient_portal_account=True, patient_card_on_file=True,
+            starts_at=START,
+            ends_at=START + timedelta(minutes=30),
+            status="scheduled",
+            professional_id="pro-1",
+            patient_portal_account=True,
+            patient_card_on_file=True,
         ),
         requested_at=START - timedelta(hours=5),
         actor=Actor.new(kind="staff", id="staff-1", roles=["reception"]),
@@ -115,13 +132,27 @@ async def test_each_configuration_is_the_next_version_and_is_accepted_with_it(ha
 
     answers = [(e.topic, e.envelope["type"], e.key, e.envelope["data"]) for e in first.emitted + second.emitted]
     assert answers == [
-        (PRACTICE_EVENTS, "practice.configuration_accepted", practice_id, {"practice_id": practice_id, "policy_version": "r1.s1"}),
-        (PRACTICE_EVENTS, "practice.configuration_accepted", practice_id, {"practice_id": practice_id, "policy_version": "r1.s2"}),
+        (
+            PRACTICE_EVENTS,
+            "practice.configuration_accepted",
+            practice_id,
+            {"practice_id": practice_id, "policy_version": "r1.s1"},
+        ),
+        (
+            PRACTICE_EVENTS,
+            "practice.configuration_accepted",
+            practice_id,
+            {"practice_id": practice_id, "policy_version": "r1.s2"},
+        ),
     ]
     versions = repo.settings[practice_id]
     assert [v["version"] for v in versions] == [1, 2]
     assert versions[0]["configured_at"] == at  # the configuration's own time, not when it was handled
-    assert (versions[0]["name"], versions[0]["timezone"], versions[0]["locale"]) == ("Harbour Dental", "Australia/Sydney", "en-AU")
+    assert (versions[0]["name"], versions[0]["timezone"], versions[0]["locale"]) == (
+        "Harbour Dental",
+        "Australia/Sydney",
+        "en-AU",
+    )
     assert versions[0]["settings"]["fees"].get("late_cancellation") is None
     assert versions[1]["settings"]["fees"]["late_cancellation"]["amount"] == "45.00"
     assert "practice_id" not in versions[1]["settings"]  # the settings only, not who the practice is
@@ -133,7 +164,11 @@ async def test_an_unconfigured_practice_is_assessed_by_the_defaults_as_version_z
     unit = await handle(request, repo)
 
     [decided] = unit.emitted
-    assert (decided.topic, decided.envelope["type"], decided.key) == (POLICY_DECISIONS, "cancellation.assessed", request.booking_id)
+    assert (decided.topic, decided.envelope["type"], decided.key) == (
+        POLICY_DECISIONS,
+        "cancellation.assessed",
+        request.booking_id,
+    )
     data = decided.envelope["data"]
     assert (data["policy_version"], data["classification"], data.get("fee")) == ("r1.s0", "late", None)
     assert repo.decisions[request.request_id]["decision"] == data

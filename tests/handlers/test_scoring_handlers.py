@@ -54,14 +54,26 @@ class FakeScoringRepository:
         return dict(row) if row else None
 
     async def add_ledger_entry(
-        self, conn: Any, *, entry_id: str, professional_id: str, booking_id: str | None, delta: int, cause: str,
-        occurred_at: datetime, event_id: str,
+        self,
+        conn: Any,
+        *,
+        entry_id: str,
+        professional_id: str,
+        booking_id: str | None,
+        delta: int,
+        cause: str,
+        occurred_at: datetime,
+        event_id: str,
     ) -> bool:
         if entry_id in self.ledger:
             return False
         self.ledger[entry_id] = {
-            "professional_id": professional_id, "booking_id": booking_id, "delta": delta, "cause": cause,
-            "occurred_at": occurred_at, "event_id": event_id,
+            "professional_id": professional_id,
+            "booking_id": booking_id,
+            "delta": delta,
+            "cause": cause,
+            "occurred_at": occurred_at,
+            "event_id": event_id,
         }
         return True
 
@@ -76,7 +88,9 @@ class FakeScoringRepository:
 
     async def has_penalty(self, conn: Any, professional_id: str, booking_id: str) -> bool:
         return any(
-            e["professional_id"] == professional_id and e["booking_id"] == booking_id and e["cause"] in domain.PENALTY_CAUSES
+            e["professional_id"] == professional_id
+            and e["booking_id"] == booking_id
+            and e["cause"] in domain.PENALTY_CAUSES
             for e in self.ledger.values()
         )
 
@@ -87,22 +101,44 @@ class FakeScoringRepository:
         )
         return [
             domain.Hold(
-                hold_id=h["hold_id"], status=h["status"], occurred_at=h["occurred_at"], starts_at=h["starts_at"],
-                ends_at=h["ends_at"], lift_cause=h["lift_cause"], excused_at=h["excused_at"],
+                hold_id=h["hold_id"],
+                status=h["status"],
+                occurred_at=h["occurred_at"],
+                starts_at=h["starts_at"],
+                ends_at=h["ends_at"],
+                lift_cause=h["lift_cause"],
+                excused_at=h["excused_at"],
             )
             for h in rows
         ]
 
     async def add_hold(
-        self, conn: Any, *, hold_id: str, professional_id: str, booking_id: str, cause: str, occurred_at: datetime,
-        starts_at: datetime, ends_at: datetime,
+        self,
+        conn: Any,
+        *,
+        hold_id: str,
+        professional_id: str,
+        booking_id: str,
+        cause: str,
+        occurred_at: datetime,
+        starts_at: datetime,
+        ends_at: datetime,
     ) -> bool:
         if hold_id in self.holds:
             return False
         self.holds[hold_id] = {
-            "hold_id": hold_id, "professional_id": professional_id, "booking_id": booking_id, "cause": cause,
-            "occurred_at": occurred_at, "starts_at": starts_at, "ends_at": ends_at, "status": "running",
-            "lift_cause": None, "lifted_at": None, "excused_at": None, "excuse_id": None,
+            "hold_id": hold_id,
+            "professional_id": professional_id,
+            "booking_id": booking_id,
+            "cause": cause,
+            "occurred_at": occurred_at,
+            "starts_at": starts_at,
+            "ends_at": ends_at,
+            "status": "running",
+            "lift_cause": None,
+            "lifted_at": None,
+            "excused_at": None,
+            "excuse_id": None,
         }
         return True
 
@@ -120,15 +156,33 @@ class FakeScoringRepository:
         return dict(row) if row else None
 
     async def add_excuse(
-        self, conn: Any, *, excuse_id: str, professional_id: str, booking_id: str, document_ref: str,
-        submitted_at: datetime, status: str, reason: str | None, message: str | None, event_id: str,
+        self,
+        conn: Any,
+        *,
+        excuse_id: str,
+        professional_id: str,
+        booking_id: str,
+        document_ref: str,
+        submitted_at: datetime,
+        status: str,
+        reason: str | None,
+        message: str | None,
+        event_id: str,
     ) -> bool:
         if excuse_id in self.excuses:
             return False
         self.excuses[excuse_id] = {
-            "excuse_id": excuse_id, "professional_id": professional_id, "booking_id": booking_id,
-            "document_ref": document_ref, "submitted_at": submitted_at, "status": status, "reason": reason,
-            "message": message, "decision": None, "reviewer_id": None, "reviewed_at": None,
+            "excuse_id": excuse_id,
+            "professional_id": professional_id,
+            "booking_id": booking_id,
+            "document_ref": document_ref,
+            "submitted_at": submitted_at,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "decision": None,
+            "reviewer_id": None,
+            "reviewed_at": None,
         }
         return True
 
@@ -142,24 +196,54 @@ class FakeScoringRepository:
         return True
 
     async def add_unknown_excuse_review(
-        self, conn: Any, *, excuse_id: str, professional_id: str | None, decision: str, reviewer_id: str,
-        reviewed_at: datetime, reason: str, message: str, event_id: str,
+        self,
+        conn: Any,
+        *,
+        excuse_id: str,
+        professional_id: str | None,
+        decision: str,
+        reviewer_id: str,
+        reviewed_at: datetime,
+        reason: str,
+        message: str,
+        event_id: str,
     ) -> bool:
         if excuse_id in self.excuses:
             return False
         self.excuses[excuse_id] = {
-            "excuse_id": excuse_id, "professional_id": professional_id, "booking_id": None, "document_ref": None,
-            "submitted_at": None, "status": "rejected", "reason": reason, "message": message, "decision": decision,
-            "reviewer_id": reviewer_id, "reviewed_at": reviewed_at,
+            "excuse_id": excuse_id,
+            "professional_id": professional_id,
+            "booking_id": None,
+            "document_ref": None,
+            "submitted_at": None,
+            "status": "rejected",
+            "reason": reason,
+            "message": message,
+            "decision": decision,
+            "reviewer_id": reviewer_id,
+            "reviewed_at": reviewed_at,
         }
         return True
 
     async def review_excuse(
-        self, conn: Any, *, excuse_id: str, status: str, reason: str | None, message: str | None, decision: str,
-        reviewer_id: str, reviewed_at: datetime, event_id: str,
+        self,
+        conn: Any,
+        *,
+        excuse_id: str,
+        status: str,
+        reason: str | None,
+        message: str | None,
+        decision: str,
+        reviewer_id: str,
+        reviewed_at: datetime,
+        event_id: str,
     ) -> None:
         self.excuses[excuse_id].update(
-            status=status, reason=reason, message=message, decision=decision, reviewer_id=reviewer_id,
+            status=status,
+            reason=reason,
+            message=message,
+            decision=decision,
+            reviewer_id=reviewer_id,
             reviewed_at=reviewed_at,
         )
 
@@ -187,15 +271,20 @@ class FakeScoringRepository:
     # --- recalculation ---
 
     async def approved_excuse_bookings(self, conn: Any, professional_id: str) -> list[str]:
-        rows = [e for e in self.excuses.values() if e["professional_id"] == professional_id and e["status"] == "approved"]
+        rows = [
+            e for e in self.excuses.values() if e["professional_id"] == professional_id and e["status"] == "approved"
+        ]
         return [e["booking_id"] for e in sorted(rows, key=lambda e: (e["reviewed_at"], e["excuse_id"]))]
 
     async def professionals_to_recalculate(self, conn: Any) -> list[str]:
         excused = {(e["professional_id"], e["booking_id"]) for e in self.ledger.values() if e["cause"] == "excused"}
-        return sorted({
-            e["professional_id"] for e in self.excuses.values()
-            if e["status"] == "approved" and (e["professional_id"], e["booking_id"]) not in excused
-        })
+        return sorted(
+            {
+                e["professional_id"]
+                for e in self.excuses.values()
+                if e["status"] == "approved" and (e["professional_id"], e["booking_id"]) not in excused
+            }
+        )
 
 
 Handle = Callable[..., Awaitable[list[tuple[str, dict[str, Any]]]]]
@@ -211,7 +300,9 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
         handler: Any, payload: Any, repo: FakeScoringRepository, *, deps: ScoringDeps | None = None, **kw: Any
     ) -> list[tuple[str, dict[str, Any]]]:
         topic = BOOKING_EVENTS if payload.event_type.startswith("booking.") else UPSTREAM_PROFESSIONALS
-        kw.setdefault("subject", getattr(payload, "booking_id", None) or getattr(payload, "professional_id", None) or "all")
+        kw.setdefault(
+            "subject", getattr(payload, "booking_id", None) or getattr(payload, "professional_id", None) or "all"
+        )
         unit = unit_for("scoring", deps or ScoringDeps(repository=repo), topic, payload, **kw)
         await handler(unit, payload)
         for e in unit.emitted:
@@ -223,38 +314,72 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
 
 def decision(classification: str, score_delta: int | None, hold_days: int | None) -> Decision:
     return Decision.new(
-        allowed=True, classification=classification, charge_card=False, deposit_action="none",
-        score_delta=score_delta, hold_days=hold_days, policy_version="r1.s0",
+        allowed=True,
+        classification=classification,
+        charge_card=False,
+        deposit_action="none",
+        score_delta=score_delta,
+        hold_days=hold_days,
+        policy_version="r1.s0",
     )
 
 
 def cancelled(
-    professional_id: str, *, at: datetime = START, classification: str = "late", score_delta: int | None = -50,
-    hold_days: int | None = 7, actor_kind: str = "professional", booking_id: str | None = None,
+    professional_id: str,
+    *,
+    at: datetime = START,
+    classification: str = "late",
+    score_delta: int | None = -50,
+    hold_days: int | None = 7,
+    actor_kind: str = "professional",
+    booking_id: str | None = None,
 ) -> BookingCancelled:
     starts_at = at + timedelta(hours=5)
     return BookingCancelled.new(
-        booking_id=booking_id or unique("bk"), request_id=unique("req"), practice_id="practice-1", patient_id="pat-1",
-        professional_id=professional_id, practitioner_id="dr-1", service_code="hygiene",
-        starts_at=starts_at, ends_at=starts_at + timedelta(minutes=45), cancelled_at=at,
-        actor=Actor.new(kind=actor_kind, id=professional_id if actor_kind == "professional" else unique(actor_kind), roles=[]),
-        channel="professional_app" if actor_kind == "professional" else "patient_portal", status_label="Cancelled",
-        classification=classification, decision=decision(classification, score_delta, hold_days),
+        booking_id=booking_id or unique("bk"),
+        request_id=unique("req"),
+        practice_id="practice-1",
+        patient_id="pat-1",
+        professional_id=professional_id,
+        practitioner_id="dr-1",
+        service_code="hygiene",
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(minutes=45),
+        cancelled_at=at,
+        actor=Actor.new(
+            kind=actor_kind, id=professional_id if actor_kind == "professional" else unique(actor_kind), roles=[]
+        ),
+        channel="professional_app" if actor_kind == "professional" else "patient_portal",
+        status_label="Cancelled",
+        classification=classification,
+        decision=decision(classification, score_delta, hold_days),
     )
 
 
-def no_show(professional_id: str | None, *, score_delta: int | None = -100, hold_days: int | None = 14) -> BookingNoShowRecorded:
+def no_show(
+    professional_id: str | None, *, score_delta: int | None = -100, hold_days: int | None = 14
+) -> BookingNoShowRecorded:
     return BookingNoShowRecorded.new(
-        booking_id=unique("bk"), request_id=unique("req"), practice_id="practice-1", patient_id="pat-1",
-        professional_id=professional_id, party="professional", code="DNA", starts_at=START,
-        recorded_at=START + timedelta(minutes=70), decision=decision("no_show", score_delta, hold_days),
+        booking_id=unique("bk"),
+        request_id=unique("req"),
+        practice_id="practice-1",
+        patient_id="pat-1",
+        professional_id=professional_id,
+        party="professional",
+        code="DNA",
+        starts_at=START,
+        recorded_at=START + timedelta(minutes=70),
+        decision=decision("no_show", score_delta, hold_days),
     )
 
 
 def submitted(professional_id: str, booking_id: str, excuse_id: str | None = None) -> ExcuseSubmitted:
     return ExcuseSubmitted.new(
-        excuse_id=excuse_id or unique("excuse"), professional_id=professional_id, booking_id=booking_id,
-        document_ref="doc-1", submitted_at=START + timedelta(days=1),
+        excuse_id=excuse_id or unique("excuse"),
+        professional_id=professional_id,
+        booking_id=booking_id,
+        document_ref="doc-1",
+        submitted_at=START + timedelta(days=1),
     )
 
 
@@ -274,14 +399,32 @@ async def test_a_late_cancellation_costs_the_policys_penalty_and_a_hold_once(han
     emitted = await handle(score_cancellation, event, repo)
 
     assert emitted == [
-        ("score.changed", {"professional_id": pro, "booking_id": event.booking_id, "delta": -50, "score": 50, "cause": "late_cancelled"}),
-        ("hold.placed", {
-            "hold_id": domain.hold_id(pro, event.booking_id), "professional_id": pro, "booking_id": event.booking_id,
-            "cause": "late_cancellation", "starts_at": "2026-03-02T09:00:00Z", "ends_at": "2026-03-09T09:00:00Z",
-        }),
+        (
+            "score.changed",
+            {
+                "professional_id": pro,
+                "booking_id": event.booking_id,
+                "delta": -50,
+                "score": 50,
+                "cause": "late_cancelled",
+            },
+        ),
+        (
+            "hold.placed",
+            {
+                "hold_id": domain.hold_id(pro, event.booking_id),
+                "professional_id": pro,
+                "booking_id": event.booking_id,
+                "cause": "late_cancellation",
+                "starts_at": "2026-03-02T09:00:00Z",
+                "ends_at": "2026-03-09T09:00:00Z",
+            },
+        ),
     ]
     assert await handle(score_cancellation, event, repo) == []  # replayed under a new envelope id
-    assert [(e["booking_id"], e["delta"], e["cause"]) for e in repo.ledger.values()] == [(event.booking_id, -50, "late_cancelled")]
+    assert [(e["booking_id"], e["delta"], e["cause"]) for e in repo.ledger.values()] == [
+        (event.booking_id, -50, "late_cancelled")
+    ]
     assert len(repo.holds) == 1
 
 
@@ -292,12 +435,18 @@ async def test_holds_stack_behind_the_stored_ones(handle: Handle) -> None:
 
     [(_, changed), (_, placed)] = emitted
     assert (changed["delta"], changed["score"], changed["cause"]) == (-100, -50, "no_show")  # unclamped
-    assert (placed["cause"], placed["starts_at"], placed["ends_at"]) == ("no_show", "2026-03-09T09:00:00Z", "2026-03-23T09:00:00Z")
+    assert (placed["cause"], placed["starts_at"], placed["ends_at"]) == (
+        "no_show",
+        "2026-03-09T09:00:00Z",
+        "2026-03-23T09:00:00Z",
+    )
 
 
 async def test_a_timely_cancellation_costs_its_delta_and_places_no_hold(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    emitted = await handle(score_cancellation, cancelled(pro, classification="timely", score_delta=-10, hold_days=None), repo)
+    emitted = await handle(
+        score_cancellation, cancelled(pro, classification="timely", score_delta=-10, hold_days=None), repo
+    )
     assert [(t, d["delta"], d["cause"]) for t, d in emitted] == [("score.changed", -10, "cancelled")]
     assert repo.holds == {}
 
@@ -322,11 +471,15 @@ async def test_the_third_unexcused_hold_suspends_once(handle: Handle) -> None:
 
 async def test_the_suspension_threshold_comes_from_the_deps(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    emitted = await handle(score_cancellation, cancelled(pro), repo, deps=ScoringDeps(repository=repo, suspension_holds=1))
+    emitted = await handle(
+        score_cancellation, cancelled(pro), repo, deps=ScoringDeps(repository=repo, suspension_holds=1)
+    )
     assert [t for t, _ in emitted] == ["score.changed", "hold.placed", "account.suspended"]
 
 
-@pytest.mark.parametrize("event", [cancelled("pro-x", score_delta=None), no_show("pro-x", score_delta=None)], ids=["cancelled", "no_show"])
+@pytest.mark.parametrize(
+    "event", [cancelled("pro-x", score_delta=None), no_show("pro-x", score_delta=None)], ids=["cancelled", "no_show"]
+)
 async def test_a_decision_without_its_penalty_is_refused_before_anything_is_stored(event: Any, handle: Handle) -> None:
     repo = FakeScoringRepository()
     handler = score_cancellation if isinstance(event, BookingCancelled) else score_no_show
@@ -344,7 +497,10 @@ async def test_a_professional_no_show_naming_no_professional_is_refused(handle: 
 
 async def test_cancellations_by_anyone_else_never_touch_the_professional(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    assert await handle(score_cancellation, cancelled(pro, actor_kind="patient", score_delta=None, hold_days=None), repo) == []
+    assert (
+        await handle(score_cancellation, cancelled(pro, actor_kind="patient", score_delta=None, hold_days=None), repo)
+        == []
+    )
     assert (repo.professionals, repo.ledger) == ({}, {})
 
 
@@ -352,14 +508,19 @@ async def test_a_completion_earns_the_bonus_once(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     event = BookingCompleted.new(booking_id=unique("bk"), completed_at=START, professional_id=pro)
     assert await handle(score_completion, event, repo) == [
-        ("score.changed", {"professional_id": pro, "booking_id": event.booking_id, "delta": 10, "score": 110, "cause": "completed"})
+        (
+            "score.changed",
+            {"professional_id": pro, "booking_id": event.booking_id, "delta": 10, "score": 110, "cause": "completed"},
+        )
     ]
     assert await handle(score_completion, event, repo) == []
 
 
 async def test_an_excuse_for_an_unpenalised_booking_is_recorded_as_refused(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    await handle(score_completion, BookingCompleted.new(booking_id="bk-done", completed_at=START, professional_id=pro), repo)
+    await handle(
+        score_completion, BookingCompleted.new(booking_id="bk-done", completed_at=START, professional_id=pro), repo
+    )
     unknown_pro, unpenalised = submitted(unique("pro"), "bk-1"), submitted(pro, "bk-done")
 
     assert await handle(record_excuse, unknown_pro, repo) == []
@@ -372,7 +533,9 @@ async def test_an_excuse_for_an_unpenalised_booking_is_recorded_as_refused(handl
     assert "bk-done" in repo.excuses[unpenalised.excuse_id]["message"]
 
 
-async def test_an_approved_excuse_lifts_the_hold_and_the_recalculation_takes_the_penalty_out_once(handle: Handle) -> None:
+async def test_an_approved_excuse_lifts_the_hold_and_the_recalculation_takes_the_penalty_out_once(
+    handle: Handle,
+) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     penalised = cancelled(pro)
     await handle(score_cancellation, penalised, repo)
@@ -381,25 +544,51 @@ async def test_an_approved_excuse_lifts_the_hold_and_the_recalculation_takes_the
     assert repo.excuses[excuse.excuse_id]["status"] == "pending"
 
     emitted = await handle(review_excuse, reviewed(excuse.excuse_id), repo, subject=pro)
-    assert emitted == [("hold.lifted", {"hold_id": domain.hold_id(pro, penalised.booking_id), "professional_id": pro, "cause": "excused"})]
+    assert emitted == [
+        (
+            "hold.lifted",
+            {"hold_id": domain.hold_id(pro, penalised.booking_id), "professional_id": pro, "cause": "excused"},
+        )
+    ]
     assert repo.excuses[excuse.excuse_id]["status"] == "approved"
-    assert await handle(review_excuse, reviewed(excuse.excuse_id, "rejected"), repo, subject=pro) == []  # the first decision stands
+    assert (
+        await handle(review_excuse, reviewed(excuse.excuse_id, "rejected"), repo, subject=pro) == []
+    )  # the first decision stands
     assert repo.excuses[excuse.excuse_id]["status"] == "approved"
 
     recalculation = ScoreRecalculationRequested.new(professional_id=pro)
     assert await handle(recalculate_scores, recalculation, repo) == [
-        ("score.changed", {"professional_id": pro, "booking_id": penalised.booking_id, "delta": 50, "score": 100, "cause": "recalculated"})
+        (
+            "score.changed",
+            {
+                "professional_id": pro,
+                "booking_id": penalised.booking_id,
+                "delta": 50,
+                "score": 100,
+                "cause": "recalculated",
+            },
+        )
     ]
     assert await handle(recalculate_scores, ScoreRecalculationRequested.new(), repo, subject="all") == []
 
 
-async def test_a_review_of_an_excuse_never_submitted_is_recorded_as_rejected_for_the_subjects_professional(handle: Handle) -> None:
+async def test_a_review_of_an_excuse_never_submitted_is_recorded_as_rejected_for_the_subjects_professional(
+    handle: Handle,
+) -> None:
     repo, pro, excuse_id = FakeScoringRepository(), unique("pro"), unique("excuse")
     assert await handle(review_excuse, reviewed(excuse_id), repo, subject=pro) == []
     row = repo.excuses[excuse_id]
-    assert (row["professional_id"], row["status"], row["reason"], row["decision"]) == (pro, "rejected", domain.UNKNOWN_EXCUSE, "approved")
+    assert (row["professional_id"], row["status"], row["reason"], row["decision"]) == (
+        pro,
+        "rejected",
+        domain.UNKNOWN_EXCUSE,
+        "approved",
+    )
 
     # Its submission arriving late fills in the details; the refusal stands.
     await handle(score_cancellation, penalised := cancelled(pro), repo)
     assert await handle(record_excuse, submitted(pro, penalised.booking_id, excuse_id), repo) == []
-    assert (repo.excuses[excuse_id]["status"], repo.excuses[excuse_id]["booking_id"]) == ("rejected", penalised.booking_id)
+    assert (repo.excuses[excuse_id]["status"], repo.excuses[excuse_id]["booking_id"]) == (
+        "rejected",
+        penalised.booking_id,
+    )

@@ -39,7 +39,12 @@ def scheduled(booking_id: str, starts_at: datetime, *, practice_id: str) -> dict
         "ends_at": iso(starts_at + timedelta(minutes=30)),
         "practitioner_id": "practitioner-1",
         "service_code": "checkup",
-        "patient": {"patient_id": f"patient-{booking_id}", "first_name": "Ada", "portal_account": True, "card_on_file": False},
+        "patient": {
+            "patient_id": f"patient-{booking_id}",
+            "first_name": "Ada",
+            "portal_account": True,
+            "card_on_file": False,
+        },
     }
 
 
@@ -138,7 +143,9 @@ async def metric_samples(proc: ServiceProcess, name: str) -> list[tuple[dict[str
 
 async def message_counts(proc: ServiceProcess) -> dict[tuple[str, str], float]:
     """(topic, outcome) -> messages_total of that process (processed, duplicate, ...)."""
-    return {(labels["topic"], labels["outcome"]): value for labels, value in await metric_samples(proc, "messages_total")}
+    return {
+        (labels["topic"], labels["outcome"]): value for labels, value in await metric_samples(proc, "messages_total")
+    }
 
 
 async def transient_retries(proc: ServiceProcess) -> float:
@@ -173,11 +180,16 @@ async def wait_group(bootstrap: str, group: str, *, members: int, timeout: float
 
     Publishing after this means no rebalance is pending that could make a test's timing odd.
     """
-    want = (lambda s: s[0] == "Empty" or s == ("Dead", 0)) if members == 0 else (
-        lambda s: s[0] == "Stable" and s[1] >= members
+    want = (
+        (lambda s: s[0] == "Empty" or s == ("Dead", 0))
+        if members == 0
+        else (lambda s: s[0] == "Stable" and s[1] >= members)
     )
     await eventually(
-        lambda: group_state(bootstrap, group), want, timeout=timeout, every=0.3,
+        lambda: group_state(bootstrap, group),
+        want,
+        timeout=timeout,
+        every=0.3,
         what=f"consumer group {group!r} with {members} member(s)"
         + (" (another process of this service is running in the group?)" if members == 0 else ""),
     )
@@ -190,7 +202,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         return await consumer.end_offsets(partitions)
     finally:
@@ -236,8 +248,11 @@ def postgres_is_local() -> bool:
 async def postgres(action: str) -> None:
     """`bash infra/postgres.sh stop|start`, off the event loop."""
     proc = await asyncio.create_subprocess_exec(
-        "bash", str(ROOT / "infra" / "postgres.sh"), action,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "bash",
+        str(ROOT / "infra" / "postgres.sh"),
+        action,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
     if proc.returncode != 0:

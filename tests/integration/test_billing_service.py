@@ -101,7 +101,12 @@ def cancelled(
 
 
 def no_show(
-    booking_id: str, practice_id: str, patient_id: str, the_decision: Decision, *, deposit: tuple[str, str] | None = None
+    booking_id: str,
+    practice_id: str,
+    patient_id: str,
+    the_decision: Decision,
+    *,
+    deposit: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     return BookingNoShowRecorded.new(
         booking_id=booking_id,
@@ -126,7 +131,10 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
 ) -> None:
     practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
     data = cancelled(
-        booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), deposit_action="keep"),
+        booking,
+        practice,
+        patient,
+        decision("late", fee=("45.00", "AUD", "D9987"), deposit_action="keep"),
         deposit=("20.00", "AUD"),
     )
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
@@ -152,7 +160,10 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
     record = billing.get_json(f"/booking-billing?booking_id={booking}")
     [charge] = record["charges"]
     assert (charge["charge_id"], charge["status"], charge["amount"], charge["practice_id"]) == (
-        expected_id, "outstanding", "45.00", practice,
+        expected_id,
+        "outstanding",
+        "45.00",
+        practice,
     )
     assert [(d["outcome"], d["amount"]) for d in record["deposits"]] == [("kept", "20.00")]
     assert [(a["action"], a["actor"], a["amount"]) for a in record["audit"]] == [
@@ -177,7 +188,12 @@ async def test_card_on_file_is_captured_through_the_gateway(
         [created] = await w.wait_for(on(booking, "charge.created"))
         [captured] = await w.wait_for(on(booking, "payment.captured"))
     assert (created.data["kind"], created.data["amount"], created.data["currency"]) == ("no_show", "6000", "JPY")
-    assert captured.data == {"charge_id": created.data["charge_id"], "booking_id": booking, "amount": "6000", "currency": "JPY"}
+    assert captured.data == {
+        "charge_id": created.data["charge_id"],
+        "booking_id": booking,
+        "amount": "6000",
+        "currency": "JPY",
+    }
     assert created.offset < captured.offset  # one key, one partition: created before paid
 
     record = billing.get_json(f"/booking-billing?booking_id={booking}")
@@ -203,7 +219,11 @@ async def test_a_declined_card_leaves_the_charge_outstanding(
             await publisher.event(BOOKING_EVENTS, "booking.cancelled", bk, data)
         [failed] = await w.wait_for(on(booking, "payment.failed"))
         [failed_too] = await w.wait_for(on(other, "payment.failed"))
-    assert (failed.data["failure_reason"], failed.data["amount"], failed.data["currency"]) == ("card_declined", "45.00", "USD")
+    assert (failed.data["failure_reason"], failed.data["amount"], failed.data["currency"]) == (
+        "card_declined",
+        "45.00",
+        "USD",
+    )
     assert failed_too.data["failure_reason"] == "insufficient_funds"
 
     [charge] = billing.get_json(f"/charges?patient_id={declined}")["charges"]
@@ -226,7 +246,12 @@ async def test_deposits_are_refunded_or_turned_into_credit_notes(
     # a professional's cancellation: no fee for the patient, and the deposit goes back
     professional = Actor.new(kind="professional", id=unique("pro"))
     data = cancelled(
-        booking, practice, patient, decision("late", deposit_action=action), deposit=("30.00", "EUR"), actor=professional
+        booking,
+        practice,
+        patient,
+        decision("late", deposit_action=action),
+        deposit=("30.00", "EUR"),
+        actor=professional,
     )
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data)
@@ -258,7 +283,10 @@ async def test_nothing_to_bill_publishes_nothing(billing: ServiceProcess, infra:
 async def test_a_duplicate_delivery_charges_once(billing: ServiceProcess, infra: Any, publisher: Publisher) -> None:
     practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
     data = cancelled(
-        booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True, deposit_action="keep"),
+        booking,
+        practice,
+        patient,
+        decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True, deposit_action="keep"),
         deposit=("20.00", "AUD"),
     )
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
@@ -329,7 +357,10 @@ async def test_a_no_show_keeps_the_deposit_and_raises_the_no_show_fee(
 ) -> None:
     practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
     data = no_show(
-        booking, practice, patient, decision("no_show", fee=("80.00", "AUD", "D9986"), deposit_action="keep"),
+        booking,
+        practice,
+        patient,
+        decision("no_show", fee=("80.00", "AUD", "D9986"), deposit_action="keep"),
         deposit=("25.00", "AUD"),
     )
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
@@ -344,7 +375,8 @@ async def test_a_no_show_keeps_the_deposit_and_raises_the_no_show_fee(
     ]
     assert [(d["outcome"], d["amount"], d["currency"]) for d in record["deposits"]] == [("kept", "25.00", "AUD")]
     assert [(a["action"], a["actor"]) for a in record["audit"]] == [
-        ("charge_created", "service/booking"), ("deposit_kept", "service/booking"),
+        ("charge_created", "service/booking"),
+        ("deposit_kept", "service/booking"),
     ]
 
 
@@ -353,8 +385,14 @@ async def test_a_timely_cancellation_refunds_the_deposit_and_charges_nothing(
 ) -> None:
     practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
     patient_actor = Actor.new(kind="patient", id=patient)
-    data = cancelled(booking, practice, patient, decision("timely", deposit_action="refund"), deposit=("20.00", "AUD"),
-                     actor=patient_actor)
+    data = cancelled(
+        booking,
+        practice,
+        patient,
+        decision("timely", deposit_action="refund"),
+        deposit=("20.00", "AUD"),
+        actor=patient_actor,
+    )
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
         [refunded] = await w.wait_for(on(booking, "deposit.refunded"))
@@ -372,7 +410,12 @@ async def test_a_timely_cancellation_refunds_the_deposit_and_charges_nothing(
 
 
 def adjustment(charge: str, roles: list[str], **changes: str) -> dict[str, Any]:
-    return {"request_id": unique("adj"), "charge_id": charge, "actor": {"id": unique("staff"), "roles": roles}, **changes}
+    return {
+        "request_id": unique("adj"),
+        "charge_id": charge,
+        "actor": {"id": unique("staff"), "roles": roles},
+        **changes,
+    }
 
 
 def answer_to(command: dict[str, Any]):
@@ -390,7 +433,9 @@ async def _raise_charges(
     bookings = []
     for _ in range(n):
         booking = unique("bk")
-        data = cancelled(booking, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987"), charge_card=charge_card))
+        data = cancelled(
+            booking, practice, unique("pat"), decision("late", fee=("45.00", "AUD", "D9987"), charge_card=charge_card)
+        )
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
         bookings.append((booking, charge_id(booking, data["request_id"])))
     for booking, _ in bookings:
@@ -416,7 +461,9 @@ async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
         [(booking, charge)] = await _raise_charges(w, publisher, practice, 1)
         command = adjustment(charge, roles, amount="30.00", code="D9986", code_system="CDT")
-        sent = await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command, source="upstream/staff-tools")
+        sent = await publisher.event(
+            BILLING_COMMANDS, "charge.adjustment_requested", charge, command, source="upstream/staff-tools"
+        )
         [answer] = await w.wait_for(answer_to(command))
     assert answer.key == booking  # billing events are keyed by the booking
     record = billing.get_json(f"/booking-billing?booking_id={booking}")
@@ -436,11 +483,19 @@ async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
             {"currency": "AUD", "outstanding": "30.00", "pending_capture": "0.00", "charges": 1}
         ]
         audit = record["audit"][-1]
-        assert (audit["action"], audit["actor"], audit["amount"], audit["charge_id"]) == ("charge_adjusted", who, "30.00", charge)
+        assert (audit["action"], audit["actor"], audit["amount"], audit["charge_id"]) == (
+            "charge_adjusted",
+            who,
+            "30.00",
+            charge,
+        )
         assert audit["detail"]["before"]["amount_minor"] == 4500 and audit["detail"]["after"]["amount_minor"] == 3000
         assert datetime.fromisoformat(audit["at"]) == datetime.fromisoformat(sent["time"].replace("Z", "+00:00"))
         assert (request["outcome"], request["actor"], request["before"]["amount"], request["after"]["amount"]) == (
-            "adjusted", who, "45.00", "30.00",
+            "adjusted",
+            who,
+            "45.00",
+            "30.00",
         )
     else:
         assert answer.type == "charge.adjustment_rejected"
@@ -461,7 +516,11 @@ async def test_an_adjustment_of_a_charge_that_was_never_raised_is_not_found(
         answers = [(await w.wait_for(answer_to(c)))[0] for c in commands]
     for command, answer in zip(commands, answers, strict=True):
         assert answer.type == "charge.adjustment_rejected"
-        assert answer.data == {"charge_id": command["charge_id"], "request_id": command["request_id"], "reason": "not_found"}
+        assert answer.data == {
+            "charge_id": command["charge_id"],
+            "request_id": command["request_id"],
+            "reason": "not_found",
+        }
         assert answer.key == command["charge_id"]  # no booking to key it by
 
 
@@ -590,11 +649,21 @@ async def _pending_charge(pool: asyncpg.Pool) -> str:
         await repository.insert_charge(
             conn,
             {
-                "charge_id": charge_id(booking, request), "booking_id": booking, "request_id": request,
-                "practice_id": unique("practice"), "patient_id": unique("pat"), "kind": "no_show",
-                "amount_minor": 6000, "currency": "AUD", "code": "D9986", "code_system": "CDT",
-                "charge_card": True, "status": "pending_capture", "policy_version": "r1.s2",
-                "occurred_at": START, "correlation_id": None,
+                "charge_id": charge_id(booking, request),
+                "booking_id": booking,
+                "request_id": request,
+                "practice_id": unique("practice"),
+                "patient_id": unique("pat"),
+                "kind": "no_show",
+                "amount_minor": 6000,
+                "currency": "AUD",
+                "code": "D9986",
+                "code_system": "CDT",
+                "charge_card": True,
+                "status": "pending_capture",
+                "policy_version": "r1.s2",
+                "occurred_at": START,
+                "correlation_id": None,
             },
         )
     return charge_id(booking, request)
@@ -605,7 +674,10 @@ async def _capture(pool: asyncpg.Pool, gateway: Any, woken: list[bool], lease: f
     settings = BillingSettings(capture_batch_size=10, capture_lease_seconds=lease, gateway_timeout_seconds=5.0)
     done = await background.run_round(
         capture.card_capture(settings, saved_cards=gateway.charges_saved_cards),
-        pool=pool, service="billing", deps=SimpleNamespace(gateway=gateway), on_committed=lambda: woken.append(True),
+        pool=pool,
+        service="billing",
+        deps=SimpleNamespace(gateway=gateway),
+        on_committed=lambda: woken.append(True),
     )
     return done.claimed
 
@@ -633,8 +705,11 @@ async def test_a_lost_gateway_answer_is_asked_again_with_the_same_key_and_charge
         the_charge,
     )
     assert dict(row) == {
-        "status": "paid", "payment": "captured", "gateway_ref": processor.captures[0].reference,
-        "idempotency_key": the_charge, "capture_attempts": 2,
+        "status": "paid",
+        "payment": "captured",
+        "gateway_ref": processor.captures[0].reference,
+        "idempotency_key": the_charge,
+        "capture_attempts": 2,
     }
     [event] = await scratch_pool.fetch("SELECT type, key, payload::text AS payload FROM outbox")
     assert event["type"] == "payment.captured"

@@ -59,10 +59,16 @@ START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 SUCCEEDS = "pm_card_visa"
 DECLINES = {
     "pm_card_visa_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
-    "pm_card_visa_chargeDeclinedInsufficientFunds": ("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+    "pm_card_visa_chargeDeclinedInsufficientFunds": (
+        "card_declined",
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
     "pm_card_chargeDeclinedExpiredCard": ("expired_card", "expired_card", "Your card has expired."),
     "pm_card_authenticationRequired": (
-        "authentication_required", "authentication_required", "This transaction requires authentication."
+        "authentication_required",
+        "authentication_required",
+        "This transaction requires authentication.",
     ),
 }
 REQUIRED = ("amount", "currency", "customer", "payment_method", "confirm", "off_session")
@@ -138,7 +144,7 @@ class FakeStripe:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 params = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
                 headers = {name.title(): value for name, value in self.headers.items()}
@@ -183,21 +189,33 @@ class FakeStripe:
             if key in self._answers:
                 first_params, status, answer = self._answers[key]
                 if first_params != params:
-                    return 400, _error(
-                        "idempotency_error",
-                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                    ), {}
+                    return (
+                        400,
+                        _error(
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                        ),
+                        {},
+                    )
                 seen["replayed"] = True
                 return status, answer, {"Idempotent-Replayed": "true", "Idempotency-Key": key}
             if key in self._in_flight:
-                return 409, _error(
-                    "invalid_request_error",
-                    "There is currently another in-progress request using this Idempotency-Key; try again later.",
-                    code="idempotency_key_in_use",
-                ), {}
+                return (
+                    409,
+                    _error(
+                        "invalid_request_error",
+                        "There is currently another in-progress request using this Idempotency-Key; try again later.",
+                        code="idempotency_key_in_use",
+                    ),
+                    {},
+                )
             missing = [p for p in REQUIRED if not params.get(p)]
             if missing:
-                return 400, _error("invalid_request_error", f"Missing required param: {missing[0]}.", code="parameter_missing"), {}
+                return (
+                    400,
+                    _error("invalid_request_error", f"Missing required param: {missing[0]}.", code="parameter_missing"),
+                    {},
+                )
             if key:
                 self._in_flight.add(key)
             status, answer = self._create(params)  # the PaymentIntent exists: money moved (or not)
@@ -224,7 +242,7 @@ class FakeStripe:
             "customer": params["customer"],
             "payment_method": params["payment_method"],
             "livemode": False,
-            "metadata": {k[len("metadata["):-1]: v for k, v in params.items() if k.startswith("metadata[")},
+            "metadata": {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")},
             "status": "succeeded",
             "last_payment_error": None,
             "latest_charge": "ch_" + uuid.uuid4().hex[:24],
@@ -235,11 +253,18 @@ class FakeStripe:
             intent["amount_received"] = intent["amount"]
             return 200, intent
         code, decline_code, message = decline
-        error = {"type": "card_error", "code": code, "decline_code": decline_code, "message": message,
-                 "doc_url": f"https://stripe.com/docs/error-codes/{code}"}
+        error = {
+            "type": "card_error",
+            "code": code,
+            "decline_code": decline_code,
+            "message": message,
+            "doc_url": f"https://stripe.com/docs/error-codes/{code}",
+        }
         intent["status"] = "requires_payment_method"
         intent["last_payment_error"] = dict(error)
-        return 402, {"error": {**error, "payment_intent": intent, "request_log_url": "https://dashboard.stripe.com/test/logs"}}
+        return 402, {
+            "error": {**error, "payment_intent": intent, "request_log_url": "https://dashboard.stripe.com/test/logs"}
+        }
 
 
 def _error(type_: str, message: str, code: str | None = None) -> dict[str, Any]:
@@ -279,7 +304,11 @@ async def test_the_gateway_sends_the_key_amount_currency_customer_and_card(
     )
     [intent] = fake_stripe.intents_for(key)
     assert (result.status, result.reference, result.amount_minor, result.currency, result.failure_reason) == (
-        "captured", intent["id"], 4500, "AUD", None,
+        "captured",
+        intent["id"],
+        4500,
+        "AUD",
+        None,
     )
     [request] = fake_stripe.requests_for(key)
     assert request["headers"]["Idempotency-Key"] == key
@@ -299,8 +328,13 @@ async def test_the_gateway_sends_the_key_amount_currency_customer_and_card(
 async def test_amounts_go_in_the_currencys_minor_units(gateway: StripeGateway, fake_stripe: FakeStripe) -> None:
     for amount_minor, currency in ((6000, "JPY"), (1234, "KWD")):
         key = str(uuid.uuid4())
-        await gateway.charge(idempotency_key=key, amount_minor=amount_minor, currency=currency,
-                             customer_ref="cus_A1", payment_method=SUCCEEDS)
+        await gateway.charge(
+            idempotency_key=key,
+            amount_minor=amount_minor,
+            currency=currency,
+            customer_ref="cus_A1",
+            payment_method=SUCCEEDS,
+        )
         [request] = fake_stripe.requests_for(key)
         assert (request["params"]["amount"], request["params"]["currency"]) == (str(amount_minor), currency.lower())
 
@@ -330,8 +364,13 @@ async def test_the_same_key_gets_the_first_answer_and_one_payment_intent(
 ) -> None:
     paid, declined = str(uuid.uuid4()), str(uuid.uuid4())
     for key, payment_method in ((paid, SUCCEEDS), (declined, "pm_card_visa_chargeDeclinedInsufficientFunds")):
-        args = {"idempotency_key": key, "amount_minor": 4500, "currency": "AUD", "customer_ref": "cus_C3",
-                "payment_method": payment_method}
+        args = {
+            "idempotency_key": key,
+            "amount_minor": 4500,
+            "currency": "AUD",
+            "customer_ref": "cus_C3",
+            "payment_method": payment_method,
+        }
         first = await gateway.charge(**args)
         again = await gateway.charge(**args)
         assert first == again
@@ -343,8 +382,13 @@ async def test_stripe_errors_and_no_answer_are_retried_with_the_same_key(
     gateway: StripeGateway, fake_stripe: FakeStripe
 ) -> None:
     key = str(uuid.uuid4())
-    args = {"idempotency_key": key, "amount_minor": 4500, "currency": "AUD", "customer_ref": "cus_D4",
-            "payment_method": SUCCEEDS}
+    args = {
+        "idempotency_key": key,
+        "amount_minor": 4500,
+        "currency": "AUD",
+        "customer_ref": "cus_D4",
+        "payment_method": SUCCEEDS,
+    }
     for status in (500, 503, 429):
         fake_stripe.fail_next(status)
         with pytest.raises(GatewayUnavailable):
@@ -364,8 +408,13 @@ async def test_stripe_errors_and_no_answer_are_retried_with_the_same_key(
 
 async def test_a_key_still_in_flight_is_an_unknown_outcome(gateway: StripeGateway, fake_stripe: FakeStripe) -> None:
     key = str(uuid.uuid4())
-    args = {"idempotency_key": key, "amount_minor": 4500, "currency": "AUD", "customer_ref": "cus_E5",
-            "payment_method": SUCCEEDS}
+    args = {
+        "idempotency_key": key,
+        "amount_minor": 4500,
+        "currency": "AUD",
+        "customer_ref": "cus_E5",
+        "payment_method": SUCCEEDS,
+    }
     fake_stripe.delay(key, 1.5)
     first = asyncio.create_task(gateway.charge(**args))
     await fake_stripe.wait_for_request(key)
@@ -377,11 +426,13 @@ async def test_a_key_still_in_flight_is_an_unknown_outcome(gateway: StripeGatewa
 
 async def test_a_key_reused_with_other_parameters_is_refused(gateway: StripeGateway, fake_stripe: FakeStripe) -> None:
     key = str(uuid.uuid4())
-    await gateway.charge(idempotency_key=key, amount_minor=4500, currency="AUD", customer_ref="cus_F6",
-                         payment_method=SUCCEEDS)
+    await gateway.charge(
+        idempotency_key=key, amount_minor=4500, currency="AUD", customer_ref="cus_F6", payment_method=SUCCEEDS
+    )
     with pytest.raises(IdempotencyKeyReused):
-        await gateway.charge(idempotency_key=key, amount_minor=9000, currency="AUD", customer_ref="cus_F6",
-                             payment_method=SUCCEEDS)
+        await gateway.charge(
+            idempotency_key=key, amount_minor=9000, currency="AUD", customer_ref="cus_F6", payment_method=SUCCEEDS
+        )
     assert len(fake_stripe.intents_for(key)) == 1
 
 
@@ -391,8 +442,13 @@ async def test_a_wrong_api_key_is_not_taken_for_a_passing_outage(fake_stripe: Fa
     wrong = StripeGateway("sk_test_wrong", api_base=fake_stripe.url, timeout=5.0)
     try:
         with pytest.raises(stripe.AuthenticationError):
-            await wrong.charge(idempotency_key=str(uuid.uuid4()), amount_minor=100, currency="AUD",
-                               customer_ref="cus_G7", payment_method=SUCCEEDS)
+            await wrong.charge(
+                idempotency_key=str(uuid.uuid4()),
+                amount_minor=100,
+                currency="AUD",
+                customer_ref="cus_G7",
+                payment_method=SUCCEEDS,
+            )
     finally:
         await wrong.close()
 
@@ -423,17 +479,28 @@ async def _pending_charge(pool: asyncpg.Pool, patient: str, *, card: tuple[str, 
         await repository.insert_charge(
             conn,
             {
-                "charge_id": charge_id(booking, request), "booking_id": booking, "request_id": request,
-                "practice_id": unique("practice"), "patient_id": patient, "kind": "late_cancellation",
-                "amount_minor": 4500, "currency": "AUD", "code": "D9987", "code_system": "CDT",
-                "charge_card": True, "status": "pending_capture", "policy_version": "r1.s2",
-                "occurred_at": START, "correlation_id": None,
+                "charge_id": charge_id(booking, request),
+                "booking_id": booking,
+                "request_id": request,
+                "practice_id": unique("practice"),
+                "patient_id": patient,
+                "kind": "late_cancellation",
+                "amount_minor": 4500,
+                "currency": "AUD",
+                "code": "D9987",
+                "code_system": "CDT",
+                "charge_card": True,
+                "status": "pending_capture",
+                "policy_version": "r1.s2",
+                "occurred_at": START,
+                "correlation_id": None,
             },
         )
         if card is not None:
             await conn.execute(
                 "INSERT INTO patient_cards (patient_id, stripe_customer_id, stripe_payment_method_id) VALUES ($1, $2, $3)",
-                patient, *card,
+                patient,
+                *card,
             )
     return charge_id(booking, request)
 
@@ -443,7 +510,9 @@ async def _capture(pool: asyncpg.Pool, gateway: Any, *, timeout: float = 5.0) ->
     settings = BillingSettings(capture_batch_size=10, capture_lease_seconds=0.0, gateway_timeout_seconds=timeout)
     done = await background.run_round(
         capture.card_capture(settings, saved_cards=gateway.charges_saved_cards),
-        pool=pool, service="billing", deps=SimpleNamespace(gateway=gateway),
+        pool=pool,
+        service="billing",
+        deps=SimpleNamespace(gateway=gateway),
     )
     return done.claimed
 
@@ -459,8 +528,13 @@ async def test_no_saved_card_fails_without_asking_stripe(
         " FROM charges c JOIN payments p USING (charge_id) WHERE c.charge_id = $1",
         the_charge,
     )
-    assert dict(row) == {"status": "outstanding", "failure_reason": "no_card_on_file", "payment": "failed",
-                         "gateway": "stripe", "gateway_ref": None}
+    assert dict(row) == {
+        "status": "outstanding",
+        "failure_reason": "no_card_on_file",
+        "payment": "failed",
+        "gateway": "stripe",
+        "gateway_ref": None,
+    }
     [event] = await scratch_pool.fetch("SELECT payload::text AS payload FROM outbox")
     assert json.loads(event["payload"])["data"]["failure_reason"] == "no_card_on_file"
 
@@ -474,10 +548,14 @@ async def test_a_capture_retried_after_a_lost_answer_creates_one_payment_intent(
 
     assert await _capture(scratch_pool, gateway, timeout=0.5) == 1  # timed out: outcome unknown
     assert len(fake_stripe.intents_for(the_charge)) == 1
-    assert await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", the_charge) == "pending_capture"
+    assert (
+        await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", the_charge) == "pending_capture"
+    )
 
     assert await _capture(scratch_pool, gateway) == 1  # still in flight at Stripe: 409, unknown again
-    assert await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", the_charge) == "pending_capture"
+    assert (
+        await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", the_charge) == "pending_capture"
+    )
     await asyncio.sleep(2.0)
     assert await _capture(scratch_pool, gateway) == 1  # Stripe's stored answer
 
@@ -490,7 +568,12 @@ async def test_a_capture_retried_after_a_lost_answer_creates_one_payment_intent(
         " FROM charges c JOIN payments p USING (charge_id) WHERE c.charge_id = $1",
         the_charge,
     )
-    assert dict(row) == {"status": "paid", "gateway_ref": intent["id"], "idempotency_key": the_charge, "capture_attempts": 3}
+    assert dict(row) == {
+        "status": "paid",
+        "gateway_ref": intent["id"],
+        "idempotency_key": the_charge,
+        "capture_attempts": 3,
+    }
     assert intent["customer"] == "cus_H8" and intent["payment_method"] == SUCCEEDS
     assert await _capture(scratch_pool, gateway) == 0
 
@@ -527,9 +610,10 @@ async def test_a_key_stripe_may_have_forgotten_is_not_sent_again(
     )
     assert await _capture(scratch_pool, gateway) == 2  # both leased (and backed off) ...
     assert fake_stripe.requests_for(first_sent_long_ago) == []  # ... one not sent: a person settles it
-    assert await scratch_pool.fetchval(
-        "SELECT status FROM charges WHERE charge_id = $1", first_sent_long_ago
-    ) == "pending_capture"
+    assert (
+        await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", first_sent_long_ago)
+        == "pending_capture"
+    )
     assert len(fake_stripe.intents_for(raised_long_ago)) == 1
     assert await scratch_pool.fetchval("SELECT status FROM charges WHERE charge_id = $1", raised_long_ago) == "paid"
 
@@ -567,7 +651,9 @@ async def save_card(infra: Any, patient_id: str, customer: str, payment_method: 
         await conn.execute(
             "INSERT INTO billing.patient_cards (patient_id, stripe_customer_id, stripe_payment_method_id)"
             " VALUES ($1, $2, $3)",
-            patient_id, customer, payment_method,
+            patient_id,
+            customer,
+            payment_method,
         )
     finally:
         await conn.close()
@@ -589,7 +675,11 @@ async def test_a_late_cancellation_is_charged_to_the_saved_card_through_stripe(
 
     [intent] = fake_stripe.intents_for(key)
     assert (intent["amount"], intent["currency"], intent["customer"], intent["payment_method"], intent["status"]) == (
-        4500, "aud", "cus_late1", SUCCEEDS, "succeeded",
+        4500,
+        "aud",
+        "cus_late1",
+        SUCCEEDS,
+        "succeeded",
     )
     [request] = fake_stripe.requests_for(key)
     assert request["headers"]["Idempotency-Key"] == key
@@ -598,7 +688,10 @@ async def test_a_late_cancellation_is_charged_to_the_saved_card_through_stripe(
     assert record["charges"][0]["status"] == "paid"
     [payment] = record["payments"]
     assert (payment["status"], payment["gateway"], payment["gateway_ref"], payment["amount"]) == (
-        "captured", "stripe", intent["id"], "45.00",
+        "captured",
+        "stripe",
+        intent["id"],
+        "45.00",
     )
     assert [(a["action"], a["actor"]) for a in record["audit"]] == [
         ("charge_created", data["actor"]["kind"] + ":" + data["actor"]["id"]),
@@ -621,13 +714,20 @@ async def test_a_declined_card_is_a_failed_payment_and_the_charge_stays_owed(
         assert not w.matching(on(booking, "payment.captured"))
     key = charge_id(booking, data["request_id"])
     assert failed.data == {
-        "charge_id": key, "booking_id": booking, "amount": "60.00", "currency": "AUD",
+        "charge_id": key,
+        "booking_id": booking,
+        "amount": "60.00",
+        "currency": "AUD",
         "failure_reason": "insufficient_funds",
     }
     [intent] = fake_stripe.intents_for(key)
     assert intent["status"] == "requires_payment_method"
     [charge] = stripe_billing.get_json(f"/charges?patient_id={broke}")["charges"]
-    assert (charge["status"], charge["failure_reason"], charge["amount"]) == ("outstanding", "insufficient_funds", "60.00")
+    assert (charge["status"], charge["failure_reason"], charge["amount"]) == (
+        "outstanding",
+        "insufficient_funds",
+        "60.00",
+    )
     assert stripe_billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
         {"currency": "AUD", "outstanding": "60.00", "pending_capture": "0.00", "charges": 1}
     ]
@@ -642,7 +742,10 @@ async def test_a_crash_mid_charge_and_a_redelivered_event_charge_the_card_once(
     practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
     await save_card(infra, patient, "cus_crash", SUCCEEDS)
     data = cancelled(
-        booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True, deposit_action="keep"),
+        booking,
+        practice,
+        patient,
+        decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True, deposit_action="keep"),
         deposit=("20.00", "AUD"),
     )
     key = charge_id(booking, data["request_id"])
@@ -658,7 +761,9 @@ async def test_a_crash_mid_charge_and_a_redelivered_event_charge_the_card_once(
 
         stripe_billing.start()
         # The same event delivered again, and the same cancellation replayed under a new envelope id.
-        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking", event_id=env["id"])
+        await publisher.event(
+            BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking", event_id=env["id"]
+        )
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
         [captured] = await w.wait_for(on(booking, "payment.captured"), timeout=90)
         # Let the replays reach the restarted consumer (it waits for the killed member to leave

@@ -21,7 +21,9 @@ def services(infra, tmp_path_factory):
     logs = tmp_path_factory.mktemp("booking-flow-logs")
     procs = [
         ServiceProcess("cancellation-policy", infra.bootstrap, infra.admin_dsn, logs).start(),
-        ServiceProcess("booking", infra.bootstrap, infra.admin_dsn, logs, env={"OFFER_CHECK_INTERVAL_SECONDS": "0.3"}).start(),
+        ServiceProcess(
+            "booking", infra.bootstrap, infra.admin_dsn, logs, env={"OFFER_CHECK_INTERVAL_SECONDS": "0.3"}
+        ).start(),
     ]
     yield {p.service: p for p in procs}
     for p in procs:
@@ -38,29 +40,59 @@ class Practice:
 
     async def configure(self, **settings: Any) -> None:
         await self.publisher.event(
-            UPSTREAM_PRACTICES, "practice.configured", self.practice_id,
-            {"practice_id": self.practice_id, "name": "Harbour Dental", "timezone": "Australia/Sydney", "locale": "en", **settings},
+            UPSTREAM_PRACTICES,
+            "practice.configured",
+            self.practice_id,
+            {
+                "practice_id": self.practice_id,
+                "name": "Harbour Dental",
+                "timezone": "Australia/Sydney",
+                "locale": "en",
+                **settings,
+            },
         )
 
     async def book(self, starts_in: timedelta, **extra: Any) -> str:
         booking_id = extra.pop("booking_id", None) or unique("booking")
         starts = datetime.now(UTC) + starts_in
-        patient = {"patient_id": unique("patient"), "first_name": "Ann", "email": "ann@example.com",
-                   "portal_account": True, "card_on_file": True} | extra.pop("patient", {})
+        patient = {
+            "patient_id": unique("patient"),
+            "first_name": "Ann",
+            "email": "ann@example.com",
+            "portal_account": True,
+            "card_on_file": True,
+        } | extra.pop("patient", {})
         await self.publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
-            {"booking_id": booking_id, "practice_id": self.practice_id, "starts_at": iso(starts),
-             "ends_at": iso(starts + timedelta(minutes=30)), "practitioner_id": extra.pop("practitioner_id", "dr-lee"),
-             "service_code": extra.pop("service_code", "D1110"), "patient": patient, **extra},
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "practice_id": self.practice_id,
+                "starts_at": iso(starts),
+                "ends_at": iso(starts + timedelta(minutes=30)),
+                "practitioner_id": extra.pop("practitioner_id", "dr-lee"),
+                "service_code": extra.pop("service_code", "D1110"),
+                "patient": patient,
+                **extra,
+            },
         )
         return booking_id
 
     async def cancel(self, booking_id: str, actor: dict[str, Any], channel: str, **extra: Any) -> str:
         request_id = unique("request")
         await self.publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
-            {"request_id": request_id, "booking_id": booking_id, "requested_at": iso(extra.pop("at", datetime.now(UTC))),
-             "actor": actor, "channel": channel, **extra},
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            booking_id,
+            {
+                "request_id": request_id,
+                "booking_id": booking_id,
+                "requested_at": iso(extra.pop("at", datetime.now(UTC))),
+                "actor": actor,
+                "channel": channel,
+                **extra,
+            },
         )
         return request_id
 
@@ -85,7 +117,9 @@ async def practice(services, infra, publisher):
 
 async def test_patient_cancels_online_and_gets_the_online_label(practice):
     booking_id = await practice.book(72 * H)
-    event = await practice.outcome(await practice.cancel(booking_id, PATIENT, "patient_portal", reason_code="transport"))
+    event = await practice.outcome(
+        await practice.cancel(booking_id, PATIENT, "patient_portal", reason_code="transport")
+    )
     assert event.type == "booking.cancelled"
     assert event.data["status_label"] == "Cancelled online"
     assert event.data["classification"] == "timely"
@@ -111,7 +145,9 @@ async def test_patient_inside_48_hours_is_told_to_contact_the_practice(practice)
 )
 async def test_staff_cancellations(practice, starts_in, type_, detail):
     booking_id = await practice.book(starts_in)
-    event = await practice.outcome(await practice.cancel(booking_id, STAFF, "practice", reason_code="illness", reason_text="Flu"))
+    event = await practice.outcome(
+        await practice.cancel(booking_id, STAFF, "practice", reason_code="illness", reason_text="Flu")
+    )
     assert event.type == type_
     if type_ == "booking.cancelled":
         assert event.data["classification"] == detail
@@ -159,22 +195,39 @@ async def test_series_cancels_this_and_every_later_occurrence(practice):
 
 
 async def test_no_show_with_a_fee_and_one_reported_too_early(practice):
-    await practice.configure(fees={"no_show": {"amount": "60.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
-                                   "charge_card_on_file": True})
+    await practice.configure(
+        fees={
+            "no_show": {"amount": "60.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
+            "charge_card_on_file": True,
+        }
+    )
     started = await practice.book(-20 * timedelta(minutes=1), deposit={"amount": "20.00", "currency": "AUD"})
     future = await practice.book(3 * H)
     answers = {}
     for booking_id in (started, future):
         request_id = unique("request")
         await practice.publisher.event(
-            UPSTREAM_BOOKINGS, "booking.no_show_reported", booking_id,
-            {"request_id": request_id, "booking_id": booking_id, "reported_at": iso(datetime.now(UTC)), "actor": STAFF,
-             "party": "patient", "code": "FTA"},
+            UPSTREAM_BOOKINGS,
+            "booking.no_show_reported",
+            booking_id,
+            {
+                "request_id": request_id,
+                "booking_id": booking_id,
+                "reported_at": iso(datetime.now(UTC)),
+                "actor": STAFF,
+                "party": "patient",
+                "code": "FTA",
+            },
         )
         answers[booking_id] = await practice.outcome(request_id)
     recorded = answers[started]
     assert recorded.type == "booking.no_show_recorded" and recorded.data["code"] == "FTA"
-    assert recorded.data["decision"]["fee"] == {"amount": "60.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"}
+    assert recorded.data["decision"]["fee"] == {
+        "amount": "60.00",
+        "currency": "AUD",
+        "code": "D9986",
+        "code_system": "CDT",
+    }
     assert recorded.data["decision"]["charge_card"] is True
     assert recorded.data["decision"]["deposit_action"] == "keep"
     assert recorded.data["decision"]["policy_version"].startswith("r1.s")
@@ -193,7 +246,9 @@ async def test_bad_requests_are_rejected_with_a_sentence(practice, infra):
     # Missing `actor` and `channel`: dead-lettered with the reason, and the requester told.
     request_id = unique("request")
     await practice.publisher.event(
-        UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+        UPSTREAM_BOOKINGS,
+        "booking.cancellation_requested",
+        booking_id,
         {"request_id": request_id, "booking_id": booking_id, "requested_at": iso(datetime.now(UTC))},
     )
     answer = await practice.outcome(request_id)
@@ -216,21 +271,36 @@ async def test_waitlist_offer_expires_and_goes_to_the_next_patient(practice):
     joined = datetime.now(UTC) - timedelta(days=2)
     for i, waitlist_id in enumerate((first, second)):
         await practice.publisher.event(
-            UPSTREAM_PRACTICES, "waitlist.joined", practice.practice_id,
-            {"waitlist_id": waitlist_id, "practice_id": practice.practice_id, "service_code": "D1110",
-             "patient": {"patient_id": unique("patient"), "first_name": "Wai", "portal_account": True, "card_on_file": False},
-             "joined_at": iso(joined + timedelta(hours=i))},
+            UPSTREAM_PRACTICES,
+            "waitlist.joined",
+            practice.practice_id,
+            {
+                "waitlist_id": waitlist_id,
+                "practice_id": practice.practice_id,
+                "service_code": "D1110",
+                "patient": {
+                    "patient_id": unique("patient"),
+                    "first_name": "Wai",
+                    "portal_account": True,
+                    "card_on_file": False,
+                },
+                "joined_at": iso(joined + timedelta(hours=i)),
+            },
         )
     booking_id = await practice.book(30 * H)
     # Cancelled "59 s ago": the first offer (1 minute) expires within a second or two.
     at = datetime.now(UTC) - timedelta(seconds=59)
     cancelled = await practice.outcome(await practice.cancel(booking_id, STAFF, "practice", at=at))
     assert cancelled.type == "booking.cancelled"
-    offers = await practice.watcher.wait_for(lambda s: s.type == "booking.slot_offered" and s.key == booking_id, count=2, timeout=40)
+    offers = await practice.watcher.wait_for(
+        lambda s: s.type == "booking.slot_offered" and s.key == booking_id, count=2, timeout=40
+    )
     assert [o.data["waitlist_id"] for o in offers] == [first, second]  # longest-waiting first
     assert datetime.fromisoformat(offers[0].data["expires_at"]) == at + timedelta(minutes=1)
     # Nobody took it and nobody is left: after the second offer expires, the slot is released.
-    released = await practice.watcher.wait_for(lambda s: s.type == "booking.slot_released" and s.key == booking_id, timeout=90)
+    released = await practice.watcher.wait_for(
+        lambda s: s.type == "booking.slot_released" and s.key == booking_id, timeout=90
+    )
     assert len(released) == 1
 
 
@@ -239,13 +309,13 @@ async def test_suspension_cancels_the_professionals_future_bookings_without_pena
     future = [await practice.book(hours * H, professional_id=professional_id) for hours in (10, 50)]
     other = await practice.book(10 * H, professional_id=unique("pro"))
     await practice.publisher.event(
-        SCORING_EVENTS, "account.suspended", professional_id,
+        SCORING_EVENTS,
+        "account.suspended",
+        professional_id,
         {"professional_id": professional_id, "holds": [unique("hold")], "suspended_at": iso(datetime.now(UTC))},
         source="service/scoring",
     )
-    cancelled = await practice.watcher.wait_for(
-        lambda s: s.type == "booking.cancelled" and s.key in future, count=2
-    )
+    cancelled = await practice.watcher.wait_for(lambda s: s.type == "booking.cancelled" and s.key in future, count=2)
     for event in cancelled:
         assert event.data["actor"]["kind"] == "system" and event.data["channel"] == "system"
         assert event.data["decision"].get("score_delta") is None and event.data["decision"].get("fee") is None
@@ -272,7 +342,13 @@ async def test_read_api_lists_cancelled_bookings_with_audit_and_reports(practice
         f"&from={iso(now - H).replace('+', '%2B')}&to={iso(now + 100 * H)}"
     )
     (group,) = report["groups"]
-    assert (group["key"], group["bookings"], group["cancelled"], group["late"], group["timely"]) == ("dr-kim", 3, 2, 1, 1)
+    assert (group["key"], group["bookings"], group["cancelled"], group["late"], group["timely"]) == (
+        "dr-kim",
+        3,
+        2,
+        1,
+        1,
+    )
     assert group["cancellation_rate"] == round(2 / 3, 4) and group["late_share_of_cancellations"] == 0.5
     assert kept
 
@@ -282,9 +358,16 @@ async def test_a_request_id_reused_for_another_booking_is_rejected_not_dropped(p
     request_id = await practice.cancel(first, STAFF, "practice")
     assert (await practice.outcome(request_id)).type == "booking.cancelled"
     await practice.publisher.event(
-        UPSTREAM_BOOKINGS, "booking.cancellation_requested", second,
-        {"request_id": request_id, "booking_id": second, "requested_at": iso(datetime.now(UTC)),
-         "actor": STAFF, "channel": "practice"},
+        UPSTREAM_BOOKINGS,
+        "booking.cancellation_requested",
+        second,
+        {
+            "request_id": request_id,
+            "booking_id": second,
+            "requested_at": iso(datetime.now(UTC)),
+            "actor": STAFF,
+            "channel": "practice",
+        },
     )
     answer = await practice.watcher.wait_for(
         lambda s: s.key == second and s.type == "booking.cancellation_rejected" and s.data["request_id"] == request_id
@@ -296,7 +379,9 @@ async def test_a_booking_arriving_after_the_suspension_is_cancelled_too(practice
     # Topics are consumed independently: the suspension may be handled before the booking.
     professional_id = unique("pro")
     await practice.publisher.event(
-        SCORING_EVENTS, "account.suspended", professional_id,
+        SCORING_EVENTS,
+        "account.suspended",
+        professional_id,
         {"professional_id": professional_id, "holds": [unique("hold")], "suspended_at": iso(datetime.now(UTC))},
         source="service/scoring",
     )

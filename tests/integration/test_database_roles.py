@@ -30,7 +30,9 @@ async def messaging_tables(infra, tmp_path_factory: pytest.TempPathFactory) -> N
     no_service_migrations = tmp_path_factory.mktemp("no-service-migrations")
     for service in SERVICES:
         role = role_of(service)
-        pool = await db.create_pool(service_dsn(infra.admin_dsn, service), role, application_name="test-roles", max_size=1)
+        pool = await db.create_pool(
+            service_dsn(infra.admin_dsn, service), role, application_name="test-roles", max_size=1
+        )
         try:
             await db.migrate(pool, role, Path(no_service_migrations))
         finally:
@@ -72,7 +74,9 @@ async def test_a_role_creates_reads_and_writes_in_its_own_schema_only(messaging_
     conn = await connect(service)
     schema = role_of(service)
     assert await conn.fetchval("SHOW search_path") == schema
-    assert not await conn.fetchval("SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    assert not await conn.fetchval(
+        "SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    )
     tx = conn.transaction()
     await tx.start()
     try:  # leave nothing behind

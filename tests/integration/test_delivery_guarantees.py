@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
 from helpers_faults import (
     admin_fetch,
     admin_val,
@@ -48,7 +49,6 @@ from helpers_faults import (
     transient_retries,
     wait_group,
 )
-
 from shared.contracts.deadletter import MessageDeadLettered
 from shared.testing import EventWatcher, Publisher, ServiceProcess, envelope, unique
 from shared.topics import BOOKING_EVENTS, POLICY_DECISIONS, POLICY_REQUESTS, UPSTREAM_BOOKINGS, dead_letter_topic
@@ -126,11 +126,15 @@ async def publish_bookings(publisher: Publisher, booking_ids: list[str], practic
     """booking.scheduled then booking.cancellation_requested for each; returns booking -> request id."""
     requests = {}
     for booking_id in booking_ids:
-        await publisher.event(UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, future(), practice_id=practice_id))
+        await publisher.event(
+            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, future(), practice_id=practice_id)
+        )
     for booking_id in booking_ids:
         requests[booking_id] = unique("req")
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            booking_id,
             cancellation_requested(booking_id, requests[booking_id]),
         )
     return requests
@@ -147,7 +151,9 @@ async def assert_cancelled_once(
         return {s.key for s in watcher.matching(of_type("booking.cancelled", booking_ids))}
 
     await eventually(
-        cancelled_bookings, lambda done: done == booking_ids, timeout=timeout,
+        cancelled_bookings,
+        lambda done: done == booking_ids,
+        timeout=timeout,
         what=f"booking.cancelled for all {len(booking_ids)} bookings",
     )
     await watcher.settle(1.0)  # time for anything that should not come (a second cancellation)
@@ -190,7 +196,8 @@ async def test_a_message_delivered_twice_has_its_effect_once(infra, publisher, p
         await eventually(
             lambda: message_counts(booking),
             lambda c: c.get((UPSTREAM_BOOKINGS, "duplicate"), 0) >= 2,
-            timeout=30, what="booking counts the two redelivered envelopes as duplicates",
+            timeout=30,
+            what="booking counts the two redelivered envelopes as duplicates",
         )
         await assert_cancelled_once(infra, watcher, {booking_id: request_id}, timeout=30)
         # Not only distinct: nothing was published twice either (no fault in this test).
@@ -200,10 +207,14 @@ async def test_a_message_delivered_twice_has_its_effect_once(infra, publisher, p
     view = booking.get_json(f"/booking?booking_id={booking_id}")
     assert view["booking"]["status"] == "cancelled"
     assert steps([e["action"] for e in view["audit_trail"]], CANCELLED_TRAIL) == CANCELLED_TRAIL
-    assert await admin_val(
-        infra.admin_dsn, "SELECT count(*) FROM booking.inbox WHERE event_id = ANY($1::text[])",
-        [schedule["id"], cancel["id"]],
-    ) == 2
+    assert (
+        await admin_val(
+            infra.admin_dsn,
+            "SELECT count(*) FROM booking.inbox WHERE event_id = ANY($1::text[])",
+            [schedule["id"], cancel["id"]],
+        )
+        == 2
+    )
 
 
 async def test_a_crash_after_the_database_commit_and_before_the_offset_commit_repeats_nothing(
@@ -226,8 +237,11 @@ async def test_a_crash_after_the_database_commit_and_before_the_offset_commit_re
             " AND action IN ('scheduled', 'cancellation_requested')"
         )
         await eventually(
-            lambda: admin_val(infra.admin_dsn, upstream_done, booking_ids), lambda n: n >= 1,
-            timeout=30, every=0.02, what="booking commits part of the stream",
+            lambda: admin_val(infra.admin_dsn, upstream_done, booking_ids),
+            lambda n: n >= 1,
+            timeout=30,
+            every=0.02,
+            what="booking commits part of the stream",
         )
         booking.kill()
         # Each of these rows was committed with the inbox claim of the record that caused it.
@@ -290,13 +304,17 @@ async def test_a_relay_that_dies_before_marking_rows_published_republishes_them_
         await eventually(
             times_published,
             lambda seen: len(seen) == len(republished) and min(seen.values()) >= 2,
-            timeout=30, what="every unmarked row published a second time, with its own envelope id",
+            timeout=30,
+            what="every unmarked row published a second time, with its own envelope id",
         )
         # The policy service got the five requests again, recognised them, and decided nothing new.
         await eventually(
             lambda: message_counts(policy),
-            lambda c: c.get((POLICY_REQUESTS, "duplicate"), 0) - policy_before.get((POLICY_REQUESTS, "duplicate"), 0) >= 5,
-            timeout=30, what="cancellation-policy counts the republished requests as duplicates",
+            lambda c: (
+                c.get((POLICY_REQUESTS, "duplicate"), 0) - policy_before.get((POLICY_REQUESTS, "duplicate"), 0) >= 5
+            ),
+            timeout=30,
+            what="cancellation-policy counts the republished requests as duplicates",
         )
         await watcher.settle(1.0)
         decided = ids_per_key(watcher.matching(of_type("cancellation.assessed", set(booking_ids))))
@@ -312,10 +330,14 @@ async def test_a_relay_that_dies_before_marking_rows_published_republishes_them_
     assert {r["request_id"]: r["n"] for r in decisions} == {r: 1 for r in requests.values()}
     after = await audit_actions(infra.admin_dsn, booking_ids)
     assert after == trails_before, "republished events changed nothing in booking"
-    assert await admin_val(
-        infra.admin_dsn, "SELECT count(*) FROM booking.outbox WHERE key = ANY($1::text[]) AND published_at IS NULL",
-        booking_ids,
-    ) == 0
+    assert (
+        await admin_val(
+            infra.admin_dsn,
+            "SELECT count(*) FROM booking.outbox WHERE key = ANY($1::text[]) AND published_at IS NULL",
+            booking_ids,
+        )
+        == 0
+    )
 
 
 async def test_what_can_never_be_processed_is_dead_lettered_with_its_bytes_and_the_service_goes_on(
@@ -348,7 +370,8 @@ async def test_what_can_never_be_processed_is_dead_lettered_with_its_bytes_and_t
         await eventually(
             lambda: admin_val(infra.admin_dsn, "SELECT status FROM booking.bookings WHERE booking_id = $1", booking_id),
             lambda status: status == "scheduled",
-            timeout=30, what="the valid booking after the dead letters is processed",
+            timeout=30,
+            what="the valid booking after the dead letters is processed",
         )
         await watcher.settle(1.0)
         dead = [s for s in watcher.seen if s.topic == BOOKING_DLQ and s.key == booking_id]
@@ -359,7 +382,9 @@ async def test_what_can_never_be_processed_is_dead_lettered_with_its_bytes_and_t
         data = letter.data
         assert data["service"] == "booking"
         assert (data["original_topic"], data["original_partition"], data["original_offset"]) == (
-            UPSTREAM_BOOKINGS, origin.partition, origin.offset,
+            UPSTREAM_BOOKINGS,
+            origin.partition,
+            origin.offset,
         )
         assert data["original_key"] == booking_id
         assert MessageDeadLettered.model_validate(data).original_value() == value  # the exact bytes
@@ -386,9 +411,16 @@ async def stream_through_a_fault(infra, publisher, booking: ServiceProcess, faul
 
     async def stream() -> None:
         for booking_id in booking_ids:
-            await publisher.event(UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, future(), practice_id=practice_id))
             await publisher.event(
-                UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+                UPSTREAM_BOOKINGS,
+                "booking.scheduled",
+                booking_id,
+                scheduled(booking_id, future(), practice_id=practice_id),
+            )
+            await publisher.event(
+                UPSTREAM_BOOKINGS,
+                "booking.cancellation_requested",
+                booking_id,
                 cancellation_requested(booking_id, requests[booking_id]),
             )
             await asyncio.sleep(0.4)
@@ -455,10 +487,17 @@ async def test_two_replicas_in_one_group_keep_per_booking_order_even_when_one_di
 
     async def stream() -> None:  # ~4 s: scheduled -> rescheduled -> cancellation_requested, keyed by booking
         for i, booking_id in enumerate(booking_ids):
-            await publisher.event(UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, booked, practice_id=practice_id))
+            await publisher.event(
+                UPSTREAM_BOOKINGS,
+                "booking.scheduled",
+                booking_id,
+                scheduled(booking_id, booked, practice_id=practice_id),
+            )
             await publisher.event(UPSTREAM_BOOKINGS, "booking.rescheduled", booking_id, rescheduled(booking_id, moved))
             await publisher.event(
-                UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+                UPSTREAM_BOOKINGS,
+                "booking.cancellation_requested",
+                booking_id,
                 cancellation_requested(booking_id, requests[booking_id]),
             )
             if i % 4 == 3:
@@ -473,14 +512,18 @@ async def test_two_replicas_in_one_group_keep_per_booking_order_even_when_one_di
                 await eventually(
                     lambda replica=replica: message_counts(replica),
                     lambda c: c.get((UPSTREAM_BOOKINGS, "processed"), 0) > 0,
-                    timeout=30, what="each replica processes part of the stream",
+                    timeout=30,
+                    what="each replica processes part of the stream",
                 )
             first.kill()
             await publishing
         finally:
             publishing.cancel()
         await assert_cancelled_once(
-            infra, watcher, requests, timeout=90,
+            infra,
+            watcher,
+            requests,
+            timeout=90,
             trail=["scheduled", "rescheduled", "cancellation_requested", "cancellation_assessed", "cancelled"],
         )
         # The reschedule was applied before the cancellation, for every booking.

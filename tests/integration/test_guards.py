@@ -112,7 +112,9 @@ async def test_migrations_are_not_bound_by_the_timeouts(infra, schema: str, tmp_
     migrations = tmp_path / "slow"
     migrations.mkdir()
     (migrations / "0001_slow.sql").write_text("SELECT pg_sleep(0.6);\nCREATE TABLE slow (id int);\n")
-    settings = settings_for(infra, schema, database_pool_size=1, database_statement_timeout_ms=150, database_lock_timeout_ms=150)
+    settings = settings_for(
+        infra, schema, database_pool_size=1, database_statement_timeout_ms=150, database_lock_timeout_ms=150
+    )
     pool = await service_module._connect_pool(settings, "guards")
     other_replica = await asyncpg.connect(infra.admin_dsn)
     try:
@@ -146,22 +148,32 @@ async def _add_claims(pool: asyncpg.Pool, consumer: str, count: int, age_hours: 
     await pool.execute(
         "INSERT INTO inbox (consumer, event_id, processed_at)"
         " SELECT $1, gen_random_uuid()::text, now() - $3::float8 * interval '1 hour' FROM generate_series(1, $2)",
-        consumer, count, age_hours,
+        consumer,
+        count,
+        age_hours,
     )
 
 
-async def test_the_inbox_has_an_index_on_processed_at_for_every_service_role(infra, no_service_migrations: Path) -> None:
+async def test_the_inbox_has_an_index_on_processed_at_for_every_service_role(
+    infra, no_service_migrations: Path
+) -> None:
     """The shared migration runs as each service's own role (it owns its inbox)."""
-    pool = await db.create_pool(service_dsn(infra.admin_dsn, "scoring"), "scoring", application_name="test-guards", max_size=1)
+    pool = await db.create_pool(
+        service_dsn(infra.admin_dsn, "scoring"), "scoring", application_name="test-guards", max_size=1
+    )
     try:
         await db.migrate(pool, "scoring", no_service_migrations)
-        indexes = await pool.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'scoring' AND tablename = 'inbox'")
+        indexes = await pool.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'scoring' AND tablename = 'inbox'"
+        )
         assert "inbox_processed_at" in {r["indexname"] for r in indexes}
     finally:
         await pool.close()
 
 
-async def test_prune_deletes_only_claims_older_than_the_retention(infra, schema: str, no_service_migrations: Path) -> None:
+async def test_prune_deletes_only_claims_older_than_the_retention(
+    infra, schema: str, no_service_migrations: Path
+) -> None:
     pool = await _inbox_pool(infra, schema, no_service_migrations)
     try:
         await _add_claims(pool, "guards", 25, age_hours=400)  # past 14 days: pruned
@@ -248,7 +260,11 @@ def test_billing_in_production_without_a_gateway_is_refused_at_startup(
 
 def test_billing_in_production_with_an_explicit_sandbox_starts(infra, log_dir: Path) -> None:
     process = ServiceProcess(
-        "billing", infra.bootstrap, infra.admin_dsn, log_dir, env={"ENVIRONMENT": "production", "PAYMENT_GATEWAY": "sandbox"}
+        "billing",
+        infra.bootstrap,
+        infra.admin_dsn,
+        log_dir,
+        env={"ENVIRONMENT": "production", "PAYMENT_GATEWAY": "sandbox"},
     )
     try:
         process.start(timeout=60)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from helpers_faults import (
     admin_fetch,
     admin_val,
@@ -30,7 +31,6 @@ from helpers_faults import (
     stop,
     wait_group,
 )
-
 from shared.contracts.deadletter import ORIGINAL_VALUE_MAX_BYTES
 from shared.testing import EventWatcher, ServiceProcess, envelope, iso, unique
 from shared.topics import BOOKING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, dead_letter_topic
@@ -83,7 +83,10 @@ async def test_hostile_records_are_dead_lettered_once_and_the_partition_flows(in
         )
         request_id = unique("req")
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id, cancellation_requested(booking_id, request_id)
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            booking_id,
+            cancellation_requested(booking_id, request_id),
         )
 
         # Behind the dead letters in booking's outbox, the cancellation leaves too.
@@ -110,7 +113,12 @@ async def test_hostile_records_are_dead_lettered_once_and_the_partition_flows(in
     trail = await admin_fetch(
         infra.admin_dsn, "SELECT action FROM booking.audit_trail WHERE booking_id = $1 ORDER BY seq", booking_id
     )
-    assert [r["action"] for r in trail][:4] == ["scheduled", "cancellation_requested", "cancellation_assessed", "cancelled"]
+    assert [r["action"] for r in trail][:4] == [
+        "scheduled",
+        "cancellation_requested",
+        "cancellation_assessed",
+        "cancelled",
+    ]
 
 
 async def test_a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow(infra, publisher, services) -> None:
@@ -121,7 +129,11 @@ async def test_a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow(in
     await admin_val(
         infra.admin_dsn,
         "INSERT INTO booking.outbox (id, topic, key, type, payload) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING seq",
-        uuid.UUID(envelope_too_large["id"]), BOOKING_EVENTS, parked_key, "booking.completed", json.dumps(envelope_too_large),
+        uuid.UUID(envelope_too_large["id"]),
+        BOOKING_EVENTS,
+        parked_key,
+        "booking.completed",
+        json.dumps(envelope_too_large),
     )
     booking_id = unique("bk-after-parked")
     async with EventWatcher(infra.bootstrap, [BOOKING_EVENTS]) as watcher:
@@ -129,7 +141,10 @@ async def test_a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow(in
             UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, future(), practice_id="p-hostile")
         )
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id, cancellation_requested(booking_id, unique("req"))
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            booking_id,
+            cancellation_requested(booking_id, unique("req")),
         )
         await watcher.wait_for(lambda s: s.type == "booking.cancelled" and s.key == booking_id, timeout=60)
         assert not watcher.matching(lambda s: s.key == parked_key)
@@ -147,15 +162,26 @@ async def test_a_backdated_cancellation_is_decided_at_its_record_time(infra, pub
     practice_id, booking_id, request_id = unique("p-trust"), unique("bk-trust"), unique("req")
     fee = {"amount": "45.00", "currency": "EUR", "code": "D9987", "code_system": "CDT"}
     await publisher.event(
-        UPSTREAM_PRACTICES, "practice.configured", practice_id,
-        {"practice_id": practice_id, "name": "Trust Dental", "timezone": "Europe/Berlin", "locale": "de",
-         "fees": {"late_cancellation": fee}},
+        UPSTREAM_PRACTICES,
+        "practice.configured",
+        practice_id,
+        {
+            "practice_id": practice_id,
+            "name": "Trust Dental",
+            "timezone": "Europe/Berlin",
+            "locale": "de",
+            "fees": {"late_cancellation": fee},
+        },
     )
     await eventually(
         lambda: admin_val(
-            infra.admin_dsn, "SELECT count(*) FROM cancellation_policy.practice_settings WHERE practice_id = $1", practice_id
+            infra.admin_dsn,
+            "SELECT count(*) FROM cancellation_policy.practice_settings WHERE practice_id = $1",
+            practice_id,
         ),
-        lambda n: n >= 1, timeout=30, what="the practice's settings stored by the policy",
+        lambda n: n >= 1,
+        timeout=30,
+        what="the practice's settings stored by the policy",
     )
     starts = (datetime.now(UTC) + timedelta(hours=10)).replace(microsecond=0)
     claimed = datetime.now(UTC) - timedelta(days=2)
@@ -164,10 +190,14 @@ async def test_a_backdated_cancellation_is_decided_at_its_record_time(infra, pub
             UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, scheduled(booking_id, starts, practice_id=practice_id)
         )
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            booking_id,
             {**cancellation_requested(booking_id, request_id), "requested_at": iso(claimed)},
         )
-        [cancelled] = await watcher.wait_for(lambda s: s.type == "booking.cancelled" and s.key == booking_id, timeout=60)
+        [cancelled] = await watcher.wait_for(
+            lambda s: s.type == "booking.cancelled" and s.key == booking_id, timeout=60
+        )
 
     decision = cancelled.data["decision"]
     assert decision["classification"] == "late", decision  # the claim alone would have made it timely

@@ -17,7 +17,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.testing import EventWatcher, FAILING_PHONE_PREFIX, Mailbox, ServiceProcess, SmsProvider, iso, unique, wait_for_row
+from shared.testing import (
+    FAILING_PHONE_PREFIX,
+    EventWatcher,
+    Mailbox,
+    ServiceProcess,
+    SmsProvider,
+    iso,
+    unique,
+    wait_for_row,
+)
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -31,9 +40,10 @@ from shared.topics import (
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture(scope="module")
-def notification(infra: Any, mailbox: Mailbox, sms: SmsProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def notification(
+    infra: Any, mailbox: Mailbox, sms: SmsProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     service = ServiceProcess(
         "notification",
         infra.bootstrap,
@@ -92,7 +102,9 @@ def booking_scheduled(
     }
 
 
-def booking_cancelled(booking_id: str, practice_id: str, *, actor_kind: str, channel: str, **extra: Any) -> dict[str, Any]:
+def booking_cancelled(
+    booking_id: str, practice_id: str, *, actor_kind: str, channel: str, **extra: Any
+) -> dict[str, Any]:
     return {
         "booking_id": booking_id,
         "request_id": unique("req"),
@@ -108,13 +120,15 @@ def booking_cancelled(booking_id: str, practice_id: str, *, actor_kind: str, cha
         "status_label": "Cancelled online" if channel == "patient_portal" else "Cancelled",
         "classification": "timely",
         "decision": {
-            "allowed": True, "classification": "timely", "charge_card": False,
-            "deposit_action": "none", "policy_version": "r1.s1",
+            "allowed": True,
+            "classification": "timely",
+            "charge_card": False,
+            "deposit_action": "none",
+            "policy_version": "r1.s1",
         },
         "series_booking_ids": [],
         **extra,
     }
-
 
 
 async def contacts_known(infra: Any, booking_id: str, practice_id: str) -> None:
@@ -218,13 +232,21 @@ async def test_staff_cancellation_emails_and_texts_the_patient_once(
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
         await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
-            booking_scheduled(booking_id, practice_id, {"first_name": "Ada", "email": email, "phone": phone, "locale": "en-AU"}),
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
+            booking_scheduled(
+                booking_id, practice_id, {"first_name": "Ada", "email": email, "phone": phone, "locale": "en-AU"}
+            ),
         )
         await contacts_known(infra, booking_id, practice_id)
         cancelled = booking_cancelled(
-            booking_id, practice_id, actor_kind="staff", channel="practice",
-            reason_code="illness", reason_text="Dr Lee is unwell today",
+            booking_id,
+            practice_id,
+            actor_kind="staff",
+            channel="practice",
+            reason_code="illness",
+            reason_text="Dr Lee is unwell today",
         )
         env = await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, cancelled)
 
@@ -281,18 +303,29 @@ async def test_online_cancellation_confirms_with_rebook_link_and_tells_practice_
     practice_id, booking_id = unique("prac"), unique("bk")
     email = f"max-{booking_id}@patients.test"
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
-        await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id, locale="de", timezone="Europe/Berlin"))
+        await publisher.event(
+            UPSTREAM_PRACTICES,
+            "practice.configured",
+            practice_id,
+            practice_configured(practice_id, locale="de", timezone="Europe/Berlin"),
+        )
         # No phone: the SMS is skipped and recorded, not an error.
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
             booking_scheduled(booking_id, practice_id, {"first_name": "Max", "email": email, "locale": "de-DE"}),
         )
         await contacts_known(infra, booking_id, practice_id)
         await publisher.event(
-            BOOKING_EVENTS, "booking.cancelled", booking_id,
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
             booking_cancelled(booking_id, practice_id, actor_kind="patient", channel="patient_portal"),
         )
-        sent = await w.wait_for(lambda s: s.type == "notification.sent" and s.data.get("booking_id") == booking_id, count=2)
+        sent = await w.wait_for(
+            lambda s: s.type == "notification.sent" and s.data.get("booking_id") == booking_id, count=2
+        )
         assert {(s.data["recipient"], s.data["channel"]) for s in sent} == {("patient", "email"), ("practice", "email")}
 
     rows = await finished(infra, "booking_id", booking_id, 3)
@@ -319,12 +352,16 @@ async def test_a_failing_sms_is_retried_with_the_same_key_then_reported_failed(
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
         await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
             booking_scheduled(booking_id, practice_id, {"first_name": "Zoe", "phone": phone}),
         )
         await contacts_known(infra, booking_id, practice_id)
         await publisher.event(
-            BOOKING_EVENTS, "booking.cancelled", booking_id,
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
             booking_cancelled(booking_id, practice_id, actor_kind="staff", channel="practice"),
         )
         # (long timeout: a notification process of another run may make an attempt with its own,
@@ -358,15 +395,21 @@ async def test_a_rejected_portal_cancellation_tells_the_patient_what_to_do(
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
         await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
             booking_scheduled(booking_id, practice_id, {"first_name": "Eve", "email": email}),
         )
         # Started an hour ago, so a booking service that happens to run beside this test rejects
         # the staff request below just as this test says it was rejected.
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", staff_booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            staff_booking_id,
             booking_scheduled(
-                staff_booking_id, practice_id, {"first_name": "Sam", "email": staff_email},
+                staff_booking_id,
+                practice_id,
+                {"first_name": "Sam", "email": staff_email},
                 starts_at=datetime.now(UTC) - timedelta(hours=1),
             ),
         )
@@ -376,20 +419,42 @@ async def test_a_rejected_portal_cancellation_tells_the_patient_what_to_do(
         # patient is not written to.
         staff_request = unique("req")
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.cancellation_requested", staff_booking_id,
-            {"request_id": staff_request, "booking_id": staff_booking_id, "requested_at": iso(datetime.now(UTC)),
-             "actor": {"kind": "staff", "id": "staff-1", "roles": ["reception"]}, "channel": "practice"},
+            UPSTREAM_BOOKINGS,
+            "booking.cancellation_requested",
+            staff_booking_id,
+            {
+                "request_id": staff_request,
+                "booking_id": staff_booking_id,
+                "requested_at": iso(datetime.now(UTC)),
+                "actor": {"kind": "staff", "id": "staff-1", "roles": ["reception"]},
+                "channel": "practice",
+            },
         )
-        await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.cancellation_requests WHERE request_id = $1", staff_request)
+        await wait_for_row(
+            infra.admin_dsn, "SELECT true FROM notification.cancellation_requests WHERE request_id = $1", staff_request
+        )
         await publisher.event(
-            BOOKING_EVENTS, "booking.cancellation_rejected", staff_booking_id,
-            {"booking_id": staff_booking_id, "request_id": staff_request, "reason": "appointment_started",
-             "message": "This appointment has already started: record it as a no-show (FTA or DNA) instead of cancelling it."},
+            BOOKING_EVENTS,
+            "booking.cancellation_rejected",
+            staff_booking_id,
+            {
+                "booking_id": staff_booking_id,
+                "request_id": staff_request,
+                "reason": "appointment_started",
+                "message": "This appointment has already started: record it as a no-show (FTA or DNA) instead of cancelling it.",
+            },
         )
         # The patient's own portal request (never seen by us: the reason says who asked).
         await publisher.event(
-            BOOKING_EVENTS, "booking.cancellation_rejected", booking_id,
-            {"booking_id": booking_id, "request_id": unique("req"), "reason": "within_online_cutoff", "message": message},
+            BOOKING_EVENTS,
+            "booking.cancellation_rejected",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "request_id": unique("req"),
+                "reason": "within_online_cutoff",
+                "message": message,
+            },
         )
         sent = await w.wait_for(lambda s: s.type == "notification.sent" and s.data.get("booking_id") == booking_id)
         assert sent[0].data["template"] == "booking_cancellation_rejected"
@@ -417,7 +482,10 @@ def no_show_recorded(booking_id: str, practice_id: str, *, charge_card: bool, fe
         "starts_at": iso(T_START),
         "recorded_at": iso(T_START + timedelta(minutes=20)),
         "decision": {
-            "allowed": True, "classification": "no_show", "charge_card": charge_card, "deposit_action": "none",
+            "allowed": True,
+            "classification": "no_show",
+            "charge_card": charge_card,
+            "deposit_action": "none",
             "policy_version": "r1.s1",
             "fee": {"amount": fee, "currency": "AUD", "code": "D9986", "code_system": "CDT"},
         },
@@ -434,8 +502,14 @@ async def _first_charge(infra: Any, booking_id: str) -> str | None:
 
 def charge_created(booking_id: str, charge_id: str, amount: str = "60.00") -> dict[str, Any]:
     return {
-        "charge_id": charge_id, "booking_id": booking_id, "patient_id": unique("pat"), "kind": "no_show",
-        "amount": amount, "currency": "AUD", "code": "D9986", "code_system": "CDT",
+        "charge_id": charge_id,
+        "booking_id": booking_id,
+        "patient_id": unique("pat"),
+        "kind": "no_show",
+        "amount": amount,
+        "currency": "AUD",
+        "code": "D9986",
+        "code_system": "CDT",
     }
 
 
@@ -448,20 +522,27 @@ async def test_a_no_show_fee_is_emailed_to_the_patient_once_with_amount_code_and
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
     for booking_id, name, email in ((card_booking, "Fay", card_email), (account_booking, "Gus", account_email)):
         await publisher.event(
-            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
             booking_scheduled(booking_id, practice_id, {"first_name": name, "email": email, "phone": "+61400555010"}),
         )
         await contacts_known(infra, booking_id, practice_id)
 
     # The card on file is to be charged: nothing is told before the gateway answered.
     card_charge = unique("ch")
-    await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", card_booking,
-                          no_show_recorded(card_booking, practice_id, charge_card=True))
+    await publisher.event(
+        BOOKING_EVENTS,
+        "booking.no_show_recorded",
+        card_booking,
+        no_show_recorded(card_booking, practice_id, charge_card=True),
+    )
     await publisher.event(BILLING_EVENTS, "charge.created", card_booking, charge_created(card_booking, card_charge))
     await wait_for_row(
         infra.admin_dsn,
         "SELECT true FROM notification.no_show_fees WHERE booking_id = $1 AND charge_id IS NOT NULL"
-        " AND charge_card IS NOT NULL", card_booking,
+        " AND charge_card IS NOT NULL",
+        card_booking,
     )
     await asyncio.sleep(1.0)
     assert await _first_charge(infra, card_booking) == card_charge
@@ -471,12 +552,22 @@ async def test_a_no_show_fee_is_emailed_to_the_patient_once_with_amount_code_and
 
     # Not for the card: outstanding, told as soon as the charge and the decision are both known
     # (the charge first here: the two topics are consumed in no fixed order).
-    await publisher.event(BILLING_EVENTS, "charge.created", account_booking, charge_created(account_booking, unique("ch")))
-    await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", account_booking,
-                          no_show_recorded(account_booking, practice_id, charge_card=False))
+    await publisher.event(
+        BILLING_EVENTS, "charge.created", account_booking, charge_created(account_booking, unique("ch"))
+    )
+    await publisher.event(
+        BOOKING_EVENTS,
+        "booking.no_show_recorded",
+        account_booking,
+        no_show_recorded(account_booking, practice_id, charge_card=False),
+    )
 
     [card_row] = await finished(infra, "booking_id", card_booking, 1)
-    assert (card_row["recipient"], card_row["channel"], card_row["template"]) == ("patient", "email", "no_show_fee_charged")
+    assert (card_row["recipient"], card_row["channel"], card_row["template"]) == (
+        "patient",
+        "email",
+        "no_show_fee_charged",
+    )
     subject, body = await email_text(mailbox, card_email, card_row)
     assert subject == "No-show fee for your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT"
     assert "a no-show fee of A$60.00 applies (code D9986, CDT)" in body
@@ -505,18 +596,35 @@ async def test_a_slot_offer_texts_and_emails_the_waitlisted_patient_with_the_exp
     expires_at = datetime(2031, 3, 10, 21, 30, tzinfo=UTC)  # 8:30 am in Sydney, half an hour before the slot
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
         booking_scheduled(booking_id, practice_id, {"first_name": "Ann", "email": f"ann-{booking_id}@patients.test"}),
     )
     await publisher.event(
-        UPSTREAM_PRACTICES, "waitlist.joined", practice_id,
-        {"waitlist_id": waitlist_id, "practice_id": practice_id, "service_code": "D1110",
-         "joined_at": iso(datetime.now(UTC) - timedelta(days=2)),
-         "patient": {"patient_id": unique("pat"), "first_name": "Ivy", "email": email, "phone": phone,
-                     "portal_account": True, "card_on_file": False, "locale": "en-AU"}},
+        UPSTREAM_PRACTICES,
+        "waitlist.joined",
+        practice_id,
+        {
+            "waitlist_id": waitlist_id,
+            "practice_id": practice_id,
+            "service_code": "D1110",
+            "joined_at": iso(datetime.now(UTC) - timedelta(days=2)),
+            "patient": {
+                "patient_id": unique("pat"),
+                "first_name": "Ivy",
+                "email": email,
+                "phone": phone,
+                "portal_account": True,
+                "card_on_file": False,
+                "locale": "en-AU",
+            },
+        },
     )
     await contacts_known(infra, booking_id, practice_id)
-    await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.waitlist_entries WHERE waitlist_id = $1", waitlist_id)
+    await wait_for_row(
+        infra.admin_dsn, "SELECT true FROM notification.waitlist_entries WHERE waitlist_id = $1", waitlist_id
+    )
 
     offer = {"offer_id": offer_id, "booking_id": booking_id, "waitlist_id": waitlist_id, "expires_at": iso(expires_at)}
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
@@ -555,25 +663,46 @@ async def test_a_slot_offer_that_arrives_before_the_waitlist_entry_waits_for_its
     """The offer and the entry come on different topics; a missing phone is skipped and said so."""
     practice_id, booking_id, waitlist_id = unique("prac"), unique("bk"), unique("wl")
     email = f"joe-{waitlist_id}@patients.test"
-    await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id, locale="de"))
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+        UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id, locale="de")
+    )
+    await publisher.event(
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
         booking_scheduled(booking_id, practice_id, {"first_name": "Ann"}),
     )
     await contacts_known(infra, booking_id, practice_id)
     offer_id = unique("offer")
     await publisher.event(
-        BOOKING_EVENTS, "booking.slot_offered", booking_id,
-        {"offer_id": offer_id, "booking_id": booking_id, "waitlist_id": waitlist_id,
-         "expires_at": iso(datetime.now(UTC) + timedelta(minutes=30))},
+        BOOKING_EVENTS,
+        "booking.slot_offered",
+        booking_id,
+        {
+            "offer_id": offer_id,
+            "booking_id": booking_id,
+            "waitlist_id": waitlist_id,
+            "expires_at": iso(datetime.now(UTC) + timedelta(minutes=30)),
+        },
     )
     await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.slot_offers WHERE offer_id = $1", offer_id)
     assert await deliveries(infra, "booking_id", booking_id) == []
     await publisher.event(
-        UPSTREAM_PRACTICES, "waitlist.joined", practice_id,
-        {"waitlist_id": waitlist_id, "practice_id": practice_id, "joined_at": iso(datetime.now(UTC)),
-         "patient": {"patient_id": unique("pat"), "first_name": "Joe", "email": email,
-                     "portal_account": False, "card_on_file": False}},
+        UPSTREAM_PRACTICES,
+        "waitlist.joined",
+        practice_id,
+        {
+            "waitlist_id": waitlist_id,
+            "practice_id": practice_id,
+            "joined_at": iso(datetime.now(UTC)),
+            "patient": {
+                "patient_id": unique("pat"),
+                "first_name": "Joe",
+                "email": email,
+                "portal_account": False,
+                "card_on_file": False,
+            },
+        },
     )
     rows = await finished(infra, "booking_id", booking_id, 2)
     skipped = one(rows, "waitlist", "sms")
@@ -583,7 +712,8 @@ async def test_a_slot_offer_that_arrives_before_the_waitlist_entry_waits_for_its
     assert "Guten Tag Joe," in body
     log = notification.get_json(f"/notifications?booking_id={booking_id}")
     assert sorted((i["recipient"], i["channel"], i["status"]) for i in log["items"]) == [
-        ("waitlist", "email", "sent"), ("waitlist", "sms", "skipped"),
+        ("waitlist", "email", "sent"),
+        ("waitlist", "sms", "skipped"),
     ]
 
 
@@ -595,27 +725,51 @@ async def test_a_failing_sms_for_a_slot_offer_is_retried_then_reported_failed(
     phone = f"{FAILING_PHONE_PREFIX}{(int(time.time() * 1000) + 7) % 10**7:07d}"
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, booking_scheduled(booking_id, practice_id, {"first_name": "Ann"}),
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
+        booking_scheduled(booking_id, practice_id, {"first_name": "Ann"}),
     )
     await publisher.event(
-        UPSTREAM_PRACTICES, "waitlist.joined", practice_id,
-        {"waitlist_id": waitlist_id, "practice_id": practice_id, "joined_at": iso(datetime.now(UTC)),
-         "patient": {"patient_id": unique("pat"), "first_name": "Rex", "phone": phone,
-                     "portal_account": False, "card_on_file": False}},
+        UPSTREAM_PRACTICES,
+        "waitlist.joined",
+        practice_id,
+        {
+            "waitlist_id": waitlist_id,
+            "practice_id": practice_id,
+            "joined_at": iso(datetime.now(UTC)),
+            "patient": {
+                "patient_id": unique("pat"),
+                "first_name": "Rex",
+                "phone": phone,
+                "portal_account": False,
+                "card_on_file": False,
+            },
+        },
     )
     await contacts_known(infra, booking_id, practice_id)
-    await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.waitlist_entries WHERE waitlist_id = $1", waitlist_id)
+    await wait_for_row(
+        infra.admin_dsn, "SELECT true FROM notification.waitlist_entries WHERE waitlist_id = $1", waitlist_id
+    )
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
         await publisher.event(
-            BOOKING_EVENTS, "booking.slot_offered", booking_id,
-            {"offer_id": unique("offer"), "booking_id": booking_id, "waitlist_id": waitlist_id,
-             "expires_at": iso(datetime.now(UTC) + timedelta(minutes=30))},
+            BOOKING_EVENTS,
+            "booking.slot_offered",
+            booking_id,
+            {
+                "offer_id": unique("offer"),
+                "booking_id": booking_id,
+                "waitlist_id": waitlist_id,
+                "expires_at": iso(datetime.now(UTC) + timedelta(minutes=30)),
+            },
         )
         failed = await w.wait_for(
             lambda s: s.type == "notification.failed" and s.data.get("booking_id") == booking_id, timeout=150
         )
         assert (failed[0].data["recipient"], failed[0].data["channel"], failed[0].data["template"]) == (
-            "waitlist", "sms", "slot_offered"
+            "waitlist",
+            "sms",
+            "slot_offered",
         )
         assert failed[0].data["error"].startswith("SMS provider answered 503")
         assert phone not in json.dumps(failed[0].value)
@@ -642,16 +796,27 @@ async def test_a_hold_and_a_suspension_are_emailed_to_the_professional(
     email = f"noor-{professional_id}@locums.test"
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
-        scheduled_with_professional(booking_id, practice_id, professional_id,
-                                    {"first_name": "Noor", "email": email, "locale": "en-AU"}),
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
+        scheduled_with_professional(
+            booking_id, practice_id, professional_id, {"first_name": "Noor", "email": email, "locale": "en-AU"}
+        ),
     )
     await contacts_known(infra, booking_id, practice_id)
-    await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.professionals WHERE professional_id = $1", professional_id)
+    await wait_for_row(
+        infra.admin_dsn, "SELECT true FROM notification.professionals WHERE professional_id = $1", professional_id
+    )
 
     hold_id = unique("hold")
-    hold = {"hold_id": hold_id, "professional_id": professional_id, "booking_id": booking_id, "cause": "late_cancellation",
-            "starts_at": iso(T_START), "ends_at": iso(T_START + timedelta(days=7))}
+    hold = {
+        "hold_id": hold_id,
+        "professional_id": professional_id,
+        "booking_id": booking_id,
+        "cause": "late_cancellation",
+        "starts_at": iso(T_START),
+        "ends_at": iso(T_START + timedelta(days=7)),
+    }
     env = await publisher.event(SCORING_EVENTS, "hold.placed", professional_id, hold)
     [hold_row] = await finished(infra, "professional_id", professional_id, 1)
     subject, body = await email_text(mailbox, email, hold_row)
@@ -666,9 +831,14 @@ async def test_a_hold_and_a_suspension_are_emailed_to_the_professional(
     async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
         suspended_at = datetime(2031, 3, 12, 1, 0, tzinfo=UTC)  # 12:00 pm in Sydney
         await publisher.event(
-            SCORING_EVENTS, "account.suspended", professional_id,
-            {"professional_id": professional_id, "holds": [hold_id, unique("hold"), unique("hold")],
-             "suspended_at": iso(suspended_at)},
+            SCORING_EVENTS,
+            "account.suspended",
+            professional_id,
+            {
+                "professional_id": professional_id,
+                "holds": [hold_id, unique("hold"), unique("hold")],
+                "suspended_at": iso(suspended_at),
+            },
         )
         # Without a booking, the outcome is keyed by the professional (CONTRACT.md).
         sent = await w.wait_for(lambda s: s.type == "notification.sent" and s.key == professional_id)
@@ -701,15 +871,27 @@ async def test_a_professional_without_a_known_email_is_skipped_and_said_so(
     no_email, unknown = unique("pro"), unique("pro")
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
         scheduled_with_professional(booking_id, practice_id, no_email, {"first_name": "Ola", "phone": "+61400555020"}),
     )
-    await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.professionals WHERE professional_id = $1", no_email)
+    await wait_for_row(
+        infra.admin_dsn, "SELECT true FROM notification.professionals WHERE professional_id = $1", no_email
+    )
     for professional_id in (no_email, unknown):
         await publisher.event(
-            SCORING_EVENTS, "hold.placed", professional_id,
-            {"hold_id": unique("hold"), "professional_id": professional_id, "booking_id": booking_id, "cause": "no_show",
-             "starts_at": iso(T_START), "ends_at": iso(T_START + timedelta(days=14))},
+            SCORING_EVENTS,
+            "hold.placed",
+            professional_id,
+            {
+                "hold_id": unique("hold"),
+                "professional_id": professional_id,
+                "booking_id": booking_id,
+                "cause": "no_show",
+                "starts_at": iso(T_START),
+                "ends_at": iso(T_START + timedelta(days=14)),
+            },
         )
     [row] = await finished(infra, "professional_id", no_email, 1)
     assert (row["status"], row["reason"]) == ("skipped", "no email address is known for this professional")
@@ -724,17 +906,26 @@ async def test_a_manual_pms_update_is_told_to_the_practice(
 ) -> None:
     practice_id, booking_id = unique("prac"), unique("bk")
     await publisher.event(
-        UPSTREAM_PRACTICES, "practice.configured", practice_id,
+        UPSTREAM_PRACTICES,
+        "practice.configured",
+        practice_id,
         practice_configured(practice_id, pms={"integration": "manual"}),
     )
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.scheduled", booking_id,
+        UPSTREAM_BOOKINGS,
+        "booking.scheduled",
+        booking_id,
         booking_scheduled(booking_id, practice_id, {"first_name": "Lea"}),
     )
     await contacts_known(infra, booking_id, practice_id)
     message = "Manual update required: cancel this booking in your PMS too"
-    manual = {"booking_id": booking_id, "practice_id": practice_id, "integration": "manual",
-              "action": "cancel_booking", "message": message}
+    manual = {
+        "booking_id": booking_id,
+        "practice_id": practice_id,
+        "integration": "manual",
+        "action": "cancel_booking",
+        "message": message,
+    }
     env = await publisher.event(PMS_SYNC_EVENTS, "pms.manual_update_required", booking_id, manual)
     [row] = await finished(infra, "booking_id", booking_id, 1)
     assert (row["recipient"], row["channel"], row["template"]) == ("practice", "email", "pms_manual_update_required")

@@ -23,10 +23,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, iso, unique
-from shared.topics import BOOKING_EVENTS, PMS_INTEGRATION_TOPICS, PMS_SYNC_ACKS, PMS_SYNC_EVENTS, UPSTREAM_BOOKINGS
-
 from test_pms_sync_service import (  # the same helpers as the service's own tests
     LATE_FEE,
     T_START,
@@ -37,6 +33,9 @@ from test_pms_sync_service import (  # the same helpers as the service's own tes
     start_pms_sync,
     wait_for_row,
 )
+
+from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, iso, unique
+from shared.topics import BOOKING_EVENTS, PMS_INTEGRATION_TOPICS, PMS_SYNC_ACKS, PMS_SYNC_EVENTS, UPSTREAM_BOOKINGS
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +74,7 @@ class FakePms:
         pms = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
                 status, answer, hold = pms._answer(PmsCall(self.path, self.headers.get("Idempotency-Key"), body))
                 if hold is not None:
@@ -123,7 +122,9 @@ class FakePms:
             if len(self.calls_for(booking_id)) >= count:
                 return self.calls_for(booking_id)
             await asyncio.sleep(0.05)
-        raise AssertionError(f"the PMS saw {len(self.calls_for(booking_id))} call(s) for {booking_id}, expected {count}")
+        raise AssertionError(
+            f"the PMS saw {len(self.calls_for(booking_id))} call(s) for {booking_id}, expected {count}"
+        )
 
     @property
     def url(self) -> str:
@@ -151,7 +152,7 @@ async def start_at_the_end(bootstrap: str, group_id: str, topic: str) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 (as shared.testing.EventWatcher does)
+        await consumer._client.force_metadata_update()
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         assert partitions, f"topic {topic} has no partitions"
         consumer.assign(partitions)
@@ -186,7 +187,9 @@ class ConnectorProcess:
         }
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"pms-connector-{self.group_id}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "pms_connector"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pms_connector"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         return self
 
@@ -245,7 +248,9 @@ async def setup(infra: Any, logs: Path) -> AsyncIterator[Setup]:
 async def cancel(infra: Any, publisher: Publisher, practice_id: str, booking_id: str, chart_note: str) -> str:
     request_id = unique("req")
     actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note=chart_note)
-    await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+    await publisher.event(
+        BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor)
+    )
     return request_id
 
 
@@ -278,9 +283,19 @@ async def test_a_cancellation_reaches_the_pms_once_and_the_sync_completes_once(
         [ack] = await w.wait_for(of(booking_id, "pms.sync_acknowledged"))
         assert ack.key == booking_id and ack.value["source"] == "connector/praktika"
         assert ack.value["correlationid"] == command.value["correlationid"]
-        assert ack.data == {"sync_id": sync_id, "booking_id": booking_id, "status": "ok", "external_ref": f"PMS-{booking_id[-6:]}"}
+        assert ack.data == {
+            "sync_id": sync_id,
+            "booking_id": booking_id,
+            "status": "ok",
+            "external_ref": f"PMS-{booking_id[-6:]}",
+        }
         [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
-        assert completed.data == {"sync_id": sync_id, "booking_id": booking_id, "integration": "praktika", "attempts": 1}
+        assert completed.data == {
+            "sync_id": sync_id,
+            "booking_id": booking_id,
+            "integration": "praktika",
+            "attempts": 1,
+        }
 
         await w.settle(2.0)
         assert len(setup.pms.calls_for(booking_id)) == 1
@@ -296,24 +311,54 @@ async def test_a_no_show_reaches_a_core_practice_pms(infra: Any, publisher: Publ
     await configure(infra, publisher, practice_id, "core_practice")
     reporter = {"kind": "staff", "id": "staff-3", "roles": ["manager"]}
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.no_show_reported", booking_id,
-        {"request_id": request_id, "booking_id": booking_id, "reported_at": iso(T_START + timedelta(minutes=20)),
-         "actor": reporter, "party": "patient", "code": "FTA", "chart_note": "No answer on phone"},
+        UPSTREAM_BOOKINGS,
+        "booking.no_show_reported",
+        booking_id,
+        {
+            "request_id": request_id,
+            "booking_id": booking_id,
+            "reported_at": iso(T_START + timedelta(minutes=20)),
+            "actor": reporter,
+            "party": "patient",
+            "code": "FTA",
+            "chart_note": "No answer on phone",
+        },
     )
     await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.requests WHERE request_id = $1", request_id)
     async with EventWatcher(infra.bootstrap, WATCHED) as w:
         await publisher.event(
-            BOOKING_EVENTS, "booking.no_show_recorded", booking_id,
-            {"booking_id": booking_id, "request_id": request_id, "practice_id": practice_id, "patient_id": unique("pat"),
-             "party": "patient", "code": "FTA", "starts_at": iso(T_START), "recorded_at": iso(T_START + timedelta(minutes=20)),
-             "decision": {"allowed": True, "classification": "no_show", "fee": LATE_FEE, "charge_card": False,
-                          "deposit_action": "none", "policy_version": "r1.s1"}},
+            BOOKING_EVENTS,
+            "booking.no_show_recorded",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "request_id": request_id,
+                "practice_id": practice_id,
+                "patient_id": unique("pat"),
+                "party": "patient",
+                "code": "FTA",
+                "starts_at": iso(T_START),
+                "recorded_at": iso(T_START + timedelta(minutes=20)),
+                "decision": {
+                    "allowed": True,
+                    "classification": "no_show",
+                    "fee": LATE_FEE,
+                    "charge_card": False,
+                    "deposit_action": "none",
+                    "policy_version": "r1.s1",
+                },
+            },
         )
         [call] = await setup.pms.wait_for_calls(booking_id)
         assert call.path == f"/v2/appointments/{booking_id}/no-show"
         assert call.body == {
-            "practice_id": practice_id, "status": "no_show", "code": "FTA", "recorded_at": "2031-03-10T22:20:00Z",
-            "recorded_by": reporter, "fee": LATE_FEE, "chart_note": "No answer on phone",
+            "practice_id": practice_id,
+            "status": "no_show",
+            "code": "FTA",
+            "recorded_at": "2031-03-10T22:20:00Z",
+            "recorded_by": reporter,
+            "fee": LATE_FEE,
+            "chart_note": "No answer on phone",
         }
         [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
         assert completed.data["integration"] == "core_practice" and completed.data["sync_id"] == call.idempotency_key
@@ -321,7 +366,11 @@ async def test_a_no_show_reaches_a_core_practice_pms(infra: Any, publisher: Publ
 
 async def test_a_pms_down_for_a_moment_gets_the_change_once(infra: Any, publisher: Publisher, setup: Setup) -> None:
     practice_id, booking_id = setup.practices["praktika"], unique("bk")
-    setup.pms.scripts[booking_id] = [(503, {"message": "maintenance"}), (503, {"message": "maintenance"}), (200, {"reference": "PRK-3"})]
+    setup.pms.scripts[booking_id] = [
+        (503, {"message": "maintenance"}),
+        (503, {"message": "maintenance"}),
+        (200, {"reference": "PRK-3"}),
+    ]
     await configure(infra, publisher, practice_id, "praktika")
     async with EventWatcher(infra.bootstrap, WATCHED) as w:
         await cancel(infra, publisher, practice_id, booking_id, chart_note="n")
@@ -337,7 +386,9 @@ async def test_a_pms_down_for_a_moment_gets_the_change_once(infra: Any, publishe
         assert w.matching(of(booking_id, "pms.sync_failed")) == []
 
 
-async def test_a_pms_that_refuses_makes_the_practice_update_by_hand(infra: Any, publisher: Publisher, setup: Setup) -> None:
+async def test_a_pms_that_refuses_makes_the_practice_update_by_hand(
+    infra: Any, publisher: Publisher, setup: Setup
+) -> None:
     practice_id, booking_id = setup.practices["praktika"], unique("bk")
     setup.pms.scripts[booking_id] = [(422, {"message": "appointment is locked by another user"})]
     await configure(infra, publisher, practice_id, "praktika")
@@ -350,7 +401,10 @@ async def test_a_pms_that_refuses_makes_the_practice_update_by_hand(infra: Any, 
         assert (failed.data["error"], failed.data["attempts"]) == (error, 1)
         [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
         assert manual.data == {
-            "booking_id": booking_id, "practice_id": practice_id, "integration": "praktika", "action": "cancel_booking",
+            "booking_id": booking_id,
+            "practice_id": practice_id,
+            "integration": "praktika",
+            "action": "cancel_booking",
             "message": f"Manual update required: cancel this booking in Praktika too (Praktika did not confirm it: {error})",
         }
         await w.settle(2.0)

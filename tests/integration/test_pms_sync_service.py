@@ -46,34 +46,55 @@ def pms_sync(infra: Any, log_dir: Any) -> Iterator[ServiceProcess]:
         service.stop()
 
 
-
 async def configure(infra: Any, publisher: Publisher, practice_id: str, integration: str) -> None:
     await publisher.event(
-        UPSTREAM_PRACTICES, "practice.configured", practice_id,
-        {"practice_id": practice_id, "name": "Harbour Dental", "timezone": "Australia/Sydney", "locale": "en",
-         "pms": {"integration": integration}},
+        UPSTREAM_PRACTICES,
+        "practice.configured",
+        practice_id,
+        {
+            "practice_id": practice_id,
+            "name": "Harbour Dental",
+            "timezone": "Australia/Sydney",
+            "locale": "en",
+            "pms": {"integration": integration},
+        },
     )
     await wait_for_row(
-        infra.admin_dsn, "SELECT true FROM pms_sync.integrations WHERE practice_id = $1 AND integration = $2",
-        practice_id, integration,
+        infra.admin_dsn,
+        "SELECT true FROM pms_sync.integrations WHERE practice_id = $1 AND integration = $2",
+        practice_id,
+        integration,
     )
 
 
-async def request_cancellation(infra: Any, publisher: Publisher, booking_id: str, request_id: str, chart_note: str) -> dict[str, Any]:
+async def request_cancellation(
+    infra: Any, publisher: Publisher, booking_id: str, request_id: str, chart_note: str
+) -> dict[str, Any]:
     actor = {"kind": "staff", "id": "staff-7", "roles": ["reception"]}
     # No booking.scheduled is published for these bookings: a booking service running beside
     # this test rejects the request (not_found) instead of acting on it.
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.cancellation_requested", booking_id,
-        {"request_id": request_id, "booking_id": booking_id, "requested_at": iso(T_START - timedelta(hours=5)),
-         "actor": actor, "channel": "practice", "reason_code": "illness", "reason_text": "Flu",
-         "chart_note": chart_note},
+        UPSTREAM_BOOKINGS,
+        "booking.cancellation_requested",
+        booking_id,
+        {
+            "request_id": request_id,
+            "booking_id": booking_id,
+            "requested_at": iso(T_START - timedelta(hours=5)),
+            "actor": actor,
+            "channel": "practice",
+            "reason_code": "illness",
+            "reason_text": "Flu",
+            "chart_note": chart_note,
+        },
     )
     await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.requests WHERE request_id = $1", request_id)
     return actor
 
 
-def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+def booking_cancelled(
+    booking_id: str, request_id: str, practice_id: str, actor: dict[str, Any], **overrides: Any
+) -> dict[str, Any]:
     return {
         "booking_id": booking_id,
         "request_id": request_id,
@@ -91,8 +112,12 @@ def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor:
         "reason_text": "Flu",
         "classification": "late",
         "decision": {
-            "allowed": True, "classification": "late", "fee": LATE_FEE, "charge_card": False,
-            "deposit_action": "none", "policy_version": "r1.s1",
+            "allowed": True,
+            "classification": "late",
+            "fee": LATE_FEE,
+            "charge_card": False,
+            "deposit_action": "none",
+            "policy_version": "r1.s1",
         },
         "series_booking_ids": [],
     } | overrides
@@ -100,8 +125,11 @@ def booking_cancelled(booking_id: str, request_id: str, practice_id: str, actor:
 
 async def ack(publisher: Publisher, sync_id: str, booking_id: str, status: str, **extra: Any) -> None:
     await publisher.event(
-        PMS_SYNC_ACKS, "pms.sync_acknowledged", booking_id,
-        {"sync_id": sync_id, "booking_id": booking_id, "status": status, **extra}, source="connector/test",
+        PMS_SYNC_ACKS,
+        "pms.sync_acknowledged",
+        booking_id,
+        {"sync_id": sync_id, "booking_id": booking_id, "status": status, **extra},
+        source="connector/test",
     )
 
 
@@ -114,9 +142,16 @@ async def test_praktika_cancellation_is_synced_with_everything_and_completed_onc
 ) -> None:
     practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
     await configure(infra, publisher, practice_id, "praktika")
-    actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Pt called in sick; rebook in 2 wks")
+    actor = await request_cancellation(
+        infra, publisher, booking_id, request_id, chart_note="Pt called in sick; rebook in 2 wks"
+    )
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        await publisher.event(
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor),
+        )
         [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
         assert command.topic == PRAKTIKA and command.key == booking_id
         assert command.data == {
@@ -136,7 +171,12 @@ async def test_praktika_cancellation_is_synced_with_everything_and_completed_onc
 
         await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-991")
         [completed] = await w.wait_for(of(booking_id, "pms.sync_completed"))
-        assert completed.data == {"sync_id": sync_id, "booking_id": booking_id, "integration": "praktika", "attempts": 1}
+        assert completed.data == {
+            "sync_id": sync_id,
+            "booking_id": booking_id,
+            "integration": "praktika",
+            "attempts": 1,
+        }
 
         await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-991")  # a connector's retry
         await w.settle(2.0)
@@ -155,18 +195,42 @@ async def test_no_show_reaches_the_pms_with_reporter_and_chart_note(
     await configure(infra, publisher, practice_id, "core_practice")
     reporter = {"kind": "staff", "id": "staff-3", "roles": ["manager"]}
     await publisher.event(
-        UPSTREAM_BOOKINGS, "booking.no_show_reported", booking_id,
-        {"request_id": request_id, "booking_id": booking_id, "reported_at": iso(T_START + timedelta(minutes=20)),
-         "actor": reporter, "party": "patient", "code": "FTA", "chart_note": "No answer on phone"},
+        UPSTREAM_BOOKINGS,
+        "booking.no_show_reported",
+        booking_id,
+        {
+            "request_id": request_id,
+            "booking_id": booking_id,
+            "reported_at": iso(T_START + timedelta(minutes=20)),
+            "actor": reporter,
+            "party": "patient",
+            "code": "FTA",
+            "chart_note": "No answer on phone",
+        },
     )
     await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.requests WHERE request_id = $1", request_id)
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
         await publisher.event(
-            BOOKING_EVENTS, "booking.no_show_recorded", booking_id,
-            {"booking_id": booking_id, "request_id": request_id, "practice_id": practice_id, "patient_id": unique("pat"),
-             "party": "patient", "code": "FTA", "starts_at": iso(T_START), "recorded_at": iso(T_START + timedelta(minutes=20)),
-             "decision": {"allowed": True, "classification": "no_show", "charge_card": False,
-                          "deposit_action": "none", "policy_version": "r1.s1"}},
+            BOOKING_EVENTS,
+            "booking.no_show_recorded",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "request_id": request_id,
+                "practice_id": practice_id,
+                "patient_id": unique("pat"),
+                "party": "patient",
+                "code": "FTA",
+                "starts_at": iso(T_START),
+                "recorded_at": iso(T_START + timedelta(minutes=20)),
+                "decision": {
+                    "allowed": True,
+                    "classification": "no_show",
+                    "charge_card": False,
+                    "deposit_action": "none",
+                    "policy_version": "r1.s1",
+                },
+            },
         )
         [command] = await w.wait_for(of(booking_id, "pms.record_no_show"))
         assert command.topic == CORE_PRACTICE
@@ -182,7 +246,12 @@ async def test_manual_practice_is_asked_to_update_its_pms(
     await configure(infra, publisher, practice_id, "manual")
     actor = {"kind": "staff", "id": "staff-7", "roles": []}
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        await publisher.event(
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor),
+        )
         [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
         assert manual.data == {
             "booking_id": booking_id,
@@ -192,7 +261,9 @@ async def test_manual_practice_is_asked_to_update_its_pms(
             "message": "Manual update required: cancel this booking in your PMS too",
         }
         await w.settle(1.0)
-        assert w.matching(lambda s: s.topic in (PRAKTIKA, CORE_PRACTICE) and s.data.get("booking_id") == booking_id) == []
+        assert (
+            w.matching(lambda s: s.topic in (PRAKTIKA, CORE_PRACTICE) and s.data.get("booking_id") == booking_id) == []
+        )
 
     [update] = pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"]
     assert (update["booking_id"], update["action"], update["sync_id"]) == (booking_id, "cancel_booking", None)
@@ -205,7 +276,12 @@ async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
     await configure(infra, publisher, practice_id, "core_practice")
     actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Asked to be called back")
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        await publisher.event(
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor),
+        )
         [command] = await w.wait_for(of(booking_id, "pms.cancel_booking"))
         assert command.topic == CORE_PRACTICE
         sync_id = command.data["sync_id"]
@@ -213,15 +289,20 @@ async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
         await ack(publisher, sync_id, booking_id, "error", error="appointment locked by another user")
         [failed] = await w.wait_for(of(booking_id, "pms.sync_failed"))
         assert failed.data == {
-            "sync_id": sync_id, "booking_id": booking_id, "integration": "core_practice", "attempts": 1,
+            "sync_id": sync_id,
+            "booking_id": booking_id,
+            "integration": "core_practice",
+            "attempts": 1,
             "error": "appointment locked by another user",
         }
         [manual] = await w.wait_for(of(booking_id, "pms.manual_update_required"))
         assert manual.data == {
-            "booking_id": booking_id, "practice_id": practice_id, "integration": "core_practice",
+            "booking_id": booking_id,
+            "practice_id": practice_id,
+            "integration": "core_practice",
             "action": "cancel_booking",
             "message": "Manual update required: cancel this booking in Core Practice too "
-                       "(Core Practice did not confirm it: appointment locked by another user)",
+            "(Core Practice did not confirm it: appointment locked by another user)",
         }
 
         await ack(publisher, sync_id, booking_id, "ok")  # too late: the practice was already asked
@@ -248,7 +329,12 @@ async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
         await configure(infra, publisher, practice_id, "praktika")
         actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
         async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-            await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+            await publisher.event(
+                BOOKING_EVENTS,
+                "booking.cancelled",
+                booking_id,
+                booking_cancelled(booking_id, request_id, practice_id, actor),
+            )
             sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=90)
             assert len({s.data["sync_id"] for s in sends}) == 1
             assert sends[0].data == sends[1].data  # the same command, unchanged
@@ -287,7 +373,10 @@ async def test_practice_without_integration_gets_nothing(
     actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
         event = await publisher.event(
-            BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor)
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor),
         )
         # Processed (its id is in the inbox); then nothing may follow.
         await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.inbox WHERE event_id = $1", event["id"])
@@ -306,7 +395,9 @@ async def test_a_series_is_synced_one_command_per_booking_with_the_fee_on_the_ca
     actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="Moving interstate")
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
         await publisher.event(
-            BOOKING_EVENTS, "booking.cancelled", booking_id,
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
             booking_cancelled(booking_id, request_id, practice_id, actor, series_booking_ids=later),
         )
         commands = {}
@@ -329,7 +420,12 @@ async def test_a_cancellation_read_before_its_request_waits_for_the_chart_note(
     await configure(infra, publisher, practice_id, "praktika")
     actor = {"kind": "staff", "id": "staff-7", "roles": ["reception"]}
     async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+        await publisher.event(
+            BOOKING_EVENTS,
+            "booking.cancelled",
+            booking_id,
+            booking_cancelled(booking_id, request_id, practice_id, actor),
+        )
         await wait_for_row(
             infra.admin_dsn, "SELECT true FROM pms_sync.syncs WHERE booking_id = $1 AND status = 'waiting'", booking_id
         )
@@ -352,11 +448,22 @@ async def test_a_command_waits_for_its_request_only_so_long(infra: Any, publishe
         await configure(infra, publisher, practice_id, "core_practice")
         async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
             no_show = {
-                "booking_id": booking_id, "request_id": request_id, "practice_id": practice_id,
-                "patient_id": unique("pat"), "party": "patient", "code": "DNA", "starts_at": iso(T_START),
+                "booking_id": booking_id,
+                "request_id": request_id,
+                "practice_id": practice_id,
+                "patient_id": unique("pat"),
+                "party": "patient",
+                "code": "DNA",
+                "starts_at": iso(T_START),
                 "recorded_at": iso(T_START + timedelta(minutes=20)),
-                "decision": {"allowed": True, "classification": "no_show", "fee": LATE_FEE, "charge_card": False,
-                             "deposit_action": "none", "policy_version": "r1.s1"},
+                "decision": {
+                    "allowed": True,
+                    "classification": "no_show",
+                    "fee": LATE_FEE,
+                    "charge_card": False,
+                    "deposit_action": "none",
+                    "policy_version": "r1.s1",
+                },
             }
             await publisher.event(BOOKING_EVENTS, "booking.no_show_recorded", booking_id, no_show)
             [command] = await w.wait_for(of(booking_id, "pms.record_no_show"), timeout=90)
@@ -370,15 +477,24 @@ async def test_a_command_waits_for_its_request_only_so_long(infra: Any, publishe
         service.stop()
 
 
-async def test_a_late_ack_after_a_resend_completes_the_sync_once(infra: Any, publisher: Publisher, log_dir: Any) -> None:
+async def test_a_late_ack_after_a_resend_completes_the_sync_once(
+    infra: Any, publisher: Publisher, log_dir: Any
+) -> None:
     """The connector was slow: its ack of the first send arrives after the second went out."""
     practice_id, booking_id, request_id = unique("prac"), unique("bk"), unique("req")
-    service = start_pms_sync(infra, log_dir, PMS_ACK_TIMEOUT_SECONDS="2", PMS_MAX_ATTEMPTS="3", PMS_RETRY_POLL_SECONDS="0.2")
+    service = start_pms_sync(
+        infra, log_dir, PMS_ACK_TIMEOUT_SECONDS="2", PMS_MAX_ATTEMPTS="3", PMS_RETRY_POLL_SECONDS="0.2"
+    )
     try:
         await configure(infra, publisher, practice_id, "praktika")
         actor = await request_cancellation(infra, publisher, booking_id, request_id, chart_note="n")
         async with EventWatcher(infra.bootstrap, ALL_TOPICS) as w:
-            await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking_id, booking_cancelled(booking_id, request_id, practice_id, actor))
+            await publisher.event(
+                BOOKING_EVENTS,
+                "booking.cancelled",
+                booking_id,
+                booking_cancelled(booking_id, request_id, practice_id, actor),
+            )
             sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=90)
             sync_id = sends[0].data["sync_id"]
             await ack(publisher, sync_id, booking_id, "ok", external_ref="PRK-1")  # for the first send

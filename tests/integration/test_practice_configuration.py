@@ -19,7 +19,9 @@ WATCHED = [PRACTICE_EVENTS, POLICY_DECISIONS, DLQ]
 
 @pytest.fixture(scope="module")
 def policy(infra, tmp_path_factory):
-    proc = ServiceProcess("cancellation-policy", infra.bootstrap, infra.admin_dsn, tmp_path_factory.mktemp("policy-logs")).start()
+    proc = ServiceProcess(
+        "cancellation-policy", infra.bootstrap, infra.admin_dsn, tmp_path_factory.mktemp("policy-logs")
+    ).start()
     yield proc
     proc.stop()
 
@@ -41,28 +43,45 @@ def answer_for(practice_id: str, event_type: str):
     return lambda s: s.topic == PRACTICE_EVENTS and s.type == event_type and s.data.get("practice_id") == practice_id
 
 
-async def configure(publisher: Publisher, watcher: EventWatcher, practice_id: str, data: dict[str, Any], answer: str) -> Seen:
+async def configure(
+    publisher: Publisher, watcher: EventWatcher, practice_id: str, data: dict[str, Any], answer: str
+) -> Seen:
     """Publish `data` and return the answer it gets (the next one of type `answer` for the practice)."""
     before = len(watcher.matching(answer_for(practice_id, answer)))
     await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, data, source="upstream/admin")
     return (await watcher.wait_for(answer_for(practice_id, answer), count=before + 1))[before]
 
 
-async def staff_cancellation_decided(publisher: Publisher, watcher: EventWatcher, practice_id: str, lead: timedelta) -> Seen:
+async def staff_cancellation_decided(
+    publisher: Publisher, watcher: EventWatcher, practice_id: str, lead: timedelta
+) -> Seen:
     """Ask the policy directly (as booking does) to decide a staff cancellation `lead` ahead."""
     booking_id, request_id, now = unique("booking"), unique("request"), datetime.now(UTC)
     await publisher.event(
-        POLICY_REQUESTS, "cancellation.assessment_requested", booking_id,
+        POLICY_REQUESTS,
+        "cancellation.assessment_requested",
+        booking_id,
         {
-            "booking_id": booking_id, "request_id": request_id, "practice_id": practice_id, "kind": "cancellation",
-            "booking": {"starts_at": iso(now + lead), "ends_at": iso(now + lead + timedelta(minutes=30)),
-                        "status": "scheduled", "patient_portal_account": True, "patient_card_on_file": False},
-            "requested_at": iso(now), "actor": {"kind": "staff", "id": "staff-1", "roles": ["reception"]},
+            "booking_id": booking_id,
+            "request_id": request_id,
+            "practice_id": practice_id,
+            "kind": "cancellation",
+            "booking": {
+                "starts_at": iso(now + lead),
+                "ends_at": iso(now + lead + timedelta(minutes=30)),
+                "status": "scheduled",
+                "patient_portal_account": True,
+                "patient_card_on_file": False,
+            },
+            "requested_at": iso(now),
+            "actor": {"kind": "staff", "id": "staff-1", "roles": ["reception"]},
             "channel": "practice",
         },
         source="service/booking",
     )
-    [decision] = await watcher.wait_for(lambda s: s.topic == POLICY_DECISIONS and s.data.get("request_id") == request_id)
+    [decision] = await watcher.wait_for(
+        lambda s: s.topic == POLICY_DECISIONS and s.data.get("request_id") == request_id
+    )
     return decision
 
 
@@ -77,7 +96,12 @@ async def test_settings_are_accepted_and_out_of_bounds_ones_rejected_while_the_p
             practice_id,
             cancellation={"late_window_hours": 100_000},
             fees={
-                "late_cancellation": {"amount": "1E+1000000", "currency": "EUR", "code": "LATE", "code_system": "custom"},
+                "late_cancellation": {
+                    "amount": "1E+1000000",
+                    "currency": "EUR",
+                    "code": "LATE",
+                    "code_system": "custom",
+                },
                 "no_show": {"amount": "60.00", "currency": "XYZ", "code": "NOSHOW", "code_system": "custom"},
             },
         )
@@ -89,7 +113,11 @@ async def test_settings_are_accepted_and_out_of_bounds_ones_rejected_while_the_p
         decision = await staff_cancellation_decided(publisher, w, practice_id, timedelta(hours=5))
 
         again = await configure(
-            publisher, w, practice_id, settings(practice_id, name="Harbour Dental Berlin"), "practice.configuration_accepted"
+            publisher,
+            w,
+            practice_id,
+            settings(practice_id, name="Harbour Dental Berlin"),
+            "practice.configuration_accepted",
         )
         await w.settle(1.0)
         answers = w.matching(lambda s: s.topic == PRACTICE_EVENTS and s.key == practice_id)
@@ -97,10 +125,14 @@ async def test_settings_are_accepted_and_out_of_bounds_ones_rejected_while_the_p
     assert rejected.key == practice_id and rejected.data["reason"] == "invalid_settings"
     message = rejected.data["message"]
     assert "cancellation.late_window_hours is 100000: input should be less than or equal to 720" in message
-    assert "fees.late_cancellation: the amount 1E+1000000 is more than the most a EUR amount may be (100000.00)" in message
+    assert (
+        "fees.late_cancellation: the amount 1E+1000000 is more than the most a EUR amount may be (100000.00)" in message
+    )
     assert "fees.no_show.currency is 'XYZ'" in message and "ISO 4217" in message
     assert "previous settings stay in force" in message and len(message) < 1000
-    assert dead_letter.data["original_topic"] == UPSTREAM_PRACTICES and "practice.configured" in dead_letter.data["error"]
+    assert (
+        dead_letter.data["original_topic"] == UPSTREAM_PRACTICES and "practice.configured" in dead_letter.data["error"]
+    )
 
     assert decision.data["policy_version"] == "r1.s1" and decision.data["classification"] == "timely"
     versions = policy.get_json(f"/policies?practice_id={practice_id}")["versions"]
@@ -108,7 +140,9 @@ async def test_settings_are_accepted_and_out_of_bounds_ones_rejected_while_the_p
     assert versions[0]["settings"]["cancellation"]["late_window_hours"] == 2
     assert again.data == {"practice_id": practice_id, "policy_version": "r1.s2"}
     assert [a.type for a in answers] == [
-        "practice.configuration_accepted", "practice.configuration_rejected", "practice.configuration_accepted",
+        "practice.configuration_accepted",
+        "practice.configuration_rejected",
+        "practice.configuration_accepted",
     ]
 
 
@@ -121,6 +155,8 @@ async def test_settings_without_a_readable_practice_id_are_dead_lettered_only(po
         # A healthy configuration behind it is still answered: the bad one stopped nothing.
         after = unique("practice")
         await configure(publisher, w, after, settings(after), "practice.configuration_accepted")
-        answers = w.matching(lambda s: s.topic == PRACTICE_EVENTS and s.data.get("practice_id") in (subject, "not a practice id"))
+        answers = w.matching(
+            lambda s: s.topic == PRACTICE_EVENTS and s.data.get("practice_id") in (subject, "not a practice id")
+        )
     assert "practice_id" in dead_letter.data["error"] and "timezone" in dead_letter.data["error"]
     assert answers == []

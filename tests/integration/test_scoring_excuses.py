@@ -35,7 +35,9 @@ DLQ = dead_letter_topic("scoring")
 def scoring(infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """One scoring process whose expiry job polls twice a second."""
     log_dir: Path = tmp_path_factory.mktemp("scoring-excuse-logs")
-    process = ServiceProcess("scoring", infra.bootstrap, infra.admin_dsn, log_dir, env={"HOLD_EXPIRY_POLL_SECONDS": "0.5"})
+    process = ServiceProcess(
+        "scoring", infra.bootstrap, infra.admin_dsn, log_dir, env={"HOLD_EXPIRY_POLL_SECONDS": "0.5"}
+    )
     try:
         process.start()
         yield process
@@ -82,18 +84,31 @@ async def submit(
         "document_ref": f"docs/{excuse_id}.pdf",
         "submitted_at": iso(datetime.now(UTC)),
     }
-    env = await publisher.event(UPSTREAM_PROFESSIONALS, "excuse.submitted", pro, data, source="upstream/marketplace", **kw)
+    env = await publisher.event(
+        UPSTREAM_PROFESSIONALS, "excuse.submitted", pro, data, source="upstream/marketplace", **kw
+    )
     return excuse_id, env
 
 
 async def review(publisher: Publisher, pro: str, excuse_id: str, decision: str, **kw: Any) -> dict[str, Any]:
-    data = {"excuse_id": excuse_id, "decision": decision, "reviewer_id": unique("rev"), "reviewed_at": iso(datetime.now(UTC))}
-    return await publisher.event(UPSTREAM_PROFESSIONALS, "excuse.reviewed", pro, data, source="upstream/marketplace", **kw)
+    data = {
+        "excuse_id": excuse_id,
+        "decision": decision,
+        "reviewer_id": unique("rev"),
+        "reviewed_at": iso(datetime.now(UTC)),
+    }
+    return await publisher.event(
+        UPSTREAM_PROFESSIONALS, "excuse.reviewed", pro, data, source="upstream/marketplace", **kw
+    )
 
 
-async def request_recalculation(publisher: Publisher, subject: str, professional_id: str | None, **kw: Any) -> dict[str, Any]:
+async def request_recalculation(
+    publisher: Publisher, subject: str, professional_id: str | None, **kw: Any
+) -> dict[str, Any]:
     data = {"professional_id": professional_id} if professional_id else {}
-    return await publisher.event(UPSTREAM_PROFESSIONALS, "score.recalculation_requested", subject, data, source="upstream/ops", **kw)
+    return await publisher.event(
+        UPSTREAM_PROFESSIONALS, "score.recalculation_requested", subject, data, source="upstream/ops", **kw
+    )
 
 
 async def late_cancellation(
@@ -146,7 +161,13 @@ async def test_an_approved_excuse_lifts_the_hold_at_once_and_the_recalculation_r
 
         await request_recalculation(publisher, pro, pro)
         [restored] = await w.wait_for(recalculated(pro))
-        assert restored.data == {"professional_id": pro, "booking_id": booking, "delta": 50, "score": 100, "cause": "recalculated"}
+        assert restored.data == {
+            "professional_id": pro,
+            "booking_id": booking,
+            "delta": 50,
+            "score": 100,
+            "cause": "recalculated",
+        }
 
         # a second recalculation, for this professional and for all, moves nothing
         await request_recalculation(publisher, pro, pro)
@@ -182,7 +203,11 @@ async def test_a_rejected_excuse_changes_nothing(scoring: ServiceProcess, infra:
         assert not w.matching(of(pro, "hold.lifted"))
         assert [s.data["cause"] for s in w.matching(of(pro, "score.changed"))] == ["late_cancelled"]
 
-    assert (rejected["status"], rejected["decision"], rejected["reason"]) == ("rejected", "rejected", "rejected_by_reviewer")
+    assert (rejected["status"], rejected["decision"], rejected["reason"]) == (
+        "rejected",
+        "rejected",
+        "rejected_by_reviewer",
+    )
     assert rejected["message"]
     body = scoring.get_json(f"/professional?professional_id={pro}")
     assert body["score"] == 50
@@ -242,7 +267,7 @@ async def test_a_hold_whose_end_has_passed_is_lifted_by_the_scheduler(
     # cancelled 8 days ago (5 h before a start 8 days ago + 5 h): its 7-day hold ended yesterday
     starts_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=8) + timedelta(hours=5)
     async with EventWatcher(infra.bootstrap, [SCORING_EVENTS]) as w:
-        booking, hold = await late_cancellation(publisher, w, pro, starts_at=starts_at)
+        _booking, hold = await late_cancellation(publisher, w, pro, starts_at=starts_at)
         [lifted] = await w.wait_for(of(pro, "hold.lifted"), timeout=15)
         await w.settle(1.5)
         assert len(w.matching(of(pro, "hold.lifted"))) == 1
@@ -332,10 +357,15 @@ async def test_the_nightly_recalculation_runs_once_per_night_across_replicas(
             async def act(unit: background.WorkUnit[Any], run_date: date) -> None:
                 results[i] = await run_recalculation(unit, run_date)
 
-            return background.DueWork(name="recalculate_nightly", claim=claim, act=act, interval_seconds=1, batch_size=1)
+            return background.DueWork(
+                name="recalculate_nightly", claim=claim, act=act, interval_seconds=1, batch_size=1
+            )
 
         await asyncio.gather(
-            *(background.run_round(replica(i, day), pool=pool, service="scoring", deps=None) for i, day in enumerate(days))
+            *(
+                background.run_round(replica(i, day), pool=pool, service="scoring", deps=None)
+                for i, day in enumerate(days)
+            )
         )
         return [results[i] for i in range(len(days))]
 

@@ -127,7 +127,13 @@ async def test_late_cancellation_costs_fifty_points_and_a_seven_day_hold(
         await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
         [changed] = await w.wait_for(of(pro, "score.changed", booking))
         [placed] = await w.wait_for(of(pro, "hold.placed", booking))
-    assert changed.data == {"professional_id": pro, "booking_id": booking, "delta": -50, "score": 50, "cause": "late_cancelled"}
+    assert changed.data == {
+        "professional_id": pro,
+        "booking_id": booking,
+        "delta": -50,
+        "score": 50,
+        "cause": "late_cancelled",
+    }
     cancelled_at = datetime.fromisoformat(data["cancelled_at"])
     assert placed.data["cause"] == "late_cancellation"
     assert datetime.fromisoformat(placed.data["starts_at"]) == cancelled_at
@@ -164,7 +170,9 @@ async def test_holds_stack_and_three_holds_suspend_once(
     # the second hold starts when the first ends, the third when the second ends
     assert h2.data["starts_at"] == h1.data["ends_at"]
     assert h3.data["starts_at"] == h2.data["ends_at"]
-    assert datetime.fromisoformat(h2.data["ends_at"]) - datetime.fromisoformat(h2.data["starts_at"]) == timedelta(days=14)
+    assert datetime.fromisoformat(h2.data["ends_at"]) - datetime.fromisoformat(h2.data["starts_at"]) == timedelta(
+        days=14
+    )
     assert [h1.data["cause"], h2.data["cause"], h3.data["cause"]] == ["late_cancellation", "no_show", "no_show"]
     # listed oldest first by the time of what caused them: h3's cancellation (30 min before the
     # start) happened before h2's no-show was recorded (70 min after it)

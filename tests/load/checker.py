@@ -35,8 +35,16 @@ from shared.topics import (
 
 from .scenario import COUNTED_TYPES, Scenario
 
-OUTPUT_TOPICS = [POLICY_DECISIONS, BOOKING_EVENTS, BILLING_EVENTS, NOTIFICATION_EVENTS, SCORING_EVENTS,
-                 PMS_SYNC_EVENTS, *PMS_INTEGRATION_TOPICS.values(), *(dead_letter_topic(s) for s in SERVICES)]
+OUTPUT_TOPICS = [
+    POLICY_DECISIONS,
+    BOOKING_EVENTS,
+    BILLING_EVENTS,
+    NOTIFICATION_EVENTS,
+    SCORING_EVENTS,
+    PMS_SYNC_EVENTS,
+    *PMS_INTEGRATION_TOPICS.values(),
+    *(dead_letter_topic(s) for s in SERVICES),
+]
 
 
 @dataclass
@@ -61,10 +69,11 @@ class Collector:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          max_partition_fetch_bytes=4 * 1024 * 1024)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+        )
         await self._consumer.start()
-        await self._consumer._client.force_metadata_update()  # noqa: SLF001
+        await self._consumer._client.force_metadata_update()
         partitions = [TopicPartition(t, p) for t in self.topics for p in (self._consumer.partitions_for_topic(t) or ())]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
@@ -110,8 +119,10 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return (self.lost == self.duplicated == self.out_of_order == self.unexpected == self.outbox_backlog == 0
-                and self.dead_lettered == self.poison_expected)
+        return (
+            self.lost == self.duplicated == self.out_of_order == self.unexpected == self.outbox_backlog == 0
+            and self.dead_lettered == self.poison_expected
+        )
 
 
 # A PMS command is one effect per sync_id: pms-sync sends it again, same sync_id, until acked.
@@ -140,7 +151,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await consumer._client.force_metadata_update()
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         return {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(tps)).items()}
     finally:
@@ -222,9 +233,12 @@ def _out_of_order(story: Any, records: list[Record]) -> bool:
     cancellation after a reschedule carries the rescheduled time."""
     own = sorted((r for r in records if r.topic == BOOKING_EVENTS), key=lambda r: r.offset)
     types = [r.value.get("type") for r in own]
-    if "booking.slot_released" in types and "booking.cancelled" in types:
-        if types.index("booking.slot_released") < types.index("booking.cancelled"):
-            return True
+    if (
+        "booking.slot_released" in types
+        and "booking.cancelled" in types
+        and types.index("booking.slot_released") < types.index("booking.cancelled")
+    ):
+        return True
     if story.kind == "rescheduled_cancel":
         for r in own:
             if r.value.get("type") == "booking.cancelled":
@@ -244,9 +258,13 @@ async def outbox_backlog(admin_dsn: str) -> dict[str, int]:
         for schema in SCHEMAS.values():
             parking = await conn.fetchval(
                 "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox'"
-                " AND column_name = 'parked_at'", schema)
+                " AND column_name = 'parked_at'",
+                schema,
+            )
             backlog[schema] = await conn.fetchval(
-                f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL" + (" AND parked_at IS NULL" if parking else ""))
+                f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
+                + (" AND parked_at IS NULL" if parking else "")
+            )
         return backlog
     finally:
         await conn.close()

@@ -36,11 +36,15 @@ class Progress:
         filled = int(width * done / max(1, self.total))
         rate = done / max(1e-6, time.monotonic() - self.started)
         end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\r{self.label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {rate:7.1f}/s{end}")
+        sys.stderr.write(
+            f"\r{self.label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {rate:7.1f}/s{end}"
+        )
         sys.stderr.flush()
 
 
-async def send_reliably(producer: AIOKafkaProducer, messages: list[tuple[str, bytes, bytes]], timeout: float = 180) -> None:
+async def send_reliably(
+    producer: AIOKafkaProducer, messages: list[tuple[str, bytes, bytes]], timeout: float = 180
+) -> None:
     """Publish (topic, key, value) messages and wait for the broker's acknowledgement, sending
     again what failed (a broker restart) as an upstream publisher would: a message sent twice
     carries the same envelope id, which every consumer de-duplicates. (The producers here are
@@ -57,9 +61,9 @@ async def send_reliably(producer: AIOKafkaProducer, messages: list[tuple[str, by
         results = [f if isinstance(f, Exception) else None for f in futures]
         pending = [(i, f) for i, f in enumerate(futures) if not isinstance(f, Exception)]
         done = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-        for (i, _), outcome in zip(pending, done):
+        for (i, _), outcome in zip(pending, done, strict=False):
             results[i] = outcome if isinstance(outcome, Exception) else None
-        remaining = [m for m, r in zip(remaining, results) if r is not None]
+        remaining = [m for m, r in zip(remaining, results, strict=False) if r is not None]
         if remaining:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(remaining)} message(s) not accepted by the broker in {timeout}s")
@@ -90,6 +94,7 @@ async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: f
             "SELECT count(*) FROM pms_sync.integrations WHERE practice_id = ANY($1)",
             "SELECT count(*) FROM notification.practices WHERE practice_id = ANY($1)",
         ):
+
             async def ready(q=query) -> bool:
                 return await _count(admin_dsn, q, practices) == len(practices)
 
@@ -98,7 +103,7 @@ async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: f
         progress = Progress("scheduling bookings", len(scenario.stories))
         schedule = scenario.schedule_messages()
         for i in range(0, len(schedule), 500):
-            await _send_all(producer, schedule[i:i + 500])
+            await _send_all(producer, schedule[i : i + 500])
         ids = [s.booking_id for s in scenario.stories]
 
         async def scheduled() -> bool:
@@ -110,7 +115,9 @@ async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: f
             raise TimeoutError("bookings not scheduled in time")
 
         async def contacts() -> bool:
-            return await _count(admin_dsn, "SELECT count(*) FROM notification.patients WHERE booking_id = ANY($1)", ids) == len(ids)
+            return await _count(
+                admin_dsn, "SELECT count(*) FROM notification.patients WHERE booking_id = ANY($1)", ids
+            ) == len(ids)
 
         if not await wait_until(contacts, timeout, interval=0.5):
             raise TimeoutError("patient contacts not recorded in time")
@@ -148,7 +155,9 @@ async def send_requests(
     return sent_at
 
 
-async def wait_complete(scenario: Scenario, collector: Collector, timeout: float, label: str = "waiting for effects") -> float:
+async def wait_complete(
+    scenario: Scenario, collector: Collector, timeout: float, label: str = "waiting for effects"
+) -> float:
     """Seconds until every story has all its effects (or the timeout)."""
     progress = Progress(label, len(scenario.stories))
     started = time.monotonic()

@@ -66,12 +66,24 @@ class Scenario:
 
     def setup_messages(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [
-            (UPSTREAM_PRACTICES, p.practice_id, envelope("practice.configured", p.practice_id, {
-                "practice_id": p.practice_id, "name": f"Load practice {i}", "timezone": "Australia/Sydney",
-                "locale": "en", "contact": {"email": f"front-{i}@load.test", "preferred_channel": "email"},
-                "fees": {"late_cancellation": LATE_FEE, "no_show": NO_SHOW_FEE, "charge_card_on_file": True},
-                "pms": {"integration": p.integration},
-            }, source="upstream/load"))
+            (
+                UPSTREAM_PRACTICES,
+                p.practice_id,
+                envelope(
+                    "practice.configured",
+                    p.practice_id,
+                    {
+                        "practice_id": p.practice_id,
+                        "name": f"Load practice {i}",
+                        "timezone": "Australia/Sydney",
+                        "locale": "en",
+                        "contact": {"email": f"front-{i}@load.test", "preferred_channel": "email"},
+                        "fees": {"late_cancellation": LATE_FEE, "no_show": NO_SHOW_FEE, "charge_card_on_file": True},
+                        "pms": {"integration": p.integration},
+                    },
+                    source="upstream/load",
+                ),
+            )
             for i, p in enumerate(self.practices)
         ]
 
@@ -93,25 +105,54 @@ def build(count: int, *, seed: int = 7, practices: int = 4, now: datetime | None
         kind = rng.choices(KINDS, WEIGHTS)[0]
         practice = places[i % len(places)]
         booking_id = f"load-{run_id}-{i:06d}-{_uid('b', rng)[-6:]}"
-        starts = now + {
-            "staff_timely": timedelta(hours=72), "staff_late": timedelta(hours=6),
-            "patient_online": timedelta(hours=96), "no_show": timedelta(minutes=-30),
-            "completed": timedelta(hours=-2), "rescheduled_cancel": timedelta(hours=80),
-        }[kind]
+        starts = (
+            now
+            + {
+                "staff_timely": timedelta(hours=72),
+                "staff_late": timedelta(hours=6),
+                "patient_online": timedelta(hours=96),
+                "no_show": timedelta(minutes=-30),
+                "completed": timedelta(hours=-2),
+                "rescheduled_cancel": timedelta(hours=80),
+            }[kind]
+        )
         story = Story(booking_id, kind, practice, f"{booking_id}@patients.load.test", starts)
-        story.messages.append((UPSTREAM_BOOKINGS, booking_id, envelope("booking.scheduled", booking_id, {
-            "booking_id": booking_id, "practice_id": practice.practice_id, "starts_at": iso(starts),
-            "ends_at": iso(starts + timedelta(minutes=30)), "practitioner_id": f"dr-{i % 5}", "service_code": "D1110",
-            "patient": {"patient_id": f"pat-{booking_id}", "first_name": "Load", "email": story.patient_email,
-                        "portal_account": True, "card_on_file": True, "locale": "en"},
-        }, source="upstream/load")))
+        story.messages.append(
+            (
+                UPSTREAM_BOOKINGS,
+                booking_id,
+                envelope(
+                    "booking.scheduled",
+                    booking_id,
+                    {
+                        "booking_id": booking_id,
+                        "practice_id": practice.practice_id,
+                        "starts_at": iso(starts),
+                        "ends_at": iso(starts + timedelta(minutes=30)),
+                        "practitioner_id": f"dr-{i % 5}",
+                        "service_code": "D1110",
+                        "patient": {
+                            "patient_id": f"pat-{booking_id}",
+                            "first_name": "Load",
+                            "email": story.patient_email,
+                            "portal_account": True,
+                            "card_on_file": True,
+                            "locale": "en",
+                        },
+                    },
+                    source="upstream/load",
+                ),
+            )
+        )
         _add_story(story, rng, now)
         stories.append(story)
     return Scenario(run_id, places, stories)
 
 
 def _request(story: Story, type_: str, data: dict[str, Any]) -> None:
-    story.messages.append((UPSTREAM_BOOKINGS, story.booking_id, envelope(type_, story.booking_id, data, source="upstream/load")))
+    story.messages.append(
+        (UPSTREAM_BOOKINGS, story.booking_id, envelope(type_, story.booking_id, data, source="upstream/load"))
+    )
 
 
 def _add_story(story: Story, rng: random.Random, now: datetime) -> None:
@@ -124,27 +165,59 @@ def _add_story(story: Story, rng: random.Random, now: datetime) -> None:
         e["booking.completed"] = 1
         return
     if story.kind == "no_show":
-        _request(story, "booking.no_show_reported", {
-            "request_id": story.request_id, "booking_id": b, "reported_at": iso(now), "actor": STAFF,
-            "party": "patient", "code": "FTA"})
+        _request(
+            story,
+            "booking.no_show_reported",
+            {
+                "request_id": story.request_id,
+                "booking_id": b,
+                "reported_at": iso(now),
+                "actor": STAFF,
+                "party": "patient",
+                "code": "FTA",
+            },
+        )
         # ... and the patient's email about the no-show fee (RULES.md "Notifications").
-        e.update({"cancellation.assessed": 1, "booking.no_show_recorded": 1, "charge.created": 1, "payment.captured": 1,
-                  "notification.sent": 1})
+        e.update(
+            {
+                "cancellation.assessed": 1,
+                "booking.no_show_recorded": 1,
+                "charge.created": 1,
+                "payment.captured": 1,
+                "notification.sent": 1,
+            }
+        )
         if synced:
             e["pms.record_no_show"] = 1
         return
     if story.kind == "rescheduled_cancel":
         story.final_starts_at = story.starts_at + timedelta(days=1)
-        _request(story, "booking.rescheduled", {"booking_id": b, "starts_at": iso(story.final_starts_at),
-                                                "ends_at": iso(story.final_starts_at + timedelta(minutes=30))})
+        _request(
+            story,
+            "booking.rescheduled",
+            {
+                "booking_id": b,
+                "starts_at": iso(story.final_starts_at),
+                "ends_at": iso(story.final_starts_at + timedelta(minutes=30)),
+            },
+        )
     patient = story.kind == "patient_online"
-    _request(story, "booking.cancellation_requested", {
-        "request_id": story.request_id, "booking_id": b, "requested_at": iso(now),
-        "actor": {"kind": "patient", "id": f"pat-{b}", "roles": []} if patient else STAFF,
-        "channel": "patient_portal" if patient else "practice", "reason_code": "illness",
-        "reason_text": "Load test cancellation"})
-    e.update({"cancellation.assessed": 1, "booking.cancelled": 1, "booking.slot_released": 1,
-              "notification.sent": 1})  # the patient's email; the patient has no phone
+    _request(
+        story,
+        "booking.cancellation_requested",
+        {
+            "request_id": story.request_id,
+            "booking_id": b,
+            "requested_at": iso(now),
+            "actor": {"kind": "patient", "id": f"pat-{b}", "roles": []} if patient else STAFF,
+            "channel": "patient_portal" if patient else "practice",
+            "reason_code": "illness",
+            "reason_text": "Load test cancellation",
+        },
+    )
+    e.update(
+        {"cancellation.assessed": 1, "booking.cancelled": 1, "booking.slot_released": 1, "notification.sent": 1}
+    )  # the patient's email; the patient has no phone
     if story.kind == "staff_late":
         e.update({"charge.created": 1, "payment.captured": 1})
     if synced:
@@ -152,8 +225,20 @@ def _add_story(story: Story, rng: random.Random, now: datetime) -> None:
 
 
 # The types the checker counts: everything a story can cause (others are ignored).
-COUNTED_TYPES = frozenset({
-    "cancellation.assessed", "booking.cancelled", "booking.slot_released", "booking.no_show_recorded",
-    "booking.completed", "charge.created", "payment.captured", "payment.failed", "notification.sent",
-    "pms.cancel_booking", "pms.record_no_show", "booking.cancellation_rejected", "booking.no_show_rejected",
-})
+COUNTED_TYPES = frozenset(
+    {
+        "cancellation.assessed",
+        "booking.cancelled",
+        "booking.slot_released",
+        "booking.no_show_recorded",
+        "booking.completed",
+        "charge.created",
+        "payment.captured",
+        "payment.failed",
+        "notification.sent",
+        "pms.cancel_booking",
+        "pms.record_no_show",
+        "booking.cancellation_rejected",
+        "booking.no_show_rejected",
+    }
+)

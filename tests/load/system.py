@@ -29,16 +29,29 @@ class System:
 
     @classmethod
     def from_environment(cls, log_dir: Path, **kw) -> System:
-        return cls(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-                   os.environ.get("ADMIN_DATABASE_URL", "postgresql://postgres:postgres@localhost:5432/cancellations"),
-                   log_dir, **kw)
+        return cls(
+            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            os.environ.get("ADMIN_DATABASE_URL", "postgresql://postgres:postgres@localhost:5432/cancellations"),
+            log_dir,
+            **kw,
+        )
 
     def service_env(self, service: str) -> dict[str, str]:
         assert self.mailbox is not None and self.sms is not None
         extra = {
-            "notification": {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.mailbox.port), "SMS_API_URL": self.sms.url,
-                             "SMS_API_KEY": "load", "DELIVERY_POLL_INTERVAL_SECONDS": "0.05", "DELIVERY_BATCH_SIZE": "100"},
-            "billing": {"PAYMENT_GATEWAY": "sandbox", "CAPTURE_POLL_INTERVAL_SECONDS": "0.05", "CAPTURE_BATCH_SIZE": "100"},
+            "notification": {
+                "SMTP_HOST": "127.0.0.1",
+                "SMTP_PORT": str(self.mailbox.port),
+                "SMS_API_URL": self.sms.url,
+                "SMS_API_KEY": "load",
+                "DELIVERY_POLL_INTERVAL_SECONDS": "0.05",
+                "DELIVERY_BATCH_SIZE": "100",
+            },
+            "billing": {
+                "PAYMENT_GATEWAY": "sandbox",
+                "CAPTURE_POLL_INTERVAL_SECONDS": "0.05",
+                "CAPTURE_BATCH_SIZE": "100",
+            },
             # No connector acks during a load run: resends would only add noise.
             "pms-sync": {"PMS_RETRY_POLL_SECONDS": "0.5", "PMS_ACK_TIMEOUT_SECONDS": "3600"},
         }.get(service, {})

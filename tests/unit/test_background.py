@@ -137,9 +137,10 @@ def service() -> str:
 
 
 def counted(service_name: str, job: str, outcome: str) -> float:
-    return REGISTRY.get_sample_value(
-        "background_rows_total", {"service": service_name, "job": job, "outcome": outcome}
-    ) or 0.0
+    return (
+        REGISTRY.get_sample_value("background_rows_total", {"service": service_name, "job": job, "outcome": outcome})
+        or 0.0
+    )
 
 
 def lifted(row: str) -> HoldLifted:
@@ -194,8 +195,9 @@ async def test_a_round_acts_on_each_due_row_and_commits_their_events_with_them()
 async def test_nothing_to_publish_wakes_nobody() -> None:
     db, woken = FakeDb(), []
     job = DueWork(name="quiet", claim=Table({}).claim, act=act, interval_seconds=5, batch_size=10)
-    done = await background.run_round(job, pool=FakePool(db), service=service(), deps=None,
-                                      on_committed=lambda: woken.append(True))
+    done = await background.run_round(
+        job, pool=FakePool(db), service=service(), deps=None, on_committed=lambda: woken.append(True)
+    )
     assert done.claimed == 0 and woken == [] and db.events == []
 
 
@@ -207,8 +209,14 @@ async def test_the_rows_events_carry_the_correlation_id_of_what_caused_them() ->
         assert unit.emitted[0].envelope["correlationid"] == f"cause-{row}"
         assert unit.emitted[0].envelope["source"] == "service/scoring"
 
-    job = DueWork(name="c", claim=Table({"x": START}).claim, act=remembers, correlation=lambda row: f"cause-{row}",
-                  interval_seconds=1, batch_size=5)
+    job = DueWork(
+        name="c",
+        claim=Table({"x": START}).claim,
+        act=remembers,
+        correlation=lambda row: f"cause-{row}",
+        interval_seconds=1,
+        batch_size=5,
+    )
     await background.run_round(job, pool=FakePool(FakeDb()), service="scoring", deps=None, clock=lambda: START)
     assert seen == ["cause-x"]
 
@@ -229,7 +237,9 @@ async def test_a_row_that_fails_for_good_is_rolled_back_alone_and_recorded() -> 
         unit.emit(SCORING_EVENTS, lifted(f"{row}-failure"), subject=f"pro-{row}")
 
     table = Table({"a": START, "b": START, "c": START})
-    job = DueWork(name="isolate", claim=table.claim, act=breaks_on_b, on_failure=mark, interval_seconds=1, batch_size=10)
+    job = DueWork(
+        name="isolate", claim=table.claim, act=breaks_on_b, on_failure=mark, interval_seconds=1, batch_size=10
+    )
     done = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
 
     assert (done.handled, done.failed) == (2, 1)
@@ -306,12 +316,12 @@ async def test_the_interval_is_never_longer_than_configured() -> None:
 
 
 async def test_a_job_due_by_the_clock_wakes_when_it_falls_due() -> None:
-    job = DueWork(name="nightly", claim=Table({}).claim, interval_seconds=300, batch_size=1,
-                  next_due=lambda now: 12.5)
+    job = DueWork(name="nightly", claim=Table({}).claim, interval_seconds=300, batch_size=1, next_due=lambda now: 12.5)
     assert background.pause(job, START, rng=lambda: 1.0) == 12.5
     assert background.pause(job, START, rng=lambda: 0.0) == 12.5
-    late = DueWork(name="nightly", claim=Table({}).claim, interval_seconds=300, batch_size=1,
-                   next_due=lambda now: 9999.0)
+    late = DueWork(
+        name="nightly", claim=Table({}).claim, interval_seconds=300, batch_size=1, next_due=lambda now: 9999.0
+    )
     assert background.pause(late, START, rng=lambda: 1.0) == 300.0
 
 
@@ -358,8 +368,13 @@ async def test_the_backoff_after_faults_is_capped() -> None:
     async def down(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
         raise TimeoutError()
 
-    await background.run(DueWork(name="down", claim=down, interval_seconds=5, batch_size=1), host,
-                         clock=clock, sleep=clock.sleep, rng=lambda: 1.0)
+    await background.run(
+        DueWork(name="down", claim=down, interval_seconds=5, batch_size=1),
+        host,
+        clock=clock,
+        sleep=clock.sleep,
+        rng=lambda: 1.0,
+    )
     assert max(clock.slept) == background.RETRY_CAP_SECONDS
 
 
@@ -422,8 +437,9 @@ async def test_a_call_runs_between_two_transactions_and_its_outcome_commits_with
     job = DueCall(name="send", claim=table.claim, call=provider.call, record=record, interval_seconds=1, batch_size=10)
     woken: list[bool] = []
 
-    done = await background.run_round(job, pool=FakePool(db), service=name, deps=None,
-                                      on_committed=lambda: woken.append(True), clock=lambda: START)
+    done = await background.run_round(
+        job, pool=FakePool(db), service=name, deps=None, on_committed=lambda: woken.append(True), clock=lambda: START
+    )
 
     assert provider.inside_transaction == [False, False]  # never inside a transaction
     assert provider.claimed_before_call == [True, True]  # the claim (and its lease) committed first
@@ -448,10 +464,17 @@ async def test_recording_is_retried_while_the_database_is_down() -> None:
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    job = DueCall(name="send", claim=Table({"a": START}, marks=True).claim, call=provider.call,
-                  record=record_when_up, interval_seconds=1, batch_size=10)
-    done = await background.run_round(job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START,
-                                      sleep=sleep)
+    job = DueCall(
+        name="send",
+        claim=Table({"a": START}, marks=True).claim,
+        call=provider.call,
+        record=record_when_up,
+        interval_seconds=1,
+        batch_size=10,
+    )
+    done = await background.run_round(
+        job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START, sleep=sleep
+    )
     assert done.handled == 1 and provider.calls == ["a"]  # called once, recorded on the third try
     assert len(slept) == 2 and db.effects[-1] == ("recorded", "a", "ok")
 
@@ -467,10 +490,17 @@ async def test_an_outcome_that_cannot_be_recorded_is_left_to_the_lease() -> None
     async def no_sleep(seconds: float) -> None:
         return None
 
-    job = DueCall(name="send", claim=Table({"a": START, "b": START}, marks=True).claim, call=provider.call,
-                  record=refuses, interval_seconds=1, batch_size=10)
-    done = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START,
-                                      sleep=no_sleep)
+    job = DueCall(
+        name="send",
+        claim=Table({"a": START, "b": START}, marks=True).claim,
+        call=provider.call,
+        record=refuses,
+        interval_seconds=1,
+        batch_size=10,
+    )
+    done = await background.run_round(
+        job, pool=FakePool(db), service=name, deps=None, clock=lambda: START, sleep=no_sleep
+    )
     assert (done.handled, done.failed) == (0, 2)
     assert db.effects == [("claimed", "a"), ("claimed", "b")] and db.events == []
     assert counted(name, "send", "failed") == 2
@@ -480,14 +510,27 @@ async def test_calls_run_at_most_concurrency_at_once() -> None:
     db = FakeDb()
     provider = Provider(db, delay=0.01)
     rows = {f"r{i}": START for i in range(6)}
-    one_by_one = DueCall(name="charge", claim=Table(rows, marks=True).claim, call=provider.call, record=record,
-                         interval_seconds=1, batch_size=10)
+    one_by_one = DueCall(
+        name="charge",
+        claim=Table(rows, marks=True).claim,
+        call=provider.call,
+        record=record,
+        interval_seconds=1,
+        batch_size=10,
+    )
     await background.run_round(one_by_one, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
     assert provider.most_in_flight == 1
 
     provider = Provider(db, delay=0.01)
-    together = DueCall(name="send", claim=Table(rows, marks=True).claim, call=provider.call, record=record,
-                       interval_seconds=1, batch_size=10, concurrency=3)
+    together = DueCall(
+        name="send",
+        claim=Table(rows, marks=True).claim,
+        call=provider.call,
+        record=record,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=3,
+    )
     await background.run_round(together, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
     assert provider.most_in_flight == 3
 
@@ -495,8 +538,16 @@ async def test_calls_run_at_most_concurrency_at_once() -> None:
 async def test_at_shutdown_calls_in_flight_finish_and_are_recorded() -> None:
     db = FakeDb()
     provider = Provider(db, delay=0.2)
-    job = DueCall(name="send", claim=Table({"a": START, "b": START}, marks=True).claim, call=provider.call,
-                  record=record, interval_seconds=1, batch_size=10, concurrency=10, drain_seconds=5)
+    job = DueCall(
+        name="send",
+        claim=Table({"a": START, "b": START}, marks=True).claim,
+        call=provider.call,
+        record=record,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=10,
+        drain_seconds=5,
+    )
     host = FakeHost(FakePool(db), service())
     task = asyncio.create_task(job(host))
     while provider.in_flight < 2:
@@ -511,8 +562,14 @@ async def test_at_shutdown_calls_in_flight_finish_and_are_recorded() -> None:
 async def test_without_a_drain_a_stop_cuts_the_calls_off_and_the_lease_brings_them_back() -> None:
     db = FakeDb()
     provider = Provider(db, delay=5.0)
-    job = DueCall(name="charge", claim=Table({"a": START}, marks=True).claim, call=provider.call, record=record,
-                  interval_seconds=1, batch_size=10)
+    job = DueCall(
+        name="charge",
+        claim=Table({"a": START}, marks=True).claim,
+        call=provider.call,
+        record=record,
+        interval_seconds=1,
+        batch_size=10,
+    )
     host = FakeHost(FakePool(db), service())
     task = asyncio.create_task(job(host))
     while provider.in_flight < 1:
@@ -537,8 +594,15 @@ async def test_a_call_that_raises_is_a_failed_row_and_the_others_go_on() -> None
         marked.append(row)
         unit.conn.effect(("marked", row))  # type: ignore[attr-defined]
 
-    job = DueCall(name="charge", claim=Table({"bad": START, "good": START}).claim, call=call, record=record,
-                  on_failure=mark, interval_seconds=1, batch_size=10)
+    job = DueCall(
+        name="charge",
+        claim=Table({"bad": START, "good": START}).claim,
+        call=call,
+        record=record,
+        on_failure=mark,
+        interval_seconds=1,
+        batch_size=10,
+    )
     done = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
     assert (done.handled, done.failed) == (1, 1) and marked == ["bad"]
     assert ("marked", "bad") in db.effects and ("recorded", "good", "ok") in db.effects
@@ -550,8 +614,9 @@ async def test_a_call_that_hits_a_transient_fault_is_deferred_to_its_lease() -> 
     async def call(deps: Any, row: str) -> str:
         raise ConnectionResetError()
 
-    job = DueCall(name="charge", claim=Table({"a": START}).claim, call=call, record=record,
-                  interval_seconds=1, batch_size=10)
+    job = DueCall(
+        name="charge", claim=Table({"a": START}).claim, call=call, record=record, interval_seconds=1, batch_size=10
+    )
     done = await background.run_round(job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
     assert (done.deferred, done.failed) == (1, 0) and db.effects == []
 

@@ -109,7 +109,9 @@ def decision(
     return Decision.model_construct(
         allowed=True,
         classification=classification,
-        fee=Fee.model_construct(amount=Decimal(fee[0]), currency=fee[1], code="D9987", code_system="CDT") if fee else None,
+        fee=Fee.model_construct(amount=Decimal(fee[0]), currency=fee[1], code="D9987", code_system="CDT")
+        if fee
+        else None,
         charge_card=charge_card,
         deposit_action=deposit_action,
         policy_version="r1.s1",
@@ -314,8 +316,14 @@ def test_billing_consumes_commands_and_publishes_every_billing_event() -> None:
     assert set(billing.consumes) == {"booking.events.v1", "billing.commands.v1"}
     assert set(billing.consumes["billing.commands.v1"]) == {"charge.adjustment_requested"}
     assert {m.event_type for m in billing.publishes["billing.events.v1"]} == {
-        "charge.created", "payment.captured", "payment.failed", "deposit.refunded", "deposit.kept",
-        "credit_note.issued", "charge.adjusted", "charge.adjustment_rejected",
+        "charge.created",
+        "payment.captured",
+        "payment.failed",
+        "deposit.refunded",
+        "deposit.kept",
+        "credit_note.issued",
+        "charge.adjusted",
+        "charge.adjustment_rejected",
     }
 
 
@@ -378,7 +386,10 @@ def adjust(
         ({"code": "D9986", "status": "pending_capture"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
         ({"amount": "45.00", "code": "D9986", "status": "paid"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
         ({"roles": ("therapist", "financial"), "amount": "40.00"}, ChargeTerms(4000, "AUD", "D9987", "CDT")),
-        ({"charge": ChargeTerms(6000, "JPY", "D9986", "CDT"), "amount": "5000"}, ChargeTerms(5000, "JPY", "D9986", "CDT")),
+        (
+            {"charge": ChargeTerms(6000, "JPY", "D9986", "CDT"), "amount": "5000"},
+            ChargeTerms(5000, "JPY", "D9986", "CDT"),
+        ),
     ],
 )
 def test_an_allowed_adjustment_says_before_and_after(kwargs: dict, after: ChargeTerms) -> None:
@@ -455,14 +466,20 @@ def test_an_amount_stripe_cannot_hold_exactly_is_refused() -> None:
         ({"status": "succeeded"}, "captured", None),
         ({"status": "requires_action"}, "failed", "authentication_required"),  # nobody there to authenticate
         (
-            {"status": "requires_payment_method",
-             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"}},
-            "failed", "insufficient_funds",
+            {
+                "status": "requires_payment_method",
+                "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"},
+            },
+            "failed",
+            "insufficient_funds",
         ),
         (
-            {"status": "requires_payment_method",
-             "last_payment_error": {"code": "card_declined", "decline_code": "generic_decline"}},
-            "failed", "card_declined",
+            {
+                "status": "requires_payment_method",
+                "last_payment_error": {"code": "card_declined", "decline_code": "generic_decline"},
+            },
+            "failed",
+            "card_declined",
         ),
         ({"status": "canceled"}, "failed", "payment_intent_canceled"),
     ],
@@ -471,7 +488,12 @@ def test_a_payment_intents_status_is_a_payment_result(intent: dict, status: str,
     from billing.gateway import _from_intent
 
     result = _from_intent({"id": "pi_1", **intent}, 4500, "AUD")
-    assert (result.status, result.failure_reason, result.reference, result.amount_minor) == (status, reason, "pi_1", 4500)
+    assert (result.status, result.failure_reason, result.reference, result.amount_minor) == (
+        status,
+        reason,
+        "pi_1",
+        4500,
+    )
 
 
 def test_a_payment_intent_still_processing_is_an_unknown_outcome() -> None:

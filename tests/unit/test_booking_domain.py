@@ -43,6 +43,10 @@ def test_status_labels(kind, channel, label):
 
 def test_later_occurrences_of_a_series_in_time_order():
     t = datetime(2026, 12, 1, tzinfo=UTC)
-    series = [("c", t + timedelta(days=14), "scheduled"), ("a", t, "scheduled"),
-              ("b", t + timedelta(days=7), "cancelled"), ("d", t + timedelta(days=21), "scheduled")]
+    series = [
+        ("c", t + timedelta(days=14), "scheduled"),
+        ("a", t, "scheduled"),
+        ("b", t + timedelta(days=7), "cancelled"),
+        ("d", t + timedelta(days=21), "scheduled"),
+    ]
     assert later_occurrences(t, series) == ["c", "d"]

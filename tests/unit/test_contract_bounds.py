@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.contracts import ContractViolation, models_for, parse_envelope
-from shared.contracts.base import ANY_CURRENCY_MAX, CURRENCIES, DEFAULT_MAX_MAJOR_UNITS, Money, max_amount, money_problem
+from shared.contracts.base import (
+    ANY_CURRENCY_MAX,
+    CURRENCIES,
+    DEFAULT_MAX_MAJOR_UNITS,
+    Money,
+    max_amount,
+    money_problem,
+)
 from shared.contracts.billing import ChargeAdjustmentRejected, ChargeCreated, DepositKept, PaymentCaptured
 from shared.contracts.booking import BookingCancellationRejected, BookingCancelled
 from shared.contracts.common import Actor, Decision, Fee, Patient, valid_id
@@ -43,8 +50,15 @@ SCHEDULED: dict[str, Any] = {
     "ends_at": "2026-12-02T09:30:00Z",
     "practitioner_id": "dr-1",
     "service_code": "D1110",
-    "patient": {"patient_id": "pat-1", "first_name": "Ana", "email": "ana@example.com", "phone": "+61400000000",
-                "portal_account": True, "card_on_file": False, "locale": "en-AU"},
+    "patient": {
+        "patient_id": "pat-1",
+        "first_name": "Ana",
+        "email": "ana@example.com",
+        "phone": "+61400000000",
+        "portal_account": True,
+        "card_on_file": False,
+        "locale": "en-AU",
+    },
     "deposit": {"amount": "20.00", "currency": "AUD"},
     "price": {"amount": "180.00", "currency": "AUD"},
 }
@@ -69,21 +83,47 @@ CONFIGURED: dict[str, Any] = {
     "waitlist": {"enabled": True, "offer_minutes": 30},
 }
 ADJUSTMENT: dict[str, Any] = {
-    "request_id": "req-1", "charge_id": str(uuid.uuid4()), "actor": {"id": "staff-1", "roles": ["owner"]}, "amount": "30.00",
+    "request_id": "req-1",
+    "charge_id": str(uuid.uuid4()),
+    "actor": {"id": "staff-1", "roles": ["owner"]},
+    "amount": "30.00",
 }
 CHARGE: dict[str, Any] = {
-    "charge_id": "ch-1", "booking_id": "bk-1", "patient_id": "pat-1", "kind": "no_show",
-    "amount": "45.00", "currency": "AUD", "code": "D9986", "code_system": "CDT",
+    "charge_id": "ch-1",
+    "booking_id": "bk-1",
+    "patient_id": "pat-1",
+    "kind": "no_show",
+    "amount": "45.00",
+    "currency": "AUD",
+    "code": "D9986",
+    "code_system": "CDT",
 }
 DECISION: dict[str, Any] = {
-    "allowed": True, "classification": "late", "charge_card": False, "deposit_action": "none", "policy_version": "r1.s1",
-    "score_delta": -50, "hold_days": 7, "explanation": "Late.",
+    "allowed": True,
+    "classification": "late",
+    "charge_card": False,
+    "deposit_action": "none",
+    "policy_version": "r1.s1",
+    "score_delta": -50,
+    "hold_days": 7,
+    "explanation": "Late.",
 }
 CANCELLED: dict[str, Any] = {
-    "booking_id": "bk-1", "request_id": "req-1", "practice_id": "pr-1", "patient_id": "pat-1", "practitioner_id": "dr-1",
-    "service_code": "D1110", "starts_at": "2026-12-02T09:00:00Z", "ends_at": "2026-12-02T09:30:00Z",
-    "cancelled_at": "2026-12-01T09:00:00Z", "actor": CANCELLATION["actor"], "channel": "practice",
-    "status_label": "Cancelled", "classification": "late", "decision": DECISION, "series_booking_ids": ["bk-2"],
+    "booking_id": "bk-1",
+    "request_id": "req-1",
+    "practice_id": "pr-1",
+    "patient_id": "pat-1",
+    "practitioner_id": "dr-1",
+    "service_code": "D1110",
+    "starts_at": "2026-12-02T09:00:00Z",
+    "ends_at": "2026-12-02T09:30:00Z",
+    "cancelled_at": "2026-12-01T09:00:00Z",
+    "actor": CANCELLATION["actor"],
+    "channel": "practice",
+    "status_label": "Cancelled",
+    "classification": "late",
+    "decision": DECISION,
+    "series_booking_ids": ["bk-2"],
 }
 
 BASES: dict[type[BaseModel], dict[str, Any]] = {
@@ -94,11 +134,27 @@ BASES: dict[type[BaseModel], dict[str, Any]] = {
     ChargeCreated: CHARGE,
     Decision: DECISION,
     BookingCancelled: CANCELLED,
-    ExcuseSubmitted: {"excuse_id": "ex-1", "professional_id": "pro-1", "booking_id": "bk-1",
-                      "document_ref": "s3://excuses/1.pdf", "submitted_at": "2026-12-01T09:00:00Z"},
-    PmsSyncAcknowledged: {"sync_id": "s-1", "booking_id": "bk-1", "status": "error", "error": "503", "external_ref": "PK-1"},
+    ExcuseSubmitted: {
+        "excuse_id": "ex-1",
+        "professional_id": "pro-1",
+        "booking_id": "bk-1",
+        "document_ref": "s3://excuses/1.pdf",
+        "submitted_at": "2026-12-01T09:00:00Z",
+    },
+    PmsSyncAcknowledged: {
+        "sync_id": "s-1",
+        "booking_id": "bk-1",
+        "status": "error",
+        "error": "503",
+        "external_ref": "PK-1",
+    },
     NotificationFailed: {"notification_id": "n-1", "recipient": "patient", "channel": "sms", "template": "cancelled"},
-    BookingCancellationRejected: {"booking_id": "bk-1", "request_id": "req-1", "reason": "not_allowed", "message": "No."},
+    BookingCancellationRejected: {
+        "booking_id": "bk-1",
+        "request_id": "req-1",
+        "reason": "not_allowed",
+        "message": "No.",
+    },
     ScoreChanged: {"professional_id": "pro-1", "delta": -5, "score": 95, "cause": "late_cancelled"},
     AccountSuspended: {"professional_id": "pro-1", "holds": ["h-1"], "suspended_at": "2026-12-01T09:00:00Z"},
     PmsSyncCompleted: {"sync_id": "s-1", "booking_id": "bk-1", "integration": "praktika", "attempts": 1},
@@ -264,13 +320,17 @@ CONTACT_CASES = [
 
 
 @pytest.mark.parametrize(("model", "path", "value", "ok"), CONTACT_CASES)
-def test_one_email_address_and_one_e164_phone_per_field(model: type[BaseModel], path: str, value: Any, ok: bool) -> None:
+def test_one_email_address_and_one_e164_phone_per_field(
+    model: type[BaseModel], path: str, value: Any, ok: bool
+) -> None:
     assert accepts(model, path, value) is ok
 
 
 @pytest.mark.parametrize("blank", ["", "   ", None])
 def test_a_blank_contact_means_none_was_given(blank: str | None) -> None:
-    patient = BookingScheduled.model_validate(with_value(with_value(SCHEDULED, "patient.email", blank), "patient.phone", blank)).patient
+    patient = BookingScheduled.model_validate(
+        with_value(with_value(SCHEDULED, "patient.email", blank), "patient.phone", blank)
+    ).patient
     assert (patient.email, patient.phone) == (None, None)
 
 
@@ -329,7 +389,9 @@ def test_times_lie_in_a_sane_range(model: type[BaseModel], path: str, value: Any
 
 
 def test_an_overflowing_time_on_the_wire_is_a_contract_violation() -> None:
-    raw = json.dumps(envelope("booking.scheduled", "bk-1", with_value(SCHEDULED, "ends_at", "9999-12-31T23:59:59-23:59")))
+    raw = json.dumps(
+        envelope("booking.scheduled", "bk-1", with_value(SCHEDULED, "ends_at", "9999-12-31T23:59:59-23:59"))
+    )
     with pytest.raises(ContractViolation, match="ends_at"):
         parse_envelope(raw.encode(), models_for(topics.UPSTREAM_BOOKINGS))
 
@@ -432,8 +494,12 @@ MONEY_CASES = [
 @pytest.mark.parametrize(("amount", "currency", "ok"), [m[:3] for m in MONEY_CASES], ids=[m[3] for m in MONEY_CASES])
 @pytest.mark.parametrize(
     ("model", "prefix"),
-    [(BookingScheduled, "deposit."), (BookingScheduled, "price."), (PracticeConfigured, "fees.late_cancellation."),
-     (ChargeCreated, "")],
+    [
+        (BookingScheduled, "deposit."),
+        (BookingScheduled, "price."),
+        (PracticeConfigured, "fees.late_cancellation."),
+        (ChargeCreated, ""),
+    ],
     ids=["deposit", "price", "fee", "flat amount"],
 )
 def test_money(model: type[BaseModel], prefix: str, amount: Any, currency: str, ok: bool) -> None:
@@ -456,7 +522,9 @@ def test_every_flat_amount_is_checked_against_its_currency(model: type[BaseModel
 
 def test_one_money_rule_for_every_shape() -> None:
     assert (max_amount("EUR"), max_amount("JPY"), max_amount("KWD")) == (
-        Decimal("100000.00"), Decimal("10000000"), Decimal("100000.000"),
+        Decimal("100000.00"),
+        Decimal("10000000"),
+        Decimal("100000.000"),
     )
     assert max_amount("AUD") == DEFAULT_MAX_MAJOR_UNITS and {"AUD", "EUR", "JPY", "KWD", "CLF"} <= CURRENCIES
     assert money_problem(Decimal("45.00"), "EUR") is None
@@ -494,7 +562,7 @@ def test_a_huge_exponent_is_refused_cheaply_and_never_quoted(amount: Any) -> Non
 def test_money_on_the_wire_is_a_contract_violation_with_a_reason() -> None:
     data = with_value(SCHEDULED, "deposit.amount", "1E+1000000")
     raw = json.dumps(envelope("booking.scheduled", "bk-1", data)).encode()
-    with pytest.raises(ContractViolation, match="deposit: .*more than the most a AUD amount may be") as caught:
+    with pytest.raises(ContractViolation, match=r"deposit: .*more than the most a AUD amount may be") as caught:
         parse_envelope(raw, models_for(topics.UPSTREAM_BOOKINGS))
     assert "1E+1000000" not in str(caught.value)
 
@@ -513,15 +581,21 @@ def rejection(data: dict[str, Any], subject: str | None = None) -> PracticeConfi
 
 
 def test_out_of_bounds_settings_are_answered_with_what_to_correct() -> None:
-    data = with_value(with_value(CONFIGURED, "fees.late_cancellation.amount", "1E+1000000"), "cancellation.late_window_hours", 100_000)
+    data = with_value(
+        with_value(CONFIGURED, "fees.late_cancellation.amount", "1E+1000000"), "cancellation.late_window_hours", 100_000
+    )
     message = rejection(data).message
-    assert "fees.late_cancellation: the amount 1E+1000000 is more than the most a EUR amount may be (100000.00)" in message
+    assert (
+        "fees.late_cancellation: the amount 1E+1000000 is more than the most a EUR amount may be (100000.00)" in message
+    )
     assert "cancellation.late_window_hours is 100000: input should be less than or equal to 720" in message
     assert "Send the settings again" in message and "previous settings stay in force" in message
 
 
 def test_a_rejection_quotes_briefly_and_never_a_contact() -> None:
-    data = with_value(with_value(CONFIGURED, "name", "N\n" + "n" * 100_000), "contact.email", "a@x.example, b@x.example")
+    data = with_value(
+        with_value(CONFIGURED, "name", "N\n" + "n" * 100_000), "contact.email", "a@x.example, b@x.example"
+    )
     data = with_value(data, "fees.late_cancellation.currency", "XYZ")
     message = rejection(data).message
     assert len(message) < 1000 and "n" * (QUOTE_MAX_CHARS + 1) not in message and "…" in message
@@ -536,7 +610,13 @@ def test_a_rejection_names_more_problems_than_it_shows() -> None:
 
 @pytest.mark.parametrize(
     ("practice_id", "subject", "answered_to"),
-    [("pr-1", None, "pr-1"), ("pr 1", "pr-1", "pr-1"), (None, "pr-2", "pr-2"), ("x" * 129, None, None), (None, "a b", None)],
+    [
+        ("pr-1", None, "pr-1"),
+        ("pr 1", "pr-1", "pr-1"),
+        (None, "pr-2", "pr-2"),
+        ("x" * 129, None, None),
+        (None, "a b", None),
+    ],
 )
 def test_a_rejection_needs_a_valid_practice_id(practice_id: Any, subject: str | None, answered_to: str | None) -> None:
     data = with_value(CONFIGURED, "timezone", "Nowhere") | {"practice_id": practice_id}
@@ -544,7 +624,9 @@ def test_a_rejection_needs_a_valid_practice_id(practice_id: Any, subject: str | 
     assert [key for _, _, key in answers] == ([answered_to] if answered_to else [])
 
 
-@pytest.mark.parametrize("data", [{}, {"practice_id": "pr-1", "fees": "nope"}, {"practice_id": "pr-1", "name": {"x": [1] * 10}}])
+@pytest.mark.parametrize(
+    "data", [{}, {"practice_id": "pr-1", "fees": "nope"}, {"practice_id": "pr-1", "name": {"x": [1] * 10}}]
+)
 def test_answering_never_raises(data: dict[str, Any]) -> None:
     reject_invalid_settings(data, "broken", None)
 
@@ -570,7 +652,9 @@ def test_an_out_of_bounds_adjustment_is_rejected_as_invalid_request(changes: dic
         return
     [(topic, payload, key)] = answers
     assert (topic, key) == (topics.BILLING_EVENTS, data["charge_id"])
-    assert payload == ChargeAdjustmentRejected(charge_id=data["charge_id"], request_id="req-1", reason="invalid_request")
+    assert payload == ChargeAdjustmentRejected(
+        charge_id=data["charge_id"], request_id="req-1", reason="invalid_request"
+    )
 
 
 def test_staff_and_patients_in_the_examples_keep_their_shapes() -> None:

@@ -28,11 +28,18 @@ from shared.contracts import (
     Money,
     Patient,
     Payload,
+    billing,
+    booking,
+    deadletter,
     models_for,
     new_envelope,
+    notification,
     parse_envelope,
+    pms_sync,
+    policy,
+    scoring,
+    upstream,
 )
-from shared.contracts import billing, booking, deadletter, notification, pms_sync, policy, scoring, upstream
 from shared.contracts.common import StaffActor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +139,9 @@ def examples() -> dict[type[Payload], Payload]:
             name="Harbour Dental",
             timezone="Australia/Sydney",
             locale="en-AU",
-            contact=upstream.ContactSettings.new(email="front@harbour.example", preferred_channel="sms", phone="+61290000000"),
+            contact=upstream.ContactSettings.new(
+                email="front@harbour.example", preferred_channel="sms", phone="+61290000000"
+            ),
             cancellation=upstream.CancellationSettings.new(
                 online_enabled=True,
                 patient_cutoff_hours=24,
@@ -274,7 +283,9 @@ def examples() -> dict[type[Payload], Payload]:
             message="The practice settings were not applied: cancellation.late_window_hours is 100000: input should"
             " be less than or equal to 720. Send the settings again with this corrected; the previous settings stay in force.",
         ),
-        scoring.ScoreChanged.new(professional_id=professional_id, booking_id=booking_id, delta=-5, score=85, cause="late_cancelled"),
+        scoring.ScoreChanged.new(
+            professional_id=professional_id, booking_id=booking_id, delta=-5, score=85, cause="late_cancelled"
+        ),
         scoring.HoldPlaced.new(
             hold_id=hold_id,
             professional_id=professional_id,
@@ -295,25 +306,43 @@ def examples() -> dict[type[Payload], Payload]:
             code="D9986",
             code_system="CDT",
         ),
-        billing.PaymentCaptured.new(charge_id=charge_id, booking_id=booking_id, amount=Decimal("45.00"), currency="AUD"),
+        billing.PaymentCaptured.new(
+            charge_id=charge_id, booking_id=booking_id, amount=Decimal("45.00"), currency="AUD"
+        ),
         billing.PaymentFailed.new(
-            charge_id=charge_id, booking_id=booking_id, amount=Decimal("45.00"), currency="AUD", failure_reason="card_declined"
+            charge_id=charge_id,
+            booking_id=booking_id,
+            amount=Decimal("45.00"),
+            currency="AUD",
+            failure_reason="card_declined",
         ),
         billing.DepositRefunded.new(booking_id=booking_id, amount=Decimal("20.00"), currency="AUD"),
         billing.DepositKept.new(booking_id=booking_id, amount=Decimal("20.00"), currency="AUD"),
-        billing.CreditNoteIssued.new(booking_id=booking_id, amount=Decimal("20.00"), currency="AUD", credit_note_id=uid("cn")),
+        billing.CreditNoteIssued.new(
+            booking_id=booking_id, amount=Decimal("20.00"), currency="AUD", credit_note_id=uid("cn")
+        ),
         billing.ChargeAdjusted.new(
             charge_id=charge_id,
             request_id=request_id,
             before=late_fee(),
             after=Fee.new(amount=Decimal("30.00"), currency="AUD", code="D9986", code_system="CDT"),
         ),
-        billing.ChargeAdjustmentRejected.new(charge_id=charge_id, request_id=request_id, reason="payment already captured"),
+        billing.ChargeAdjustmentRejected.new(
+            charge_id=charge_id, request_id=request_id, reason="payment already captured"
+        ),
         notification.NotificationSent.new(
-            notification_id=uid("n"), booking_id=booking_id, recipient="patient", channel="email", template="cancellation_confirmed"
+            notification_id=uid("n"),
+            booking_id=booking_id,
+            recipient="patient",
+            channel="email",
+            template="cancellation_confirmed",
         ),
         notification.NotificationFailed.new(
-            notification_id=uid("n"), recipient="professional", channel="sms", template="hold_placed", error="invalid number"
+            notification_id=uid("n"),
+            recipient="professional",
+            channel="sms",
+            template="hold_placed",
+            error="invalid number",
         ),
         pms_sync.PmsCancelBooking.new(
             sync_id=sync_id,
@@ -370,7 +399,9 @@ TOPIC_TYPE_PAIRS = [(topic, event_type) for topic, registry in TOPIC_EVENTS.item
 
 
 def wire(payload: Payload, **envelope_fields: Any) -> bytes:
-    envelope = new_envelope(payload, source="test/contracts", subject=uid("subject"), correlation_id=uid("corr"), time=T0)
+    envelope = new_envelope(
+        payload, source="test/contracts", subject=uid("subject"), correlation_id=uid("corr"), time=T0
+    )
     envelope.update(envelope_fields)
     return json.dumps(envelope).encode()
 
@@ -414,7 +445,9 @@ def test_money_travels_as_a_decimal_string() -> None:
 
 def test_times_are_written_in_utc_and_read_into_utc() -> None:
     sydney = timezone(timedelta(hours=11))
-    completed = booking.BookingCompleted.new(booking_id=uid("bk"), completed_at=datetime(2025, 3, 11, 9, 0, tzinfo=sydney))
+    completed = booking.BookingCompleted.new(
+        booking_id=uid("bk"), completed_at=datetime(2025, 3, 11, 9, 0, tzinfo=sydney)
+    )
     assert completed.completed_at == T0 and completed.completed_at.utcoffset() == timedelta(0)
     assert completed.to_json_dict()["completed_at"] == "2025-03-10T22:00:00Z"
 
@@ -475,7 +508,14 @@ def test_models_are_frozen() -> None:
         lambda: Money(amount=45.0, currency="AUD"),
         lambda: Fee(amount=45.0, currency="AUD", code="D9986", code_system="CDT"),
         lambda: billing.ChargeCreated(
-            charge_id="c", booking_id="b", patient_id="p", kind="no_show", amount=45.0, currency="AUD", code="X", code_system="custom"
+            charge_id="c",
+            booking_id="b",
+            patient_id="p",
+            kind="no_show",
+            amount=45.0,
+            currency="AUD",
+            code="X",
+            code_system="custom",
         ),
         lambda: billing.DepositKept(booking_id="b", amount=20.0, currency="AUD"),
         lambda: upstream.ChargeAdjustmentRequested(request_id="r", charge_id="c", actor={"id": "s"}, amount=30.0),
@@ -524,7 +564,12 @@ def test_event_type_of_another_topic_is_a_contract_violation() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("channel", "carrier_pigeon"), ("scope", "all"), ("fee_decision", "double"), ("requested_at", "2025-03-10T22:00:00")],
+    [
+        ("channel", "carrier_pigeon"),
+        ("scope", "all"),
+        ("fee_decision", "double"),
+        ("requested_at", "2025-03-10T22:00:00"),
+    ],
     ids=["unknown channel", "unknown scope", "unknown fee decision", "naive time"],
 )
 def test_values_outside_the_contract_are_violations(field: str, value: Any) -> None:
@@ -553,7 +598,9 @@ def test_cancellation_request_defaults_scope_and_fee_decision() -> None:
     request = upstream.BookingCancellationRequested.model_validate(minimal)
     assert (request.scope, request.fee_decision, request.actor.roles) == ("this", "policy", [])
 
-    explicit_nulls = upstream.BookingCancellationRequested.model_validate(minimal | {"scope": None, "fee_decision": None})
+    explicit_nulls = upstream.BookingCancellationRequested.model_validate(
+        minimal | {"scope": None, "fee_decision": None}
+    )
     assert (explicit_nulls.scope, explicit_nulls.fee_decision) == ("this", "policy")
 
 
@@ -577,7 +624,11 @@ def test_practice_configured_fills_in_the_contract_defaults() -> None:
     assert settings.cancellation.late_window_hours == 24
     assert settings.cancellation.professional_no_show_minutes == 60
     assert settings.cancellation.notify_practice_on_online_cancel is False
-    assert (settings.fees.late_cancellation, settings.fees.no_show, settings.fees.charge_card_on_file) == (None, None, False)
+    assert (settings.fees.late_cancellation, settings.fees.no_show, settings.fees.charge_card_on_file) == (
+        None,
+        None,
+        False,
+    )
     assert (settings.deposits.timely, settings.deposits.late, settings.deposits.no_show) == ("refund", "keep", "keep")
     assert (settings.waitlist.enabled, settings.waitlist.offer_minutes) == (False, 30)
     assert settings.pms.integration == "none"
@@ -622,7 +673,14 @@ def test_assessment_carries_the_decision_booking_embeds() -> None:
 def test_dead_letter_record_keeps_the_original_bytes() -> None:
     garbage = b"\xff\xfe not json"
     record = deadletter.MessageDeadLettered.of(
-        service="billing", topic=topics.BILLING_COMMANDS, partition=0, offset=7, key=None, value=garbage, error="not JSON", at=T0
+        service="billing",
+        topic=topics.BILLING_COMMANDS,
+        partition=0,
+        offset=7,
+        key=None,
+        value=garbage,
+        error="not JSON",
+        at=T0,
     )
     parsed = parse_envelope(wire(record), models_for(topics.dead_letter_topic("billing"))).payload
     assert isinstance(parsed, deadletter.MessageDeadLettered)
@@ -630,7 +688,14 @@ def test_dead_letter_record_keeps_the_original_bytes() -> None:
     assert parsed.original_value_text is None and parsed.original_key is None
 
     tombstone = deadletter.MessageDeadLettered.of(
-        service="billing", topic=topics.BILLING_COMMANDS, partition=0, offset=8, key=b"k", value=None, error="empty", at=T0
+        service="billing",
+        topic=topics.BILLING_COMMANDS,
+        partition=0,
+        offset=8,
+        key=b"k",
+        value=None,
+        error="empty",
+        at=T0,
     )
     assert tombstone.original_value() is None
 
@@ -656,6 +721,7 @@ def test_models_for_an_unknown_topic_says_so() -> None:
 
 
 # --- the registries agree with the contract document -----------------------------------------
+
 
 def test_docs_copy_of_the_contract_is_the_shared_one() -> None:
     assert CONTRACT_DOC.is_file()
@@ -708,8 +774,14 @@ def test_nul_characters_are_a_contract_violation_and_dead_letters_stay_storable(
     with pytest.raises(ContractViolation, match="NUL"):
         parse_envelope(raw, models_for(topics.UPSTREAM_BOOKINGS))
     record = MessageDeadLettered.of(
-        service="booking", topic=topics.UPSTREAM_BOOKINGS, partition=0, offset=1, key=b"k\x00",
-        value=raw.replace(b"\\u0000", b"\x00"), error="bad \x00", at=datetime.now(UTC),
+        service="booking",
+        topic=topics.UPSTREAM_BOOKINGS,
+        partition=0,
+        offset=1,
+        key=b"k\x00",
+        value=raw.replace(b"\\u0000", b"\x00"),
+        error="bad \x00",
+        at=datetime.now(UTC),
     )
     text = json.dumps(record.to_json_dict())
     assert "\\u0000" not in text  # jsonb can store it

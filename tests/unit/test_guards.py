@@ -138,7 +138,15 @@ def test_a_timed_out_statement_is_transient(exc: Exception) -> None:
 
 @pytest.mark.parametrize(
     ("value", "development"),
-    [("development", True), ("Development ", True), ("production", False), ("staging", False), ("dev", False), ("", False), (None, False)],
+    [
+        ("development", True),
+        ("Development ", True),
+        ("production", False),
+        ("staging", False),
+        ("dev", False),
+        ("", False),
+        (None, False),
+    ],
 )
 def test_only_development_is_development(value: str | None, development: bool) -> None:
     assert is_development(value) is development

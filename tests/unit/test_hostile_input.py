@@ -77,7 +77,11 @@ HOSTILE: list[tuple[str, bytes | None, str]] = [
     ("wrong type for an object", json.dumps(scheduled(patient=["x"])).encode(), "patient"),
     ("envelope id of 10 000 characters", json.dumps({**scheduled(), "id": "i" * 10_000}).encode(), "id"),
     ("envelope id with a control character", json.dumps({**scheduled(), "id": "ab\ncd"}).encode(), "id"),
-    ("envelope type with a control character", json.dumps({**scheduled(), "type": "booking.scheduled\t"}).encode(), "type"),
+    (
+        "envelope type with a control character",
+        json.dumps({**scheduled(), "type": "booking.scheduled\t"}).encode(),
+        "type",
+    ),
     ("float infinity", json.dumps(scheduled(deposit={"amount": 1e400, "currency": "EUR"})).encode(), "deposit"),
 ]
 
@@ -100,10 +104,17 @@ def test_a_violation_never_quotes_the_offending_value() -> None:
 
 # --- dead letters always fit -----------------------------------------------------------------------
 
+
 def dead_letter_of(value: bytes | None) -> MessageDeadLettered:
     return MessageDeadLettered.of(
-        service="booking", topic=topics.UPSTREAM_BOOKINGS, partition=1, offset=7, key=b"k", value=value,
-        error="why", at=datetime.now(UTC),
+        service="booking",
+        topic=topics.UPSTREAM_BOOKINGS,
+        partition=1,
+        offset=7,
+        key=b"k",
+        value=value,
+        error="why",
+        at=datetime.now(UTC),
     )
 
 
@@ -173,14 +184,25 @@ def test_without_a_record_time_the_claim_stands() -> None:
     assert TRUST.decide_at(RECORD - timedelta(days=2), None) == RECORD - timedelta(days=2)
 
 
-def staff_request(starts_at: datetime, requested_at: datetime, claimed_at: datetime | None = None) -> CancellationAssessmentRequested:
+def staff_request(
+    starts_at: datetime, requested_at: datetime, claimed_at: datetime | None = None
+) -> CancellationAssessmentRequested:
     return CancellationAssessmentRequested.new(
-        booking_id="b-1", request_id="r-1", practice_id="p-1", kind="cancellation",
+        booking_id="b-1",
+        request_id="r-1",
+        practice_id="p-1",
+        kind="cancellation",
         booking=BookingSnapshot.new(
-            starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30), status="scheduled",
-            patient_portal_account=True, patient_card_on_file=True,
+            starts_at=starts_at,
+            ends_at=starts_at + timedelta(minutes=30),
+            status="scheduled",
+            patient_portal_account=True,
+            patient_card_on_file=True,
         ),
-        requested_at=requested_at, actor=Actor(kind="staff", id="s-1"), channel="practice", claimed_at=claimed_at,
+        requested_at=requested_at,
+        actor=Actor(kind="staff", id="s-1"),
+        channel="practice",
+        claimed_at=claimed_at,
     )
 
 
@@ -206,7 +228,9 @@ DST = [
 
 
 @pytest.mark.parametrize(("zone", "requested_local", "real_hours"), DST, ids=[f"{z}-{h}h" for z, _, h in DST])
-def test_lead_is_elapsed_time_across_daylight_saving_changes(zone: str, requested_local: datetime, real_hours: int) -> None:
+def test_lead_is_elapsed_time_across_daylight_saving_changes(
+    zone: str, requested_local: datetime, real_hours: int
+) -> None:
     tz = ZoneInfo(zone)
     requested = requested_local.replace(tzinfo=tz).astimezone(UTC)
     starts = (requested_local + timedelta(days=1)).replace(tzinfo=tz).astimezone(UTC)

@@ -21,11 +21,15 @@ def logged(value: Any, key: str = "detail") -> Any:
 
 
 def test_personal_keys_are_redacted_and_free_text_is_masked():
-    event = redact_personal_data(None, "info", {
-        "event": "sent to ann.lee@example.com and +61 412 345 678",
-        "email": "ann.lee@example.com",
-        "patient": {"first_name": "Ann", "phone": "+61412345678", "patient_id": "pat-1"},
-    })
+    event = redact_personal_data(
+        None,
+        "info",
+        {
+            "event": "sent to ann.lee@example.com and +61 412 345 678",
+            "email": "ann.lee@example.com",
+            "patient": {"first_name": "Ann", "phone": "+61412345678", "patient_id": "pat-1"},
+        },
+    )
     text = json.dumps(event)
     assert "ann.lee" not in text and "412" not in text and "Ann" not in text
     assert event["patient"]["patient_id"] == "pat-1"  # ids are not personal data
@@ -43,10 +47,14 @@ def test_configured_logs_are_json_with_correlation_id(capsys):
 
 
 def test_ids_and_timestamps_pass_through_unmasked():
-    event = redact_personal_data(None, "info", {
-        "event": "charge 253dbec1-a39b-4f1e-9c8e-0a1b2c3d4e5f at 2026-11-21T05:43:27Z",
-        "booking_id": "b-20261121-0001",
-    })
+    event = redact_personal_data(
+        None,
+        "info",
+        {
+            "event": "charge 253dbec1-a39b-4f1e-9c8e-0a1b2c3d4e5f at 2026-11-21T05:43:27Z",
+            "booking_id": "b-20261121-0001",
+        },
+    )
     assert event["event"] == "charge 253dbec1-a39b-4f1e-9c8e-0a1b2c3d4e5f at 2026-11-21T05:43:27Z"
     assert event["booking_id"] == "b-20261121-0001"
 
@@ -81,7 +89,7 @@ MUST_MASK = [
     ("professionalName=Noor Haddad, status=active", "Noor", "[redacted]"),
     ("reason_text='my daughter is ill'", "daughter", "[redacted]"),
     ("{'chart_note': 'knee pain, see x-ray'}", "knee", "[redacted]"),
-    ("note=\"called twice\"", "called twice", "[redacted]"),
+    ('note="called twice"', "called twice", "[redacted]"),
     ("{'address': {'street': '1 Main St', 'city': 'Springfield'}}", "Main St", "[redacted]"),
     ("input_value='Ann Lee', input_type=str", "Ann Lee", "[redacted]"),
     ("input_value={'first_name': 'Ann', 'notes': ['a', 'b']}, input_type=dict", "Ann", "[redacted]"),
@@ -95,7 +103,11 @@ MUST_MASK = [
     ("Authorization: Bearer abc.def.ghi", "abc.def", "[redacted]"),
     ("retrying with bearer abcdefgh12345678", "abcdefgh12345678", "[redacted]"),
     ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", "eyJhbGciOiJIUzI1NiJ9", "[redacted]"),
-    ("postgresql://app:s3cret@db.example.com:5432/app", "s3cret", "postgresql://app:[redacted]@db.example.com:5432/app"),
+    (
+        "postgresql://app:s3cret@db.example.com:5432/app",
+        "s3cret",
+        "postgresql://app:[redacted]@db.example.com:5432/app",
+    ),
     ("connecting to postgresql://app:p@ss@db:5432/app failed", "p@ss", "app:[redacted]@db:5432"),
     ("redis://:s3cret@cache:6379/0", "s3cret", "redis://:[redacted]@cache:6379/0"),
 ]
@@ -159,18 +171,73 @@ def test_a_date_is_not_a_phone_number() -> None:
 # --- by key, at every depth ------------------------------------------------------------------------
 
 PERSONAL_OR_SECRET_KEYS = [
-    "first_name", "last_name", "name", "full_name", "patient_name", "professional_name",
-    "firstName", "Surname", "display_name", "email", "patient_email", "emails", "phone",
-    "mobile", "contact_phone", "address", "recipient_address", "street", "postcode",
-    "date_of_birth", "reason_text", "chart_note", "note", "notes", "to", "contact",
-    "password", "db_password", "api_key", "X-Api-Key", "apiKey", "secret", "client_secret",
-    "token", "access_token", "Authorization", "cookie", "credentials",
+    "first_name",
+    "last_name",
+    "name",
+    "full_name",
+    "patient_name",
+    "professional_name",
+    "firstName",
+    "Surname",
+    "display_name",
+    "email",
+    "patient_email",
+    "emails",
+    "phone",
+    "mobile",
+    "contact_phone",
+    "address",
+    "recipient_address",
+    "street",
+    "postcode",
+    "date_of_birth",
+    "reason_text",
+    "chart_note",
+    "note",
+    "notes",
+    "to",
+    "contact",
+    "password",
+    "db_password",
+    "api_key",
+    "X-Api-Key",
+    "apiKey",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "Authorization",
+    "cookie",
+    "credentials",
 ]
 ORDINARY_KEYS = [
-    "event", "booking_id", "patient_id", "professional_id", "run_date", "offset", "partition",
-    "topic", "topic_name", "task_name", "service", "logger", "correlation_id", "status",
-    "attempt", "delay", "amount", "currency", "duration_ms", "reason", "failure_reason",
-    "error", "detail", "integration", "channel", "score_changes", "records",
+    "event",
+    "booking_id",
+    "patient_id",
+    "professional_id",
+    "run_date",
+    "offset",
+    "partition",
+    "topic",
+    "topic_name",
+    "task_name",
+    "service",
+    "logger",
+    "correlation_id",
+    "status",
+    "attempt",
+    "delay",
+    "amount",
+    "currency",
+    "duration_ms",
+    "reason",
+    "failure_reason",
+    "error",
+    "detail",
+    "integration",
+    "channel",
+    "score_changes",
+    "records",
 ]
 
 
@@ -195,8 +262,12 @@ def test_absent_or_boolean_personal_values_are_kept() -> None:
 
 
 def test_nested_ten_levels_deep_is_redacted_like_the_top() -> None:
-    value: Any = {"booking_id": "bk-2026-000123", "first_name": "Ann", "contact": "ann@example.com",
-                  "detail": "call +4915112345678"}
+    value: Any = {
+        "booking_id": "bk-2026-000123",
+        "first_name": "Ann",
+        "contact": "ann@example.com",
+        "detail": "call +4915112345678",
+    }
     for level in range(10):
         value = {"level": level, "items": [value]} if level % 2 else {"level": level, "inner": (value,)}
     text = json.dumps(redact_personal_data(None, "info", {"event": "deep", "data": value}))
@@ -248,17 +319,26 @@ class Patient(BaseModel):
 
 def test_a_pydantic_model_is_logged_as_its_fields_redacted() -> None:
     patient = Patient(
-        patient_id="pat-1", first_name="Ann", last_name="Lee", reason_text="sick child",
+        patient_id="pat-1",
+        first_name="Ann",
+        last_name="Lee",
+        reason_text="sick child",
         contact=Contact(email="ann@example.com", phone="+61 412 345 678"),
         visits=[Contact(email="lee@example.com")],
         remark="reachable at ann@example.com or 0151 1234 5678",
-        booked_at=datetime(2026, 11, 30, 9, 15, tzinfo=UTC), fee=Decimal("45.00"),
+        booked_at=datetime(2026, 11, 30, 9, 15, tzinfo=UTC),
+        fee=Decimal("45.00"),
     )
     assert logged(patient) == {
-        "patient_id": "pat-1", "first_name": REDACTED, "last_name": REDACTED, "reason_text": REDACTED,
-        "contact": REDACTED, "visits": [{"email": REDACTED, "phone": None}],
+        "patient_id": "pat-1",
+        "first_name": REDACTED,
+        "last_name": REDACTED,
+        "reason_text": REDACTED,
+        "contact": REDACTED,
+        "visits": [{"email": REDACTED, "phone": None}],
         "remark": "reachable at [email] or [phone]",
-        "booked_at": "2026-11-30T09:15:00+00:00", "fee": "45.00",
+        "booked_at": "2026-11-30T09:15:00+00:00",
+        "fee": "45.00",
     }
 
 
@@ -309,10 +389,14 @@ class Booking(BaseModel):
 
 def _validation_error() -> ValidationError:
     with pytest.raises(ValidationError) as raised:
-        Booking.model_validate({
-            "booking_id": 12, "first_name": ["Ann Lee"], "email": None,
-            "party": {"ann@example.com": "many"},
-        })
+        Booking.model_validate(
+            {
+                "booking_id": 12,
+                "first_name": ["Ann Lee"],
+                "email": None,
+                "party": {"ann@example.com": "many"},
+            }
+        )
     return raised.value
 
 
@@ -349,9 +433,15 @@ def test_the_configured_pipeline_masks_everything_it_prints(capsys) -> None:
         "nightly recalculation ran",
         run_date="2026-11-30",
         patient=Patient(
-            patient_id="pat-1", first_name="Ann", last_name="Lee", reason_text="sick child",
-            contact=Contact(email="ann@example.com"), visits=[], remark="call +4915112345678",
-            booked_at=datetime(2026, 11, 30, 9, 15, tzinfo=UTC), fee=Decimal("45.00"),
+            patient_id="pat-1",
+            first_name="Ann",
+            last_name="Lee",
+            reason_text="sick child",
+            contact=Contact(email="ann@example.com"),
+            visits=[],
+            remark="call +4915112345678",
+            booked_at=datetime(2026, 11, 30, 9, 15, tzinfo=UTC),
+            fee=Decimal("45.00"),
         ),
         professional=Professional("pro-7", "Dr Noor Haddad", "noor@example.com"),
         dsn="postgresql://app:s3cret@db:5432/app",
@@ -364,8 +454,20 @@ def test_the_configured_pipeline_masks_everything_it_prints(capsys) -> None:
     logging.getLogger("aiokafka").error("sending to %s failed; password=%s", "+1 (555) 123-4567", "hunter2")
 
     output = capsys.readouterr().out
-    for leaked in ("Ann", "Lee", "ann@example.com", "ann.lee", "4915112345678", "Noor", "noor@",
-                   "s3cret", "7946 0958", "123-4567", "hunter2", "sick child"):
+    for leaked in (
+        "Ann",
+        "Lee",
+        "ann@example.com",
+        "ann.lee",
+        "4915112345678",
+        "Noor",
+        "noor@",
+        "s3cret",
+        "7946 0958",
+        "123-4567",
+        "hunter2",
+        "sick child",
+    ):
         assert leaked not in output
     first, failure, foreign = (json.loads(line) for line in output.splitlines() if line.strip())
     assert first["event"] == "nightly recalculation ran" and first["run_date"] == "2026-11-30"

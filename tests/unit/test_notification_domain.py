@@ -24,8 +24,13 @@ PHONE_ONLY = domain.PatientContact(first_name="Cy", email=None, phone="+61 400 0
 BLANK = domain.PatientContact(first_name="Di", email="  ", phone="", locale=None)
 
 PRACTICE = domain.PracticeContact(
-    practice_id="p1", name="Harbour Dental", timezone="Australia/Sydney", locale="en",
-    email="desk@harbour.example", phone="+61 2 9000 0000", preferred_channel="email",
+    practice_id="p1",
+    name="Harbour Dental",
+    timezone="Australia/Sydney",
+    locale="en",
+    email="desk@harbour.example",
+    phone="+61 2 9000 0000",
+    preferred_channel="email",
 )
 ASKED = domain.PracticeContact(**{**PRACTICE.__dict__, "notify_practice_on_online_cancel": True})
 PREFERS_SMS = domain.PracticeContact(**{**PRACTICE.__dict__, "preferred_channel": "sms"})
@@ -52,30 +57,65 @@ def plan(messages: list[domain.Message]) -> list[tuple[str, str, str]]:
     [
         # cancelled by staff: the patient, email and SMS where they have them
         ("staff", ADA, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "send")]),
-        ("staff", EMAIL_ONLY, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
-        ("staff", PHONE_ONLY, PRACTICE, [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")]),
-        ("staff", BLANK, PRACTICE, [
-            ("patient", "email", "the patient has no email address on file"),
-            ("patient", "sms", "the patient has no mobile number on file"),
-        ]),
-        ("staff", None, PRACTICE, [
-            ("patient", "email", "no contact details are known for this booking's patient"),
-            ("patient", "sms", "no contact details are known for this booking's patient"),
-        ]),
+        (
+            "staff",
+            EMAIL_ONLY,
+            PRACTICE,
+            [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")],
+        ),
+        (
+            "staff",
+            PHONE_ONLY,
+            PRACTICE,
+            [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")],
+        ),
+        (
+            "staff",
+            BLANK,
+            PRACTICE,
+            [
+                ("patient", "email", "the patient has no email address on file"),
+                ("patient", "sms", "the patient has no mobile number on file"),
+            ],
+        ),
+        (
+            "staff",
+            None,
+            PRACTICE,
+            [
+                ("patient", "email", "no contact details are known for this booking's patient"),
+                ("patient", "sms", "no contact details are known for this booking's patient"),
+            ],
+        ),
         # cancelled online by the patient: the patient; the practice by email only when it asked
         ("patient", ADA, PRACTICE, [("patient", "email", "send"), ("patient", "sms", "send")]),
-        ("patient", ADA, ASKED, [("patient", "email", "send"), ("patient", "sms", "send"), ("practice", "email", "send")]),
-        ("patient", EMAIL_ONLY, ASKED_NO_EMAIL, [
-            ("patient", "email", "send"),
-            ("patient", "sms", "the patient has no mobile number on file"),
-            ("practice", "email", "the practice has no email address on file"),
-        ]),
+        (
+            "patient",
+            ADA,
+            ASKED,
+            [("patient", "email", "send"), ("patient", "sms", "send"), ("practice", "email", "send")],
+        ),
+        (
+            "patient",
+            EMAIL_ONLY,
+            ASKED_NO_EMAIL,
+            [
+                ("patient", "email", "send"),
+                ("patient", "sms", "the patient has no mobile number on file"),
+                ("practice", "email", "the practice has no email address on file"),
+            ],
+        ),
         # cancelled by a professional or the system: the office, through its preferred channel
         ("professional", ADA, PRACTICE, [("practice", "email", "send")]),
         ("professional", ADA, ASKED, [("practice", "email", "send")]),
         ("system", None, PREFERS_SMS, [("practice", "sms", "send")]),
         ("system", ADA, SMS_PREFERRED_BUT_NO_PHONE, [("practice", "email", "send")]),
-        ("professional", ADA, UNKNOWN, [("practice", "email", "the practice has no email address or phone number on file")]),
+        (
+            "professional",
+            ADA,
+            UNKNOWN,
+            [("practice", "email", "the practice has no email address or phone number on file")],
+        ),
     ],
 )
 def test_who_hears_about_a_cancellation(actor, patient, practice, expected) -> None:
@@ -87,14 +127,29 @@ def test_who_hears_about_a_cancellation(actor, patient, practice, expected) -> N
     [
         # the request was seen: the patient hears exactly when the patient asked
         ("within_online_cutoff", "patient", ADA, [("patient", "email", "send"), ("patient", "sms", "send")]),
-        ("appointment_started", "patient", EMAIL_ONLY, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
+        (
+            "appointment_started",
+            "patient",
+            EMAIL_ONLY,
+            [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")],
+        ),
         ("appointment_started", "staff", ADA, []),
         ("within_online_cutoff", "staff", ADA, []),
         ("not_allowed", "professional", ADA, []),
         # the request was not seen: only a patient-portal reason says the patient asked
         ("within_online_cutoff", None, ADA, [("patient", "email", "send"), ("patient", "sms", "send")]),
-        ("online_cancellation_disabled", None, EMAIL_ONLY, [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")]),
-        ("no_portal_account", None, PHONE_ONLY, [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")]),
+        (
+            "online_cancellation_disabled",
+            None,
+            EMAIL_ONLY,
+            [("patient", "email", "send"), ("patient", "sms", "the patient has no mobile number on file")],
+        ),
+        (
+            "no_portal_account",
+            None,
+            PHONE_ONLY,
+            [("patient", "email", "the patient has no email address on file"), ("patient", "sms", "send")],
+        ),
         ("appointment_started", None, ADA, []),
         ("already_cancelled", None, ADA, []),
     ],
@@ -149,10 +204,13 @@ def test_a_no_show_fee_is_told_once_it_is_settled(fee, expected) -> None:
         (ADA, [("waitlist", "email", "send"), ("waitlist", "sms", "send")]),
         (EMAIL_ONLY, [("waitlist", "email", "send"), ("waitlist", "sms", "the patient has no mobile number on file")]),
         (PHONE_ONLY, [("waitlist", "email", "the patient has no email address on file"), ("waitlist", "sms", "send")]),
-        (None, [
-            ("waitlist", "email", "no contact details are known for this waitlist entry"),
-            ("waitlist", "sms", "no contact details are known for this waitlist entry"),
-        ]),
+        (
+            None,
+            [
+                ("waitlist", "email", "no contact details are known for this waitlist entry"),
+                ("waitlist", "sms", "no contact details are known for this waitlist entry"),
+            ],
+        ),
     ],
 )
 def test_who_hears_about_a_slot_offer(waitlisted, expected) -> None:
@@ -225,20 +283,29 @@ def test_a_system_cancellation_says_when_a_suspension_caused_it(actor, reason_co
 def test_templates_are_named_for_the_event_and_who_cancelled() -> None:
     assert {m.template for m in domain.plan_cancellation("staff", ADA, PRACTICE)} == {"booking_cancelled_by_staff"}
     assert {m.template for m in domain.plan_cancellation("patient", ADA, ASKED)} == {"booking_cancelled_online"}
-    assert {m.template for m in domain.plan_cancellation("professional", ADA, PRACTICE)} == {"booking_cancelled_by_professional"}
+    assert {m.template for m in domain.plan_cancellation("professional", ADA, PRACTICE)} == {
+        "booking_cancelled_by_professional"
+    }
     assert {m.template for m in domain.plan_cancellation("system", ADA, PRACTICE)} == {"booking_cancelled_by_system"}
-    assert {m.template for m in domain.plan_rejection("no_portal_account", None, ADA, PRACTICE)} == {"booking_cancellation_rejected"}
+    assert {m.template for m in domain.plan_rejection("no_portal_account", None, ADA, PRACTICE)} == {
+        "booking_cancellation_rejected"
+    }
 
 
 def test_a_message_has_one_id_per_event_recipient_and_channel() -> None:
     a = domain.notification_id("evt-1", "patient", "email")
     assert a == domain.notification_id("evt-1", "patient", "email")  # a redelivery records the same message
-    assert len({
-        a,
-        domain.notification_id("evt-1", "patient", "sms"),
-        domain.notification_id("evt-1", "practice", "email"),
-        domain.notification_id("evt-2", "patient", "email"),
-    }) == 4
+    assert (
+        len(
+            {
+                a,
+                domain.notification_id("evt-1", "patient", "sms"),
+                domain.notification_id("evt-1", "practice", "email"),
+                domain.notification_id("evt-2", "patient", "email"),
+            }
+        )
+        == 4
+    )
     assert a.version == 5
 
 
@@ -303,13 +370,38 @@ def test_times_are_shown_in_the_practices_timezone(timezone, locale, expected) -
         (datetime(2031, 3, 30, 0, 30, tzinfo=UTC), "Europe/Berlin", "de", "Sonntag, 30. März 2031, 01:30 CET"),
         (datetime(2031, 3, 30, 1, 30, tzinfo=UTC), "Europe/Berlin", "de", "Sonntag, 30. März 2031, 03:30 CEST"),
         (datetime(2031, 3, 30, 0, 30, tzinfo=UTC), "Europe/Berlin", "en", f"Sunday, March 30, 2031, 1:30{NNBSP}AM CET"),
-        (datetime(2031, 3, 30, 1, 30, tzinfo=UTC), "Europe/Berlin", "en", f"Sunday, March 30, 2031, 3:30{NNBSP}AM CEST"),
+        (
+            datetime(2031, 3, 30, 1, 30, tzinfo=UTC),
+            "Europe/Berlin",
+            "en",
+            f"Sunday, March 30, 2031, 3:30{NNBSP}AM CEST",
+        ),
         # New York springs forward at 07:00 UTC on 9 March 2031
-        (datetime(2031, 3, 9, 6, 30, tzinfo=UTC), "America/New_York", "en", f"Sunday, March 9, 2031, 1:30{NNBSP}AM EST"),
-        (datetime(2031, 3, 9, 7, 30, tzinfo=UTC), "America/New_York", "en", f"Sunday, March 9, 2031, 3:30{NNBSP}AM EDT"),
+        (
+            datetime(2031, 3, 9, 6, 30, tzinfo=UTC),
+            "America/New_York",
+            "en",
+            f"Sunday, March 9, 2031, 1:30{NNBSP}AM EST",
+        ),
+        (
+            datetime(2031, 3, 9, 7, 30, tzinfo=UTC),
+            "America/New_York",
+            "en",
+            f"Sunday, March 9, 2031, 3:30{NNBSP}AM EDT",
+        ),
         # Sydney falls back at 16:00 UTC on 5 April 2031: 02:30 happens twice, the zone tells which
-        (datetime(2031, 4, 5, 15, 30, tzinfo=UTC), "Australia/Sydney", "en", f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEDT"),
-        (datetime(2031, 4, 5, 16, 30, tzinfo=UTC), "Australia/Sydney", "en", f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEST"),
+        (
+            datetime(2031, 4, 5, 15, 30, tzinfo=UTC),
+            "Australia/Sydney",
+            "en",
+            f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEDT",
+        ),
+        (
+            datetime(2031, 4, 5, 16, 30, tzinfo=UTC),
+            "Australia/Sydney",
+            "en",
+            f"Sunday, April 6, 2031, 2:30{NNBSP}AM AEST",
+        ),
         (datetime(2031, 4, 5, 15, 30, tzinfo=UTC), "Australia/Sydney", "de", "Sonntag, 6. April 2031, 02:30 AEDT"),
         (datetime(2031, 4, 5, 16, 30, tzinfo=UTC), "Australia/Sydney", "de", "Sonntag, 6. April 2031, 02:30 AEST"),
     ],
@@ -409,18 +501,28 @@ def test_every_message_has_a_template_in_every_locale(message: domain.Message, l
 
 def _context(message: domain.Message, **facts: object) -> dict[str, object]:
     defaults: dict[str, object] = {
-        "booking_id": "bk-1", "service_code": "D1110", "practitioner_id": "dr-lee", "classification": "late",
+        "booking_id": "bk-1",
+        "service_code": "D1110",
+        "practitioner_id": "dr-lee",
+        "classification": "late",
         "rebook_url": "https://portal.example/practices/p1/rebook?booking_id=bk-1",
         "reason": "within_online_cutoff",
         "message": "Please contact the practice to cancel within 48 hours of your appointment.",
         # the rows told from billing, booking's waitlist, scoring and pms-sync
-        "fee_code": "D9986", "fee_code_system": "CDT", "settlement": "outstanding",
+        "fee_code": "D9986",
+        "fee_code_system": "CDT",
+        "settlement": "outstanding",
         "expires": T - timedelta(minutes=30),
         "offer_url": "https://portal.example/practices/p1/offers/of-1",
-        "professional_id": "pro-1", "professional_first_name": "Noor",
-        "hold_starts": T, "hold_ends": T + timedelta(days=7), "hold_cause": "late_cancellation",
-        "suspended": T, "hold_count": 3,
-        "pms_action": "cancel_booking", "pms_integration": "manual",
+        "professional_id": "pro-1",
+        "professional_first_name": "Noor",
+        "hold_starts": T,
+        "hold_ends": T + timedelta(days=7),
+        "hold_cause": "late_cancellation",
+        "suspended": T,
+        "hold_count": 3,
+        "pms_action": "cancel_booking",
+        "pms_integration": "manual",
         "pms_message": "Manual update required: cancel this booking in your PMS too",
     }
     fee = (Decimal("60.00"), "AUD") if message.template == domain.NO_SHOW_FEE_TEMPLATE else None
@@ -438,7 +540,10 @@ def _only(messages: list[domain.Message], recipient: str, channel: str, locale: 
 def test_staff_cancellation_email_quotes_the_reason_in_the_practices_time() -> None:
     message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "email")
     out = Renderer().render(
-        message.template, "patient", "email", "en",
+        message.template,
+        "patient",
+        "email",
+        "en",
         _context(message, reason_text="Dr Lee is unwell", reason_code="illness"),
     )
     assert out.subject == "Your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT has been cancelled"
@@ -451,7 +556,9 @@ def test_staff_cancellation_email_quotes_the_reason_in_the_practices_time() -> N
 def test_reason_code_is_given_when_there_is_no_text_and_left_out_when_neither() -> None:
     message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "sms")
     renderer = Renderer()
-    with_code = renderer.render(message.template, "patient", "sms", "en", _context(message, reason_code="practitioner_unavailable"))
+    with_code = renderer.render(
+        message.template, "patient", "sms", "en", _context(message, reason_code="practitioner_unavailable")
+    )
     assert "Reason: practitioner unavailable." in with_code.body
     without = renderer.render(message.template, "patient", "sms", "en", _context(message))
     assert "Reason" not in without.body
@@ -460,7 +567,12 @@ def test_reason_code_is_given_when_there_is_no_text_and_left_out_when_neither() 
 def test_german_sms_and_fee() -> None:
     message = _only(domain.plan_cancellation("staff", ADA, PRACTICE), "patient", "email", "de")
     context = domain.template_context(
-        message, starts_at=T, practice=PRACTICE, patient=ADA, fee=(Decimal("45"), "AUD"), reason_text="Krank",
+        message,
+        starts_at=T,
+        practice=PRACTICE,
+        patient=ADA,
+        fee=(Decimal("45"), "AUD"),
+        reason_text="Krank",
         booking_id="bk-1",
     )
     out = Renderer().render(message.template, "patient", "email", "de", context)
@@ -501,9 +613,16 @@ def test_system_cancellation_caused_by_a_suspension_says_so_and_others_do_not() 
         [message] = domain.plan_cancellation("system", ADA, practice)
         for locale, words in (("en", "account is suspended"), ("de", "Konto der gebuchten Fachkraft gesperrt")):
             suspended = renderer.render(
-                message.template, "practice", message.channel, locale,
-                _context(message, suspension=True, reason_code="professional_suspended",
-                         reason_text="The booked professional's account is suspended."),
+                message.template,
+                "practice",
+                message.channel,
+                locale,
+                _context(
+                    message,
+                    suspension=True,
+                    reason_code="professional_suspended",
+                    reason_text="The booked professional's account is suspended.",
+                ),
             )
             assert words in suspended.body
             assert "The booked professional's account is suspended." not in suspended.body  # said once, in words
@@ -516,11 +635,17 @@ def test_system_cancellation_caused_by_a_suspension_says_so_and_others_do_not() 
 @pytest.mark.parametrize(
     ("settlement", "english", "german"),
     [
-        ("charged_to_card", "The fee has been charged to the card we hold on file for you.",
-         "Die Gebühr wurde von der bei uns hinterlegten Karte abgebucht."),
+        (
+            "charged_to_card",
+            "The fee has been charged to the card we hold on file for you.",
+            "Die Gebühr wurde von der bei uns hinterlegten Karte abgebucht.",
+        ),
         ("outstanding", "The fee is outstanding on your account.", "Die Gebühr ist auf Ihrem Konto offen."),
-        ("card_failed", "We could not charge the fee to the card we hold on file for you, so it is outstanding",
-         "Wir konnten die Gebühr nicht von der bei uns hinterlegten Karte abbuchen"),
+        (
+            "card_failed",
+            "We could not charge the fee to the card we hold on file for you, so it is outstanding",
+            "Wir konnten die Gebühr nicht von der bei uns hinterlegten Karte abbuchen",
+        ),
     ],
 )
 def test_no_show_fee_email_names_amount_code_and_how_it_is_paid(settlement, english, german) -> None:
@@ -560,7 +685,7 @@ def test_slot_offer_names_the_slot_and_the_expiry_in_the_practices_time() -> Non
 
 
 def test_slot_offer_without_a_known_slot_time_still_reads() -> None:
-    [email, sms] = domain.plan_slot_offer(ADA, PRACTICE, expires_at=T, now=T - timedelta(minutes=1))
+    [email, _sms] = domain.plan_slot_offer(ADA, PRACTICE, expires_at=T, now=T - timedelta(minutes=1))
     context = domain.template_context(
         email, starts_at=None, practice=PRACTICE, patient=ADA, expires=T, offer_url="https://x/o", booking_id="bk-1"
     )
@@ -575,7 +700,9 @@ def test_hold_email_gives_the_holds_end_in_the_practices_time() -> None:
     en = renderer.render(message.template, "professional", "email", "en", _context(message))
     assert en.subject == "Your account is on hold until Tuesday, March 18, 2031, 9:00 AM AEDT"
     assert en.body.startswith("Hello Noor,\n")
-    assert f"from Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT until Tuesday, March 18, 2031, 9:00{NNBSP}AM AEDT" in en.body
+    assert (
+        f"from Tuesday, March 11, 2031, 9:00{NNBSP}AM AEDT until Tuesday, March 18, 2031, 9:00{NNBSP}AM AEDT" in en.body
+    )
     assert "because of a late cancellation of booking bk-1" in en.body
     assert "Ada" not in en.body  # the patient is none of the professional's business here
     de_message = domain.Message(**{**message.__dict__, "locale": "de"})
@@ -627,7 +754,9 @@ def test_time_facts_are_shown_in_the_practices_timezone_and_locale() -> None:
 def test_a_message_is_formatted_in_its_readers_region_and_never_in_someone_elses() -> None:
     aussie = domain.PatientContact(first_name="Ada", email="ada@example.com", locale="en-AU")
     [to_patient] = domain.plan_no_show_fee(aussie, PRACTICE)
-    context = domain.template_context(to_patient, starts_at=T, practice=PRACTICE, patient=aussie, fee=(Decimal("3000"), "JPY"))
+    context = domain.template_context(
+        to_patient, starts_at=T, practice=PRACTICE, patient=aussie, fee=(Decimal("3000"), "JPY")
+    )
     assert context["when"] == f"Tuesday, 11 March 2031, 9:00{NNBSP}am AEDT"
     assert context["fee"] == "JPY3,000"  # en-AU writes the yen by its code; never "3,000.00"
     # The office is told in the practice's locale, whatever the patient's.
@@ -698,8 +827,14 @@ def test_after_a_failure(attempts: int, permanent: bool, expected: str) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("SMTP refused the recipient: {'ada@example.com': (550, b'no such user')}", "SMTP refused the recipient: {'[email]': (550, b'no such user')}"),
-        ("SMS provider answered 400: invalid number +61 400 000 001", "SMS provider answered 400: invalid number [phone]"),
+        (
+            "SMTP refused the recipient: {'ada@example.com': (550, b'no such user')}",
+            "SMTP refused the recipient: {'[email]': (550, b'no such user')}",
+        ),
+        (
+            "SMS provider answered 400: invalid number +61 400 000 001",
+            "SMS provider answered 400: invalid number [phone]",
+        ),
         ("SMTP 451: try again later", "SMTP 451: try again later"),
     ],
 )

@@ -34,9 +34,17 @@ FEE = Fee(amount=Decimal("45.00"), currency="AUD", code="D9987", code_system="CD
 
 def cancel(**overrides: object) -> PmsCancelBooking:
     fields: dict[str, object] = {
-        "sync_id": "sync-1", "booking_id": "bk/1", "practice_id": "prac-1", "cancelled_at": T, "actor": STAFF,
-        "classification": "late", "reason_code": "illness", "reason_text": "Flu", "status_label": "Cancelled",
-        "fee": FEE, "chart_note": "Pt called in sick",
+        "sync_id": "sync-1",
+        "booking_id": "bk/1",
+        "practice_id": "prac-1",
+        "cancelled_at": T,
+        "actor": STAFF,
+        "classification": "late",
+        "reason_code": "illness",
+        "reason_text": "Flu",
+        "status_label": "Cancelled",
+        "fee": FEE,
+        "chart_note": "Pt called in sick",
     }
     return PmsCancelBooking.new(**(fields | overrides))
 
@@ -59,20 +67,31 @@ def test_a_cancellation_becomes_one_call_carrying_everything() -> None:
 
 
 def test_what_a_command_does_not_have_is_left_out() -> None:
-    body = pms.request_for(cancel(reason_code=None, reason_text=None, fee=None, chart_note=None, status_label="Cancelled online")).body
+    body = pms.request_for(
+        cancel(reason_code=None, reason_text=None, fee=None, chart_note=None, status_label="Cancelled online")
+    ).body
     assert set(body) == {"practice_id", "status", "status_label", "cancelled_at", "cancelled_by", "classification"}
     assert body["status_label"] == "Cancelled online"
 
 
 def test_a_no_show_becomes_one_call_with_its_reporter_fee_and_chart_note() -> None:
     command = PmsRecordNoShow.new(
-        sync_id="sync-2", booking_id="bk-2", practice_id="prac-1", code="FTA", recorded_at=T, actor=STAFF,
-        fee=FEE, chart_note="No answer on phone",
+        sync_id="sync-2",
+        booking_id="bk-2",
+        practice_id="prac-1",
+        code="FTA",
+        recorded_at=T,
+        actor=STAFF,
+        fee=FEE,
+        chart_note="No answer on phone",
     )
     request = pms.request_for(command)
     assert (request.path, request.idempotency_key) == ("/appointments/bk-2/no-show", "sync-2")
     assert request.body == {
-        "practice_id": "prac-1", "status": "no_show", "code": "FTA", "recorded_at": "2031-03-10T17:00:00Z",
+        "practice_id": "prac-1",
+        "status": "no_show",
+        "code": "FTA",
+        "recorded_at": "2031-03-10T17:00:00Z",
         "recorded_by": {"kind": "staff", "id": "staff-7", "roles": ["reception"]},
         "fee": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
         "chart_note": "No answer on phone",
@@ -81,8 +100,19 @@ def test_a_no_show_becomes_one_call_with_its_reporter_fee_and_chart_note() -> No
 
 @pytest.mark.parametrize(
     ("status", "transient"),
-    [(500, True), (502, True), (503, True), (504, True), (408, True), (429, True),
-     (400, False), (401, False), (404, False), (409, False), (422, False)],
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+        (408, True),
+        (429, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (409, False),
+        (422, False),
+    ],
 )
 def test_which_answers_are_worth_trying_again(status: int, transient: bool) -> None:
     assert pms.is_transient(status) is transient
@@ -139,7 +169,9 @@ async def test_a_refusal_without_a_json_body_still_says_what_came_back() -> None
 
 async def test_out_of_attempts_the_command_is_left_unacknowledged() -> None:
     client, seen = _pms(httpx.Response(503, json={"message": "maintenance"}))
-    assert await _apply(client, attempts=3) == pms.PmsResult("unavailable", error="503 Service Unavailable: maintenance")
+    assert await _apply(client, attempts=3) == pms.PmsResult(
+        "unavailable", error="503 Service Unavailable: maintenance"
+    )
     assert len(seen) == 3
     client, _ = _pms(httpx.ReadTimeout("slow"))
     assert await _apply(client, attempts=2) == pms.PmsResult("unavailable", error="PMS not reachable: ReadTimeout")
@@ -191,8 +223,11 @@ async def test_the_real_settings_retry_without_waiting_in_tests(monkeypatch: pyt
     with stamina.set_testing(True, attempts=settings.connector_http_attempts, cap=True):  # no waits, same tries
         async with client:
             result = await pms.apply(
-                client, pms.request_for(cancel()), attempts=settings.connector_http_attempts,
-                backoff=settings.connector_http_backoff_seconds, max_backoff=settings.connector_http_max_backoff_seconds,
+                client,
+                pms.request_for(cancel()),
+                attempts=settings.connector_http_attempts,
+                backoff=settings.connector_http_backoff_seconds,
+                max_backoff=settings.connector_http_max_backoff_seconds,
             )
     assert result == pms.PmsResult("unavailable", error="PMS not reachable: ConnectError")
     assert len(seen) == settings.connector_http_attempts == 5
@@ -212,5 +247,8 @@ def test_settings_name_the_topic_and_group(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CONNECTOR_PRACTICE_IDS", " prac-1, prac-2 ,")
     settings = ConnectorSettings()  # type: ignore[call-arg]
     assert (settings.topic, settings.group_id, settings.pms_api_url) == (
-        "pms-sync.core-practice.v1", "pms-connector-core_practice", "http://pms.test/v2")
+        "pms-sync.core-practice.v1",
+        "pms-connector-core_practice",
+        "http://pms.test/v2",
+    )
     assert settings.practice_ids == {"prac-1", "prac-2"}

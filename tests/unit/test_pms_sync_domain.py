@@ -38,7 +38,14 @@ def cancelled(**overrides: object) -> BookingCancelled:
         "reason_code": "illness",
         "reason_text": "Flu",
         "classification": "late",
-        "decision": Decision(allowed=True, classification="late", fee=FEE, charge_card=False, deposit_action="none", policy_version="r1.s1"),
+        "decision": Decision(
+            allowed=True,
+            classification="late",
+            fee=FEE,
+            charge_card=False,
+            deposit_action="none",
+            policy_version="r1.s1",
+        ),
     }
     return BookingCancelled.new(**(fields | overrides))
 
@@ -53,7 +60,9 @@ def no_show_recorded(**overrides: object) -> BookingNoShowRecorded:
         "code": "DNA",
         "starts_at": T,
         "recorded_at": T + timedelta(minutes=20),
-        "decision": Decision(allowed=True, classification="no_show", charge_card=False, deposit_action="none", policy_version="r1.s1"),
+        "decision": Decision(
+            allowed=True, classification="no_show", charge_card=False, deposit_action="none", policy_version="r1.s1"
+        ),
     }
     return BookingNoShowRecorded.new(**(fields | overrides))
 
@@ -127,7 +136,9 @@ def test_an_occurrence_of_a_series_goes_with_its_own_sync_id_timely_and_without_
     ],
 )
 def test_the_command_carries_the_fee_only_when_billing_raises_one(fee: Fee | None, sent: Fee | None) -> None:
-    decision = Decision(allowed=True, classification="late", fee=fee, charge_card=False, deposit_action="none", policy_version="r1.s1")
+    decision = Decision(
+        allowed=True, classification="late", fee=fee, charge_card=False, deposit_action="none", policy_version="r1.s1"
+    )
     assert domain.cancel_command(cancelled(decision=decision), "bk-1", None).fee == sent
     no_show = no_show_recorded(decision=decision.model_copy(update={"classification": "no_show"}))
     assert domain.no_show_command(no_show, STAFF, None).fee == sent
@@ -138,13 +149,24 @@ def test_the_command_carries_the_fee_only_when_billing_raises_one(fee: Fee | Non
     [("Cancelled online", Actor(kind="patient", id="pat-1")), ("Cancelled", Actor(kind="professional", id="pro-1"))],
 )
 def test_cancel_command_keeps_the_label_and_actor(label: str, actor: Actor) -> None:
-    command = domain.cancel_command(cancelled(status_label=label, actor=actor, reason_code=None, reason_text=None), "bk-1", None)
+    command = domain.cancel_command(
+        cancelled(status_label=label, actor=actor, reason_code=None, reason_text=None), "bk-1", None
+    )
     assert (command.status_label, command.actor, command.reason_code, command.fee) == (label, actor, None, FEE)
 
 
 def test_no_show_command_carries_the_reporter_fee_and_chart_note() -> None:
     fee = Fee(amount=Decimal("80.00"), currency="AUD", code="D9986", code_system="CDT")
-    event = no_show_recorded(decision=Decision(allowed=True, classification="no_show", fee=fee, charge_card=True, deposit_action="keep", policy_version="r1.s1"))
+    event = no_show_recorded(
+        decision=Decision(
+            allowed=True,
+            classification="no_show",
+            fee=fee,
+            charge_card=True,
+            deposit_action="keep",
+            policy_version="r1.s1",
+        )
+    )
     command = domain.no_show_command(event, STAFF, "No answer on phone")
     assert isinstance(command, PmsRecordNoShow)
     assert command.to_json_dict() == {
@@ -186,7 +208,9 @@ def test_stored_commands_read_back_unchanged() -> None:
         ("record_no_show", None, True, False),
     ],
 )
-def test_a_command_waits_only_for_a_request_that_will_come(action: str, channel: str | None, seen: bool, waits: bool) -> None:
+def test_a_command_waits_only_for_a_request_that_will_come(
+    action: str, channel: str | None, seen: bool, waits: bool
+) -> None:
     assert domain.waits_for_request(action, channel, request_seen=seen) is waits
 
 
@@ -212,30 +236,54 @@ def test_a_waiting_no_show_gets_its_reporter_and_chart_note() -> None:
     [
         ("cancel_booking", "manual", None, False, "Manual update required: cancel this booking in your PMS too"),
         ("record_no_show", "manual", None, False, "Manual update required: record this no-show in your PMS too"),
-        ("cancel_booking", "praktika", "no acknowledgement after 5 attempts", True,
-         "Manual update required: cancel this booking in Praktika too "
-         "(Praktika did not confirm it: no acknowledgement after 5 attempts)"),
-        ("record_no_show", "core_practice", "locked", True,
-         "Manual update required: record this no-show in Core Practice too (Core Practice did not confirm it: locked)"),
-        ("cancel_booking", "core_practice", None, True,
-         "Manual update required: cancel this booking in Core Practice too (Core Practice did not confirm it)"),
+        (
+            "cancel_booking",
+            "praktika",
+            "no acknowledgement after 5 attempts",
+            True,
+            "Manual update required: cancel this booking in Praktika too "
+            "(Praktika did not confirm it: no acknowledgement after 5 attempts)",
+        ),
+        (
+            "record_no_show",
+            "core_practice",
+            "locked",
+            True,
+            "Manual update required: record this no-show in Core Practice too (Core Practice did not confirm it: locked)",
+        ),
+        (
+            "cancel_booking",
+            "core_practice",
+            None,
+            True,
+            "Manual update required: cancel this booking in Core Practice too (Core Practice did not confirm it)",
+        ),
     ],
 )
 def test_manual_update_messages(action: str, integration: str, error: str | None, failed: bool, message: str) -> None:
     update = domain.manual_update("bk-1", "prac-1", integration, action, error, failed=failed)
     assert update.to_json_dict() == {
-        "booking_id": "bk-1", "practice_id": "prac-1", "integration": integration, "action": action, "message": message,
+        "booking_id": "bk-1",
+        "practice_id": "prac-1",
+        "integration": integration,
+        "action": action,
+        "message": message,
     }
 
 
-@pytest.mark.parametrize(("integration", "name"), [("praktika", "Praktika"), ("core_practice", "Core Practice"), ("manual", "your PMS"), ("none", "your PMS")])
+@pytest.mark.parametrize(
+    ("integration", "name"),
+    [("praktika", "Praktika"), ("core_practice", "Core Practice"), ("manual", "your PMS"), ("none", "your PMS")],
+)
 def test_messages_name_the_pms_when_it_is_known(integration: str, name: str) -> None:
     assert domain.pms_name(integration) == name
 
 
 def test_a_long_pms_error_is_cut_short_in_the_message() -> None:
     message = domain.manual_message("cancel_booking", "praktika", "x" * 1000, failed=True)
-    assert message.startswith("Manual update required: cancel this booking in Praktika too (Praktika did not confirm it: ")
+    assert message.startswith(
+        "Manual update required: cancel this booking in Praktika too (Praktika did not confirm it: "
+    )
     assert len(message) < 300
 
 
@@ -265,9 +313,13 @@ def test_the_first_ack_settles_a_sync(status: str, ack: str, expected: str) -> N
 def test_each_send_waits_twice_as_long_for_its_ack(attempt: int, expected: float) -> None:
     """The nominal wait (the jitter's upper end) doubles; with jitter, between half and all of it."""
     assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 1.0) == expected
-    assert domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 0.0) == expected / 2
+    assert (
+        domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600, rng=lambda: 0.0) == expected / 2
+    )
     for _ in range(200):
-        assert expected / 2 <= domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600) <= expected
+        assert (
+            expected / 2 <= domain.ack_wait_seconds(attempt, timeout_seconds=60, max_backoff_seconds=3600) <= expected
+        )
 
 
 def test_ack_waits_are_spread() -> None:

@@ -77,7 +77,13 @@ M = timedelta(minutes=1)
     ("actor", "lead", "kwargs", "settings", "reason"),
     [
         (PATIENT, 72 * H, {"portal": False}, DEFAULTS, "no_portal_account"),
-        (PATIENT, 72 * H, {}, PracticeSettings(cancellation=CancellationSettings(online_enabled=False)), "online_cancellation_disabled"),
+        (
+            PATIENT,
+            72 * H,
+            {},
+            PracticeSettings(cancellation=CancellationSettings(online_enabled=False)),
+            "online_cancellation_disabled",
+        ),
         (PATIENT, 0 * H, {}, DEFAULTS, "appointment_started"),
         (PATIENT, -1 * M, {}, DEFAULTS, "appointment_started"),
         (PATIENT, 48 * H - 1 * M, {}, DEFAULTS, "within_online_cutoff"),

@@ -26,8 +26,8 @@ from scoring.domain import (
     next_hold_window,
     nightly_run_due,
     penalty,
-    reviewer_rejection,
     review_outcome,
+    reviewer_rejection,
     score,
     suspension_holds,
     unknown_excuse,
@@ -92,7 +92,9 @@ def test_score_is_the_base_plus_the_ledger_unclamped(deltas: list[int], expected
         ("timely", 0, None, Penalty(0, "cancelled", None, None)),
     ],
 )
-def test_penalty_is_the_policys(classification: str, score_delta: int, hold_days: int | None, expected: Penalty) -> None:
+def test_penalty_is_the_policys(
+    classification: str, score_delta: int, hold_days: int | None, expected: Penalty
+) -> None:
     assert penalty(classification, score_delta, hold_days) == expected
 
 
@@ -134,7 +136,10 @@ def test_penalty_refuses_what_no_rule_names(classification: str, days: int | Non
         ([hold("a", days=14, status="lifted", lift_cause="excused", excused=True)], T0 + DAY, 7, T0 + DAY),
         ([hold("a", days=14, status="lifted", lift_cause="expired", excused=True)], T0 + DAY, 7, T0 + DAY),
         (
-            [hold("a", days=7), hold("b", starts=7 * DAY, days=14, status="lifted", lift_cause="excused", excused=True)],
+            [
+                hold("a", days=7),
+                hold("b", starts=7 * DAY, days=14, status="lifted", lift_cause="excused", excused=True),
+            ],
             T0 + 2 * DAY,
             7,
             T0 + 7 * DAY,
@@ -173,7 +178,11 @@ def test_a_hold_lasts_at_least_a_day() -> None:
         ),
         # ... also a hold excused after it had expired (it stays lifted as expired)
         (
-            [hold("a", status="lifted", lift_cause="expired", excused=True), hold("b", occurred=DAY), hold("c", occurred=2 * DAY)],
+            [
+                hold("a", status="lifted", lift_cause="expired", excused=True),
+                hold("b", occurred=DAY),
+                hold("c", occurred=2 * DAY),
+            ],
             None,
         ),
         # a fourth hold after an excused one suspends again: three unexcused within the window

@@ -41,7 +41,11 @@ def _money(row: Any, *, minor: str = "amount_minor") -> str:
 
 
 def _charge(row: Any) -> dict[str, Any]:
-    body = {k: row[k] for k in row.keys() if k not in ("amount_minor", "correlation_id", "capture_attempts", "first_capture_at")}
+    body = {
+        k: row[k]
+        for k in row.keys()
+        if k not in ("amount_minor", "correlation_id", "capture_attempts", "first_capture_at")
+    }
     return {**body, "amount": _money(row)}
 
 
@@ -196,9 +200,7 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
         },
         make_deps=make_deps,
         close_deps=close_deps,
-        background=[
-            capture.card_capture(settings, saved_cards=gateway.charges_saved_cards(settings.payment_gateway))
-        ],
+        background=[capture.card_capture(settings, saved_cards=gateway.charges_saved_cards(settings.payment_gateway))],
         http_routes=_routes,
         answer_invalid={"charge.adjustment_requested": reject_unreadable_adjustment},
     )

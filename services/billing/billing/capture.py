@@ -117,7 +117,9 @@ def _past_key_lifetime(gateway: PaymentGateway, charge: Any) -> bool:
     log.error(
         "payment outcome unknown for longer than the processor keeps idempotency keys; not asking again:"
         " look the payment up at the processor by metadata charge_id and settle the charge by hand",
-        charge_id=charge["charge_id"], attempt=charge["capture_attempts"], gateway=gateway.name,
+        charge_id=charge["charge_id"],
+        attempt=charge["capture_attempts"],
+        gateway=gateway.name,
     )
     return True
 
@@ -135,17 +137,21 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, card: Any, timeout
             ),
             timeout=timeout,
         )
-    except (GatewayUnavailable, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, GatewayUnavailable, OSError) as exc:
         log.warning(
             "payment outcome unknown; the charge stays pending and is retried with the same key",
-            charge_id=charge["charge_id"], attempt=charge["capture_attempts"], error=type(exc).__name__,
+            charge_id=charge["charge_id"],
+            attempt=charge["capture_attempts"],
+            error=type(exc).__name__,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any other failure needs a person, not a crash
         # Not a processor's answer (e.g. a key reused with other parameters): it needs a person.
         # The charge stays pending and is retried with backoff; the log says why.
         log.error(
             "payment call refused; the charge stays pending",
-            charge_id=charge["charge_id"], attempt=charge["capture_attempts"], error=type(exc).__name__,
+            charge_id=charge["charge_id"],
+            attempt=charge["capture_attempts"],
+            error=type(exc).__name__,
             detail=str(exc)[:300],
         )
     return None
@@ -195,7 +201,12 @@ async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: Pay
         detail={"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
     )
     amount = domain.from_minor(charge["amount_minor"], charge["currency"])
-    fields = {"charge_id": charge_id, "booking_id": charge["booking_id"], "amount": amount, "currency": charge["currency"]}
+    fields = {
+        "charge_id": charge_id,
+        "booking_id": charge["booking_id"],
+        "amount": amount,
+        "currency": charge["currency"],
+    }
     payload = (
         PaymentCaptured.new(**fields)
         if result.captured

@@ -181,7 +181,12 @@ class ChargeTerms:
         return from_minor(self.amount_minor, self.currency)
 
     def as_json(self) -> dict[str, object]:
-        return {"amount_minor": self.amount_minor, "currency": self.currency, "code": self.code, "code_system": self.code_system}
+        return {
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "code": self.code,
+            "code_system": self.code_system,
+        }
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,7 @@ class SandboxGateway:
         if known is not None:
             first_params, first_result = known
             if first_params != params:
-                raise IdempotencyKeyReused(
-                    f"idempotency key {idempotency_key} was first used for other parameters"
-                )
+                raise IdempotencyKeyReused(f"idempotency key {idempotency_key} was first used for other parameters")
             return first_result
         # No await between the check above and the record below: two concurrent calls with
         # one key in this event loop cannot both charge.
@@ -242,7 +240,10 @@ def _declined(exc: Any, amount_minor: int, currency: str) -> PaymentResult:
     error = (exc.json_body or {}).get("error") or {}
     intent = error.get("payment_intent") or {}
     return PaymentResult(
-        "failed", intent.get("id") or exc.request_id or "unknown", amount_minor, currency,
+        "failed",
+        intent.get("id") or exc.request_id or "unknown",
+        amount_minor,
+        currency,
         failure_reason=_decline_reason(error),
     )
 

@@ -329,7 +329,9 @@ def _emit_rejection(
 ) -> None:
     unit.emit(
         BILLING_EVENTS,
-        ChargeAdjustmentRejected.new(charge_id=command.charge_id, request_id=command.request_id, reason=decision.rejection),
+        ChargeAdjustmentRejected.new(
+            charge_id=command.charge_id, request_id=command.request_id, reason=decision.rejection
+        ),
         subject=subject,
     )
 

@@ -35,9 +35,21 @@ async def insert_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> bool:
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
         " CASE WHEN $12 = 'pending_capture' THEN now() END)"
         " ON CONFLICT DO NOTHING RETURNING true",
-        c["charge_id"], c["booking_id"], c["request_id"], c["practice_id"], c["patient_id"], c["kind"],
-        c["amount_minor"], c["currency"], c["code"], c["code_system"], c["charge_card"], c["status"],
-        c["policy_version"], c["occurred_at"], c["correlation_id"],
+        c["charge_id"],
+        c["booking_id"],
+        c["request_id"],
+        c["practice_id"],
+        c["patient_id"],
+        c["kind"],
+        c["amount_minor"],
+        c["currency"],
+        c["code"],
+        c["code_system"],
+        c["charge_card"],
+        c["status"],
+        c["policy_version"],
+        c["occurred_at"],
+        c["correlation_id"],
     )
     return bool(inserted)
 
@@ -48,8 +60,15 @@ async def insert_deposit_outcome(conn: asyncpg.Connection, d: dict[str, Any]) ->
         "INSERT INTO deposit_outcomes (booking_id, request_id, practice_id, patient_id, outcome, amount_minor,"
         " currency, credit_note_id, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         " ON CONFLICT DO NOTHING RETURNING true",
-        d["booking_id"], d["request_id"], d["practice_id"], d["patient_id"], d["outcome"], d["amount_minor"],
-        d["currency"], d["credit_note_id"], d["occurred_at"],
+        d["booking_id"],
+        d["request_id"],
+        d["practice_id"],
+        d["patient_id"],
+        d["outcome"],
+        d["amount_minor"],
+        d["currency"],
+        d["credit_note_id"],
+        d["occurred_at"],
     )
     return bool(inserted)
 
@@ -70,7 +89,9 @@ async def claim_captures(
         "   AND ($3 OR NOT EXISTS (SELECT 1 FROM patient_cards pc WHERE pc.patient_id = c.patient_id))"
         "   ORDER BY next_capture_at, charge_id LIMIT $1 FOR UPDATE SKIP LOCKED)"
         f" RETURNING {CHARGE_COLUMNS}",
-        limit, lease_seconds, saved_cards,
+        limit,
+        lease_seconds,
+        saved_cards,
     )
 
 
@@ -93,7 +114,10 @@ async def adjust_charge(
 ) -> None:
     await conn.execute(
         "UPDATE charges SET amount_minor = $2, code = $3, code_system = $4, updated_at = now() WHERE charge_id = $1",
-        charge_id, amount_minor, code, code_system,
+        charge_id,
+        amount_minor,
+        code,
+        code_system,
     )
 
 
@@ -116,8 +140,15 @@ async def record_adjustment_request(
         "INSERT INTO charge_adjustments (request_id, charge_id, booking_id, actor, actor_roles, outcome, reason,"
         " before, after, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        request_id, charge_id, booking_id, actor, actor_roles, outcome, reason,
-        json.dumps(before) if before is not None else None, json.dumps(after) if after is not None else None,
+        request_id,
+        charge_id,
+        booking_id,
+        actor,
+        actor_roles,
+        outcome,
+        reason,
+        json.dumps(before) if before is not None else None,
+        json.dumps(after) if after is not None else None,
         requested_at,
     )
     return bool(inserted)
@@ -140,12 +171,22 @@ async def record_payment(
     await conn.execute(
         "INSERT INTO payments (payment_id, charge_id, status, amount_minor, currency, gateway, gateway_ref,"
         " idempotency_key, failure_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        payment_id, charge_id, status, amount_minor, currency, gateway, gateway_ref, idempotency_key, failure_reason,
+        payment_id,
+        charge_id,
+        status,
+        amount_minor,
+        currency,
+        gateway,
+        gateway_ref,
+        idempotency_key,
+        failure_reason,
     )
     await conn.execute(
         "UPDATE charges SET status = $2, failure_reason = $3, next_capture_at = NULL, updated_at = now()"
         " WHERE charge_id = $1",
-        charge_id, charge_status, failure_reason,
+        charge_id,
+        charge_status,
+        failure_reason,
     )
 
 
@@ -165,7 +206,15 @@ async def audit(
     await conn.execute(
         "INSERT INTO billing_audit (at, actor, action, booking_id, charge_id, amount_minor, currency, reason, detail)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
-        at, actor, action, booking_id, charge_id, amount_minor, currency, reason, json.dumps(detail or {}),
+        at,
+        actor,
+        action,
+        booking_id,
+        charge_id,
+        amount_minor,
+        currency,
+        reason,
+        json.dumps(detail or {}),
     )
 
 
@@ -176,7 +225,9 @@ async def charges_of_patient(pool: asyncpg.Pool, patient_id: str, *, limit: int,
     return await pool.fetch(
         f"SELECT {CHARGE_COLUMNS} FROM charges WHERE patient_id = $1 ORDER BY occurred_at, charge_id"
         " LIMIT $2 OFFSET $3",
-        patient_id, limit, offset,
+        patient_id,
+        limit,
+        offset,
     )
 
 

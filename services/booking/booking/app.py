@@ -88,8 +88,11 @@ def _routes(service: Runtime) -> list[tuple[str, Any]]:
         if starts_from is None or starts_before is None:
             raise BadRequest("from and to are required (the period, by appointment start time)")
         rows = await repository.report(
-            service.pool, group_by=group_by, practice_id=query.get("practice_id"),
-            starts_from=starts_from, starts_before=starts_before,
+            service.pool,
+            group_by=group_by,
+            practice_id=query.get("practice_id"),
+            starts_from=starts_from,
+            starts_before=starts_before,
         )
         groups = []
         for r in rows:

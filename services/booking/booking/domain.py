@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 from shared.contracts.upstream import REASON_TEXT_MAX_CHARS, REASON_TEXT_TOO_LONG
 
-
 REJECTION_MESSAGES = {
     "not_found": "We could not find this appointment; please check the booking reference or contact the practice.",
     "already_cancelled": "This appointment is already cancelled; to come in after all, please book a new appointment.",
@@ -92,7 +91,8 @@ def next_in_line(service_code: str, practitioner_id: str, waiting: list[WaitingP
     neither takes any slot of the practice.
     """
     matches = [
-        w for w in waiting
+        w
+        for w in waiting
         if (w.service_code is None or w.service_code == service_code)
         and (w.practitioner_id is None or w.practitioner_id == practitioner_id)
     ]

@@ -111,10 +111,15 @@ async def schedule_booking(unit: Unit[BookingDeps], event: BookingScheduled) -> 
                 unit, booking, suspended_at=suspension["suspended_at"], cause=suspension["cause_event_id"]
             )
             return
-    offer_id = await repository.accept_offer_for(unit.conn, event.patient.patient_id, event.practice_id, event.starts_at)
+    offer_id = await repository.accept_offer_for(
+        unit.conn, event.patient.patient_id, event.practice_id, event.starts_at
+    )
     if offer_id is not None:
         await repository.audit(
-            unit.conn, event.booking_id, at=unit.event.envelope.time, action="waitlist_offer_taken",
+            unit.conn,
+            event.booking_id,
+            at=unit.event.envelope.time,
+            action="waitlist_offer_taken",
             detail={"offer_id": offer_id},
         )
 
@@ -141,7 +146,10 @@ async def complete_booking(unit: Unit[BookingDeps], event: UpstreamBookingComple
         raise LookupError(f"booking {event.booking_id} is unknown; it cannot be completed")
     if booking["status"] != "scheduled":
         await repository.audit(
-            unit.conn, event.booking_id, at=event.completed_at, action="completion_ignored",
+            unit.conn,
+            event.booking_id,
+            at=event.completed_at,
+            action="completion_ignored",
             detail={"status": booking["status"]},
         )
         return
@@ -170,9 +178,15 @@ async def request_cancellation(unit: Unit[BookingDeps], event: BookingCancellati
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     rejection = domain.check_request(booking["status"] if booking else None, event.reason_text)
     await repository.audit(
-        unit.conn, event.booking_id, at=at, action="cancellation_requested",
-        actor=event.actor.to_json_dict(), channel=event.channel, request_id=event.request_id,
-        reason=event.reason_code, detail={"scope": event.scope, "fee_decision": event.fee_decision, **distrust},
+        unit.conn,
+        event.booking_id,
+        at=at,
+        action="cancellation_requested",
+        actor=event.actor.to_json_dict(),
+        channel=event.channel,
+        request_id=event.request_id,
+        reason=event.reason_code,
+        detail={"scope": event.scope, "fee_decision": event.fee_decision, **distrust},
     )
     if rejection is not None:
         await _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=at)
@@ -188,8 +202,12 @@ async def report_no_show(unit: Unit[BookingDeps], event: BookingNoShowReported) 
     booking = await repository.lock_booking(unit.conn, event.booking_id)
     rejection = domain.check_request(booking["status"] if booking else None, None)
     await repository.audit(
-        unit.conn, event.booking_id, at=at, action="no_show_reported",
-        actor=event.actor.to_json_dict(), request_id=event.request_id,
+        unit.conn,
+        event.booking_id,
+        at=at,
+        action="no_show_reported",
+        actor=event.actor.to_json_dict(),
+        request_id=event.request_id,
         detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision, **distrust},
     )
     if rejection is not None:
@@ -203,7 +221,9 @@ async def _ask_policy(
 ) -> None:
     repository = unit.deps.repository
     at = event.requested_at if kind == "cancellation" else event.reported_at
-    used_for = await repository.add_pending_request(unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict())
+    used_for = await repository.add_pending_request(
+        unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict()
+    )
     if used_for == booking["booking_id"]:
         return  # the same request again (resubmitted by upstream): it is with the policy already
     if used_for is not None:
@@ -244,8 +264,13 @@ async def _reject(
         subject=booking_id,
     )
     await repository.audit(
-        unit.conn, booking_id, at=at, action=f"{kind}_rejected", request_id=request_id,
-        reason=rejection.reason, detail={"message": rejection.message},
+        unit.conn,
+        booking_id,
+        at=at,
+        action=f"{kind}_rejected",
+        request_id=request_id,
+        reason=rejection.reason,
+        detail={"message": rejection.message},
     )
 
 
@@ -257,16 +282,25 @@ async def apply_decision(unit: Unit[BookingDeps], event: CancellationAssessed) -
     request = json.loads(pending["request"])
     kind = pending["kind"]
     booking = await repository.lock_booking(unit.conn, event.booking_id)
-    original = (BookingCancellationRequested if kind == "cancellation" else BookingNoShowReported).model_validate(request)
+    original = (BookingCancellationRequested if kind == "cancellation" else BookingNoShowReported).model_validate(
+        request
+    )
     at = original.requested_at if kind == "cancellation" else original.reported_at
 
     # The booking may have changed while the policy decided (another request won the race).
     rejection = domain.check_request(booking["status"], None)
     if rejection is None and not event.allowed:
-        rejection = domain.Rejection(event.rejection_reason or "not_allowed", event.explanation or "This request is not allowed.")
+        rejection = domain.Rejection(
+            event.rejection_reason or "not_allowed", event.explanation or "This request is not allowed."
+        )
     await repository.audit(
-        unit.conn, event.booking_id, at=at, action=f"{kind}_assessed", request_id=event.request_id,
-        reason=event.rejection_reason, policy_version=event.policy_version,
+        unit.conn,
+        event.booking_id,
+        at=at,
+        action=f"{kind}_assessed",
+        request_id=event.request_id,
+        reason=event.rejection_reason,
+        policy_version=event.policy_version,
         detail={"allowed": event.allowed, "classification": event.classification, "explanation": event.explanation},
     )
     if rejection is not None:
@@ -290,16 +324,29 @@ async def _cancel(
         later = await repository.lock_later_in_series(unit.conn, booking["series_id"], booking["starts_at"])
         series_ids = [row["booking_id"] for row in later]
     await repository.close_booking(
-        unit.conn, [booking["booking_id"], *series_ids], status="cancelled", closed_at=request.requested_at,
-        status_label=label, classification=decision.classification,
+        unit.conn,
+        [booking["booking_id"], *series_ids],
+        status="cancelled",
+        closed_at=request.requested_at,
+        status_label=label,
+        classification=decision.classification,
     )
     for booking_id in [booking["booking_id"], *series_ids]:
         await repository.audit(
-            unit.conn, booking_id, at=request.requested_at, action="cancelled", actor=request.actor.to_json_dict(),
-            channel=request.channel, request_id=request.request_id, reason=request.reason_code,
+            unit.conn,
+            booking_id,
+            at=request.requested_at,
+            action="cancelled",
+            actor=request.actor.to_json_dict(),
+            channel=request.channel,
+            request_id=request.request_id,
+            reason=request.reason_code,
             policy_version=decision.policy_version,
-            detail={"status_label": label, "classification": decision.classification,
-                    "series_of": booking["booking_id"] if booking_id != booking["booking_id"] else None},
+            detail={
+                "status_label": label,
+                "classification": decision.classification,
+                "series_of": booking["booking_id"] if booking_id != booking["booking_id"] else None,
+            },
         )
     unit.emit(
         BOOKING_EVENTS,
@@ -336,13 +383,22 @@ async def _record_no_show(
 ) -> None:
     repository = unit.deps.repository
     await repository.close_booking(
-        unit.conn, [booking["booking_id"]], status="no_show", closed_at=report.reported_at,
+        unit.conn,
+        [booking["booking_id"]],
+        status="no_show",
+        closed_at=report.reported_at,
         classification="no_show",
     )
     await repository.audit(
-        unit.conn, booking["booking_id"], at=report.reported_at, action="no_show_recorded",
-        actor=report.actor.to_json_dict(), request_id=report.request_id, reason=report.code,
-        policy_version=decision.policy_version, detail={"party": report.party},
+        unit.conn,
+        booking["booking_id"],
+        at=report.reported_at,
+        action="no_show_recorded",
+        actor=report.actor.to_json_dict(),
+        request_id=report.request_id,
+        reason=report.code,
+        policy_version=decision.policy_version,
+        detail={"party": report.party},
     )
     unit.emit(
         BOOKING_EVENTS,
@@ -417,8 +473,15 @@ async def offer_or_release(
                 expires_at = now + timedelta(minutes=practice["offer_minutes"])
                 await repository.add_offer(conn, offer_id, booking_id, chosen.waitlist_id, now, expires_at)
                 await repository.audit(
-                    conn, booking_id, at=now, action="slot_offered",
-                    detail={"offer_id": offer_id, "waitlist_id": chosen.waitlist_id, "expires_at": expires_at.isoformat()},
+                    conn,
+                    booking_id,
+                    at=now,
+                    action="slot_offered",
+                    detail={
+                        "offer_id": offer_id,
+                        "waitlist_id": chosen.waitlist_id,
+                        "expires_at": expires_at.isoformat(),
+                    },
                 )
                 events.append(
                     BookingSlotOffered.new(
@@ -460,7 +523,10 @@ def offer_expiry(settings: BookingSettings) -> DueWork[asyncpg.Record, BookingDe
 async def expire_offer(unit: WorkUnit[BookingDeps], offer: asyncpg.Record) -> None:
     """An expired offer (its patient waits again): audited, and its slot offered to the next in line or released."""
     await sql_repository.audit(
-        unit.conn, offer["booking_id"], at=offer["expires_at"], action="slot_offer_expired",
+        unit.conn,
+        offer["booking_id"],
+        at=offer["expires_at"],
+        action="slot_offer_expired",
         detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
     )
     for slot in await offer_or_release(unit.conn, [offer["booking_id"]], now=unit.now):
@@ -493,8 +559,14 @@ async def _cancel_by_system(unit: Unit[BookingDeps], booking: Any, *, suspended_
         reason_text="The booked professional's account is suspended.",
     )
     await repository.audit(
-        unit.conn, booking["booking_id"], at=suspended_at, action="cancellation_requested",
-        actor=actor, channel="system", request_id=request.request_id, reason="professional_suspended",
+        unit.conn,
+        booking["booking_id"],
+        at=suspended_at,
+        action="cancellation_requested",
+        actor=actor,
+        channel="system",
+        request_id=request.request_id,
+        reason="professional_suspended",
     )
     await _ask_policy(unit, booking, request.request_id, "cancellation", request)
 
@@ -512,6 +584,12 @@ def reject_unreadable(kind: str):
         if not (isinstance(booking_id, str) and booking_id and isinstance(request_id, str) and request_id):
             return []
         message = f"The request could not be read ({error.split(': ', 1)[-1]}); please correct it and send it again."
-        return [(BOOKING_EVENTS, model.new(booking_id=booking_id, request_id=request_id, reason="invalid_request", message=message), booking_id)]
+        return [
+            (
+                BOOKING_EVENTS,
+                model.new(booking_id=booking_id, request_id=request_id, reason="invalid_request", message=message),
+                booking_id,
+            )
+        ]
 
     return reject

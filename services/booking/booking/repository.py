@@ -24,10 +24,21 @@ async def insert_booking(conn: asyncpg.Connection, b: dict[str, Any]) -> bool:
         " series_id, deposit_amount, deposit_currency, price_amount, price_currency)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         " ON CONFLICT (booking_id) DO NOTHING RETURNING true",
-        b["booking_id"], b["practice_id"], b["practitioner_id"], b["service_code"], b["starts_at"],
-        b["ends_at"], b["patient_id"], b["patient_portal_account"], b["patient_card_on_file"],
-        b["professional_id"], b["series_id"], b["deposit_amount"], b["deposit_currency"],
-        b["price_amount"], b["price_currency"],
+        b["booking_id"],
+        b["practice_id"],
+        b["practitioner_id"],
+        b["service_code"],
+        b["starts_at"],
+        b["ends_at"],
+        b["patient_id"],
+        b["patient_portal_account"],
+        b["patient_card_on_file"],
+        b["professional_id"],
+        b["series_id"],
+        b["deposit_amount"],
+        b["deposit_currency"],
+        b["price_amount"],
+        b["price_currency"],
     )
     return bool(inserted)
 
@@ -49,7 +60,9 @@ async def lock_later_in_series(conn: asyncpg.Connection, series_id: str, after: 
 async def reschedule(conn: asyncpg.Connection, booking_id: str, starts_at: datetime, ends_at: datetime) -> None:
     await conn.execute(
         "UPDATE bookings SET starts_at = $2, ends_at = $3, updated_at = now() WHERE booking_id = $1",
-        booking_id, starts_at, ends_at,
+        booking_id,
+        starts_at,
+        ends_at,
     )
 
 
@@ -65,7 +78,11 @@ async def close_booking(
     await conn.execute(
         "UPDATE bookings SET status = $2, status_label = $3, classification = $4, closed_at = $5,"
         " updated_at = now() WHERE booking_id = ANY($1::text[]) AND status = 'scheduled'",
-        booking_ids, status, status_label, classification, closed_at,
+        booking_ids,
+        status,
+        status_label,
+        classification,
+        closed_at,
     )
 
 
@@ -76,7 +93,10 @@ async def add_pending_request(
     inserted = await conn.fetchval(
         "INSERT INTO pending_requests (request_id, booking_id, kind, request) VALUES ($1, $2, $3, $4::jsonb)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        request_id, booking_id, kind, json.dumps(request),
+        request_id,
+        booking_id,
+        kind,
+        json.dumps(request),
     )
     if inserted:
         return None
@@ -108,8 +128,15 @@ async def audit(
     await conn.execute(
         "INSERT INTO audit_trail (booking_id, at, action, actor, channel, request_id, reason,"
         " policy_version, detail) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9::jsonb)",
-        booking_id, at, action, json.dumps(actor) if actor else None, channel, request_id, reason,
-        policy_version, json.dumps(detail or {}),
+        booking_id,
+        at,
+        action,
+        json.dumps(actor) if actor else None,
+        channel,
+        request_id,
+        reason,
+        policy_version,
+        json.dumps(detail or {}),
     )
 
 
@@ -142,15 +169,25 @@ async def list_bookings(
         " AND ($3::text IS NULL OR practitioner_id = $3)"
         " AND ($4::timestamptz IS NULL OR starts_at >= $4) AND ($5::timestamptz IS NULL OR starts_at < $5)"
         " ORDER BY starts_at, booking_id LIMIT $6 OFFSET $7",
-        practice_id, status, practitioner_id, starts_from, starts_before, limit, offset,
+        practice_id,
+        status,
+        practitioner_id,
+        starts_from,
+        starts_before,
+        limit,
+        offset,
     )
 
 
-async def upsert_practice(conn: asyncpg.Connection, practice_id: str, waitlist_enabled: bool, offer_minutes: int) -> None:
+async def upsert_practice(
+    conn: asyncpg.Connection, practice_id: str, waitlist_enabled: bool, offer_minutes: int
+) -> None:
     await conn.execute(
         "INSERT INTO practices (practice_id, waitlist_enabled, offer_minutes) VALUES ($1, $2, $3)"
         " ON CONFLICT (practice_id) DO UPDATE SET waitlist_enabled = $2, offer_minutes = $3, updated_at = now()",
-        practice_id, waitlist_enabled, offer_minutes,
+        practice_id,
+        waitlist_enabled,
+        offer_minutes,
     )
 
 
@@ -164,7 +201,12 @@ async def join_waitlist(conn: asyncpg.Connection, w: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO waitlist (waitlist_id, practice_id, patient_id, service_code, practitioner_id, joined_at)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (waitlist_id) DO NOTHING",
-        w["waitlist_id"], w["practice_id"], w["patient_id"], w["service_code"], w["practitioner_id"], w["joined_at"],
+        w["waitlist_id"],
+        w["practice_id"],
+        w["patient_id"],
+        w["service_code"],
+        w["practitioner_id"],
+        w["joined_at"],
     )
 
 
@@ -175,16 +217,26 @@ async def lock_waiting(conn: asyncpg.Connection, practice_id: str, booking_id: s
         " WHERE practice_id = $1 AND status = 'waiting'"
         " AND NOT EXISTS (SELECT 1 FROM slot_offers o WHERE o.booking_id = $2 AND o.waitlist_id = w.waitlist_id)"
         " ORDER BY joined_at, waitlist_id LIMIT 500 FOR UPDATE SKIP LOCKED",
-        practice_id, booking_id,
+        practice_id,
+        booking_id,
     )
 
 
 async def add_offer(
-    conn: asyncpg.Connection, offer_id: str, booking_id: str, waitlist_id: str, offered_at: datetime, expires_at: datetime
+    conn: asyncpg.Connection,
+    offer_id: str,
+    booking_id: str,
+    waitlist_id: str,
+    offered_at: datetime,
+    expires_at: datetime,
 ) -> None:
     await conn.execute(
         "INSERT INTO slot_offers (offer_id, booking_id, waitlist_id, offered_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        offer_id, booking_id, waitlist_id, offered_at, expires_at,
+        offer_id,
+        booking_id,
+        waitlist_id,
+        offered_at,
+        expires_at,
     )
     await conn.execute("UPDATE waitlist SET status = 'offered' WHERE waitlist_id = $1", waitlist_id)
 
@@ -195,7 +247,8 @@ async def claim_expired_offers(conn: asyncpg.Connection, now: datetime, limit: i
     rows = await conn.fetch(
         "SELECT offer_id, booking_id, waitlist_id, expires_at FROM slot_offers"
         " WHERE status = 'open' AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-        now, limit,
+        now,
+        limit,
     )
     if rows:
         await conn.execute(
@@ -208,14 +261,18 @@ async def claim_expired_offers(conn: asyncpg.Connection, now: datetime, limit: i
     return rows
 
 
-async def accept_offer_for(conn: asyncpg.Connection, patient_id: str, practice_id: str, starts_at: datetime) -> str | None:
+async def accept_offer_for(
+    conn: asyncpg.Connection, patient_id: str, practice_id: str, starts_at: datetime
+) -> str | None:
     """A new booking that takes an offered slot closes the offer; returns the offer id."""
     row = await conn.fetchrow(
         "UPDATE slot_offers o SET status = 'accepted' FROM waitlist w, bookings b"
         " WHERE o.status = 'open' AND w.waitlist_id = o.waitlist_id AND b.booking_id = o.booking_id"
         " AND w.patient_id = $1 AND b.practice_id = $2 AND b.starts_at = $3"
         " RETURNING o.offer_id, o.waitlist_id",
-        patient_id, practice_id, starts_at,
+        patient_id,
+        practice_id,
+        starts_at,
     )
     if row is None:
         return None
@@ -226,7 +283,8 @@ async def accept_offer_for(conn: asyncpg.Connection, patient_id: str, practice_i
 async def mark_released(conn: asyncpg.Connection, booking_id: str, at: datetime) -> bool:
     released = await conn.fetchval(
         "UPDATE bookings SET slot_released_at = $2 WHERE booking_id = $1 AND slot_released_at IS NULL RETURNING true",
-        booking_id, at,
+        booking_id,
+        at,
     )
     return bool(released)
 
@@ -235,7 +293,8 @@ async def future_bookings_of(conn: asyncpg.Connection, professional_id: str, aft
     return await conn.fetch(
         f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE professional_id = $1 AND status = 'scheduled'"
         " AND starts_at > $2 ORDER BY starts_at FOR UPDATE",
-        professional_id, after,
+        professional_id,
+        after,
     )
 
 
@@ -256,7 +315,9 @@ async def report(
         " count(*) FILTER (WHERE status = 'completed') AS completed"
         " FROM bookings WHERE starts_at >= $1 AND starts_at < $2 AND ($3::text IS NULL OR practice_id = $3)"
         f" GROUP BY practice_id, {column} ORDER BY practice_id, {column}",
-        starts_from, starts_before, practice_id,
+        starts_from,
+        starts_before,
+        practice_id,
     )
 
 
@@ -264,7 +325,9 @@ async def record_suspension(conn: asyncpg.Connection, professional_id: str, susp
     await conn.execute(
         "INSERT INTO suspended_professionals (professional_id, suspended_at, cause_event_id) VALUES ($1, $2, $3)"
         " ON CONFLICT (professional_id) DO NOTHING",
-        professional_id, suspended_at, cause,
+        professional_id,
+        suspended_at,
+        cause,
     )
 
 

@@ -33,7 +33,11 @@ def _routes(service: Runtime) -> list[tuple[str, Any]]:
         return {
             "practice_id": query["practice_id"],
             "versions": [
-                {**dict(r), "settings": json.loads(r["settings"]), "policy_version": handlers.policy_version(r["version"])}
+                {
+                    **dict(r),
+                    "settings": json.loads(r["settings"]),
+                    "policy_version": handlers.policy_version(r["version"]),
+                }
                 for r in rows
             ],
         }
@@ -42,7 +46,10 @@ def _routes(service: Runtime) -> list[tuple[str, Any]]:
         """Every decision made for one booking, with its explanation: `?booking_id=`."""
         required(query, "booking_id")
         rows = await repository.decisions_for_booking(service.pool, query["booking_id"])
-        return {"booking_id": query["booking_id"], "decisions": [{**dict(r), "decision": json.loads(r["decision"])} for r in rows]}
+        return {
+            "booking_id": query["booking_id"],
+            "decisions": [{**dict(r), "decision": json.loads(r["decision"])} for r in rows],
+        }
 
     return [("/policies", practice_policy), ("/decisions", booking_decisions)]
 

@@ -92,9 +92,7 @@ def rejection_message(data: dict[str, Any], error: str) -> str:
     return message if len(message) <= MESSAGE_MAX_CHARS else f"{message[: MESSAGE_MAX_CHARS - 1]}…"
 
 
-def reject_invalid_settings(
-    data: dict[str, Any], error: str, subject: str | None
-) -> list[tuple[str, Payload, str]]:
+def reject_invalid_settings(data: dict[str, Any], error: str, subject: str | None) -> list[tuple[str, Payload, str]]:
     """`practice.configuration_rejected` for settings that broke the contract (besides the dead
     letter), keyed by the practice: its id from the payload when valid, else from the envelope's
     subject; neither valid, no answer (the dead letter only)."""

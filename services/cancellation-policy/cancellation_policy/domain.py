@@ -91,15 +91,23 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
     if request.reason_text is not None and len(request.reason_text) > REASON_TEXT_MAX_CHARS:
         return _reject("invalid_request", REASON_TEXT_TOO_LONG)
     if request.fee_decision != "policy" and actor.kind != "staff":
-        return _reject("not_allowed", "Only practice staff can choose to charge or waive a fee; please send the request without a fee decision.")
+        return _reject(
+            "not_allowed",
+            "Only practice staff can choose to charge or waive a fee; please send the request without a fee decision.",
+        )
     if request.kind == "no_show":
         return _assess_no_show(request, settings, lead)
 
     if actor.kind == "patient":
         if not booking.patient_portal_account:
-            return _reject("no_portal_account", "Please sign up for the patient portal, or contact the practice to cancel.")
+            return _reject(
+                "no_portal_account", "Please sign up for the patient portal, or contact the practice to cancel."
+            )
         if not rules.online_enabled:
-            return _reject("online_cancellation_disabled", "This practice does not take cancellations online; please contact the practice to cancel.")
+            return _reject(
+                "online_cancellation_disabled",
+                "This practice does not take cancellations online; please contact the practice to cancel.",
+            )
         if lead <= timedelta(0):
             return _reject("appointment_started", "This appointment has already started; please contact the practice.")
         if lead < timedelta(hours=rules.patient_cutoff_hours):
@@ -115,7 +123,10 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
             )
     elif actor.kind == "professional":
         if booking.professional_id is None or actor.id != booking.professional_id:
-            return _reject("not_allowed", "Only the professional booked for this appointment can cancel it; please contact the office.")
+            return _reject(
+                "not_allowed",
+                "Only the professional booked for this appointment can cancel it; please contact the office.",
+            )
         if lead <= timedelta(0):
             return _reject("appointment_started", "This appointment has already started; please contact the office.")
     else:  # system: only a future booking, always without penalty
@@ -131,9 +142,8 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
         )
 
     classification = classify(lead, actor.kind, settings)
-    window = (
-        f"{_hours(lead)} before the start; late window {rules.late_window_hours} h"
-        + (f", no-show threshold {rules.professional_no_show_minutes} min" if actor.kind == "professional" else "")
+    window = f"{_hours(lead)} before the start; late window {rules.late_window_hours} h" + (
+        f", no-show threshold {rules.professional_no_show_minutes} min" if actor.kind == "professional" else ""
     )
     if actor.kind == "professional":
         delta, hold = PROFESSIONAL_PENALTY[classification]
@@ -160,10 +170,14 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
     )
 
 
-def _assess_no_show(request: CancellationAssessmentRequested, settings: PracticeSettings, lead: timedelta) -> Assessment:
+def _assess_no_show(
+    request: CancellationAssessmentRequested, settings: PracticeSettings, lead: timedelta
+) -> Assessment:
     booking = request.booking
     if request.actor.kind not in ("staff", "system"):
-        return _reject("not_allowed", "Only practice staff can report a no-show; please contact the practice.", "no_show")
+        return _reject(
+            "not_allowed", "Only practice staff can report a no-show; please contact the practice.", "no_show"
+        )
     if lead > timedelta(0):
         return _reject(
             "appointment_not_started",
@@ -190,18 +204,27 @@ def _assess_no_show(request: CancellationAssessmentRequested, settings: Practice
         fee=fee,
         charge_card=bool(fee and settings.fees.charge_card_on_file and booking.patient_card_on_file),
         deposit_action=deposit,
-        explanation=_patient_explanation(f"The patient did not attend ({request.code})", "no_show", fee, request.fee_decision, deposit),
+        explanation=_patient_explanation(
+            f"The patient did not attend ({request.code})", "no_show", fee, request.fee_decision, deposit
+        ),
     )
 
 
 def _patient_explanation(what: str, classification: str, fee: Fee | None, fee_decision: str, deposit: str) -> str:
     parts = [f"{what}: {classification.replace('_', '-')}"]
     if fee is not None:
-        parts.append(f"fee {fee.amount} {fee.currency} ({fee.code_system} {fee.code})" + (" charged by staff" if fee_decision == "charge" else ""))
+        parts.append(
+            f"fee {fee.amount} {fee.currency} ({fee.code_system} {fee.code})"
+            + (" charged by staff" if fee_decision == "charge" else "")
+        )
     elif fee_decision == "waive":
         parts.append("fee waived by staff")
     else:
         parts.append("no fee")
     if deposit != "none":
-        parts.append({"refund": "deposit refunded", "keep": "deposit kept", "credit_note": "deposit turned into a credit note"}[deposit])
+        parts.append(
+            {"refund": "deposit refunded", "keep": "deposit kept", "credit_note": "deposit turned into a credit note"}[
+                deposit
+            ]
+        )
     return "; ".join(parts) + "."

@@ -52,7 +52,9 @@ async def configure_practice(unit: Unit[PolicyDeps], event: PracticeConfigured) 
 async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRequested) -> None:
     repository = unit.deps.repository
     current = await repository.current_settings(unit.conn, event.practice_id)
-    version, settings = (current[0], PracticeSettings.model_validate(current[1])) if current else (0, PracticeSettings())
+    version, settings = (
+        (current[0], PracticeSettings.model_validate(current[1])) if current else (0, PracticeSettings())
+    )
     assessment = domain.assess(event, settings)
     decision = CancellationAssessed.new(
         booking_id=event.booking_id,

@@ -26,7 +26,12 @@ async def add_settings_version(
         "INSERT INTO practice_settings (practice_id, version, settings, name, timezone, locale, configured_at)"
         " SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3, $4, $5, $6"
         " FROM practice_settings WHERE practice_id = $1 RETURNING version",
-        practice_id, json.dumps(settings), name, timezone, locale, configured_at,
+        practice_id,
+        json.dumps(settings),
+        name,
+        timezone,
+        locale,
+        configured_at,
     )
 
 
@@ -47,8 +52,14 @@ async def record_decision(
         "INSERT INTO decisions (request_id, booking_id, practice_id, policy_version, allowed, classification,"
         " explanation, decision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        request_id, booking_id, practice_id, decision["policy_version"], decision["allowed"],
-        decision["classification"], decision.get("explanation", ""), json.dumps(decision),
+        request_id,
+        booking_id,
+        practice_id,
+        decision["policy_version"],
+        decision["allowed"],
+        decision["classification"],
+        decision.get("explanation", ""),
+        json.dumps(decision),
     )
     return bool(inserted)
 

@@ -24,7 +24,6 @@ if the provider ignores the `Idempotency-Key`.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,7 +93,7 @@ class EmailChannel:
         except aiosmtplib.SMTPResponseException as exc:
             # 5xx: the server will say the same next time; 4xx: try again later.
             raise DeliveryError(f"SMTP {exc.code}: {exc.message}", permanent=exc.code >= 500) from None
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"SMTP unavailable: {type(exc).__name__}: {exc}", permanent=False) from None
 
 
@@ -145,7 +144,13 @@ class Deps:
     @classmethod
     def build(cls, settings: NotificationSettings) -> Deps:
         http = httpx.AsyncClient()
-        return cls(settings=settings, renderer=Renderer(), email=EmailChannel(settings), sms=SmsChannel(settings, http), http=http)
+        return cls(
+            settings=settings,
+            renderer=Renderer(),
+            email=EmailChannel(settings),
+            sms=SmsChannel(settings, http),
+            http=http,
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -199,7 +204,7 @@ async def send_one(deps: Deps, row: asyncpg.Record, *, max_attempts: int) -> Att
         return Attempt("sent")
     except DeliveryError as exc:
         error = exc
-    except Exception as exc:  # an unforeseen fault of the client library: try again later
+    except Exception as exc:  # noqa: BLE001 - an unforeseen fault of the client library: try again later
         error = DeliveryError(f"{type(exc).__name__}: {exc}", permanent=False)
     reason = domain.redact(str(error))
     step = domain.after_failure(row["attempts"], max_attempts=max_attempts, permanent=error.permanent)
@@ -242,7 +247,9 @@ async def record_outcome(
     # CONTRACT.md: keyed by booking_id, or professional_id for notices about a professional.
     unit.emit(NOTIFICATION_EVENTS, payload, subject=row["booking_id"] or row["professional_id"] or str(notification_id))
     log.info(
-        "notification " + attempt.step, notification_id=str(notification_id), channel=row["channel"],
+        "notification " + attempt.step,
+        notification_id=str(notification_id),
+        channel=row["channel"],
         recipient=row["recipient"],
     )
 

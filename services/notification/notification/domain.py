@@ -172,7 +172,12 @@ def _office_message(template: str, practice: PracticeContact) -> Message:
     for channel in (practice.preferred_channel, other):
         if addresses[channel]:
             return Message(
-                "practice", channel, template, resolve_locale(practice.locale), addresses[channel], tags=(practice.locale,)
+                "practice",
+                channel,
+                template,
+                resolve_locale(practice.locale),
+                addresses[channel],
+                tags=(practice.locale,),
             )
     return Message(
         "practice",
@@ -185,7 +190,12 @@ def _office_message(template: str, practice: PracticeContact) -> Message:
 
 
 def _message(
-    recipient: Recipient, channel: Channel, template: str, tags: tuple[str | None, ...], address: str | None, missing: str
+    recipient: Recipient,
+    channel: Channel,
+    template: str,
+    tags: tuple[str | None, ...],
+    address: str | None,
+    missing: str,
 ) -> Message:
     """To the reader whose locale `tags` are (most specific first), or skipped without an address."""
     address = address.strip() if address else None
@@ -194,9 +204,7 @@ def _message(
     )
 
 
-def plan_cancellation(
-    actor_kind: str, patient: PatientContact | None, practice: PracticeContact
-) -> list[Message]:
+def plan_cancellation(actor_kind: str, patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
     """docs/rules.md#notifications, booking.cancelled:
     - by staff: the patient, by email and SMS (the reason quoted by the template);
     - online by the patient: the patient by email and SMS with a rebook link, and the practice
@@ -211,7 +219,11 @@ def plan_cancellation(
         if practice.notify_practice_on_online_cancel:
             messages.append(
                 _message(
-                    "practice", "email", template, (practice.locale,), practice.email,
+                    "practice",
+                    "email",
+                    template,
+                    (practice.locale,),
+                    practice.email,
                     "the practice has no email address on file",
                 )
             )
@@ -278,10 +290,21 @@ def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) 
     """The patient, by email only (docs/rules.md#notifications)."""
     tags = (patient.locale if patient else None, practice.locale)
     if patient is None:
-        return [Message("patient", "email", NO_SHOW_FEE_TEMPLATE, resolve_locale(*tags), None,
-                        "no contact details are known for this booking's patient")]
-    return [_message("patient", "email", NO_SHOW_FEE_TEMPLATE, tags, patient.email,
-                     "the patient has no email address on file")]
+        return [
+            Message(
+                "patient",
+                "email",
+                NO_SHOW_FEE_TEMPLATE,
+                resolve_locale(*tags),
+                None,
+                "no contact details are known for this booking's patient",
+            )
+        ]
+    return [
+        _message(
+            "patient", "email", NO_SHOW_FEE_TEMPLATE, tags, patient.email, "the patient has no email address on file"
+        )
+    ]
 
 
 # --- slot offers -------------------------------------------------------------------------------------
@@ -296,7 +319,10 @@ def plan_slot_offer(
     late) is recorded skipped: the slot has gone to the next person, a message would mislead.
     """
     messages = _patient_messages(
-        SLOT_OFFER_TEMPLATE, waitlisted, practice, recipient="waitlist",
+        SLOT_OFFER_TEMPLATE,
+        waitlisted,
+        practice,
+        recipient="waitlist",
         unknown="no contact details are known for this waitlist entry",
     )
     if expires_at <= now:
@@ -315,10 +341,26 @@ def plan_professional_notice(
     No known email is recorded skipped with the reason, never an error."""
     tags = (professional.locale if professional else None, practice.locale)
     if professional is None:
-        return [Message("professional", "email", template, resolve_locale(*tags), None,
-                        "no contact details are known for this professional")]
-    return [_message("professional", "email", template, tags, professional.email,
-                     "no email address is known for this professional")]
+        return [
+            Message(
+                "professional",
+                "email",
+                template,
+                resolve_locale(*tags),
+                None,
+                "no contact details are known for this professional",
+            )
+        ]
+    return [
+        _message(
+            "professional",
+            "email",
+            template,
+            tags,
+            professional.email,
+            "no email address is known for this professional",
+        )
+    ]
 
 
 # --- the practice's PMS ----------------------------------------------------------------------------
@@ -331,6 +373,7 @@ def plan_manual_update(practice: PracticeContact) -> list[Message]:
 
 
 # --- what the templates are given --------------------------------------------------------------
+
 
 def zone(name: str | None) -> tzinfo:
     """The practice's IANA timezone; UTC when unknown or invalid (a message still goes out)."""

@@ -197,11 +197,7 @@ async def notify_rejection(unit: Unit[HandlerDeps], event: BookingCancellationRe
     repository = unit.deps.repository
     patient_row = await repository.get_patient(unit.conn, event.booking_id)
     patient = _patient(patient_row)
-    practice = (
-        await _practice(unit, patient_row["practice_id"])
-        if patient_row
-        else domain.PracticeContact.unknown("")
-    )
+    practice = await _practice(unit, patient_row["practice_id"]) if patient_row else domain.PracticeContact.unknown("")
     requester = await repository.requester_kind(unit.conn, event.request_id)
     await _record(
         unit,
@@ -475,8 +471,12 @@ async def _record(
             "reason": message.skip_reason,
         }
         if not message.skipped:
-            context = domain.template_context(message, starts_at=starts_at, practice=practice, patient=patient, fee=fee, **facts)
-            rendered = deps.renderer.render(message.template, message.recipient, message.channel, message.locale, context)
+            context = domain.template_context(
+                message, starts_at=starts_at, practice=practice, patient=patient, fee=fee, **facts
+            )
+            rendered = deps.renderer.render(
+                message.template, message.recipient, message.channel, message.locale, context
+            )
             row |= {
                 "address": message.address,
                 "subject": rendered.subject,

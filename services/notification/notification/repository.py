@@ -25,8 +25,15 @@ async def upsert_practice(conn: asyncpg.Connection, p: dict[str, Any], configure
         " notify_practice_on_online_cancel = EXCLUDED.notify_practice_on_online_cancel,"
         " configured_at = EXCLUDED.configured_at, updated_at = now()"
         " WHERE practices.configured_at <= EXCLUDED.configured_at",
-        p["practice_id"], p["name"], p["timezone"], p["locale"], p["email"], p["phone"],
-        p["preferred_channel"], p["notify_practice_on_online_cancel"], configured_at,
+        p["practice_id"],
+        p["name"],
+        p["timezone"],
+        p["locale"],
+        p["email"],
+        p["phone"],
+        p["preferred_channel"],
+        p["notify_practice_on_online_cancel"],
+        configured_at,
     )
 
 
@@ -40,8 +47,15 @@ async def upsert_patient(conn: asyncpg.Connection, p: dict[str, Any], scheduled_
         " phone = EXCLUDED.phone, locale = EXCLUDED.locale, starts_at = EXCLUDED.starts_at,"
         " scheduled_at = EXCLUDED.scheduled_at, updated_at = now()"
         " WHERE patients.scheduled_at <= EXCLUDED.scheduled_at",
-        p["booking_id"], p["practice_id"], p["patient_id"], p["first_name"], p["email"], p["phone"],
-        p["locale"], p["starts_at"], scheduled_at,
+        p["booking_id"],
+        p["practice_id"],
+        p["patient_id"],
+        p["first_name"],
+        p["email"],
+        p["phone"],
+        p["locale"],
+        p["starts_at"],
+        scheduled_at,
     )
 
 
@@ -57,7 +71,11 @@ async def remember_request(
     await conn.execute(
         "INSERT INTO cancellation_requests (request_id, booking_id, actor_kind, channel, requested_at)"
         " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
-        request_id, booking_id, actor_kind, channel, requested_at,
+        request_id,
+        booking_id,
+        actor_kind,
+        channel,
+        requested_at,
     )
 
 
@@ -90,7 +108,13 @@ async def upsert_professional(conn: asyncpg.Connection, p: dict[str, Any], sched
         " first_name = EXCLUDED.first_name, email = EXCLUDED.email, phone = EXCLUDED.phone,"
         " locale = EXCLUDED.locale, scheduled_at = EXCLUDED.scheduled_at, updated_at = now()"
         " WHERE professionals.scheduled_at <= EXCLUDED.scheduled_at",
-        p["professional_id"], p["practice_id"], p["first_name"], p["email"], p["phone"], p["locale"], scheduled_at,
+        p["professional_id"],
+        p["practice_id"],
+        p["first_name"],
+        p["email"],
+        p["phone"],
+        p["locale"],
+        scheduled_at,
     )
 
 
@@ -119,8 +143,14 @@ async def upsert_waitlist_entry(conn: asyncpg.Connection, w: dict[str, Any]) -> 
         " patient_id = EXCLUDED.patient_id, first_name = EXCLUDED.first_name, email = EXCLUDED.email,"
         " phone = EXCLUDED.phone, locale = EXCLUDED.locale, joined_at = EXCLUDED.joined_at, updated_at = now()"
         " WHERE waitlist_entries.joined_at <= EXCLUDED.joined_at",
-        w["waitlist_id"], w["practice_id"], w["patient_id"], w["first_name"], w["email"], w["phone"],
-        w["locale"], w["joined_at"],
+        w["waitlist_id"],
+        w["practice_id"],
+        w["patient_id"],
+        w["first_name"],
+        w["email"],
+        w["phone"],
+        w["locale"],
+        w["joined_at"],
     )
 
 
@@ -136,7 +166,12 @@ async def remember_offer(conn: asyncpg.Connection, o: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO slot_offers (offer_id, booking_id, waitlist_id, expires_at, event_id, correlation_id)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (offer_id) DO NOTHING",
-        o["offer_id"], o["booking_id"], o["waitlist_id"], o["expires_at"], o["event_id"], o["correlation_id"],
+        o["offer_id"],
+        o["booking_id"],
+        o["waitlist_id"],
+        o["expires_at"],
+        o["event_id"],
+        o["correlation_id"],
     )
 
 
@@ -168,7 +203,10 @@ async def merge_no_show(
         " ON CONFLICT (booking_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
         " starts_at = EXCLUDED.starts_at, charge_card = EXCLUDED.charge_card, updated_at = now()"
         f" RETURNING {_NO_SHOW_FEE}",
-        booking_id, practice_id, starts_at, charge_card,
+        booking_id,
+        practice_id,
+        starts_at,
+        charge_card,
     )
 
 
@@ -186,7 +224,12 @@ async def merge_no_show_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> a
         " updated_at = now()"
         " WHERE no_show_fees.charge_id IS NULL OR no_show_fees.charge_id = EXCLUDED.charge_id"
         f" RETURNING {_NO_SHOW_FEE}",
-        c["booking_id"], c["charge_id"], c["amount"], c["currency"], c["code"], c["code_system"],
+        c["booking_id"],
+        c["charge_id"],
+        c["amount"],
+        c["currency"],
+        c["code"],
+        c["code_system"],
     )
 
 
@@ -198,7 +241,9 @@ async def merge_no_show_payment(
     return await conn.fetchrow(
         "UPDATE no_show_fees SET payment = COALESCE(payment, $3), updated_at = now()"
         f" WHERE booking_id = $1 AND charge_id = $2 RETURNING {_NO_SHOW_FEE}",
-        booking_id, charge_id, payment,
+        booking_id,
+        charge_id,
+        payment,
     )
 
 
@@ -208,8 +253,19 @@ async def merge_no_show_payment(
 _CLAIMED = ", ".join(
     f"d.{column}"
     for column in (
-        "notification_id", "event_type", "correlation_id", "booking_id", "practice_id", "professional_id", "recipient",
-        "channel", "template", "address", "subject", "body", "attempts",
+        "notification_id",
+        "event_type",
+        "correlation_id",
+        "booking_id",
+        "practice_id",
+        "professional_id",
+        "recipient",
+        "channel",
+        "template",
+        "address",
+        "subject",
+        "body",
+        "attempts",
     )
 )
 
@@ -223,9 +279,22 @@ async def record_delivery(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
         " CASE WHEN $14 = 'skipped' THEN now() END, $16)"
         " ON CONFLICT (notification_id) DO NOTHING RETURNING true",
-        d["notification_id"], d["event_id"], d["event_type"], d["correlation_id"], d["booking_id"],
-        d["practice_id"], d["recipient"], d["channel"], d["template"], d["locale"], d["address"],
-        d["subject"], d["body"], d["status"], d["reason"], d.get("professional_id"),
+        d["notification_id"],
+        d["event_id"],
+        d["event_type"],
+        d["correlation_id"],
+        d["booking_id"],
+        d["practice_id"],
+        d["recipient"],
+        d["channel"],
+        d["template"],
+        d["locale"],
+        d["address"],
+        d["subject"],
+        d["body"],
+        d["status"],
+        d["reason"],
+        d.get("professional_id"),
     )
     return bool(inserted)
 
@@ -262,7 +331,9 @@ async def mark_failed(conn: asyncpg.Connection, notification_id: uuid.UUID, atte
     updated = await conn.fetchval(
         "UPDATE deliveries SET status = 'failed', reason = $3, finished_at = now()"
         " WHERE notification_id = $1 AND status = 'pending' AND attempts = $2 RETURNING true",
-        notification_id, attempts, reason,
+        notification_id,
+        attempts,
+        reason,
     )
     return bool(updated)
 
@@ -273,7 +344,10 @@ async def schedule_retry(
     updated = await conn.fetchval(
         "UPDATE deliveries SET reason = $3, next_attempt_at = now() + make_interval(secs => $4)"
         " WHERE notification_id = $1 AND status = 'pending' AND attempts = $2 RETURNING true",
-        notification_id, attempts, reason, delay_seconds,
+        notification_id,
+        attempts,
+        reason,
+        delay_seconds,
     )
     return bool(updated)
 
@@ -288,8 +362,7 @@ _LOGGED = (
 async def deliveries_for_booking(pool: Conn, booking_id: str) -> list[asyncpg.Record]:
     """The delivery log of one booking, without addresses or message text."""
     return await pool.fetch(
-        f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1"
-        " ORDER BY created_at, event_id, recipient, channel",
+        f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1 ORDER BY created_at, event_id, recipient, channel",
         booking_id,
     )
 

@@ -52,7 +52,12 @@ class Connector:
         except ContractViolation as exc:
             # Not a command we know (a newer event type, or garbage): without a sync_id there is
             # nothing to acknowledge. Skip it; never stop the partition for it.
-            log.warning("skipped a record that is not a known command", offset=record.offset, partition=record.partition, error=str(exc)[:300])
+            log.warning(
+                "skipped a record that is not a known command",
+                offset=record.offset,
+                partition=record.partition,
+                error=str(exc)[:300],
+            )
             return
         try:
             await self._apply(event)
@@ -60,8 +65,12 @@ class Connector:
             if is_transient(exc):
                 raise
             # It would fail the same way every time: tell pms-sync, which asks for a manual update.
-            log.error("command cannot be applied; acknowledged as an error", offset=record.offset, error=type(exc).__name__)
-            await self._acknowledge(event, "error", f"the connector could not apply this command ({type(exc).__name__})", None)
+            log.error(
+                "command cannot be applied; acknowledged as an error", offset=record.offset, error=type(exc).__name__
+            )
+            await self._acknowledge(
+                event, "error", f"the connector could not apply this command ({type(exc).__name__})", None
+            )
 
     async def _apply(self, event: Event) -> None:
         command = event.payload
@@ -82,16 +91,26 @@ class Connector:
             log.warning("PMS unavailable; left unacknowledged for pms-sync to resend", error=result.error, **where)
             return
         await self._acknowledge(event, result.outcome, result.error, result.external_ref)
-        log.info("command applied" if result.outcome == "ok" else "command refused by the PMS", status=result.outcome,
-                 external_ref=result.external_ref, error=result.error, **where)
+        log.info(
+            "command applied" if result.outcome == "ok" else "command refused by the PMS",
+            status=result.outcome,
+            external_ref=result.external_ref,
+            error=result.error,
+            **where,
+        )
 
     async def _acknowledge(self, event: Event, status: str, error: str | None, external_ref: str | None) -> None:
         command = event.payload
         ack = PmsSyncAcknowledged.new(
-            sync_id=command.sync_id, booking_id=command.booking_id, status=status,
-            error=None if error is None else error[:1000], external_ref=external_ref,
+            sync_id=command.sync_id,
+            booking_id=command.booking_id,
+            status=status,
+            error=None if error is None else error[:1000],
+            external_ref=external_ref,
         )
-        envelope = new_envelope(ack, source=self.source, subject=command.booking_id, correlation_id=event.correlation_id)
+        envelope = new_envelope(
+            ack, source=self.source, subject=command.booking_id, correlation_id=event.correlation_id
+        )
         # Keyed by booking id like everything about a booking; waits for the broker's ack.
         await self.producer.send_and_wait(PMS_SYNC_ACKS, json.dumps(envelope).encode(), key=command.booking_id.encode())
 
@@ -108,7 +127,9 @@ async def run(settings: ConnectorSettings, stop: asyncio.Event) -> None:
     )
     producer = AIOKafkaProducer(enable_idempotence=True, acks="all", **kafka)
     headers = {"Authorization": f"Bearer {settings.pms_api_token.get_secret_value()}"} if settings.pms_api_token else {}
-    async with httpx.AsyncClient(base_url=settings.pms_api_url, timeout=settings.pms_timeout_seconds, headers=headers) as client:
+    async with httpx.AsyncClient(
+        base_url=settings.pms_api_url, timeout=settings.pms_timeout_seconds, headers=headers
+    ) as client:
         await producer.start()
         await consumer.start()
         log.info("connector started", topic=settings.topic, group_id=settings.group_id, pms=settings.pms_api_url)
@@ -127,18 +148,25 @@ async def run(settings: ConnectorSettings, stop: asyncio.Event) -> None:
             log.info("connector stopped")
 
 
-async def _apply_and_commit(connector: Connector, consumer: AIOKafkaConsumer, tp: TopicPartition, record: ConsumerRecord) -> None:
+async def _apply_and_commit(
+    connector: Connector, consumer: AIOKafkaConsumer, tp: TopicPartition, record: ConsumerRecord
+) -> None:
     try:
         await connector.handle(record)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted below: transient is retried, anything else skipped once
         if not is_transient(exc):  # not even an error acknowledgement could be made: skip it, once
             log.error("command skipped: it cannot be handled", offset=record.offset, error=type(exc).__name__)
             await _commit(consumer, tp, record)
             return
         attempt = connector.failures[(tp, record.offset)] = connector.failures.get((tp, record.offset), 0) + 1
         delay = backoff_delay(attempt, base=0.5, cap=30.0)
-        log.warning("command not handled; trying it again", offset=record.offset, error=type(exc).__name__,
-                    attempt=attempt, delay=round(delay, 2))
+        log.warning(
+            "command not handled; trying it again",
+            offset=record.offset,
+            error=type(exc).__name__,
+            attempt=attempt,
+            delay=round(delay, 2),
+        )
         consumer.seek(tp, record.offset)  # not committed: this record comes again
         await asyncio.sleep(delay)
         return

@@ -59,11 +59,16 @@ class ConnectorSettings(BaseSettings):
         return frozenset(p.strip() for p in self.connector_practice_ids.split(",") if p.strip())
 
     def kafka_client_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap_servers, "security_protocol": self.kafka_security_protocol}
+        args: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
         if self.kafka_sasl_mechanism:
             args["sasl_mechanism"] = self.kafka_sasl_mechanism
             args["sasl_plain_username"] = self.kafka_sasl_username
-            args["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            args["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 

@@ -47,7 +47,12 @@ def _routes(service: Runtime) -> list[tuple[str, Any]]:
         required(query, "practice_id")
         limit, offset = page_args(query)
         rows = await repository.manual_updates_for_practice(service.pool, query["practice_id"], limit, offset)
-        return {"practice_id": query["practice_id"], "items": [dict(r) for r in rows], "page_size": limit, "offset": offset}
+        return {
+            "practice_id": query["practice_id"],
+            "items": [dict(r) for r in rows],
+            "page_size": limit,
+            "offset": offset,
+        }
 
     return [("/syncs", syncs), ("/manual-updates", manual_updates)]
 

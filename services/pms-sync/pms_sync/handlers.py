@@ -119,7 +119,9 @@ async def acknowledge_sync(unit: Unit[PmsSyncDeps], event: PmsSyncAcknowledged) 
         unit.emit(
             PMS_SYNC_EVENTS,
             PmsSyncCompleted.new(
-                sync_id=sync["sync_id"], booking_id=sync["booking_id"], integration=sync["integration"],
+                sync_id=sync["sync_id"],
+                booking_id=sync["booking_id"],
+                integration=sync["integration"],
                 attempts=sync["attempts"],
             ),
             subject=sync["booking_id"],
@@ -146,8 +148,11 @@ async def fail_sync(
     await _record_manual_update(repository, conn, manual, sync_id=sync["sync_id"])
     return [
         PmsSyncFailed.new(
-            sync_id=sync["sync_id"], booking_id=sync["booking_id"], integration=sync["integration"],
-            attempts=sync["attempts"], error=error,
+            sync_id=sync["sync_id"],
+            booking_id=sync["booking_id"],
+            integration=sync["integration"],
+            attempts=sync["attempts"],
+            error=error,
         ),
         manual,
     ]
@@ -173,7 +178,8 @@ async def send_waiting(
     else:
         log.warning(
             "upstream request not seen in time; sent without its chart note",
-            sync_id=sync["sync_id"], request_id=sync["request_id"],
+            sync_id=sync["sync_id"],
+            request_id=sync["request_id"],
         )
     await repository.mark_first_sent(conn, sync["sync_id"], command.to_json_dict(), _first_ack_wait(settings))
     return command

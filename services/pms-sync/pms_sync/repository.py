@@ -13,14 +13,18 @@ Conn = asyncpg.Connection | asyncpg.Pool
 # --- the integration registry and the remembered requests -------------------------------------
 
 
-async def configure_integration(conn: asyncpg.Connection, practice_id: str, integration: str, configured_at: datetime) -> None:
+async def configure_integration(
+    conn: asyncpg.Connection, practice_id: str, integration: str, configured_at: datetime
+) -> None:
     """A replayed older configuration never overwrites a newer one."""
     await conn.execute(
         "INSERT INTO integrations (practice_id, integration, configured_at) VALUES ($1, $2, $3)"
         " ON CONFLICT (practice_id) DO UPDATE SET integration = EXCLUDED.integration,"
         " configured_at = EXCLUDED.configured_at, updated_at = now()"
         " WHERE integrations.configured_at <= EXCLUDED.configured_at",
-        practice_id, integration, configured_at,
+        practice_id,
+        integration,
+        configured_at,
     )
 
 
@@ -34,7 +38,11 @@ async def remember_request(
     await conn.execute(
         "INSERT INTO requests (request_id, booking_id, kind, actor, chart_note) VALUES ($1, $2, $3, $4::jsonb, $5)"
         " ON CONFLICT (request_id) DO NOTHING",
-        request_id, booking_id, kind, json.dumps(actor), chart_note,
+        request_id,
+        booking_id,
+        kind,
+        json.dumps(actor),
+        chart_note,
     )
 
 
@@ -75,8 +83,18 @@ async def add_sync(
         " correlation_id, status, attempts, next_retry_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, now() + make_interval(secs => $12))"
         " ON CONFLICT (sync_id) DO NOTHING RETURNING true",
-        sync_id, booking_id, practice_id, request_id, integration, action, topic, json.dumps(command),
-        correlation_id, "waiting" if waiting else "sent", 0 if waiting else 1, wait_seconds,
+        sync_id,
+        booking_id,
+        practice_id,
+        request_id,
+        integration,
+        action,
+        topic,
+        json.dumps(command),
+        correlation_id,
+        "waiting" if waiting else "sent",
+        0 if waiting else 1,
+        wait_seconds,
     )
     return bool(inserted)
 
@@ -99,25 +117,30 @@ async def lock_due_syncs(conn: asyncpg.Connection, limit: int) -> list[asyncpg.R
 async def lock_waiting_syncs(conn: asyncpg.Connection, request_id: str) -> list[asyncpg.Record]:
     """The commands of one request still waiting for it (a series has several), locked."""
     return await conn.fetch(
-        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE request_id = $1 AND status = 'waiting'"
-        " ORDER BY booking_id FOR UPDATE",
+        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE request_id = $1 AND status = 'waiting' ORDER BY booking_id FOR UPDATE",
         request_id,
     )
 
 
-async def mark_first_sent(conn: asyncpg.Connection, sync_id: str, command: dict[str, Any], ack_wait_seconds: float) -> None:
+async def mark_first_sent(
+    conn: asyncpg.Connection, sync_id: str, command: dict[str, Any], ack_wait_seconds: float
+) -> None:
     """A waiting command goes out: completed from its request, attempt 1."""
     await conn.execute(
         "UPDATE syncs SET command = $2::jsonb, status = 'sent', attempts = 1,"
         " next_retry_at = now() + make_interval(secs => $3) WHERE sync_id = $1",
-        sync_id, json.dumps(command), ack_wait_seconds,
+        sync_id,
+        json.dumps(command),
+        ack_wait_seconds,
     )
 
 
 async def mark_resent(conn: asyncpg.Connection, sync_id: str, attempts: int, ack_wait_seconds: float) -> None:
     await conn.execute(
         "UPDATE syncs SET attempts = $2, next_retry_at = now() + make_interval(secs => $3) WHERE sync_id = $1",
-        sync_id, attempts, ack_wait_seconds,
+        sync_id,
+        attempts,
+        ack_wait_seconds,
     )
 
 
@@ -125,14 +148,16 @@ async def complete_sync(conn: asyncpg.Connection, sync_id: str, external_ref: st
     await conn.execute(
         "UPDATE syncs SET status = 'completed', external_ref = $2, next_retry_at = NULL, finished_at = now()"
         " WHERE sync_id = $1",
-        sync_id, external_ref,
+        sync_id,
+        external_ref,
     )
 
 
 async def fail_sync(conn: asyncpg.Connection, sync_id: str, error: str) -> None:
     await conn.execute(
         "UPDATE syncs SET status = 'failed', error = $2, next_retry_at = NULL, finished_at = now() WHERE sync_id = $1",
-        sync_id, error,
+        sync_id,
+        error,
     )
 
 
@@ -162,7 +187,12 @@ async def add_manual_update(
     await conn.execute(
         "INSERT INTO manual_updates (booking_id, practice_id, integration, action, message, sync_id)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
-        booking_id, practice_id, integration, action, message, sync_id,
+        booking_id,
+        practice_id,
+        integration,
+        action,
+        message,
+        sync_id,
     )
 
 
@@ -170,5 +200,7 @@ async def manual_updates_for_practice(conn: Conn, practice_id: str, limit: int, 
     return await conn.fetch(
         "SELECT id, booking_id, practice_id, integration, action, message, sync_id, created_at"
         " FROM manual_updates WHERE practice_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
-        practice_id, limit, offset,
+        practice_id,
+        limit,
+        offset,
     )

@@ -98,7 +98,10 @@ def penalty(classification: str, score_delta: int | None, hold_days: int | None)
     # A hold on a timely cancellation (a policy could decide one) is a late-cancellation hold.
     hold_cause = HOLD_CAUSE.get(classification, "late_cancellation") if has_hold else None
     return Penalty(
-        delta=score_delta, cause=SCORE_CAUSE[classification], hold_days=hold_days if has_hold else None, hold_cause=hold_cause
+        delta=score_delta,
+        cause=SCORE_CAUSE[classification],
+        hold_days=hold_days if has_hold else None,
+        hold_cause=hold_cause,
     )
 
 

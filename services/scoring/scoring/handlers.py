@@ -91,12 +91,16 @@ async def _add_to_ledger(
     )
     if not added:
         # Redelivered under another envelope id (a replay): its effect exists already.
-        log.info("score entry exists; nothing to do", professional_id=professional_id, booking_id=booking_id, cause=cause)
+        log.info(
+            "score entry exists; nothing to do", professional_id=professional_id, booking_id=booking_id, cause=cause
+        )
         return False
     new_score = domain.score(await repository.ledger_deltas(unit.conn, professional_id))
     unit.emit(
         SCORING_EVENTS,
-        ScoreChanged.new(professional_id=professional_id, booking_id=booking_id, delta=delta, score=new_score, cause=cause),
+        ScoreChanged.new(
+            professional_id=professional_id, booking_id=booking_id, delta=delta, score=new_score, cause=cause
+        ),
         subject=professional_id,
     )
     return True
@@ -238,7 +242,12 @@ async def review_excuse(unit: Unit[ScoringDeps], event: ExcuseReviewed) -> None:
     if outcome == "reject":
         refusal = domain.reviewer_rejection(event.reviewer_id)
         await repository.review_excuse(
-            unit.conn, excuse_id=event.excuse_id, status="rejected", reason=refusal.reason, message=refusal.message, **review
+            unit.conn,
+            excuse_id=event.excuse_id,
+            status="rejected",
+            reason=refusal.reason,
+            message=refusal.message,
+            **review,
         )
         return
 

@@ -48,7 +48,13 @@ async def add_ledger_entry(
     inserted = await conn.fetchval(
         "INSERT INTO score_ledger (entry_id, professional_id, booking_id, delta, cause, occurred_at, event_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO NOTHING RETURNING true",
-        entry_id, professional_id, booking_id, delta, cause, occurred_at, event_id,
+        entry_id,
+        professional_id,
+        booking_id,
+        delta,
+        cause,
+        occurred_at,
+        event_id,
     )
     return bool(inserted)
 
@@ -91,7 +97,13 @@ async def add_hold(
     inserted = await conn.fetchval(
         "INSERT INTO holds (hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
-        hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at,
+        hold_id,
+        professional_id,
+        booking_id,
+        cause,
+        occurred_at,
+        starts_at,
+        ends_at,
     )
     return bool(inserted)
 
@@ -101,7 +113,9 @@ async def suspend(conn: asyncpg.Connection, professional_id: str, *, at: datetim
     updated = await conn.fetchval(
         "UPDATE professionals SET suspended_at = $2, suspension_holds = $3::text[]"
         " WHERE professional_id = $1 AND suspended_at IS NULL RETURNING true",
-        professional_id, at, hold_ids,
+        professional_id,
+        at,
+        hold_ids,
     )
     return bool(updated)
 
@@ -121,7 +135,9 @@ async def has_penalty(conn: asyncpg.Connection, professional_id: str, booking_id
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM score_ledger"
             " WHERE professional_id = $1 AND booking_id = $2 AND cause = ANY($3::text[]))",
-            professional_id, booking_id, sorted(PENALTY_CAUSES),
+            professional_id,
+            booking_id,
+            sorted(PENALTY_CAUSES),
         )
     )
 
@@ -152,19 +168,37 @@ async def add_excuse(
         "INSERT INTO excuses (excuse_id, professional_id, booking_id, document_ref, submitted_at, status,"
         " reason, message, submitted_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         " ON CONFLICT (excuse_id) DO NOTHING RETURNING true",
-        excuse_id, professional_id, booking_id, document_ref, submitted_at, status, reason, message, event_id,
+        excuse_id,
+        professional_id,
+        booking_id,
+        document_ref,
+        submitted_at,
+        status,
+        reason,
+        message,
+        event_id,
     )
     return bool(inserted)
 
 
 async def complete_excuse(
-    conn: asyncpg.Connection, *, excuse_id: str, booking_id: str, document_ref: str, submitted_at: datetime, event_id: str
+    conn: asyncpg.Connection,
+    *,
+    excuse_id: str,
+    booking_id: str,
+    document_ref: str,
+    submitted_at: datetime,
+    event_id: str,
 ) -> bool:
     """Fill in the submission of an excuse known only from its review (it stays as decided)."""
     updated = await conn.fetchval(
         "UPDATE excuses SET booking_id = $2, document_ref = $3, submitted_at = $4, submitted_event_id = $5,"
         " updated_at = now() WHERE excuse_id = $1 AND submitted_at IS NULL RETURNING true",
-        excuse_id, booking_id, document_ref, submitted_at, event_id,
+        excuse_id,
+        booking_id,
+        document_ref,
+        submitted_at,
+        event_id,
     )
     return bool(updated)
 
@@ -186,7 +220,14 @@ async def add_unknown_excuse_review(
         "INSERT INTO excuses (excuse_id, professional_id, status, reason, message, decision, reviewer_id,"
         " reviewed_at, reviewed_event_id) VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $8)"
         " ON CONFLICT (excuse_id) DO NOTHING RETURNING true",
-        excuse_id, professional_id, reason, message, decision, reviewer_id, reviewed_at, event_id,
+        excuse_id,
+        professional_id,
+        reason,
+        message,
+        decision,
+        reviewer_id,
+        reviewed_at,
+        event_id,
     )
     return bool(inserted)
 
@@ -206,7 +247,14 @@ async def review_excuse(
     await conn.execute(
         "UPDATE excuses SET status = $2, reason = $3, message = $4, decision = $5, reviewer_id = $6,"
         " reviewed_at = $7, reviewed_event_id = $8, updated_at = now() WHERE excuse_id = $1",
-        excuse_id, status, reason, message, decision, reviewer_id, reviewed_at, event_id,
+        excuse_id,
+        status,
+        reason,
+        message,
+        decision,
+        reviewer_id,
+        reviewed_at,
+        event_id,
     )
 
 
@@ -218,7 +266,11 @@ async def note_review(
     updated = await conn.fetchval(
         "UPDATE excuses SET decision = $2, reviewer_id = $3, reviewed_at = $4, reviewed_event_id = $5,"
         " updated_at = now() WHERE excuse_id = $1 AND decision IS NULL RETURNING true",
-        excuse_id, decision, reviewer_id, reviewed_at, event_id,
+        excuse_id,
+        decision,
+        reviewer_id,
+        reviewed_at,
+        event_id,
     )
     return bool(updated)
 
@@ -237,7 +289,10 @@ async def excuse_hold(
         "  lifted_at = CASE WHEN old.status = 'running' THEN $4 ELSE h.lifted_at END"
         " FROM old WHERE h.hold_id = old.hold_id"
         " RETURNING h.hold_id::text AS hold_id, old.status = 'running' AS lifted_now",
-        professional_id, booking_id, excuse_id, at,
+        professional_id,
+        booking_id,
+        excuse_id,
+        at,
     )
     return (row["hold_id"], row["lifted_now"]) if row else None
 
@@ -253,19 +308,23 @@ async def lock_professionals_with_due_holds(conn: asyncpg.Connection, now: datet
         "SELECT p.professional_id FROM professionals p"
         " WHERE p.professional_id IN (SELECT professional_id FROM holds WHERE status = 'running' AND ends_at <= $1)"
         " ORDER BY p.professional_id LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
-        now, limit,
+        now,
+        limit,
     )
     return [r["professional_id"] for r in rows]
 
 
-async def expire_holds(conn: asyncpg.Connection, professional_ids: Sequence[str], now: datetime) -> list[asyncpg.Record]:
+async def expire_holds(
+    conn: asyncpg.Connection, professional_ids: Sequence[str], now: datetime
+) -> list[asyncpg.Record]:
     """Lift the running holds of these (locked) professionals that ended by `now`, as expired at
     their end. Returns (hold_id, professional_id, ends_at) of each."""
     return await conn.fetch(
         "UPDATE holds SET status = 'lifted', lift_cause = 'expired', lifted_at = ends_at"
         " WHERE professional_id = ANY($1::text[]) AND status = 'running' AND ends_at <= $2"
         " RETURNING hold_id::text AS hold_id, professional_id, ends_at",
-        list(professional_ids), now,
+        list(professional_ids),
+        now,
     )
 
 
@@ -317,10 +376,14 @@ async def recalculation_ran(conn: asyncpg.Connection, run_date: date) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM recalculation_runs WHERE run_date = $1)", run_date))
 
 
-async def finish_recalculation_run(conn: asyncpg.Connection, run_date: date, *, professionals: int, entries: int) -> None:
+async def finish_recalculation_run(
+    conn: asyncpg.Connection, run_date: date, *, professionals: int, entries: int
+) -> None:
     await conn.execute(
         "UPDATE recalculation_runs SET professionals = $2, entries = $3 WHERE run_date = $1",
-        run_date, professionals, entries,
+        run_date,
+        professionals,
+        entries,
     )
 
 
@@ -340,7 +403,9 @@ async def ledger(pool: asyncpg.Pool, professional_id: str, *, limit: int, offset
         "SELECT entry_id::text AS entry_id, booking_id, delta, cause, occurred_at, event_id, recorded_at"
         " FROM score_ledger WHERE professional_id = $1 ORDER BY occurred_at, recorded_at, entry_id"
         " LIMIT $2 OFFSET $3",
-        professional_id, limit, offset,
+        professional_id,
+        limit,
+        offset,
     )
 
 

@@ -25,7 +25,15 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Self
 
 from babel.numbers import get_currency_precision, list_currencies
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 
 class ContractModel(BaseModel):
@@ -56,9 +64,7 @@ class Payload(ContractModel):
 
 # ISO 4217 codes that are not money a practice charges: precious metals, bond-market units,
 # the IMF's SDR, the testing code and "no currency".
-_NOT_MONEY = frozenset(
-    {"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"}
-)
+_NOT_MONEY = frozenset({"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"})
 CURRENCIES: frozenset[str] = frozenset(code for code in list_currencies() if code not in _NOT_MONEY)
 
 DEFAULT_MAX_MAJOR_UNITS = 100_000
@@ -67,14 +73,81 @@ DEFAULT_MAX_MAJOR_UNITS = 100_000
 # worth less: a billion). Every other currency: DEFAULT_MAX_MAJOR_UNITS.
 _MAX_MAJOR_UNITS: dict[str, int] = {
     **dict.fromkeys(
-        ("AFN", "ALL", "AMD", "AOA", "BDT", "CLP", "CRC", "CVE", "DJF", "DZD", "ETB", "GYD", "HTG", "HUF",
-         "INR", "ISK", "JMD", "JPY", "KES", "KGS", "KMF", "KZT", "LKR", "LRD", "MKD", "MZN", "NPR", "PHP",
-         "PKR", "RSD", "RUB", "SDG", "SOS", "THB", "TWD", "UYU", "VUV", "XAF", "XOF", "XPF", "YER"),
+        (
+            "AFN",
+            "ALL",
+            "AMD",
+            "AOA",
+            "BDT",
+            "CLP",
+            "CRC",
+            "CVE",
+            "DJF",
+            "DZD",
+            "ETB",
+            "GYD",
+            "HTG",
+            "HUF",
+            "INR",
+            "ISK",
+            "JMD",
+            "JPY",
+            "KES",
+            "KGS",
+            "KMF",
+            "KZT",
+            "LKR",
+            "LRD",
+            "MKD",
+            "MZN",
+            "NPR",
+            "PHP",
+            "PKR",
+            "RSD",
+            "RUB",
+            "SDG",
+            "SOS",
+            "THB",
+            "TWD",
+            "UYU",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+            "YER",
+        ),
         10_000_000,
     ),
     **dict.fromkeys(
-        ("ARS", "BIF", "BYR", "COP", "GNF", "IDR", "IQD", "IRR", "KHR", "KPW", "KRW", "LAK", "LBP", "MGA",
-         "MMK", "MNT", "MWK", "NGN", "PYG", "RWF", "SLL", "STD", "SYP", "TZS", "UGX", "UZS", "VND"),
+        (
+            "ARS",
+            "BIF",
+            "BYR",
+            "COP",
+            "GNF",
+            "IDR",
+            "IQD",
+            "IRR",
+            "KHR",
+            "KPW",
+            "KRW",
+            "LAK",
+            "LBP",
+            "MGA",
+            "MMK",
+            "MNT",
+            "MWK",
+            "NGN",
+            "PYG",
+            "RWF",
+            "SLL",
+            "STD",
+            "SYP",
+            "TZS",
+            "UGX",
+            "UZS",
+            "VND",
+        ),
         1_000_000_000,
     ),
 }
@@ -134,15 +207,15 @@ def _parse_amount(value: Any) -> Decimal:
     if isinstance(value, float):
         raise ValueError("money amounts are decimal strings, never floats")
     if isinstance(value, bool):
-        raise ValueError("an amount is a decimal string such as \"45.00\"")
+        raise ValueError('an amount is a decimal string such as "45.00"')
     if isinstance(value, str):
         if len(value) > _AMOUNT_TEXT_MAX_CHARS or not _AMOUNT_TEXT.fullmatch(value):
-            raise ValueError("an amount is a decimal string such as \"45.00\"")
+            raise ValueError('an amount is a decimal string such as "45.00"')
         value = Decimal(value)
     elif isinstance(value, int):
         value = Decimal(value)
     elif not isinstance(value, Decimal):
-        raise ValueError("an amount is a decimal string such as \"45.00\"")
+        raise ValueError('an amount is a decimal string such as "45.00"')
     if not value.is_finite():
         raise ValueError("an amount must be a finite number")
     if value <= 0:

@@ -79,7 +79,9 @@ def _storable(value: str) -> str:
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(max_length=NAME_MAX_CHARS), AfterValidator(_one_line)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=CODE_MAX_CHARS), AfterValidator(_one_line)]
-ReasonCode = Annotated[str, StringConstraints(min_length=1, max_length=REASON_CODE_MAX_CHARS), AfterValidator(_one_line)]
+ReasonCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=REASON_CODE_MAX_CHARS), AfterValidator(_one_line)
+]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX_CHARS), AfterValidator(_one_line)]
 Reference = Annotated[str, StringConstraints(min_length=1, max_length=REFERENCE_MAX_CHARS), AfterValidator(_one_line)]
 Note = Annotated[str, StringConstraints(max_length=NOTE_MAX_CHARS), AfterValidator(_lines)]
@@ -98,7 +100,9 @@ _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 def _email(value: str) -> str:
     if len(value) > EMAIL_MAX_CHARS or not _EMAIL.fullmatch(value) or len(value.split("@")[0]) > 64:
-        raise ValueError(f"must be one email address of at most {EMAIL_MAX_CHARS} characters, e.g. front@practice.example")
+        raise ValueError(
+            f"must be one email address of at most {EMAIL_MAX_CHARS} characters, e.g. front@practice.example"
+        )
     return value
 
 
@@ -149,7 +153,9 @@ def _locale(value: str) -> str:
     return value
 
 
-Timezone = Annotated[str, AfterValidator(_timezone), WithJsonSchema({"type": "string", "description": "IANA timezone name"})]
+Timezone = Annotated[
+    str, AfterValidator(_timezone), WithJsonSchema({"type": "string", "description": "IANA timezone name"})
+]
 Locale = Annotated[
     str,
     AfterValidator(_locale),

@@ -70,7 +70,9 @@ class MessageDeadLettered(Payload):
             original_topic=topic,
             original_partition=partition,
             original_offset=offset,
-            original_key=None if key is None else _storable(key.decode("utf-8", errors="replace"))[:ORIGINAL_KEY_MAX_CHARS],
+            original_key=None
+            if key is None
+            else _storable(key.decode("utf-8", errors="replace"))[:ORIGINAL_KEY_MAX_CHARS],
             original_value_text=text,
             original_value_base64=None if kept is None or text is not None else base64.b64encode(kept).decode("ascii"),
             original_value_length=None if value is None else len(value),

@@ -39,9 +39,7 @@ def _sane_year(value: datetime) -> datetime:
 
 
 # Printable text: a control character in an id or a type is never meant, and would reach logs and keys.
-EnvelopeText = Annotated[
-    str, Field(min_length=1, max_length=ENVELOPE_TEXT_MAX_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+EnvelopeText = Annotated[str, Field(min_length=1, max_length=ENVELOPE_TEXT_MAX_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class ContractViolation(Exception):

@@ -50,7 +50,9 @@ from .common import (
 
 REASON_TEXT_MAX_CHARS = 255  # a rule the booking service applies (invalid_request), not a parse check
 # The one sentence a longer reason is refused with (invalid_request), by booking and by the policy.
-REASON_TEXT_TOO_LONG = f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again."
+REASON_TEXT_TOO_LONG = (
+    f"Please shorten the reason to at most {REASON_TEXT_MAX_CHARS} characters and send the request again."
+)
 REASON_TEXT_PARSE_MAX_CHARS = NOTE_MAX_CHARS  # longer than this is not a request at all: dead-lettered
 CUTOFF_HOURS_MAX = 720  # 30 days: the patient cutoff and the late window
 NO_SHOW_MINUTES_MAX = 1440  # a day
