@@ -6,7 +6,7 @@ PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 SUPERVISE_ARGS ?=
 
-.PHONY: run up down test test-unit bench chaos connector docs venv clean distclean
+.PHONY: run up down test test-unit lint bench chaos connector docs venv clean distclean
 
 ## run: bring up Postgres and Kafka, then run the six services (Ctrl-C stops them)
 run: venv up
@@ -27,6 +27,12 @@ test: venv up
 ## test-unit: unit and handler tests only, no infrastructure
 test-unit: venv
 	$(PYTHON) -m pytest tests/unit tests/handlers -p no:cacheprovider $(PYTEST_ARGS)
+
+## lint: ruff (lint and format) over the tree, mypy --strict on shared/ and every domain module
+lint: venv
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 ## bench: throughput and latency of the whole system against a bare baseline (BENCH_ARGS="--size 2000")
 bench: venv up

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,12 @@ def document(definition: ServiceDefinition) -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(m.event_type)}"} for m in models],
             "bindings": {"kafka": {"groupId": {"type": "string", "enum": [definition.name]}}},
         }
-    publishes = {**definition.publishes, dead_letter_topic(definition.name): [MessageDeadLettered]}
-    for topic, models in publishes.items():
-        ordered = sorted(models, key=lambda m: m.event_type)
+    publishes: dict[str, Sequence[type[Payload]]] = {
+        **definition.publishes,
+        dead_letter_topic(definition.name): [MessageDeadLettered],
+    }
+    for topic, published in publishes.items():
+        ordered = sorted(published, key=lambda m: m.event_type)
         cid = channel(topic, list(ordered))
         operations[f"send_{cid}"] = {
             "action": "send",

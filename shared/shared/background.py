@@ -51,6 +51,7 @@ import structlog
 from . import outbox
 from .backoff import backoff_delay
 from .consumer import UnitOfWork, is_transient
+from .db import Connection
 from .logging import get_logger
 from .metrics import BACKGROUND_RETRIES, BACKGROUND_ROWS
 from .redaction import mask_text
@@ -89,7 +90,7 @@ class WorkUnit(UnitOfWork[D]):
 
 
 # (conn, now, limit) -> the rows due at `now`, at most `limit`, claimed inside the caller's transaction.
-Claim = Callable[[asyncpg.Connection, datetime, int], Awaitable[Sequence[Row]]]
+Claim = Callable[[Connection, datetime, int], Awaitable[Sequence[Row]]]
 Failure = Callable[[WorkUnit[D], Row, Exception], Awaitable[None]]
 
 
@@ -307,7 +308,7 @@ async def _work_round(
 
 
 async def _failed(
-    job: Job[Any, Any], conn: asyncpg.Connection, service: str, deps: Any, row: Any, exc: Exception, now: datetime
+    job: Job[Any, Any], conn: Connection, service: str, deps: Any, row: Any, exc: Exception, now: datetime
 ) -> list[outbox.OutgoingEvent]:
     """Log a row that failed for good and let the job record it (inside the caller's
     transaction, under a savepoint); returns what `on_failure` emitted."""

@@ -37,6 +37,7 @@ from .contracts.base import Payload
 from .contracts.deadletter import MessageDeadLettered
 from .contracts.envelope import ContractViolation, Event, parse_envelope
 from .contracts.registry import models_for
+from .db import Connection
 from .logging import get_logger
 from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
 from .redaction import mask_text
@@ -97,7 +98,7 @@ class UnitOfWork(Generic[Deps]):
     events to publish if, and only if, the transaction commits. Handlers get a `Unit` (one with
     the message it handles); background work gets a plain `UnitOfWork`."""
 
-    conn: asyncpg.Connection
+    conn: Connection
     service: str
     deps: Deps
     correlation_id: str | None = None
@@ -282,7 +283,7 @@ class MessageProcessor:
         return event.type in self.handlers[record.topic]
 
     async def _apply(
-        self, conn: asyncpg.Connection, record: Record, event: Event, first: bool, outcome: BatchOutcome
+        self, conn: Connection, record: Record, event: Event, first: bool, outcome: BatchOutcome
     ) -> list[outbox.OutgoingEvent]:
         """The one path of a valid record, in either mode: its handler's effect and the events it
         emits, or nothing when this service ignores its type or has seen it (`first` is false)."""
@@ -312,7 +313,7 @@ class MessageProcessor:
         return unit.emitted
 
     async def _refuse(
-        self, conn: asyncpg.Connection, record: Record, violation: ContractViolation, outcome: BatchOutcome
+        self, conn: Connection, record: Record, violation: ContractViolation, outcome: BatchOutcome
     ) -> None:
         """A record that breaks the contract: its dead letter (and answer), once per position."""
         if await self._dead_letter(conn, record, str(violation), claim_id=_position_id(record)):
@@ -320,7 +321,7 @@ class MessageProcessor:
         outcome.add(record.topic, "dead_lettered")
 
     async def _handler_failed(
-        self, conn: asyncpg.Connection, record: Record, event: Event, exc: Exception, outcome: BatchOutcome
+        self, conn: Connection, record: Record, event: Event, exc: Exception, outcome: BatchOutcome
     ) -> None:
         """It will fail the same way every time: record why, in place of its effect, once. The log
         names only the error's type (its text may quote personal data); the dead letter, readable
@@ -334,7 +335,7 @@ class MessageProcessor:
         )
         outcome.add(record.topic, "dead_lettered")
 
-    async def _answer(self, conn: asyncpg.Connection, violation: ContractViolation) -> None:
+    async def _answer(self, conn: Connection, violation: ContractViolation) -> None:
         envelope = violation.envelope
         answer = self._answer_invalid.get(envelope.type) if envelope is not None else None
         if envelope is None or answer is None:
@@ -356,7 +357,7 @@ class MessageProcessor:
         await outbox.write(conn, events)
 
     async def _dead_letter(
-        self, conn: asyncpg.Connection, record: Record, error: str, *, claim_id: str, log_reason: str | None = None
+        self, conn: Connection, record: Record, error: str, *, claim_id: str, log_reason: str | None = None
     ) -> bool:
         if not await inbox.claim(conn, self.service, claim_id):
             return False  # this very record was dead-lettered before

@@ -12,12 +12,17 @@ without either timeout, since a migration (or waiting for another replica's) may
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from .logging import get_logger
 
 log = get_logger(__name__)
+
+# What a transaction runs on: a connection of its own, or one lent by the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 

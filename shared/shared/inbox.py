@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from .db import Connection
 
-async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
+
+async def claim(conn: Connection, consumer: str, event_id: str) -> bool:
     """True when this is the first time `consumer` sees `event_id` (inside the caller's transaction).
 
     A concurrent claim of the same id waits on the row lock until the other transaction ends,
@@ -24,7 +26,7 @@ async def claim(conn: asyncpg.Connection, consumer: str, event_id: str) -> bool:
     return bool(claimed)
 
 
-async def claim_many(conn: asyncpg.Connection, consumer: str, event_ids: list[str]) -> set[str]:
+async def claim_many(conn: Connection, consumer: str, event_ids: list[str]) -> set[str]:
     """The ids of `event_ids` seen for the first time, claimed in one statement (same guarantee
     as `claim`, for a whole batch)."""
     if not event_ids:
@@ -47,7 +49,7 @@ _PRUNE_BATCH = (
 )
 
 
-async def prune_batch(conn: asyncpg.Connection, *, retention_hours: float, limit: int) -> list[asyncpg.Record]:
+async def prune_batch(conn: Connection, *, retention_hours: float, limit: int) -> list[asyncpg.Record]:
     """Delete at most `limit` claims older than `retention_hours` inside the caller's
     transaction, skipping rows another replica holds; returns one row per claim deleted. The
     background job (`shared.service.inbox_pruning`) runs it a batch per transaction."""

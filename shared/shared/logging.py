@@ -68,4 +68,5 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError
 from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.envelope import new_envelope
+from .db import Connection
 from .logging import get_logger
 from .metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED, OUTBOX_UNPUBLISHED
 from .redaction import mask_text
@@ -72,7 +73,7 @@ class OutgoingEvent:
 
     @property
     def id(self) -> str:
-        return self.envelope["id"]
+        return str(self.envelope["id"])
 
 
 def outgoing(
@@ -102,7 +103,7 @@ def outgoing(
     return OutgoingEvent(topic=topic, key=subject, envelope=envelope, body=body)
 
 
-async def write(conn: asyncpg.Connection, events: Iterable[OutgoingEvent]) -> int:
+async def write(conn: Connection, events: Iterable[OutgoingEvent]) -> int:
     """Insert events into the outbox inside the caller's transaction."""
     rows = [(uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], e.body) for e in events]
     if rows:
@@ -173,9 +174,10 @@ class OutboxRelay:
     async def _publish(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
         """Hand one record to the producer; the future resolves when the broker acknowledged it."""
         assert self._producer is not None, "publishing before start()"
-        return await self._producer.send(
+        future: asyncio.Future[Any] = await self._producer.send(
             topic, value=value, key=key or None, headers=[("content-type", b"application/cloudevents+json")]
         )
+        return future
 
     async def _replace_producer(self) -> None:
         old, self._producer = self._producer, await self._new_producer()
@@ -220,7 +222,7 @@ class OutboxRelay:
                         log.warning("relay producer reset failed", error=type(reset_exc).__name__)
                 await self._sleep(delay)
 
-    async def _lead(self, conn: asyncpg.Connection) -> None:
+    async def _lead(self, conn: Connection) -> None:
         cleaned_at = 0.0
         loop = asyncio.get_running_loop()
         while True:
@@ -234,7 +236,7 @@ class OutboxRelay:
                 await self._clean(conn)
             await self._sleep(self._poll_interval)
 
-    async def _clean(self, conn: asyncpg.Connection, batch: int = 10_000) -> None:
+    async def _clean(self, conn: Connection, batch: int = 10_000) -> None:
         """Delete published rows past retention, a batch at a time (each well within statement_timeout)."""
         while True:
             deleted = await conn.fetchval(
@@ -247,7 +249,7 @@ class OutboxRelay:
             if deleted < batch or self._stopping:
                 return
 
-    async def publish_once(self, conn: asyncpg.Connection) -> int:
+    async def publish_once(self, conn: Connection) -> int:
         """Publish one batch of unpublished rows in seq order; returns how many."""
         rows = await conn.fetch(
             "SELECT seq, topic, key, type, payload::text AS payload FROM outbox"
@@ -286,7 +288,7 @@ class OutboxRelay:
         OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
         return len(rows)
 
-    async def _park(self, conn: asyncpg.Connection, refused: list[tuple[asyncpg.Record, BaseException]]) -> None:
+    async def _park(self, conn: Connection, refused: list[tuple[asyncpg.Record, BaseException]]) -> None:
         """Set aside rows the broker refuses for good, with the reason, so the rows behind them flow."""
         await conn.executemany(
             "UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE seq = $1",

@@ -45,6 +45,7 @@ from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
+from .db import Connection
 from .http import ReadRoute, read_endpoint
 from .logging import configure_logging, get_logger
 from .outbox import OutboxRelay
@@ -223,7 +224,7 @@ def inbox_pruning(settings: ServiceSettings) -> DueWork[asyncpg.Record, Any]:
     settled) and then every INBOX_PRUNE_INTERVAL_SECONDS, INBOX_PRUNE_BATCH_SIZE rows per
     transaction until none is left, skipping rows another replica holds (shared.inbox)."""
 
-    async def claim(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    async def claim(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
         return await inbox.prune_batch(conn, retention_hours=settings.inbox_retention_hours, limit=limit)
 
     return DueWork(

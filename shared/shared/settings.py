@@ -63,7 +63,7 @@ class ServiceSettings(BaseSettings):
     relay_poll_interval_seconds: float = 0.2
 
     @property
-    def schema(self) -> str:
+    def schema(self) -> str:  # type: ignore[override]  # pydantic's deprecated BaseModel.schema(); ours names the database schema
         return self.database_schema or self.service_name.replace("-", "_")
 
     @property

@@ -111,11 +111,12 @@ class Seen:
 
     @property
     def type(self) -> str:
-        return self.value.get("type", "")
+        return str(self.value.get("type", ""))
 
     @property
     def data(self) -> dict[str, Any]:
-        return self.value.get("data", {})
+        data: dict[str, Any] = self.value.get("data", {})
+        return data
 
 
 @dataclass
@@ -222,7 +223,7 @@ def assert_same_functions(fake: object, real: ModuleType) -> None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -3,6 +3,8 @@
 The names are binding: upstream systems and PMS connectors are built against them.
 """
 
+from typing import Any
+
 UPSTREAM_BOOKINGS = "upstream.bookings.v1"
 UPSTREAM_PRACTICES = "upstream.practices.v1"
 UPSTREAM_PROFESSIONALS = "upstream.professionals.v1"
@@ -57,7 +59,7 @@ ALL_TOPICS = (
 )
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, **client_args) -> list[str]:
+async def ensure_topics(bootstrap_servers: str, partitions: int, **client_args: Any) -> list[str]:
     """Create every contract topic that does not exist yet; returns the ones created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 

@@ -56,7 +56,8 @@ def _deposit_action(has_deposit: bool, classification: str, fee_waived: bool, se
         return "none"
     if fee_waived:
         return "refund"
-    return getattr(settings.deposits, classification)
+    action: str = getattr(settings.deposits, classification)
+    return action
 
 
 def _patient_fee(kind: str, classification: str, fee_decision: str, settings: PracticeSettings) -> Fee | None:
@@ -65,7 +66,8 @@ def _patient_fee(kind: str, classification: str, fee_decision: str, settings: Pr
         return None
     fee_for = "no_show" if kind == "no_show" else "late_cancellation"
     if fee_decision == "charge" or classification in ("late", "no_show"):
-        return getattr(settings.fees, fee_for)
+        fee: Fee | None = getattr(settings.fees, fee_for)
+        return fee
     return None
 
 

@@ -409,7 +409,7 @@ def format_when(at: datetime, timezone: str | None, locale: str | Locale) -> str
     locale = locale if isinstance(locale, Locale) else formatting_locale(resolve_locale(locale), locale)
     local_zone = zone(timezone)
     pattern = (
-        get_datetime_format("full", locale=locale)
+        str(get_datetime_format("full", locale=locale))
         .replace("{1}", locale.date_formats["full"].pattern)
         .replace("{0}", locale.time_formats["short"].pattern)
     )

@@ -220,7 +220,7 @@ def _parse_amount(value: Any) -> Decimal:
         raise ValueError("an amount must be a finite number")
     if value <= 0:
         raise ValueError("an amount must be more than zero")
-    return value
+    return Decimal(value)
 
 
 def _within_any_currency(value: Decimal) -> Decimal:
