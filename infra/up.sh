@@ -39,6 +39,8 @@ fi
 
 .venv/bin/python -m shared.provision
 .venv/bin/python -m shared.topics
+# The development signing key pair the services trust (`cancellations token` signs with it).
+.venv/bin/python -m shared.auth keygen .local/auth
 
 cat > .local/env.sh <<ENV
 # Written by infra/up.sh: source it to reach the infrastructure it brought up.
@@ -50,5 +52,8 @@ export CANCELLATIONS_INFRA=$infra
 # be given). A value already in the environment when this file is sourced wins.
 export ENVIRONMENT=\${ENVIRONMENT:-development}
 export PAYMENT_GATEWAY=\${PAYMENT_GATEWAY:-sandbox}
+# Development: the read APIs trust tokens signed with .local/auth/private.pem (cancellations token).
+export AUTH_PUBLIC_KEY_FILE=\${AUTH_PUBLIC_KEY_FILE:-$ROOT/.local/auth/public.pem}
+export AUTH_PRIVATE_KEY_FILE=\${AUTH_PRIVATE_KEY_FILE:-$ROOT/.local/auth/private.pem}
 ENV
 echo "up: ready; source .local/env.sh"

@@ -1,69 +1,55 @@
-"""The read APIs of every service, served by FastAPI (`shared.service.http_app`).
+"""What every service's read API shares (FastAPI): ids in paths, pagination, not-found.
 
-A read route is `async def route(query) -> body` over the query parameters
-(`/bookings?practice_id=…&page=2`); `BadRequest` answers 400 with its sentence. The body may
-hold datetimes, decimals and UUIDs; it is written as JSON.
+Guarantees: a path id is bounded like a contract id (422 otherwise); a page is 1-based with
+at most `MAX_PAGE_SIZE` items (422 otherwise); what does not exist and what the caller may not
+see answer the same 404, so an id of another practice reveals nothing.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
 
-from fastapi import Request
-from fastapi.responses import Response
+from fastapi import HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict
 
-ReadRoute = Callable[[dict[str, str]], Awaitable[Any]]
+from .contracts.common import ID_MAX_CHARS, ID_PATTERN
 
+MAX_PAGE_SIZE = 500
+T = TypeVar("T")
 
-class BadRequest(Exception):
-    """A read request with an argument we cannot use: 400 with the sentence."""
+PathId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
+QueryId = Annotated[str | None, Query(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, (Decimal, UUID)):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+@dataclass(frozen=True)
+class Page:
+    """`?page=` (from 1) and `?page_size=` (1 to MAX_PAGE_SIZE, default 50)."""
+
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50
+
+    @property
+    def limit(self) -> int:
+        return self.page_size
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, default=_default).encode(), status_code=status, media_type="application/json")
+class View(BaseModel):
+    """A response model: what a route returns, read from database rows."""
+
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
 
 
-def read_endpoint(route: ReadRoute) -> Callable[[Request], Awaitable[Response]]:
-    """The FastAPI endpoint of a read route."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return json_response(await route(dict(request.query_params)))
-        except BadRequest as exc:
-            return json_response({"error": str(exc)}, status=400)
-
-    endpoint.__doc__ = route.__doc__
-    return endpoint
+class PageOf(View, Generic[T]):
+    items: list[T]
+    page: int
+    page_size: int
 
 
-def required(query: dict[str, str], name: str) -> str:
-    """The value of a query parameter the route cannot do without (400 when missing or empty)."""
-    value = query.get(name)
-    if not value:
-        raise BadRequest(f"{name} is required")
-    return value
-
-
-def page_args(query: dict[str, str], default_size: int = 50, max_size: int = 500) -> tuple[int, int]:
-    """(limit, offset) from `page` (1-based) and `page_size`."""
-    try:
-        page = int(query.get("page", "1"))
-        size = int(query.get("page_size", str(default_size)))
-    except ValueError:
-        raise BadRequest("page and page_size must be whole numbers") from None
-    if page < 1 or not 1 <= size <= max_size:
-        raise BadRequest(f"page starts at 1 and page_size is between 1 and {max_size}")
-    return size, (page - 1) * size
+def not_found(what: str) -> HTTPException:
+    """404 for what does not exist, and for what exists but is not the caller's."""
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what}")

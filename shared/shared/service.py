@@ -33,7 +33,7 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -46,7 +46,6 @@ from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
 from .db import Connection
-from .http import ReadRoute, read_endpoint
 from .logging import configure_logging, get_logger
 from .outbox import OutboxRelay
 from .redaction import mask_text
@@ -74,7 +73,9 @@ class ServiceDefinition:
     # Background jobs (shared.background: a DueWork or DueCall declaration each), started, supervised
     # and stopped with the service.
     background: Sequence[BackgroundTask] = ()
-    http_routes: Callable[[Runtime], Sequence[tuple[str, ReadRoute]]] | None = None
+    # The read API: a FastAPI router whose routes take the runtime from `runtime_of` and the
+    # caller from shared.auth (every route with personal or financial data needs a token).
+    http_routes: APIRouter | None = None
     # event type -> what to answer besides the dead letter when its payload breaks the contract
     answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
 
@@ -170,8 +171,15 @@ class Runtime:
                 checks["database"] = bool(await self.pool.fetchval("SELECT true"))
         except Exception:  # noqa: BLE001 - any failure means not ready
             checks["database"] = False
+        checks["broker"] = await self._broker_answers() if self.definition.consumes else True
         checks["relay_leader"] = self.relay.is_leader
-        return {"ready": checks["started"] and checks["database"], "checks": checks}
+        return {"ready": checks["started"] and checks["database"] and checks["broker"], "checks": checks}
+
+    async def _broker_answers(self) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=2.0))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
 
 
 def _broker_security(settings: ServiceSettings) -> Any:
@@ -327,9 +335,8 @@ def http_app(definition: ServiceDefinition) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.verifier = definition.settings.token_verifier()
         runtime = await Runtime.build(definition)
-        for path, route in definition.http_routes(runtime) if definition.http_routes else ():
-            app.add_api_route(path, read_endpoint(route), methods=["GET"], summary=(route.__doc__ or "").split("\n")[0])
         app.state.runtime = runtime
         await runtime.start()
         try:
@@ -338,6 +345,8 @@ def http_app(definition: ServiceDefinition) -> FastAPI:
             await runtime.stop()
 
     app = FastAPI(title=definition.name, description=definition.description, lifespan=lifespan)
+    if definition.http_routes is not None:
+        app.include_router(definition.http_routes)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -376,3 +385,11 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
         timeout_graceful_shutdown=20,
     )
     uvicorn.Server(config).run()
+
+
+def runtime_of(request: Request) -> Runtime:
+    """A route's dependency: the running service (503 while it starts or stops)."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.started or runtime.stopping:
+        raise HTTPException(503, "the service is starting or stopping")
+    return runtime

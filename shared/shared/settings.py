@@ -6,10 +6,13 @@ settings by subclassing `ServiceSettings`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .auth import TokenVerifier
 
 DEVELOPMENT = "development"
 
@@ -49,7 +52,15 @@ class ServiceSettings(BaseSettings):
     inbox_prune_interval_seconds: float = Field(default=3600.0, gt=0)
     inbox_prune_batch_size: int = Field(default=10_000, gt=0)
     topic_partitions: int = 6
-    http_host: str = "0.0.0.0"
+    # Loopback unless told otherwise: a deployment that wants the network says so (compose does).
+    http_host: str = "127.0.0.1"
+    # Who may read the APIs (shared.auth): bearer JWTs from this issuer, for this audience, signed
+    # with a key from the JWKS URL or the PEM public key file (exactly one of the two).
+    auth_issuer: str = "cancellations-dev"
+    auth_audience: str = "cancellations"
+    auth_jwks_url: str | None = None
+    auth_public_key_file: Path | None = None
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
     http_port: int = 8000
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -61,6 +72,16 @@ class ServiceSettings(BaseSettings):
     consumer_savepoint_per_record: bool = False
     relay_batch_size: int = 500
     relay_poll_interval_seconds: float = 0.2
+
+    def token_verifier(self) -> TokenVerifier:
+        """The verifier of bearer tokens these settings name (shared.auth)."""
+        return TokenVerifier(
+            issuer=self.auth_issuer,
+            audience=self.auth_audience,
+            jwks_url=self.auth_jwks_url,
+            public_key_pem=self.auth_public_key_file.read_bytes() if self.auth_public_key_file else None,
+            leeway_seconds=self.auth_leeway_seconds,
+        )
 
     @property
     def schema(self) -> str:  # type: ignore[override]  # pydantic's deprecated BaseModel.schema(); ours names the database schema

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -220,6 +221,21 @@ def assert_same_functions(fake: object, real: ModuleType) -> None:
         assert ours == theirs, f"{name}: the fake takes {ours}, {real.__name__} takes {theirs}"
 
 
+def dev_token(*, practice_ids: Sequence[str] = (), roles: Sequence[str], ttl_seconds: int = 3600) -> str:
+    """A token the services of `make up` trust (signed with AUTH_PRIVATE_KEY_FILE)."""
+    from .auth import mint
+
+    key = Path(os.environ.get("AUTH_PRIVATE_KEY_FILE", ".local/auth/private.pem")).read_bytes()
+    return mint(
+        key,
+        practice_ids=practice_ids,
+        roles=roles,
+        ttl_seconds=ttl_seconds,
+        issuer=os.environ.get("AUTH_ISSUER", "cancellations-dev"),
+        audience=os.environ.get("AUTH_AUDIENCE", "cancellations"),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,9 +299,25 @@ class ServiceProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"{self.service}-{self.port}.log"
 
-    def get_json(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+    def get_json(self, path: str, token: str | None = None) -> Any:
+        """GET `path` with a bearer token: `token`, else one for the `ops` role (every practice)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers={"Authorization": f"Bearer {token or dev_token(roles=['ops'])}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.loads(r.read())
+
+    def get_status(self, path: str, token: str | None) -> int:
+        """The status of GET `path` with that bearer token (none when `token` is None)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers), timeout=5
+            ) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

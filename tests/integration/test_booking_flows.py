@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.testing import EventWatcher, ServiceProcess, iso, unique
+from shared.testing import EventWatcher, ServiceProcess, dev_token, iso, unique
 from shared.topics import BOOKING_EVENTS, POLICY_DECISIONS, SCORING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 TOPICS = [BOOKING_EVENTS, POLICY_DECISIONS, "dlq.booking.v1"]
@@ -332,7 +332,7 @@ async def test_read_api_lists_cancelled_bookings_with_audit_and_reports(practice
     booking = services["booking"]
     page = booking.get_json(f"/bookings?practice_id={practice.practice_id}&status=cancelled")
     assert {b["booking_id"] for b in page["items"]} == {late, timely}
-    detail = booking.get_json(f"/booking?booking_id={late}")
+    detail = booking.get_json(f"/bookings/{late}")
     actions = [a["action"] for a in detail["audit_trail"]]
     assert actions[:1] == ["scheduled"] and "cancellation_assessed" in actions and "cancelled" in actions
     assert any(a["policy_version"] for a in detail["audit_trail"])
@@ -351,6 +351,25 @@ async def test_read_api_lists_cancelled_bookings_with_audit_and_reports(practice
     )
     assert group["cancellation_rate"] == round(2 / 3, 4) and group["late_share_of_cancellations"] == 0.5
     assert kept
+
+
+async def test_the_read_api_answers_only_the_right_practice(practice, services):
+    """The tenant comes from the token: another practice's booking is as absent as a missing one,
+    a list never reaches past the token's practices, and nothing answers without a valid token."""
+    booking_id = await practice.book(30 * H)
+    booking = services["booking"]
+    own = dev_token(practice_ids=[practice.practice_id], roles=["receptionist"])
+    other = dev_token(practice_ids=["another-practice"], roles=["owner"])
+    expired = dev_token(practice_ids=[practice.practice_id], roles=["owner"], ttl_seconds=-120)
+    path = f"/bookings/{booking_id}"
+    assert booking.get_json(path, token=own)["practice_id"] == practice.practice_id
+    assert [booking.get_status(path, t) for t in (None, expired, "not-a-token", other)] == [401, 401, 401, 404]
+    assert booking.get_status(f"/bookings?practice_id={practice.practice_id}", other) == 404
+    assert booking.get_json("/bookings", token=other)["items"] == []
+    assert booking_id in {b["booking_id"] for b in booking.get_json("/bookings?page_size=500", token=own)["items"]}
+    assert booking.get_status("/bookings/not%20an%20id", own) == 422
+    assert booking.get_status("/bookings?page_size=100000", own) == 422
+    assert booking.get_status("/healthz", None) == 200 and booking.get_status("/metrics", None) == 200
 
 
 async def test_a_request_id_reused_for_another_booking_is_rejected_not_dropped(practice):

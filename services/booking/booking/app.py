@@ -8,10 +8,8 @@ internally, `policy.requests.v1`.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from shared.contracts.booking import (
     BookingCancellationRejected,
@@ -23,8 +21,7 @@ from shared.contracts.booking import (
     BookingSlotReleased,
     CancellationAssessmentRequested,
 )
-from shared.http import BadRequest, page_args, required
-from shared.service import Runtime, ServiceDefinition
+from shared.service import ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
     POLICY_DECISIONS,
@@ -34,83 +31,8 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import domain, handlers, repository
+from . import api, domain, handlers, repository
 from .settings import BookingSettings
-
-
-def _time(query: dict[str, str], name: str) -> datetime | None:
-    if name not in query:
-        return None
-    try:
-        return datetime.fromisoformat(query[name])
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-21T09:00:00Z") from None
-
-
-def _routes(service: Runtime) -> list[tuple[str, Any]]:
-    async def list_bookings(query: dict[str, str]) -> dict[str, Any]:
-        """Bookings by `practice_id`, `status`, `practitioner_id`, `from`/`to` (start time), paginated."""
-        limit, offset = page_args(query)
-        rows = await repository.list_bookings(
-            service.pool,
-            practice_id=query.get("practice_id"),
-            status=query.get("status"),
-            practitioner_id=query.get("practitioner_id"),
-            starts_from=_time(query, "from"),
-            starts_before=_time(query, "to"),
-            limit=limit,
-            offset=offset,
-        )
-        return {"items": [dict(r) for r in rows], "page_size": limit, "offset": offset}
-
-    async def one_booking(query: dict[str, str]) -> dict[str, Any]:
-        """One booking with its full audit trail: `?booking_id=`."""
-        required(query, "booking_id")
-        booking = await repository.get_booking(service.pool, query["booking_id"])
-        if booking is None:
-            raise BadRequest(f"no booking {query['booking_id']}")
-        trail = await repository.audit_trail(service.pool, query["booking_id"])
-        return {
-            "booking": dict(booking),
-            "audit_trail": [
-                {**dict(r), "actor": json.loads(r["actor"]) if r["actor"] else None, "detail": json.loads(r["detail"])}
-                for r in trail
-            ],
-        }
-
-    async def cancellation_report(query: dict[str, str]) -> dict[str, Any]:
-        """Cancellation and no-show rates over a period (`from`, `to`: start times), grouped by
-        `group_by` = practice | practitioner | service, optionally for one `practice_id`."""
-        group_by = query.get("group_by", "practice")
-        if group_by not in repository.REPORT_GROUPS:
-            raise BadRequest("group_by is one of practice, practitioner, service")
-        starts_from, starts_before = _time(query, "from"), _time(query, "to")
-        if starts_from is None or starts_before is None:
-            raise BadRequest("from and to are required (the period, by appointment start time)")
-        rows = await repository.report(
-            service.pool,
-            group_by=group_by,
-            practice_id=query.get("practice_id"),
-            starts_from=starts_from,
-            starts_before=starts_before,
-        )
-        groups = []
-        for r in rows:
-            counts = dict(r)
-            counts |= {
-                "cancellation_rate": domain.rate(r["cancelled"], r["bookings"]),
-                "no_show_rate": domain.rate(r["no_shows"], r["bookings"]),
-                "late_share_of_cancellations": domain.rate(r["late"], r["cancelled"]),
-                "timely_share_of_cancellations": domain.rate(r["timely"], r["cancelled"]),
-            }
-            groups.append(counts)
-        return {"group_by": group_by, "from": starts_from, "to": starts_before, "groups": groups}
-
-    return [
-        ("/bookings", list_bookings),
-        ("/booking", one_booking),
-        ("/reports/cancellations", cancellation_report),
-    ]
 
 
 def _deps(settings: BookingSettings) -> handlers.BookingDeps:
@@ -157,7 +79,7 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
             ],
             POLICY_REQUESTS: [CancellationAssessmentRequested],
         },
-        http_routes=_routes,
+        http_routes=api.router,
         background=[handlers.offer_expiry(settings)],
         make_deps=lambda: _deps(settings),
         answer_invalid={

@@ -155,7 +155,7 @@ async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, booking_id: str) 
 async def list_bookings(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
-    practice_id: str | None,
+    practice_ids: list[str] | None,  # None: every practice
     status: str | None,
     practitioner_id: str | None,
     starts_from: datetime | None,
@@ -165,11 +165,11 @@ async def list_bookings(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {BOOKING_COLUMNS} FROM bookings"
-        " WHERE ($1::text IS NULL OR practice_id = $1) AND ($2::text IS NULL OR status = $2)"
+        " WHERE ($1::text[] IS NULL OR practice_id = ANY($1)) AND ($2::text IS NULL OR status = $2)"
         " AND ($3::text IS NULL OR practitioner_id = $3)"
         " AND ($4::timestamptz IS NULL OR starts_at >= $4) AND ($5::timestamptz IS NULL OR starts_at < $5)"
         " ORDER BY starts_at, booking_id LIMIT $6 OFFSET $7",
-        practice_id,
+        practice_ids,
         status,
         practitioner_id,
         starts_from,
@@ -302,7 +302,12 @@ REPORT_GROUPS = {"practice": "practice_id", "practitioner": "practitioner_id", "
 
 
 async def report(
-    pool: asyncpg.Pool, *, group_by: str, practice_id: str | None, starts_from: datetime, starts_before: datetime
+    pool: asyncpg.Pool,
+    *,
+    group_by: str,
+    practice_ids: list[str] | None,  # None: every practice
+    starts_from: datetime,
+    starts_before: datetime,
 ) -> list[asyncpg.Record]:
     column = REPORT_GROUPS[group_by]  # a fixed column name, never user text
     return await pool.fetch(
@@ -313,11 +318,11 @@ async def report(
         " count(*) FILTER (WHERE status = 'cancelled' AND classification = 'no_show') AS cancelled_as_no_show,"
         " count(*) FILTER (WHERE status = 'no_show') AS no_shows,"
         " count(*) FILTER (WHERE status = 'completed') AS completed"
-        " FROM bookings WHERE starts_at >= $1 AND starts_at < $2 AND ($3::text IS NULL OR practice_id = $3)"
+        " FROM bookings WHERE starts_at >= $1 AND starts_at < $2 AND ($3::text[] IS NULL OR practice_id = ANY($3))"
         f" GROUP BY practice_id, {column} ORDER BY practice_id, {column}",
         starts_from,
         starts_before,
-        practice_id,
+        practice_ids,
     )
 
 
