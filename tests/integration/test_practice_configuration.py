@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, iso, unique
+from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, dev_token, iso, unique
 from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES, dead_letter_topic
 
 DLQ = dead_letter_topic("cancellation-policy")
@@ -135,7 +135,9 @@ async def test_settings_are_accepted_and_out_of_bounds_ones_rejected_while_the_p
     )
 
     assert decision.data["policy_version"] == "r1.s1" and decision.data["classification"] == "timely"
-    versions = policy.get_json(f"/policies?practice_id={practice_id}")["versions"]
+    body = policy.get_json(f"/practices/{practice_id}/policy")
+    versions = body["versions"]
+    assert body["policy_version"] == "r1.s2"
     assert [v["policy_version"] for v in versions] == ["r1.s1", "r1.s2"]  # the rejected settings never stored
     assert versions[0]["settings"]["cancellation"]["late_window_hours"] == 2
     assert again.data == {"practice_id": practice_id, "policy_version": "r1.s2"}
@@ -160,3 +162,35 @@ async def test_settings_without_a_readable_practice_id_are_dead_lettered_only(po
         )
     assert "practice_id" in dead_letter.data["error"] and "timezone" in dead_letter.data["error"]
     assert answers == []
+
+
+async def test_the_read_api_shows_a_practice_only_its_own_settings_and_decisions(policy, infra, publisher):
+    practice_id, other = unique("practice"), unique("practice")
+    async with EventWatcher(infra.bootstrap, WATCHED) as w:
+        await configure(publisher, w, practice_id, settings(practice_id), "practice.configuration_accepted")
+        decided = await staff_cancellation_decided(publisher, w, practice_id, timedelta(hours=5))
+    booking_id = decided.data["booking_id"]
+    mine = dev_token(practice_ids=[practice_id], roles=["receptionist"])
+    theirs = dev_token(practice_ids=[other], roles=["owner"])
+    ops = dev_token(roles=["ops"])
+
+    for path in (f"/practices/{practice_id}/policy", f"/bookings/{booking_id}/decisions"):
+        assert policy.get_status(path, None) == 401
+        assert policy.get_status(path, "not-a-token") == 401
+        assert policy.get_status(path, theirs) == 404  # another practice's: as if it did not exist
+        assert policy.get_status(path, mine) == 200
+        assert policy.get_status(path, ops) == 200
+        assert policy.get_status(f"{path}?page_size=501", mine) == 422
+
+    body = policy.get_json(f"/practices/{practice_id}/policy", mine)
+    assert body["policy_version"] == "r1.s1" and [v["version"] for v in body["versions"]] == [1]
+    assert body["versions"][0]["settings"]["fees"]["late_cancellation"]["currency"] == "EUR"
+    [decision] = policy.get_json(f"/bookings/{booking_id}/decisions", mine)["items"]
+    assert decision["request_id"] == decided.data["request_id"] and decision["practice_id"] == practice_id
+    assert decision["policy_version"] == "r1.s1" and decision["explanation"]
+    assert decision["decision"]["classification"] == decision["classification"] == "timely"
+
+    # unknown ids answer 404, malformed ones 422
+    assert policy.get_status(f"/practices/{unique('practice')}/policy", ops) == 404
+    assert policy.get_status(f"/bookings/{unique('booking')}/decisions", ops) == 404
+    assert policy.get_status(f"/practices/{'p' * 200}/policy", ops) == 422

@@ -23,7 +23,7 @@ from test_scoring_service import START, cancelled, completed, of
 
 from shared import background, db
 from shared.provision import service_dsn
-from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique
+from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, iso, unique
 from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, UPSTREAM_PROFESSIONALS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
@@ -59,8 +59,10 @@ async def until(check: Callable[[], Any], timeout: float = 30.0, what: str = "co
 
 def excuse_of(scoring: ServiceProcess, excuse_id: str) -> Callable[[], dict[str, Any] | None]:
     def check() -> dict[str, Any] | None:
-        found = scoring.get_json(f"/excuses?excuse_id={excuse_id}")["excuses"]
-        return found[0] if found else None
+        if scoring.get_status(f"/excuses/{excuse_id}", dev_token(roles=["ops"])) == 404:
+            return None
+        found: dict[str, Any] = scoring.get_json(f"/excuses/{excuse_id}")
+        return found
 
     return check
 
@@ -135,7 +137,7 @@ def recalculated(pro: str) -> Callable[[Any], bool]:
 
 
 def holds_by_id(scoring: ServiceProcess, pro: str) -> dict[str, dict[str, Any]]:
-    return {h["hold_id"]: h for h in scoring.get_json(f"/professional?professional_id={pro}")["holds"]}
+    return {h["hold_id"]: h for h in scoring.get_json(f"/professionals/{pro}")["holds"]}
 
 
 async def test_an_approved_excuse_lifts_the_hold_at_once_and_the_recalculation_restores_the_score(
@@ -151,10 +153,10 @@ async def test_an_approved_excuse_lifts_the_hold_at_once_and_the_recalculation_r
         await review(publisher, pro, excuse_id, "approved")
         [lifted] = await w.wait_for(of(pro, "hold.lifted"))
         assert lifted.data == {"hold_id": hold["hold_id"], "professional_id": pro, "cause": "excused"}
-        body = scoring.get_json(f"/professional?professional_id={pro}")
+        body = scoring.get_json(f"/professionals/{pro}")
         [held] = body["holds"]
         assert (held["status"], held["lift_cause"], held["excuse_id"]) == ("lifted", "excused", excuse_id)
-        assert body["excuses"][0]["status"] == "approved"
+        assert scoring.get_json(f"/professionals/{pro}/excuses")["items"][0]["status"] == "approved"
         # the penalty leaves the score at the next recalculation, not at the approval
         assert body["score"] == 50
         assert not w.matching(recalculated(pro))
@@ -178,7 +180,7 @@ async def test_an_approved_excuse_lifts_the_hold_at_once_and_the_recalculation_r
         assert len(w.matching(of(pro, "hold.lifted"))) == 1
         assert not w.matching(lambda s: s.topic == DLQ and s.key == pro)
 
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["score"] == 100
     # the ledger keeps the penalty and adds the compensating entry (listed by the time of what
     # caused each: this test's cancellation lies in the future, so the order is not asserted)
@@ -209,10 +211,10 @@ async def test_a_rejected_excuse_changes_nothing(scoring: ServiceProcess, infra:
         "rejected_by_reviewer",
     )
     assert rejected["message"]
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["score"] == 50
     assert [(h["hold_id"], h["status"]) for h in body["holds"]] == [(hold["hold_id"], "running")]
-    [excuse] = [x for x in body["excuses"] if x["excuse_id"] == excuse_id]
+    [excuse] = [x for x in scoring.get_json(f"/professionals/{pro}/excuses")["items"] if x["excuse_id"] == excuse_id]
     assert excuse["status"] == "rejected"
 
 
@@ -253,10 +255,13 @@ async def test_excuses_scoring_cannot_apply_are_recorded_as_rejected_with_the_re
     }
     assert all(e["message"] for e in refused.values())
     assert refused[never_submitted]["professional_id"] == pro  # from the envelope subject
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["score"] == 60
-    assert {x["excuse_id"] for x in body["excuses"]} >= {unknown_booking, not_penalised, never_submitted}
-    listed = scoring.get_json(f"/excuses?professional_id={stranger}")["excuses"]
+    excuses = scoring.get_json(f"/professionals/{pro}/excuses")["items"]
+    assert {x["excuse_id"] for x in excuses} >= {unknown_booking, not_penalised, never_submitted}
+    # scoring never scored the stranger, but knows them by the excuse it refused
+    assert scoring.get_json(f"/professionals/{stranger}")["score"] == 100
+    listed = scoring.get_json(f"/professionals/{stranger}/excuses")["items"]
     assert [(x["excuse_id"], x["reason"]) for x in listed] == [(wrong_professional, "unknown_professional")]
 
 
@@ -276,7 +281,7 @@ async def test_a_hold_whose_end_has_passed_is_lifted_by_the_scheduler(
     held = holds_by_id(scoring, pro)[hold["hold_id"]]
     assert (held["status"], held["lift_cause"]) == ("lifted", "expired")
     assert datetime.fromisoformat(held["lifted_at"]) == datetime.fromisoformat(hold["ends_at"])
-    assert scoring.get_json(f"/professional?professional_id={pro}")["score"] == 50  # the penalty stays
+    assert scoring.get_json(f"/professionals/{pro}")["score"] == 50  # the penalty stays
 
 
 async def test_excused_holds_do_not_count_and_a_third_unexcused_hold_suspends_once(
@@ -306,7 +311,7 @@ async def test_excused_holds_do_not_count_and_a_third_unexcused_hold_suspends_on
     assert datetime.fromisoformat(second["starts_at"]) == START + timedelta(days=1) - timedelta(hours=5)
     assert datetime.fromisoformat(first["ends_at"]) > datetime.fromisoformat(second["starts_at"])
     assert third["starts_at"] == second["ends_at"] and fourth["starts_at"] == third["ends_at"]
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["suspension_holds"] == suspended.data["holds"] and body["suspended_at"] is not None
 
 
@@ -335,7 +340,7 @@ async def test_redelivered_events_never_count_twice(scoring: ServiceProcess, inf
         assert len(w.matching(of(pro, "hold.lifted"))) == 1
         changes = [(s.data["delta"], s.data["score"], s.data["cause"]) for s in w.matching(of(pro, "score.changed"))]
         assert changes == [(-50, 50, "late_cancelled"), (50, 100, "recalculated")]
-    assert scoring.get_json(f"/professional?professional_id={pro}")["score"] == 100
+    assert scoring.get_json(f"/professionals/{pro}")["score"] == 100
 
 
 async def test_the_nightly_recalculation_runs_once_per_night_across_replicas(
@@ -391,4 +396,4 @@ async def test_the_nightly_recalculation_runs_once_per_night_across_replicas(
             assert len(w.matching(recalculated(pro))) == 1
     finally:
         await pool.close()
-    assert scoring.get_json(f"/professional?professional_id={pro}")["score"] == 100
+    assert scoring.get_json(f"/professionals/{pro}")["score"] == 100

@@ -15,7 +15,7 @@ import pytest
 
 from shared.contracts.booking import BookingCancelled, BookingCompleted, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision
-from shared.testing import EventWatcher, Publisher, ServiceProcess, unique
+from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, unique
 from shared.topics import BOOKING_EVENTS, SCORING_EVENTS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ async def test_late_cancellation_costs_fifty_points_and_a_seven_day_hold(
     # score.changed is published before hold.placed, both keyed by the professional
     assert changed.offset < placed.offset and changed.partition == placed.partition
 
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["score"] == 50
     assert [(e["booking_id"], e["delta"], e["cause"]) for e in body["ledger"]] == [(booking, -50, "late_cancelled")]
     assert [(h["hold_id"], h["status"]) for h in body["holds"]] == [(placed.data["hold_id"], "running")]
@@ -183,7 +183,7 @@ async def test_holds_stack_and_three_holds_suspend_once(
         (-100, -150, "no_show"),  # nothing is clamped
         (-50, -200, "late_cancelled"),
     ]
-    body = scoring.get_json(f"/professional?professional_id={pro}")
+    body = scoring.get_json(f"/professionals/{pro}")
     assert body["score"] == -200 and body["suspended_at"] is not None
     assert body["suspension_holds"] == suspended.data["holds"]
     assert len(body["holds"]) == 4
@@ -239,7 +239,7 @@ async def test_a_duplicate_delivery_changes_the_score_once(
         await w.settle(2.0)
         assert len(w.matching(of(pro, "score.changed", booking))) == 1
         assert len(w.matching(of(pro, "hold.placed", booking))) == 1
-    assert scoring.get_json(f"/professional?professional_id={pro}")["score"] == 60
+    assert scoring.get_json(f"/professionals/{pro}")["score"] == 60
 
 
 async def test_a_contract_breaking_payload_is_dead_lettered(
@@ -264,11 +264,33 @@ async def test_a_contract_breaking_payload_is_dead_lettered(
     assert contract["original_topic"] == BOOKING_EVENTS and contract["service"] == "scoring"
 
 
-async def test_read_api_knows_a_new_professional_and_refuses_a_missing_id(scoring: ServiceProcess) -> None:
-    body = scoring.get_json(f"/professional?professional_id={unique('pro')}")
-    assert (body["score"], body["ledger"], body["holds"], body["suspended_at"]) == (100, [], [], None)
-    import urllib.error
-
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        scoring.get_json("/professional")
-    assert refused.value.code == 400
+async def test_read_api_is_for_ops_and_refuses_unknown_ids_and_bad_parameters(
+    scoring: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    pro, booking = unique("pro"), unique("bk")
+    async with EventWatcher(infra.bootstrap, [SCORING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.completed", booking, completed(booking, pro))
+        await w.wait_for(of(pro, "score.changed", booking))
+    path = f"/professionals/{pro}"
+    ops = dev_token(roles=["ops"])
+    # a professional works for many practices: no practice's token reads their score
+    owner = dev_token(practice_ids=[unique("practice")], roles=["owner", "manager"])
+    assert scoring.get_status(path, None) == 401
+    assert scoring.get_status(path, "not-a-token") == 401
+    assert scoring.get_status(path, owner) == 403
+    assert scoring.get_status(f"{path}/excuses", owner) == 403
+    assert scoring.get_status(f"/excuses/{unique('ex')}", owner) == 403
+    assert scoring.get_status(path, ops) == 200
+    body = scoring.get_json(path, ops)
+    assert (body["score"], body["ledger_entries"], body["holds"], body["suspended_at"]) == (110, 1, [], None)
+    assert (body["page"], body["page_size"]) == (1, 50)
+    assert scoring.get_json(f"{path}/excuses")["items"] == []
+    # nothing scoring has heard of: 404
+    assert scoring.get_status(f"/professionals/{unique('pro')}", ops) == 404
+    assert scoring.get_status(f"/professionals/{unique('pro')}/excuses", ops) == 404
+    assert scoring.get_status(f"/excuses/{unique('ex')}", ops) == 404
+    # bad parameters: 422
+    assert scoring.get_status(f"{path}?page_size=0", ops) == 422
+    assert scoring.get_status(f"{path}?page=0", ops) == 422
+    assert scoring.get_status(f"/professionals/{'x' * 300}", ops) == 422
+    assert scoring.get_json(f"{path}?page=2")["ledger"] == []

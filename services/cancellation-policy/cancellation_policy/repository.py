@@ -64,17 +64,53 @@ async def record_decision(
     return bool(inserted)
 
 
-async def settings_history(pool: asyncpg.Pool, practice_id: str) -> list[asyncpg.Record]:
+# --- reads -------------------------------------------------------------------------------------
+
+
+async def latest_version(pool: asyncpg.Pool, practice_id: str) -> int | None:
+    """The practice's newest settings version; None when it never configured anything."""
+    version: int | None = await pool.fetchval(
+        "SELECT max(version) FROM practice_settings WHERE practice_id = $1", practice_id
+    )
+    return version
+
+
+async def settings_history(pool: asyncpg.Pool, practice_id: str, *, limit: int, offset: int) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT version, settings::text AS settings, name, timezone, locale, configured_at"
-        " FROM practice_settings WHERE practice_id = $1 ORDER BY version",
+        " FROM practice_settings WHERE practice_id = $1 ORDER BY version LIMIT $2 OFFSET $3",
         practice_id,
+        limit,
+        offset,
     )
 
 
-async def decisions_for_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def decisions_for_booking(
+    pool: asyncpg.Pool,
+    booking_id: str,
+    *,
+    practice_ids: list[str] | None,  # None: every practice
+    limit: int,
+    offset: int,
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT request_id, policy_version, allowed, classification, explanation, decision::text AS decision,"
-        " decided_at FROM decisions WHERE booking_id = $1 ORDER BY decided_at",
+        "SELECT request_id, practice_id, policy_version, allowed, classification, explanation,"
+        " decision::text AS decision, decided_at FROM decisions"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2))"
+        " ORDER BY decided_at, request_id LIMIT $3 OFFSET $4",
         booking_id,
+        practice_ids,
+        limit,
+        offset,
+    )
+
+
+async def has_decisions(pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE booking_id = $1"
+            " AND ($2::text[] IS NULL OR practice_id = ANY($2)))",
+            booking_id,
+            practice_ids,
+        )
     )

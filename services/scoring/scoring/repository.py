@@ -416,10 +416,27 @@ async def holds_for_read(pool: asyncpg.Pool, professional_id: str) -> list[async
     )
 
 
-async def excuses_for_read(pool: asyncpg.Pool, professional_id: str) -> list[asyncpg.Record]:
+async def professional_known(pool: asyncpg.Pool, professional_id: str) -> bool:
+    """Whether scoring has heard of the professional: a score event, or an excuse recorded under
+    their id (even one refused as `unknown_professional`)."""
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM professionals WHERE professional_id = $1)"
+            " OR EXISTS (SELECT 1 FROM excuses WHERE professional_id = $1)",
+            professional_id,
+        )
+    )
+
+
+async def excuses_for_read(
+    pool: asyncpg.Pool, professional_id: str, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE professional_id = $1 ORDER BY recorded_at, excuse_id",
+        f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE professional_id = $1 ORDER BY recorded_at, excuse_id"
+        " LIMIT $2 OFFSET $3",
         professional_id,
+        limit,
+        offset,
     )
 
 
