@@ -204,8 +204,8 @@ async def test_a_message_delivered_twice_has_its_effect_once(infra, publisher, p
         assert len(watcher.matching(of_type("booking.cancelled", {booking_id}))) == 1
         assert len(watcher.matching(of_type("cancellation.assessment_requested", {booking_id}))) == 1
 
-    view = booking.get_json(f"/booking?booking_id={booking_id}")
-    assert view["booking"]["status"] == "cancelled"
+    view = booking.get_json(f"/bookings/{booking_id}")
+    assert view["status"] == "cancelled"
     assert steps([e["action"] for e in view["audit_trail"]], CANCELLED_TRAIL) == CANCELLED_TRAIL
     assert (
         await admin_val(
@@ -394,8 +394,8 @@ async def test_what_can_never_be_processed_is_dead_lettered_with_its_bytes_and_t
     assert [d.data["original_value_text"].encode() for d in dead[1:]] == list(bad.values())[1:]
     assert not any(d.data.get("original_value_base64") for d in dead[1:])
 
-    view = booking.get_json(f"/booking?booking_id={booking_id}")
-    assert view["booking"]["status"] == "scheduled"
+    view = booking.get_json(f"/bookings/{booking_id}")
+    assert view["status"] == "scheduled"
     assert [e["action"] for e in view["audit_trail"]] == ["scheduled"]
     counts = await message_counts(booking)
     assert counts.get((UPSTREAM_BOOKINGS, "dead_lettered"), 0) >= len(bad)
