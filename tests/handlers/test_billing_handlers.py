@@ -67,6 +67,7 @@ class FakeBillingRepository:
         *,
         request_id: str,
         charge_id: str,
+        practice_id: str | None,
         booking_id: str | None,
         actor: str,
         actor_roles: list[str],
@@ -80,6 +81,7 @@ class FakeBillingRepository:
             return False
         self.adjustments[request_id] = {
             "charge_id": charge_id,
+            "practice_id": practice_id,
             "booking_id": booking_id,
             "actor": actor,
             "actor_roles": actor_roles,
@@ -98,6 +100,7 @@ class FakeBillingRepository:
         at: datetime,
         actor: str,
         action: str,
+        practice_id: str,
         booking_id: str,
         reason: str,
         charge_id: str | None = None,
@@ -110,6 +113,7 @@ class FakeBillingRepository:
                 "at": at,
                 "actor": actor,
                 "action": action,
+                "practice_id": practice_id,
                 "booking_id": booking_id,
                 "charge_id": charge_id,
                 "amount_minor": amount_minor,

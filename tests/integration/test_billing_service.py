@@ -28,7 +28,7 @@ from shared import background, db
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee
-from shared.testing import EventWatcher, Publisher, ServiceProcess, unique
+from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, unique
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
@@ -157,7 +157,7 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
     }
     assert kept.data == {"booking_id": booking, "amount": "20.00", "currency": "AUD"}
 
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     [charge] = record["charges"]
     assert (charge["charge_id"], charge["status"], charge["amount"], charge["practice_id"]) == (
         expected_id,
@@ -172,8 +172,8 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
     ]
     assert all("r1.s2" in a["reason"] for a in record["audit"])  # why: the policy that decided
 
-    assert [c["charge_id"] for c in billing.get_json(f"/charges?patient_id={patient}")["charges"]] == [expected_id]
-    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+    assert [c["charge_id"] for c in billing.get_json(f"/patients/{patient}/charges")["charges"]] == [expected_id]
+    assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
         {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
     ]
 
@@ -196,7 +196,7 @@ async def test_card_on_file_is_captured_through_the_gateway(
     }
     assert created.offset < captured.offset  # one key, one partition: created before paid
 
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     assert record["charges"][0]["status"] == "paid"
     [payment] = record["payments"]
     assert (payment["status"], payment["gateway"], payment["amount"]) == ("captured", "sandbox", "6000")
@@ -204,7 +204,7 @@ async def test_card_on_file_is_captured_through_the_gateway(
         ("charge_created", "service/booking"),
         ("payment_captured", "service/billing"),
     ]
-    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == []
+    assert billing.get_json(f"/practices/{practice}/balances")["balances"] == []
 
 
 async def test_a_declined_card_leaves_the_charge_outstanding(
@@ -226,12 +226,12 @@ async def test_a_declined_card_leaves_the_charge_outstanding(
     )
     assert failed_too.data["failure_reason"] == "insufficient_funds"
 
-    [charge] = billing.get_json(f"/charges?patient_id={declined}")["charges"]
+    [charge] = billing.get_json(f"/patients/{declined}/charges")["charges"]
     assert (charge["status"], charge["failure_reason"]) == ("outstanding", "card_declined")
-    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+    assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
         {"currency": "USD", "outstanding": "90.00", "pending_capture": "0.00", "charges": 2}
     ]
-    audit = billing.get_json(f"/booking-billing?booking_id={booking}")["audit"]
+    audit = billing.get_json(f"/bookings/{booking}/billing")["audit"]
     assert audit[-1]["action"] == "payment_failed" and "card_declined" in audit[-1]["reason"]
 
 
@@ -262,7 +262,7 @@ async def test_deposits_are_refunded_or_turned_into_credit_notes(
     if action == "credit_note":
         expected["credit_note_id"] = credit_note_id(booking, data["request_id"])
     assert outcome.data == expected
-    [deposit] = billing.get_json(f"/booking-billing?booking_id={booking}")["deposits"]
+    [deposit] = billing.get_json(f"/bookings/{booking}/billing")["deposits"]
     assert deposit["credit_note_id"] == expected.get("credit_note_id")
 
 
@@ -277,7 +277,8 @@ async def test_nothing_to_bill_publishes_nothing(billing: ServiceProcess, infra:
         await w.wait_for(on(marker, "charge.created"))
         await w.settle(1.5)
         assert not w.matching(lambda s: s.key == booking)
-    assert billing.get_json(f"/booking-billing?booking_id={booking}")["audit"] == []
+    # billing knows nothing of the booking: as absent as another practice's
+    assert billing.get_status(f"/bookings/{booking}/billing", dev_token(roles=["ops"])) == 404
 
 
 async def test_a_duplicate_delivery_charges_once(billing: ServiceProcess, infra: Any, publisher: Publisher) -> None:
@@ -299,7 +300,7 @@ async def test_a_duplicate_delivery_charges_once(billing: ServiceProcess, infra:
         assert len(w.matching(on(booking, "charge.created"))) == 1
         assert len(w.matching(on(booking, "deposit.kept"))) == 1
         assert len(w.matching(on(booking, "payment.captured"))) == 1
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     assert len(record["charges"]) == 1 and len(record["payments"]) == 1 and len(record["deposits"]) == 1
     assert [a["action"] for a in record["audit"]] == ["charge_created", "deposit_kept", "payment_captured"]
 
@@ -326,7 +327,7 @@ async def test_contract_breaking_payloads_are_dead_lettered(
     assert "never floats" in letter.data["error"] and letter.data["service"] == "billing"
     assert json.loads(letter.data["original_value_text"])["data"]["decision"]["fee"]["amount"] == 45.0
     assert "more decimal places than JPY has" in refused.data["error"]
-    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+    assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
         {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
     ]
 
@@ -343,13 +344,74 @@ def test_stripe_without_an_api_key_is_refused_at_startup_with_a_clear_message(in
         process.stop()
 
 
-async def test_read_api_refuses_missing_arguments(billing: ServiceProcess) -> None:
-    import urllib.error
+async def test_the_read_api_answers_only_fee_roles_of_the_right_practice(
+    billing: ServiceProcess, infra: Any, publisher: Publisher
+) -> None:
+    """The tenant comes from the token and money needs a fee role: no token is 401, a
+    receptionist or therapist is 403, another practice's booking or balances are as absent as
+    missing ones (404), and a patient's charges at another practice are left out."""
+    practice, elsewhere, patient = unique("practice"), unique("practice"), unique("pat")
+    here, later, there = unique("bk"), unique("bk"), unique("bk")
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        for booking, at in ((here, practice), (later, practice), (there, elsewhere)):
+            data = cancelled(booking, at, patient, decision("late", fee=("45.00", "AUD", "D9987")))
+            await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data)
+        for booking in (here, later, there):
+            await w.wait_for(on(booking, "charge.created"))
 
-    for path in ("/charges", "/booking-billing", "/balances"):
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            billing.get_json(path)
-        assert refused.value.code == 400
+    biller = dev_token(practice_ids=[practice], roles=["biller"])
+    their_biller = dev_token(practice_ids=[elsewhere], roles=["biller"])
+    stranger = dev_token(practice_ids=[unique("practice")], roles=["biller"])
+    receptionist = dev_token(practice_ids=[practice], roles=["receptionist"])
+    therapist = dev_token(practice_ids=[practice], roles=["therapist"])
+    expired = dev_token(practice_ids=[practice], roles=["biller"], ttl_seconds=-120)
+    paths = [f"/bookings/{here}/billing", f"/practices/{practice}/balances", f"/patients/{patient}/charges"]
+    for path in paths:
+        assert [billing.get_status(path, t) for t in (None, expired, "not-a-token", receptionist, therapist)] == [
+            401,
+            401,
+            401,
+            403,
+            403,
+        ], path
+        for role in ("owner", "manager", "biller", "financial"):
+            assert billing.get_status(path, dev_token(practice_ids=[practice], roles=[role])) == 200, (path, role)
+    assert billing.get_json(f"/bookings/{here}/billing", token=biller)["charges"][0]["practice_id"] == practice
+
+    # another practice's, or nobody's: the same 404
+    assert billing.get_status(f"/bookings/{here}/billing", stranger) == 404
+    assert billing.get_status(f"/bookings/{there}/billing", biller) == 404
+    assert billing.get_status(f"/bookings/{unique('bk')}/billing", biller) == 404
+    assert billing.get_status(f"/practices/{practice}/balances", stranger) == 404
+    assert billing.get_status(f"/patients/{patient}/charges?practice_id={practice}", stranger) == 404
+
+    # one patient, two practices: each practice's biller sees its own charges; ops sees all
+    def bookings_of(token: str | None, query: str = "") -> list[str]:
+        return [c["booking_id"] for c in billing.get_json(f"/patients/{patient}/charges{query}", token)["charges"]]
+
+    assert sorted(bookings_of(biller)) == sorted([here, later])
+    assert bookings_of(their_biller) == [there]
+    assert bookings_of(stranger) == []
+    assert sorted(bookings_of(None)) == sorted([here, later, there])
+    assert bookings_of(None, f"?practice_id={elsewhere}") == [there]
+    first, second = bookings_of(biller, "?page_size=1"), bookings_of(biller, "?page_size=1&page=2")
+    assert sorted(first + second) == sorted([here, later]) and bookings_of(biller, "?page_size=1&page=3") == []
+    page = billing.get_json(f"/patients/{patient}/charges?page=2&page_size=1", biller)
+    assert (page["patient_id"], page["page"], page["page_size"]) == (patient, 2, 1)
+    assert billing.get_json(f"/practices/{practice}/balances", biller)["balances"] == [
+        {"currency": "AUD", "outstanding": "90.00", "pending_capture": "0.00", "charges": 2}
+    ]
+
+    # parameters out of bounds
+    for path in (
+        "/bookings/not%20an%20id/billing",
+        f"/bookings/{'b' * 300}/billing",
+        "/practices/not%20an%20id/balances",
+        f"/patients/{patient}/charges?page=0",
+        f"/patients/{patient}/charges?page_size=100000",
+        f"/patients/{patient}/charges?practice_id=not%20an%20id",
+    ):
+        assert billing.get_status(path, biller) == 422, path
 
 
 async def test_a_no_show_keeps_the_deposit_and_raises_the_no_show_fee(
@@ -369,7 +431,7 @@ async def test_a_no_show_keeps_the_deposit_and_raises_the_no_show_fee(
         [kept] = await w.wait_for(on(booking, "deposit.kept"))
     assert (created.data["kind"], created.data["amount"], created.data["code"]) == ("no_show", "80.00", "D9986")
     assert kept.data == {"booking_id": booking, "amount": "25.00", "currency": "AUD"}
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     assert [(c["kind"], c["status"], c["amount"], c["code"]) for c in record["charges"]] == [
         ("no_show", "outstanding", "80.00", "D9986")
     ]
@@ -399,11 +461,11 @@ async def test_a_timely_cancellation_refunds_the_deposit_and_charges_nothing(
         await w.settle(1.0)
         assert not w.matching(on(booking, "charge.created"))
     assert refunded.data == {"booking_id": booking, "amount": "20.00", "currency": "AUD"}
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     assert record["charges"] == [] and record["payments"] == []
     assert [(d["outcome"], d["amount"]) for d in record["deposits"]] == [("refunded", "20.00")]
     assert [(a["action"], a["actor"]) for a in record["audit"]] == [("deposit_refunded", f"patient:{patient}")]
-    assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == []
+    assert billing.get_json(f"/practices/{practice}/balances")["balances"] == []
 
 
 # --- adjustments (billing.commands.v1) --------------------------------------------------------
@@ -466,7 +528,7 @@ async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
         )
         [answer] = await w.wait_for(answer_to(command))
     assert answer.key == booking  # billing events are keyed by the booking
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     [row] = record["charges"]
     [request] = record["adjustments"]
     who = f"staff:{command['actor']['id']}"
@@ -479,7 +541,7 @@ async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
             "after": {"amount": "30.00", "currency": "AUD", "code": "D9986", "code_system": "CDT"},
         }
         assert (row["amount"], row["code"], row["status"]) == ("30.00", "D9986", "outstanding")
-        assert billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+        assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
             {"currency": "AUD", "outstanding": "30.00", "pending_capture": "0.00", "charges": 1}
         ]
         audit = record["audit"][-1]
@@ -545,7 +607,7 @@ async def test_a_paid_charges_amount_stays_but_its_code_can_be_corrected(
     assert (recoded.data["before"]["code"], recoded.data["after"]["code"]) == ("D9987", "D9986")
     assert recoded.data["before"]["amount"] == recoded.data["after"]["amount"] == "45.00"
     assert (unchanged.type, unchanged.data["reason"]) == ("charge.adjustment_rejected", "invalid_request")
-    [row] = billing.get_json(f"/booking-billing?booking_id={booking}")["charges"]
+    [row] = billing.get_json(f"/bookings/{booking}/billing")["charges"]
     assert (row["status"], row["amount"], row["code"]) == ("paid", "45.00", "D9986")
 
 
@@ -569,7 +631,7 @@ async def test_an_adjustment_delivered_twice_or_replayed_is_answered_once(
     assert (answer.data["before"]["amount"], answer.data["after"]["amount"]) == ("45.00", "40.00")
     assert (answer_two.data["before"]["amount"], answer_two.data["after"]["amount"]) == ("40.00", "35.00")
     assert answer.offset < answer_two.offset
-    record = billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = billing.get_json(f"/bookings/{booking}/billing")
     assert [a["action"] for a in record["audit"]] == ["charge_created", "charge_adjusted", "charge_adjusted"]
     assert [r["request_id"] for r in record["adjustments"]] == [command["request_id"], second["request_id"]]
     assert record["charges"][0]["amount"] == "35.00"
@@ -599,7 +661,7 @@ async def test_an_out_of_bounds_adjustment_is_rejected_as_invalid_request(
         assert answer.data == {"charge_id": charge, "request_id": command["request_id"], "reason": "invalid_request"}
     assert [a.key for a in answers] == [charge, charge, charge, booking]
     assert len(letters) == len(unreadable) and "1E+1000000" not in letters[0].data["error"]
-    [row] = billing.get_json(f"/booking-billing?booking_id={booking}")["charges"]
+    [row] = billing.get_json(f"/bookings/{booking}/billing")["charges"]
     assert (row["amount"], row["status"]) == ("45.00", "outstanding")
 
 

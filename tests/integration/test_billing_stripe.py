@@ -684,7 +684,7 @@ async def test_a_late_cancellation_is_charged_to_the_saved_card_through_stripe(
     [request] = fake_stripe.requests_for(key)
     assert request["headers"]["Idempotency-Key"] == key
 
-    record = stripe_billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = stripe_billing.get_json(f"/bookings/{booking}/billing")
     assert record["charges"][0]["status"] == "paid"
     [payment] = record["payments"]
     assert (payment["status"], payment["gateway"], payment["gateway_ref"], payment["amount"]) == (
@@ -697,7 +697,7 @@ async def test_a_late_cancellation_is_charged_to_the_saved_card_through_stripe(
         ("charge_created", data["actor"]["kind"] + ":" + data["actor"]["id"]),
         ("payment_captured", "service/billing"),
     ]
-    patient_view = stripe_billing.get_json(f"/charges?patient_id={patient}")
+    patient_view = stripe_billing.get_json(f"/patients/{patient}/charges")
     assert [p["gateway_ref"] for p in patient_view["payments"]] == [intent["id"]]
 
 
@@ -722,16 +722,16 @@ async def test_a_declined_card_is_a_failed_payment_and_the_charge_stays_owed(
     }
     [intent] = fake_stripe.intents_for(key)
     assert intent["status"] == "requires_payment_method"
-    [charge] = stripe_billing.get_json(f"/charges?patient_id={broke}")["charges"]
+    [charge] = stripe_billing.get_json(f"/patients/{broke}/charges")["charges"]
     assert (charge["status"], charge["failure_reason"], charge["amount"]) == (
         "outstanding",
         "insufficient_funds",
         "60.00",
     )
-    assert stripe_billing.get_json(f"/balances?practice_id={practice}")["balances"] == [
+    assert stripe_billing.get_json(f"/practices/{practice}/balances")["balances"] == [
         {"currency": "AUD", "outstanding": "60.00", "pending_capture": "0.00", "charges": 1}
     ]
-    audit = stripe_billing.get_json(f"/booking-billing?booking_id={booking}")["audit"]
+    audit = stripe_billing.get_json(f"/bookings/{booking}/billing")["audit"]
     assert audit[-1]["action"] == "payment_failed" and "insufficient_funds" in audit[-1]["reason"]
     assert audit[-1]["detail"]["gateway_ref"] == intent["id"]
 
@@ -782,7 +782,7 @@ async def test_a_crash_mid_charge_and_a_redelivered_event_charge_the_card_once(
     requests = fake_stripe.requests_for(key)
     assert len(requests) >= 2 and {r["headers"]["Idempotency-Key"] for r in requests} == {key}
     assert captured.data == {"charge_id": key, "booking_id": booking, "amount": "45.00", "currency": "AUD"}
-    record = stripe_billing.get_json(f"/booking-billing?booking_id={booking}")
+    record = stripe_billing.get_json(f"/bookings/{booking}/billing")
     assert len(record["charges"]) == 1 and record["charges"][0]["status"] == "paid"
     [payment] = record["payments"]
     assert (payment["gateway_ref"], payment["status"]) == (intent["id"], "captured")

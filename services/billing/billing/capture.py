@@ -193,6 +193,7 @@ async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: Pay
         at=unit.now,
         actor=f"service/{unit.service}",
         action=f"payment_{result.status}",
+        practice_id=charge["practice_id"],
         booking_id=charge["booking_id"],
         charge_id=charge_id,
         amount_minor=charge["amount_minor"],

@@ -126,6 +126,7 @@ async def record_adjustment_request(
     *,
     request_id: str,
     charge_id: str,
+    practice_id: str | None,
     booking_id: str | None,
     actor: str,
     actor_roles: list[str],
@@ -137,11 +138,12 @@ async def record_adjustment_request(
 ) -> bool:
     """Record the one answer to an adjustment request; False when it was answered already."""
     inserted = await conn.fetchval(
-        "INSERT INTO charge_adjustments (request_id, charge_id, booking_id, actor, actor_roles, outcome, reason,"
-        " before, after, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
+        "INSERT INTO charge_adjustments (request_id, charge_id, practice_id, booking_id, actor, actor_roles, outcome,"
+        " reason, before, after, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11)"
         " ON CONFLICT (request_id) DO NOTHING RETURNING true",
         request_id,
         charge_id,
+        practice_id,
         booking_id,
         actor,
         actor_roles,
@@ -196,6 +198,7 @@ async def audit(
     at: datetime,
     actor: str,
     action: str,
+    practice_id: str,
     booking_id: str,
     reason: str,
     charge_id: str | None = None,
@@ -204,11 +207,12 @@ async def audit(
     detail: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(
-        "INSERT INTO billing_audit (at, actor, action, booking_id, charge_id, amount_minor, currency, reason, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+        "INSERT INTO billing_audit (at, actor, action, practice_id, booking_id, charge_id, amount_minor, currency,"
+        " reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
         at,
         actor,
         action,
+        practice_id,
         booking_id,
         charge_id,
         amount_minor,
@@ -218,65 +222,90 @@ async def audit(
     )
 
 
-# --- reads -----------------------------------------------------------------------------------
+# --- reads: each filtered by the caller's practices (None: every practice) ------------------
 
 
-async def charges_of_patient(pool: asyncpg.Pool, patient_id: str, *, limit: int, offset: int) -> list[asyncpg.Record]:
+async def charges_of_patient(
+    pool: asyncpg.Pool, patient_id: str, *, practice_ids: list[str] | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE patient_id = $1 ORDER BY occurred_at, charge_id"
-        " LIMIT $2 OFFSET $3",
+        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE patient_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2))"
+        " ORDER BY occurred_at, charge_id LIMIT $3 OFFSET $4",
         patient_id,
+        practice_ids,
         limit,
         offset,
     )
 
 
-async def payments_of_patient(pool: asyncpg.Pool, patient_id: str) -> list[asyncpg.Record]:
+async def payments_of_charges(
+    pool: asyncpg.Pool, charge_ids: list[str], *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {PAYMENT_COLUMNS}, c.booking_id"
-        " FROM payments p JOIN charges c ON c.charge_id = p.charge_id WHERE c.patient_id = $1"
+        f"SELECT {PAYMENT_COLUMNS}, c.booking_id FROM payments p JOIN charges c ON c.charge_id = p.charge_id"
+        " WHERE p.charge_id = ANY($1::uuid[]) AND ($2::text[] IS NULL OR c.practice_id = ANY($2))"
         " ORDER BY p.recorded_at, p.payment_id",
-        patient_id,
+        charge_ids,
+        practice_ids,
     )
 
 
-async def charges_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def charges_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE booking_id = $1 ORDER BY occurred_at, charge_id", booking_id
+        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2))"
+        " ORDER BY occurred_at, charge_id",
+        booking_id,
+        practice_ids,
     )
 
 
-async def payments_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def payments_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {PAYMENT_COLUMNS}"
-        " FROM payments p JOIN charges c ON c.charge_id = p.charge_id WHERE c.booking_id = $1"
+        f"SELECT {PAYMENT_COLUMNS}, c.booking_id FROM payments p JOIN charges c ON c.charge_id = p.charge_id"
+        " WHERE c.booking_id = $1 AND ($2::text[] IS NULL OR c.practice_id = ANY($2))"
         " ORDER BY p.recorded_at, p.payment_id",
         booking_id,
+        practice_ids,
     )
 
 
-async def deposits_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def deposits_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT booking_id, request_id, outcome, amount_minor, currency, credit_note_id::text AS credit_note_id,"
-        " occurred_at, recorded_at FROM deposit_outcomes WHERE booking_id = $1 ORDER BY occurred_at, request_id",
+        "SELECT booking_id, request_id, practice_id, patient_id, outcome, amount_minor, currency,"
+        " credit_note_id::text AS credit_note_id, occurred_at, recorded_at FROM deposit_outcomes"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2)) ORDER BY occurred_at, request_id",
         booking_id,
+        practice_ids,
     )
 
 
-async def adjustments_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def adjustments_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT request_id, charge_id, actor, actor_roles, outcome, reason, before::text AS before,"
-        " after::text AS after, requested_at, recorded_at FROM charge_adjustments WHERE booking_id = $1"
-        " ORDER BY requested_at, request_id",
+        " after::text AS after, requested_at, recorded_at FROM charge_adjustments"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2)) ORDER BY requested_at, request_id",
         booking_id,
+        practice_ids,
     )
 
 
-async def audit_of_booking(pool: asyncpg.Pool, booking_id: str) -> list[asyncpg.Record]:
+async def audit_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT seq, at, actor, action, charge_id::text AS charge_id, amount_minor, currency, reason,"
-        " detail::text AS detail, recorded_at FROM billing_audit WHERE booking_id = $1 ORDER BY seq",
+        " detail::text AS detail, recorded_at FROM billing_audit"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2)) ORDER BY seq",
         booking_id,
+        practice_ids,
     )
 
 
