@@ -23,6 +23,7 @@ from shared.testing import (
     Mailbox,
     ServiceProcess,
     SmsProvider,
+    dev_token,
     iso,
     unique,
     wait_for_row,
@@ -288,13 +289,24 @@ async def test_staff_cancellation_emails_and_texts_the_patient_once(
         assert email not in published and phone not in published and "Ada" not in published
 
     # The read API: statuses, no addresses, no text.
-    log = notification.get_json(f"/notifications?booking_id={booking_id}")
+    log = notification.get_json(f"/bookings/{booking_id}/notifications")
     assert sorted((i["recipient"], i["channel"], i["status"]) for i in log["items"]) == [
         ("patient", "email", "sent"),
         ("patient", "sms", "sent"),
     ]
     assert email not in json.dumps(log) and phone not in json.dumps(log)
-    assert all("address" not in i and "body" not in i for i in log["items"])
+    assert all("address" not in i and "body" not in i and "subject" not in i for i in log["items"])
+
+    # Only the booking's practice (and ops) reads it; another practice's token finds nothing,
+    # and nothing answers without a token.
+    own = dev_token(practice_ids=[practice_id], roles=["receptionist"])
+    other = dev_token(practice_ids=[unique("prac")], roles=["owner"])
+    path = f"/bookings/{booking_id}/notifications"
+    assert [notification.get_status(path, token) for token in (None, other, own)] == [401, 404, 200]
+    mine = notification.get_json(path, token=own)
+    assert mine["booking_id"] == booking_id and {i["practice_id"] for i in mine["items"]} == {practice_id}
+    assert notification.get_status(f"/bookings/{unique('bk')}/notifications", dev_token(roles=["ops"])) == 404
+    assert notification.get_status("/bookings/not%20an%20id/notifications", own) == 422
 
 
 async def test_online_cancellation_confirms_with_rebook_link_and_tells_practice_when_it_asked(
@@ -337,7 +349,7 @@ async def test_online_cancellation_confirms_with_rebook_link_and_tells_practice_
     _, office = await email_text(mailbox, f"desk-{practice_id}@clinic.test", one(rows, "practice", "email"))
     assert "Max" in office
 
-    log = notification.get_json(f"/notifications?booking_id={booking_id}")
+    log = notification.get_json(f"/bookings/{booking_id}/notifications")
     skipped = [i for i in log["items"] if i["status"] == "skipped"]
     assert [(i["recipient"], i["channel"], i["reason"]) for i in skipped] == [
         ("patient", "sms", "the patient has no mobile number on file")
@@ -377,7 +389,7 @@ async def test_a_failing_sms_is_retried_with_the_same_key_then_reported_failed(
         assert phone not in json.dumps(failed[0].value)
 
     attempts = sms.to(phone)
-    log = notification.get_json(f"/notifications?booking_id={booking_id}")
+    log = notification.get_json(f"/bookings/{booking_id}/notifications")
     assert sorted((i["channel"], i["status"]) for i in log["items"]) == [("email", "skipped"), ("sms", "failed")]
     [tried] = [i for i in log["items"] if i["channel"] == "sms"]
     assert tried["attempts"] >= 2  # DELIVERY_MAX_ATTEMPTS (more if another run's process made some)
@@ -465,7 +477,7 @@ async def test_a_rejected_portal_cancellation_tells_the_patient_what_to_do(
     _, text = await email_text(mailbox, email, one(rows, "patient", "email"))
     assert message in text
     assert mailbox.to(staff_email) == []
-    assert notification.get_json(f"/notifications?booking_id={staff_booking_id}")["items"] == []
+    assert notification.get_json(f"/bookings/{staff_booking_id}/notifications")["items"] == []
 
 
 # --- the rest of docs/rules.md#notifications: no-show fees, slot offers, holds, suspension, PMS -------
@@ -585,7 +597,7 @@ async def test_a_no_show_fee_is_emailed_to_the_patient_once_with_amount_code_and
     assert len(await deliveries(infra, "booking_id", card_booking)) == 1
     assert len(mailbox.to(card_email)) <= 1 and len(mailbox.to(account_email)) <= 1
     # No SMS for a no-show fee: the rule is email only.
-    assert notification.get_json(f"/notifications?booking_id={card_booking}")["items"][0]["channel"] == "email"
+    assert notification.get_json(f"/bookings/{card_booking}/notifications")["items"][0]["channel"] == "email"
 
 
 async def test_a_slot_offer_texts_and_emails_the_waitlisted_patient_with_the_expiry_in_sydney_time(
@@ -710,7 +722,7 @@ async def test_a_slot_offer_that_arrives_before_the_waitlist_entry_waits_for_its
     subject, body = await email_text(mailbox, email, one(rows, "waitlist", "email"))
     assert subject == "Ein Termin ist frei geworden: Dienstag, 11. März 2031, 09:00 AEDT"  # the practice's locale
     assert "Guten Tag Joe," in body
-    log = notification.get_json(f"/notifications?booking_id={booking_id}")
+    log = notification.get_json(f"/bookings/{booking_id}/notifications")
     assert sorted((i["recipient"], i["channel"], i["status"]) for i in log["items"]) == [
         ("waitlist", "email", "sent"),
         ("waitlist", "sms", "skipped"),
@@ -856,12 +868,23 @@ async def test_a_hold_and_a_suspension_are_emailed_to_the_professional(
     assert f"Your account was suspended on Wednesday, 12 March 2031, 12:00{NNBSP}pm AEDT, after 3 holds" in body
     assert len(mailbox.to(email)) <= 2
 
-    log = notification.get_json(f"/notifications?professional_id={professional_id}")
+    log = notification.get_json(f"/professionals/{professional_id}/notifications")
     assert [(i["template"], i["recipient"], i["channel"], i["status"]) for i in log["items"]] == [
         ("hold_placed", "professional", "email", "sent"),
         ("account_suspended", "professional", "email", "sent"),
     ]
     assert email not in json.dumps(log)
+    second = notification.get_json(f"/professionals/{professional_id}/notifications?page=2&page_size=1")
+    assert (second["page"], second["page_size"]) == (2, 1)
+    assert [i["template"] for i in second["items"]] == ["account_suspended"]
+
+    # A professional works across offices: their notices are for ops only.
+    path = f"/professionals/{professional_id}/notifications"
+    own = dev_token(practice_ids=[practice_id], roles=["owner"])
+    assert [notification.get_status(path, token) for token in (None, own)] == [401, 403]
+    ops = dev_token(roles=["ops"])
+    assert notification.get_status(f"/professionals/{unique('pro')}/notifications", ops) == 404
+    assert notification.get_status(f"{path}?page_size=501", ops) == 422
 
 
 async def test_a_professional_without_a_known_email_is_skipped_and_said_so(
@@ -898,7 +921,7 @@ async def test_a_professional_without_a_known_email_is_skipped_and_said_so(
     [row] = await finished(infra, "professional_id", unknown, 1)
     assert (row["status"], row["reason"]) == ("skipped", "no contact details are known for this professional")
     # The service went on: it is still ready and the skipped notices are in the read API.
-    assert notification.get_json(f"/notifications?professional_id={no_email}")["items"][0]["status"] == "skipped"
+    assert notification.get_json(f"/professionals/{no_email}/notifications")["items"][0]["status"] == "skipped"
 
 
 async def test_a_manual_pms_update_is_told_to_the_practice(

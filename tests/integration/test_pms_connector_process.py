@@ -302,7 +302,7 @@ async def test_a_cancellation_reaches_the_pms_once_and_the_sync_completes_once(
         assert len(w.matching(of(booking_id, "pms.sync_acknowledged"))) == 1
         assert len(w.matching(of(booking_id, "pms.sync_completed"))) == 1
         assert w.matching(of(booking_id, "pms.manual_update_required")) == []
-    [row] = setup.pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"]
+    [row] = setup.pms_sync.get_json(f"/bookings/{booking_id}/syncs")["items"]
     assert (row["status"], row["external_ref"]) == ("completed", f"PMS-{booking_id[-6:]}")
 
 
@@ -410,7 +410,7 @@ async def test_a_pms_that_refuses_makes_the_practice_update_by_hand(
         await w.settle(2.0)
         assert len(setup.pms.calls_for(booking_id)) == 1  # a refusal is final: not tried again
         assert w.matching(of(booking_id, "pms.sync_completed")) == []
-    [update] = setup.pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"][:1]
+    [update] = setup.pms_sync.get_json(f"/practices/{practice_id}/manual-updates")["items"][:1]
     assert (update["booking_id"], update["sync_id"]) == (booking_id, failed.data["sync_id"])
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.testing import EventWatcher, Publisher, ServiceProcess, iso, unique, wait_for_row
+from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, iso, unique, wait_for_row
 from shared.topics import (
     BOOKING_EVENTS,
     PMS_INTEGRATION_TOPICS,
@@ -184,7 +184,7 @@ async def test_praktika_cancellation_is_synced_with_everything_and_completed_onc
         assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == 1
         assert w.matching(of(booking_id, "pms.manual_update_required")) == []
 
-    [row] = pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"]
+    [row] = pms_sync.get_json(f"/bookings/{booking_id}/syncs")["items"]
     assert (row["status"], row["attempts"], row["external_ref"]) == ("completed", 1, "PRK-991")
 
 
@@ -265,7 +265,7 @@ async def test_manual_practice_is_asked_to_update_its_pms(
             w.matching(lambda s: s.topic in (PRAKTIKA, CORE_PRACTICE) and s.data.get("booking_id") == booking_id) == []
         )
 
-    [update] = pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"]
+    [update] = pms_sync.get_json(f"/practices/{practice_id}/manual-updates")["items"]
     assert (update["booking_id"], update["action"], update["sync_id"]) == (booking_id, "cancel_booking", None)
 
 
@@ -311,10 +311,25 @@ async def test_error_ack_fails_the_sync_and_asks_for_a_manual_update(
         assert len(w.matching(of(booking_id, "pms.manual_update_required"))) == 1
         assert len(w.matching(of(booking_id, "pms.sync_failed"))) == 1
 
-    [row] = pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"]
+    [row] = pms_sync.get_json(f"/bookings/{booking_id}/syncs")["items"]
     assert (row["status"], row["error"]) == ("failed", "appointment locked by another user")
-    [update] = pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"]
+    [update] = pms_sync.get_json(f"/practices/{practice_id}/manual-updates")["items"]
     assert (update["booking_id"], update["sync_id"], update["integration"]) == (booking_id, sync_id, "core_practice")
+
+    # The read API answers the practice's own token (and ops), another practice's as if there were
+    # nothing, and nobody without a token.
+    own = dev_token(practice_ids=[practice_id], roles=["receptionist"])
+    other = dev_token(practice_ids=[unique("prac")], roles=["owner"])
+    for path in (f"/bookings/{booking_id}/syncs", f"/practices/{practice_id}/manual-updates"):
+        assert [pms_sync.get_status(path, token) for token in (None, other, own)] == [401, 404, 200]
+    [row] = pms_sync.get_json(f"/bookings/{booking_id}/syncs", token=own)["items"]
+    assert row["sync_id"] == sync_id and "command" not in row  # the command may hold a chart note
+    page = pms_sync.get_json(f"/practices/{practice_id}/manual-updates?page=1&page_size=1", token=own)
+    assert (page["practice_id"], page["page"], page["page_size"], len(page["items"])) == (practice_id, 1, 1, 1)
+    assert pms_sync.get_json(f"/practices/{practice_id}/manual-updates?page=2", token=own)["items"] == []
+    assert pms_sync.get_status(f"/bookings/{unique('bk')}/syncs", dev_token(roles=["ops"])) == 404
+    assert pms_sync.get_status("/bookings/not%20an%20id/syncs", own) == 422
+    assert pms_sync.get_status(f"/practices/{practice_id}/manual-updates?page_size=0", own) == 422
 
 
 async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
@@ -354,9 +369,9 @@ async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
             assert len(w.matching(of(booking_id, "pms.sync_failed"))) == 1
             assert w.matching(of(booking_id, "pms.sync_completed")) == []
 
-        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        [row] = service.get_json(f"/bookings/{booking_id}/syncs")["items"]
         assert (row["status"], row["attempts"]) == ("failed", 2)
-        assert len(replica.get_json(f"/manual-updates?practice_id={practice_id}")["items"]) == 1
+        assert len(replica.get_json(f"/practices/{practice_id}/manual-updates")["items"]) == 1
     finally:
         replica.stop()
         service.stop()
@@ -382,8 +397,9 @@ async def test_practice_without_integration_gets_nothing(
         await wait_for_row(infra.admin_dsn, "SELECT true FROM pms_sync.inbox WHERE event_id = $1", event["id"])
         await w.settle(2.0)
         assert w.matching(lambda s: s.data.get("booking_id") == booking_id) == []
-    assert pms_sync.get_json(f"/syncs?booking_id={booking_id}")["items"] == []
-    assert pms_sync.get_json(f"/manual-updates?practice_id={practice_id}")["items"] == []
+    # Never synced: this service does not know the booking.
+    assert pms_sync.get_status(f"/bookings/{booking_id}/syncs", dev_token(roles=["ops"])) == 404
+    assert pms_sync.get_json(f"/practices/{practice_id}/manual-updates")["items"] == []
 
 
 async def test_a_series_is_synced_one_command_per_booking_with_the_fee_on_the_cancelled_one(
@@ -471,7 +487,7 @@ async def test_a_command_waits_for_its_request_only_so_long(infra: Any, publishe
             assert "chart_note" not in command.data
             assert command.data["actor"] == {"kind": "system", "id": "service/booking", "roles": []}
             assert command.data["fee"] == LATE_FEE
-        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        [row] = service.get_json(f"/bookings/{booking_id}/syncs")["items"]
         assert (row["status"], row["attempts"]) == ("sent", 1)
     finally:
         service.stop()
@@ -506,7 +522,7 @@ async def test_a_late_ack_after_a_resend_completes_the_sync_once(
             assert len(w.matching(of(booking_id, "pms.cancel_booking"))) == completed.data["attempts"]
             assert w.matching(of(booking_id, "pms.sync_failed")) == []
             assert w.matching(of(booking_id, "pms.manual_update_required")) == []
-        [row] = service.get_json(f"/syncs?booking_id={booking_id}")["items"]
+        [row] = service.get_json(f"/bookings/{booking_id}/syncs")["items"]
         assert (row["status"], row["external_ref"], row["next_retry_at"]) == ("completed", "PRK-1", None)
     finally:
         service.stop()

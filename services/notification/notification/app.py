@@ -13,11 +13,9 @@ read API.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from shared.contracts.notification import NotificationFailed, NotificationSent
-from shared.http import BadRequest
-from shared.service import Runtime, ServiceDefinition
+from shared.service import ServiceDefinition
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -28,24 +26,9 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import handlers, repository
+from . import api, handlers
 from .delivery import Deps, sender
 from .settings import NotificationSettings
-
-
-def _routes(service: Runtime) -> list[tuple[str, Any]]:
-    async def notifications(query: dict[str, str]) -> dict[str, Any]:
-        """The deliveries with their status (no addresses, no text) of one booking
-        (`?booking_id=`) or sent to one professional (`?professional_id=`)."""
-        if query.get("booking_id"):
-            rows = await repository.deliveries_for_booking(service.pool, query["booking_id"])
-            return {"booking_id": query["booking_id"], "items": [dict(r) for r in rows]}
-        if query.get("professional_id"):
-            rows = await repository.deliveries_for_professional(service.pool, query["professional_id"])
-            return {"professional_id": query["professional_id"], "items": [dict(r) for r in rows]}
-        raise BadRequest("booking_id or professional_id is required")
-
-    return [("/notifications", notifications)]
 
 
 async def _close_deps(deps: Deps) -> None:
@@ -93,5 +76,5 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
         make_deps=lambda: handlers.NotificationDeps.build(settings),
         close_deps=_close_deps,
         background=[sender(settings)],
-        http_routes=_routes,
+        http_routes=api.router,
     )

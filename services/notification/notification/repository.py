@@ -352,25 +352,55 @@ async def schedule_retry(
     return bool(updated)
 
 
-# What the read API shows of a delivery: ids, roles, template, status; no address, no text.
+# What the read API shows of a delivery: ids, roles, template, status and the reason as recorded
+# (masked by shared.redaction); no address, no subject, no text.
 _LOGGED = (
-    "notification_id, event_id, event_type, booking_id, professional_id, recipient, channel, template,"
-    " locale, status, reason, attempts, next_attempt_at, created_at, finished_at"
+    "notification_id, event_id, event_type, booking_id, professional_id, practice_id, recipient, channel,"
+    " template, locale, status, reason, attempts, next_attempt_at, created_at, finished_at"
 )
 
 
-async def deliveries_for_booking(pool: Conn, booking_id: str) -> list[asyncpg.Record]:
+async def booking_practice(conn: Conn, booking_id: str) -> asyncpg.Record:
+    """Whether this service knows the booking (its patient, or a delivery about it), and its
+    practice: the patient's booking.scheduled, else the practice its deliveries were written for
+    (NULL when neither says)."""
+    return await conn.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM patients WHERE booking_id = $1)"
+        " OR EXISTS (SELECT 1 FROM deliveries WHERE booking_id = $1) AS known,"
+        " COALESCE((SELECT practice_id FROM patients WHERE booking_id = $1),"
+        " (SELECT practice_id FROM deliveries WHERE booking_id = $1 AND practice_id IS NOT NULL"
+        " ORDER BY created_at, notification_id LIMIT 1)) AS practice_id",
+        booking_id,
+    )
+
+
+async def professional_known(conn: Conn, professional_id: str) -> bool:
+    """Whether this service knows the professional (their contacts, or a notice to them)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM professionals WHERE professional_id = $1)"
+            " OR EXISTS (SELECT 1 FROM deliveries WHERE professional_id = $1)",
+            professional_id,
+        )
+    )
+
+
+async def deliveries_for_booking(conn: Conn, booking_id: str) -> list[asyncpg.Record]:
     """The delivery log of one booking, without addresses or message text."""
-    return await pool.fetch(
+    return await conn.fetch(
         f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1 ORDER BY created_at, event_id, recipient, channel",
         booking_id,
     )
 
 
-async def deliveries_for_professional(pool: Conn, professional_id: str) -> list[asyncpg.Record]:
-    """The notices sent to one professional (holds, suspension), without addresses or text."""
-    return await pool.fetch(
+async def deliveries_for_professional(
+    conn: Conn, professional_id: str, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """The notices sent to one professional (holds, suspension), oldest first, without addresses or text."""
+    return await conn.fetch(
         f"SELECT {_LOGGED} FROM deliveries WHERE professional_id = $1"
-        " ORDER BY created_at, event_id, recipient, channel",
+        " ORDER BY created_at, event_id, recipient, channel, notification_id LIMIT $2 OFFSET $3",
         professional_id,
+        limit,
+        offset,
     )

@@ -10,7 +10,6 @@ on `pms-sync.events.v1`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from shared.contracts.pms_sync import (
     PmsCancelBooking,
@@ -19,8 +18,7 @@ from shared.contracts.pms_sync import (
     PmsSyncCompleted,
     PmsSyncFailed,
 )
-from shared.http import page_args, required
-from shared.service import Runtime, ServiceDefinition
+from shared.service import ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
     PMS_INTEGRATION_TOPICS,
@@ -30,31 +28,9 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import handlers, repository
+from . import api, handlers, repository
 from .scheduler import overdue_syncs
 from .settings import PmsSyncSettings
-
-
-def _routes(service: Runtime) -> list[tuple[str, Any]]:
-    async def syncs(query: dict[str, str]) -> dict[str, Any]:
-        """Every sync of one booking with its status and attempts: `?booking_id=`."""
-        required(query, "booking_id")
-        rows = await repository.syncs_for_booking(service.pool, query["booking_id"])
-        return {"booking_id": query["booking_id"], "items": [dict(r) for r in rows]}
-
-    async def manual_updates(query: dict[str, str]) -> dict[str, Any]:
-        """What one practice must change in its PMS by hand, newest first: `?practice_id=`, paginated."""
-        required(query, "practice_id")
-        limit, offset = page_args(query)
-        rows = await repository.manual_updates_for_practice(service.pool, query["practice_id"], limit, offset)
-        return {
-            "practice_id": query["practice_id"],
-            "items": [dict(r) for r in rows],
-            "page_size": limit,
-            "offset": offset,
-        }
-
-    return [("/syncs", syncs), ("/manual-updates", manual_updates)]
 
 
 def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
@@ -82,5 +58,5 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
         },
         make_deps=lambda: handlers.PmsSyncDeps(settings=settings, repository=repository),
         background=[overdue_syncs(settings)],
-        http_routes=_routes,
+        http_routes=api.router,
     )

@@ -161,13 +161,16 @@ async def fail_sync(conn: asyncpg.Connection, sync_id: str, error: str) -> None:
     )
 
 
-async def syncs_for_booking(conn: Conn, booking_id: str) -> list[asyncpg.Record]:
-    """The syncs of one booking, without the command (it may hold a chart note)."""
+async def syncs_for_booking(conn: Conn, booking_id: str, *, practice_ids: list[str] | None) -> list[asyncpg.Record]:
+    """The syncs of one booking of those practices (None: any practice), without the command
+    (it may hold a chart note)."""
     return await conn.fetch(
         "SELECT sync_id, booking_id, practice_id, request_id, integration, action, topic, status, attempts,"
         " next_retry_at, error, external_ref, created_at, finished_at"
-        " FROM syncs WHERE booking_id = $1 ORDER BY created_at, sync_id",
+        " FROM syncs WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2))"
+        " ORDER BY created_at, sync_id",
         booking_id,
+        practice_ids,
     )
 
 
@@ -196,11 +199,15 @@ async def add_manual_update(
     )
 
 
-async def manual_updates_for_practice(conn: Conn, practice_id: str, limit: int, offset: int) -> list[asyncpg.Record]:
+async def manual_updates(
+    conn: Conn, *, practice_ids: list[str] | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """What those practices (None: every practice) must change in their PMS by hand, newest first."""
     return await conn.fetch(
         "SELECT id, booking_id, practice_id, integration, action, message, sync_id, created_at"
-        " FROM manual_updates WHERE practice_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
-        practice_id,
+        " FROM manual_updates WHERE ($1::text[] IS NULL OR practice_id = ANY($1))"
+        " ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+        practice_ids,
         limit,
         offset,
     )
