@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,40 @@ def test_the_cli_prints_a_token_the_services_trust(
     assert principal.practice_ids == {"pr-1"} and principal.roles == {"owner"}
     with pytest.raises(SystemExit):
         cli(["token", "--role", "owner", "--key", str(key)])  # a practice token names its practice
+
+
+@pytest.fixture
+def jwks_url(keys: tuple[bytes, bytes]) -> Iterator[str]:
+    """An identity provider's JWKS endpoint on loopback, publishing our public key as `k1`."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(serialization.load_pem_public_key(keys[1]), as_dict=True)
+    body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "ES256"}]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+
+
+def test_keys_from_a_jwks_url_verify_tokens_by_their_kid(keys: tuple[bytes, bytes], jwks_url: str) -> None:
+    verifier = TokenVerifier(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, jwks_url=jwks_url)
+    signing_key = serialization.load_pem_private_key(keys[0], None)
+    token = jwt.encode(claims(), signing_key, algorithm="ES256", headers={"kid": "k1"})  # type: ignore[arg-type]
+    assert verifier.verify(token).practice_ids == {"pr-1"}
+    unknown = jwt.encode(claims(), signing_key, algorithm="ES256", headers={"kid": "k2"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidToken, match="no key"):
+        verifier.verify(unknown)
