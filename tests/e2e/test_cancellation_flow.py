@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from shared.testing import SERVICE_MODULES, EventWatcher, ServiceProcess, iso, unique, wait_for_row
+from shared.testing import EventWatcher, iso, unique, wait_for_row
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -41,35 +41,6 @@ WATCHED = [
     PRAKTIKA,
     PMS_SYNC_EVENTS,
 ]
-
-
-@pytest.fixture(scope="module")
-def system(infra, mailbox, sms, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("e2e-logs")
-    env = {
-        "notification": {
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(mailbox.port),
-            "SMS_API_URL": sms.url,
-            "SMS_API_KEY": "e2e",
-            "DELIVERY_POLL_INTERVAL_SECONDS": "0.1",
-        },
-        "billing": {"PAYMENT_GATEWAY": "sandbox", "CAPTURE_POLL_INTERVAL_SECONDS": "0.2"},
-        "pms-sync": {"PMS_RETRY_POLL_SECONDS": "0.2"},
-    }
-    procs = {
-        name: ServiceProcess(name, infra.bootstrap, infra.admin_dsn, logs, env=env.get(name, {})).start(
-            wait_ready=False
-        )
-        for name in SERVICE_MODULES
-    }
-    try:
-        for proc in procs.values():
-            proc.wait_ready(90)
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 async def _rows(dsn: str, query: str, *args):

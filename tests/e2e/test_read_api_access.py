@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.auth import DEV_AUDIENCE, DEV_ISSUER
-from shared.testing import SERVICE_MODULES, EventWatcher, ServiceProcess, dev_token, iso, unique, wait_for_row
+from shared.testing import SERVICE_MODULES, EventWatcher, dev_token, iso, unique, wait_for_row
 from shared.topics import (
     BILLING_EVENTS,
     BOOKING_EVENTS,
@@ -47,34 +47,6 @@ pytestmark = pytest.mark.e2e
 
 OPEN = {"/healthz", "/readyz", "/metrics"}
 PRAKTIKA = "pms-sync.praktika.v1"
-
-
-@pytest.fixture(scope="module")
-def system(infra, mailbox, sms, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("read-api-logs")
-    env = {
-        "notification": {
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(mailbox.port),
-            "SMS_API_URL": sms.url,
-            "SMS_API_KEY": "e2e",
-            "DELIVERY_POLL_INTERVAL_SECONDS": "0.1",
-        },
-        "billing": {"CAPTURE_POLL_INTERVAL_SECONDS": "0.2"},
-    }
-    procs = {
-        name: ServiceProcess(name, infra.bootstrap, infra.admin_dsn, logs, env=env.get(name, {})).start(
-            wait_ready=False
-        )
-        for name in SERVICE_MODULES
-    }
-    try:
-        for proc in procs.values():
-            proc.wait_ready(90)
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 async def _a_marketplace_day(infra, publisher) -> dict[str, str]:
