@@ -46,6 +46,7 @@ from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
 from .db import Connection
+from .kafka import KafkaConnection
 from .logging import configure_logging, get_logger
 from .outbox import OutboxRelay
 from .redaction import mask_text
@@ -183,27 +184,8 @@ class Runtime:
 
 
 def _broker_security(settings: ServiceSettings) -> Any:
-    from faststream.security import (
-        BaseSecurity,
-        SASLPlaintext,
-        SASLScram256,
-        SASLScram512,
-    )
-
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    use_ssl = protocol.endswith("SSL")
-    if protocol == "SSL":
-        import ssl
-
-        return BaseSecurity(ssl_context=ssl.create_default_context(), use_ssl=True)
-    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-    mechanism = (settings.kafka_sasl_mechanism or "SCRAM-SHA-512").upper()
-    kinds = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
-    if mechanism not in kinds:
-        raise ValueError(f"KAFKA_SASL_MECHANISM {mechanism!r} is not one of {sorted(kinds)}")
-    return kinds[mechanism](username=settings.kafka_sasl_username or "", password=password, use_ssl=use_ssl)
+    """FastStream's `security` for the broker: the one translation of the Kafka settings (shared.kafka)."""
+    return KafkaConnection.from_settings(settings).faststream_security()
 
 
 async def _connect_pool(settings: ServiceSettings, name: str) -> asyncpg.Pool:
@@ -299,7 +281,6 @@ async def _raw_decoder(msg: Any) -> Any:
 
 async def _start_producer(settings: ServiceSettings, name: str) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{name}-relay",
         enable_idempotence=True,
         acks="all",

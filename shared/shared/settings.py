@@ -35,6 +35,11 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA that signed the brokers' certificates (default: the system's),
+    # and a client certificate with its key when the brokers want one (shared.kafka).
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     database_url: str = "postgresql://localhost:5432/cancellations"
     database_schema: str | None = None  # default: the service name with '-' as '_'
     database_pool_size: int = 10
@@ -92,16 +97,7 @@ class ServiceSettings(BaseSettings):
         return is_development(self.environment)
 
     def kafka_client_args(self) -> dict[str, Any]:
-        """Connection arguments for aiokafka clients (admin, plain producers)."""
-        args: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_sasl_mechanism:
-            args["sasl_mechanism"] = self.kafka_sasl_mechanism
-            args["sasl_plain_username"] = self.kafka_sasl_username
-            args["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
+        """Connection arguments for aiokafka clients, bootstrap servers included (shared.kafka)."""
+        from .kafka import KafkaConnection
 
-            args["ssl_context"] = create_ssl_context()
-        return args
+        return KafkaConnection.from_settings(self).aiokafka_args()

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from .kafka import client_args
 from .provision import service_dsn
 
 SERVICE_MODULES = {
@@ -83,7 +84,7 @@ class Publisher:
     """Publishes raw bytes or envelopes to the real broker, keyed like the contract says."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+        self._producer = AIOKafkaProducer(**client_args(bootstrap), enable_idempotence=True, acks="all")
 
     async def __aenter__(self) -> Publisher:
         await self._producer.start()
@@ -131,7 +132,7 @@ class EventWatcher:
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventWatcher:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(**client_args(self.bootstrap), enable_auto_commit=False)
         await self._consumer.start()
         partitions = []
         for topic in self.topics:

@@ -3,7 +3,14 @@
 The names are binding: upstream systems and PMS connectors are built against them.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
+
+from .kafka import KafkaConnection
 
 UPSTREAM_BOOKINGS = "upstream.bookings.v1"
 UPSTREAM_PRACTICES = "upstream.practices.v1"
@@ -59,17 +66,74 @@ ALL_TOPICS = (
 )
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, **client_args: Any) -> list[str]:
-    """Create every contract topic that does not exist yet; returns the ones created."""
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000  # Kafka's own default, stated
+DEFAULT_DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000  # dead letters wait for a person: longer
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """How contract topics are created: TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR (3 on a managed
+    cluster), TOPIC_RETENTION_MS and DLQ_RETENTION_MS (the dead-letter topics, kept longer)."""
+
+    partitions: int = 6
+    replication_factor: int = 1
+    retention_ms: int = DEFAULT_RETENTION_MS
+    dlq_retention_ms: int = DEFAULT_DLQ_RETENTION_MS
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ValueError("TOPIC_PARTITIONS and TOPIC_REPLICATION_FACTOR must be at least 1.")
+        if self.retention_ms < -1 or self.dlq_retention_ms < -1:
+            raise ValueError("TOPIC_RETENTION_MS and DLQ_RETENTION_MS are milliseconds, or -1 for no limit.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TopicSettings:
+        env = os.environ if environ is None else environ
+        return cls(
+            partitions=int(env.get("TOPIC_PARTITIONS") or 6),
+            replication_factor=int(env.get("TOPIC_REPLICATION_FACTOR") or 1),
+            retention_ms=int(env.get("TOPIC_RETENTION_MS") or DEFAULT_RETENTION_MS),
+            dlq_retention_ms=int(env.get("DLQ_RETENTION_MS") or DEFAULT_DLQ_RETENTION_MS),
+        )
+
+
+DEAD_LETTER_TOPICS = frozenset(dead_letter_topic(s) for s in SERVICES)
+
+
+def new_topic_args(topic: str, settings: TopicSettings) -> dict[str, Any]:
+    """The arguments of the NewTopic that creates `topic`."""
+    retention = settings.dlq_retention_ms if topic in DEAD_LETTER_TOPICS else settings.retention_ms
+    return {
+        "name": topic,
+        "num_partitions": settings.partitions,
+        "replication_factor": settings.replication_factor,
+        "topic_configs": {"retention.ms": str(retention)},
+    }
+
+
+async def ensure_topics(
+    bootstrap_servers: str | None = None,
+    partitions: int | None = None,
+    *,
+    topics: TopicSettings | None = None,
+    connection: KafkaConnection | None = None,
+) -> list[str]:
+    """Create every contract topic that does not exist yet; returns the ones created.
+
+    Topic settings and the connection come from the environment unless given (shared.kafka);
+    `partitions` overrides TOPIC_PARTITIONS. Existing topics are left as they are."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_args)
+    settings = topics or TopicSettings.from_env()
+    if partitions is not None:
+        settings = replace(settings, partitions=partitions)
+    admin = AIOKafkaAdminClient(**(connection or KafkaConnection.from_env(bootstrap_servers)).aiokafka_args())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in ALL_TOPICS if t not in existing]
         if missing:
-            await admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+            await admin.create_topics([NewTopic(**new_topic_args(t, settings)) for t in missing])
         return missing
     finally:
         await admin.close()
@@ -77,12 +141,6 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, **client_args: 
 
 if __name__ == "__main__":  # python -m shared.topics: used by infra/up.sh and make run
     import asyncio
-    import os
 
-    created = asyncio.run(
-        ensure_topics(
-            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-            int(os.environ.get("TOPIC_PARTITIONS", "6")),
-        )
-    )
+    created = asyncio.run(ensure_topics())
     print(f"topics: {len(ALL_TOPICS)} in the contract, {len(created)} created")

@@ -15,6 +15,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from shared.kafka import client_args
+
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench;
 CREATE TABLE IF NOT EXISTS bench.inbox (consumer text, event_id text, processed_at timestamptz DEFAULT now(),
@@ -26,9 +28,9 @@ CREATE TABLE IF NOT EXISTS bench.outbox (seq bigserial PRIMARY KEY, id uuid UNIQ
 
 async def _hop(bootstrap: str, dsn: str, name: str, source: str, target: str) -> None:
     consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=bootstrap, group_id=name, enable_auto_commit=False, auto_offset_reset="earliest"
+        source, **client_args(bootstrap), group_id=name, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_args(bootstrap), enable_idempotence=True, acks="all", linger_ms=5)
     conn = await asyncpg.connect(dsn)
     await consumer.start()
     await producer.start()
@@ -79,7 +81,7 @@ class Baseline:
             await conn.execute(SCHEMA_SQL)
         finally:
             await conn.close()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**client_args(self.bootstrap))
         await admin.start()
         try:
             await admin.create_topics([NewTopic(t, self.partitions, 1) for t in self.topics])
@@ -100,7 +102,7 @@ class Baseline:
         for p in self.procs:
             p.terminate()
             p.join(10)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**client_args(self.bootstrap))
         await admin.start()
         try:
             await admin.delete_topics(self.topics)
@@ -114,7 +116,7 @@ class Baseline:
         wait for all of them at the end of the chain."""
         sink = AIOKafkaConsumer(
             self.topics[-1],
-            bootstrap_servers=self.bootstrap,
+            **client_args(self.bootstrap),
             group_id=f"bench-{self.run}-sink-{uuid.uuid4().hex[:4]}",
             auto_offset_reset="latest",
             enable_auto_commit=False,
@@ -124,7 +126,7 @@ class Baseline:
             await asyncio.sleep(0.05)
         for tp in sink.assignment():
             await sink.position(tp)
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, linger_ms=2)
+        producer = AIOKafkaProducer(**client_args(self.bootstrap), enable_idempotence=True, linger_ms=2)
         await producer.start()
         marker = uuid.uuid4().hex[:6]
         sent: dict[str, float] = {}

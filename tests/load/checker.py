@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.kafka import client_args
 from shared.provision import SCHEMAS
 from shared.topics import (
     BILLING_EVENTS,
@@ -70,7 +71,7 @@ class Collector:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+            **client_args(self.bootstrap), enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
         )
         await self._consumer.start()
         await self._consumer._client.force_metadata_update()
@@ -148,7 +149,7 @@ def is_complete(scenario_story: Any, records: list[Record]) -> bool:
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
     """Where each partition of `topics` ends now: records before it predate the run."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()

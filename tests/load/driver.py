@@ -15,6 +15,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shared.kafka import client_args
+
 from .checker import Collector, is_complete
 from .scenario import Scenario
 from .system import wait_until
@@ -84,7 +86,7 @@ async def _count(admin_dsn: str, query: str, ids: list[str]) -> int:
 
 async def prepare(bootstrap: str, admin_dsn: str, scenario: Scenario, timeout: float = 300) -> None:
     """Practices and bookings in place in every service that needs them, before any request."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_args(bootstrap), acks="all", linger_ms=5)
     await producer.start()
     try:
         await _send_all(producer, scenario.setup_messages())
@@ -130,7 +132,7 @@ async def send_requests(
 ) -> dict[str, float]:
     """Publish every story's requests (in story order, each story's own messages in order), at
     `rate` stories per second or as fast as possible; returns envelope id -> send time (ms)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    producer = AIOKafkaProducer(**client_args(bootstrap), acks="all", linger_ms=2)
     await producer.start()
     sent_at: dict[str, float] = {}
     try:

@@ -861,3 +861,46 @@ def test_email_carries_the_notification_id_as_its_message_id() -> None:
     )
     assert msg["Message-ID"] == f"<{notification_id}@harbour.example>"
     assert (msg["From"], msg["To"], msg["Subject"]) == ("notices@harbour.example", "ada@example.com", "Subject line")
+
+
+@pytest.mark.parametrize(
+    ("env", "mode"),
+    [
+        ({}, "none"),  # localhost
+        ({"SMTP_HOST": "127.0.0.1"}, "none"),
+        ({"SMTP_HOST": "::1"}, "none"),
+        ({"SMTP_HOST": "[::1]"}, "none"),
+        ({"SMTP_HOST": "LocalHost"}, "none"),
+        ({"SMTP_HOST": "smtp.mailprovider.example"}, "starttls"),
+        ({"SMTP_HOST": "mailpit"}, "starttls"),
+        ({"SMTP_HOST": "smtp.mailprovider.example", "SMTP_TLS": "implicit"}, "implicit"),
+        ({"SMTP_HOST": "smtp.mailprovider.example", "SMTP_TLS": "none"}, "none"),
+        ({"SMTP_HOST": "127.0.0.1", "SMTP_TLS": "starttls"}, "starttls"),
+        ({"SMTP_HOST": "127.0.0.1", "SMTP_STARTTLS": "true"}, "starttls"),  # the old setting still works
+        ({"SMTP_HOST": "smtp.mailprovider.example", "SMTP_STARTTLS": "false"}, "none"),
+        ({"SMTP_HOST": "smtp.mailprovider.example", "SMTP_STARTTLS": "false", "SMTP_TLS": "implicit"}, "implicit"),
+    ],
+)
+def test_smtp_tls_default_by_host(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], mode: str) -> None:
+    for name in ("SMTP_HOST", "SMTP_TLS", "SMTP_STARTTLS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert NotificationSettings().smtp_tls_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("mode", "start_tls", "use_tls"), [("none", False, False), ("starttls", True, False), ("implicit", False, True)]
+)
+def test_smtp_tls_reaches_aiosmtplib(
+    monkeypatch: pytest.MonkeyPatch, mode: str, start_tls: bool, use_tls: bool
+) -> None:
+    seen: dict[str, object] = {}
+
+    async def fake_send(message: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setattr("notification.delivery.aiosmtplib.send", fake_send)
+    channel = EmailChannel(NotificationSettings(smtp_host="smtp.example", smtp_tls=mode))  # type: ignore[arg-type]
+    asyncio.run(channel.send(uuid.uuid4(), "p@example.com", "s", "b"))
+    assert (seen["start_tls"], seen["use_tls"]) == (start_tls, use_tls)

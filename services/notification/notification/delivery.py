@@ -85,7 +85,8 @@ class EmailChannel:
                 port=s.smtp_port,
                 username=s.smtp_username,
                 password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                start_tls=s.smtp_starttls,
+                start_tls=s.smtp_tls_mode == "starttls",  # required when asked for, never opportunistic
+                use_tls=s.smtp_tls_mode == "implicit",
                 timeout=s.smtp_timeout_seconds,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:

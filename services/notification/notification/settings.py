@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import SecretStr
 
 from shared.settings import ServiceSettings
@@ -13,7 +15,12 @@ class NotificationSettings(ServiceSettings):
     smtp_from: str = "no-reply@localhost"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
+    # TLS to the SMTP server: none, starttls (upgrade the plain connection; the server must offer
+    # it) or implicit (TLS from the first byte, usually port 465). Unset: starttls for any host
+    # but a loopback one (localhost, 127.0.0.1, ::1), where it is none.
+    smtp_tls: Literal["none", "starttls", "implicit"] | None = None
+    # Deprecated, still honoured when SMTP_TLS is unset: true = starttls, false = none.
+    smtp_starttls: bool | None = None
     smtp_timeout_seconds: float = 20.0
 
     # SMS provider (Twilio-style form POST). No URL: SMS is reported failed, never silently dropped.
@@ -34,3 +41,15 @@ class NotificationSettings(ServiceSettings):
 
     # Where a patient who cancelled online books again.
     portal_base_url: str = "http://localhost:8080"
+
+    @property
+    def smtp_tls_mode(self) -> Literal["none", "starttls", "implicit"]:
+        """SMTP_TLS if set, else the deprecated SMTP_STARTTLS if set, else by host (loopback: none)."""
+        if self.smtp_tls is not None:
+            return self.smtp_tls
+        if self.smtp_starttls is not None:
+            return "starttls" if self.smtp_starttls else "none"
+        return "none" if self.smtp_host.strip("[]").lower() in LOOPBACK_HOSTS else "starttls"
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -3,11 +3,13 @@ every service of the system uses (docs/design.md#settings-every-deployment-knows
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.kafka import KafkaConnection
 from shared.topics import PMS_INTEGRATION_TOPICS
 
 
@@ -37,6 +39,9 @@ class ConnectorSettings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # TLS: the brokers' CA (default: the system's)
+    kafka_ssl_certfile: Path | None = None  # a client certificate, with its key, when wanted
+    kafka_ssl_keyfile: Path | None = None
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -59,18 +64,5 @@ class ConnectorSettings(BaseSettings):
         return frozenset(p.strip() for p in self.connector_practice_ids.split(",") if p.strip())
 
     def kafka_client_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers,
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            args["sasl_mechanism"] = self.kafka_sasl_mechanism
-            args["sasl_plain_username"] = self.kafka_sasl_username
-            args["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            args["ssl_context"] = create_ssl_context()
-        return args
+        """aiokafka arguments, bootstrap servers included: the one translation (shared.kafka)."""
+        return KafkaConnection.from_settings(self).aiokafka_args()
