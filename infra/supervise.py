@@ -2,8 +2,9 @@
 
     .venv/bin/python infra/supervise.py [--only booking,billing] [--replicas billing=2,scoring=3]
 
-Each process gets SERVICE_NAME, HTTP_PORT and its own DATABASE_URL (its service role, derived from
-ADMIN_DATABASE_URL) on top of the inherited environment, and ENVIRONMENT=development and
+Each process gets SERVICE_NAME, HTTP_PORT, its own DATABASE_URL (its runtime role) and
+DATABASE_MIGRATION_URL (its migration role), both derived from ADMIN_DATABASE_URL with the passwords
+provisioning keeps in .local/secrets, on top of the inherited environment, and ENVIRONMENT=development and
 PAYMENT_GATEWAY=sandbox unless the environment names them. Every output line is prefixed with the
 process's name. A process that dies is restarted with backoff; after 5 quick crashes in a row the
 supervisor gives up on it and says why. SIGINT or SIGTERM stops everything: SIGTERM to each
@@ -20,7 +21,7 @@ import signal
 import sys
 import time
 
-from shared.provision import DEFAULT_ADMIN_DSN, service_dsn
+from shared.provision import DEFAULT_ADMIN_DSN, migration_dsn, service_dsn
 
 # service name -> (python module, HTTP port of its first replica)
 SERVICES = {
@@ -66,6 +67,7 @@ class Process:
             "SERVICE_NAME": self.service,
             "HTTP_PORT": str(self.port),
             "DATABASE_URL": service_dsn(admin_dsn, self.service),
+            "DATABASE_MIGRATION_URL": migration_dsn(admin_dsn, self.service),
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings up what the services and the tests need, without Docker, and writes .local/env.sh:
 #   - PostgreSQL (infra/postgres.sh) and Kafka (infra/kafka.sh), started side by side;
-#   - the service roles and schemas (python -m shared.provision);
+#   - the service roles and schemas (python -m shared.provision; generated role passwords in
+#     .local/secrets/<role>, mode 0600 — the services get their own DSNs from them, never the
+#     admin's: `make run` and the test harnesses build DATABASE_URL / DATABASE_MIGRATION_URL);
 #   - every contract topic (python -m shared.topics).
 #
 # With KAFKA_BOOTSTRAP_SERVERS and ADMIN_DATABASE_URL both set, nothing is started: only the
@@ -46,7 +48,6 @@ cat > .local/env.sh <<ENV
 # Written by infra/up.sh: source it to reach the infrastructure it brought up.
 export KAFKA_BOOTSTRAP_SERVERS=$(printf %q "$KAFKA_BOOTSTRAP_SERVERS")
 export ADMIN_DATABASE_URL=$(printf %q "$ADMIN_DATABASE_URL")
-export DATABASE_URL=\$ADMIN_DATABASE_URL
 export CANCELLATIONS_INFRA=$infra
 # Development: billing takes payments in its sandbox (outside development PAYMENT_GATEWAY must
 # be given). A value already in the environment when this file is sourced wins.

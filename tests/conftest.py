@@ -1,6 +1,6 @@
 """Where the tests find real infrastructure (docs/design.md#running-it):
 
-1. `KAFKA_BOOTSTRAP_SERVERS` and `ADMIN_DATABASE_URL` (or `DATABASE_URL` as a superuser) when set
+1. `KAFKA_BOOTSTRAP_SERVERS` and `ADMIN_DATABASE_URL` (a superuser: provisioning and checks only) when set
    — `make test` brings up the local no-Docker infrastructure and sets them;
 2. otherwise testcontainers (Kafka and Postgres) when a Docker engine answers;
 3. otherwise the project's own no-Docker infrastructure, started with `infra/up.sh`.

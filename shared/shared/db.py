@@ -12,7 +12,7 @@ without either timeout, since a migration (or waiting for another replica's) may
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -40,12 +40,15 @@ async def create_pool(
     max_size: int = 10,
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    sslmode: str | None = None,
 ) -> asyncpg.Pool:
     """The pool; `statement_timeout_ms` / `lock_timeout_ms` of 0 mean no limit.
 
+    `sslmode` is asyncpg's `ssl` (DATABASE_SSLMODE); unset, the DSN's own `sslmode` applies.
     The timeouts are session defaults (sent when connecting), so a `SET LOCAL` can lift them
     for one transaction and the pool's reset on release restores them.
     """
+    extra: dict[str, Any] = {"ssl": sslmode} if sslmode else {}
     return await asyncpg.create_pool(
         dsn,
         min_size=1,
@@ -58,6 +61,7 @@ async def create_pool(
         },
         # The pool survives a database restart: a broken connection is replaced, not reused.
         max_inactive_connection_lifetime=60,
+        **extra,
     )
 
 

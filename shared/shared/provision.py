@@ -1,22 +1,30 @@
-"""One role per service, which can touch only its own schema.
+"""Two roles per service, which can touch only that service's schema.
 
 Provisioning makes that true for one database, idempotently: the database itself, and for every
-service a login role and a schema of the same name owned by that role, the role's search_path
-set to it, nothing granted on it to anyone else, and nothing for PUBLIC on the `public` schema
-or on creating schemas in the database. It ends by checking the guarantee and fails if it does
-not hold.
+service
+- a migration role (`<schema>_migrate`) that owns the schema and runs the migrations, and
+- a runtime role (`<schema>`, what the running service connects as) with data rights only:
+  USAGE on the schema (never CREATE), SELECT/INSERT/UPDATE/DELETE on its tables and USAGE/SELECT
+  on its sequences, granted on what exists and, by default privileges of the migration role,
+  on whatever the migrations create later;
+both with search_path set to the schema, nothing granted on it to anyone else, and nothing for
+PUBLIC on the `public` schema or on creating schemas in the database. It ends by checking the
+guarantee and fails if it does not hold.
 
     python -m shared.provision      # ADMIN_DATABASE_URL, default below
 
-Role passwords: `DB_PASSWORD_<ROLE>` (e.g. `DB_PASSWORD_PMS_SYNC`) when set, otherwise the role's
-name (development only). A role that exists keeps its password unless that variable is set.
+Role passwords: `DB_PASSWORD_<ROLE>` (e.g. `DB_PASSWORD_PMS_SYNC`, `DB_PASSWORD_PMS_SYNC_MIGRATE`)
+when set; otherwise a generated one, kept in `<DB_SECRETS_DIR>/<role>` (default `.local/secrets`,
+mode 0600) and reused while that file exists. Provisioning sets every role's password to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -46,8 +54,41 @@ def role_of(service: str) -> str:
     raise KeyError(f"unknown service {service!r}; known: {', '.join(SCHEMAS)}")
 
 
-def role_password(role: str) -> str:
-    return os.environ.get(f"DB_PASSWORD_{role.upper()}") or role
+def migration_role_of(service: str) -> str:
+    """The role that owns a service's schema and runs its migrations."""
+    return f"{role_of(service)}_migrate"
+
+
+def secrets_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / ".local" / "secrets"
+    return Path(os.environ.get("DB_SECRETS_DIR") or default)
+
+
+def role_password(role: str, *, create: bool = False) -> str:
+    """`DB_PASSWORD_<ROLE>`, else the role's secret file; `create` generates a missing one."""
+    given = os.environ.get(f"DB_PASSWORD_{role.upper()}")
+    if given:
+        return given
+    path = secrets_dir() / role
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another provisioner wrote it first: use theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"no password for database role {role!r}: set DB_PASSWORD_{role.upper()} or provision "
+            f"(python -m shared.provision) to write {path}"
+        ) from None
+    if not password:
+        raise RuntimeError(f"the password file {path} of database role {role!r} is empty")
+    return password
 
 
 def _with(dsn: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> str:
@@ -64,9 +105,20 @@ def _with(dsn: str, *, user: str | None = None, password: str | None = None, dat
 
 
 def service_dsn(admin_dsn: str, service: str) -> str:
-    """The admin DSN with the user and password of that service's role (same host, port, db)."""
+    """The admin DSN with the user and password of that service's runtime role (same host, port,
+    db): the service's DATABASE_URL."""
     role = role_of(service)
     return _with(admin_dsn, user=role, password=role_password(role))
+
+
+def migration_dsn(admin_dsn: str, service: str) -> str:
+    """The same with the service's migration role: the service's DATABASE_MIGRATION_URL."""
+    role = migration_role_of(service)
+    return _with(admin_dsn, user=role, password=role_password(role))
+
+
+def _all_roles() -> list[str]:
+    return [r for schema in SCHEMAS.values() for r in (schema, migration_role_of(schema))]
 
 
 def _database_of(dsn: str) -> str | None:
@@ -102,48 +154,93 @@ async def _ensure_database(admin: asyncpg.Connection, database: str) -> None:
 
 
 async def _ensure_role(admin: asyncpg.Connection, role: str) -> None:
-    password = role_password(role)
+    password = role_password(role, create=True)
     if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
-        await _exec(admin, "CREATE ROLE %I LOGIN PASSWORD %L", role, password)
-    elif os.environ.get(f"DB_PASSWORD_{role.upper()}"):
-        await _exec(admin, "ALTER ROLE %I PASSWORD %L", role, password)
+        try:
+            await _exec(admin, "CREATE ROLE %I LOGIN PASSWORD %L", role, password)
+        except asyncpg.DuplicateObjectError:
+            pass  # another server-wide provisioner (another database) made it: set it below
+    # The password of record is the variable or the secret file (a role from before either, whose
+    # password was its name, gets it here).
+    await _exec(admin, "ALTER ROLE %I PASSWORD %L", role, password)
     # A service role never gets more than its own schema, whatever someone did to it before.
     await _exec(admin, "ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS", role)
 
 
 async def _isolate(conn: asyncpg.Connection, database: str) -> None:
-    roles = list(SCHEMAS.values())
+    roles = _all_roles()
     await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
     await _exec(conn, "REVOKE CREATE ON DATABASE %I FROM PUBLIC", database)
-    for role in roles:
-        schema = role
-        await _exec(conn, "GRANT CONNECT ON DATABASE %I TO %I", database, role)
-        await _exec(conn, "CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I", schema, role)
-        await _exec(conn, "ALTER SCHEMA %I OWNER TO %I", schema, role)
-        await _exec(conn, "ALTER ROLE %I SET search_path = %I", role, schema)
+    for schema in SCHEMAS.values():
+        runtime, owner = schema, migration_role_of(schema)
+        mine = (runtime, owner)
+        for role in mine:
+            await _exec(conn, "GRANT CONNECT ON DATABASE %I TO %I", database, role)
+            await _exec(conn, "ALTER ROLE %I SET search_path = %I", role, schema)
+        await _exec(conn, "CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I", schema, owner)
+        # Everything the runtime role created or owned before it lost its DDL (schema, tables,
+        # sequences, indexes) now belongs to the migration role.
+        await _exec(conn, "REASSIGN OWNED BY %I TO %I", runtime, owner)
+        await _exec(conn, "ALTER SCHEMA %I OWNER TO %I", schema, owner)
         await _exec(conn, "REVOKE ALL ON SCHEMA %I FROM PUBLIC", schema)
+        # The runtime role: data only, on what exists now and on what the migrations create later.
+        await _exec(conn, "REVOKE ALL ON SCHEMA %I FROM %I", schema, runtime)
+        await _exec(conn, "GRANT USAGE ON SCHEMA %I TO %I", schema, runtime)
+        await _exec(conn, "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I", schema, runtime)
+        await _exec(conn, "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I", schema, runtime)
+        await _exec(
+            conn,
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I",
+            owner,
+            schema,
+            runtime,
+        )
+        await _exec(
+            conn,
+            "ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO %I",
+            owner,
+            schema,
+            runtime,
+        )
         for other in roles:
-            if other != role:
-                await _exec(conn, "REVOKE ALL ON SCHEMA %I FROM %I", schema, other)
-                # Membership would pass the other role's privileges on, schema and all.
+            if other in mine:
+                continue
+            await _exec(conn, "REVOKE ALL ON SCHEMA %I FROM %I", schema, other)
+            # Membership would pass the other role's privileges on, schema and all.
+            for role in mine:
                 if await conn.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", other, role):
                     await _exec(conn, "REVOKE %I FROM %I", role, other)
+        # Nor may the runtime role act as its migration role.
+        if await conn.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", runtime, owner):
+            await _exec(conn, "REVOKE %I FROM %I", owner, runtime)
 
 
 async def _check(conn: asyncpg.Connection) -> None:
     leaks = await conn.fetch(
         """
         SELECT r.role, s.schema
-        FROM unnest($1::text[]) AS r(role), unnest($1::text[]) AS s(schema)
-        WHERE r.role <> s.schema
+        FROM unnest($1::text[]) AS r(role), unnest($2::text[]) AS s(schema)
+        WHERE r.role NOT IN (s.schema, s.schema || '_migrate')
           AND (has_schema_privilege(r.role, s.schema, 'USAGE')
                OR has_schema_privilege(r.role, s.schema, 'CREATE'))
         """,
+        _all_roles(),
         list(SCHEMAS.values()),
     )
     if leaks:
         pairs = ", ".join(f"{row['role']} -> {row['schema']}" for row in leaks)
         raise RuntimeError(f"provision: roles can still reach other services' schemas: {pairs}")
+    ddl = await conn.fetch(
+        """
+        SELECT s.schema FROM unnest($1::text[]) AS s(schema)
+        WHERE has_schema_privilege(s.schema, s.schema, 'CREATE')
+           OR pg_has_role(s.schema, (SELECT nspowner FROM pg_namespace WHERE nspname = s.schema), 'USAGE')
+        """,
+        list(SCHEMAS.values()),
+    )
+    if ddl:
+        names = ", ".join(row["schema"] for row in ddl)
+        raise RuntimeError(f"provision: runtime roles can still change their schemas: {names}")
 
 
 async def provision(admin_dsn: str, database: str = "cancellations") -> None:
@@ -155,7 +252,7 @@ async def provision(admin_dsn: str, database: str = "cancellations") -> None:
     try:
         await maintenance.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         await _ensure_database(maintenance, database)
-        for role in SCHEMAS.values():
+        for role in _all_roles():
             await _ensure_role(maintenance, role)
         conn = await _connect(_with(admin_dsn, database=database))
         try:
@@ -172,7 +269,10 @@ def main() -> None:
     admin_dsn = os.environ.get("ADMIN_DATABASE_URL", DEFAULT_ADMIN_DSN)
     database = _database_of(admin_dsn) or "cancellations"
     asyncio.run(provision(admin_dsn, database))
-    print(f"provision: {len(SCHEMAS)} service roles and schemas in database {database!r}")
+    print(
+        f"provision: {len(SCHEMAS)} schemas with a migration and a runtime role each in database {database!r}"
+        f" (generated passwords in {secrets_dir()})"
+    )
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ class Runtime:
         settings = definition.settings
         pool = await _connect_pool(settings, definition.name)
         try:
-            await db.migrate(pool, settings.schema, definition.migrations)
+            await _refuse_ddl_role(pool, settings.schema)
+            await _migrate(settings, definition)
             relay = OutboxRelay(
                 pool,
                 lambda: _start_producer(settings, definition.name),
@@ -188,17 +189,73 @@ def _broker_security(settings: ServiceSettings) -> Any:
     return KafkaConnection.from_settings(settings).faststream_security()
 
 
-async def _connect_pool(settings: ServiceSettings, name: str) -> asyncpg.Pool:
-    """The pool, waiting for the database for up to a minute (it may start after us)."""
+class UnsafeDatabaseRole(RuntimeError):
+    """DATABASE_URL names a role that could change the schema: the service does not start."""
+
+
+async def _refuse_ddl_role(pool: asyncpg.Pool, schema: str) -> None:
+    """The running service's role may read and write data, nothing more: refuse a superuser, the
+    schema's owner (or a member of it) and a role that may create in the schema."""
+    row = await pool.fetchrow(
+        """
+        SELECT current_user AS who,
+               (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+               coalesce((SELECT pg_has_role(current_user, nspowner, 'USAGE')
+                         FROM pg_namespace WHERE nspname = $1), false) AS owner,
+               coalesce((SELECT has_schema_privilege(current_user, oid, 'CREATE')
+                         FROM pg_namespace WHERE nspname = $1), false) AS can_create
+        """,
+        schema,
+    )
+    assert row is not None
+    why = (
+        "is a superuser"
+        if row["superuser"]
+        else f"owns schema {schema!r}"
+        if row["owner"]
+        else f"may create in schema {schema!r}"
+        if row["can_create"]
+        else None
+    )
+    if why is not None:
+        message = (
+            f"refusing to start: DATABASE_URL connects as role {row['who']!r}, which {why}; "
+            "DATABASE_URL must name the service's runtime role (data only) and "
+            "DATABASE_MIGRATION_URL the role that owns the schema"
+        )
+        log.error(message)
+        raise UnsafeDatabaseRole(message)
+
+
+async def _migrate(settings: ServiceSettings, definition: ServiceDefinition) -> None:
+    """Apply the migrations as the schema's owner (DATABASE_MIGRATION_URL), on a pool of its own
+    that is closed before the service runs."""
+    if not settings.database_migration_url:
+        message = "refusing to start: DATABASE_MIGRATION_URL is not set (the role that owns the schema)"
+        log.error(message)
+        raise UnsafeDatabaseRole(message)
+    pool = await _connect_pool(settings, f"{definition.name}-migrate", settings.database_migration_url, max_size=1)
+    try:
+        await db.migrate(pool, settings.schema, definition.migrations)
+    finally:
+        await pool.close()
+
+
+async def _connect_pool(
+    settings: ServiceSettings, name: str, dsn: str | None = None, max_size: int | None = None
+) -> asyncpg.Pool:
+    """The pool (DATABASE_URL unless told), waiting for the database for up to a minute (it may
+    start after us)."""
     for attempt in range(1, 1000):
         try:
             return await db.create_pool(
-                settings.database_url,
+                dsn or settings.database_url,
                 settings.schema,
                 application_name=name,
-                max_size=settings.database_pool_size,
+                max_size=max_size or settings.database_pool_size,
                 statement_timeout_ms=settings.database_statement_timeout_ms,
                 lock_timeout_ms=settings.database_lock_timeout_ms,
+                sslmode=settings.database_sslmode,
             )
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError) as exc:
             if attempt >= 20:

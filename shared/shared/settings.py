@@ -40,7 +40,13 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    # The service's runtime role (data only); it must neither be a superuser nor own the schema.
     database_url: str = "postgresql://localhost:5432/cancellations"
+    # The role that owns the schema: migrations run with it at startup, on a short-lived pool.
+    database_migration_url: str | None = None
+    # asyncpg's `ssl` for both (disable, allow, prefer, require, verify-ca, verify-full);
+    # unset: whatever the URL says (libpq's default, prefer).
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
     database_schema: str | None = None  # default: the service name with '-' as '_'
     database_pool_size: int = 10
     # Set on every pooled connection (0 = no limit): a statement running longer is cancelled

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .kafka import client_args
-from .provision import service_dsn
+from .provision import migration_dsn, service_dsn
 
 SERVICE_MODULES = {
     "booking": "booking",
@@ -262,7 +262,9 @@ class ServiceProcess:
             "ENVIRONMENT": "development",  # so billing takes the sandbox card gateway, as in `make run`
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            # The runtime role (data only) and the migration role (owns the schema), as `make run`.
             "DATABASE_URL": service_dsn(self.admin_dsn, self.service),
+            "DATABASE_MIGRATION_URL": migration_dsn(self.admin_dsn, self.service),
             "HTTP_PORT": str(self.port),
             "HTTP_HOST": "127.0.0.1",
             "LOG_FORMAT": "json",

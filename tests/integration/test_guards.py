@@ -24,7 +24,7 @@ import pytest
 from shared import background, db, inbox
 from shared import service as service_module
 from shared.consumer import is_transient
-from shared.provision import service_dsn
+from shared.provision import migration_dsn
 from shared.settings import ServiceSettings
 from shared.testing import ServiceProcess
 
@@ -157,9 +157,9 @@ async def _add_claims(pool: asyncpg.Pool, consumer: str, count: int, age_hours: 
 async def test_the_inbox_has_an_index_on_processed_at_for_every_service_role(
     infra, no_service_migrations: Path
 ) -> None:
-    """The shared migration runs as each service's own role (it owns its inbox)."""
+    """The shared migration runs as each service's migration role (it owns its inbox)."""
     pool = await db.create_pool(
-        service_dsn(infra.admin_dsn, "scoring"), "scoring", application_name="test-guards", max_size=1
+        migration_dsn(infra.admin_dsn, "scoring"), "scoring", application_name="test-guards", max_size=1
     )
     try:
         await db.migrate(pool, "scoring", no_service_migrations)
