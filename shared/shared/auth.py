@@ -28,12 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .contracts.common import valid_id
+from .contracts.common import IDS_MAX_ITEMS, ROLES_MAX_ITEMS, valid_id
 
 ALGORITHMS = ["RS256", "ES256"]
 ROLES = frozenset({"owner", "manager", "biller", "therapist", "financial", "receptionist", "ops"})
 FEE_ROLES = frozenset({"owner", "manager", "biller", "financial", "ops"})  # who reads money
-MAX_PRACTICES = 1000  # in one token
 DEV_ISSUER = "cancellations-dev"
 DEV_AUDIENCE = "cancellations"
 
@@ -87,7 +86,9 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+        # The key set is cached for five minutes (a rotated-out key stops verifying within that);
+        # a short timeout, since verification runs in FastAPI's threadpool, not on the event loop.
+        self._jwks = jwt.PyJWKClient(jwks_url, lifespan=300, timeout=5) if jwks_url else None
         self._key = serialization.load_pem_public_key(public_key_pem) if public_key_pem else None
 
     def _signing_key(self, token: str) -> Any:
@@ -126,11 +127,13 @@ def _principal(claims: dict[str, Any]) -> Principal:
     subject, practice_ids, roles = claims.get("sub"), claims.get("practice_ids", []), claims.get("roles", [])
     if not isinstance(subject, str) or not 0 < len(subject) <= 256:
         raise InvalidToken("the token's sub must be a string")
-    if not isinstance(practice_ids, list) or len(practice_ids) > MAX_PRACTICES:
+    if not isinstance(practice_ids, list) or len(practice_ids) > IDS_MAX_ITEMS:
         raise InvalidToken("the token's practice_ids must be a list of practice ids")
     if not all(valid_id(p) for p in practice_ids):
         raise InvalidToken("the token's practice_ids must be a list of practice ids")
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not set(roles) <= ROLES:
+    if not isinstance(roles, list) or not 0 < len(roles) <= ROLES_MAX_ITEMS:
+        raise InvalidToken("the token must carry at least one role")
+    if not all(isinstance(r, str) for r in roles) or not set(roles) <= ROLES:
         raise InvalidToken(f"the token's roles must be some of {sorted(ROLES)}")
     return Principal(subject=subject, practice_ids=frozenset(practice_ids), roles=frozenset(roles))
 
@@ -140,10 +143,11 @@ def _principal(claims: dict[str, Any]) -> Principal:
 _bearer = HTTPBearer(auto_error=False, description="A JWT from the identity provider (RS256 or ES256)")
 
 
-async def authenticated(
+def authenticated(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller, from a valid bearer token; 401 otherwise."""
+    """The caller, from a valid bearer token; 401 otherwise. A plain function on purpose:
+    FastAPI runs it in its threadpool, so fetching a JWKS never blocks the consumers' event loop."""
     verifier: TokenVerifier = request.app.state.verifier
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required")

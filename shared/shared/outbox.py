@@ -47,6 +47,7 @@ log = get_logger(__name__)
 # max.request.size): key and value together stay well below it.
 MAX_EVENT_BYTES = 900_000
 MAX_KEY_CHARS = 1024
+BATCH_MAX_BYTES = 16 * 1024 * 1024  # one relay batch, about
 
 # The broker's answers that no retry changes.
 PERMANENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
@@ -251,10 +252,17 @@ class OutboxRelay:
 
     async def publish_once(self, conn: Connection) -> int:
         """Publish one batch of unpublished rows in seq order; returns how many."""
+        # At most `batch_size` rows and about BATCH_MAX_BYTES of them (always at least one row):
+        # a run of large dead letters must not pull hundreds of megabytes into one batch.
         rows = await conn.fetch(
-            "SELECT seq, topic, key, type, payload::text AS payload FROM outbox"
-            " WHERE published_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1",
+            "SELECT seq, topic, key, type, payload FROM ("
+            " SELECT seq, topic, key, type, payload,"
+            "  sum(octet_length(payload)) OVER (ORDER BY seq) - octet_length(payload) AS before"
+            " FROM (SELECT seq, topic, key, type, payload::text AS payload FROM outbox"
+            "  WHERE published_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1) AS due"
+            ") AS sized WHERE before < $2 ORDER BY seq",
             self._batch_size,
+            BATCH_MAX_BYTES,
         )
         if not rows:
             OUTBOX_UNPUBLISHED.labels(self._service).set(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -369,6 +370,16 @@ async def test_the_read_api_answers_only_the_right_practice(practice, services):
     assert booking_id in {b["booking_id"] for b in booking.get_json("/bookings?page_size=500", token=own)["items"]}
     assert booking.get_status("/bookings/not%20an%20id", own) == 422
     assert booking.get_status("/bookings?page_size=100000", own) == 422
+    for period in (
+        "from=0001-01-01T00:00:00%2B01:00&to=2026-12-01T00:00:00Z",  # overflows in UTC
+        "from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",  # backwards
+        "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+    ):  # too long
+        assert booking.get_status(f"/reports/cancellations?{period}", own) == 422, period
+    try:
+        booking.get_json("/bookings?practice_id=Ann%20Lee%20%2B61400000000", token=own)
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 422 and "Ann Lee" not in refused.read().decode()  # never echoed
     assert booking.get_status("/healthz", None) == 200 and booking.get_status("/metrics", None) == 200
 
 

@@ -84,6 +84,8 @@ REFUSED = {
     "alg none": lambda k: unsigned(claims()),
     "signed by another key": lambda k: jwt.encode(claims(), _other_key_pem(), algorithm="RS256"),
     "an unknown role": lambda k: es256(k[0], claims(roles=["admin"])),
+    "no role at all": lambda k: es256(k[0], claims(roles=[])),
+    "21 roles": lambda k: es256(k[0], claims(roles=["owner"] * 21)),
     "practice ids not a list": lambda k: es256(k[0], claims(practice_ids="pr-1")),
     "a practice id with a space": lambda k: es256(k[0], claims(practice_ids=["pr 1"])),
     "garbage": lambda k: "not.a.token",

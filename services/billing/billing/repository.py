@@ -83,7 +83,7 @@ async def claim_captures(
     return await conn.fetch(
         f"UPDATE charges SET capture_attempts = capture_attempts + 1,"
         " first_capture_at = coalesce(first_capture_at, now()),"
-        " next_capture_at = now() + make_interval(secs => least(3600, $2 * power(2, capture_attempts)))"
+        " next_capture_at = now() + make_interval(secs => least(3600, $2 * power(2, least(capture_attempts, 12))))"
         " WHERE charge_id IN ("
         "   SELECT charge_id FROM charges c WHERE status = 'pending_capture' AND next_capture_at <= now()"
         "   AND ($3 OR NOT EXISTS (SELECT 1 FROM patient_cards pc WHERE pc.patient_id = c.patient_id))"

@@ -7,13 +7,14 @@ every practice); another practice's booking answers 404 like one that does not e
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from shared.auth import Principal, authenticated
+from shared.contracts.common import UtcDatetime
 from shared.http import Page, PageOf, PathId, QueryId, View, not_found
 from shared.service import Runtime, runtime_of
 
@@ -23,6 +24,7 @@ router = APIRouter(tags=["bookings"])
 
 Status = Literal["scheduled", "cancelled", "completed", "no_show"]
 GroupBy = Literal["practice", "practitioner", "service"]
+MAX_REPORT_DAYS = 400
 
 
 class Booking(View):
@@ -96,8 +98,8 @@ async def list_bookings(
     practice_id: QueryId = None,
     status: Status | None = None,
     practitioner_id: QueryId = None,
-    starts_from: Annotated[datetime | None, Query(alias="from")] = None,
-    starts_before: Annotated[datetime | None, Query(alias="to")] = None,
+    starts_from: Annotated[UtcDatetime | None, Query(alias="from")] = None,
+    starts_before: Annotated[UtcDatetime | None, Query(alias="to")] = None,
 ) -> dict[str, Any]:
     """Bookings of the caller's practices (or of one of them), by start time, paginated."""
     rows = await repository.list_bookings(
@@ -133,12 +135,15 @@ async def one_booking(booking_id: PathId, caller: Caller, service: Service) -> d
 async def cancellation_report(
     caller: Caller,
     service: Service,
-    starts_from: Annotated[datetime, Query(alias="from", description="period start (appointment start time)")],
-    starts_before: Annotated[datetime, Query(alias="to", description="period end, exclusive")],
+    starts_from: Annotated[UtcDatetime, Query(alias="from", description="period start (appointment start time)")],
+    starts_before: Annotated[UtcDatetime, Query(alias="to", description="period end, exclusive")],
     group_by: GroupBy = "practice",
     practice_id: QueryId = None,
 ) -> dict[str, Any]:
-    """Cancellation and no-show rates over a period, per practice, practitioner or service."""
+    """Cancellation and no-show rates over a period (at most MAX_REPORT_DAYS), per practice,
+    practitioner or service."""
+    if not timedelta(0) < starts_before - starts_from <= timedelta(days=MAX_REPORT_DAYS):
+        raise HTTPException(422, f"`to` must be after `from`, and the period at most {MAX_REPORT_DAYS} days")
     rows = await repository.report(
         service.pool,
         group_by=group_by,

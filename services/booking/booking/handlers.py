@@ -30,7 +30,7 @@ from shared.contracts.booking import (
     BookingSnapshot,
     CancellationAssessmentRequested,
 )
-from shared.contracts.common import Decision
+from shared.contracts.common import Decision, valid_id
 from shared.contracts.policy import CancellationAssessed
 from shared.contracts.scoring import AccountSuspended
 from shared.contracts.upstream import (
@@ -580,8 +580,8 @@ def reject_unreadable(kind: str):
     model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
 
     def reject(data: dict[str, Any], error: str, subject: str) -> list[tuple[str, Any, str]]:
-        booking_id, request_id = data.get("booking_id"), data.get("request_id")
-        if not (isinstance(booking_id, str) and booking_id and isinstance(request_id, str) and request_id):
+        booking_id, request_id = valid_id(data.get("booking_id")), valid_id(data.get("request_id"))
+        if booking_id is None or request_id is None:
             return []
         message = f"The request could not be read ({error.split(': ', 1)[-1]}); please correct it and send it again."
         return [

@@ -43,9 +43,8 @@ class Delivery(View):
     finished_at: datetime | None
 
 
-class BookingNotifications(View):
+class BookingNotifications(PageOf[Delivery]):
     booking_id: str
-    items: list[Delivery]
 
 
 class ProfessionalNotifications(PageOf[Delivery]):
@@ -58,14 +57,19 @@ Service = Annotated[Runtime, Depends(runtime_of)]
 
 
 @router.get("/bookings/{booking_id}/notifications", response_model=BookingNotifications)
-async def booking_notifications(booking_id: PathId, caller: Caller, service: Service) -> dict[str, Any]:
-    """Every delivery about one booking (cancellation, rejection, no-show fee, slot offer, hold,
-    manual update) with its status, reason and attempts, oldest first."""
+async def booking_notifications(
+    booking_id: PathId, caller: Caller, service: Service, page: Annotated[Page, Depends()]
+) -> dict[str, Any]:
+    """Every delivery about one booking (cancellation, rejection, no-show fee, slot offer,
+    manual update; holds told to the professional for ops only) with its status, reason and
+    attempts, oldest first, paginated."""
     booking = await repository.booking_practice(service.pool, booking_id)
     if not booking["known"] or not caller.can_read(booking["practice_id"]):
         raise not_found("booking")
-    rows = await repository.deliveries_for_booking(service.pool, booking_id)
-    return {"booking_id": booking_id, "items": [dict(r) for r in rows]}
+    rows = await repository.deliveries_for_booking(
+        service.pool, booking_id, with_professional=caller.is_ops, limit=page.limit, offset=page.offset
+    )
+    return {"booking_id": booking_id, "items": [dict(r) for r in rows], "page": page.page, "page_size": page.page_size}
 
 
 @router.get("/professionals/{professional_id}/notifications", response_model=ProfessionalNotifications)

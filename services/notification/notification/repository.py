@@ -385,11 +385,19 @@ async def professional_known(conn: Conn, professional_id: str) -> bool:
     )
 
 
-async def deliveries_for_booking(conn: Conn, booking_id: str) -> list[asyncpg.Record]:
-    """The delivery log of one booking, without addresses or message text."""
+async def deliveries_for_booking(
+    conn: Conn, booking_id: str, *, with_professional: bool, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """The delivery log of one booking, without addresses or message text; notices to the
+    booked professional (holds) only `with_professional` (they are the professional's, not the
+    practice's)."""
     return await conn.fetch(
-        f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1 ORDER BY created_at, event_id, recipient, channel",
+        f"SELECT {_LOGGED} FROM deliveries WHERE booking_id = $1 AND ($2 OR recipient <> 'professional')"
+        " ORDER BY created_at, event_id, recipient, channel LIMIT $3 OFFSET $4",
         booking_id,
+        with_professional,
+        limit,
+        offset,
     )
 
 

@@ -88,14 +88,15 @@ class Connector:
         if result.outcome == "unavailable":
             # Say nothing: pms-sync sends it again after its ack timeout (same sync_id) and gives
             # up, asking the practice to update by hand, after its last attempt.
-            log.warning("PMS unavailable; left unacknowledged for pms-sync to resend", error=result.error, **where)
+            # The PMS's own words may echo the request (reason, chart note): they go to pms-sync
+            # in the acknowledgement, never to the log.
+            log.warning("PMS unavailable; left unacknowledged for pms-sync to resend", **where)
             return
         await self._acknowledge(event, result.outcome, result.error, result.external_ref)
         log.info(
             "command applied" if result.outcome == "ok" else "command refused by the PMS",
             status=result.outcome,
             external_ref=result.external_ref,
-            error=result.error,
             **where,
         )
 

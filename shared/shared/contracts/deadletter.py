@@ -22,13 +22,12 @@ from typing import ClassVar, Self
 from pydantic import Field
 
 from .base import Payload
-from .common import Id, UtcDatetime
+from .common import ERROR_MAX_CHARS, Id, UtcDatetime
 
 # Kafka's default limit for one record is about 1 MB; a dead letter is an envelope around the
 # original, whose base64 form is 4/3 of its size: 512 KiB of original stays well under the limit.
 ORIGINAL_VALUE_MAX_BYTES = 512 * 1024
 ORIGINAL_KEY_MAX_CHARS = 1024
-ERROR_MAX_CHARS = 2000
 
 
 class MessageDeadLettered(Payload):
