@@ -34,6 +34,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -383,6 +384,13 @@ def http_app(definition: ServiceDefinition) -> FastAPI:
             await runtime.stop()
 
     app = FastAPI(title=definition.name, description=definition.description, lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 saying where and what, never echoing the value sent (it may be personal data)."""
+        errors = [{"loc": list(e["loc"]), "msg": mask_text(str(e["msg"]))} for e in exc.errors()[:10]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     if definition.http_routes is not None:
         app.include_router(definition.http_routes)
 
