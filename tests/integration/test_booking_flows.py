@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.testing import EventWatcher, ServiceProcess, dev_token, iso, unique
+from shared.testing import EventWatcher, ServiceProcess, dev_token, iso, unique, wait_for_row
 from shared.topics import BOOKING_EVENTS, POLICY_DECISIONS, SCORING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 TOPICS = [BOOKING_EVENTS, POLICY_DECISIONS, "dlq.booking.v1"]
@@ -354,10 +354,11 @@ async def test_read_api_lists_cancelled_bookings_with_audit_and_reports(practice
     assert kept
 
 
-async def test_the_read_api_answers_only_the_right_practice(practice, services):
+async def test_the_read_api_answers_only_the_right_practice(practice, services, infra):
     """The tenant comes from the token: another practice's booking is as absent as a missing one,
     a list never reaches past the token's practices, and nothing answers without a valid token."""
     booking_id = await practice.book(30 * H)
+    await wait_for_row(infra.admin_dsn, "SELECT true FROM booking.bookings WHERE booking_id = $1", booking_id)
     booking = services["booking"]
     own = dev_token(practice_ids=[practice.practice_id], roles=["receptionist"])
     other = dev_token(practice_ids=["another-practice"], roles=["owner"])
