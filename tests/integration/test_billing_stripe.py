@@ -72,6 +72,9 @@ DECLINES = {
     ),
 }
 REQUIRED = ("amount", "currency", "customer", "payment_method", "confirm", "off_session")
+# A payment method detached from its customer: Stripe refuses it (400 invalid_request_error).
+DETACHED = "pm_detached"
+MINIMUM = 50  # Stripe's smallest charge in a two-decimal currency's minor units (0.50)
 
 
 # --- a local server that speaks the part of Stripe's API billing uses --------------------------
@@ -216,6 +219,9 @@ class FakeStripe:
                     _error("invalid_request_error", f"Missing required param: {missing[0]}.", code="parameter_missing"),
                     {},
                 )
+            refused = _refusal(params)
+            if refused is not None:  # failed validation: nothing created, nothing stored for the key
+                return 400, refused, {}
             if key:
                 self._in_flight.add(key)
             status, answer = self._create(params)  # the PaymentIntent exists: money moved (or not)
@@ -265,6 +271,18 @@ class FakeStripe:
         return 402, {
             "error": {**error, "payment_intent": intent, "request_log_url": "https://dashboard.stripe.com/test/logs"}
         }
+
+
+def _refusal(params: dict[str, str]) -> dict[str, Any] | None:
+    """Stripe's 400 `invalid_request_error` for a request that is wrong in itself."""
+    if int(params["amount"]) < MINIMUM:
+        return _error("invalid_request_error", "Amount must be at least $0.50 usd", code="amount_too_small")
+    if params["payment_method"] == DETACHED:
+        return _error(
+            "invalid_request_error",
+            f"The provided PaymentMethod {DETACHED} was detached from a Customer. It may not be used again.",
+        )
+    return None
 
 
 def _error(type_: str, message: str, code: str | None = None) -> dict[str, Any]:
@@ -357,6 +375,26 @@ async def test_card_errors_are_failed_payments_with_stripes_reason(
     )
     [intent] = fake_stripe.intents_for(key)
     assert (result.status, result.failure_reason, result.reference) == ("failed", reason, intent["id"])
+
+
+@pytest.mark.parametrize(
+    ("amount_minor", "payment_method", "reason"),
+    [(4500, DETACHED, "invalid_request"), (MINIMUM - 1, SUCCEEDS, "invalid_amount")],
+)
+async def test_a_request_stripe_refuses_is_a_failed_payment(
+    gateway: StripeGateway, fake_stripe: FakeStripe, amount_minor: int, payment_method: str, reason: str
+) -> None:
+    key = str(uuid.uuid4())
+    result = await gateway.charge(
+        idempotency_key=key,
+        amount_minor=amount_minor,
+        currency="AUD",
+        customer_ref="cus_R1",
+        payment_method=payment_method,
+    )
+    assert (result.status, result.failure_reason) == ("failed", reason)
+    assert result.reference and result.reference.startswith("req_")  # Stripe's request id: no PaymentIntent
+    assert fake_stripe.intents_for(key) == []
 
 
 async def test_the_same_key_gets_the_first_answer_and_one_payment_intent(
@@ -537,6 +575,27 @@ async def test_no_saved_card_fails_without_asking_stripe(
     }
     [event] = await scratch_pool.fetch("SELECT payload::text AS payload FROM outbox")
     assert json.loads(event["payload"])["data"]["failure_reason"] == "no_card_on_file"
+
+
+async def test_a_request_stripe_refuses_fails_once_and_is_not_asked_again(
+    scratch_pool: asyncpg.Pool, gateway: StripeGateway, fake_stripe: FakeStripe
+) -> None:
+    the_charge = await _pending_charge(scratch_pool, unique("pat"), card=("cus_L3", DETACHED))
+    assert await _capture(scratch_pool, gateway) == 1
+    assert await _capture(scratch_pool, gateway) == 0  # nothing left to capture: no retry for ever
+    [request] = fake_stripe.requests_for(the_charge)
+    assert request["headers"]["Idempotency-Key"] == the_charge
+    row = await scratch_pool.fetchrow(
+        "SELECT c.status, c.failure_reason, p.status AS payment, p.gateway_ref"
+        " FROM charges c JOIN payments p USING (charge_id) WHERE c.charge_id = $1",
+        the_charge,
+    )
+    assert (row["status"], row["failure_reason"], row["payment"]) == ("outstanding", "invalid_request", "failed")
+    assert row["gateway_ref"].startswith("req_")
+    events = [json.loads(e["payload"]) for e in await scratch_pool.fetch("SELECT payload::text AS payload FROM outbox")]
+    [failed] = [e for e in events if e["data"]["charge_id"] == the_charge]
+    assert failed["type"] == "payment.failed" and failed["data"]["failure_reason"] == "invalid_request"
+    assert DETACHED not in json.dumps(failed)  # Stripe's message is not passed on
 
 
 async def test_a_capture_retried_after_a_lost_answer_creates_one_payment_intent(

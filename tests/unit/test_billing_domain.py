@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -501,3 +502,61 @@ def test_a_payment_intent_still_processing_is_an_unknown_outcome() -> None:
 
     with pytest.raises(GatewayUnavailable):
         _from_intent({"id": "pi_1", "status": "processing"}, 4500, "AUD")
+
+
+# --- a request Stripe refuses as wrong in itself is a failed payment, not an unknown outcome ---
+
+
+def _invalid_request(status: int, code: str | None, intent: str | None = None) -> Any:
+    import stripe
+
+    error: dict[str, Any] = {"type": "invalid_request_error", "message": "No such PaymentMethod: 'pm_x' (cus_x)"}
+    if code:
+        error["code"] = code
+    if intent:
+        error["payment_intent"] = {"id": intent}
+    return stripe.InvalidRequestError(
+        error["message"], "payment_method", code, None, status, {"error": error}, {"request-id": "req_1"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "intent", "expected"),
+    [
+        (400, "resource_missing", None, ("invalid_request", "req_1")),
+        (400, None, "pi_9", ("invalid_request", "pi_9")),  # a detached payment method: no code
+        (400, "amount_too_small", None, ("invalid_amount", "req_1")),
+        (400, "amount_too_large", None, ("invalid_amount", "req_1")),
+        (404, "resource_missing", None, None),  # a wrong URL: needs a person, not a failed payment
+        (400, "idempotency_key_in_use", None, None),  # outcome unknown: asked again, same key
+    ],
+)
+def test_a_request_stripe_refuses_is_a_failed_payment(
+    status: int, code: str | None, intent: str | None, expected: tuple[str, str] | None
+) -> None:
+    from billing.gateway import _refused
+
+    result = _refused(_invalid_request(status, code, intent), 4500, "AUD")
+    if expected is None:
+        assert result is None
+        return
+    assert result is not None
+    assert (result.status, result.failure_reason, result.reference, result.amount_minor, result.currency) == (
+        "failed",
+        *expected,
+        4500,
+        "AUD",
+    )
+    assert "pm_x" not in repr(result) and "cus_x" not in repr(result)  # Stripe's message is not copied
+
+
+async def test_an_amount_stripe_cannot_hold_fails_without_asking_stripe() -> None:
+    # Nothing listens on the base address: a request would be a connection error, not a result.
+    gateway = StripeGateway("sk_test_unit", api_base="http://127.0.0.1:9", timeout=1.0)
+    try:
+        result = await gateway.charge(
+            idempotency_key="ch_1", amount_minor=12345, currency="CLF", customer_ref="cus_1", payment_method="pm_1"
+        )
+    finally:
+        await gateway.close()
+    assert (result.status, result.failure_reason, result.reference) == ("failed", "invalid_amount", None)

@@ -160,8 +160,10 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, card: Any, timeout
 def _why(gateway_name: str, charge: Any, result: PaymentResult) -> str:
     if result.captured:
         return f"card on file charged through {gateway_name} (policy {charge['policy_version']})"
-    if result.reference is None:
+    if result.failure_reason == "no_card_on_file":
         return f"no saved card is known for the patient, so {gateway_name} was not asked; the charge stays outstanding"
+    if result.reference is None:
+        return f"{gateway_name} was not asked: {result.failure_reason}; the charge stays outstanding"
     return f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
 
 

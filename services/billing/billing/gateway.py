@@ -14,8 +14,13 @@ Guarantees:
   off-session through the official SDK's async client, with our key as Stripe's
   `Idempotency-Key`: `succeeded` is captured; a card error (HTTP 402) is failed with Stripe's
   decline reason; a 5xx, 409 (the key is in use), 429 or a connection error is
-  `GatewayUnavailable` (ask again later, same key). Anything else (a bad API key, a request
-  Stripe refuses) is raised as it is: it needs a person, not a retry loop that hides it.
+  `GatewayUnavailable` (ask again later, same key). A request that is itself wrong and that no
+  retry will fix is failed too, so the practice hears of it: an amount Stripe's unit cannot hold
+  (never sent) or one Stripe refuses as too small or too large is `invalid_amount`; any other
+  HTTP 400 `invalid_request_error` (a detached or unknown payment method, …) is
+  `invalid_request`. Stripe's message is never copied (it can name the customer's objects).
+  Anything else (a bad API key, a 404, a key reused with other parameters) is raised as it is:
+  it needs a person, and is never turned into a failed payment.
 - `charges_saved_cards` says which cards a gateway charges. True (Stripe): only a card saved
   with it; the capture task never asks it for a patient without one and fails that charge with
   `no_card_on_file` itself. False (the sandbox): never a saved card; such charges are left for
@@ -206,8 +211,13 @@ class StripeGateway:
         if not payment_method:
             raise ValueError("Stripe charges a saved card: a payment method is required")
         stripe = self._stripe
+        try:
+            amount = stripe_amount(amount_minor, currency)  # as Stripe counts them (JPY 6000 is 6000)
+        except ValueError:
+            # Permanent: the same amount can never be sent. Stripe was not asked (no reference).
+            return PaymentResult("failed", None, amount_minor, currency, failure_reason="invalid_amount")
         params: dict[str, Any] = {
-            "amount": stripe_amount(amount_minor, currency),  # as Stripe counts them (JPY 6000 is 6000)
+            "amount": amount,
             "currency": currency.lower(),
             "customer": customer_ref,
             "payment_method": payment_method,
@@ -224,6 +234,11 @@ class StripeGateway:
             )
         except stripe.CardError as exc:
             return _declined(exc, amount_minor, currency)
+        except stripe.InvalidRequestError as exc:
+            refused = _refused(exc, amount_minor, currency)
+            if refused is None:
+                raise
+            return refused
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             # 5xx, 409 (the same key is in flight), 429, or no answer: outcome unknown.
             raise GatewayUnavailable(f"Stripe did not answer: {type(exc).__name__} {exc.http_status}") from exc
@@ -245,6 +260,29 @@ def _declined(exc: Any, amount_minor: int, currency: str) -> PaymentResult:
         amount_minor,
         currency,
         failure_reason=_decline_reason(error),
+    )
+
+
+# Stripe's `code`s for an amount outside what it accepts for the currency.
+_AMOUNT_CODES = frozenset({"amount_too_small", "amount_too_large"})
+
+
+def _refused(exc: Any, amount_minor: int, currency: str) -> PaymentResult | None:
+    """A request Stripe refused as wrong in itself (HTTP 400 `invalid_request_error`): the same
+    request would be refused again, so it is a failed payment, not an unknown outcome. None for
+    what is not the request's own lasting fault: a 404 (a wrong `STRIPE_API_BASE`, …) or a key
+    still in use (raised as it is, or retried)."""
+    error = (exc.json_body or {}).get("error") or {}
+    code = error.get("code") or getattr(exc, "code", None)
+    if exc.http_status != 400 or code in ("idempotency_key_in_use", "rate_limit", "lock_timeout"):
+        return None
+    intent = error.get("payment_intent") or {}
+    return PaymentResult(
+        "failed",
+        intent.get("id") or exc.request_id or "unknown",
+        amount_minor,
+        currency,
+        failure_reason="invalid_amount" if code in _AMOUNT_CODES else "invalid_request",
     )
 
 
