@@ -290,6 +290,85 @@ async def test_without_act_the_claim_is_the_work() -> None:
     assert counted(name, "prune", "handled") == 5
 
 
+async def test_an_act_that_writes_nothing_runs_without_a_savepoint_and_still_fails_alone() -> None:
+    db, name = FakeDb(), service()
+    depths: list[int] = []
+    recorded: list[str] = []
+
+    async def emits(unit: WorkUnit[Any], row: str) -> None:
+        depths.append(len(unit.conn.frames))  # type: ignore[attr-defined]
+        unit.emit(SCORING_EVENTS, lifted(row), subject=f"pro-{row}")
+        if row == "b":
+            raise ValueError("cannot be lifted")
+
+    async def mark(unit: WorkUnit[Any], row: str, error: Exception) -> None:
+        recorded.append(row)
+
+    table = Table({"a": START, "b": START, "c": START}, marks=True)
+    job = DueWork(
+        name="emit-only",
+        claim=table.claim,
+        act=emits,
+        savepoint=False,
+        on_failure=mark,
+        interval_seconds=1,
+        batch_size=10,
+    )
+    done = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
+    assert depths == [1, 1, 1]  # in the round's transaction, no savepoint of its own
+    assert (done.handled, done.failed) == (2, 1) and recorded == ["b"]
+    assert db.events == [("hold.lifted", "pro-a"), ("hold.lifted", "pro-c")]  # b's event is not written
+
+
+# --- scoring's hold expiry on this runner ------------------------------------------------------
+
+
+async def test_hold_expiry_lifts_a_batch_with_one_statement_and_a_failing_professional_blocks_no_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scoring import repository, scheduler
+
+    due = {"pro-a", "pro-bad", "pro-c"}
+    deferred: dict[str, datetime] = {}
+    lifts: list[list[str]] = []
+
+    async def lock(conn: Any, now: datetime, limit: int) -> list[str]:
+        return sorted(p for p in due if deferred.get(p, now) <= now)[:limit]
+
+    async def expire(conn: FakeConn, ids: Sequence[str], now: datetime) -> list[dict[str, Any]]:
+        lifts.append(list(ids))
+        conn.effect(("lifted", tuple(ids)))
+        if "pro-bad" in ids:
+            raise ValueError("a hold that cannot be lifted")
+        due.difference_update(ids)
+        return [{"hold_id": str(uuid.uuid4()), "professional_id": p, "ends_at": now} for p in ids]
+
+    async def defer(conn: Any, professional_id: str, until: datetime) -> None:
+        deferred[professional_id] = until
+
+    monkeypatch.setattr(repository, "lock_professionals_with_due_holds", lock)
+    monkeypatch.setattr(repository, "expire_holds", expire)
+    monkeypatch.setattr(repository, "defer_hold_expiry", defer)
+    job = replace(scheduler.hold_expiry(scheduler.ScoringSettings()), batch_size=2)
+    db, name = FakeDb(), service()
+
+    first = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
+    # the batch's statement fails, so one professional at a time: pro-bad fails alone and is deferred
+    assert lifts == [["pro-a", "pro-bad"], ["pro-a"], ["pro-bad"]]
+    assert (first.handled, first.failed) == (1, 1) and deferred == {"pro-bad": START + scheduler.FAILED_RETRY}
+    assert db.effects == [("lifted", ("pro-a",))] and db.events == [("hold.lifted", "pro-a")]
+
+    lifts.clear()
+    second = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
+    assert lifts == [["pro-c"]] and (second.claimed, second.handled) == (1, 1)  # not blocked by pro-bad
+
+    due.update({"pro-d", "pro-e"})
+    lifts.clear()
+    third = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
+    assert lifts == [["pro-d", "pro-e"]] and third.handled == 2  # a healthy batch: one statement
+    assert db.events[-2:] == [("hold.lifted", "pro-d"), ("hold.lifted", "pro-e")]
+
+
 # --- the loop: pacing, backoff, stopping -------------------------------------------------------
 
 

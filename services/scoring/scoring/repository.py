@@ -303,10 +303,12 @@ async def excuse_hold(
 async def lock_professionals_with_due_holds(conn: asyncpg.Connection, now: datetime, limit: int) -> list[str]:
     """Claim up to `limit` professionals with a running hold that has ended: their rows locked
     for this transaction, skipping any another replica (or a consumer) holds, so each due hold
-    is lifted by exactly one transaction and in order with that professional's other events."""
+    is lifted by exactly one transaction and in order with that professional's other events.
+    A professional whose lift failed for good is left out until its `hold_expiry_retry_at`."""
     rows = await conn.fetch(
         "SELECT p.professional_id FROM professionals p"
         " WHERE p.professional_id IN (SELECT professional_id FROM holds WHERE status = 'running' AND ends_at <= $1)"
+        " AND (p.hold_expiry_retry_at IS NULL OR p.hold_expiry_retry_at <= $1)"
         " ORDER BY p.professional_id LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
         now,
         limit,
@@ -325,6 +327,13 @@ async def expire_holds(
         " RETURNING hold_id::text AS hold_id, professional_id, ends_at",
         list(professional_ids),
         now,
+    )
+
+
+async def defer_hold_expiry(conn: asyncpg.Connection, professional_id: str, until: datetime) -> None:
+    """Leave the professional out of hold expiry until `until` (its lift failed for good)."""
+    await conn.execute(
+        "UPDATE professionals SET hold_expiry_retry_at = $2 WHERE professional_id = $1", professional_id, until
     )
 
 
