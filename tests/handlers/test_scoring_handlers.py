@@ -99,18 +99,7 @@ class FakeScoringRepository:
             (h for h in self.holds.values() if h["professional_id"] == professional_id),
             key=lambda h: (h["occurred_at"], h["hold_id"]),
         )
-        return [
-            domain.Hold(
-                hold_id=h["hold_id"],
-                status=h["status"],
-                occurred_at=h["occurred_at"],
-                starts_at=h["starts_at"],
-                ends_at=h["ends_at"],
-                lift_cause=h["lift_cause"],
-                excused_at=h["excused_at"],
-            )
-            for h in rows
-        ]
+        return [repository.hold_from_row(h) for h in rows]
 
     async def add_hold(
         self,

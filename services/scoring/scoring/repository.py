@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -69,18 +70,20 @@ async def holds_of(conn: asyncpg.Connection, professional_id: str) -> list[Hold]
         f"SELECT {HOLD_COLUMNS} FROM holds WHERE professional_id = $1 ORDER BY occurred_at, hold_id",
         professional_id,
     )
-    return [
-        Hold(
-            hold_id=r["hold_id"],
-            status=r["status"],
-            occurred_at=r["occurred_at"],
-            starts_at=r["starts_at"],
-            ends_at=r["ends_at"],
-            lift_cause=r["lift_cause"],
-            excused_at=r["excused_at"],
-        )
-        for r in rows
-    ]
+    return [hold_from_row(r) for r in rows]
+
+
+def hold_from_row(row: Mapping[str, Any]) -> Hold:
+    """A stored hold (its HOLD_COLUMNS) as the domain's value."""
+    return Hold(
+        hold_id=row["hold_id"],
+        status=row["status"],
+        occurred_at=row["occurred_at"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        lift_cause=row["lift_cause"],
+        excused_at=row["excused_at"],
+    )
 
 
 async def add_hold(
