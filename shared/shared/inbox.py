@@ -52,25 +52,12 @@ _PRUNE_BATCH = (
 async def prune_batch(conn: Connection, *, retention_hours: float, limit: int) -> list[asyncpg.Record]:
     """Delete at most `limit` claims older than `retention_hours` inside the caller's
     transaction, skipping rows another replica holds; returns one row per claim deleted. The
-    background job (`shared.service.inbox_pruning`) runs it a batch per transaction."""
-    return await conn.fetch(_PRUNE_BATCH + " RETURNING 1", float(retention_hours), limit)
+    background job (`shared.service.inbox_pruning`) runs it a batch per transaction.
 
-
-async def prune(pool: asyncpg.Pool, *, retention_hours: float, batch_size: int = 10_000) -> int:
-    """Delete the claims older than `retention_hours`, `batch_size` rows per statement (each
-    its own short transaction), until none is left; returns how many rows were deleted.
-
-    Safe with any number of replicas pruning at once (a row locked by one is skipped by the
-    others). A message redelivered after its claim was pruned is handled a second time, so the
-    retention must be far longer than any redelivery window: the retention of the topics the
-    service consumes, and of its consumer group's committed offsets (a group whose offsets
-    expired starts again from the earliest record). Kafka's defaults are 7 days for both;
+    A message redelivered after its claim was pruned is handled a second time, so the retention
+    must be far longer than any redelivery window: the retention of the topics the service
+    consumes, and of its consumer group's committed offsets (a group whose offsets expired
+    starts again from the earliest record). Kafka's defaults are 7 days for both;
     INBOX_RETENTION_HOURS defaults to 14 days.
     """
-    total = 0
-    while True:
-        status = await pool.execute(_PRUNE_BATCH, float(retention_hours), batch_size)
-        deleted = int(status.split()[-1])  # "DELETE <n>"
-        total += deleted
-        if deleted < batch_size:
-            return total
+    return await conn.fetch(_PRUNE_BATCH + " RETURNING 1", float(retention_hours), limit)

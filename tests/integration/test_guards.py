@@ -171,6 +171,17 @@ async def test_the_inbox_has_an_index_on_processed_at_for_every_service_role(
         await pool.close()
 
 
+async def _prune(pool: asyncpg.Pool, *, batch_size: int) -> int:
+    """The inbox-pruning job's rounds (as a replica runs them) until one deletes nothing."""
+    job = service_module.inbox_pruning(
+        ServiceSettings(service_name="guards", inbox_retention_hours=336, inbox_prune_batch_size=batch_size)
+    )
+    total = 0
+    while (done := await background.run_round(job, pool=pool, service="guards", deps=None)).claimed:
+        total += done.claimed
+    return total
+
+
 async def test_prune_deletes_only_claims_older_than_the_retention(
     infra, schema: str, no_service_migrations: Path
 ) -> None:
@@ -180,10 +191,10 @@ async def test_prune_deletes_only_claims_older_than_the_retention(
         await _add_claims(pool, "other", 3, age_hours=337)  # just past: pruned
         await _add_claims(pool, "guards", 4, age_hours=335)  # just inside: kept
         await _add_claims(pool, "guards", 5, age_hours=0)  # fresh: kept
-        assert await inbox.prune(pool, retention_hours=336, batch_size=10) == 28  # three batches
+        assert await _prune(pool, batch_size=10) == 28  # three rounds
         left = await pool.fetch("SELECT processed_at > now() - interval '336 hours' AS young FROM inbox")
         assert len(left) == 9 and all(r["young"] for r in left)
-        assert await inbox.prune(pool, retention_hours=336, batch_size=10) == 0
+        assert await _prune(pool, batch_size=10) == 0
         # A claim that survived still answers: a redelivery of it is recognised.
         event_id = await pool.fetchval("SELECT event_id FROM inbox WHERE consumer = 'guards' LIMIT 1")
         async with pool.acquire() as conn, conn.transaction():
@@ -197,7 +208,7 @@ async def test_replicas_pruning_at_once_delete_each_claim_once(infra, schema: st
     try:
         await _add_claims(pool, "guards", 500, age_hours=24 * 30)
         await _add_claims(pool, "guards", 20, age_hours=1)
-        pruned = await asyncio.gather(*(inbox.prune(pool, retention_hours=336, batch_size=37) for _ in range(4)))
+        pruned = await asyncio.gather(*(_prune(pool, batch_size=37) for _ in range(4)))
         assert sum(pruned) == 500
         assert await pool.fetchval("SELECT count(*) FROM inbox") == 20
     finally:
