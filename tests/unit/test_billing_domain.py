@@ -523,10 +523,10 @@ def _invalid_request(status: int, code: str | None, intent: str | None = None) -
 @pytest.mark.parametrize(
     ("status", "code", "intent", "expected"),
     [
-        (400, "resource_missing", None, ("invalid_request", "req_1")),
+        (400, "resource_missing", None, ("invalid_request", None)),
         (400, None, "pi_9", ("invalid_request", "pi_9")),  # a detached payment method: no code
-        (400, "amount_too_small", None, ("invalid_amount", "req_1")),
-        (400, "amount_too_large", None, ("invalid_amount", "req_1")),
+        (400, "amount_too_small", None, ("invalid_amount", None)),
+        (400, "amount_too_large", None, ("invalid_amount", None)),
         (404, "resource_missing", None, None),  # a wrong URL: needs a person, not a failed payment
         (400, "idempotency_key_in_use", None, None),  # outcome unknown: asked again, same key
     ],

@@ -39,6 +39,7 @@ import asyncpg
 from shared.background import DueCall, WorkUnit
 from shared.contracts.billing import PaymentCaptured, PaymentFailed
 from shared.logging import get_logger
+from shared.redaction import mask_text
 from shared.topics import BILLING_EVENTS
 
 from . import domain, repository
@@ -152,7 +153,7 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, card: Any, timeout
             charge_id=charge["charge_id"],
             attempt=charge["capture_attempts"],
             error=type(exc).__name__,
-            detail=str(exc)[:300],
+            detail=mask_text(str(exc))[:300],  # a gateway's message can name the customer's records
         )
     return None
 
@@ -162,8 +163,8 @@ def _why(gateway_name: str, charge: Any, result: PaymentResult) -> str:
         return f"card on file charged through {gateway_name} (policy {charge['policy_version']})"
     if result.failure_reason == "no_card_on_file":
         return f"no saved card is known for the patient, so {gateway_name} was not asked; the charge stays outstanding"
-    if result.reference is None:
-        return f"{gateway_name} was not asked: {result.failure_reason}; the charge stays outstanding"
+    if result.reference is None:  # not asked (an amount it cannot take), or refused before any payment
+        return f"{gateway_name} did not take it: {result.failure_reason}; the charge stays outstanding"
     return f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
 
 

@@ -279,7 +279,7 @@ def _refused(exc: Any, amount_minor: int, currency: str) -> PaymentResult | None
     intent = error.get("payment_intent") or {}
     return PaymentResult(
         "failed",
-        intent.get("id") or exc.request_id or "unknown",
+        intent.get("id"),  # Stripe's request id is no payment reference
         amount_minor,
         currency,
         failure_reason="invalid_amount" if code in _AMOUNT_CODES else "invalid_request",
