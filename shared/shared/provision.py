@@ -21,6 +21,9 @@ mode 0600) and reused while that file exists. Provisioning sets every role's pas
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -153,16 +156,28 @@ async def _ensure_database(admin: asyncpg.Connection, database: str) -> None:
             pass
 
 
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for `password` (RFC 5802/7677, as libpq's
+    PQencryptPasswordConn makes it): the role is given this, never the password itself, so a
+    statement that fails and is written to the server's log holds no secret."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", hashlib.sha256).digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    salt_b64, stored_b64, server_b64 = (base64.b64encode(raw).decode() for raw in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
+
 async def _ensure_role(admin: asyncpg.Connection, role: str) -> None:
     password = role_password(role, create=True)
     if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
         try:
-            await _exec(admin, "CREATE ROLE %I LOGIN PASSWORD %L", role, password)
+            await _exec(admin, "CREATE ROLE %I LOGIN PASSWORD %L", role, scram_verifier(password))
         except asyncpg.DuplicateObjectError:
             pass  # another server-wide provisioner (another database) made it: set it below
     # The password of record is the variable or the secret file (a role from before either, whose
     # password was its name, gets it here).
-    await _exec(admin, "ALTER ROLE %I PASSWORD %L", role, password)
+    await _exec(admin, "ALTER ROLE %I PASSWORD %L", role, scram_verifier(password))
     # A service role never gets more than its own schema, whatever someone did to it before.
     await _exec(admin, "ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS", role)
 

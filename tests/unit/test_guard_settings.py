@@ -227,3 +227,23 @@ def test_the_local_env_file_and_compose_name_development() -> None:
     compose = (ROOT / "docker-compose.yml").read_text()
     assert "  ENVIRONMENT: development\n" in compose.split("services:", 1)[0]  # every app's environment
     assert "PAYMENT_GATEWAY: sandbox" in compose
+
+
+def test_roles_get_a_scram_verifier_never_the_password() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from shared.provision import scram_verifier
+
+    verifier = scram_verifier("s3cret-Password", iterations=4096)
+    assert "s3cret" not in verifier
+    scheme, rest = verifier.split("$", 1)
+    iterations_salt, keys = rest.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored, server = (base64.b64decode(k) for k in keys.split(":"))
+    assert scheme == "SCRAM-SHA-256" and iterations == "4096"
+    salted = hashlib.pbkdf2_hmac("sha256", b"s3cret-Password", base64.b64decode(salt), 4096)
+    assert stored == hashlib.sha256(hmac.new(salted, b"Client Key", hashlib.sha256).digest()).digest()
+    assert server == hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    assert scram_verifier("s3cret-Password") != verifier  # a fresh salt each time
