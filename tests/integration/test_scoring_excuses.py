@@ -67,6 +67,17 @@ def excuse_of(scoring: ServiceProcess, excuse_id: str) -> Callable[[], dict[str,
     return check
 
 
+def queue(scoring: ServiceProcess, status: str) -> set[str]:
+    """The ids on GET /excuses?status= (every page): the console's review queue."""
+    found: set[str] = set()
+    for page in range(1, 1000):
+        items = scoring.get_json(f"/excuses?status={status}&page={page}&page_size=500")["items"]
+        found |= {x["excuse_id"] for x in items}
+        if len(items) < 500:
+            return found
+    return found
+
+
 def reviewed_by_now(scoring: ServiceProcess, excuse_id: str) -> Callable[[], dict[str, Any] | None]:
     def check() -> dict[str, Any] | None:
         excuse = excuse_of(scoring, excuse_id)()
@@ -149,9 +160,11 @@ async def test_an_approved_excuse_lifts_the_hold_at_once_and_the_recalculation_r
         excuse_id, _ = await submit(publisher, pro, booking)
         pending = await until(excuse_of(scoring, excuse_id), what="the excuse recorded")
         assert (pending["status"], pending["reason"], pending["booking_id"]) == ("pending", None, booking)
+        assert excuse_id in queue(scoring, "pending") and excuse_id not in queue(scoring, "approved")
 
         await review(publisher, pro, excuse_id, "approved")
         [lifted] = await w.wait_for(of(pro, "hold.lifted"))
+        assert excuse_id not in queue(scoring, "pending") and excuse_id in queue(scoring, "approved")
         assert lifted.data == {"hold_id": hold["hold_id"], "professional_id": pro, "cause": "excused"}
         body = scoring.get_json(f"/professionals/{pro}")
         [held] = body["holds"]

@@ -9,7 +9,7 @@ part of this data it could be scoped to. Ids scoring has never heard of answer 4
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 
@@ -123,6 +123,19 @@ async def professional_excuses(
         "page": page.page,
         "page_size": page.page_size,
     }
+
+
+@router.get("/excuses", response_model=PageOf[Excuse])
+async def excuses(
+    _: Operator,
+    service: Service,
+    page: Annotated[Page, Depends()],
+    status: Literal["pending", "approved", "rejected"] = "pending",
+) -> dict[str, Any]:
+    """Excuses of every professional in one status (default `pending`: the review queue), oldest
+    first, paginated."""
+    rows = await repository.excuses_by_status(service.pool, status, limit=page.limit, offset=page.offset)
+    return {"items": [dict(r) for r in rows], "page": page.page, "page_size": page.page_size}
 
 
 @router.get("/excuses/{excuse_id}", response_model=Excuse)

@@ -452,5 +452,15 @@ async def excuses_for_read(
     )
 
 
+async def excuses_by_status(pool: asyncpg.Pool, status: str, *, limit: int, offset: int) -> list[asyncpg.Record]:
+    """Every professional's excuses in one status, oldest first (the review queue)."""
+    return await pool.fetch(
+        f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE status = $1 ORDER BY recorded_at, excuse_id LIMIT $2 OFFSET $3",
+        status,
+        limit,
+        offset,
+    )
+
+
 async def excuse_for_read(pool: asyncpg.Pool, excuse_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE excuse_id = $1", excuse_id)
