@@ -2,7 +2,13 @@
 
 The document is built from the same `ServiceDefinition` that wires the subscribers and
 names what the service publishes, with payload schemas from the contract models, so it cannot
-drift from what the service does. `make docs` writes one JSON file per service.
+drift from what the service does. `make docs` writes one JSON file per service, and
+`infra/check-schemas.sh` fails when the committed ones (`docs/asyncapi/`) differ from a fresh run
+or the AsyncAPI validator refuses one.
+
+The documents describe the contract, not one deployment: they are built in
+`DOCUMENTATION_ENVIRONMENT` (development, the sandbox gateway, every other setting at its
+default) whatever the caller's environment holds, so they are the same on every machine.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +124,28 @@ def document(definition: ServiceDefinition) -> dict[str, Any]:
     }
 
 
+DOCUMENTATION_ENVIRONMENT = {"ENVIRONMENT": "development", "PAYMENT_GATEWAY": "sandbox"}
+
+
+@contextmanager
+def _documentation_environment() -> Iterator[None]:
+    """The process environment is DOCUMENTATION_ENVIRONMENT alone while the definitions are
+    built (settings read it when a definition is built, never later), and as it was after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(DOCUMENTATION_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def service_documents() -> dict[str, dict[str, Any]]:
     docs = {}
-    for name, module in SERVICE_MODULES.items():
-        definition = importlib.import_module(module).definition()
+    with _documentation_environment():
+        definitions = {name: importlib.import_module(module).definition() for name, module in SERVICE_MODULES.items()}
+    for name, definition in definitions.items():
         docs[name] = document(definition)
     return docs
 
