@@ -1,7 +1,8 @@
 """How a service handles a message — the recipe of docs/design.md, written once for all six.
 
 Guarantees:
-1. Every record is parsed (envelope and payload, pydantic); one that is unparseable, of an
+1. Every record is parsed (envelope and payload, pydantic; CloudEvents structured or binary
+   mode, `parse_record`); one that is unparseable, of an
    unknown type or against the contract goes to `dlq.<service>.v1` with its original bytes,
    topic, partition, offset and the error — through the outbox, in the same transaction as
    everything else, so it is recorded once and never lost.
@@ -35,11 +36,11 @@ from . import inbox, outbox
 from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.deadletter import MessageDeadLettered
-from .contracts.envelope import ContractViolation, Event, parse_envelope
+from .contracts.envelope import ContractViolation, Event, Headers, parse_record
 from .contracts.registry import models_for
 from .db import Connection
 from .logging import get_logger
-from .metrics import BATCH_SECONDS, MESSAGES, TRANSIENT_RETRIES
+from .metrics import BATCH_SECONDS, DEAD_LETTERS, MESSAGES, TRANSIENT_RETRIES
 from .redaction import mask_text
 from .topics import dead_letter_topic
 
@@ -57,6 +58,7 @@ class Record(Protocol):
     timestamp: int  # milliseconds since the epoch: the producer's CreateTime, kept on a replay
     key: bytes | None
     value: bytes | None
+    headers: Headers  # CloudEvents binary mode carries the envelope's attributes here
 
 
 def record_time(record: Record) -> datetime | None:
@@ -145,6 +147,9 @@ class BatchOutcome:
     """What became of each record of a batch, counted once the transaction committed."""
 
     outcomes: list[tuple[str, str]] = field(default_factory=list)  # (topic, outcome)
+    # Why each dead letter written by this batch was written (contract_violation, handler_failed):
+    # a record dead-lettered before is not written, nor counted, again.
+    dead_letters: list[str] = field(default_factory=list)
 
     def add(self, topic: str, outcome: str) -> None:
         self.outcomes.append((topic, outcome))
@@ -219,6 +224,8 @@ class MessageProcessor:
             BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
             for topic, result in outcome.outcomes:
                 MESSAGES.labels(self.service, topic, result).inc()
+            for reason in outcome.dead_letters:
+                DEAD_LETTERS.labels(self.service, reason).inc()
             if self._on_committed is not None:
                 self._on_committed()
             return outcome
@@ -228,10 +235,10 @@ class MessageProcessor:
         if registry is None:
             return ContractViolation(f"{self.service} does not consume topic {record.topic}")
         try:
-            return parse_envelope(record.value, registry)
+            return parse_record(record.value, record.headers, registry)
         except ContractViolation as violation:
             return violation
-        except Exception as exc:  # noqa: BLE001 - parse_envelope should not, but a record can never wedge us
+        except Exception as exc:  # noqa: BLE001 - parse_record should not, but a record can never wedge us
             return ContractViolation(f"cannot be read ({type(exc).__name__})")
 
     async def _handle_in_transaction(self, parsed: Sequence[tuple[Record, Event | ContractViolation]]) -> BatchOutcome:
@@ -317,6 +324,7 @@ class MessageProcessor:
     ) -> None:
         """A record that breaks the contract: its dead letter (and answer), once per position."""
         if await self._dead_letter(conn, record, str(violation), claim_id=_position_id(record)):
+            outcome.dead_letters.append("contract_violation")
             await self._answer(conn, violation)
         outcome.add(record.topic, "dead_lettered")
 
@@ -326,13 +334,14 @@ class MessageProcessor:
         """It will fail the same way every time: record why, in place of its effect, once. The log
         names only the error's type (its text may quote personal data); the dead letter, readable
         by ops only, has the whole reason."""
-        await self._dead_letter(
+        if await self._dead_letter(
             conn,
             record,
             f"{type(exc).__name__}: {exc}"[:2000],
             claim_id=event.id,
             log_reason=f"handler failed: {type(exc).__name__}",
-        )
+        ):
+            outcome.dead_letters.append("handler_failed")
         outcome.add(record.topic, "dead_lettered")
 
     async def _answer(self, conn: Connection, violation: ContractViolation) -> None:

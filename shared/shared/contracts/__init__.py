@@ -6,7 +6,7 @@ every service needs to read and write messages are re-exported here.
 
 from .base import ContractModel, DecimalStr, Money, Payload
 from .common import Actor, Decision, Fee, Patient
-from .envelope import ContractViolation, Envelope, Event, new_envelope, parse_envelope
+from .envelope import ContractViolation, Envelope, Event, new_envelope, parse_envelope, parse_record
 from .registry import ALL_EVENT_TYPES, TOPIC_EVENTS, models_for
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "models_for",
     "new_envelope",
     "parse_envelope",
+    "parse_record",
 ]

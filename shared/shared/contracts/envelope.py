@@ -1,19 +1,28 @@
-"""The CloudEvents 1.0 envelope (structured mode) every message on every topic travels in.
+"""The CloudEvents 1.0 envelope every message on every topic travels in.
 
 `parse_envelope` turns raw Kafka bytes into an envelope with a validated payload, or raises
 `ContractViolation` with a sentence saying what is wrong; the caller dead-letters it.
+`parse_record` reads a record in either mode of the CloudEvents Kafka protocol binding:
+structured (the value is the whole envelope, what we publish) or binary (the attributes in
+`ce_<name>` headers, `content-type` for `datacontenttype`, the value the `data` alone), and
+gives the same `Event` for the same event either way.
 
 Guarantee: whatever the bytes, `parse_envelope` returns an `Event` or raises
 `ContractViolation` — never anything else (an overflowing date, JSON nested thousands deep or
 a number with thousands of digits included), and it never spends more than a bounded effort:
 a message over `MAX_MESSAGE_BYTES` is refused before it is decoded, and one nested deeper than
 `MAX_NESTING_DEPTH` before it is validated. Its sentences never quote the input's values.
+`parse_record` keeps the same promise for the headers: at most `MAX_HEADERS` of them, names of
+at most `MAX_HEADER_NAME_CHARS`, each value it reads at most `MAX_HEADER_VALUE_BYTES` of strict,
+printable UTF-8, every attribute once; its sentences name only attributes of the contract.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -141,6 +150,98 @@ def parse_envelope(raw: bytes | None, registry: dict[str, type[Payload]]) -> Eve
     document = _decode(raw)
     if not isinstance(document, dict):
         raise ContractViolation("not a JSON object: a message must be one CloudEvents JSON object")
+    return _event(document, registry)
+
+
+# --- binary mode: the Kafka protocol binding of CloudEvents 1.0 --------------------------------
+
+# Our own records carry one header; tracing adds one or two. 64 leaves room for any producer's
+# and keeps what a hostile record can make us look at small.
+MAX_HEADERS = 64
+MAX_HEADER_NAME_CHARS = 64
+MAX_HEADER_VALUE_BYTES = 4 * ENVELOPE_TEXT_MAX_CHARS  # the longest attribute, four bytes a character
+CE_PREFIX = "ce_"
+# CloudEvents attribute names: lower-case ASCII letters and digits, at most 20 of them.
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+# Not attributes in binary mode: the data is the value, its content type the `content-type` header.
+_NOT_HEADERS = frozenset({"data", "data_base64", "datacontenttype"})
+_KNOWN_ATTRIBUTES = frozenset(Envelope.model_fields) - {"data"}
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+def parse_record(value: bytes | None, headers: Headers | None, registry: dict[str, type[Payload]]) -> Event:
+    """A record in structured or binary mode, as the CloudEvents Kafka binding tells them apart:
+    a `content-type` of `application/cloudevents...` is structured, and so is a record with no
+    `ce_` header (what every producer sent before binary mode was accepted); a record with
+    `ce_` headers and any other content type is binary."""
+    headers = headers or ()
+    if len(headers) > MAX_HEADERS:
+        raise ContractViolation(f"a record with {len(headers)} headers: at most {MAX_HEADERS} are accepted")
+    content_type: str | None = None
+    attributes: list[tuple[str, bytes | None]] = []
+    for name, raw in headers:
+        if not isinstance(name, str) or len(name) > MAX_HEADER_NAME_CHARS:
+            raise ContractViolation(f"a header name over {MAX_HEADER_NAME_CHARS} characters")
+        if name.lower() == "content-type":
+            if content_type is not None:
+                raise ContractViolation("the content-type header appears more than once")
+            content_type = _header_text(raw, "the content-type header")
+        elif name.startswith(CE_PREFIX):
+            attributes.append((name.removeprefix(CE_PREFIX), raw))
+    media_type = content_type.split(";", 1)[0].strip().lower() if content_type is not None else None
+    if not attributes or (media_type is not None and media_type.startswith("application/cloudevents")):
+        return parse_envelope(value, registry)
+    return _event(_binary_document(value, media_type, attributes), registry)
+
+
+def _binary_document(
+    value: bytes | None, media_type: str | None, attributes: list[tuple[str, bytes | None]]
+) -> dict[str, Any]:
+    """The structured form of a binary-mode record, for the one validation both modes share."""
+    document: dict[str, Any] = {}
+    for name, raw in attributes:
+        if not _ATTRIBUTE_NAME.fullmatch(name):
+            raise ContractViolation("a ce_ header whose attribute name is not 1 to 20 lower-case letters or digits")
+        # Only an attribute of the contract is named: any other name came from the sender.
+        what = f"the ce_{name} header" if name in _KNOWN_ATTRIBUTES or name in _NOT_HEADERS else "an extension header"
+        if name in _NOT_HEADERS:
+            raise ContractViolation(
+                f"{what} is not an attribute in binary mode: the data is the record value, its type the content-type header"
+            )
+        if name in document:
+            raise ContractViolation(f"{what} appears more than once")
+        document[name] = _header_text(raw, what)
+    if media_type is not None:
+        if media_type != "application/json":
+            raise ContractViolation("binary mode: the content-type header must be application/json")
+        document["datacontenttype"] = media_type
+    if value is None:
+        raise ContractViolation("empty record value: in binary mode the value is the event's data, a JSON object")
+    data = _decode(value)
+    if not isinstance(data, dict):
+        raise ContractViolation("binary mode: the record value must be one JSON object, the event's data")
+    document["data"] = data
+    return document
+
+
+def _header_text(raw: bytes | None, what: str) -> str:
+    if raw is None:
+        raise ContractViolation(f"{what} has no value")
+    if len(raw) > MAX_HEADER_VALUE_BYTES:
+        raise ContractViolation(f"{what} of {len(raw)} bytes: at most {MAX_HEADER_VALUE_BYTES} bytes are accepted")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractViolation(f"{what} is not UTF-8") from None
+    if not _PRINTABLE.fullmatch(text):
+        raise ContractViolation(f"{what} holds a control character")
+    return text
+
+
+def _event(document: dict[str, Any], registry: dict[str, type[Payload]]) -> Event:
+    """The one validation of both modes: shape, envelope, then the payload its `type` names."""
     _check_shape(document)
     envelope: Envelope = _validate(Envelope, document, "invalid CloudEvents envelope")
     model = registry.get(envelope.type)
