@@ -1,6 +1,10 @@
-"""notification's read API: the delivery log, by booking and by professional.
+"""notification's read API: the delivery log, by booking and by professional; and the one
+route that writes, Twilio's SMS status callbacks (`POST /sms/status`).
 
-Every route needs a bearer token (shared.auth). A booking's log is shown to its practice (`ops`:
+Every read route needs a bearer token (shared.auth). The status callback has none (Twilio
+cannot send one): it must carry Twilio's `X-Twilio-Signature` over SMS_STATUS_CALLBACK_URL and
+the form, made with TWILIO_AUTH_TOKEN, or it is refused with 403 before its content is read; a
+status is recorded at most once and never steps back (`domain.sms_statuses_before`). A booking's log is shown to its practice (`ops`:
 every practice); another practice's booking answers 404 like one that does not exist. A
 professional works across offices, so their notices are shown to `ops` only (403 otherwise).
 Nothing here carries personal data: no address, no subject, no text; a skip or error reason is
@@ -9,17 +13,26 @@ shown as recorded, masked by shared.redaction.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
+from urllib.parse import parse_qsl
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+from starlette.datastructures import ImmutableMultiDict
+from twilio.request_validator import RequestValidator
 
 from shared.auth import Principal, authenticated, with_role
 from shared.http import Page, PageOf, PathId, View, not_found
+from shared.logging import get_logger
 from shared.service import Runtime, runtime_of
 
-from . import repository
+from . import domain, repository
+from .settings import NotificationSettings
+
+log = get_logger(__name__)
 
 router = APIRouter(tags=["notifications"])
 
@@ -41,6 +54,9 @@ class Delivery(View):
     next_attempt_at: datetime
     created_at: datetime
     finished_at: datetime | None
+    provider_status: str | None = None  # an SMS provider's last word on it (Twilio's status callbacks)
+    provider_error_code: str | None = None
+    provider_status_at: datetime | None = None
 
 
 class BookingNotifications(PageOf[Delivery]):
@@ -88,3 +104,64 @@ async def professional_notifications(
         "page": page.page,
         "page_size": page.page_size,
     }
+
+
+# --- Twilio's status callbacks -----------------------------------------------------------------
+
+TwilioSignature = APIKeyHeader(
+    name="X-Twilio-Signature",
+    scheme_name="TwilioSignature",
+    description="Twilio's signature of the callback URL and form, with the account's auth token",
+    auto_error=False,
+)
+# Twilio's callback is a few hundred bytes of form; anything much larger is not Twilio.
+STATUS_CALLBACK_MAX_BYTES = 16 * 1024
+STATUS_CALLBACK_MAX_FIELDS = 64
+MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-f]{32}")
+ERROR_CODE = re.compile(r"[0-9]{1,8}")
+
+
+class SmsStatusRecorded(View):
+    recorded: bool  # false: repeated, older than the status on record, or for a message not ours
+
+
+def forbidden() -> HTTPException:
+    return HTTPException(403, "not signed by Twilio for this service")
+
+
+@router.post("/sms/status", response_model=SmsStatusRecorded)
+async def sms_status(
+    request: Request, service: Service, signature: Annotated[str | None, Security(TwilioSignature)]
+) -> dict[str, Any]:
+    """Twilio's StatusCallback for an SMS it accepted (form: MessageSid, MessageStatus,
+    ErrorCode): the status is recorded on the delivery, once, never a step back."""
+    settings = cast(NotificationSettings, service.settings)
+    url, token = settings.sms_status_callback_url, settings.twilio_auth_token
+    if not signature or not url or token is None:
+        raise forbidden()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > STATUS_CALLBACK_MAX_BYTES:
+            raise forbidden()  # what Twilio signs is small; this is not Twilio
+    try:
+        form = ImmutableMultiDict(
+            parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=STATUS_CALLBACK_MAX_FIELDS)
+        )
+    except ValueError:  # not UTF-8, or too many fields
+        raise forbidden() from None
+    if not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+        raise forbidden()
+    sid, status, error_code = form.get("MessageSid", ""), form.get("MessageStatus", ""), form.get("ErrorCode") or None
+    if not MESSAGE_SID.fullmatch(sid) or status not in domain.SMS_STATUSES:
+        raise HTTPException(400, "MessageSid and MessageStatus must be a Twilio message SID and status")
+    if error_code is not None and not ERROR_CODE.fullmatch(error_code):
+        raise HTTPException(400, "ErrorCode must be Twilio's numeric error code")
+    recorded = await repository.record_provider_status(
+        service.pool, sid, status, error_code, domain.sms_statuses_before(status)
+    )
+    if recorded is None:
+        # Before this service recorded the SID (the callback can outrun the send's own
+        # transaction) or not a message of ours: nothing to record it on.
+        log.info("sms status for an unknown message", message_sid=sid, status=status)
+    return {"recorded": bool(recorded)}

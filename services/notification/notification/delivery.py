@@ -12,28 +12,41 @@ Guarantees:
   address, a name or a message text.
 - The provider sees one idempotency key per message, the `notification_id` (uuid5 of the
   causing event, recipient and channel): the email's `Message-ID`, the SMS request's
-  `Idempotency-Key` header.
+  `Idempotency-Key` header (the generic HTTP channel).
+- SMS goes through one of two channels, by SMS_PROVIDER: `http` (a form POST to SMS_API_URL,
+  bearer key) or `twilio` (the official SDK: Basic auth with the account SID and auth token).
+  The SDK is synchronous: each send runs in a worker thread, at most SMS_MAX_CONCURRENT_SENDS at
+  once, so the event loop never waits on Twilio. Twilio's message SID is kept on the row, and its
+  status callbacks (`api.sms_status`) record the delivery's provider status.
 
 The window that remains: when the SMTP server has accepted an email and this process dies (or
 the database is unreachable for longer than the outcome retries) before the row is marked
 sent, the lease expires and the email is sent again, with the same Message-ID. SMTP has no
 idempotency key, so a mail server or client that does not de-duplicate on Message-ID shows it
 twice. The window is one database round trip long; an SMS in the same window is repeated only
-if the provider ignores the `Idempotency-Key`.
+if the provider ignores the `Idempotency-Key`. Twilio's Messages API takes no idempotency key:
+through the `twilio` channel an SMS in that window is sent twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiosmtplib
 import asyncpg
 import httpx
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http import HttpClient
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client as TwilioClient
 
 from shared.background import DueCall, WorkUnit
 from shared.contracts.notification import NotificationFailed, NotificationSent
@@ -109,7 +122,7 @@ class SmsChannel:
     def configured(self) -> bool:
         return bool(self._settings.sms_api_url)
 
-    async def send(self, notification_id: uuid.UUID, to: str, body: str) -> None:
+    async def send(self, notification_id: uuid.UUID, to: str, body: str) -> str | None:
         s = self._settings
         if not s.sms_api_url:
             raise DeliveryError(SMS_NOT_CONFIGURED, permanent=True)
@@ -124,12 +137,88 @@ class SmsChannel:
         except httpx.HTTPError as exc:
             raise DeliveryError(f"SMS provider unreachable: {type(exc).__name__}", permanent=False) from None
         if response.is_success:
-            return
-        # 408, 429 and 5xx may pass; any other refusal will be the same next time.
-        transient = response.status_code in (408, 429) or response.status_code >= 500
+            return None  # a generic provider's answer names no message we could follow
         raise DeliveryError(
-            f"SMS provider answered {response.status_code}: {response.text[:200]}", permanent=not transient
+            f"SMS provider answered {response.status_code}: {response.text[:200]}",
+            permanent=not retry_may_pass(response.status_code),
         )
+
+
+def retry_may_pass(status: int) -> bool:
+    """408, 429 and 5xx may pass; any other refusal will be the same next time."""
+    return status in (408, 429) or status >= 500
+
+
+class SmsSender(Protocol):
+    """An SMS channel: sends one message, returns the provider's id for it if it gives one."""
+
+    @property
+    def configured(self) -> bool: ...
+
+    async def send(self, notification_id: uuid.UUID, to: str, body: str) -> str | None: ...
+
+
+class TwilioSmsChannel:
+    """SMS through Twilio's Messages API with the official SDK: Basic auth (account SID, auth
+    token), `From` SMS_FROM, a status callback to SMS_STATUS_CALLBACK_URL when set.
+
+    The SDK blocks: a send runs in a worker thread (`asyncio.to_thread`), and a semaphore holds
+    the threads at SMS_MAX_CONCURRENT_SENDS, so a slow Twilio fills neither the loop nor the
+    default executor. A refusal is permanent for 4xx (an invalid number, an unverified sender,
+    wrong credentials) and retried for 408, 429, 5xx and anything on the network."""
+
+    def __init__(self, settings: NotificationSettings, http_client: HttpClient | None = None) -> None:
+        """`http_client`: the SDK's own transport port (its TwilioHttpClient when None)."""
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.sms_max_concurrent_sends)
+        self._client: TwilioClient | None = None
+        if self.configured:
+            assert settings.twilio_account_sid and settings.twilio_auth_token
+            # The SDK logs every request's URL and headers at INFO: kept to warnings here.
+            quiet = logging.getLogger("notification.twilio")
+            quiet.setLevel(logging.WARNING)
+            self._client = TwilioClient(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.get_secret_value(),
+                http_client=http_client or TwilioHttpClient(timeout=settings.sms_timeout_seconds, logger=quiet),
+            )
+            if settings.twilio_api_base_url:  # a Twilio-speaking stand-in (tests) or a proxy
+                self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+
+    @property
+    def configured(self) -> bool:
+        s = self._settings
+        return bool(s.twilio_account_sid and s.twilio_auth_token and s.sms_from)
+
+    async def send(self, notification_id: uuid.UUID, to: str, body: str) -> str | None:
+        if self._client is None:
+            raise DeliveryError(SMS_NOT_CONFIGURED, permanent=True)
+        async with self._slots:
+            try:
+                return await asyncio.to_thread(self._create, to, body)
+            except TwilioRestException as exc:
+                # Twilio's message may quote the number: only its status and error code are kept.
+                raise DeliveryError(
+                    f"Twilio answered {exc.status} (error code {exc.code})", permanent=not retry_may_pass(exc.status)
+                ) from None
+            except (requests.RequestException, TwilioException, OSError) as exc:
+                raise DeliveryError(f"Twilio unreachable: {type(exc).__name__}", permanent=False) from None
+
+    def _create(self, to: str, body: str) -> str | None:
+        """In a worker thread: one Messages.json POST."""
+        assert self._client is not None
+        s = self._settings
+        message = self._client.messages.create(
+            to=to, from_=s.sms_from, body=body, status_callback=s.sms_status_callback_url or None
+        )
+        return message.sid
+
+
+def sms_channel(settings: NotificationSettings, http: httpx.AsyncClient) -> SmsSender:
+    """The SMS channel SMS_PROVIDER names."""
+    if settings.sms_provider == "twilio":
+        return TwilioSmsChannel(settings)
+    return SmsChannel(settings, http)
 
 
 @dataclass
@@ -139,7 +228,7 @@ class Deps:
     settings: NotificationSettings
     renderer: Renderer
     email: EmailChannel
-    sms: SmsChannel
+    sms: SmsSender
     http: httpx.AsyncClient
 
     @classmethod
@@ -149,7 +238,7 @@ class Deps:
             settings=settings,
             renderer=Renderer(),
             email=EmailChannel(settings),
-            sms=SmsChannel(settings, http),
+            sms=sms_channel(settings, http),
             http=http,
         )
 
@@ -192,6 +281,7 @@ class Attempt:
 
     step: Literal["sent", "retry", "failed"]
     reason: str | None = None
+    provider_message_id: str | None = None  # what the provider calls the message it accepted
 
 
 async def send_one(deps: Deps, row: asyncpg.Record, *, max_attempts: int) -> Attempt:
@@ -200,9 +290,10 @@ async def send_one(deps: Deps, row: asyncpg.Record, *, max_attempts: int) -> Att
     try:
         if row["channel"] == "email":
             await deps.email.send(notification_id, row["address"], row["subject"] or "", row["body"] or "")
-        else:
-            await deps.sms.send(notification_id, row["address"], row["body"] or "")
-        return Attempt("sent")
+            return Attempt("sent")
+        return Attempt(
+            "sent", provider_message_id=await deps.sms.send(notification_id, row["address"], row["body"] or "")
+        )
     except DeliveryError as exc:
         error = exc
     except Exception as exc:  # noqa: BLE001 - an unforeseen fault of the client library: try again later
@@ -238,7 +329,7 @@ async def record_outcome(
         return
     payload: NotificationSent | NotificationFailed
     if attempt.step == "sent":
-        changed = await repository.mark_sent(unit.conn, notification_id)
+        changed = await repository.mark_sent(unit.conn, notification_id, attempt.provider_message_id)
         payload = NotificationSent.new(**_outcome_fields(row))
     else:
         changed = await repository.mark_failed(unit.conn, notification_id, row["attempts"], attempt.reason or "")

@@ -546,3 +546,28 @@ def redact(text: str, limit: int = 300) -> str:
     """An error as it may be stored and published: personal data and secrets masked as in the
     logs (`shared.redaction.mask_text`: addresses → "[email]", numbers → "[phone]"), shortened."""
     return mask_text(text)[:limit]
+
+
+# --- an SMS provider's status of a message it accepted (Twilio's MessageStatus) ----------------
+
+# In the order a message goes through them; statuses of one step are alternatives (a message
+# ends delivered or undelivered or failed, never two of them). `read` follows delivery on
+# channels that report it.
+SMS_STATUS_STEPS: tuple[frozenset[str], ...] = (
+    frozenset({"accepted", "scheduled", "queued"}),
+    frozenset({"sending"}),
+    frozenset({"sent"}),
+    frozenset({"delivered", "undelivered", "failed", "canceled"}),
+    frozenset({"read"}),
+)
+SMS_STATUSES = frozenset().union(*SMS_STATUS_STEPS)
+
+
+def sms_statuses_before(status: str) -> list[str]:
+    """The statuses a report of `status` may replace: those of earlier steps. A report repeated
+    or late (Twilio does not promise their order) replaces nothing, so the furthest status
+    stands. Raises ValueError for a status that is not Twilio's."""
+    for step, statuses in enumerate(SMS_STATUS_STEPS):
+        if status in statuses:
+            return sorted(s for earlier in SMS_STATUS_STEPS[:step] for s in earlier)
+    raise ValueError("not an SMS status")

@@ -316,14 +316,38 @@ async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float) 
     )
 
 
-async def mark_sent(conn: asyncpg.Connection, notification_id: uuid.UUID) -> bool:
-    """The provider accepted it. A success is a fact: recorded whoever holds the claim now."""
+async def mark_sent(
+    conn: asyncpg.Connection, notification_id: uuid.UUID, provider_message_id: str | None = None
+) -> bool:
+    """The provider accepted it (under its own id, if it gave one). A success is a fact:
+    recorded whoever holds the claim now."""
     updated = await conn.fetchval(
-        "UPDATE deliveries SET status = 'sent', reason = NULL, finished_at = now()"
+        "UPDATE deliveries SET status = 'sent', reason = NULL, finished_at = now(), provider_message_id = $2"
         " WHERE notification_id = $1 AND status = 'pending' RETURNING true",
         notification_id,
+        provider_message_id,
     )
     return bool(updated)
+
+
+async def record_provider_status(
+    conn: Conn, provider_message_id: str, status: str, error_code: str | None, earlier: list[str]
+) -> bool | None:
+    """The provider's status of a message it accepted, unless the row already has this status or
+    a later one (`earlier`: the statuses it may replace), so a callback repeated or out of order
+    changes nothing. None when no delivery has this provider id."""
+    return await conn.fetchval(
+        "WITH target AS (SELECT notification_id FROM deliveries WHERE provider_message_id = $1),"
+        " changed AS (UPDATE deliveries d SET provider_status = $2, provider_error_code = $3,"
+        " provider_status_at = now() FROM target WHERE d.notification_id = target.notification_id"
+        " AND (d.provider_status IS NULL OR d.provider_status = ANY($4::text[])) RETURNING true)"
+        " SELECT CASE WHEN EXISTS (SELECT 1 FROM changed) THEN true"
+        " WHEN EXISTS (SELECT 1 FROM target) THEN false END",
+        provider_message_id,
+        status,
+        error_code,
+        earlier,
+    )
 
 
 async def mark_failed(conn: asyncpg.Connection, notification_id: uuid.UUID, attempts: int, reason: str) -> bool:
@@ -356,7 +380,8 @@ async def schedule_retry(
 # (masked by shared.redaction); no address, no subject, no text.
 _LOGGED = (
     "notification_id, event_id, event_type, booking_id, professional_id, practice_id, recipient, channel,"
-    " template, locale, status, reason, attempts, next_attempt_at, created_at, finished_at"
+    " template, locale, status, reason, attempts, next_attempt_at, created_at, finished_at,"
+    " provider_status, provider_error_code, provider_status_at"
 )
 
 

@@ -1,6 +1,6 @@
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -23,11 +23,23 @@ class NotificationSettings(ServiceSettings):
     smtp_starttls: bool | None = None
     smtp_timeout_seconds: float = 20.0
 
-    # SMS provider (Twilio-style form POST). No URL: SMS is reported failed, never silently dropped.
+    # SMS: `http`, a generic provider (form POST of To/Body/From to SMS_API_URL, bearer
+    # SMS_API_KEY), or `twilio`, Twilio's Messages API through the official SDK (Basic auth with
+    # TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, From SMS_FROM). Not configured: SMS is reported
+    # failed, never silently dropped.
+    sms_provider: Literal["http", "twilio"] = "http"
     sms_api_url: str | None = None
     sms_api_key: SecretStr | None = None
-    sms_from: str | None = None  # sender id, when the provider wants one
+    sms_from: str | None = None  # sender id, when the provider wants one (Twilio always does)
     sms_timeout_seconds: float = 15.0
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None  # also the key that signs Twilio's status callbacks
+    twilio_api_base_url: str | None = None  # unset: the SDK's own (https://api.twilio.com)
+    # Where Twilio posts a message's status (this service's POST /sms/status, as Twilio reaches
+    # it): the exact URL is part of what Twilio signs. Unset: no status callbacks are asked for.
+    sms_status_callback_url: str | None = None
+    # The SDK blocks: at most this many sends in worker threads at once.
+    sms_max_concurrent_sends: int = Field(default=8, ge=1, le=64)
 
     # Delivery: retries with exponential backoff, then `notification.failed`.
     delivery_max_attempts: int = 5
