@@ -32,8 +32,8 @@ For both shapes, with any number of replicas:
   sooner when `next_due` says work falls due by the clock), and again at once after a full
   batch that made progress. The loop stops when the runtime stops (a round in flight is rolled
   back by the cancellation; `DueCall.drain_seconds` lets calls in flight finish and be recorded).
-- `background_rows_total{service, job, outcome}` counts rows handled, failed and deferred;
-  `background_retries_total{service, job}` counts rounds rolled back and retried.
+- `cancellations_background_rows_total{service, job, outcome}` counts rows handled, failed and deferred;
+  `cancellations_background_retries_total{service, job}` counts rounds rolled back and retried.
 """
 
 from __future__ import annotations

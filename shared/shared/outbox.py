@@ -13,8 +13,10 @@ Guarantees:
 - Nothing written here can be too large for the broker: an event over `MAX_EVENT_BYTES` is
   refused when it is built (`EventTooLarge`, a permanent error: the message that caused it is
   dead-lettered). A row the broker still refuses for good (too large, invalid topic) is parked
-  (`parked_at`, `park_reason`, the `outbox_parked_total` metric and an error log line) and the
-  rows behind it flow; a parked row is never published by itself again.
+  (`parked_at`, `park_reason`, the `cancellations_outbox_parked_total` metric and an error log
+  line) and the rows behind it flow; a parked row is never published by itself again.
+- Each published event is counted by type (`cancellations_events_published_total` and the
+  business counters of shared.metrics) once the broker acknowledged it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .contracts.base import Payload
 from .contracts.envelope import new_envelope
 from .db import Connection
 from .logging import get_logger
-from .metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED, OUTBOX_UNPUBLISHED
+from .metrics import BUSINESS_EVENTS, EVENTS_PUBLISHED, OUTBOX_PARKED, OUTBOX_PUBLISHED
 from .redaction import mask_text
 
 log = get_logger(__name__)
@@ -113,6 +115,41 @@ async def write(conn: Connection, events: Iterable[OutgoingEvent]) -> int:
             rows,
         )
     return len(rows)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in one service's outbox: rows to publish, the oldest one's age, parked rows."""
+
+    unpublished: int
+    oldest_unpublished_seconds: float
+    parked: int
+
+
+async def backlog(conn: Connection) -> Backlog:
+    """The outbox's backlog, read through its two partial indexes (cheap at any table size)."""
+    row = await conn.fetchrow(
+        "SELECT"
+        " (SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NULL) AS unpublished,"
+        " (SELECT extract(epoch FROM now() - created_at) FROM outbox"
+        "  WHERE published_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT 1) AS oldest,"
+        " (SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL) AS parked"
+    )
+    assert row is not None
+    return Backlog(
+        unpublished=int(row["unpublished"]),
+        oldest_unpublished_seconds=max(0.0, float(row["oldest"] or 0)),
+        parked=int(row["parked"]),
+    )
+
+
+def count_published(service: str, event_types: Iterable[str]) -> None:
+    """Count events the broker acknowledged: by type, and the business facts they state."""
+    for event_type in event_types:
+        EVENTS_PUBLISHED.labels(service, event_type).inc()
+        business = BUSINESS_EVENTS.get(event_type)
+        if business is not None:
+            business.labels(service).inc()
 
 
 # A started Kafka producer for the relay: idempotent, acks=all (see shared.service).
@@ -265,7 +302,6 @@ class OutboxRelay:
             BATCH_MAX_BYTES,
         )
         if not rows:
-            OUTBOX_UNPUBLISHED.labels(self._service).set(0)
             return 0
         sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
         refused: list[tuple[asyncpg.Record, BaseException]] = []
@@ -294,6 +330,7 @@ class OutboxRelay:
             [row["seq"] for row, _ in sent],
         )
         OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
+        count_published(self._service, [row["type"] for row, _ in sent])
         return len(rows)
 
     async def _park(self, conn: Connection, refused: list[tuple[asyncpg.Record, BaseException]]) -> None:

@@ -14,7 +14,10 @@ Guarantees (docs/style.md#the-habits 2, 5, 7):
   after an unexpected error. Every replica prunes inbox claims older than
   INBOX_RETENTION_HOURS in the background (`inbox_pruning`: batched, safe with replicas).
 - The HTTP surface (FastAPI, `http_app`) builds the runtime in its lifespan; liveness,
-  readiness and metrics live there with the read API.
+  readiness and metrics live there with the read API. A scrape of /metrics first reads the
+  gauges that describe state (consumer lag, outbox backlog, a service's own `scrape_gauges`),
+  within SCRAPE_REFRESH_SECONDS: a slow or failing read leaves the last values, never the scrape
+  without an answer.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -41,7 +44,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import db, inbox
+from . import db, inbox, outbox
 from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
@@ -49,6 +52,7 @@ from .contracts.base import Payload
 from .db import Connection
 from .kafka import KafkaConnection
 from .logging import configure_logging, get_logger
+from .metrics import CONSUMER_LAG, OUTBOX_OLDEST_UNPUBLISHED_SECONDS, OUTBOX_PARKED_ROWS, OUTBOX_UNPUBLISHED
 from .outbox import OutboxRelay
 from .redaction import mask_text
 from .settings import ServiceSettings
@@ -56,6 +60,11 @@ from .settings import ServiceSettings
 log = get_logger(__name__)
 
 BackgroundTask = Callable[["Runtime"], Awaitable[None]]
+# Sets a service's own gauges (shared.metrics) from its tables when Prometheus scrapes: one cheap,
+# indexed query on the connection it is given.
+ScrapeGauges = Callable[[Connection, str], Awaitable[None]]  # (connection, service name)
+
+SCRAPE_REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class ServiceDefinition:
     http_routes: APIRouter | None = None
     # event type -> what to answer besides the dead letter when its payload breaks the contract
     answer_invalid: Mapping[str, InvalidRequestAnswer] = field(default_factory=dict)
+    # Gauges read from the service's own tables at each scrape (pms-sync's backlog, say).
+    scrape_gauges: Sequence[ScrapeGauges] = ()
 
 
 class Runtime:
@@ -99,7 +110,8 @@ class Runtime:
         self.relay = relay
         self.deps = deps
         self.processor = processor
-        self.broker = _broker(self)
+        self.broker, self.subscriber = _broker(self)
+        self._lag_labels: set[tuple[str, str, str]] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.stopping = False
@@ -110,7 +122,7 @@ class Runtime:
         pool = await _connect_pool(settings, definition.name)
         try:
             await _refuse_ddl_role(pool, settings.schema)
-            await _migrate(settings, definition)
+            await migrate(settings, definition.name, definition.migrations)
             relay = OutboxRelay(
                 pool,
                 lambda: _start_producer(settings, definition.name),
@@ -178,11 +190,60 @@ class Runtime:
         checks["relay_leader"] = self.relay.is_leader
         return {"ready": checks["started"] and checks["database"] and checks["broker"], "checks": checks}
 
+    async def refresh_metrics(self) -> None:
+        """Read the gauges that describe state now (at a scrape); what cannot be read in time
+        keeps its last value."""
+        try:
+            async with asyncio.timeout(SCRAPE_REFRESH_SECONDS):
+                await self._refresh_consumer_lag()
+                async with self.pool.acquire() as conn:
+                    waiting = await outbox.backlog(conn)
+                    OUTBOX_UNPUBLISHED.labels(self.name).set(waiting.unpublished)
+                    OUTBOX_OLDEST_UNPUBLISHED_SECONDS.labels(self.name).set(waiting.oldest_unpublished_seconds)
+                    OUTBOX_PARKED_ROWS.labels(self.name).set(waiting.parked)
+                    for gauges in self.definition.scrape_gauges:
+                        await gauges(conn, self.name)
+        except Exception as exc:  # noqa: BLE001 - a scrape answers with the last values whatever failed
+            log.warning("metrics not refreshed", error=type(exc).__name__)
+
+    async def _refresh_consumer_lag(self) -> None:
+        """`cancellations_consumer_lag` for the partitions this replica holds now; a partition it
+        no longer holds loses its series (another replica reports it)."""
+        lag = await consumer_lag(getattr(self.subscriber, "consumer", None))
+        current = {(self.name, topic, str(partition)) for topic, partition in lag}
+        for (topic, partition), records in lag.items():
+            CONSUMER_LAG.labels(self.name, topic, str(partition)).set(records)
+        for labels in self._lag_labels - current:
+            CONSUMER_LAG.remove(*labels)
+        self._lag_labels = current
+
     async def _broker_answers(self) -> bool:
         try:
             return bool(await self.broker.ping(timeout=2.0))
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
+
+
+async def consumer_lag(consumer: Any) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> records not yet handed to this consumer, for every partition it is
+    assigned: the highwater of the last fetch minus the consumer's position (aiokafka's
+    `highwater` and `position`). A partition with neither known yet (just assigned, nothing
+    fetched) is left out rather than guessed. Records handed out but not yet committed (the batch
+    in hand) are not counted: the broker's view of the group (KEDA's trigger) includes them."""
+    if consumer is None:
+        return {}
+    lag: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        try:
+            # Immediate when the position is known; it waits only while one is being reset.
+            position = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+        except (IllegalStateError, TimeoutError):
+            continue  # revoked meanwhile, or no position yet
+        lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+    return lag
 
 
 def _broker_security(settings: ServiceSettings) -> Any:
@@ -228,16 +289,17 @@ async def _refuse_ddl_role(pool: asyncpg.Pool, schema: str) -> None:
         raise UnsafeDatabaseRole(message)
 
 
-async def _migrate(settings: ServiceSettings, definition: ServiceDefinition) -> None:
+async def migrate(settings: ServiceSettings, name: str, migrations: Path) -> list[str]:
     """Apply the migrations as the schema's owner (DATABASE_MIGRATION_URL), on a pool of its own
-    that is closed before the service runs."""
+    that is closed before the service runs; returns the ones applied now. At every start, and
+    alone in the deployment's migration Job (`python -m shared.migrate <service>`)."""
     if not settings.database_migration_url:
         message = "refusing to start: DATABASE_MIGRATION_URL is not set (the role that owns the schema)"
         log.error(message)
         raise UnsafeDatabaseRole(message)
-    pool = await _connect_pool(settings, f"{definition.name}-migrate", settings.database_migration_url, max_size=1)
+    pool = await _connect_pool(settings, f"{name}-migrate", settings.database_migration_url, max_size=1)
     try:
-        await db.migrate(pool, settings.schema, definition.migrations)
+        return await db.migrate(pool, settings.schema, migrations)
     finally:
         await pool.close()
 
@@ -285,8 +347,9 @@ def inbox_pruning(settings: ServiceSettings) -> DueWork[asyncpg.Record, Any]:
     )
 
 
-def _broker(runtime: Runtime) -> KafkaBroker:
-    """The FastStream broker with the service's one subscriber (all its topics, one group)."""
+def _broker(runtime: Runtime) -> tuple[KafkaBroker, Any]:
+    """The FastStream broker with the service's one subscriber (all its topics, one group), and
+    that subscriber (None for a service that consumes nothing)."""
     settings, definition = runtime.settings, runtime.definition
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -297,9 +360,9 @@ def _broker(runtime: Runtime) -> KafkaBroker:
         log_level=logging.DEBUG,  # one line per message only at DEBUG
     )
     if not definition.consumes:
-        return broker
+        return broker, None
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         *definition.consumes,
         group_id=definition.name,
         batch=True,
@@ -310,6 +373,8 @@ def _broker(runtime: Runtime) -> KafkaBroker:
         decoder=_raw_decoder,
         title=f"{definition.name}:consume",
     )
+
+    @subscriber
     async def on_records(msg: KafkaMessage) -> None:
         """Subscribers only translate: raw records in, the recipe, then commit offsets."""
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
@@ -329,7 +394,7 @@ def _broker(runtime: Runtime) -> KafkaBroker:
             # The batch committed in Postgres; a redelivery after a rebalance is harmless.
             log.warning("offset commit failed; records will be redelivered", error=type(exc).__name__)
 
-    return broker
+    return broker, subscriber
 
 
 async def _raw_decoder(msg: Any) -> Any:
@@ -409,8 +474,11 @@ def http_app(definition: ServiceDefinition) -> FastAPI:
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics", tags=["operations"])
-    async def metrics() -> Response:
-        """Prometheus metrics of this process."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this process, the gauges of state read now."""
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is not None and runtime.started and not runtime.stopping:
+            await runtime.refresh_metrics()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -142,15 +142,16 @@ async def metric_samples(proc: ServiceProcess, name: str) -> list[tuple[dict[str
 
 
 async def message_counts(proc: ServiceProcess) -> dict[tuple[str, str], float]:
-    """(topic, outcome) -> messages_total of that process (processed, duplicate, ...)."""
+    """(topic, outcome) -> cancellations_messages_total of that process (processed, duplicate, ...)."""
     return {
-        (labels["topic"], labels["outcome"]): value for labels, value in await metric_samples(proc, "messages_total")
+        (labels["topic"], labels["outcome"]): value
+        for labels, value in await metric_samples(proc, "cancellations_messages_total")
     }
 
 
 async def transient_retries(proc: ServiceProcess) -> float:
     """How many batches that process rolled back and retried after a transient fault."""
-    return sum(value for _, value in await metric_samples(proc, "transient_retries_total"))
+    return sum(value for _, value in await metric_samples(proc, "cancellations_transient_retries_total"))
 
 
 def _get_text(proc: ServiceProcess, path: str) -> str:

@@ -75,6 +75,7 @@ def hostile_records(booking_id: str) -> list[tuple[str, bytes, str]]:
 async def test_hostile_records_are_dead_lettered_once_and_the_partition_flows(infra, publisher, services) -> None:
     booking_id = unique("bk-hostile")
     hostile = hostile_records(booking_id)
+    before = await dead_letters_counted(services["booking"])
     async with EventWatcher(infra.bootstrap, [UPSTREAM_BOOKINGS, BOOKING_DLQ, BOOKING_EVENTS]) as watcher:
         for _, value, _ in hostile:  # one key: one partition, the healthy ones queue behind these
             await publisher.raw(UPSTREAM_BOOKINGS, booking_id, value)
@@ -109,6 +110,9 @@ async def test_hostile_records_are_dead_lettered_once_and_the_partition_flows(in
         assert data["original_value_truncated"] == (len(value) > ORIGINAL_VALUE_MAX_BYTES), name
     big = by_position[(sent[3].partition, sent[3].offset)].data
     assert big["original_value_truncated"] and len(big["original_value_text"]) == ORIGINAL_VALUE_MAX_BYTES
+    # Each dead letter written is counted, as a contract violation (at least these: a record left
+    # in the topic by an earlier run may be dead-lettered meanwhile too).
+    assert await dead_letters_counted(services["booking"]) >= before + len(hostile)
 
     trail = await admin_fetch(
         infra.admin_dsn, "SELECT action FROM booking.audit_trail WHERE booking_id = $1 ORDER BY seq", booking_id
@@ -154,8 +158,16 @@ async def test_a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow(in
     )
     assert row[0]["published_at"] is None and row[0]["parked_at"] is not None
     assert "TooLarge" in row[0]["park_reason"], row[0]["park_reason"]
-    parked = await metric_samples(services["booking"], "outbox_parked_total")
+    parked = await metric_samples(services["booking"], "cancellations_outbox_parked_total")
     assert sum(value for _, value in parked) >= 1
+    # The scrape reads the parked rows from the table: this one is among them.
+    rows = await metric_samples(services["booking"], "cancellations_outbox_parked_rows")
+    assert [labels["service"] for labels, value in rows if value >= 1] == ["booking"], rows
+
+
+async def dead_letters_counted(proc: ServiceProcess) -> float:
+    samples = await metric_samples(proc, "cancellations_dead_letters_total")
+    return sum(value for labels, value in samples if labels["reason"] == "contract_violation")
 
 
 async def test_a_backdated_cancellation_is_decided_at_its_record_time(infra, publisher, services) -> None:

@@ -97,7 +97,7 @@ class System:
             self.sms.stop()
 
     def processed(self) -> dict[str, float]:
-        """messages_total{outcome="processed"} per service, summed over its replicas."""
+        """cancellations_messages_total{outcome="processed"} per service, summed over its replicas."""
         totals: dict[str, float] = defaultdict(float)
         for service, procs in self.procs.items():
             for p in procs:
@@ -106,7 +106,9 @@ class System:
                         text = r.read().decode()
                 except OSError:
                     continue
-                for m in re.finditer(r'^messages_total\{[^}]*outcome="processed"[^}]*\} ([0-9.e+]+)$', text, re.M):
+                for m in re.finditer(
+                    r'^cancellations_messages_total\{[^}]*outcome="processed"[^}]*\} ([0-9.e+]+)$', text, re.M
+                ):
                     totals[service] += float(m.group(1))
         return dict(totals)
 

@@ -138,7 +138,9 @@ def service() -> str:
 
 def counted(service_name: str, job: str, outcome: str) -> float:
     return (
-        REGISTRY.get_sample_value("background_rows_total", {"service": service_name, "job": job, "outcome": outcome})
+        REGISTRY.get_sample_value(
+            "cancellations_background_rows_total", {"service": service_name, "job": job, "outcome": outcome}
+        )
         or 0.0
     )
 
@@ -436,7 +438,9 @@ async def test_transient_faults_back_off_with_jitter_and_the_round_is_tried_agai
 
     assert clock.slept[:3] == [0.5, 1.0, 2.0]  # exponential (rng 1: the nominal delays)
     assert db.effects == [("acted", "a")] and host.woken == 1
-    retried = REGISTRY.get_sample_value("background_retries_total", {"service": host.name, "job": "flaky"})
+    retried = REGISTRY.get_sample_value(
+        "cancellations_background_retries_total", {"service": host.name, "job": "flaky"}
+    )
     assert retried == 3
 
 

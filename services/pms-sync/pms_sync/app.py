@@ -18,6 +18,8 @@ from shared.contracts.pms_sync import (
     PmsSyncCompleted,
     PmsSyncFailed,
 )
+from shared.db import Connection
+from shared.metrics import PMS_BACKLOG, PMS_BACKLOG_OLDEST_SECONDS
 from shared.service import ServiceDefinition
 from shared.topics import (
     BOOKING_EVENTS,
@@ -59,4 +61,16 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
         make_deps=lambda: handlers.PmsSyncDeps(settings=settings, repository=repository),
         background=[overdue_syncs(settings)],
         http_routes=api.router,
+        scrape_gauges=[pms_backlog],
     )
+
+
+async def pms_backlog(conn: Connection, service: str) -> None:
+    """At each scrape: the syncs no PMS has acknowledged yet, per integration (0 for one with
+    none, so an alert sees it fall), and the oldest one's age."""
+    rows = {row["integration"]: row for row in await repository.open_syncs(conn)}
+    for integration in PMS_INTEGRATION_TOPICS:
+        row = rows.get(integration)
+        PMS_BACKLOG.labels(service, integration).set(row["open"] if row else 0)
+    oldest = max((float(row["oldest_seconds"]) for row in rows.values()), default=0.0)
+    PMS_BACKLOG_OLDEST_SECONDS.labels(service).set(oldest)

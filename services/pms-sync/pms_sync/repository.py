@@ -114,6 +114,15 @@ async def lock_due_syncs(conn: asyncpg.Connection, limit: int) -> list[asyncpg.R
     )
 
 
+async def open_syncs(conn: Conn) -> list[asyncpg.Record]:
+    """Syncs not yet acknowledged (waiting or sent), per integration, with the oldest one's age in
+    seconds: the rows of the partial index `syncs_due`, so cheap at any table size."""
+    return await conn.fetch(
+        "SELECT integration, count(*) AS open, extract(epoch FROM now() - min(created_at)) AS oldest_seconds"
+        " FROM syncs WHERE status IN ('waiting', 'sent') GROUP BY integration"
+    )
+
+
 async def lock_waiting_syncs(conn: asyncpg.Connection, request_id: str) -> list[asyncpg.Record]:
     """The commands of one request still waiting for it (a series has several), locked."""
     return await conn.fetch(
