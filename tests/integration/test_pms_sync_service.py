@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from helpers_faults import metric_samples
 from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, iso, unique, wait_for_row
 from shared.topics import (
     BOOKING_EVENTS,
@@ -350,6 +351,15 @@ async def test_unacknowledged_sync_is_resent_with_the_same_id_then_failed(
                 booking_id,
                 booking_cancelled(booking_id, request_id, practice_id, actor),
             )
+            await w.wait_for(of(booking_id, "pms.cancel_booking"), timeout=90)
+            # Sent and not acknowledged: the scrape reads it into the PMS backlog.
+            backlog = {
+                labels["integration"]: value
+                for labels, value in await metric_samples(service, "cancellations_pms_backlog")
+            }
+            assert backlog.keys() == {"praktika", "core_practice"} and backlog["praktika"] >= 1, backlog
+            [(_, oldest)] = await metric_samples(service, "cancellations_pms_backlog_oldest_seconds")
+            assert oldest > 0
             sends = await w.wait_for(of(booking_id, "pms.cancel_booking"), count=2, timeout=90)
             assert len({s.data["sync_id"] for s in sends}) == 1
             assert sends[0].data == sends[1].data  # the same command, unchanged
