@@ -15,6 +15,8 @@ from .kafka import KafkaConnection
 UPSTREAM_BOOKINGS = "upstream.bookings.v1"
 UPSTREAM_PRACTICES = "upstream.practices.v1"
 UPSTREAM_PROFESSIONALS = "upstream.professionals.v1"
+# Second release: cards on file (patient.card_registered, patient.card_removed), read by billing.
+UPSTREAM_PATIENTS = "upstream.patients.v1"
 BOOKING_EVENTS = "booking.events.v1"
 POLICY_REQUESTS = "policy.requests.v1"  # internal: booking -> cancellation-policy
 POLICY_DECISIONS = "policy.decisions.v1"
@@ -51,6 +53,7 @@ ALL_TOPICS = (
     UPSTREAM_BOOKINGS,
     UPSTREAM_PRACTICES,
     UPSTREAM_PROFESSIONALS,
+    UPSTREAM_PATIENTS,
     BOOKING_EVENTS,
     POLICY_REQUESTS,
     POLICY_DECISIONS,

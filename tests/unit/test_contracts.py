@@ -367,6 +367,41 @@ def examples() -> dict[type[Payload], Payload]:
             fee=late_fee(),
             chart_note="Called twice, no answer.",
         ),
+        # second release
+        upstream.ChargeReviewDecided.new(
+            request_id=request_id,
+            charge_id=charge_id,
+            actor=StaffActor.new(id=uid("staff"), roles=["biller"]),
+            decision="edit",
+            amount=Decimal("30.00"),
+            note="Reduced: first late cancellation this year.",
+        ),
+        upstream.PatientCardRegistered.new(
+            patient_id=uid("pat"),
+            practice_id=practice_id,
+            gateway="stripe",
+            customer_ref="cus_Q1w2e3",
+            payment_method_ref="pm_1Q2w3e4r",
+            registered_at=T0,
+            brand="visa",
+            last4="4242",
+        ),
+        upstream.PatientCardRemoved.new(
+            patient_id=uid("pat"), practice_id=practice_id, payment_method_ref="pm_1Q2w3e4r", removed_at=T0
+        ),
+        billing.ChargeWaived.new(charge_id=charge_id, booking_id=booking_id, request_id=request_id),
+        billing.ChargeReviewRejected.new(charge_id=charge_id, request_id=request_id, reason="not_pending"),
+        billing.PaymentRefunded.new(
+            charge_id=charge_id,
+            booking_id=booking_id,
+            refund_id=uid("rf"),
+            amount=Decimal("15.00"),
+            currency="AUD",
+            reason="adjustment",
+        ),
+        pms_sync.PmsUpdateFee.new(
+            sync_id=sync_id, booking_id=booking_id, practice_id=practice_id, charge_id=charge_id, fee=late_fee()
+        ),
         pms_sync.PmsSyncCompleted.new(sync_id=sync_id, booking_id=booking_id, integration="praktika", attempts=1),
         pms_sync.PmsSyncFailed.new(
             sync_id=sync_id, booking_id=booking_id, integration="core_practice", attempts=5, error="HTTP 503 from PMS"
@@ -712,7 +747,7 @@ def test_every_contract_topic_has_a_registry_and_keys_match_models() -> None:
     for service in topics.SERVICES:
         assert set(models_for(topics.dead_letter_topic(service))) == {"message.dead_lettered"}
     for topic in topics.PMS_INTEGRATION_TOPICS.values():
-        assert set(models_for(topic)) == {"pms.cancel_booking", "pms.record_no_show"}
+        assert set(models_for(topic)) == {"pms.cancel_booking", "pms.record_no_show", "pms.update_fee"}
 
 
 def test_models_for_an_unknown_topic_says_so() -> None:
@@ -752,15 +787,25 @@ def test_every_documented_event_type_has_a_model_on_its_topic() -> None:
 
 # Events of the contract's second release that have a model (contract_doc reads the first release's lists).
 SECOND_RELEASE_TYPES = {"practice.configuration_accepted", "practice.configuration_rejected"}
+# Second-release types of issue 16 (fees after the fact, review, cards on file).
+SECOND_RELEASE_FEE_TYPES = {
+    "charge.review_decided",
+    "charge.waived",
+    "charge.review_rejected",
+    "payment.refunded",
+    "patient.card_registered",
+    "patient.card_removed",
+    "pms.update_fee",
+}
 
 
 def test_only_internal_and_second_release_event_types_are_missing_from_the_first_release_lists() -> None:
     documented = set().union(*documented_types_by_topic().values())
     internal = {"cancellation.assessment_requested", "message.dead_lettered"}
-    assert ALL_EVENT_TYPES - documented == internal | SECOND_RELEASE_TYPES
-    assert len(ALL_EVENT_TYPES) == 42
+    assert ALL_EVENT_TYPES - documented == internal | SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES
+    assert len(ALL_EVENT_TYPES) == 49
     text = CONTRACT_DOC.read_text(encoding="utf-8")
-    assert all(f"`{event_type}`" in text for event_type in SECOND_RELEASE_TYPES)
+    assert all(f"`{event_type}`" in text for event_type in SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES)
     assert "`practice.events.v1`" in text and topics.PRACTICE_EVENTS == "practice.events.v1"
     assert set(models_for(topics.PRACTICE_EVENTS)) == SECOND_RELEASE_TYPES
 

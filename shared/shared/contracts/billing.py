@@ -8,10 +8,15 @@ reason), both carrying the command's `request_id`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from .base import Amount, Currency, FlatMoney, Payload
-from .common import ChargeKind, Code, CodeSystem, ErrorText, Fee, Id, Label
+from .common import ChargeKind, Code, CodeSystem, ErrorText, Fee, Id, Label, UtcDatetime
+
+# Second release: `due` is final (taken or owed at once); `pending_review` waits for staff until
+# `review_until`, and is announced again as `due` when it becomes final (approved, edited, or
+# approved by the window's end). A waived fee is `charge.waived`.
+ChargeCreatedStatus = Literal["due", "pending_review"]
 
 
 class ChargeCreated(Payload, FlatMoney):
@@ -25,6 +30,8 @@ class ChargeCreated(Payload, FlatMoney):
     currency: Currency
     code: Code
     code_system: CodeSystem
+    status: ChargeCreatedStatus | None = None  # second release; None from an older producer: due
+    review_until: UtcDatetime | None = None  # with pending_review
 
 
 # Sibling events share fields through private bases, never by subclassing one another, so
@@ -85,3 +92,37 @@ class ChargeAdjustmentRejected(Payload):
     charge_id: Id
     request_id: Id
     reason: Label  # forbidden, invalid_request, not_found, already_paid, capture_in_progress
+
+
+# --- second release ------------------------------------------------------------------------
+
+
+class ChargeWaived(Payload):
+    """The fee is not owed any more (waived in review, or later: then what was paid is refunded)."""
+
+    event_type: ClassVar[str] = "charge.waived"
+
+    charge_id: Id
+    booking_id: Id
+    request_id: Id
+
+
+class ChargeReviewRejected(Payload):
+    event_type: ClassVar[str] = "charge.review_rejected"
+
+    charge_id: Id
+    request_id: Id
+    reason: Literal["forbidden", "not_found", "not_pending"]
+
+
+class PaymentRefunded(Payload, FlatMoney):
+    """Money given back to the card it was taken from, through the gateway."""
+
+    event_type: ClassVar[str] = "payment.refunded"
+
+    charge_id: Id
+    booking_id: Id
+    refund_id: Id
+    amount: Amount
+    currency: Currency
+    reason: Literal["adjustment", "waived"]

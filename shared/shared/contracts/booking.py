@@ -22,6 +22,7 @@ from .common import (
     Classification,
     Code,
     Decision,
+    DepositDecision,
     FeeDecision,
     Id,
     IdList,
@@ -172,6 +173,7 @@ class CancellationAssessmentRequested(Payload):
     reason_text: Note | None = None
     scope: Scope = "this"
     fee_decision: FeeDecision = "policy"
+    deposit_decision: DepositDecision = "policy"  # cancellations by staff (second release)
     party: Party | None = None  # no-shows only
     code: NoShowCode | None = None  # no-shows only
     claimed_at: UtcDatetime | None = None  # set only when the claimed time was not trusted

@@ -198,6 +198,8 @@ Classification = Literal["timely", "late", "no_show"]
 CodeSystem = Literal["CPT", "CDT", "custom"]
 DepositAction = Literal["refund", "keep", "credit_note", "none"]
 DepositChoice = Literal["refund", "keep", "credit_note"]  # what a practice configures
+DepositDecision = Literal["policy", "refund", "keep", "credit_note"]  # staff's choice at cancel time
+REVIEW_HOURS_MAX = 720  # a fee waits at most 30 days for staff to review it
 StatusLabel = Literal["Cancelled", "Cancelled online"]
 RejectionReason = Literal[
     "not_found",
@@ -278,3 +280,6 @@ class Decision(ContractModel):
     hold_days: int | None = Field(default=None, ge=0, le=HOLD_DAYS_MAX)  # professional cancellations and no-shows
     policy_version: Label
     explanation: Message | None = None  # plain words: why this decision (optional addition)
+    # Optional addition (second release): the practice's `fees.review_hours` in force for this
+    # decision, so billing raises the fee `pending_review` for that long (None or 0: at once).
+    review_hours: int | None = Field(default=None, ge=0, le=REVIEW_HOURS_MAX)

@@ -64,6 +64,18 @@ class PmsRecordNoShow(Payload):
     chart_note: Note | None = None
 
 
+class PmsUpdateFee(Payload):
+    """Second release: the fee of a booking changed after the fact (`fee: null`: waived)."""
+
+    event_type: ClassVar[str] = "pms.update_fee"
+
+    sync_id: Id
+    booking_id: Id
+    practice_id: Id
+    charge_id: Id
+    fee: Fee | None
+
+
 # --- pms-sync.events.v1 ----------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ def _by_type(*models: type[Payload]) -> dict[str, type[Payload]]:
     return registry
 
 
-_PMS_COMMANDS = _by_type(pms_sync.PmsCancelBooking, pms_sync.PmsRecordNoShow)
+_PMS_COMMANDS = _by_type(pms_sync.PmsCancelBooking, pms_sync.PmsRecordNoShow, pms_sync.PmsUpdateFee)
 _DEAD_LETTERS = _by_type(deadletter.MessageDeadLettered)
 
 TOPIC_EVENTS: dict[str, dict[str, type[Payload]]] = {
@@ -57,7 +57,8 @@ TOPIC_EVENTS: dict[str, dict[str, type[Payload]]] = {
         scoring.HoldLifted,
         scoring.AccountSuspended,
     ),
-    topics.BILLING_COMMANDS: _by_type(upstream.ChargeAdjustmentRequested),
+    topics.UPSTREAM_PATIENTS: _by_type(upstream.PatientCardRegistered, upstream.PatientCardRemoved),
+    topics.BILLING_COMMANDS: _by_type(upstream.ChargeAdjustmentRequested, upstream.ChargeReviewDecided),
     topics.BILLING_EVENTS: _by_type(
         billing.ChargeCreated,
         billing.PaymentCaptured,
@@ -67,6 +68,9 @@ TOPIC_EVENTS: dict[str, dict[str, type[Payload]]] = {
         billing.CreditNoteIssued,
         billing.ChargeAdjusted,
         billing.ChargeAdjustmentRejected,
+        billing.ChargeWaived,
+        billing.ChargeReviewRejected,
+        billing.PaymentRefunded,
     ),
     topics.NOTIFICATION_EVENTS: _by_type(notification.NotificationSent, notification.NotificationFailed),
     topics.PMS_SYNC_ACKS: _by_type(upstream.PmsSyncAcknowledged),

@@ -12,13 +12,14 @@ amount and setting has its range, and a practice's settings their sane limits
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from .base import AnyCurrencyAmount, ContractModel, Money, Payload
 from .common import (
     NOTE_MAX_CHARS,
+    REVIEW_HOURS_MAX,
     AckStatus,
     Actor,
     Channel,
@@ -26,11 +27,13 @@ from .common import (
     CodeSystem,
     ContactChannel,
     DepositChoice,
+    DepositDecision,
     ErrorText,
     ExcuseDecision,
     Fee,
     FeeDecision,
     Id,
+    Label,
     Locale,
     Name,
     NoShowCode,
@@ -125,11 +128,18 @@ class BookingCancellationRequested(Payload):
     scope: Scope = "this"
     fee_decision: FeeDecision = "policy"  # staff only
     chart_note: Note | None = None
+    # Second release: staff choose what becomes of the deposit; it wins over the policy's rule.
+    deposit_decision: DepositDecision = "policy"  # staff only
 
     @field_validator("scope", mode="before")
     @classmethod
     def _scope_default(cls, value: Any) -> Any:
         return _null_means_default(value, "this")
+
+    @field_validator("deposit_decision", mode="before")
+    @classmethod
+    def _deposit_decision_default(cls, value: Any) -> Any:
+        return _null_means_default(value, "policy")
 
     @field_validator("fee_decision", mode="before")
     @classmethod
@@ -178,6 +188,8 @@ class FeeSettings(ContractModel):
     late_cancellation: Fee | None = None
     no_show: Fee | None = None
     charge_card_on_file: bool = False
+    # Second release: fees wait this long as `pending_review` for staff (0: taken at once).
+    review_hours: int = Field(default=0, ge=0, le=REVIEW_HOURS_MAX)
 
 
 class DepositSettings(ContractModel):
@@ -278,6 +290,55 @@ class ChargeAdjustmentRequested(Payload):
     amount: AnyCurrencyAmount | None = None  # in the charge's currency: billing checks it against that
     code: Code | None = None
     code_system: CodeSystem | None = None
+
+
+ReviewDecision = Literal["approve", "waive", "edit"]
+
+
+class ChargeReviewDecided(Payload):
+    """Staff's decision on a fee raised `pending_review` (second release); the same roles as
+    an adjustment. `edit` carries the new amount and/or code."""
+
+    event_type: ClassVar[str] = "charge.review_decided"
+
+    request_id: Id
+    charge_id: Id
+    actor: StaffActor
+    decision: ReviewDecision
+    amount: AnyCurrencyAmount | None = None  # in the charge's currency: billing checks it against that
+    code: Code | None = None
+    code_system: CodeSystem | None = None
+    note: Note | None = None
+
+
+# --- upstream.patients.v1 (second release: cards on file) -------------------------------------
+
+CardGateway = Literal["stripe", "sandbox"]
+Last4 = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+
+
+class PatientCardRegistered(Payload):
+    """The patient's card on file at one practice (it replaces any earlier one there)."""
+
+    event_type: ClassVar[str] = "patient.card_registered"
+
+    patient_id: Id
+    practice_id: Id
+    gateway: CardGateway
+    customer_ref: Reference  # the processor's customer (Stripe: cus_…)
+    payment_method_ref: Reference  # the saved payment method (Stripe: pm_…)
+    registered_at: UtcDatetime
+    brand: Label | None = None
+    last4: Last4 | None = None
+
+
+class PatientCardRemoved(Payload):
+    event_type: ClassVar[str] = "patient.card_removed"
+
+    patient_id: Id
+    practice_id: Id
+    payment_method_ref: Reference
+    removed_at: UtcDatetime
 
 
 # --- pms-sync.acks.v1 ------------------------------------------------------------------------
