@@ -508,6 +508,14 @@ async def test_a_request_for_a_scheduled_booking_goes_to_the_policy_with_the_boo
     assert entry(repo, "cancellation_requested")["detail"] == {"scope": "this_and_future", "fee_decision": "policy"}
 
 
+async def test_the_deposit_decision_goes_to_the_policy_which_decides_who_may_make_it(
+    handle: Handle, repo: FakeRepository
+) -> None:
+    await handle(handlers.schedule_booking, scheduled())
+    [(_, _, _, data)] = await handle(handlers.request_cancellation, requested(deposit_decision="credit_note"))
+    assert data["deposit_decision"] == "credit_note"
+
+
 @pytest.mark.parametrize(
     ("state", "reason"),
     [(None, "not_found"), ("cancelled", "already_cancelled"), ("completed", "already_completed")],

@@ -247,6 +247,7 @@ async def _ask_policy(
             "reason_code": event.reason_code,
             "reason_text": event.reason_text,
             "scope": event.scope,
+            "deposit_decision": event.deposit_decision,  # staff's; the policy checks who may
         }
     else:
         fields |= {"requested_at": at, "party": event.party, "code": event.code}
