@@ -41,6 +41,7 @@ def request(
     card: bool = True,
     deposit: bool = False,
     fee_decision: str = "policy",
+    deposit_decision: str = "policy",
     party: str | None = None,
     reason_text: str | None = None,
     professional_id: str | None = "pro-1",
@@ -63,6 +64,7 @@ def request(
         actor=actor,
         channel=CHANNEL[actor.kind] if kind == "cancellation" else None,
         fee_decision=fee_decision,
+        deposit_decision=deposit_decision,
         party=party,
         code="FTA" if kind == "no_show" else None,
         reason_text=reason_text,
@@ -95,6 +97,8 @@ M = timedelta(minutes=1)
         (PRO, 0 * H, {}, DEFAULTS, "appointment_started"),
         (SYSTEM, 0 * H, {}, DEFAULTS, "appointment_started"),
         (PATIENT, 72 * H, {"fee_decision": "waive"}, DEFAULTS, "not_allowed"),
+        (PATIENT, 72 * H, {"deposit_decision": "keep", "deposit": True}, DEFAULTS, "not_allowed"),
+        (PRO, 72 * H, {"deposit_decision": "keep", "deposit": True}, DEFAULTS, "not_allowed"),
         (STAFF, 72 * H, {"reason_text": "x" * 256}, DEFAULTS, "invalid_request"),
     ],
 )
@@ -172,6 +176,36 @@ def test_staff_fee_decisions_and_deposits(lead, fee_decision, fee, deposit):
     assert result.fee == fee
     assert result.charge_card is (fee is not None)
     assert result.deposit_action == deposit
+
+
+@pytest.mark.parametrize(
+    ("lead", "fee_decision", "deposit_decision", "deposit"),
+    [
+        (72 * H, "policy", "keep", "keep"),  # timely would refund: staff keep it
+        (10 * H, "policy", "refund", "refund"),  # late would keep: staff refund it
+        (10 * H, "waive", "credit_note", "credit_note"),  # wins over "waived fee: refund" too
+        (10 * H, "policy", "policy", "keep"),  # the policy's rule
+    ],
+)
+def test_staff_deposit_decision_wins_over_the_policy(lead, fee_decision, deposit_decision, deposit):
+    result = assess(
+        request(STAFF, lead, deposit=True, fee_decision=fee_decision, deposit_decision=deposit_decision), FEES
+    )
+    assert result.allowed and result.deposit_action == deposit
+
+
+def test_a_deposit_decision_without_a_deposit_does_nothing():
+    assert assess(request(STAFF, 10 * H, deposit_decision="refund"), FEES).deposit_action == "none"
+
+
+@pytest.mark.parametrize(
+    ("review_hours", "lead", "expected"), [(0, 10 * H, None), (48, 10 * H, 48), (48, 72 * H, None)]
+)
+def test_the_decision_carries_the_review_window_of_a_fee(review_hours, lead, expected):
+    settings = PracticeSettings(
+        fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=True, review_hours=review_hours)
+    )
+    assert assess(request(STAFF, lead), settings).review_hours == expected  # no fee (timely): nothing to review
 
 
 def test_fee_is_an_outstanding_charge_without_a_card_on_file():

@@ -29,6 +29,7 @@ class Assessment:
     deposit_action: str = "none"
     score_delta: int | None = None
     hold_days: int | None = None
+    review_hours: int | None = None  # a fee waits this long for staff review (None: taken at once)
 
 
 def _hours(delta: timedelta) -> str:
@@ -51,9 +52,13 @@ def classify(lead: timedelta, actor_kind: str, settings: PracticeSettings) -> st
     return "timely"
 
 
-def _deposit_action(has_deposit: bool, classification: str, fee_waived: bool, settings: PracticeSettings) -> str:
+def _deposit_action(
+    has_deposit: bool, classification: str, fee_waived: bool, settings: PracticeSettings, deposit_decision: str
+) -> str:
     if not has_deposit:
         return "none"
+    if deposit_decision != "policy":
+        return deposit_decision  # staff chose at cancel time: wins over the policy's rule
     if fee_waived:
         return "refund"
     action: str = getattr(settings.deposits, classification)
@@ -96,6 +101,12 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
         return _reject(
             "not_allowed",
             "Only practice staff can choose to charge or waive a fee; please send the request without a fee decision.",
+        )
+    if request.deposit_decision != "policy" and actor.kind != "staff":
+        return _reject(
+            "not_allowed",
+            "Only practice staff can choose what becomes of a deposit; please send the request without a deposit"
+            " decision.",
         )
     if request.kind == "no_show":
         return _assess_no_show(request, settings, lead)
@@ -161,13 +172,20 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
         )
 
     fee = _patient_fee("cancellation", classification, request.fee_decision, settings)
-    deposit = _deposit_action(booking.deposit is not None, classification, request.fee_decision == "waive", settings)
+    deposit = _deposit_action(
+        booking.deposit is not None,
+        classification,
+        request.fee_decision == "waive",
+        settings,
+        request.deposit_decision,
+    )
     return Assessment(
         allowed=True,
         classification=classification,
         fee=fee,
         charge_card=bool(fee and settings.fees.charge_card_on_file and booking.patient_card_on_file),
         deposit_action=deposit,
+        review_hours=_review_hours(fee, settings),
         explanation=_patient_explanation(f"Cancelled {window}", classification, fee, request.fee_decision, deposit),
     )
 
@@ -199,17 +217,23 @@ def _assess_no_show(
             "the patient pays nothing.",
         )
     fee = _patient_fee("no_show", "no_show", request.fee_decision, settings)
-    deposit = _deposit_action(has_deposit, "no_show", request.fee_decision == "waive", settings)
+    deposit = _deposit_action(has_deposit, "no_show", request.fee_decision == "waive", settings, "policy")
     return Assessment(
         allowed=True,
         classification="no_show",
         fee=fee,
         charge_card=bool(fee and settings.fees.charge_card_on_file and booking.patient_card_on_file),
         deposit_action=deposit,
+        review_hours=_review_hours(fee, settings),
         explanation=_patient_explanation(
             f"The patient did not attend ({request.code})", "no_show", fee, request.fee_decision, deposit
         ),
     )
+
+
+def _review_hours(fee: Fee | None, settings: PracticeSettings) -> int | None:
+    """How long billing holds the fee for staff review (docs/rules.md, review before taking money)."""
+    return settings.fees.review_hours if fee is not None and settings.fees.review_hours > 0 else None
 
 
 def _patient_explanation(what: str, classification: str, fee: Fee | None, fee_decision: str, deposit: str) -> str:

@@ -67,6 +67,7 @@ async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRe
         deposit_action=assessment.deposit_action,
         score_delta=assessment.score_delta,
         hold_days=assessment.hold_days,
+        review_hours=assessment.review_hours,
         policy_version=policy_version(version),
         explanation=assessment.explanation,
     )
