@@ -22,33 +22,39 @@ down:
 
 ## test: the whole suite against the infrastructure (PYTEST_ARGS="-k ..." to narrow it)
 test: venv up
-	source .local/env.sh && $(PYTHON) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+	source .local/env.sh && source .local/admin.env && $(PYTHON) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
 ## test-unit: unit and handler tests only, no infrastructure
 test-unit: venv
 	$(PYTHON) -m pytest tests/unit tests/handlers -p no:cacheprovider $(PYTEST_ARGS)
 
-## lint: ruff (lint and format) over the tree, mypy --strict on shared/ and every domain module
+## lint: ruff (lint and format) over the tree, mypy --strict on shared/ and every domain module;
+## the event schemas and AsyncAPI documents current and valid (check-jsonschema, @asyncapi/cli);
+## the Kubernetes manifests, alert rules and dashboard rendered and checked (infra/check-deploy.sh)
 lint: venv
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	bash infra/check-schemas.sh
+	bash infra/check-deploy.sh
 
 ## bench: throughput and latency of the whole system against a bare baseline (BENCH_ARGS="--size 2000")
 bench: venv up
-	source .local/env.sh && $(PYTHON) -m tests.bench $(BENCH_ARGS)
+	source .local/env.sh && source .local/admin.env && $(PYTHON) -m tests.bench $(BENCH_ARGS)
 
 ## chaos: one fault at a time under steady load, then every request's effects checked (CHAOS_ARGS="--long")
 chaos: venv up
-	source .local/env.sh && $(PYTHON) -m tests.chaos $(CHAOS_ARGS)
+	source .local/env.sh && source .local/admin.env && $(PYTHON) -m tests.chaos $(CHAOS_ARGS)
 
 ## connector: the reference PMS connector (CONNECTOR_INTEGRATION=praktika PMS_API_URL=http://pms.example)
 connector: venv up
-	source .local/env.sh && $(PYTHON) -m pms_connector
+	source .local/env.sh && if [[ -f .local/clients/pms-connector-$${CONNECTOR_INTEGRATION:-praktika}.env ]]; then \
+	    source .local/clients/pms-connector-$${CONNECTOR_INTEGRATION:-praktika}.env; fi && $(PYTHON) -m pms_connector
 
-## docs: the AsyncAPI documents of the event contract
+## docs: the AsyncAPI documents and the JSON Schema of every event of the contract
 docs: venv
 	$(PYTHON) -m shared.asyncapi --out docs/asyncapi
+	$(PYTHON) -m shared.schemas --out docs/schemas
 
 ## venv: .venv exactly as locked in uv.lock
 venv:
@@ -56,7 +62,7 @@ venv:
 
 ## clean: stop everything and delete its data and logs (keeps the download caches)
 clean: down
-	rm -rf .local/pgdata .local/pgrun .local/postgres.log .local/env.sh .local/kafka-start.log \
+	rm -rf .local/pgdata .local/pgrun .local/postgres.log .local/env.sh .local/admin.env .local/kafka-start.log \
 	       .local/kafka/data .local/kafka/kafka.log .local/kafka/kafka.pid \
 	       .local/kafka/server.properties .local/kafka/log4j2.yaml
 

@@ -4,8 +4,10 @@
 #
 #   bash infra/postgres.sh start|stop|status
 #
-# The superuser is postgres/postgres (development only). If a server on the port already accepts
-# those credentials it is reused instead. `start` also creates the database `cancellations`.
+# The superuser `postgres` has a generated password, kept in .local/secrets/postgres (mode 0600);
+# a cluster made before that had one is given it at the next start (over the Unix socket, which
+# trusts local connections). If a server on the port already accepts those credentials it is
+# reused instead. `start` also creates the database `cancellations`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +18,8 @@ LOG="$LOCAL/postgres.log"
 PORT="${PGPORT:-5432}"
 DATABASE=cancellations
 READY_TIMEOUT=30
+# shellcheck source=infra/secrets.sh
+source "$ROOT/infra/secrets.sh"
 
 say() { echo "postgres: $*"; }
 die() { echo "postgres: ERROR: $*" >&2; exit 1; }
@@ -64,8 +68,18 @@ install_server() {
 }
 
 superuser_psql() {
-    PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 "$BIN/psql" -X -q -h localhost -p "$PORT" \
+    PGPASSWORD="$(secret postgres)" PGCONNECT_TIMEOUT=3 "$BIN/psql" -X -q -h localhost -p "$PORT" \
         -U postgres -d postgres -v ON_ERROR_STOP=1 -At "$@"
+}
+
+# Our own cluster's superuser gets the generated password, as a SCRAM verifier (the password
+# itself never reaches the server, so no log of it can hold it). Over the Unix socket, trusted.
+set_superuser_password() {
+    local verifier
+    verifier="$(secret postgres | "$ROOT/.venv/bin/python" -c \
+        'import sys; from shared.provision import scram_verifier; print(scram_verifier(sys.stdin.read().strip()))')"
+    PGCONNECT_TIMEOUT=3 "$BIN/psql" -X -q -h "$RUN" -p "$PORT" -U postgres -d postgres \
+        -v ON_ERROR_STOP=1 -At -c "ALTER ROLE postgres PASSWORD '$verifier'" >/dev/null
 }
 
 port_in_use() {
@@ -104,7 +118,7 @@ init_cluster() {
     [[ -f "$DATA/PG_VERSION" ]] && return
     say "initialising $DATA"
     local pwfile="$RUN/superuser-password"
-    (umask 077 && echo postgres > "$pwfile")
+    (umask 077 && secret postgres > "$pwfile")
     ((AS_ROOT)) && chown postgres: "$pwfile"
     as_server_user "$BIN/initdb" -D "$DATA" --auth-local=trust --auth-host=scram-sha-256 \
         --username=postgres --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 >/dev/null
@@ -152,8 +166,8 @@ start() {
         say "already running ($DATA)"
     elif port_in_use; then
         superuser_psql -c 'SELECT 1' >/dev/null 2>&1 ||
-            die "port $PORT is taken by a server that does not accept postgres/postgres; stop it (e.g. pg_ctlcluster <version> main stop) or set PGPORT"
-        say "a server on localhost:$PORT accepts postgres/postgres, reusing it"
+            die "port $PORT is taken by a server that does not accept the superuser password in $SECRETS_DIR/postgres; stop it (e.g. pg_ctlcluster <version> main stop), set PGPORT, or give ADMIN_DATABASE_URL"
+        say "a server on localhost:$PORT accepts the generated superuser password, reusing it"
     else
         prepare_dirs
         init_cluster
@@ -166,6 +180,7 @@ start() {
         }
     fi
     wait_ready
+    if ours_running; then set_superuser_password; fi
     create_database
     say "ready on localhost:$PORT"
 }

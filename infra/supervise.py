@@ -3,8 +3,9 @@
     .venv/bin/python infra/supervise.py [--only booking,billing] [--replicas billing=2,scoring=3]
 
 Each process gets SERVICE_NAME, HTTP_PORT, its own DATABASE_URL (its runtime role) and
-DATABASE_MIGRATION_URL (its migration role), both derived from ADMIN_DATABASE_URL with the passwords
-provisioning keeps in .local/secrets, on top of the inherited environment, and ENVIRONMENT=development and
+DATABASE_MIGRATION_URL (its migration role) on DATABASE_SERVER_URL with the passwords provisioning
+keeps in .local/secrets, its own Kafka principal's settings (.local/clients/<service>.env), on
+top of the inherited environment, and ENVIRONMENT=development and
 PAYMENT_GATEWAY=sandbox unless the environment names them. Every output line is prefixed with the
 process's name. A process that dies is restarted with backoff; after 5 quick crashes in a row the
 supervisor gives up on it and says why. SIGINT or SIGTERM stops everything: SIGTERM to each
@@ -21,7 +22,8 @@ import signal
 import sys
 import time
 
-from shared.provision import DEFAULT_ADMIN_DSN, migration_dsn, service_dsn
+from shared.access import ADMIN_ONLY_SETTINGS, service_env
+from shared.provision import DEFAULT_ADMIN_DSN
 
 # service name -> (python module, HTTP port of its first replica)
 SERVICES = {
@@ -31,6 +33,26 @@ SERVICES = {
     "billing": ("billing", 8004),
     "notification": ("notification", 8005),
     "pms-sync": ("pms_sync", 8006),
+}
+# What a person uses beside them (no database, no Kafka principal of their own): the web console,
+# a mail catcher (SMTP on 1025, its page on 8025) and an SMS sink (Twilio's API and a page on
+# 8026) that the notification service of `make run` delivers to, both keeping what they caught
+# under .local/.
+TOOLS = {
+    "console": ("console", 8010),
+    "mail": ("console.mailcatcher", 8025),
+    "sms": ("console.smssink", 8026),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMS_SINK_KEY = "dev"  # the sink's own key: it stands in for the SMS provider
+# notification of `make run` delivers to the sinks (a value in the environment wins).
+NOTIFICATION_SINKS = {
+    "SMTP_HOST": "127.0.0.1",
+    "SMTP_PORT": "1025",
+    "SMS_PROVIDER": "http",
+    "SMS_API_URL": "http://127.0.0.1:8026/2010-04-01/Accounts/ACdevelopment/Messages.json",
+    "SMS_API_KEY": SMS_SINK_KEY,
+    "SMS_FROM": "+15550000000",
 }
 
 QUICK_CRASH_SECONDS = 30  # a process that dies sooner than this counts as a quick crash
@@ -51,7 +73,7 @@ def _die_with_parent() -> None:
 class Process:
     def __init__(self, service: str, replica: int, width: int, colour: str | None) -> None:
         self.service = service
-        self.module, base_port = SERVICES[service]
+        self.module, base_port = SERVICES[service] if service in SERVICES else TOOLS[service]
         self.port = base_port + 100 * replica
         self.name = service if replica == 0 else f"{service}#{replica + 1}"
         label = self.name.ljust(width)
@@ -59,15 +81,28 @@ class Process:
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
 
-    def env(self, admin_dsn: str) -> dict[str, str]:
+    def env(self, database_server: str) -> dict[str, str]:
+        if self.service in TOOLS:
+            return self.tool_env()
+        sinks = NOTIFICATION_SINKS if self.service == "notification" else {}
         return {
             "ENVIRONMENT": "development",  # this runs the system for development, not production
             "PAYMENT_GATEWAY": "sandbox",
-            **os.environ,
+            **sinks,
+            **service_env(self.service, database_server, os.environ),
             "SERVICE_NAME": self.service,
             "HTTP_PORT": str(self.port),
-            "DATABASE_URL": service_dsn(admin_dsn, self.service),
-            "DATABASE_MIGRATION_URL": migration_dsn(admin_dsn, self.service),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def tool_env(self) -> dict[str, str]:
+        return {
+            "ENVIRONMENT": "development",
+            **{k: v for k, v in os.environ.items() if k not in ADMIN_ONLY_SETTINGS},
+            "HTTP_PORT": str(self.port),
+            "MAIL_DIR": os.path.join(ROOT, ".local", "mail"),
+            "SMS_SINK_DIR": os.path.join(ROOT, ".local", "sms"),
+            "SMS_SINK_API_KEY": SMS_SINK_KEY,
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -75,7 +110,7 @@ class Process:
         sys.stdout.write(self.prefix + line + "\n")
         sys.stdout.flush()
 
-    async def run(self, admin_dsn: str) -> bool:
+    async def run(self, database_server: str) -> bool:
         """Keep the process running until stopped; False if it was given up on."""
         quick_crashes = 0
         while not self.stopping:
@@ -84,7 +119,7 @@ class Process:
                 sys.executable,
                 "-m",
                 self.module,
-                env=self.env(admin_dsn),
+                env=self.env(database_server),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -148,7 +183,9 @@ def describe(code: int) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="", help="comma-separated services to run (default: all six)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated services and tools to run (default: all six, console, mail, sms)"
+    )
     parser.add_argument(
         "--replicas",
         action="append",
@@ -158,7 +195,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-colour", "--no-color", action="store_true", dest="no_colour")
     args = parser.parse_args(argv)
 
-    services = [s.strip() for s in args.only.split(",") if s.strip()] or list(SERVICES)
+    services = [s.strip() for s in args.only.split(",") if s.strip()] or [*SERVICES, *TOOLS]
     replicas = {s: 1 for s in services}
     for item in ",".join(args.replicas).split(","):
         if not item.strip():
@@ -168,9 +205,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not count.strip().isdigit() or int(count) < 1:
             parser.error(f"--replicas wants SERVICE=N with N >= 1, got {item!r}")
         replicas[service] = int(count)
-    unknown = [s for s in replicas if s not in SERVICES]
+    unknown = [s for s in replicas if s not in SERVICES and s not in TOOLS]
     if unknown:
-        parser.error(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
+        parser.error(f"unknown service(s) {', '.join(unknown)}; known: {', '.join([*SERVICES, *TOOLS])}")
+    single = [s for s, n in replicas.items() if s in TOOLS and n > 1]
+    if single:
+        parser.error(f"{', '.join(single)} run(s) once: their ports are fixed")
     extra = [s for s in replicas if s not in services]
     if extra:
         parser.error(f"--replicas names {', '.join(extra)}, which --only leaves out")
@@ -179,7 +219,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def supervise(args: argparse.Namespace) -> int:
-    admin_dsn = os.environ.get("ADMIN_DATABASE_URL", DEFAULT_ADMIN_DSN)
+    database_server = os.environ.get("DATABASE_SERVER_URL") or os.environ.get("ADMIN_DATABASE_URL", DEFAULT_ADMIN_DSN)
     colour = not args.no_colour and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     names = [(s, i) for s, n in args.replicas.items() for i in range(n)]
     width = max(len(s if i == 0 else f"{s}#{i + 1}") for s, i in names)
@@ -190,7 +230,7 @@ async def supervise(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    runs = [asyncio.create_task(p.run(admin_dsn)) for p in processes]
+    runs = [asyncio.create_task(p.run(database_server)) for p in processes]
     all_done = asyncio.gather(*runs)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([all_done, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -1,7 +1,9 @@
 """Where the tests find real infrastructure (docs/design.md#running-it):
 
 1. `KAFKA_BOOTSTRAP_SERVERS` and `ADMIN_DATABASE_URL` (a superuser: provisioning and checks only) when set
-   — `make test` brings up the local no-Docker infrastructure and sets them;
+   — `make test` brings up the local no-Docker infrastructure and sources .local/env.sh and
+   .local/admin.env: the harness connects to the broker as its superuser, and every service
+   process it starts as the service's own principal (.local/clients/<service>.env);
 2. otherwise testcontainers (Kafka and Postgres) when a Docker engine answers;
 3. otherwise the project's own no-Docker infrastructure, started with `infra/up.sh`.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -44,13 +47,14 @@ def _docker_answers() -> bool:
 
 
 def _local_infra() -> Infra:
+    """Brings it up and takes its settings into this process, as `make test` would source them."""
     subprocess.run(["bash", str(ROOT / "infra" / "up.sh")], check=True, cwd=ROOT)
-    env = {}
-    for line in (ROOT / ".local" / "env.sh").read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            k, v = line[len("export ") :].split("=", 1)
-            env[k] = v
-    return Infra(env["KAFKA_BOOTSTRAP_SERVERS"], env["ADMIN_DATABASE_URL"])
+    for name in ("env.sh", "admin.env"):
+        for line in (ROOT / ".local" / name).read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                k, v = line[len("export ") :].split("=", 1)
+                os.environ[k] = shlex.split(v)[0] if v else ""
+    return Infra(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["ADMIN_DATABASE_URL"])
 
 
 @pytest.fixture(scope="session")

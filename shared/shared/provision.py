@@ -107,6 +107,13 @@ def _with(dsn: str, *, user: str | None = None, password: str | None = None, dat
     return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
+def server_dsn(dsn: str) -> str:
+    """`dsn` without its user and password: where the database is, safe to hand to anyone
+    (DATABASE_SERVER_URL; the services' DSNs are made from it with their own roles)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
+
+
 def service_dsn(admin_dsn: str, service: str) -> str:
     """The admin DSN with the user and password of that service's runtime role (same host, port,
     db): the service's DATABASE_URL."""

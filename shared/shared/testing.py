@@ -34,8 +34,8 @@ from urllib.parse import parse_qs
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from .access import service_env
 from .kafka import client_args
-from .provision import migration_dsn, service_dsn
 
 SERVICE_MODULES = {
     "booking": "booking",
@@ -260,11 +260,10 @@ class ServiceProcess:
         self.port = self.port or free_port()
         env = {
             "ENVIRONMENT": "development",  # so billing takes the sandbox card gateway, as in `make run`
-            **os.environ,
+            # As `make run`: the runtime role (data only), the migration role (owns the schema)
+            # and the service's own Kafka principal; never the harness's superusers.
+            **service_env(self.service, self.admin_dsn, os.environ),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            # The runtime role (data only) and the migration role (owns the schema), as `make run`.
-            "DATABASE_URL": service_dsn(self.admin_dsn, self.service),
-            "DATABASE_MIGRATION_URL": migration_dsn(self.admin_dsn, self.service),
             "HTTP_PORT": str(self.port),
             "HTTP_HOST": "127.0.0.1",
             "LOG_FORMAT": "json",

@@ -34,6 +34,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from shared.kafka import client_args
 from shared.topics import (
     BILLING_COMMANDS,
     BOOKING_EVENTS,
@@ -212,7 +213,7 @@ async def round_(system: System, fault: Fault, *, stories: int, rate: float, poi
 
 
 async def _publish_raw(bootstrap: str, messages: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(bootstrap), acks="all")
     await producer.start()
     try:
         await send_reliably(

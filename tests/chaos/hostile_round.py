@@ -51,6 +51,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from shared import topics as topic_names
 from shared.asyncapi import SERVICE_MODULES as APP_MODULES
+from shared.kafka import client_args
 from shared.provision import SCHEMAS
 from shared.testing import envelope, iso
 from shared.topics import (
@@ -215,7 +216,7 @@ async def setup_world(system: System, collector: Collector, run: str, now: datet
         f"hostile-{run}-canary-cancel",
         f"hostile-{run}-canary-scheduled",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_args(system.bootstrap), acks="all", linger_ms=5)
     await producer.start()
     try:
         await _publish(
@@ -509,9 +510,9 @@ class Monitor:
             print(f"  hostile: {line}", flush=True)
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.system.bootstrap)
+        self._admin = AIOKafkaAdminClient(**client_args(self.system.bootstrap))
         await self._admin.start()
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.system.bootstrap, enable_auto_commit=False)
+        self._offsets = AIOKafkaConsumer(**client_args(self.system.bootstrap), enable_auto_commit=False)
         await self._offsets.start()
         await self._offsets._client.force_metadata_update()
         self._tps = [
@@ -713,9 +714,7 @@ class Monitor:
         """Commit for a group whose members are gone (after their session timed out)."""
         deadline = time.monotonic() + timeout
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.system.bootstrap, group_id=group, enable_auto_commit=False
-            )
+            consumer = AIOKafkaConsumer(**client_args(self.system.bootstrap), group_id=group, enable_auto_commit=False)
             await consumer.start()
             try:
                 tps = {TopicPartition(*tp): OffsetAndMetadata(o, "") for tp, o in offsets.items()}
@@ -1031,7 +1030,7 @@ async def hostile_round(system: System, *, stories: int, rate: float, seed: int,
         )
         await asyncio.sleep(len(earlier) / rate / 3)
         producer = AIOKafkaProducer(
-            bootstrap_servers=system.bootstrap, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
+            **client_args(system.bootstrap), acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
         )
         await producer.start()
         try:

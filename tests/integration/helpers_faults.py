@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
+from shared.kafka import client_args
 from shared.testing import ServiceProcess, iso
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +167,7 @@ def _get_text(proc: ServiceProcess, path: str) -> str:
 
 async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
     """(state, number of members) of a consumer group, as the coordinator sees it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
     try:
         [response] = await admin.describe_consumer_groups([group])
@@ -198,7 +199,7 @@ async def wait_group(bootstrap: str, group: str, *, members: int, timeout: float
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     """The next offset of every partition of `topic`: where a message published now will go."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -217,7 +218,7 @@ async def rewind_group(bootstrap: str, group: str, to: dict[TopicPartition, int]
     offset commit: the effects are in Postgres, Kafka will deliver the records again. The group
     must be empty (the broker refuses a commit from outside an active generation).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(to))

@@ -34,6 +34,8 @@ from test_pms_sync_service import (  # the same helpers as the service's own tes
     wait_for_row,
 )
 
+from shared.access import ADMIN_ONLY_SETTINGS, client_env
+from shared.kafka import client_args
 from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, iso, unique
 from shared.topics import BOOKING_EVENTS, PMS_INTEGRATION_TOPICS, PMS_SYNC_ACKS, PMS_SYNC_EVENTS, UPSTREAM_BOOKINGS
 
@@ -149,7 +151,7 @@ def _booking_of(path: str) -> str:
 async def start_at_the_end(bootstrap: str, group_id: str, topic: str) -> None:
     """Commit the new group's offsets at the end of the topic, so the connector under test takes
     only what is published from now on, not every command other tests ever sent."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), group_id=group_id, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
@@ -167,15 +169,24 @@ class ConnectorProcess:
     pms_url: str
     bootstrap: str
     log_dir: Path
-    group_id: str = field(default_factory=lambda: unique("pms-connector-test"))
+    group_id: str = ""  # default: a fresh group among those the integration's principal may use
     practice_ids: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.group_id = self.group_id or unique(f"{self.principal}-test")
+
+    @property
+    def principal(self) -> str:
+        return f"pms-connector-{self.integration}"
 
     def start(self) -> ConnectorProcess:
         # Not installed in the venv until uv.lock includes the new workspace member: on the path.
         pythonpath = os.pathsep.join(p for p in (str(CONNECTOR_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {
-            **os.environ,
+            # As a connector author runs it: with its own principal's settings, not the harness's.
+            **{k: v for k, v in os.environ.items() if k not in ADMIN_ONLY_SETTINGS},
+            **client_env(self.principal),
             "PYTHONPATH": pythonpath,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "CONNECTOR_INTEGRATION": self.integration,

@@ -154,7 +154,7 @@ def test_client_settings_files_are_read_over_the_environment(tmp_path, monkeypat
         "# written by infra\nexport KAFKA_SECURITY_PROTOCOL=SASL_SSL\nKAFKA_SASL_USERNAME=observer\n"
         "KAFKA_SASL_PASSWORD='p a$s'\n\nnot a line\n"
     )
-    monkeypatch.setattr(bus, "CLIENTS_DIR", tmp_path)
+    monkeypatch.setenv("KAFKA_CLIENTS_DIR", str(tmp_path))
     env = bus.client_env("observer", {"KAFKA_BOOTSTRAP_SERVERS": "broker:9093", "KAFKA_SASL_USERNAME": "me"})
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "broker:9093" and env["KAFKA_SASL_USERNAME"] == "observer"
     assert env["KAFKA_SASL_PASSWORD"] == "p a$s" and env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"

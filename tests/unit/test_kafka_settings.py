@@ -4,6 +4,7 @@ client certificate generated here, so every ssl_context really loads them."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,13 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from shared.kafka import KafkaConnection, KafkaSettingsError, client_args
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, DEFAULT_RETENTION_MS, TopicSettings, dead_letter_topic, new_topic_args
+
+
+@pytest.fixture(autouse=True)
+def no_kafka_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case names its settings; none leaks in from a sourced .local/env.sh (make test)."""
+    for name in [n for n in os.environ if n.startswith("KAFKA_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")

@@ -15,49 +15,27 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from .. import access
 from ..contracts.base import Payload
 from ..contracts.envelope import new_envelope
 from ..kafka import KafkaConnection
-from ..topics import BILLING_COMMANDS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, UPSTREAM_PROFESSIONALS
-
-CLIENTS_DIR = Path(os.environ.get("KAFKA_CLIENTS_DIR", ".local/clients"))
-
-
-def parse_env_file(text: str) -> dict[str, str]:
-    """`KEY=value` lines (optionally `export KEY=value`, shell-quoted); comments and blanks skipped."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        name, sep, value = line.partition("=")
-        if not sep or not name.replace("_", "").isalnum():
-            continue
-        words = shlex.split(value, comments=True) if value.strip() else [""]
-        values[name.strip()] = words[0] if words else ""
-    return values
 
 
 def client_env(principal: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a client of `principal` connects with: `.local/clients/<principal>.env`
-    over the process's own; the process's own alone when no principal is named."""
+    (shared.access) over the process's own; the process's own alone when no principal is named."""
     env = dict(os.environ if environ is None else environ)
     if principal:
-        if not principal.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"not a principal name: {principal!r}")
-        path = CLIENTS_DIR / f"{principal}.env"
+        path = access.client_file(principal)
         if not path.is_file():
             raise FileNotFoundError(f"no client settings for {principal!r} at {path}")
-        env.update(parse_env_file(path.read_text()))
+        env.update(access.client_env(principal))
     return env
 
 
@@ -65,13 +43,6 @@ def connection(principal: str | None = None) -> KafkaConnection:
     return KafkaConnection.from_env(environ=client_env(principal))
 
 
-# Who may write each inbound topic on a secured broker (CONTRACT.md "Who may write and read what").
-TOPIC_WRITERS = {
-    UPSTREAM_BOOKINGS: "upstream",
-    UPSTREAM_PRACTICES: "upstream",
-    UPSTREAM_PROFESSIONALS: "marketplace-admin",
-    BILLING_COMMANDS: "staff-tools",
-}
 OBSERVER = "observer"
 
 
@@ -81,13 +52,13 @@ def connection_as(principal: str | None, explicit: str | None = None) -> KafkaCo
     system wrote one; else the environment as it is (an open development broker)."""
     if explicit:
         return connection(explicit)
-    if os.environ.get("KAFKA_SASL_USERNAME") or not principal or not (CLIENTS_DIR / f"{principal}.env").is_file():
+    if os.environ.get("KAFKA_SASL_USERNAME") or not principal or not access.client_file(principal).is_file():
         return connection(None)
     return connection(principal)
 
 
 def writer_of(topic: str, explicit: str | None = None) -> KafkaConnection:
-    return connection_as(TOPIC_WRITERS.get(topic), explicit)
+    return connection_as(access.writer_of(topic), explicit)
 
 
 class Bus:
