@@ -243,6 +243,12 @@ def test_every_page_needs_a_session(console):
         assert (answer.status_code, answer.headers["location"]) == (303, "/login"), path
 
 
+def test_the_probes_answer_without_a_session_and_say_nothing_else(console):
+    client, _, _ = console
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
 def test_sign_in_keeps_the_token_in_a_strict_httponly_cookie(console, keys):
     client, _, _ = console
     signed = sign_in(client, token(keys, ["ops"]))

@@ -136,6 +136,11 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None, servi
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        """Ready as soon as it answers: the console keeps no state of its own."""
+        return {"status": "ready"}
+
     # --- pipeline and dead letters -------------------------------------------------------------
 
     @app.get("/pipeline", response_class=HTMLResponse)
