@@ -8,6 +8,7 @@
 #   localhost:9094  SASL_SSL, SCRAM-SHA-512: what clients use (certificate from a local CA);
 #   localhost:9092  SASL_PLAINTEXT, SCRAM-SHA-512: the broker's own listener (inter-broker);
 #   localhost:9093  the controller, SASL_PLAINTEXT with PLAIN for the broker only.
+# KAFKA_PORT (default 9092) moves all three: KAFKA_PORT, +1 and +2.
 # The StandardAuthorizer denies whatever no ACL allows (allow.everyone.if.no.acl.found=false);
 # the superuser `admin` (SCRAM, created when the storage is formatted) provisions principals and
 # ACLs (python -m shared.access). Every secret is generated: .local/secrets/kafka-admin,
@@ -26,8 +27,9 @@ LOG4J="$HOME_DIR/log4j2.yaml"
 PIDFILE="$HOME_DIR/kafka.pid"
 LOG="$HOME_DIR/kafka.log"
 POM="$ROOT/infra/kafka/pom.xml"
-PORT=9092      # SASL_PLAINTEXT (inter-broker)
-TLS_PORT=9094  # SASL_SSL (clients)
+PORT="${KAFKA_PORT:-9092}"         # SASL_PLAINTEXT (inter-broker)
+CONTROLLER_PORT=$((PORT + 1))      # the controller
+TLS_PORT=$((PORT + 2))             # SASL_SSL (clients)
 TLS_DIR="$HOME_DIR/tls"
 # shellcheck source=infra/secrets.sh
 source "$ROOT/infra/secrets.sh"
@@ -148,8 +150,8 @@ write_config() {
 $SECURITY_MARK
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@localhost:9093
-listeners=BROKER://localhost:$PORT,TLS://localhost:$TLS_PORT,CONTROLLER://localhost:9093
+controller.quorum.voters=1@localhost:$CONTROLLER_PORT
+listeners=BROKER://localhost:$PORT,TLS://localhost:$TLS_PORT,CONTROLLER://localhost:$CONTROLLER_PORT
 advertised.listeners=BROKER://localhost:$PORT,TLS://localhost:$TLS_PORT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,BROKER:SASL_PLAINTEXT,TLS:SASL_SSL

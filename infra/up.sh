@@ -45,7 +45,7 @@ else
         exit 1
     fi
     # The local broker's TLS listener, as the broker's superuser (infra/kafka.sh made both).
-    export KAFKA_BOOTSTRAP_SERVERS=localhost:9094
+    export KAFKA_BOOTSTRAP_SERVERS="localhost:$((${KAFKA_PORT:-9092} + 2))"
     export KAFKA_SECURITY_PROTOCOL=SASL_SSL
     export KAFKA_SASL_MECHANISM=SCRAM-SHA-512
     export KAFKA_SSL_CAFILE="$ROOT/.local/kafka/tls/ca.pem"

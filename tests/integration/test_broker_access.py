@@ -215,10 +215,11 @@ def test_client_settings_files_are_private_and_hold_what_the_contract_names(secu
 
 @pytest.fixture
 def plaintext_listener(secured) -> Iterator[str]:
-    """The local broker's SASL_PLAINTEXT listener (localhost:9092 beside SASL_SSL's 9094)."""
+    """The local broker's SASL_PLAINTEXT listener (KAFKA_PORT, default 9092, two below SASL_SSL's)."""
     if os.environ.get("CANCELLATIONS_INFRA") != "local":
         raise AssertionError("the listener test needs the local broker of `make up`")
-    yield "localhost:9092"
+    tls_port = int(secured.bootstrap_servers.rsplit(":", 1)[1])
+    yield f"localhost:{tls_port - 2}"
 
 
 @pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
