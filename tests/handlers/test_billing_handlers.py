@@ -15,14 +15,27 @@ import pytest
 
 from billing import domain, repository
 from billing.gateway import SandboxGateway
-from billing.handlers import BillingDeps, adjust_charge, bill_cancellation, bill_no_show
+from billing.handlers import (
+    BillingDeps,
+    adjust_charge,
+    bill_cancellation,
+    bill_no_show,
+    decide_review,
+    register_card,
+    remove_card,
+)
 from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee, StaffActor
-from shared.contracts.upstream import ChargeAdjustmentRequested
+from shared.contracts.upstream import (
+    ChargeAdjustmentRequested,
+    ChargeReviewDecided,
+    PatientCardRegistered,
+    PatientCardRemoved,
+)
 from shared.testing import assert_same_functions, unique
-from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
+from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_PATIENTS
 
 START = datetime(2026, 6, 3, 9, 0, tzinfo=UTC)
 LATE_FEE = Fee.new(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
@@ -38,6 +51,10 @@ class FakeBillingRepository:
         self.deposits: dict[tuple[str, str], dict[str, Any]] = {}  # (booking_id, request_id) -> outcome
         self.adjustments: dict[str, dict[str, Any]] = {}  # request_id -> the one answer
         self.audits: list[dict[str, Any]] = []
+        self.payments: dict[str, dict[str, Any]] = {}  # charge_id -> the captured payment
+        self.movements: dict[str, dict[str, Any]] = {}  # movement_id -> refund or top-up
+        self.reviews: dict[str, dict[str, Any]] = {}  # request_id -> the one answer
+        self.cards: dict[tuple[str, str], dict[str, Any]] = {}  # (practice_id, patient_id) -> card
 
     async def lock_booking_billing(self, conn: Any, booking_id: str) -> None:
         self.locked.append(booking_id)
@@ -45,7 +62,7 @@ class FakeBillingRepository:
     async def insert_charge(self, conn: Any, c: dict[str, Any]) -> bool:
         if c["charge_id"] in self.charges:
             return False
-        self.charges[c["charge_id"]] = dict(c, failure_reason=None)
+        self.charges[c["charge_id"]] = dict(c, failure_reason=None, paid_minor=0)
         return True
 
     async def insert_deposit_outcome(self, conn: Any, d: dict[str, Any]) -> bool:
@@ -123,6 +140,44 @@ class FakeBillingRepository:
             }
         )
 
+    async def set_charge_state(
+        self, conn: Any, charge_id: str, *, status: str, paid_minor: int, failure_reason: str | None = None
+    ) -> None:
+        self.charges[charge_id].update(status=status, paid_minor=paid_minor, failure_reason=failure_reason)
+
+    async def captured_payment(self, conn: Any, charge_id: str) -> dict[str, Any] | None:
+        return self.payments.get(charge_id)
+
+    async def insert_movement(self, conn: Any, m: dict[str, Any]) -> bool:
+        if m["movement_id"] in self.movements:
+            return False
+        self.movements[m["movement_id"]] = dict(m, status="pending")
+        return True
+
+    async def record_review(self, conn: Any, r: dict[str, Any]) -> bool:
+        if r["request_id"] in self.reviews:
+            return False
+        self.reviews[r["request_id"]] = dict(r)
+        return True
+
+    async def register_card(self, conn: Any, c: dict[str, Any]) -> bool:
+        held = self.cards.get((c["practice_id"], c["patient_id"]))
+        if held is not None and c["registered_at"] <= max(
+            held["registered_at"], held.get("removed_at") or held["registered_at"]
+        ):
+            return False
+        self.cards[(c["practice_id"], c["patient_id"])] = dict(c, removed_at=None)
+        return True
+
+    async def remove_card(
+        self, conn: Any, practice_id: str, patient_id: str, payment_method_ref: str, removed_at: datetime
+    ) -> bool:
+        held = self.cards.get((practice_id, patient_id))
+        if held is None or held["payment_method_ref"] != payment_method_ref or held["removed_at"] is not None:
+            return False
+        held["removed_at"] = removed_at
+        return True
+
 
 Handle = Callable[..., Awaitable[list[tuple[str, str, dict[str, Any]]]]]
 
@@ -135,8 +190,16 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
     async def handle(
         handler: Any, payload: Any, repo: FakeBillingRepository, **kw: Any
     ) -> list[tuple[str, str, dict[str, Any]]]:
-        topic = BILLING_COMMANDS if isinstance(payload, ChargeAdjustmentRequested) else BOOKING_EVENTS
-        kw.setdefault("subject", getattr(payload, "booking_id", None) or payload.charge_id)
+        if isinstance(payload, ChargeAdjustmentRequested | ChargeReviewDecided):
+            topic = BILLING_COMMANDS
+        elif isinstance(payload, PatientCardRegistered | PatientCardRemoved):
+            topic = UPSTREAM_PATIENTS
+        else:
+            topic = BOOKING_EVENTS
+        kw.setdefault(
+            "subject",
+            getattr(payload, "booking_id", None) or getattr(payload, "charge_id", None) or payload.patient_id,
+        )
         deps = BillingDeps(gateway=SandboxGateway(), repository=repo)
         unit = unit_for("billing", deps, topic, payload, **kw)
         await handler(unit, payload)
@@ -147,7 +210,12 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
 
 
 def decision(
-    classification: str = "late", *, fee: Fee | None = LATE_FEE, charge_card: bool = False, deposit_action: str = "none"
+    classification: str = "late",
+    *,
+    fee: Fee | None = LATE_FEE,
+    charge_card: bool = False,
+    deposit_action: str = "none",
+    review_hours: int | None = None,
 ) -> Decision:
     return Decision.new(
         allowed=True,
@@ -155,6 +223,7 @@ def decision(
         fee=fee,
         charge_card=charge_card,
         deposit_action=deposit_action,
+        review_hours=review_hours,
         policy_version="r1.s3",
         explanation="Cancelled 5 hours ahead: inside the 24-hour late window.",
     )
@@ -248,6 +317,7 @@ async def test_a_late_cancellation_raises_its_fee_once_as_an_invoice_or_a_card_c
                 "currency": "AUD",
                 "code": "D9987",
                 "code_system": "CDT",
+                "status": "due",
             },
         ),
     ]
@@ -467,3 +537,197 @@ async def test_a_charge_being_captured_keeps_its_amount_but_its_code_can_be_corr
     [(kind, _, data)] = await handle(adjust_charge, adjustment(charge_id, ["manager"], amount=None, code="D9986"), repo)
     assert (kind, data["after"]["amount"], data["after"]["code"]) == ("charge.adjusted", "45.00", "D9986")
     assert (repo.charges[charge_id]["amount_minor"], repo.charges[charge_id]["status"]) == (4500, "pending_capture")
+
+
+# --- second release: review, fees changed after money moved, cards on file ----------------------
+
+
+def review(charge_id: str, decision_: str, roles: list[str] | None = None, **fields: Any) -> ChargeReviewDecided:
+    return ChargeReviewDecided.new(
+        request_id=fields.pop("request_id", None) or unique("rev"),
+        charge_id=charge_id,
+        actor=StaffActor.new(id="staff-7", roles=roles if roles is not None else ["biller"]),
+        decision=decision_,
+        **fields,
+    )
+
+
+async def a_charge_in_review(
+    handle: Handle, repo: FakeBillingRepository, *, charge_card: bool = True
+) -> tuple[str, str]:
+    event = cancelled(decision(charge_card=charge_card, review_hours=48))
+    [(kind, _, data)] = await handle(bill_cancellation, event, repo)
+    assert (kind, data["status"], data["review_until"]) == ("charge.created", "pending_review", "2026-06-05T04:00:00Z")
+    return domain.charge_id(event.booking_id, event.request_id), event.booking_id
+
+
+def paid(repo: FakeBillingRepository, charge_id: str) -> None:
+    """The capture task took the card (as capture.record_payment records it)."""
+    repo.charges[charge_id].update(status="paid", paid_minor=repo.charges[charge_id]["amount_minor"])
+    repo.payments[charge_id] = {"gateway": "stripe", "gateway_ref": "pi_first", "amount_minor": 4500}
+
+
+async def test_a_fee_in_review_is_not_taken_until_staff_approve_it_once(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    charge_id, booking_id = await a_charge_in_review(handle, repo)
+    assert repo.charges[charge_id]["status"] == "pending_review"  # the capture task does not claim it
+
+    request = review(charge_id, "approve", note="Checked with the practitioner.")
+    [(kind, key, data)] = await handle(decide_review, request, repo)
+    assert (kind, key, data["status"], data["amount"], data["charge_id"]) == (
+        "charge.created",
+        booking_id,
+        "due",
+        "45.00",
+        charge_id,
+    )
+    assert repo.charges[charge_id]["status"] == "pending_capture"  # now the card is charged
+    assert repo.reviews[request.request_id]["outcome"] == "approved"
+    assert (repo.audits[-1]["action"], repo.audits[-1]["actor"]) == ("review_approved", "staff:staff-7")
+    assert "Checked with the practitioner." in repo.audits[-1]["reason"]
+    # The same request again: answered once; another decision after it: not pending any more.
+    assert await handle(decide_review, review(charge_id, "waive", request_id=request.request_id), repo) == []
+    [(kind, _, data)] = await handle(decide_review, review(charge_id, "approve"), repo)
+    assert (kind, data["reason"]) == ("charge.review_rejected", "not_pending")
+
+
+async def test_an_edit_in_review_adjusts_then_makes_the_fee_due(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    charge_id, _ = await a_charge_in_review(handle, repo, charge_card=False)
+    emitted = await handle(decide_review, review(charge_id, "edit", amount="30.00", code="D9986"), repo)
+    assert [(k, d.get("after", {}).get("amount"), d.get("amount"), d.get("status")) for k, _, d in emitted] == [
+        ("charge.adjusted", "30.00", None, None),
+        ("charge.created", None, "30.00", "due"),
+    ]
+    charge = repo.charges[charge_id]
+    assert (charge["status"], charge["amount_minor"], charge["code"]) == ("outstanding", 3000, "D9986")
+
+
+async def test_an_edit_the_charge_cannot_take_is_refused_quietly_and_the_fee_keeps_waiting(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    charge_id, _ = await a_charge_in_review(handle, repo)
+    request = review(charge_id, "edit", amount="45.001")
+    assert await handle(decide_review, request, repo) == []
+    assert repo.charges[charge_id]["status"] == "pending_review"
+    assert repo.reviews[request.request_id]["outcome"] == "refused"
+    assert repo.audits[-1]["action"] == "review_refused"
+
+
+async def test_waiving_in_review_takes_nothing_and_says_so(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    charge_id, booking_id = await a_charge_in_review(handle, repo)
+    request = review(charge_id, "waive")
+    assert await handle(decide_review, request, repo) == [
+        (
+            "charge.waived",
+            booking_id,
+            {"charge_id": charge_id, "booking_id": booking_id, "request_id": request.request_id},
+        )
+    ]
+    assert (repo.charges[charge_id]["status"], repo.movements) == ("waived", {})
+
+
+async def test_waiving_a_paid_fee_refunds_all_of_it_through_the_gateway_once(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    charge_id, _ = await a_charge(handle, repo, charge_card=True)
+    paid(repo, charge_id)
+    request = review(charge_id, "waive", roles=["owner"])
+    [(kind, _, _)] = await handle(decide_review, request, repo)
+    assert kind == "charge.waived"
+    [movement] = repo.movements.values()
+    assert (movement["kind"], movement["reason"], movement["amount_minor"], movement["payment_ref"]) == (
+        "refund",
+        "waived",
+        4500,
+        "pi_first",
+    )
+    assert movement["movement_id"] == domain.movement_id(charge_id, request.request_id, "refund")
+    assert (repo.charges[charge_id]["status"], repo.charges[charge_id]["paid_minor"]) == ("waived", 0)
+    assert [a["action"] for a in repo.audits[-2:]] == ["charge_waived", "refund_requested"]
+
+
+@pytest.mark.parametrize(
+    ("roles", "charge", "reason", "keyed_by_charge"),
+    [
+        (["reception"], True, "forbidden", False),
+        (["owner"], False, "not_found", True),
+        (["reception"], False, "forbidden", True),
+    ],
+)
+async def test_a_review_decision_that_cannot_be_made_is_rejected(
+    roles: list[str], charge: bool, reason: str, keyed_by_charge: bool, handle: Handle
+) -> None:
+    repo = FakeBillingRepository()
+    charge_id, booking_id = (
+        await a_charge_in_review(handle, repo) if charge else ("6f1c1d1e-8a43-4c4b-9a52-00000000000a", "")
+    )
+    request = review(charge_id, "approve", roles=roles)
+    assert await handle(decide_review, request, repo) == [
+        (
+            "charge.review_rejected",
+            charge_id if keyed_by_charge else booking_id,
+            {"charge_id": charge_id, "request_id": request.request_id, "reason": reason},
+        )
+    ]
+    if charge:
+        assert repo.charges[charge_id]["status"] == "pending_review"
+
+
+@pytest.mark.parametrize(
+    ("amount", "charge_card", "status", "paid_minor", "movement"),
+    [
+        ("30.00", True, "paid", 3000, ("refund", 1500)),
+        ("30.00", False, "paid", 3000, ("refund", 1500)),
+        ("60.00", True, "pending_capture", 4500, ("top_up", 1500)),
+        ("60.00", False, "outstanding", 4500, None),
+    ],
+)
+async def test_changing_a_paid_fee_moves_the_difference_once(
+    amount: str, charge_card: bool, status: str, paid_minor: int, movement: tuple[str, int] | None, handle: Handle
+) -> None:
+    repo = FakeBillingRepository()
+    charge_id, _ = await a_charge(handle, repo, charge_card=charge_card)
+    paid(repo, charge_id)
+    request = adjustment(charge_id, ["biller"], amount=amount)
+    [(kind, _, data)] = await handle(adjust_charge, request, repo)
+    assert (kind, data["after"]["amount"]) == ("charge.adjusted", amount)
+    assert (repo.charges[charge_id]["status"], repo.charges[charge_id]["paid_minor"]) == (status, paid_minor)
+    assert [(m["kind"], m["amount_minor"]) for m in repo.movements.values()] == ([movement] if movement else [])
+    if movement:
+        [moved] = repo.movements.values()
+        assert (moved["reason"], moved["actor"], moved["gateway"]) == ("adjustment", "staff:staff-9", "stripe")
+    # The same request again moves nothing more.
+    assert (
+        await handle(
+            adjust_charge, adjustment(charge_id, ["biller"], amount=amount, request_id=request.request_id), repo
+        )
+        == []
+    )
+    assert len(repo.movements) == (1 if movement else 0)
+
+
+async def test_a_card_on_file_is_kept_per_practice_and_the_newest_event_wins(handle: Handle) -> None:
+    repo = FakeBillingRepository()
+    t = datetime(2026, 5, 1, tzinfo=UTC)
+
+    def registered(pm: str, at: datetime) -> PatientCardRegistered:
+        return PatientCardRegistered.new(
+            patient_id="pat-1",
+            practice_id="practice-1",
+            gateway="stripe",
+            customer_ref="cus_1",
+            payment_method_ref=pm,
+            registered_at=at,
+            last4="4242",
+        )
+
+    assert await handle(register_card, registered("pm_new", t + timedelta(days=2)), repo) == []
+    await handle(register_card, registered("pm_old", t), repo)  # older: changes nothing
+    assert repo.cards[("practice-1", "pat-1")]["payment_method_ref"] == "pm_new"
+    removed = PatientCardRemoved.new(
+        patient_id="pat-1", practice_id="practice-1", payment_method_ref="pm_new", removed_at=t + timedelta(days=3)
+    )
+    await handle(remove_card, removed, repo)
+    assert repo.cards[("practice-1", "pat-1")]["removed_at"] == t + timedelta(days=3)
+    await handle(register_card, registered("pm_new", t + timedelta(days=2)), repo)  # replayed: stays removed
+    assert repo.cards[("practice-1", "pat-1")]["removed_at"] is not None

@@ -5,6 +5,7 @@ adjustment may change, the sandbox gateway's idempotency and the gateway configu
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,16 +17,21 @@ from billing.domain import (
     ChargePlan,
     ChargeTerms,
     DepositPlan,
+    FeeChange,
     InvalidAmount,
+    ReviewAnswer,
     charge_id,
     credit_note_id,
     decide_adjustment,
+    decide_review,
     exponent,
     from_minor,
     may_adjust,
+    movement_id,
     payment_id,
     plan_charge,
     plan_deposit,
+    plan_fee_change,
     status_after_payment,
     to_minor,
 )
@@ -314,8 +320,9 @@ def test_sandbox_is_the_gateway_in_development(monkeypatch: pytest.MonkeyPatch) 
 
 def test_billing_consumes_commands_and_publishes_every_billing_event() -> None:
     billing = definition(BillingSettings())
-    assert set(billing.consumes) == {"booking.events.v1", "billing.commands.v1"}
-    assert set(billing.consumes["billing.commands.v1"]) == {"charge.adjustment_requested"}
+    assert set(billing.consumes) == {"booking.events.v1", "billing.commands.v1", "upstream.patients.v1"}
+    assert set(billing.consumes["billing.commands.v1"]) == {"charge.adjustment_requested", "charge.review_decided"}
+    assert set(billing.consumes["upstream.patients.v1"]) == {"patient.card_registered", "patient.card_removed"}
     assert {m.event_type for m in billing.publishes["billing.events.v1"]} == {
         "charge.created",
         "payment.captured",
@@ -325,6 +332,9 @@ def test_billing_consumes_commands_and_publishes_every_billing_event() -> None:
         "credit_note.issued",
         "charge.adjusted",
         "charge.adjustment_rejected",
+        "charge.waived",
+        "charge.review_rejected",
+        "payment.refunded",
     }
 
 
@@ -386,6 +396,10 @@ def adjust(
         ({"code": "D9986", "status": "paid"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
         ({"code": "D9986", "status": "pending_capture"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
         ({"amount": "45.00", "code": "D9986", "status": "paid"}, ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        # second release: a paid fee's amount changes too (the money moves: plan_fee_change)
+        ({"amount": "30.00", "status": "paid"}, ChargeTerms(3000, "AUD", "D9987", "CDT")),
+        ({"amount": "60.00", "status": "paid"}, ChargeTerms(6000, "AUD", "D9987", "CDT")),
+        ({"amount": "30.00", "status": "pending_review"}, ChargeTerms(3000, "AUD", "D9987", "CDT")),
         ({"roles": ("therapist", "financial"), "amount": "40.00"}, ChargeTerms(4000, "AUD", "D9987", "CDT")),
         (
             {"charge": ChargeTerms(6000, "JPY", "D9986", "CDT"), "amount": "5000"},
@@ -414,9 +428,8 @@ def test_an_allowed_adjustment_says_before_and_after(kwargs: dict, after: Charge
         ({"amount": "0.00"}, "invalid_request"),  # writing a charge off is not an adjustment
         ({"code": "  "}, "invalid_request"),
         ({"code_system": "ICD"}, "invalid_request"),
-        ({"amount": "30.00", "status": "paid"}, "already_paid"),
-        ({"amount": "30.00", "code": "D9986", "status": "paid"}, "already_paid"),
         ({"amount": "30.00", "status": "pending_capture"}, "capture_in_progress"),
+        ({"amount": "30.00", "status": "waived"}, "waived"),
     ],
 )
 def test_a_refused_adjustment_says_why(kwargs: dict, reason: str) -> None:
@@ -560,3 +573,115 @@ async def test_an_amount_stripe_cannot_hold_fails_without_asking_stripe() -> Non
     finally:
         await gateway.close()
     assert (result.status, result.failure_reason, result.reference) == ("failed", "invalid_amount", None)
+
+
+# --- second release: review, fees changed after money moved -----------------------------------
+
+
+def test_a_fee_with_a_review_window_waits_until_the_window_ends() -> None:
+    fee = Fee.new(amount=Decimal("45.00"), currency="AUD", code="D9987", code_system="CDT")
+    at = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+    def plan(review_hours: int | None, charge_card: bool):
+        decision = Decision.new(
+            allowed=True,
+            classification="late",
+            fee=fee,
+            charge_card=charge_card,
+            deposit_action="none",
+            policy_version="r1.s1",
+            review_hours=review_hours,
+        )
+        return plan_charge("cancellation", "bk-1", "req-1", decision, at)
+
+    assert (plan(48, True).status, plan(48, True).review_until) == ("pending_review", at + timedelta(hours=48))
+    assert (plan(0, True).status, plan(0, True).review_until) == ("pending_capture", None)
+    assert (plan(None, False).status, plan(None, False).review_until) == ("outstanding", None)
+
+
+@pytest.mark.parametrize(
+    ("status", "amount", "paid", "card", "waive", "expected"),
+    [
+        # lower than paid: the difference back to the card
+        ("paid", 3000, 4500, True, False, FeeChange("paid", 3000, refund_minor=1500)),
+        ("paid", 3000, 4500, False, False, FeeChange("paid", 3000, refund_minor=1500)),
+        # higher: charged to the card it was paid with, or owed
+        ("paid", 6000, 4500, True, False, FeeChange("pending_capture", 4500, top_up_minor=1500)),
+        ("paid", 6000, 4500, False, False, FeeChange("outstanding", 4500)),
+        # never taken (no card, or the card failed): only what is owed changes
+        ("outstanding", 6000, 0, True, False, FeeChange("outstanding", 0)),
+        ("outstanding", 3000, 0, False, False, FeeChange("outstanding", 0)),
+        # part paid, lowered to what was paid: settled
+        ("outstanding", 4500, 4500, True, False, FeeChange("paid", 4500)),
+        # waived: everything paid comes back
+        ("paid", 4500, 4500, True, True, FeeChange("waived", 0, refund_minor=4500)),
+        ("outstanding", 4500, 0, False, True, FeeChange("waived", 0)),
+        ("pending_review", 4500, 0, True, True, FeeChange("waived", 0)),
+        # in review nothing was taken: it keeps waiting
+        ("pending_review", 3000, 0, True, False, FeeChange("pending_review", 0)),
+    ],
+)
+def test_changing_a_fee_moves_the_difference(status, amount, paid, card, waive, expected) -> None:
+    assert (
+        plan_fee_change(status=status, amount_minor=amount, paid_minor=paid, charge_card=card, waive=waive) == expected
+    )
+
+
+def test_a_fee_being_captured_is_not_changed() -> None:
+    with pytest.raises(ValueError):
+        plan_fee_change(status="pending_capture", amount_minor=100, paid_minor=0, charge_card=True)
+
+
+def test_movement_ids_are_derived_from_charge_request_and_kind() -> None:
+    assert movement_id("c", "r", "refund") == movement_id("c", "r", "refund")
+    assert (
+        len({movement_id("c", "r", "refund"), movement_id("c", "r", "top_up"), movement_id("c", "r2", "refund")}) == 3
+    )
+
+
+def review(**overrides):
+    fields = {"roles": ["biller"], "charge": TERMS, "charge_status": "pending_review", "decision": "approve"}
+    fields |= overrides
+    if isinstance(fields.get("amount"), str):
+        fields["amount"] = Decimal(fields["amount"])
+    return decide_review(**fields)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "answer"),
+    [
+        ({}, ReviewAnswer(outcome="approved")),
+        ({"roles": ["therapist", "financial"]}, ReviewAnswer(outcome="approved")),
+        ({"decision": "waive"}, ReviewAnswer(outcome="waived")),
+        ({"decision": "waive", "charge_status": "paid"}, ReviewAnswer(outcome="waived")),  # refunded in full
+        ({"decision": "waive", "charge_status": "outstanding"}, ReviewAnswer(outcome="waived")),
+        (
+            {"decision": "edit", "amount": "30.00"},
+            ReviewAnswer(outcome="edited", after=ChargeTerms(3000, "AUD", "D9987", "CDT")),
+        ),
+        (
+            {"decision": "edit", "code": "D9986"},
+            ReviewAnswer(outcome="edited", after=ChargeTerms(4500, "AUD", "D9986", "CDT")),
+        ),
+        ({"decision": "edit", "amount": "45.00"}, ReviewAnswer(outcome="approved")),  # changes nothing
+        # refused before anything about the charge is told
+        ({"roles": ["reception"], "charge": None}, ReviewAnswer(rejection="forbidden")),
+        ({"roles": ["therapist"]}, ReviewAnswer(rejection="forbidden")),
+        ({"charge": None}, ReviewAnswer(rejection="not_found")),
+        ({"charge_status": "paid"}, ReviewAnswer(rejection="not_pending")),
+        (
+            {"decision": "edit", "amount": "30.00", "charge_status": "outstanding"},
+            ReviewAnswer(rejection="not_pending"),
+        ),
+        ({"decision": "waive", "charge_status": "pending_capture"}, ReviewAnswer(rejection="not_pending")),
+        ({"decision": "waive", "charge_status": "waived"}, ReviewAnswer(rejection="not_pending")),
+    ],
+)
+def test_a_review_decision_is_answered_once_by_role_then_charge(kwargs: dict, answer: ReviewAnswer) -> None:
+    assert review(**kwargs) == answer
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"amount": "45.001"}, {"code": " "}, {"code_system": "ICD"}])
+def test_an_edit_the_charge_cannot_take_is_refused_and_the_fee_keeps_waiting(kwargs: dict) -> None:
+    answer = review(decision="edit", **kwargs)
+    assert answer.outcome is None and answer.rejection is None and answer.refused

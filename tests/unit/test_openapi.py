@@ -15,7 +15,7 @@ from shared.service import http_app
 
 OPEN = {"/healthz", "/readyz", "/metrics"}  # probes and scraping: no personal data
 # Callbacks a provider makes: no bearer token, the provider's signature instead (checked by the route).
-SIGNED = {"/sms/status": "TwilioSignature"}
+SIGNED = {"/sms/status": "TwilioSignature", "/stripe/webhook": "StripeSignature"}
 
 
 @pytest.fixture(autouse=True)

@@ -42,6 +42,8 @@ class Charge(View):
     occurred_at: datetime
     created_at: datetime
     updated_at: datetime
+    review_until: datetime | None = None  # while pending_review
+    paid: Decimal  # taken and not given back; what is owed is amount - paid
 
 
 class Payment(View):
@@ -90,6 +92,40 @@ class Adjustment(View):
     recorded_at: datetime
 
 
+class Movement(View):
+    """Money moved after the fee was first taken: a refund, or a top-up to the card."""
+
+    movement_id: str
+    charge_id: str
+    request_id: str
+    kind: str
+    reason: str
+    amount: Decimal
+    currency: str
+    gateway: str
+    status: str
+    gateway_ref: str | None
+    failure_reason: str | None
+    actor: str
+    created_at: datetime
+    settled_at: datetime | None
+
+
+class Review(View):
+    request_id: str
+    charge_id: str
+    actor: str
+    actor_roles: list[str]
+    decision: str
+    outcome: str
+    reason: str | None
+    before: Terms | None
+    after: Terms | None
+    note: str | None
+    requested_at: datetime
+    recorded_at: datetime
+
+
 class AuditEntry(View):
     seq: int
     at: datetime
@@ -117,6 +153,8 @@ class BookingBilling(View):
     payments: list[Payment]
     deposits: list[Deposit]
     adjustments: list[Adjustment]
+    reviews: list[Review]
+    movements: list[Movement]
     audit: list[AuditEntry]
 
 
@@ -124,7 +162,14 @@ class Balance(View):
     currency: str
     outstanding: Decimal
     pending_capture: Decimal
+    pending_review: Decimal  # fees waiting for staff: not owed yet
     charges: int
+
+
+class ReviewQueue(View):
+    charges: list[Charge]
+    page: int
+    page_size: int
 
 
 class PracticeBalances(View):
@@ -155,7 +200,7 @@ async def patient_charges(
     )
     return {
         "patient_id": patient_id,
-        "charges": [_with_amount(r) for r in rows],
+        "charges": [_charge(r) for r in rows],
         "payments": [_with_amount(p) for p in payments],
         "page": page.page,
         "page_size": page.page_size,
@@ -173,10 +218,14 @@ async def booking_billing(booking_id: PathId, caller: Caller, service: Service) 
         raise not_found("booking")
     payments = await repository.payments_of_booking(pool, booking_id, practice_ids=practice_ids)
     adjustments = await repository.adjustments_of_booking(pool, booking_id, practice_ids=practice_ids)
+    reviews = await repository.reviews_of_booking(pool, booking_id, practice_ids=practice_ids)
+    movements = await repository.movements_of_booking(pool, booking_id, practice_ids=practice_ids)
     audit = await repository.audit_of_booking(pool, booking_id, practice_ids=practice_ids)
     return {
         "booking_id": booking_id,
-        "charges": [_with_amount(r) for r in charges],
+        "charges": [_charge(r) for r in charges],
+        "reviews": [{**dict(r), "before": _terms(r["before"]), "after": _terms(r["after"])} for r in reviews],
+        "movements": [_with_amount(r) for r in movements],
         "payments": [_with_amount(r) for r in payments],
         "deposits": [_with_amount(r) for r in deposits],
         "adjustments": [{**dict(r), "before": _terms(r["before"]), "after": _terms(r["after"])} for r in adjustments],
@@ -204,11 +253,28 @@ async def practice_balances(practice_id: PathId, caller: Caller, service: Servic
                 "currency": r["currency"],
                 "outstanding": _money(r["outstanding_minor"], r["currency"]),
                 "pending_capture": _money(r["pending_capture_minor"], r["currency"]),
+                "pending_review": _money(r["pending_review_minor"], r["currency"]),
                 "charges": r["charges"],
             }
             for r in rows
         ],
     }
+
+
+@router.get("/charges/in-review", response_model=ReviewQueue)
+async def review_queue(
+    caller: Caller, service: Service, page: Annotated[Page, Depends()], practice_id: QueryId = None
+) -> dict[str, Any]:
+    """Fees waiting for staff to approve, edit or waive them (`charge.review_decided`) at the
+    caller's practices, the soonest end of its review window first."""
+    rows = await repository.charges_in_review(
+        service.pool, practice_ids=caller.practices(practice_id), limit=page.limit, offset=page.offset
+    )
+    return {"charges": [_charge(r) for r in rows], "page": page.page, "page_size": page.page_size}
+
+
+def _charge(row: Any) -> dict[str, Any]:
+    return {**_with_amount(row), "paid": _money(row["paid_minor"], row["currency"])}
 
 
 def _money(minor: int, currency: str) -> Decimal:

@@ -1,11 +1,15 @@
 """The billing service: charges, card payments through the payment-gateway port, deposits and
 credit notes, with an append-only audit of every movement of money.
 
-Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded) and
-`billing.commands.v1` (charge.adjustment_requested); publishes `billing.events.v1`
-(charge.created, payment.captured, payment.failed, deposit.refunded, deposit.kept,
-credit_note.issued, charge.adjusted, charge.adjustment_rejected), keyed by booking_id. The capture
-task (capture.py) charges cards outside the consumer's transactions. An adjustment command that
+Consumes `booking.events.v1` (booking.cancelled, booking.no_show_recorded),
+`billing.commands.v1` (charge.adjustment_requested, charge.review_decided) and
+`upstream.patients.v1` (patient.card_registered, patient.card_removed); publishes
+`billing.events.v1` (charge.created, payment.captured, payment.failed, payment.refunded,
+deposit.refunded, deposit.kept, credit_note.issued, charge.adjusted, charge.adjustment_rejected,
+charge.waived, charge.review_rejected), keyed by booking_id. The capture task (capture.py) charges
+cards and the refund task (refunds.py) gives back or takes the difference of a changed fee, both
+outside the consumer's transactions; the review task (review.py) approves fees whose review
+window ended; Stripe's webhooks (webhooks.py) settle what was not known when asked. An adjustment command that
 breaks the contract's bounds is dead-lettered and, when it names a valid charge and request id,
 answered with `charge.adjustment_rejected` (`invalid_request`), keyed by the charge id.
 """
@@ -15,22 +19,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fastapi import APIRouter
+
 from shared.contracts.base import Payload
 from shared.contracts.billing import (
     ChargeAdjusted,
     ChargeAdjustmentRejected,
     ChargeCreated,
+    ChargeReviewRejected,
+    ChargeWaived,
     CreditNoteIssued,
     DepositKept,
     DepositRefunded,
     PaymentCaptured,
     PaymentFailed,
+    PaymentRefunded,
 )
 from shared.contracts.common import valid_id
 from shared.service import ServiceDefinition
-from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS
+from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_PATIENTS
 
-from . import api, capture, gateway, handlers, repository
+from . import api, capture, gateway, handlers, refunds, repository, review, webhooks
 from .settings import BillingSettings
 
 
@@ -66,6 +75,10 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
     async def close_deps(deps: handlers.BillingDeps) -> None:
         await deps.gateway.close()
 
+    routes = APIRouter()
+    routes.include_router(api.router)
+    routes.include_router(webhooks.router)
+
     return ServiceDefinition(
         name=settings.service_name,
         description="Charges for late cancellations and no-shows, card payments, deposits and credit notes, audited.",
@@ -78,6 +91,11 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
             },
             BILLING_COMMANDS: {
                 "charge.adjustment_requested": handlers.adjust_charge,
+                "charge.review_decided": handlers.decide_review,
+            },
+            UPSTREAM_PATIENTS: {
+                "patient.card_registered": handlers.register_card,
+                "patient.card_removed": handlers.remove_card,
             },
         },
         publishes={
@@ -90,11 +108,18 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
                 CreditNoteIssued,
                 ChargeAdjusted,
                 ChargeAdjustmentRejected,
+                ChargeWaived,
+                ChargeReviewRejected,
+                PaymentRefunded,
             ],
         },
         make_deps=make_deps,
         close_deps=close_deps,
-        background=[capture.card_capture(settings, saved_cards=gateway.charges_saved_cards(settings.payment_gateway))],
-        http_routes=api.router,
+        background=[
+            capture.card_capture(settings, saved_cards=gateway.charges_saved_cards(settings.payment_gateway)),
+            refunds.fee_movements(settings, gateway_name=settings.payment_gateway or "sandbox"),
+            review.review_expiry(settings),
+        ],
+        http_routes=routes,
         answer_invalid={"charge.adjustment_requested": reject_unreadable_adjustment},
     )

@@ -14,11 +14,13 @@ Guarantees:
 - A charge is leased while its call is in flight (`next_capture_at`), so replicas do not call
   for the same charge at once; an unknown outcome (timeout, gateway down) is retried after the
   lease with backoff, with the same key.
-- The card charged is the patient's saved card (`patient_cards`: the processor's customer and
-  payment method). Stripe is never called for a patient without one: the charge fails with
-  `no_card_on_file` and stays owed on the account. The sandbox never takes the charge of a
-  patient with a saved card (it would record a payment of a real card that moved no money); it
-  charges the patient id as its customer reference.
+- The card charged is the patient's card on file at the charge's practice (`practice_cards`,
+  from `patient.card_registered`), else the patient's saved card (`patient_cards`): the
+  processor's customer and payment method. Stripe is never called for a patient without one:
+  the charge fails with `no_card_on_file` and stays owed on the account. The sandbox never takes
+  the charge of a patient with a real card (it would record a payment of a real card that moved
+  no money); it charges a card registered with the sandbox, or the patient id as its customer
+  reference.
 
 The window where a call can be repeated: after the gateway answered and before the transaction
 that records the answer committed (a crash, a lost database connection), and when a call outlives
@@ -77,8 +79,8 @@ def card_capture(settings: BillingSettings, *, saved_cards: bool) -> DueCall[Due
         charges = await repository.claim_captures(
             conn, limit=limit, lease_seconds=settings.capture_lease_seconds, saved_cards=saved_cards
         )
-        cards = await repository.cards_of_patients(conn, list({c["patient_id"] for c in charges})) if charges else {}
-        return [DueCharge(charge, cards.get(charge["patient_id"])) for charge in charges]
+        cards = await repository.cards_of_charges(conn, [c["charge_id"] for c in charges]) if charges else {}
+        return [DueCharge(charge, cards.get(charge["charge_id"])) for charge in charges]
 
     async def call(deps: HasGateway, due: DueCharge) -> PaymentResult | None:
         return await charge_card(deps.gateway, due, timeout=settings.gateway_timeout_seconds)
@@ -133,8 +135,8 @@ async def _call_gateway(gateway: PaymentGateway, charge: Any, card: Any, timeout
                 idempotency_key=charge["charge_id"],
                 amount_minor=charge["amount_minor"],
                 currency=charge["currency"],
-                customer_ref=card["stripe_customer_id"] if card is not None else charge["patient_id"],
-                payment_method=card["stripe_payment_method_id"] if card is not None else None,
+                customer_ref=card["customer_ref"] if card is not None else charge["patient_id"],
+                payment_method=card["payment_method_ref"] if card is not None else None,
             ),
             timeout=timeout,
         )
@@ -168,16 +170,18 @@ def _why(gateway_name: str, charge: Any, result: PaymentResult) -> str:
     return f"card on file declined by {gateway_name}: {result.failure_reason}; the charge stays outstanding"
 
 
-async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: PaymentResult) -> None:
+async def record_payment(
+    unit: WorkUnit[HasGateway], due: DueCharge, result: PaymentResult, *, actor: str | None = None
+) -> bool:
     """Record the gateway's answer once, in the unit's transaction: the payment, the charge's
-    new status, the audit row and `payment.captured` / `payment.failed`. Nothing when another
-    attempt recorded it first."""
+    new status, the audit row and `payment.captured` / `payment.failed`. Nothing (False) when
+    another attempt, or a webhook (`actor`: who told us), recorded it first."""
     charge = due.charge
     charge_id = charge["charge_id"]
     gateway_name = unit.deps.gateway.name
     current = await repository.lock_charge(unit.conn, charge_id)
-    if current is None or current["status"] != "pending_capture":
-        return
+    if current is None or current["status"] != "pending_capture" or current["paid_minor"]:
+        return False  # recorded already (by another attempt, or a webhook), or a top-up in flight (refunds.py)
     await repository.record_payment(
         unit.conn,
         payment_id=domain.payment_id(charge_id),
@@ -194,7 +198,7 @@ async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: Pay
     await repository.audit(
         unit.conn,
         at=unit.now,
-        actor=f"service/{unit.service}",
+        actor=actor or f"service/{unit.service}",
         action=f"payment_{result.status}",
         practice_id=charge["practice_id"],
         booking_id=charge["booking_id"],
@@ -218,3 +222,4 @@ async def record_payment(unit: WorkUnit[HasGateway], due: DueCharge, result: Pay
     )
     unit.emit(BILLING_EVENTS, payload, subject=charge["booking_id"], time=unit.now)
     log.info("payment recorded", charge_id=charge_id, status=result.status, failure_reason=result.failure_reason)
+    return True

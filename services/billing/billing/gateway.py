@@ -28,6 +28,11 @@ Guarantees:
   never mark a real card's charge paid without money moving.
 - A configuration that cannot work (an unknown gateway, Stripe without an API key) is refused
   at startup with a sentence saying what to set.
+- Every refund goes through `PaymentGateway.refund(idempotency_key=…)` against the processor's
+  payment it gives back from; billing passes the refund's derived id as the key, so a refund
+  asked for twice gives the money back once. `RefundResult` is `succeeded`, `pending` (the
+  processor took it and settles it later: a webhook tells) or `failed` (with a reason);
+  `GatewayUnavailable` again means the outcome is not known.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any, Literal, Protocol
 from .domain import from_minor
 
 PaymentStatus = Literal["captured", "failed"]
+RefundStatus = Literal["succeeded", "pending", "failed"]
 
 # Customer-reference suffix -> the decline a real processor would give for such a card.
 DEFAULT_SANDBOX_DECLINES: dict[str, str] = {
@@ -76,6 +82,13 @@ class PaymentResult:
         return self.status == "captured"
 
 
+@dataclass(frozen=True)
+class RefundResult:
+    status: RefundStatus
+    reference: str | None  # the processor's id of the refund; None when it was never asked
+    failure_reason: str | None = None
+
+
 class PaymentGateway(Protocol):
     name: str
     # True: it charges only a card saved with it (a customer and payment method of its own), and
@@ -95,6 +108,10 @@ class PaymentGateway(Protocol):
         payment_method: str | None = None,
     ) -> PaymentResult: ...
 
+    async def refund(
+        self, *, idempotency_key: str, payment_ref: str, amount_minor: int, currency: str
+    ) -> RefundResult: ...
+
     async def close(self) -> None: ...
 
 
@@ -113,6 +130,8 @@ class SandboxGateway:
         self._declines = dict(DEFAULT_SANDBOX_DECLINES if declines is None else declines)
         self._results: dict[str, tuple[tuple[int, str, str], PaymentResult]] = {}
         self.captures: list[PaymentResult] = []  # money actually moved, once per key
+        self._refunds: dict[str, tuple[tuple[str, int, str], RefundResult]] = {}
+        self.refunds: list[tuple[str, int, str]] = []  # money given back: (payment_ref, amount_minor, currency)
 
     async def charge(
         self,
@@ -146,6 +165,21 @@ class SandboxGateway:
             if customer_ref.endswith(suffix):
                 return PaymentResult("failed", reference, amount_minor, currency, failure_reason=reason)
         return PaymentResult("captured", reference, amount_minor, currency)
+
+    async def refund(self, *, idempotency_key: str, payment_ref: str, amount_minor: int, currency: str) -> RefundResult:
+        params = (payment_ref, amount_minor, currency)
+        known = self._refunds.get(idempotency_key)
+        if known is not None:
+            if known[0] != params:
+                raise IdempotencyKeyReused(f"idempotency key {idempotency_key} was first used for other parameters")
+            return known[1]
+        if amount_minor <= 0:
+            result = RefundResult("failed", None, failure_reason="invalid_amount")
+        else:
+            result = RefundResult("succeeded", "sbx_re_" + uuid.uuid5(_SANDBOX_NAMESPACE, idempotency_key).hex[:24])
+            self.refunds.append(params)
+        self._refunds[idempotency_key] = (params, result)
+        return result
 
     async def close(self) -> None:
         return None
@@ -246,8 +280,49 @@ class StripeGateway:
             raise IdempotencyKeyReused(f"Stripe refused idempotency key {idempotency_key}: {exc.user_message}") from exc
         return _from_intent(intent.to_dict(), amount_minor, currency)
 
+    async def refund(self, *, idempotency_key: str, payment_ref: str, amount_minor: int, currency: str) -> RefundResult:
+        """One Refund of (part of) the PaymentIntent `payment_ref`, keyed like a charge. A refund
+        Stripe refuses as wrong in itself (already refunded, more than was charged) is failed;
+        no answer, 409, 429 or 5xx is an unknown outcome."""
+        stripe = self._stripe
+        try:
+            amount = stripe_amount(amount_minor, currency)
+        except ValueError:
+            return RefundResult("failed", None, failure_reason="invalid_amount")
+        params: dict[str, Any] = {
+            "payment_intent": payment_ref,
+            "amount": amount,
+            "metadata": {"refund_id": idempotency_key},  # how a webhook finds the refund again
+        }
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as exc:
+            error = (exc.json_body or {}).get("error") or {}
+            code = error.get("code") or getattr(exc, "code", None)
+            if exc.http_status != 400 or code in ("idempotency_key_in_use", "rate_limit", "lock_timeout"):
+                raise
+            return RefundResult("failed", None, failure_reason=str(code or "invalid_request")[:64])
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise GatewayUnavailable(f"Stripe did not answer: {type(exc).__name__} {exc.http_status}") from exc
+        except stripe.IdempotencyError as exc:
+            raise IdempotencyKeyReused(f"Stripe refused idempotency key {idempotency_key}: {exc.user_message}") from exc
+        return refund_result(refund.to_dict())
+
     async def close(self) -> None:
         await self._http.close_async()
+
+
+def refund_result(refund: dict[str, Any]) -> RefundResult:
+    """Stripe's Refund object as billing's answer (from the API or a webhook)."""
+    status = refund.get("status")
+    if status == "succeeded":
+        return RefundResult("succeeded", refund.get("id"))
+    if status in ("failed", "canceled"):
+        return RefundResult("failed", refund.get("id"), failure_reason=str(refund.get("failure_reason") or status))
+    return RefundResult("pending", refund.get("id"))  # pending, requires_action: Stripe tells later
 
 
 def _declined(exc: Any, amount_minor: int, currency: str) -> PaymentResult:
@@ -293,6 +368,14 @@ def _decline_reason(error: dict[str, Any]) -> str:
     if decline_code and decline_code != "generic_decline":
         return decline_code
     return error.get("code") or "card_declined"
+
+
+def intent_result(intent: dict[str, Any], amount_minor: int, currency: str) -> PaymentResult | None:
+    """A PaymentIntent's settled outcome (from a webhook), or None while it is not settled."""
+    try:
+        return _from_intent(intent, amount_minor, currency)
+    except GatewayUnavailable:
+        return None
 
 
 def _from_intent(intent: dict[str, Any], amount_minor: int, currency: str) -> PaymentResult:

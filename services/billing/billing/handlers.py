@@ -19,17 +19,27 @@ from shared.contracts.billing import (
     ChargeAdjusted,
     ChargeAdjustmentRejected,
     ChargeCreated,
+    ChargeReviewRejected,
+    ChargeWaived,
     CreditNoteIssued,
     DepositKept,
     DepositRefunded,
 )
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Decision, Fee
-from shared.contracts.upstream import ChargeAdjustmentRequested
+from shared.contracts.upstream import (
+    ChargeAdjustmentRequested,
+    ChargeReviewDecided,
+    PatientCardRegistered,
+    PatientCardRemoved,
+)
+from shared.logging import get_logger
 from shared.topics import BILLING_EVENTS
 
 from . import domain
 from .gateway import PaymentGateway
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ async def _bill(
     at: datetime,
     actor: str,
 ) -> None:
-    charge = domain.plan_charge(request, booking_id, request_id, decision)
+    charge = domain.plan_charge(request, booking_id, request_id, decision, at)
     deposit_plan = domain.plan_deposit(booking_id, request_id, decision, deposit)
     if charge is None and deposit_plan is None:
         return
@@ -131,11 +141,12 @@ async def _raise_charge(
             "currency": charge.currency,
             "code": charge.code,
             "code_system": charge.code_system,
-            "charge_card": charge.status == "pending_capture",
+            "charge_card": decision.charge_card,  # the card is charged once the fee is final
             "status": charge.status,
             "policy_version": decision.policy_version,
             "occurred_at": at,
             "correlation_id": unit.event.correlation_id,
+            "review_until": charge.review_until,
         },
     )
     if not created:
@@ -156,6 +167,7 @@ async def _raise_charge(
             "code": charge.code,
             "code_system": charge.code_system,
             "status": charge.status,
+            "review_until": charge.review_until.isoformat() if charge.review_until else None,
             "request_id": request_id,
             "event_id": unit.event.id,
         },
@@ -171,6 +183,8 @@ async def _raise_charge(
             currency=charge.currency,
             code=charge.code,
             code_system=charge.code_system,
+            status="pending_review" if charge.status == "pending_review" else "due",
+            review_until=charge.review_until,
         ),
         subject=booking_id,
     )
@@ -303,6 +317,14 @@ async def _apply_adjustment(
     await repository.adjust_charge(
         unit.conn, charge["charge_id"], amount_minor=after.amount_minor, code=after.code, code_system=after.code_system
     )
+    if after.amount_minor != before.amount_minor and charge["status"] in ("outstanding", "paid"):
+        change = domain.plan_fee_change(
+            status=charge["status"],
+            amount_minor=after.amount_minor,
+            paid_minor=charge["paid_minor"],
+            charge_card=charge["charge_card"],
+        )
+        await _move_money(unit, charge, change, request_id=command.request_id, reason="adjustment", at=at, actor=actor)
     await repository.audit(
         unit.conn,
         at=at,
@@ -354,3 +376,278 @@ def _fee(terms: domain.ChargeTerms) -> Fee:
 
 def _adjustment_detail(command: ChargeAdjustmentRequested, unit: Unit[BillingDeps]) -> dict[str, object]:
     return {"request_id": command.request_id, "roles": list(command.actor.roles), "event_id": unit.event.id}
+
+
+# --- second release: money moved after the fact, review, cards on file ------------------------
+
+
+async def _move_money(
+    unit: Unit[BillingDeps] | Any,
+    charge: Any,
+    change: domain.FeeChange,
+    *,
+    request_id: str,
+    reason: str,
+    at: datetime,
+    actor: str,
+) -> None:
+    """Apply a fee change: the charge's new status and what was paid of it, and the refund or
+    top-up it needs, recorded as a movement for the refund task (refunds.py) to make through the
+    gateway after this transaction committed (never here), keyed by the movement's derived id."""
+    repository = unit.deps.repository
+    await repository.set_charge_state(
+        unit.conn, charge["charge_id"], status=change.status, paid_minor=change.paid_minor
+    )
+    amount_minor = change.refund_minor or change.top_up_minor
+    if not amount_minor:
+        return
+    kind: Literal["refund", "top_up"] = "refund" if change.refund_minor else "top_up"
+    payment = await repository.captured_payment(unit.conn, charge["charge_id"])
+    if payment is None:
+        raise LookupError(f"charge {charge['charge_id']} has money to move but no captured card payment")
+    movement = domain.movement_id(charge["charge_id"], request_id, kind)
+    created = await repository.insert_movement(
+        unit.conn,
+        {
+            "movement_id": movement,
+            "charge_id": charge["charge_id"],
+            "booking_id": charge["booking_id"],
+            "practice_id": charge["practice_id"],
+            "patient_id": charge["patient_id"],
+            "request_id": request_id,
+            "kind": kind,
+            "reason": reason,
+            "amount_minor": amount_minor,
+            "currency": charge["currency"],
+            "gateway": payment["gateway"],
+            "payment_ref": payment["gateway_ref"] if kind == "refund" else None,
+            "actor": actor,
+            "correlation_id": unit.correlation_id,
+        },
+    )
+    if not created:
+        return
+    money = f"{domain.from_minor(amount_minor, charge['currency'])} {charge['currency']}"
+    await repository.audit(
+        unit.conn,
+        at=at,
+        actor=actor,
+        action=f"{kind}_requested",
+        practice_id=charge["practice_id"],
+        booking_id=charge["booking_id"],
+        charge_id=charge["charge_id"],
+        amount_minor=amount_minor,
+        currency=charge["currency"],
+        reason=(
+            f"{money} to give back to the card through {payment['gateway']} ({reason})"
+            if kind == "refund"
+            else f"{money} more to charge to the card on file through {payment['gateway']} ({reason})"
+        ),
+        detail={"movement_id": movement, "request_id": request_id},
+    )
+
+
+async def decide_review(unit: Unit[BillingDeps], command: ChargeReviewDecided) -> None:
+    """Answer `charge.review_decided` once per request id: approved (the fee becomes due:
+    `charge.created` with status `due`), edited (`charge.adjusted`, then due), waived
+    (`charge.waived`, a paid fee refunded in full), or `charge.review_rejected`; an edit the charge
+    cannot take is recorded as refused and the fee keeps waiting."""
+    repository = unit.deps.repository
+    at = unit.event.envelope.time
+    actor = f"staff:{command.actor.id}"
+    charge_key = _canonical_uuid(command.charge_id)
+    charge = await repository.lock_charge(unit.conn, charge_key) if charge_key is not None else None
+    terms = _terms(charge)
+    answer = domain.decide_review(
+        roles=command.actor.roles,
+        charge=terms,
+        charge_status=charge["status"] if charge is not None else None,
+        decision=command.decision,
+        amount=command.amount,
+        code=command.code,
+        code_system=command.code_system,
+    )
+    if answer.after is not None and money_problem(answer.after.amount, answer.after.currency) is not None:
+        answer = domain.ReviewAnswer(refused="the amount is more than the charge's currency allows")
+    outcome = answer.outcome or ("rejected" if answer.rejection else "refused")
+    first_answer = await repository.record_review(
+        unit.conn,
+        {
+            "request_id": command.request_id,
+            "charge_id": command.charge_id,
+            "practice_id": charge["practice_id"] if charge is not None else None,
+            "booking_id": charge["booking_id"] if charge is not None else None,
+            "actor": actor,
+            "actor_roles": list(command.actor.roles),
+            "decision": command.decision,
+            "outcome": outcome,
+            "reason": answer.rejection or answer.refused,
+            "before": terms.as_json() if terms is not None else None,
+            "after": answer.after.as_json() if answer.after is not None else None,
+            "note": command.note,
+            "requested_at": at,
+        },
+    )
+    if not first_answer:
+        return
+    if answer.rejection is not None:
+        if charge is not None:
+            await _audit_review(unit, charge, "review_rejected", f"review refused: {answer.rejection}", command, at)
+        rejected = ChargeReviewRejected.new(
+            charge_id=command.charge_id, request_id=command.request_id, reason=answer.rejection
+        )
+        unit.emit(BILLING_EVENTS, rejected, subject=charge["booking_id"] if charge is not None else command.charge_id)
+        return
+    assert charge is not None and terms is not None
+    if answer.refused is not None:
+        await _audit_review(unit, charge, "review_refused", f"review edit refused: {answer.refused}", command, at)
+        return
+    why = f"{command.decision} by {actor} ({', '.join(command.actor.roles)})" + (
+        f": {command.note}" if command.note else ""
+    )
+    if answer.outcome == "waived":
+        await waive_charge(unit, charge, request_id=command.request_id, at=at, actor=actor, why=why)
+        return
+    if answer.outcome == "edited":
+        after = answer.after
+        assert after is not None
+        await repository.adjust_charge(
+            unit.conn,
+            charge["charge_id"],
+            amount_minor=after.amount_minor,
+            code=after.code,
+            code_system=after.code_system,
+        )
+        unit.emit(
+            BILLING_EVENTS,
+            ChargeAdjusted.new(
+                charge_id=command.charge_id, request_id=command.request_id, before=_fee(terms), after=_fee(after)
+            ),
+            subject=charge["booking_id"],
+        )
+        terms = after
+    await approve_charge(unit, charge, terms, at=at, actor=actor, why=why, action=f"review_{answer.outcome}")
+
+
+async def approve_charge(
+    unit: Any, charge: Any, terms: domain.ChargeTerms, *, at: datetime, actor: str, why: str, action: str
+) -> None:
+    """The fee in review becomes final: charged to the card on file or owed, and announced
+    `charge.created` with status `due` (its first announcement said `pending_review`)."""
+    status = domain.final_status(charge["charge_card"])
+    await unit.deps.repository.set_charge_state(unit.conn, charge["charge_id"], status=status, paid_minor=0)
+    await unit.deps.repository.audit(
+        unit.conn,
+        at=at,
+        actor=actor,
+        action=action,
+        practice_id=charge["practice_id"],
+        booking_id=charge["booking_id"],
+        charge_id=charge["charge_id"],
+        amount_minor=terms.amount_minor,
+        currency=terms.currency,
+        reason=f"fee final after review ({why}); now {status.replace('_', ' ')}",
+        detail={"status": status, "code": terms.code, "code_system": terms.code_system},
+    )
+    unit.emit(
+        BILLING_EVENTS,
+        ChargeCreated.new(
+            charge_id=charge["charge_id"],
+            booking_id=charge["booking_id"],
+            patient_id=charge["patient_id"],
+            kind=charge["kind"],
+            amount=terms.amount,
+            currency=terms.currency,
+            code=terms.code,
+            code_system=terms.code_system,
+            status="due",
+        ),
+        subject=charge["booking_id"],
+    )
+
+
+async def waive_charge(unit: Any, charge: Any, *, request_id: str, at: datetime, actor: str, why: str) -> None:
+    """The fee is not owed any more: `charge.waived`, and what was paid of it refunded in full."""
+    change = domain.plan_fee_change(
+        status=charge["status"],
+        amount_minor=charge["amount_minor"],
+        paid_minor=charge["paid_minor"],
+        charge_card=charge["charge_card"],
+        waive=True,
+    )
+    await unit.deps.repository.audit(
+        unit.conn,
+        at=at,
+        actor=actor,
+        action="charge_waived",
+        practice_id=charge["practice_id"],
+        booking_id=charge["booking_id"],
+        charge_id=charge["charge_id"],
+        amount_minor=charge["amount_minor"],
+        currency=charge["currency"],
+        reason=f"fee waived ({why})" + (", what was paid is refunded" if change.refund_minor else ""),
+        detail={"request_id": request_id, "status_before": charge["status"]},
+    )
+    await _move_money(unit, charge, change, request_id=request_id, reason="waived", at=at, actor=actor)
+    unit.emit(
+        BILLING_EVENTS,
+        ChargeWaived.new(charge_id=charge["charge_id"], booking_id=charge["booking_id"], request_id=request_id),
+        subject=charge["booking_id"],
+    )
+
+
+async def _audit_review(
+    unit: Unit[BillingDeps], charge: Any, action: str, reason: str, command: ChargeReviewDecided, at: datetime
+) -> None:
+    await unit.deps.repository.audit(
+        unit.conn,
+        at=at,
+        actor=f"staff:{command.actor.id}",
+        action=action,
+        practice_id=charge["practice_id"],
+        booking_id=charge["booking_id"],
+        charge_id=charge["charge_id"],
+        reason=reason,
+        detail={
+            "request_id": command.request_id,
+            "decision": command.decision,
+            "roles": list(command.actor.roles),
+            "event_id": unit.event.id,
+        },
+    )
+
+
+def charge_terms(charge: Any) -> domain.ChargeTerms:
+    return domain.ChargeTerms(charge["amount_minor"], charge["currency"], charge["code"], charge["code_system"])
+
+
+def _terms(charge: Any) -> domain.ChargeTerms | None:
+    if charge is None:
+        return None
+    return domain.ChargeTerms(charge["amount_minor"], charge["currency"], charge["code"], charge["code_system"])
+
+
+async def register_card(unit: Unit[BillingDeps], event: PatientCardRegistered) -> None:
+    """The patient's card on file at the practice: the one the card is charged on from now on
+    (a registration older than the card held changes nothing)."""
+    changed = await unit.deps.repository.register_card(
+        unit.conn,
+        {
+            "practice_id": event.practice_id,
+            "patient_id": event.patient_id,
+            "gateway": event.gateway,
+            "customer_ref": event.customer_ref,
+            "payment_method_ref": event.payment_method_ref,
+            "brand": event.brand,
+            "last4": event.last4,
+            "registered_at": event.registered_at,
+        },
+    )
+    log.info("card on file", practice_id=event.practice_id, patient_id=event.patient_id, changed=changed)
+
+
+async def remove_card(unit: Unit[BillingDeps], event: PatientCardRemoved) -> None:
+    changed = await unit.deps.repository.remove_card(
+        unit.conn, event.practice_id, event.patient_id, event.payment_method_ref, event.removed_at
+    )
+    log.info("card removed", practice_id=event.practice_id, patient_id=event.patient_id, changed=changed)

@@ -11,7 +11,13 @@ import asyncpg
 CHARGE_COLUMNS = (
     "charge_id::text AS charge_id, booking_id, request_id, practice_id, patient_id, kind, amount_minor,"
     " currency, code, code_system, charge_card, status, failure_reason, policy_version, occurred_at,"
-    " correlation_id, capture_attempts, first_capture_at, created_at, updated_at"
+    " correlation_id, capture_attempts, first_capture_at, created_at, updated_at, review_until, paid_minor"
+)
+
+MOVEMENT_COLUMNS = (
+    "movement_id::text AS movement_id, charge_id::text AS charge_id, booking_id, practice_id, patient_id,"
+    " request_id, kind, reason, amount_minor, currency, gateway, payment_ref, status, gateway_ref, failure_reason,"
+    " attempts, first_attempt_at, actor, correlation_id, created_at, settled_at"
 )
 
 PAYMENT_COLUMNS = (
@@ -31,9 +37,9 @@ async def insert_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> bool:
     inserted = await conn.fetchval(
         "INSERT INTO charges (charge_id, booking_id, request_id, practice_id, patient_id, kind, amount_minor,"
         " currency, code, code_system, charge_card, status, policy_version, occurred_at, correlation_id,"
-        " next_capture_at)"
+        " next_capture_at, review_until)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-        " CASE WHEN $12 = 'pending_capture' THEN now() END)"
+        " CASE WHEN $12 = 'pending_capture' THEN now() END, $16)"
         " ON CONFLICT DO NOTHING RETURNING true",
         c["charge_id"],
         c["booking_id"],
@@ -50,6 +56,7 @@ async def insert_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> bool:
         c["policy_version"],
         c["occurred_at"],
         c["correlation_id"],
+        c.get("review_until"),
     )
     return bool(inserted)
 
@@ -79,34 +86,105 @@ async def claim_captures(
     """Take up to `limit` charges due for capture and lease them: until the lease ends no other
     replica takes them; when this one dies mid-call, another takes them after it (and asks the
     gateway again with the same idempotency key). Each retry leases longer (backoff, 1 h cap).
-    `saved_cards=False` (the sandbox) leaves the charges of patients with a saved card alone."""
+    `saved_cards=True` (Stripe) leaves a charge whose card on file at its practice was registered
+    with the sandbox; `saved_cards=False` (the sandbox) leaves the charges of patients whose card
+    is a real one (registered with Stripe, or saved in `patient_cards`)."""
+    gateway = "stripe" if saved_cards else "sandbox"
     return await conn.fetch(
         f"UPDATE charges SET capture_attempts = capture_attempts + 1,"
         " first_capture_at = coalesce(first_capture_at, now()),"
         " next_capture_at = now() + make_interval(secs => least(3600, $2 * power(2, least(capture_attempts, 12))))"
         " WHERE charge_id IN ("
         "   SELECT charge_id FROM charges c WHERE status = 'pending_capture' AND next_capture_at <= now()"
-        "   AND ($3 OR NOT EXISTS (SELECT 1 FROM patient_cards pc WHERE pc.patient_id = c.patient_id))"
+        f"  AND {_CARD_GATEWAY_SQL.format(charge='c')} IN ($3, 'none')"
         "   ORDER BY next_capture_at, charge_id LIMIT $1 FOR UPDATE SKIP LOCKED)"
         f" RETURNING {CHARGE_COLUMNS}",
         limit,
         lease_seconds,
-        saved_cards,
+        gateway,
+    )
+
+
+# The gateway of a charge's card on file: the card registered at its practice (a removed one
+# counts as none: `none`), else a card saved in `patient_cards` (Stripe's), else `none`.
+_CARD_GATEWAY_SQL = (
+    "coalesce((SELECT CASE WHEN pc.removed_at IS NULL THEN pc.gateway ELSE 'none' END FROM practice_cards pc"
+    " WHERE pc.practice_id = {charge}.practice_id AND pc.patient_id = {charge}.patient_id),"
+    " (SELECT 'stripe' FROM patient_cards lc WHERE lc.patient_id = {charge}.patient_id), 'none')"
+)
+
+
+async def cards_of_charges(conn: asyncpg.Connection, charge_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The card on file each charge is taken from (charge id -> gateway, customer_ref,
+    payment_method_ref): its practice's registered card, else the patient's saved Stripe card.
+    A charge without one is left out."""
+    rows = await conn.fetch(
+        "SELECT c.charge_id::text AS charge_id,"
+        " CASE WHEN pc.patient_id IS NOT NULL THEN pc.gateway ELSE 'stripe' END AS gateway,"
+        " CASE WHEN pc.patient_id IS NOT NULL THEN pc.customer_ref ELSE lc.stripe_customer_id END AS customer_ref,"
+        " CASE WHEN pc.patient_id IS NOT NULL THEN pc.payment_method_ref ELSE lc.stripe_payment_method_id END"
+        " AS payment_method_ref"
+        " FROM charges c"
+        " LEFT JOIN practice_cards pc ON pc.practice_id = c.practice_id AND pc.patient_id = c.patient_id"
+        " LEFT JOIN patient_cards lc ON lc.patient_id = c.patient_id"
+        " WHERE c.charge_id = ANY($1::uuid[])"
+        " AND ((pc.patient_id IS NOT NULL AND pc.removed_at IS NULL) OR (pc.patient_id IS NULL AND lc.patient_id IS NOT NULL))",
+        charge_ids,
+    )
+    return {r["charge_id"]: r for r in rows}
+
+
+async def register_card(conn: asyncpg.Connection, c: dict[str, Any]) -> bool:
+    """The patient's card on file at the practice; False when what is held is as new or newer."""
+    changed = await conn.fetchval(
+        "INSERT INTO practice_cards (practice_id, patient_id, gateway, customer_ref, payment_method_ref, brand,"
+        " last4, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (practice_id, patient_id) DO UPDATE SET gateway = EXCLUDED.gateway,"
+        " customer_ref = EXCLUDED.customer_ref, payment_method_ref = EXCLUDED.payment_method_ref,"
+        " brand = EXCLUDED.brand, last4 = EXCLUDED.last4, registered_at = EXCLUDED.registered_at,"
+        " removed_at = NULL, updated_at = now()"
+        " WHERE EXCLUDED.registered_at > greatest(practice_cards.registered_at,"
+        "   coalesce(practice_cards.removed_at, '-infinity'::timestamptz))"
+        " RETURNING true",
+        c["practice_id"],
+        c["patient_id"],
+        c["gateway"],
+        c["customer_ref"],
+        c["payment_method_ref"],
+        c.get("brand"),
+        c.get("last4"),
+        c["registered_at"],
+    )
+    return bool(changed)
+
+
+async def remove_card(
+    conn: asyncpg.Connection, practice_id: str, patient_id: str, payment_method_ref: str, removed_at: datetime
+) -> bool:
+    """Remove the card when it is the one on file and was registered before the removal."""
+    changed = await conn.fetchval(
+        "UPDATE practice_cards SET removed_at = $4, updated_at = now()"
+        " WHERE practice_id = $1 AND patient_id = $2 AND payment_method_ref = $3 AND registered_at <= $4"
+        " AND removed_at IS NULL RETURNING true",
+        practice_id,
+        patient_id,
+        payment_method_ref,
+        removed_at,
+    )
+    return bool(changed)
+
+
+async def card_on_file(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT gateway, customer_ref, payment_method_ref, brand, last4, registered_at, removed_at FROM practice_cards"
+        " WHERE practice_id = $1 AND patient_id = $2",
+        practice_id,
+        patient_id,
     )
 
 
 async def lock_charge(conn: asyncpg.Connection, charge_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {CHARGE_COLUMNS} FROM charges WHERE charge_id = $1 FOR UPDATE", charge_id)
-
-
-async def cards_of_patients(conn: asyncpg.Connection, patient_ids: list[str]) -> dict[str, asyncpg.Record]:
-    """The saved card (Stripe customer and payment method) of each patient that has one."""
-    rows = await conn.fetch(
-        "SELECT patient_id, stripe_customer_id, stripe_payment_method_id FROM patient_cards"
-        " WHERE patient_id = ANY($1::text[])",
-        patient_ids,
-    )
-    return {r["patient_id"]: r for r in rows}
 
 
 async def adjust_charge(
@@ -184,12 +262,158 @@ async def record_payment(
         failure_reason,
     )
     await conn.execute(
-        "UPDATE charges SET status = $2, failure_reason = $3, next_capture_at = NULL, updated_at = now()"
+        "UPDATE charges SET status = $2, failure_reason = $3, next_capture_at = NULL, updated_at = now(),"
+        " paid_minor = CASE WHEN $2 = 'paid' THEN amount_minor ELSE paid_minor END"
         " WHERE charge_id = $1",
         charge_id,
         charge_status,
         failure_reason,
     )
+
+
+async def set_charge_state(
+    conn: asyncpg.Connection, charge_id: str, *, status: str, paid_minor: int, failure_reason: str | None = None
+) -> None:
+    """A charge's status and what was paid of it (a review ended, a fee changed, a refund or
+    top-up settled). Final and due for the card: the capture task takes it at once."""
+    await conn.execute(
+        "UPDATE charges SET status = $2, paid_minor = $3, failure_reason = $4, updated_at = now(),"
+        " review_until = CASE WHEN $2 = 'pending_review' THEN review_until END,"
+        " next_capture_at = CASE WHEN $2 = 'pending_capture' AND paid_minor = 0 AND $3 = 0 THEN now() END"
+        " WHERE charge_id = $1",
+        charge_id,
+        status,
+        paid_minor,
+        failure_reason,
+    )
+
+
+async def claim_due_reviews(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Fees whose review window ended undecided, locked for this transaction (replicas skip them)."""
+    return await conn.fetch(
+        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE status = 'pending_review' AND review_until <= $1"
+        " ORDER BY review_until, charge_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+
+
+async def captured_payment(conn: asyncpg.Connection, charge_id: str) -> asyncpg.Record | None:
+    """The card payment that took the charge (what a refund gives back from)."""
+    return await conn.fetchrow(
+        "SELECT gateway, gateway_ref, amount_minor FROM payments WHERE charge_id = $1 AND status = 'captured'",
+        charge_id,
+    )
+
+
+async def insert_movement(conn: asyncpg.Connection, m: dict[str, Any]) -> bool:
+    """A refund or top-up to make through the gateway; False when the request made it already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO charge_movements (movement_id, charge_id, booking_id, practice_id, patient_id, request_id, kind,"
+        " reason, amount_minor, currency, gateway, payment_ref, status, actor, correlation_id, next_attempt_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', $13, $14, now())"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        m["movement_id"],
+        m["charge_id"],
+        m["booking_id"],
+        m["practice_id"],
+        m["patient_id"],
+        m["request_id"],
+        m["kind"],
+        m["reason"],
+        m["amount_minor"],
+        m["currency"],
+        m["gateway"],
+        m.get("payment_ref"),
+        m["actor"],
+        m.get("correlation_id"),
+    )
+    return bool(inserted)
+
+
+async def claim_movements(
+    conn: asyncpg.Connection, *, limit: int, lease_seconds: float, gateway: str
+) -> list[asyncpg.Record]:
+    """Refunds and top-ups of this gateway due to be sent, leased like captures (backoff, 1 h cap)."""
+    return await conn.fetch(
+        "UPDATE charge_movements SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()),"
+        " next_attempt_at = now() + make_interval(secs => least(3600, $2 * power(2, least(attempts, 12))))"
+        " WHERE movement_id IN ("
+        "   SELECT movement_id FROM charge_movements WHERE status = 'pending' AND next_attempt_at <= now()"
+        "   AND gateway = $3 ORDER BY next_attempt_at, movement_id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        f" RETURNING {MOVEMENT_COLUMNS}",
+        limit,
+        lease_seconds,
+        gateway,
+    )
+
+
+async def charge_of_movement(conn: asyncpg.Connection, movement_id: str) -> str | None:
+    value = await conn.fetchval("SELECT charge_id::text FROM charge_movements WHERE movement_id = $1", movement_id)
+    return str(value) if value is not None else None
+
+
+async def lock_movement(conn: asyncpg.Connection, movement_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {MOVEMENT_COLUMNS} FROM charge_movements WHERE movement_id = $1 FOR UPDATE", movement_id
+    )
+
+
+async def settle_movement(
+    conn: asyncpg.Connection, movement_id: str, *, status: str, gateway_ref: str | None, failure_reason: str | None
+) -> None:
+    await conn.execute(
+        "UPDATE charge_movements SET status = $2, gateway_ref = coalesce($3, gateway_ref), failure_reason = $4,"
+        " next_attempt_at = NULL, settled_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END"
+        " WHERE movement_id = $1",
+        movement_id,
+        status,
+        gateway_ref,
+        failure_reason,
+    )
+
+
+async def record_review(conn: asyncpg.Connection, r: dict[str, Any]) -> bool:
+    """Record the one answer to a review decision; False when it was answered already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO charge_reviews (request_id, charge_id, practice_id, booking_id, actor, actor_roles, decision,"
+        " outcome, reason, before, after, note, requested_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13)"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
+        r["request_id"],
+        r["charge_id"],
+        r["practice_id"],
+        r["booking_id"],
+        r["actor"],
+        r["actor_roles"],
+        r["decision"],
+        r["outcome"],
+        r["reason"],
+        json.dumps(r["before"]) if r.get("before") is not None else None,
+        json.dumps(r["after"]) if r.get("after") is not None else None,
+        r.get("note"),
+        r["requested_at"],
+    )
+    return bool(inserted)
+
+
+async def set_stripe_event_outcome(conn: asyncpg.Connection, event_id: str, outcome: str) -> None:
+    await conn.execute("UPDATE stripe_events SET outcome = $2 WHERE event_id = $1", event_id, outcome)
+
+
+async def record_stripe_event(
+    conn: asyncpg.Connection, event_id: str, type_: str, object_id: str | None, outcome: str
+) -> bool:
+    """Stripe's event, once by its id; False when it was received before."""
+    inserted = await conn.fetchval(
+        "INSERT INTO stripe_events (event_id, type, object_id, outcome) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        event_id,
+        type_,
+        object_id,
+        outcome,
+    )
+    return bool(inserted)
 
 
 async def audit(
@@ -313,9 +537,48 @@ async def balances_of_practice(pool: asyncpg.Pool, practice_id: str) -> list[asy
     """What is owed to the practice, per currency (amounts in different currencies never add up)."""
     return await pool.fetch(
         "SELECT currency,"
-        " coalesce(sum(amount_minor) FILTER (WHERE status = 'outstanding'), 0)::bigint AS outstanding_minor,"
-        " coalesce(sum(amount_minor) FILTER (WHERE status = 'pending_capture'), 0)::bigint AS pending_capture_minor,"
+        " coalesce(sum(amount_minor - paid_minor) FILTER (WHERE status = 'outstanding'), 0)::bigint"
+        " AS outstanding_minor,"
+        " coalesce(sum(amount_minor - paid_minor) FILTER (WHERE status = 'pending_capture'), 0)::bigint"
+        " AS pending_capture_minor,"
+        " coalesce(sum(amount_minor) FILTER (WHERE status = 'pending_review'), 0)::bigint AS pending_review_minor,"
         " count(*) AS charges"
-        " FROM charges WHERE practice_id = $1 AND status <> 'paid' GROUP BY currency ORDER BY currency",
+        " FROM charges WHERE practice_id = $1 AND status NOT IN ('paid', 'waived') GROUP BY currency ORDER BY currency",
         practice_id,
+    )
+
+
+async def movements_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {MOVEMENT_COLUMNS} FROM charge_movements"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2)) ORDER BY created_at, movement_id",
+        booking_id,
+        practice_ids,
+    )
+
+
+async def reviews_of_booking(
+    pool: asyncpg.Pool, booking_id: str, *, practice_ids: list[str] | None
+) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT request_id, charge_id, actor, actor_roles, decision, outcome, reason, before::text AS before,"
+        " after::text AS after, note, requested_at, recorded_at FROM charge_reviews"
+        " WHERE booking_id = $1 AND ($2::text[] IS NULL OR practice_id = ANY($2)) ORDER BY requested_at, request_id",
+        booking_id,
+        practice_ids,
+    )
+
+
+async def charges_in_review(
+    pool: asyncpg.Pool, *, practice_ids: list[str] | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """The review queue: fees waiting for staff, the soonest window end first."""
+    return await pool.fetch(
+        f"SELECT {CHARGE_COLUMNS} FROM charges WHERE status = 'pending_review'"
+        " AND ($1::text[] IS NULL OR practice_id = ANY($1)) ORDER BY review_until, charge_id LIMIT $2 OFFSET $3",
+        practice_ids,
+        limit,
+        offset,
     )

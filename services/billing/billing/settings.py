@@ -25,6 +25,12 @@ class BillingSettings(ServiceSettings):
     capture_batch_size: int = 20
     capture_lease_seconds: float = 60.0
     gateway_timeout_seconds: float = 20.0
+    # How often replicas look for fees whose review window ended undecided (they are approved).
+    review_check_interval_seconds: float = 30.0
+    # Stripe's webhook signing secret (whsec_…): without it POST /stripe/webhook answers 403.
+    stripe_webhook_secret: SecretStr | None = None
+    # The largest webhook body read (Stripe's events are a few KiB); a larger one is refused (413).
+    stripe_webhook_max_bytes: int = 256 * 1024
 
     @model_validator(mode="before")
     @classmethod
