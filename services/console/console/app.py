@@ -398,7 +398,7 @@ async def practice_view(services: Services, token: str, practice_id: str, days: 
 async def fee_totals(
     services: Services, token: str, booking_ids: list[str]
 ) -> tuple[dict[str, dict[str, Decimal]], int]:
-    """Per currency: fees raised, collected, waived, deposits refunded; and the status billing
+    """Per currency: fees raised, collected, waived, deposits and fees refunded; and the status billing
     answered with (403: the person's role may not read money)."""
     answers = await asyncio.gather(*(services.get("billing", f"/bookings/{b}/billing", token) for b in booking_ids))
     totals: dict[str, dict[str, Decimal]] = {}
@@ -421,6 +421,9 @@ async def fee_totals(
         for deposit in body["deposits"]:
             if deposit["outcome"] == "refunded":
                 totals.setdefault(deposit["currency"], _zero())["refunded"] += Decimal(deposit["amount"])
+        for movement in body.get("movements", []):  # fees lowered or waived after they were paid
+            if movement["kind"] == "refund" and movement["status"] == "succeeded":
+                totals.setdefault(movement["currency"], _zero())["refunded"] += Decimal(movement["amount"])
     return totals, status
 
 
