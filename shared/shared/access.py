@@ -319,6 +319,22 @@ def apply(connection: KafkaConnection, table: Mapping[str, Rights] = PRINCIPALS)
     return {"principals": len(table), "acls": len(wanted), "created": len(missing), "removed": len(stale)}
 
 
+def cluster_operations(connection: KafkaConnection, timeout: float = 10.0) -> set[str] | None:
+    """What the broker lets this connection's principal do to the cluster itself (ALTER: change
+    ACLs; CREATE: make topics; ...), or None when the broker did not answer in time."""
+    k = _admin_api()
+    admin = k.AdminClient({**connection.librdkafka_config(), "client.id": "shared.access.check", "log_level": 0})
+    try:
+        cluster = admin.describe_cluster(include_authorized_operations=True, request_timeout=timeout).result()
+    except Exception:  # noqa: BLE001 - not answering is for the caller's own retries to meet
+        return None
+    return {op.name for op in cluster.authorized_operations or []}
+
+
+# A principal that may do any of these runs the broker, not a service.
+ADMIN_OPERATIONS = frozenset(["ALTER", "ALTER_CONFIGS", "CREATE", "CLUSTER_ACTION", "ALL"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m shared.access",

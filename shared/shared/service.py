@@ -44,7 +44,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import db, inbox, outbox
+from . import access, db, inbox, outbox
 from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
@@ -122,6 +122,7 @@ class Runtime:
         pool = await _connect_pool(settings, definition.name)
         try:
             await _refuse_ddl_role(pool, settings.schema)
+            await _refuse_broker_admin(settings)
             await migrate(settings, definition.name, definition.migrations)
             relay = OutboxRelay(
                 pool,
@@ -255,6 +256,10 @@ class UnsafeDatabaseRole(RuntimeError):
     """DATABASE_URL names a role that could change the schema: the service does not start."""
 
 
+class UnsafeBrokerPrincipal(RuntimeError):
+    """KAFKA_SASL_USERNAME names a principal that could change the broker: the service does not start."""
+
+
 async def _refuse_ddl_role(pool: asyncpg.Pool, schema: str) -> None:
     """The running service's role may read and write data, nothing more: refuse a superuser, the
     schema's owner (or a member of it) and a role that may create in the schema."""
@@ -287,6 +292,23 @@ async def _refuse_ddl_role(pool: asyncpg.Pool, schema: str) -> None:
         )
         log.error(message)
         raise UnsafeDatabaseRole(message)
+
+
+async def _refuse_broker_admin(settings: ServiceSettings) -> None:
+    """Refuse to run as a principal that may change the broker itself (its superuser): a service
+    connects as its own principal, which may only read and write its topics (shared.access)."""
+    connection = KafkaConnection.from_settings(settings)
+    if not connection.uses_sasl:
+        return
+    operations = await asyncio.to_thread(access.cluster_operations, connection)
+    if operations and operations & access.ADMIN_OPERATIONS:
+        message = (
+            f"refusing to start: KAFKA_SASL_USERNAME {connection.sasl_username!r} may change the broker itself"
+            f" ({', '.join(sorted(operations & access.ADMIN_OPERATIONS))}); a service connects as its own"
+            " principal (.local/clients/<service>.env)"
+        )
+        log.error(message)
+        raise UnsafeBrokerPrincipal(message)
 
 
 async def migrate(settings: ServiceSettings, name: str, migrations: Path) -> list[str]:

@@ -41,7 +41,7 @@ from confluent_kafka.admin import (
 
 from shared.access import PRINCIPALS, client_env, clients_dir
 from shared.kafka import KafkaConnection
-from shared.testing import envelope, unique
+from shared.testing import ServiceProcess, envelope, unique
 from shared.topics import ALL_TOPICS, BOOKING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 pytestmark = pytest.mark.integration
@@ -285,3 +285,34 @@ async def test_a_client_without_the_local_ca_does_not_trust_the_broker(secured):
     with pytest.raises(KafkaError):
         await asyncio.wait_for(producer.start(), 30)
     await producer.stop()
+
+
+def test_a_service_refuses_to_start_as_the_brokers_superuser(secured, infra, log_dir):
+    """The broker's own superuser may change ACLs and topics: a service given it does not start,
+    and says which setting to fix without writing the password."""
+    proc = ServiceProcess(
+        "scoring",
+        infra.bootstrap,
+        infra.admin_dsn,
+        log_dir,
+        env={"KAFKA_SASL_USERNAME": str(secured.sasl_username), "KAFKA_SASL_PASSWORD": str(secured.sasl_password)},
+    )
+    proc.start(wait_ready=False)
+    assert proc.proc is not None
+    try:
+        returncode = proc.proc.wait(timeout=60)
+    finally:
+        proc.stop()
+    assert returncode != 0
+    log = proc.log_path.read_text()
+    assert f"refusing to start: KAFKA_SASL_USERNAME {secured.sasl_username!r} may change the broker itself" in log
+    assert str(secured.sasl_password) not in log
+
+
+def test_a_service_starts_as_its_own_principal_which_may_not_change_the_broker(secured):
+    from shared.access import ADMIN_OPERATIONS, cluster_operations
+
+    assert cluster_operations(secured) & ADMIN_OPERATIONS  # the superuser, as the check sees it
+    for principal in PRINCIPALS:
+        operations = cluster_operations(connection_of(principal))
+        assert operations is not None and not operations & ADMIN_OPERATIONS, principal
