@@ -389,6 +389,33 @@ def examples() -> dict[type[Payload], Payload]:
         upstream.PatientCardRemoved.new(
             patient_id=uid("pat"), practice_id=practice_id, payment_method_ref="pm_1Q2w3e4r", removed_at=T0
         ),
+        # Second release, issue 17: fee tiers, standing, offices, reinstatement, sweep, waitlist.
+        upstream.BookingArrived.new(booking_id=booking_id, arrived_at=T0),
+        upstream.WaitlistOfferAccepted.new(
+            offer_id=uid("offer"), waitlist_id=uid("wl"), new_booking_id=uid("bk"), accepted_at=T0
+        ),
+        upstream.ProfessionalReinstated.new(
+            professional_id=professional_id, reviewer_id=uid("ops"), reinstated_at=T0, note="Appeal upheld."
+        ),
+        booking.BookingNoShowSuspected.new(
+            booking_id=booking_id, practice_id=practice_id, starts_at=starts, grace_minutes=15
+        ),
+        booking.BookingSlotFilled.new(
+            offer_id=uid("offer"), booking_id=booking_id, new_booking_id=uid("bk"), waitlist_id=uid("wl")
+        ),
+        scoring.PatientStandingChanged.new(
+            patient_id=uid("pat"),
+            practice_id=practice_id,
+            standing="deposit_required",
+            previous="good",
+            count=2,
+            window_days=365,
+            reason="Two no-shows or late cancellations in the last 365 days (the first forgiven).",
+        ),
+        scoring.OfficeScoreChanged.new(
+            practice_id=practice_id, booking_id=booking_id, delta=-50, score=50, cause="late_cancelled_professional"
+        ),
+        scoring.AccountReinstated.new(professional_id=professional_id, reinstated_at=T0),
         billing.ChargeWaived.new(charge_id=charge_id, booking_id=booking_id, request_id=request_id),
         billing.ChargeReviewRejected.new(charge_id=charge_id, request_id=request_id, reason="not_pending"),
         billing.PaymentRefunded.new(
@@ -797,15 +824,27 @@ SECOND_RELEASE_FEE_TYPES = {
     "patient.card_removed",
     "pms.update_fee",
 }
+# Second-release types of issue 17 (fairer policies).
+SECOND_RELEASE_POLICY_TYPES = {
+    "booking.arrived",
+    "waitlist.offer_accepted",
+    "professional.reinstated",
+    "booking.no_show_suspected",
+    "booking.slot_filled",
+    "patient.standing_changed",
+    "office.score_changed",
+    "account.reinstated",
+}
 
 
 def test_only_internal_and_second_release_event_types_are_missing_from_the_first_release_lists() -> None:
     documented = set().union(*documented_types_by_topic().values())
     internal = {"cancellation.assessment_requested", "message.dead_lettered"}
-    assert ALL_EVENT_TYPES - documented == internal | SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES
-    assert len(ALL_EVENT_TYPES) == 49
+    second = SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES | SECOND_RELEASE_POLICY_TYPES
+    assert ALL_EVENT_TYPES - documented == internal | second
+    assert len(ALL_EVENT_TYPES) == 57
     text = CONTRACT_DOC.read_text(encoding="utf-8")
-    assert all(f"`{event_type}`" in text for event_type in SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES)
+    assert all(f"`{event_type}`" in text for event_type in second)
     assert "`practice.events.v1`" in text and topics.PRACTICE_EVENTS == "practice.events.v1"
     assert set(models_for(topics.PRACTICE_EVENTS)) == SECOND_RELEASE_TYPES
 

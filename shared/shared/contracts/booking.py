@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from .base import ContractModel, Money, Payload
 from .common import (
@@ -36,6 +36,8 @@ from .common import (
     StatusLabel,
     UtcDatetime,
 )
+
+NO_SHOW_GRACE_MINUTES_MAX = 1440  # as the practice setting's bound
 
 # --- booking.events.v1 -----------------------------------------------------------------------
 
@@ -126,6 +128,29 @@ class BookingSlotOffered(Payload):
     booking_id: Id
     waitlist_id: Id
     expires_at: UtcDatetime
+
+
+class BookingNoShowSuspected(Payload):
+    """Second release: nothing (arrival, completion, cancellation, no-show) happened to a booking by
+    its start + the practice's grace; staff confirm with `booking.no_show_reported`."""
+
+    event_type: ClassVar[str] = "booking.no_show_suspected"
+
+    booking_id: Id
+    practice_id: Id
+    starts_at: UtcDatetime
+    grace_minutes: int = Field(ge=0, le=NO_SHOW_GRACE_MINUTES_MAX)
+
+
+class BookingSlotFilled(Payload):
+    """Second release: the live waitlist offer was accepted; no further offer, no release follows."""
+
+    event_type: ClassVar[str] = "booking.slot_filled"
+
+    offer_id: Id
+    booking_id: Id
+    new_booking_id: Id
+    waitlist_id: Id
 
 
 # --- policy.requests.v1 (internal: booking -> cancellation-policy) ---------------------------

@@ -21,11 +21,20 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from .base import ContractModel, Money
 
@@ -224,6 +233,10 @@ HoldLiftCause = Literal["excused", "expired"]
 ExcuseDecision = Literal["approved", "rejected"]
 Recipient = Literal["patient", "practice", "professional", "waitlist"]
 AckStatus = Literal["ok", "error"]
+# Second release (issue 17)
+PolicyChangesApplyTo = Literal["new_bookings", "all_bookings"]
+Standing = Literal["good", "deposit_required", "prepayment_required", "online_booking_blocked"]
+OfficeScoreCause = Literal["cancelled_professional", "late_cancelled_professional"]
 
 
 # --- shared value objects --------------------------------------------------------------------
@@ -261,6 +274,24 @@ class Fee(Money):
     code_system: CodeSystem
 
 
+TIER_HOURS_MAX = 720  # a fee tier's notice, as the late window's
+PERCENT_MAX = Decimal(100)
+Percent = Annotated[
+    Decimal,
+    Field(gt=0, le=PERCENT_MAX, max_digits=5, decimal_places=2),
+    PlainSerializer(lambda value: format(value, "f"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?$", "examples": ["50"]}),
+]
+
+
+class DecidedTier(ContractModel):
+    """The late-cancellation tier a decision used (second release): a percent tier names its
+    percent; an amount tier only its notice (the amount is the decision's fee)."""
+
+    notice_under_hours: int = Field(ge=1, le=TIER_HOURS_MAX)
+    percent: Percent | None = None
+
+
 SCORE_DELTA_LIMIT = 1000  # a decision's penalty, either way (docs/rules.md: -10, -50, -100)
 HOLD_DAYS_MAX = 365
 
@@ -283,3 +314,9 @@ class Decision(ContractModel):
     # Optional addition (second release): the practice's `fees.review_hours` in force for this
     # decision, so billing raises the fee `pending_review` for that long (None or 0: at once).
     review_hours: int | None = Field(default=None, ge=0, le=REVIEW_HOURS_MAX)
+    # Optional additions (second release): the fee tier that priced a late cancellation, and,
+    # for staff cancelling a booked professional, what the office answers for (issue 17).
+    tier: DecidedTier | None = None
+    office_score_delta: int | None = Field(default=None, ge=-SCORE_DELTA_LIMIT, le=SCORE_DELTA_LIMIT)
+    turnaway_pay: Money | None = None  # owed by the office to the booked professional
+    fee_waived: bool | None = None  # True: staff waived the fee (the case does not count to standing)

@@ -2,7 +2,8 @@
 
 Guarantees: every change of a professional's reliability score is one `score.changed` with
 its cause and the resulting score; a hold's placement and lifting are separate events sharing
-its `hold_id`; scores and deltas are whole points, within `SCORE_LIMIT` either way.
+its `hold_id`; a suspension ends with `account.reinstated`; a patient's standing
+at a practice and an office's score are events of their own (second release); scores and deltas are whole points, within `SCORE_LIMIT` either way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from .base import Payload
-from .common import HoldCause, HoldLiftCause, Id, IdList, ScoreCause, UtcDatetime
+from .common import HoldCause, HoldLiftCause, Id, IdList, Message, OfficeScoreCause, ScoreCause, Standing, UtcDatetime
 
 SCORE_LIMIT = 1_000_000  # scores are unclamped sums of penalties; this is far beyond any real one
 
@@ -52,3 +53,43 @@ class AccountSuspended(Payload):
     professional_id: Id
     holds: IdList  # the hold_ids that led to the suspension
     suspended_at: UtcDatetime
+
+
+# --- second release (issue 17) ---------------------------------------------------------------
+
+
+class PatientStandingChanged(Payload):
+    """A patient's standing at one practice moved (keyed by patient_id): upstream booking
+    systems enforce it. `count` is the cases counted in the window after forgiveness."""
+
+    event_type: ClassVar[str] = "patient.standing_changed"
+
+    patient_id: Id
+    practice_id: Id
+    standing: Standing
+    previous: Standing
+    count: int = Field(ge=0, le=SCORE_LIMIT)
+    window_days: int = Field(ge=1, le=SCORE_LIMIT)
+    reason: Message  # a sentence a person can read
+
+
+class OfficeScoreChanged(Payload):
+    """A marketplace office's score moved because its staff cancelled a booked professional
+    (keyed by practice_id)."""
+
+    event_type: ClassVar[str] = "office.score_changed"
+
+    practice_id: Id
+    booking_id: Id
+    delta: int = Field(ge=-SCORE_LIMIT, le=SCORE_LIMIT)
+    score: int = Field(ge=-SCORE_LIMIT, le=SCORE_LIMIT)
+    cause: OfficeScoreCause
+
+
+class AccountReinstated(Payload):
+    """A professional's suspension ended (keyed by professional_id)."""
+
+    event_type: ClassVar[str] = "account.reinstated"
+
+    professional_id: Id
+    reinstated_at: UtcDatetime

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from .base import AnyCurrencyAmount, ContractModel, Money, Payload
+from .base import AnyCurrencyAmount, ContractModel, Money, Payload, money_problem
 from .common import (
     NOTE_MAX_CHARS,
     REVIEW_HOURS_MAX,
+    TIER_HOURS_MAX,
     AckStatus,
     Actor,
     Channel,
@@ -42,7 +43,9 @@ from .common import (
     OptionalPhone,
     Party,
     Patient,
+    Percent,
     PmsIntegration,
+    PolicyChangesApplyTo,
     ReasonCode,
     Reference,
     Scope,
@@ -60,6 +63,9 @@ REASON_TEXT_PARSE_MAX_CHARS = NOTE_MAX_CHARS  # longer than this is not a reques
 CUTOFF_HOURS_MAX = 720  # 30 days: the patient cutoff and the late window
 NO_SHOW_MINUTES_MAX = 1440  # a day
 OFFER_MINUTES_MAX = 1440
+TIERS_MAX_ITEMS = 10
+STANDING_WINDOW_DAYS_MAX = 3650  # ten years
+STANDING_THRESHOLD_MAX = 1000
 
 
 def _null_means_default(value: Any, default: str) -> Any:
@@ -165,6 +171,27 @@ class BookingNoShowReported(Payload):
         return _null_means_default(value, "policy")
 
 
+class BookingArrived(Payload):
+    """The patient arrived (second release): the no-show sweep leaves the booking alone."""
+
+    event_type: ClassVar[str] = "booking.arrived"
+
+    booking_id: Id
+    arrived_at: UtcDatetime
+
+
+class WaitlistOfferAccepted(Payload):
+    """A waitlisted patient took the live offer of a cancelled booking's slot (second release);
+    keyed by the offered booking's id, `new_booking_id` is the booking it became."""
+
+    event_type: ClassVar[str] = "waitlist.offer_accepted"
+
+    offer_id: Id
+    waitlist_id: Id
+    new_booking_id: Id
+    accepted_at: UtcDatetime
+
+
 # --- upstream.practices.v1 -------------------------------------------------------------------
 # Every settings object defaults to what CONTRACT.md says applies to a practice that never
 # configured it, so `PracticeSettings()` is the policy of an unconfigured practice.
@@ -184,12 +211,44 @@ class CancellationSettings(ContractModel):
     notify_practice_on_online_cancel: bool = False
 
 
+class LateCancellationTier(ContractModel):
+    """One fee tier (second release): a late cancellation with less than `notice_under_hours`
+    of notice pays `percent` of the booking's price, or `amount` (in the flat late fee's currency)."""
+
+    notice_under_hours: int = Field(ge=1, le=TIER_HOURS_MAX)
+    percent: Percent | None = None
+    amount: AnyCurrencyAmount | None = None
+
+    @model_validator(mode="after")
+    def _percent_or_amount(self) -> Self:
+        if (self.percent is None) == (self.amount is None):
+            raise ValueError("a fee tier has either a percent or an amount, not both or neither")
+        return self
+
+
 class FeeSettings(ContractModel):
     late_cancellation: Fee | None = None
     no_show: Fee | None = None
     charge_card_on_file: bool = False
     # Second release: fees wait this long as `pending_review` for staff (0: taken at once).
     review_hours: int = Field(default=0, ge=0, le=REVIEW_HOURS_MAX)
+    # Second release: escalating late fees by notice; they take their code and currency (and the
+    # fee of a booking without a price) from `late_cancellation`, which they therefore need.
+    late_cancellation_tiers: Annotated[list[LateCancellationTier], Field(max_length=TIERS_MAX_ITEMS)] = []
+
+    @model_validator(mode="after")
+    def _tiers_fit_the_flat_fee(self) -> Self:
+        if not self.late_cancellation_tiers:
+            return self
+        if self.late_cancellation is None:
+            raise ValueError("fee tiers need the flat late_cancellation fee (its code, currency and fallback)")
+        notices = [tier.notice_under_hours for tier in self.late_cancellation_tiers]
+        if len(set(notices)) != len(notices):
+            raise ValueError("two fee tiers have the same notice_under_hours")
+        for tier in self.late_cancellation_tiers:
+            if tier.amount is not None and (problem := money_problem(tier.amount, self.late_cancellation.currency)):
+                raise ValueError(f"a fee tier's amount {problem}")
+        return self
 
 
 class DepositSettings(ContractModel):
@@ -207,6 +266,40 @@ class PmsSettings(ContractModel):
     integration: PmsIntegration = "none"
 
 
+class StandingSettings(ContractModel):
+    """Patient standing (second release): no-shows and late cancellations counted per practice."""
+
+    enabled: bool = False
+    window_days: int = Field(default=365, ge=1, le=STANDING_WINDOW_DAYS_MAX)
+    forgive_first: bool = True
+    deposit_required_after: int = Field(default=2, ge=1, le=STANDING_THRESHOLD_MAX)
+    prepayment_required_after: int = Field(default=3, ge=1, le=STANDING_THRESHOLD_MAX)
+    online_booking_blocked_after: int = Field(default=4, ge=1, le=STANDING_THRESHOLD_MAX)
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> Self:
+        if not self.deposit_required_after <= self.prepayment_required_after <= self.online_booking_blocked_after:
+            raise ValueError(
+                "standing thresholds must not decrease: deposit_required_after <= prepayment_required_after"
+                " <= online_booking_blocked_after"
+            )
+        return self
+
+
+class NoShowSweepSettings(ContractModel):
+    """Suspected no-shows (second release): reported at start + grace when nothing happened."""
+
+    enabled: bool = False
+    grace_minutes: int = Field(default=15, ge=0, le=NO_SHOW_MINUTES_MAX)
+
+
+class TurnawaySettings(ContractModel):
+    """What a marketplace office owes for cancelling a booked professional late (second release)."""
+
+    office_late_window_hours: int = Field(default=24, ge=0, le=CUTOFF_HOURS_MAX)
+    percent_of_shift: int = Field(default=50, ge=0, le=100)  # of the booking's price
+
+
 class PracticeSettings(ContractModel):
     """The rules a practice configures; every part defaults as CONTRACT.md says."""
 
@@ -216,6 +309,11 @@ class PracticeSettings(ContractModel):
     deposits: DepositSettings = DepositSettings()
     waitlist: WaitlistSettings = WaitlistSettings()
     pms: PmsSettings = PmsSettings()
+    # Second release (issue 17)
+    policy_changes_apply_to: PolicyChangesApplyTo = "new_bookings"
+    standing: StandingSettings = StandingSettings()
+    no_show_sweep: NoShowSweepSettings = NoShowSweepSettings()
+    turnaway: TurnawaySettings = TurnawaySettings()
 
 
 class _PracticeIdentity(Payload):
@@ -276,6 +374,17 @@ class ScoreRecalculationRequested(Payload):
     event_type: ClassVar[str] = "score.recalculation_requested"
 
     professional_id: Id | None = None  # all professionals when absent
+
+
+class ProfessionalReinstated(Payload):
+    """A reviewer ends a professional's suspension (second release)."""
+
+    event_type: ClassVar[str] = "professional.reinstated"
+
+    professional_id: Id
+    reviewer_id: Id
+    reinstated_at: UtcDatetime
+    note: Note | None = None
 
 
 # --- billing.commands.v1 ---------------------------------------------------------------------
