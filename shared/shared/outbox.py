@@ -31,13 +31,14 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
 from .backoff import backoff_delay
 from .contracts.base import Payload
-from .contracts.envelope import new_envelope
+from .contracts.envelope import fast_json, new_envelope
 from .db import Connection
 from .logging import get_logger
 from .metrics import BUSINESS_EVENTS, EVENTS_PUBLISHED, OUTBOX_PARKED, OUTBOX_PUBLISHED
@@ -97,8 +98,8 @@ def outgoing(
         time=time,
         event_id=event_id,
     )
-    body = json.dumps(envelope)
-    if len(subject) > MAX_KEY_CHARS or len(body) + len(subject) > MAX_EVENT_BYTES:
+    body = orjson.dumps(envelope).decode() if fast_json() else json.dumps(envelope)
+    if len(subject) > MAX_KEY_CHARS or len(body.encode()) + len(subject.encode()) > MAX_EVENT_BYTES:
         raise EventTooLarge(
             f"{envelope['type']} for {subject[:100]!r} would be {len(body)} bytes with a key of {len(subject)}"
             f" characters: at most {MAX_EVENT_BYTES} bytes and a key of {MAX_KEY_CHARS} characters fit the broker"

@@ -49,6 +49,7 @@ from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
 from .contracts.base import Payload
+from .contracts.envelope import use_fast_json
 from .db import Connection
 from .kafka import KafkaConnection
 from .logging import configure_logging, get_logger
@@ -145,6 +146,7 @@ class Runtime:
             answer_invalid=definition.answer_invalid,
             on_committed=relay.wake,
             savepoint_per_record=settings.consumer_savepoint_per_record,
+            set_based=settings.consumer_set_based,
         )
         return cls(definition, pool, relay, deps, processor)
 
@@ -511,6 +513,7 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
     definition = definition_factory()
     settings = definition.settings
     configure_logging(definition.name, settings.log_level, settings.log_format)
+    use_fast_json(settings.fast_json)
     config = uvicorn.Config(
         http_app(definition),
         host=settings.http_host,
@@ -519,6 +522,7 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=20,
+        loop=settings.event_loop,
     )
     uvicorn.Server(config).run()
 

@@ -81,6 +81,15 @@ class ServiceSettings(BaseSettings):
     # Off: a batch claims its ids and writes its events in one statement each (faster); on: a
     # savepoint per record from the start (the fallback a failing batch uses anyway).
     consumer_savepoint_per_record: bool = False
+    # On: a set-based handler (shared.consumer.SetBased) takes all its records of a batch at once,
+    # a fixed number of statements per set; off: it is called record by record (make bench shows
+    # what it buys).
+    consumer_set_based: bool = True
+    # The event loop: uvloop (libuv) or asyncio's own; and the hot path's JSON: orjson or the
+    # standard library's (shared.contracts.envelope, shared.outbox). Both only for make bench to
+    # show what they buy: the defaults are the faster ones.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    fast_json: bool = True
     relay_batch_size: int = 500
     relay_poll_interval_seconds: float = 0.2
 

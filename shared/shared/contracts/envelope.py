@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from ..redaction import describe_validation_error
@@ -119,9 +120,31 @@ def _check_shape(document: Any) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+# orjson reads (and writes) JSON several times faster than the standard library. It refuses
+# everything the standard library refuses and more (lone surrogates, NaN, numbers beyond a double,
+# nesting past 1024): whatever it refuses is read again by the standard library, which decides
+# and says why in its own words, so the outcome of every message is the same either way.
+_fast_json = True
+
+
+def use_fast_json(on: bool) -> None:
+    """FAST_JSON: orjson on the hot path (the default), or the standard library alone."""
+    global _fast_json
+    _fast_json = on
+
+
+def fast_json() -> bool:
+    return _fast_json
+
+
 def _decode(raw: bytes) -> Any:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ContractViolation(f"message of {len(raw)} bytes: at most {MAX_MESSAGE_BYTES} bytes are accepted")
+    if _fast_json:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides, below
     try:
         return json.loads(raw.decode("utf-8"))  # strictly UTF-8: never guessed from a byte-order mark
     except UnicodeDecodeError:
