@@ -8,9 +8,11 @@ Guarantees:
    everything else, so it is recorded once and never lost.
 2. A batch of records is handled in ONE Postgres transaction: the inbox claim of every envelope
    id (a second delivery does nothing), each handler's change, and the outbox rows of the events
-   they emit, in record order. The batch runs at once (one claim and one outbox write for all);
-   when a handler fails for good, the transaction is rolled back and the batch runs again with
-   a savepoint per record, so only that record is dead-lettered.
+   they emit, in record order per key. The batch runs at once (one claim and one outbox write for
+   all; a `SetBased` handler gets every record of its type in a wave at once, a wave holding at
+   most one record per Kafka key, so per-key order holds); when a handler fails for good, the
+   transaction is rolled back and the batch runs again with a savepoint per record (a set-based
+   handler is then given a set of one), so only that record is dead-lettered.
 3. The Kafka offsets are committed only after that transaction committed: a crash anywhere
    before means redelivery, which (2) makes harmless.
 4. A transient fault (database or broker down, serialization failure) rolls the batch back and
@@ -132,6 +134,25 @@ class Unit(UnitOfWork[Deps]):
 Handler = Callable[[Unit[Any], Any], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class SetBased:
+    """A handler that takes many records of its type at once: `handle_many(units, payloads)`, one
+    unit per record (its own correlation id and `emit`), every record for a different Kafka key,
+    in the order of their records. It loads what the whole set needs in one statement and writes
+    with one, so a batch costs a fixed number of statements rather than a few per record. Called
+    with one record it is the per-record handler (the savepoint path, and
+    CONSUMER_SET_BASED=false): there is one handling path, not two."""
+
+    handle_many: Callable[[Sequence[Unit[Any]], Sequence[Any]], Awaitable[None]]
+
+    async def __call__(self, unit: Unit[Any], payload: Any) -> None:
+        await self.handle_many([unit], [payload])
+
+    @property
+    def __name__(self) -> str:
+        return getattr(self.handle_many, "__name__", "set_based")
+
+
 class _RecordFailed(Exception):
     """A handler failed for good in an optimistic batch: redo the batch record by record."""
 
@@ -172,6 +193,7 @@ class MessageProcessor:
         on_committed: Callable[[], None] | None = None,
         max_backoff: float = 30.0,
         savepoint_per_record: bool = False,
+        set_based: bool = True,
     ) -> None:
         self.service = service
         self.pool = pool
@@ -184,6 +206,8 @@ class MessageProcessor:
         # Batches run optimistically (one inbox claim and one outbox write per batch, no
         # savepoints) and fall back to a savepoint per record only when a handler fails for good.
         self._savepoint_per_record = savepoint_per_record
+        # Set-based handlers take a wave of records at once; off, each is called per record.
+        self._set_based = set_based
         self.stopping = False
 
     async def handle(self, records: Sequence[Record]) -> BatchOutcome:
@@ -271,20 +295,77 @@ class MessageProcessor:
         async with self.pool.acquire() as conn, conn.transaction():
             wanted = [r.id for rec, r in parsed if isinstance(r, Event) and self._wants(rec, r)]
             first_seen = await inbox.claim_many(conn, self.service, list(dict.fromkeys(wanted)))
+            todo: list[tuple[Record, Event]] = []
             for record, result in parsed:
                 if isinstance(result, ContractViolation):
                     await self._refuse(conn, record, result, outcome)
                     continue
                 first = result.id in first_seen
                 first_seen.discard(result.id)  # the same id twice in one batch: the second is a duplicate
+                if self._set_based and first and self._wants(record, result):
+                    todo.append((record, result))  # handled below, in waves
+                    continue
                 try:
                     emitted += await self._apply(conn, record, result, first, outcome)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     raise _RecordFailed from exc
+            try:
+                emitted += await self._apply_in_waves(conn, todo, outcome)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                raise _RecordFailed from exc
             await outbox.write(conn, emitted)
         return outcome
+
+    async def _apply_in_waves(
+        self, conn: Connection, todo: Sequence[tuple[Record, Event]], outcome: BatchOutcome
+    ) -> list[outbox.OutgoingEvent]:
+        """The first-seen records of a batch, wave by wave: a record's wave is the number of
+        records before it with the same topic and key, so each key's records run in their order,
+        one wave after the other. Within a wave the records of one set-based handler run as one
+        set; the others run one by one. Records of different keys carry no order between them
+        (Kafka keeps none across partitions either)."""
+        waves: list[list[tuple[Record, Event]]] = []
+        seen: dict[tuple[str, bytes | None], int] = {}
+        for record, event in todo:
+            key = (record.topic, record.key)
+            wave = seen.get(key, 0)
+            seen[key] = wave + 1
+            if wave == len(waves):
+                waves.append([])
+            waves[wave].append((record, event))
+        emitted: list[outbox.OutgoingEvent] = []
+        for members in waves:
+            groups: dict[Any, list[tuple[Record, Event]]] = {}
+            for record, event in members:
+                handler = self.handlers[record.topic][event.type]
+                groups.setdefault(handler if isinstance(handler, SetBased) else (record.topic, event.id), []).append(
+                    (record, event)
+                )
+            for handler_or_id, group in groups.items():
+                if not isinstance(handler_or_id, SetBased):
+                    record, event = group[0]
+                    emitted += await self._apply(conn, record, event, True, outcome)
+                    continue
+                units = [self._unit(conn, record, event) for record, event in group]
+                await handler_or_id.handle_many(units, [event.payload for _, event in group])
+                for (record, _), unit in zip(group, units, strict=True):
+                    outcome.add(record.topic, "processed")
+                    emitted += unit.emitted
+        return emitted
+
+    def _unit(self, conn: Connection, record: Record, event: Event) -> Unit[Any]:
+        return Unit(
+            conn=conn,
+            service=self.service,
+            deps=self.deps,
+            correlation_id=event.correlation_id,
+            event=event,
+            record_time=record_time(record),
+        )
 
     def _wants(self, record: Record, event: Event) -> bool:
         return event.type in self.handlers[record.topic]
@@ -305,14 +386,7 @@ class MessageProcessor:
             correlation_id=event.correlation_id, event_id=event.id, event_type=event.type
         )
         try:
-            unit: Unit[Any] = Unit(
-                conn=conn,
-                service=self.service,
-                deps=self.deps,
-                correlation_id=event.correlation_id,
-                event=event,
-                record_time=record_time(record),
-            )
+            unit = self._unit(conn, record, event)
             await handler(unit, event.payload)
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")

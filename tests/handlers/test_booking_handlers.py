@@ -12,6 +12,7 @@ policy's real answers and the broker are tests/integration/test_booking_flows.py
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -88,6 +89,7 @@ class FakeRepository:
         self.waitlist: dict[str, dict[str, Any]] = {}
         self.offers: dict[str, dict[str, Any]] = {}
         self.suspensions: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()  # how often each set-based function was called
 
     def _row(self, booking_id: str) -> dict[str, Any]:
         return {c: self.bookings[booking_id][c] for c in BOOKING_COLUMNS}
@@ -141,26 +143,74 @@ class FakeRepository:
                     "closed_at": closed_at,
                 }
 
-    async def add_pending_request(
-        self, conn: Any, request_id: str, booking_id: str, kind: str, request: dict[str, Any]
-    ) -> str | None:
-        if request_id in self.pending:
-            return str(self.pending[request_id]["booking_id"])
-        self.pending[request_id] = {
-            "request_id": request_id,
-            "booking_id": booking_id,
-            "kind": kind,
-            "request": json.dumps(request),
-            "decided": False,
-        }
-        return None
+    async def lock_bookings(self, conn: Any, booking_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["lock_bookings"] += 1
+        return {b: self._row(b) for b in sorted(booking_ids) if b in self.bookings}
 
-    async def take_pending_request(self, conn: Any, request_id: str) -> dict[str, Any] | None:
-        pending = self.pending.get(request_id)
-        if pending is None or pending["decided"]:
-            return None
-        pending["decided"] = True
-        return {k: pending[k] for k in ("request_id", "booking_id", "kind", "request")}
+    async def get_bookings(self, conn: Any, booking_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["get_bookings"] += 1
+        return {b: self._row(b) for b in booking_ids if b in self.bookings}
+
+    async def close_bookings(self, conn: Any, closes: list[dict[str, Any]]) -> None:
+        self.calls["close_bookings"] += 1
+        for c in closes:
+            await self.close_booking(
+                conn,
+                [c["booking_id"]],
+                status=c["status"],
+                closed_at=c["closed_at"],
+                status_label=c.get("status_label"),
+                classification=c.get("classification"),
+            )
+
+    async def add_pending_requests(
+        self, conn: Any, requests: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> dict[str, str | None]:
+        self.calls["add_pending_requests"] += 1
+        used: dict[str, str | None] = {}
+        for request_id, booking_id, kind, request in requests:
+            if request_id in self.pending:
+                used[request_id] = str(self.pending[request_id]["booking_id"])
+                continue
+            self.pending[request_id] = {
+                "request_id": request_id,
+                "booking_id": booking_id,
+                "kind": kind,
+                "request": json.dumps(request),
+                "decided": False,
+            }
+            used[request_id] = None
+        return used
+
+    async def take_pending_requests(self, conn: Any, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["take_pending_requests"] += 1
+        taken = {}
+        for request_id in request_ids:
+            pending = self.pending.get(request_id)
+            if pending is None or pending["decided"]:
+                continue
+            pending["decided"] = True
+            taken[request_id] = {k: pending[k] for k in ("request_id", "booking_id", "kind", "request")}
+        return taken
+
+    async def audit_many(self, conn: Any, entries: list[dict[str, Any]]) -> None:
+        self.calls["audit_many"] += 1
+        for e in entries:
+            await self.audit(conn, **e)
+
+    async def practices_of(self, conn: Any, practice_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["practices_of"] += 1
+        return {p: dict(self.practices[p]) for p in practice_ids if p in self.practices}
+
+    async def mark_released_many(self, conn: Any, releases: list[tuple[str, datetime]]) -> set[str]:
+        self.calls["mark_released_many"] += 1
+        released = set()
+        for booking_id, at in releases:
+            booking = self.bookings[booking_id]
+            if booking["slot_released_at"] is None:
+                booking["slot_released_at"] = at
+                released.add(booking_id)
+        return released
 
     async def audit(
         self,
@@ -197,10 +247,6 @@ class FakeRepository:
             "waitlist_enabled": waitlist_enabled,
             "offer_minutes": offer_minutes,
         }
-
-    async def practice(self, conn: Any, practice_id: str) -> dict[str, Any] | None:
-        known = self.practices.get(practice_id)
-        return dict(known) if known else None
 
     async def join_waitlist(self, conn: Any, w: dict[str, Any]) -> None:
         self.waitlist.setdefault(w["waitlist_id"], dict(w) | {"status": "waiting"})
@@ -242,13 +288,6 @@ class FakeRepository:
                 offer["status"], entry["status"] = "accepted", "booked"
                 return str(offer["offer_id"])
         return None
-
-    async def mark_released(self, conn: Any, booking_id: str, at: datetime) -> bool:
-        booking = self.bookings[booking_id]
-        if booking["slot_released_at"] is not None:
-            return False
-        booking["slot_released_at"] = at
-        return True
 
     async def future_bookings_of(self, conn: Any, professional_id: str, after: datetime) -> list[dict[str, Any]]:
         future = [
@@ -933,3 +972,90 @@ def test_an_unreadable_request_without_a_booking_and_request_to_name_gets_no_ans
     violation = _violation(data)
     assert violation.envelope is not None
     assert handlers.reject_unreadable("cancellation")(violation.envelope.data, str(violation), BOOKING) == []
+
+
+# --- sets: many records of one type at once ----------------------------------------------------------
+
+
+async def test_a_set_of_requests_and_decisions_costs_one_call_of_each_kind_and_each_record_publishes_its_own(
+    unit_for: Callable[..., Unit[Any]], repo: FakeRepository
+) -> None:
+    bookings = [f"bk-set-{i}" for i in range(5)]
+
+    async def as_set(handler: Any, payloads: list[Payload]) -> list[Unit[Any]]:
+        units = [
+            unit_for("booking", BookingDeps(repository=repo), TOPICS[type(p)], p, time=NOW, correlation_id=f"c-{i}")
+            for i, p in enumerate(payloads)
+        ]
+        await handler.handle_many(units, [u.event.payload for u in units])
+        return units
+
+    for b in bookings:
+        await repo.insert_booking(None, {"booking_id": b, **{k: v for k, v in _booking_fields().items()}})
+    # one of them closed already: its request is rejected, the others go to the policy
+    repo.bookings[bookings[2]]["status"] = "completed"
+    units = await as_set(handlers.request_cancellation, [requested(b, f"req-{b}") for b in bookings])
+    assert [[e.envelope["type"] for e in u.emitted] for u in units] == [
+        ["cancellation.assessment_requested"],
+        ["cancellation.assessment_requested"],
+        ["booking.cancellation_rejected"],
+        ["cancellation.assessment_requested"],
+        ["cancellation.assessment_requested"],
+    ]
+    assert (repo.calls["lock_bookings"], repo.calls["add_pending_requests"], repo.calls["audit_many"]) == (1, 1, 1)
+
+    repo.calls.clear()
+    open_ = [b for b in bookings if b != bookings[2]]
+    units = await as_set(handlers.apply_decision, [assessed(f"req-{b}", b) for b in open_])
+    for b, unit in zip(open_, units, strict=True):
+        assert [(e.key, e.envelope["type"]) for e in unit.emitted] == [
+            (b, "booking.cancelled"),
+            (b, "booking.slot_released"),
+        ]
+        assert {e.envelope.get("correlationid") for e in unit.emitted} == {unit.event.correlation_id}
+        assert repo.bookings[b]["status"] == "cancelled"
+        assert actions(repo, b) == ["cancellation_requested", "cancellation_assessed", "cancelled", "slot_released"]
+    # a fixed number of calls for the whole set, whatever its size: the decisions' trail, then the slots'
+    assert repo.calls == Counter(
+        take_pending_requests=1,
+        lock_bookings=1,
+        close_bookings=1,
+        audit_many=2,
+        get_bookings=1,
+        practices_of=1,
+        mark_released_many=1,
+    )
+
+
+async def test_a_decision_without_its_pending_request_fails_the_whole_set(
+    unit_for: Callable[..., Unit[Any]], repo: FakeRepository
+) -> None:
+    """The recipe then runs the set's records one by one, so only that one is dead-lettered."""
+    await repo.insert_booking(None, {"booking_id": BOOKING, **_booking_fields()})
+    await repo.add_pending_requests(None, [(REQUEST, BOOKING, "cancellation", requested().to_json_dict())])
+    payloads = [assessed(REQUEST, BOOKING), assessed("req-unknown", "bk-unknown")]
+    units = [unit_for("booking", BookingDeps(repository=repo), POLICY_DECISIONS, p, time=NOW) for p in payloads]
+    with pytest.raises(LookupError):
+        await handlers.apply_decision.handle_many(units, [u.event.payload for u in units])
+    assert repo.bookings[BOOKING]["status"] == "scheduled"
+
+
+def _booking_fields() -> dict[str, Any]:
+    fields = dict(scheduled().to_json_dict())
+    patient = fields.pop("patient")
+    return {
+        "practice_id": fields["practice_id"],
+        "practitioner_id": fields["practitioner_id"],
+        "service_code": fields["service_code"],
+        "starts_at": T,
+        "ends_at": T + timedelta(minutes=30),
+        "patient_id": patient["patient_id"],
+        "patient_portal_account": patient.get("portal_account", False),
+        "patient_card_on_file": patient.get("card_on_file", False),
+        "professional_id": None,
+        "series_id": None,
+        "deposit_amount": None,
+        "deposit_currency": None,
+        "price_amount": None,
+        "price_currency": None,
+    }

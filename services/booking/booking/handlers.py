@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from shared.background import DueWork, WorkUnit
-from shared.consumer import Unit
+from shared.consumer import SetBased, Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import (
     BookingCancellationRejected,
@@ -170,184 +171,271 @@ def _claim_checked(claimed: datetime, unit: Unit[BookingDeps]) -> tuple[datetime
     return at, ({} if at == claimed else {"claimed_at": claimed.isoformat(), "decided_at": "record_time"})
 
 
-async def request_cancellation(unit: Unit[BookingDeps], event: BookingCancellationRequested) -> None:
-    repository = unit.deps.repository
-    at, distrust = _claim_checked(event.requested_at, unit)
-    claimed_at = event.requested_at if distrust else None
-    event = event.model_copy(update={"requested_at": at})
-    booking = await repository.lock_booking(unit.conn, event.booking_id)
-    rejection = domain.check_request(booking["status"] if booking else None, event.reason_text)
-    await repository.audit(
-        unit.conn,
-        event.booking_id,
-        at=at,
-        action="cancellation_requested",
-        actor=event.actor.to_json_dict(),
-        channel=event.channel,
-        request_id=event.request_id,
-        reason=event.reason_code,
-        detail={"scope": event.scope, "fee_decision": event.fee_decision, **distrust},
-    )
-    if rejection is not None:
-        await _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=at)
-        return
-    await _ask_policy(unit, booking, event.request_id, "cancellation", event, claimed_at)
+Audit = list[dict[str, Any]]  # audit-trail entries of a set, written at once (repository.audit_many)
 
 
-async def report_no_show(unit: Unit[BookingDeps], event: BookingNoShowReported) -> None:
-    repository = unit.deps.repository
-    at, distrust = _claim_checked(event.reported_at, unit)
-    claimed_at = event.reported_at if distrust else None
-    event = event.model_copy(update={"reported_at": at})
-    booking = await repository.lock_booking(unit.conn, event.booking_id)
-    rejection = domain.check_request(booking["status"] if booking else None, None)
-    await repository.audit(
-        unit.conn,
-        event.booking_id,
-        at=at,
-        action="no_show_reported",
-        actor=event.actor.to_json_dict(),
-        request_id=event.request_id,
-        detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision, **distrust},
-    )
-    if rejection is not None:
-        await _reject(unit, event.booking_id, event.request_id, rejection, kind="no_show", at=at)
-        return
-    await _ask_policy(unit, booking, event.request_id, "no_show", event, claimed_at)
+def _entry(booking_id: str, *, at: datetime, action: str, **fields: Any) -> dict[str, Any]:
+    return {"booking_id": booking_id, "at": at, "action": action, **fields}
 
 
-async def _ask_policy(
-    unit: Unit[BookingDeps], booking: Any, request_id: str, kind: str, event: Any, claimed_at: datetime | None = None
+async def request_cancellations(
+    units: Sequence[Unit[BookingDeps]], events: Sequence[BookingCancellationRequested]
 ) -> None:
-    repository = unit.deps.repository
-    at = event.requested_at if kind == "cancellation" else event.reported_at
-    used_for = await repository.add_pending_request(
-        unit.conn, request_id, booking["booking_id"], kind, event.to_json_dict()
-    )
-    if used_for == booking["booking_id"]:
-        return  # the same request again (resubmitted by upstream): it is with the policy already
-    if used_for is not None:
-        rejection = domain.Rejection("invalid_request", domain.REJECTION_MESSAGES["request_id_reused"])
-        await _reject(unit, booking["booking_id"], request_id, rejection, kind=kind, at=at)
+    """Cancellation requests, set-based: the bookings locked in one statement, the requests
+    recorded in one, the audit trail written in one."""
+    conn, repository = units[0].conn, units[0].deps.repository
+    bookings = await repository.lock_bookings(conn, [e.booking_id for e in events])
+    audit: Audit = []
+    asks: list[_Ask] = []
+    for unit, event in zip(units, events, strict=True):
+        at, distrust = _claim_checked(event.requested_at, unit)
+        claimed_at = event.requested_at if distrust else None
+        event = event.model_copy(update={"requested_at": at})
+        booking = bookings.get(event.booking_id)
+        rejection = domain.check_request(booking["status"] if booking else None, event.reason_text)
+        audit.append(
+            _entry(
+                event.booking_id,
+                at=at,
+                action="cancellation_requested",
+                actor=event.actor.to_json_dict(),
+                channel=event.channel,
+                request_id=event.request_id,
+                reason=event.reason_code,
+                detail={"scope": event.scope, "fee_decision": event.fee_decision, **distrust},
+            )
+        )
+        if rejection is not None:
+            _reject(unit, event.booking_id, event.request_id, rejection, kind="cancellation", at=at, audit=audit)
+            continue
+        asks.append(_Ask(unit, booking, event.request_id, "cancellation", event, claimed_at))
+    await _ask_policy(asks, audit)
+    await repository.audit_many(conn, audit)
+
+
+request_cancellation = SetBased(request_cancellations)
+
+
+async def report_no_shows(units: Sequence[Unit[BookingDeps]], events: Sequence[BookingNoShowReported]) -> None:
+    """No-show reports, set-based as cancellation requests are."""
+    conn, repository = units[0].conn, units[0].deps.repository
+    bookings = await repository.lock_bookings(conn, [e.booking_id for e in events])
+    audit: Audit = []
+    asks: list[_Ask] = []
+    for unit, event in zip(units, events, strict=True):
+        at, distrust = _claim_checked(event.reported_at, unit)
+        claimed_at = event.reported_at if distrust else None
+        event = event.model_copy(update={"reported_at": at})
+        booking = bookings.get(event.booking_id)
+        rejection = domain.check_request(booking["status"] if booking else None, None)
+        audit.append(
+            _entry(
+                event.booking_id,
+                at=at,
+                action="no_show_reported",
+                actor=event.actor.to_json_dict(),
+                request_id=event.request_id,
+                detail={"party": event.party, "code": event.code, "fee_decision": event.fee_decision, **distrust},
+            )
+        )
+        if rejection is not None:
+            _reject(unit, event.booking_id, event.request_id, rejection, kind="no_show", at=at, audit=audit)
+            continue
+        asks.append(_Ask(unit, booking, event.request_id, "no_show", event, claimed_at))
+    await _ask_policy(asks, audit)
+    await repository.audit_many(conn, audit)
+
+
+report_no_show = SetBased(report_no_shows)
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A request to pass to the policy: its unit, its booking as locked, and the request."""
+
+    unit: Unit[BookingDeps]
+    booking: Any
+    request_id: str
+    kind: str
+    event: Any
+    claimed_at: datetime | None = None
+
+
+async def _ask_policy(asks: Sequence[_Ask], audit: Audit) -> None:
+    """Record the requests as pending (one statement) and ask the policy about the new ones."""
+    if not asks:
         return
-    fields: dict[str, Any] = {
-        "booking_id": booking["booking_id"],
-        "request_id": request_id,
-        "practice_id": booking["practice_id"],
-        "kind": kind,
-        "booking": _snapshot(booking),
-        "actor": event.actor,
-        "fee_decision": event.fee_decision,
-        "claimed_at": claimed_at,
-    }
-    if kind == "cancellation":
-        fields |= {
-            "requested_at": at,
-            "channel": event.channel,
-            "reason_code": event.reason_code,
-            "reason_text": event.reason_text,
-            "scope": event.scope,
-            "deposit_decision": event.deposit_decision,  # staff's; the policy checks who may
+    unit0 = asks[0].unit
+    used_for = await unit0.deps.repository.add_pending_requests(
+        unit0.conn, [(a.request_id, a.booking["booking_id"], a.kind, a.event.to_json_dict()) for a in asks]
+    )
+    for a in asks:
+        unit, booking, kind, event = a.unit, a.booking, a.kind, a.event
+        at = event.requested_at if kind == "cancellation" else event.reported_at
+        if used_for[a.request_id] == booking["booking_id"]:
+            continue  # the same request again (resubmitted by upstream): it is with the policy already
+        if used_for[a.request_id] is not None:
+            rejection = domain.Rejection("invalid_request", domain.REJECTION_MESSAGES["request_id_reused"])
+            _reject(unit, booking["booking_id"], a.request_id, rejection, kind=kind, at=at, audit=audit)
+            continue
+        fields: dict[str, Any] = {
+            "booking_id": booking["booking_id"],
+            "request_id": a.request_id,
+            "practice_id": booking["practice_id"],
+            "kind": kind,
+            "booking": _snapshot(booking),
+            "actor": event.actor,
+            "fee_decision": event.fee_decision,
+            "claimed_at": a.claimed_at,
         }
-    else:
-        fields |= {"requested_at": at, "party": event.party, "code": event.code}
-    unit.emit(POLICY_REQUESTS, CancellationAssessmentRequested.new(**fields), subject=booking["booking_id"])
+        if kind == "cancellation":
+            fields |= {
+                "requested_at": at,
+                "channel": event.channel,
+                "reason_code": event.reason_code,
+                "reason_text": event.reason_text,
+                "scope": event.scope,
+                "deposit_decision": event.deposit_decision,  # staff's; the policy checks who may
+            }
+        else:
+            fields |= {"requested_at": at, "party": event.party, "code": event.code}
+        unit.emit(POLICY_REQUESTS, CancellationAssessmentRequested.new(**fields), subject=booking["booking_id"])
 
 
-async def _reject(
-    unit: Unit[BookingDeps], booking_id: str, request_id: str, rejection: domain.Rejection, *, kind: str, at: Any
+def _reject(
+    unit: Unit[BookingDeps],
+    booking_id: str,
+    request_id: str,
+    rejection: domain.Rejection,
+    *,
+    kind: str,
+    at: Any,
+    audit: Audit,
 ) -> None:
-    repository = unit.deps.repository
     model = BookingCancellationRejected if kind == "cancellation" else BookingNoShowRejected
     unit.emit(
         BOOKING_EVENTS,
         model.new(booking_id=booking_id, request_id=request_id, reason=rejection.reason, message=rejection.message),
         subject=booking_id,
     )
-    await repository.audit(
-        unit.conn,
-        booking_id,
-        at=at,
-        action=f"{kind}_rejected",
-        request_id=request_id,
-        reason=rejection.reason,
-        detail={"message": rejection.message},
-    )
-
-
-async def apply_decision(unit: Unit[BookingDeps], event: CancellationAssessed) -> None:
-    repository = unit.deps.repository
-    pending = await repository.take_pending_request(unit.conn, event.request_id)
-    if pending is None:
-        raise LookupError(f"no pending request {event.request_id} for booking {event.booking_id}")
-    request = json.loads(pending["request"])
-    kind = pending["kind"]
-    booking = await repository.lock_booking(unit.conn, event.booking_id)
-    original = (BookingCancellationRequested if kind == "cancellation" else BookingNoShowReported).model_validate(
-        request
-    )
-    at = original.requested_at if kind == "cancellation" else original.reported_at
-
-    # The booking may have changed while the policy decided (another request won the race).
-    rejection = domain.check_request(booking["status"], None)
-    if rejection is None and not event.allowed:
-        rejection = domain.Rejection(
-            event.rejection_reason or "not_allowed", event.explanation or "This request is not allowed."
+    audit.append(
+        _entry(
+            booking_id,
+            at=at,
+            action=f"{kind}_rejected",
+            request_id=request_id,
+            reason=rejection.reason,
+            detail={"message": rejection.message},
         )
-    await repository.audit(
-        unit.conn,
-        event.booking_id,
-        at=at,
-        action=f"{kind}_assessed",
-        request_id=event.request_id,
-        reason=event.rejection_reason,
-        policy_version=event.policy_version,
-        detail={"allowed": event.allowed, "classification": event.classification, "explanation": event.explanation},
     )
-    if rejection is not None:
-        await _reject(unit, event.booking_id, event.request_id, rejection, kind=kind, at=at)
-        return
 
-    decision = Decision.model_validate(event.to_json_dict())
-    if kind == "cancellation":
-        await _cancel(unit, booking, original, decision)
-    else:
-        await _record_no_show(unit, booking, original, decision)
+
+async def apply_decisions(units: Sequence[Unit[BookingDeps]], events: Sequence[CancellationAssessed]) -> None:
+    """The policy's decisions, set-based: the pending requests taken in one statement, the
+    bookings locked in one, closed in one, the trail written in one, and the freed slots offered
+    or released (`offer_or_release`, a fixed number of statements too unless a practice keeps a
+    waitlist)."""
+    conn, repository = units[0].conn, units[0].deps.repository
+    pending = await repository.take_pending_requests(conn, [e.request_id for e in events])
+    missing = [e for e in events if e.request_id not in pending]
+    if missing:
+        raise LookupError(f"no pending request {missing[0].request_id} for booking {missing[0].booking_id}")
+    bookings = await repository.lock_bookings(conn, [e.booking_id for e in events])
+    audit: Audit = []
+    closes: list[dict[str, Any]] = []
+    freed: list[tuple[Unit[BookingDeps], list[str], datetime]] = []
+    for unit, event in zip(units, events, strict=True):
+        taken = pending[event.request_id]
+        kind = taken["kind"]
+        booking = bookings[event.booking_id]
+        original = (BookingCancellationRequested if kind == "cancellation" else BookingNoShowReported).model_validate(
+            json.loads(taken["request"])
+        )
+        at = original.requested_at if kind == "cancellation" else original.reported_at
+        # The booking may have changed while the policy decided (another request won the race).
+        rejection = domain.check_request(booking["status"], None)
+        if rejection is None and not event.allowed:
+            rejection = domain.Rejection(
+                event.rejection_reason or "not_allowed", event.explanation or "This request is not allowed."
+            )
+        audit.append(
+            _entry(
+                event.booking_id,
+                at=at,
+                action=f"{kind}_assessed",
+                request_id=event.request_id,
+                reason=event.rejection_reason,
+                policy_version=event.policy_version,
+                detail={
+                    "allowed": event.allowed,
+                    "classification": event.classification,
+                    "explanation": event.explanation,
+                },
+            )
+        )
+        if rejection is not None:
+            _reject(unit, event.booking_id, event.request_id, rejection, kind=kind, at=at, audit=audit)
+            continue
+        decision = Decision.model_validate(event.to_json_dict())
+        if kind == "cancellation":
+            ids = await _cancel(unit, booking, original, decision, closes, audit)
+            freed.append((unit, ids, original.requested_at))
+        else:
+            _record_no_show(unit, booking, original, decision, closes, audit)
+    await repository.close_bookings(conn, closes)
+    await repository.audit_many(conn, audit)
+    if freed:
+        slots = await offer_or_release(conn, [(b, at) for _, ids, at in freed for b in ids], repository=repository)
+        for unit, ids, _ in freed:
+            for booking_id in ids:
+                for slot in slots.get(booking_id, []):
+                    unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
+
+
+apply_decision = SetBased(apply_decisions)
 
 
 async def _cancel(
-    unit: Unit[BookingDeps], booking: Any, request: BookingCancellationRequested, decision: Decision
-) -> None:
-    repository = unit.deps.repository
+    unit: Unit[BookingDeps],
+    booking: Any,
+    request: BookingCancellationRequested,
+    decision: Decision,
+    closes: list[dict[str, Any]],
+    audit: Audit,
+) -> list[str]:
+    """The booking (and, for this_and_future, the later ones of its series) to close, its trail
+    and its event; returns the ids of the slots it frees."""
     label = domain.status_label(request.actor.kind, request.channel)
     series_ids: list[str] = []
     if request.scope == "this_and_future" and booking["series_id"]:
-        later = await repository.lock_later_in_series(unit.conn, booking["series_id"], booking["starts_at"])
+        later = await unit.deps.repository.lock_later_in_series(unit.conn, booking["series_id"], booking["starts_at"])
         series_ids = [row["booking_id"] for row in later]
-    await repository.close_booking(
-        unit.conn,
-        [booking["booking_id"], *series_ids],
-        status="cancelled",
-        closed_at=request.requested_at,
-        status_label=label,
-        classification=decision.classification,
-    )
     for booking_id in [booking["booking_id"], *series_ids]:
-        await repository.audit(
-            unit.conn,
-            booking_id,
-            at=request.requested_at,
-            action="cancelled",
-            actor=request.actor.to_json_dict(),
-            channel=request.channel,
-            request_id=request.request_id,
-            reason=request.reason_code,
-            policy_version=decision.policy_version,
-            detail={
+        closes.append(
+            {
+                "booking_id": booking_id,
+                "status": "cancelled",
+                "closed_at": request.requested_at,
                 "status_label": label,
                 "classification": decision.classification,
-                "series_of": booking["booking_id"] if booking_id != booking["booking_id"] else None,
-            },
+            }
+        )
+        audit.append(
+            _entry(
+                booking_id,
+                at=request.requested_at,
+                action="cancelled",
+                actor=request.actor.to_json_dict(),
+                channel=request.channel,
+                request_id=request.request_id,
+                reason=request.reason_code,
+                policy_version=decision.policy_version,
+                detail={
+                    "status_label": label,
+                    "classification": decision.classification,
+                    "series_of": booking["booking_id"] if booking_id != booking["booking_id"] else None,
+                },
+            )
         )
     unit.emit(
         BOOKING_EVENTS,
@@ -374,32 +462,36 @@ async def _cancel(
         ),
         subject=booking["booking_id"],
     )
-    freed = [booking["booking_id"], *series_ids]
-    for slot in await offer_or_release(unit.conn, freed, now=request.requested_at, repository=repository):
-        unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
+    return [booking["booking_id"], *series_ids]
 
 
-async def _record_no_show(
-    unit: Unit[BookingDeps], booking: Any, report: BookingNoShowReported, decision: Decision
+def _record_no_show(
+    unit: Unit[BookingDeps],
+    booking: Any,
+    report: BookingNoShowReported,
+    decision: Decision,
+    closes: list[dict[str, Any]],
+    audit: Audit,
 ) -> None:
-    repository = unit.deps.repository
-    await repository.close_booking(
-        unit.conn,
-        [booking["booking_id"]],
-        status="no_show",
-        closed_at=report.reported_at,
-        classification="no_show",
+    closes.append(
+        {
+            "booking_id": booking["booking_id"],
+            "status": "no_show",
+            "closed_at": report.reported_at,
+            "classification": "no_show",
+        }
     )
-    await repository.audit(
-        unit.conn,
-        booking["booking_id"],
-        at=report.reported_at,
-        action="no_show_recorded",
-        actor=report.actor.to_json_dict(),
-        request_id=report.request_id,
-        reason=report.code,
-        policy_version=decision.policy_version,
-        detail={"party": report.party},
+    audit.append(
+        _entry(
+            booking["booking_id"],
+            at=report.reported_at,
+            action="no_show_recorded",
+            actor=report.actor.to_json_dict(),
+            request_id=report.request_id,
+            reason=report.code,
+            policy_version=decision.policy_version,
+            detail={"party": report.party},
+        )
     )
     unit.emit(
         BOOKING_EVENTS,
@@ -452,17 +544,24 @@ async def join_waitlist(unit: Unit[BookingDeps], event: WaitlistJoined) -> None:
 
 async def offer_or_release(
     conn: Any,
-    booking_ids: list[str],
+    freed: list[tuple[str, datetime]],
     *,
-    now: datetime,
     repository: Any = sql_repository,  # the handlers' port; the offer-expiry job's repository.py itself
-) -> list[BookingSlotOffered | BookingSlotReleased]:
-    """For each freed slot: an offer to the longest-waiting match when the practice keeps a
-    waitlist, otherwise (or when nobody is left) its release for online booking."""
-    events: list[BookingSlotOffered | BookingSlotReleased] = []
-    for booking_id in booking_ids:
-        booking = await repository.get_booking(conn, booking_id)
-        practice = await repository.practice(conn, booking["practice_id"])
+) -> dict[str, list[BookingSlotOffered | BookingSlotReleased]]:
+    """For each freed slot (booking id, when): an offer to the longest-waiting match when the
+    practice keeps a waitlist, otherwise (or when nobody is left) its release for online booking.
+    The bookings, their practices, the releases and the trail take one statement each; a practice
+    that keeps a waitlist takes two or three more per slot."""
+    events: dict[str, list[BookingSlotOffered | BookingSlotReleased]] = {}
+    if not freed:
+        return events
+    bookings = await repository.get_bookings(conn, [b for b, _ in freed])
+    practices = await repository.practices_of(conn, sorted({b["practice_id"] for b in bookings.values()}))
+    audit: Audit = []
+    releases: list[tuple[str, datetime]] = []
+    for booking_id, now in freed:
+        booking = bookings[booking_id]
+        practice = practices.get(booking["practice_id"])
         if practice is not None and practice["waitlist_enabled"]:
             waiting = [
                 domain.WaitingPatient(r["waitlist_id"], r["service_code"], r["practitioner_id"], r["joined_at"])
@@ -473,35 +572,42 @@ async def offer_or_release(
                 offer_id = derived_id("offer", booking_id, chosen.waitlist_id)
                 expires_at = now + timedelta(minutes=practice["offer_minutes"])
                 await repository.add_offer(conn, offer_id, booking_id, chosen.waitlist_id, now, expires_at)
-                await repository.audit(
-                    conn,
-                    booking_id,
-                    at=now,
-                    action="slot_offered",
-                    detail={
-                        "offer_id": offer_id,
-                        "waitlist_id": chosen.waitlist_id,
-                        "expires_at": expires_at.isoformat(),
-                    },
+                audit.append(
+                    _entry(
+                        booking_id,
+                        at=now,
+                        action="slot_offered",
+                        detail={
+                            "offer_id": offer_id,
+                            "waitlist_id": chosen.waitlist_id,
+                            "expires_at": expires_at.isoformat(),
+                        },
+                    )
                 )
-                events.append(
+                events.setdefault(booking_id, []).append(
                     BookingSlotOffered.new(
                         offer_id=offer_id, booking_id=booking_id, waitlist_id=chosen.waitlist_id, expires_at=expires_at
                     )
                 )
                 continue
-        if await repository.mark_released(conn, booking_id, now):
-            await repository.audit(conn, booking_id, at=now, action="slot_released")
-            events.append(
-                BookingSlotReleased.new(
-                    booking_id=booking_id,
-                    practice_id=booking["practice_id"],
-                    starts_at=booking["starts_at"],
-                    ends_at=booking["ends_at"],
-                    practitioner_id=booking["practitioner_id"],
-                    service_code=booking["service_code"],
-                )
+        releases.append((booking_id, now))
+    released = await repository.mark_released_many(conn, releases)
+    for booking_id, now in releases:
+        if booking_id not in released:
+            continue
+        booking = bookings[booking_id]
+        audit.append(_entry(booking_id, at=now, action="slot_released"))
+        events.setdefault(booking_id, []).append(
+            BookingSlotReleased.new(
+                booking_id=booking_id,
+                practice_id=booking["practice_id"],
+                starts_at=booking["starts_at"],
+                ends_at=booking["ends_at"],
+                practitioner_id=booking["practitioner_id"],
+                service_code=booking["service_code"],
             )
+        )
+    await repository.audit_many(conn, audit)
     return events
 
 
@@ -530,7 +636,8 @@ async def expire_offer(unit: WorkUnit[BookingDeps], offer: asyncpg.Record) -> No
         action="slot_offer_expired",
         detail={"offer_id": offer["offer_id"], "waitlist_id": offer["waitlist_id"]},
     )
-    for slot in await offer_or_release(unit.conn, [offer["booking_id"]], now=unit.now):
+    slots = await offer_or_release(unit.conn, [(offer["booking_id"], unit.now)])
+    for slot in slots.get(offer["booking_id"], []):
         unit.emit(BOOKING_EVENTS, slot, subject=slot.booking_id)
 
 
@@ -559,17 +666,19 @@ async def _cancel_by_system(unit: Unit[BookingDeps], booking: Any, *, suspended_
         reason_code="professional_suspended",
         reason_text="The booked professional's account is suspended.",
     )
-    await repository.audit(
-        unit.conn,
-        booking["booking_id"],
-        at=suspended_at,
-        action="cancellation_requested",
-        actor=actor,
-        channel="system",
-        request_id=request.request_id,
-        reason="professional_suspended",
-    )
-    await _ask_policy(unit, booking, request.request_id, "cancellation", request)
+    audit: Audit = [
+        _entry(
+            booking["booking_id"],
+            at=suspended_at,
+            action="cancellation_requested",
+            actor=actor,
+            channel="system",
+            request_id=request.request_id,
+            reason="professional_suspended",
+        )
+    ]
+    await _ask_policy([_Ask(unit, booking, request.request_id, "cancellation", request)], audit)
+    await repository.audit_many(unit.conn, audit)
 
 
 # --- requests we cannot read -------------------------------------------------------------------

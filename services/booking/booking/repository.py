@@ -1,4 +1,7 @@
-"""Every SQL statement of the booking service, nothing else."""
+"""Every SQL statement of the booking service, nothing else.
+
+The functions ending in a plural (`lock_bookings`, `audit_many`, ...) serve the set-based
+handlers: one statement for the whole set, whatever its size (`unnest` of arrays, `= ANY`)."""
 
 from __future__ import annotations
 
@@ -86,29 +89,99 @@ async def close_booking(
     )
 
 
-async def add_pending_request(
-    conn: asyncpg.Connection, request_id: str, booking_id: str, kind: str, request: dict[str, Any]
-) -> str | None:
-    """Record a request for the policy; None when new, else the booking the id was used for."""
-    inserted = await conn.fetchval(
-        "INSERT INTO pending_requests (request_id, booking_id, kind, request) VALUES ($1, $2, $3, $4::jsonb)"
-        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        request_id,
-        booking_id,
-        kind,
-        json.dumps(request),
+async def lock_bookings(conn: asyncpg.Connection, booking_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The bookings by id, locked for this transaction in id order (one order everywhere, so two
+    transactions never wait on each other in a cycle); an unknown id is absent."""
+    rows = await conn.fetch(
+        f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE booking_id = ANY($1::text[]) ORDER BY booking_id FOR UPDATE",
+        booking_ids,
     )
-    if inserted:
-        return None
-    return await conn.fetchval("SELECT booking_id FROM pending_requests WHERE request_id = $1", request_id)
+    return {r["booking_id"]: r for r in rows}
 
 
-async def take_pending_request(conn: asyncpg.Connection, request_id: str) -> asyncpg.Record | None:
-    """The undecided request, marked decided; None when unknown or decided already."""
-    return await conn.fetchrow(
-        "UPDATE pending_requests SET decided_at = now() WHERE request_id = $1 AND decided_at IS NULL"
+async def get_bookings(conn: asyncpg.Connection, booking_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE booking_id = ANY($1::text[])", booking_ids)
+    return {r["booking_id"]: r for r in rows}
+
+
+async def close_bookings(conn: asyncpg.Connection, closes: list[dict[str, Any]]) -> None:
+    """Close each scheduled booking as its entry says (booking_id, status, closed_at, status_label,
+    classification); a booking no longer scheduled is left as it is."""
+    if not closes:
+        return
+    await conn.execute(
+        "UPDATE bookings b SET status = c.status, status_label = c.status_label, classification = c.classification,"
+        " closed_at = c.closed_at, updated_at = now()"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+        " AS c(booking_id, status, status_label, classification, closed_at)"
+        " WHERE b.booking_id = c.booking_id AND b.status = 'scheduled'",
+        [c["booking_id"] for c in closes],
+        [c["status"] for c in closes],
+        [c.get("status_label") for c in closes],
+        [c.get("classification") for c in closes],
+        [c["closed_at"] for c in closes],
+    )
+
+
+async def add_pending_requests(
+    conn: asyncpg.Connection, requests: list[tuple[str, str, str, dict[str, Any]]]
+) -> dict[str, str | None]:
+    """Record requests for the policy, (request_id, booking_id, kind, request) each: per request
+    id None when it is new, else the booking it was used for before."""
+    if not requests:
+        return {}
+    inserted = await conn.fetch(
+        "INSERT INTO pending_requests (request_id, booking_id, kind, request)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+        [r[0] for r in requests],
+        [r[1] for r in requests],
+        [r[2] for r in requests],
+        [json.dumps(r[3]) for r in requests],
+    )
+    new = {r["request_id"] for r in inserted}
+    used = [r[0] for r in requests if r[0] not in new]
+    before = (
+        {
+            r["request_id"]: r["booking_id"]
+            for r in await conn.fetch(
+                "SELECT request_id, booking_id FROM pending_requests WHERE request_id = ANY($1::text[])", used
+            )
+        }
+        if used
+        else {}
+    )
+    return {r[0]: None if r[0] in new else before.get(r[0]) for r in requests}
+
+
+async def take_pending_requests(conn: asyncpg.Connection, request_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The undecided requests, marked decided; one unknown or decided already is absent."""
+    rows = await conn.fetch(
+        "UPDATE pending_requests SET decided_at = now() WHERE request_id = ANY($1::text[]) AND decided_at IS NULL"
         " RETURNING request_id, booking_id, kind, request::text AS request",
-        request_id,
+        request_ids,
+    )
+    return {r["request_id"]: r for r in rows}
+
+
+async def audit_many(conn: asyncpg.Connection, entries: list[dict[str, Any]]) -> None:
+    """Append to the audit trail in the entries' order; each entry as `audit`'s arguments."""
+    if not entries:
+        return
+    await conn.execute(
+        "INSERT INTO audit_trail (booking_id, at, action, actor, channel, request_id, reason, policy_version, detail)"
+        " SELECT b, at, a, actor, ch, r, why, v, d FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[],"
+        " $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[]) WITH ORDINALITY"
+        " AS e(b, at, a, actor, ch, r, why, v, d, n) ORDER BY n",
+        [e["booking_id"] for e in entries],
+        [e["at"] for e in entries],
+        [e["action"] for e in entries],
+        [json.dumps(e["actor"]) if e.get("actor") else None for e in entries],
+        [e.get("channel") for e in entries],
+        [e.get("request_id") for e in entries],
+        [e.get("reason") for e in entries],
+        [e.get("policy_version") for e in entries],
+        [json.dumps(e.get("detail") or {}) for e in entries],
     )
 
 
@@ -191,10 +264,12 @@ async def upsert_practice(
     )
 
 
-async def practice(conn: asyncpg.Connection, practice_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT practice_id, waitlist_enabled, offer_minutes FROM practices WHERE practice_id = $1", practice_id
+async def practices_of(conn: asyncpg.Connection, practice_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT practice_id, waitlist_enabled, offer_minutes FROM practices WHERE practice_id = ANY($1::text[])",
+        practice_ids,
     )
+    return {r["practice_id"]: r for r in rows}
 
 
 async def join_waitlist(conn: asyncpg.Connection, w: dict[str, Any]) -> None:
@@ -280,13 +355,17 @@ async def accept_offer_for(
     return row["offer_id"]
 
 
-async def mark_released(conn: asyncpg.Connection, booking_id: str, at: datetime) -> bool:
-    released = await conn.fetchval(
-        "UPDATE bookings SET slot_released_at = $2 WHERE booking_id = $1 AND slot_released_at IS NULL RETURNING true",
-        booking_id,
-        at,
+async def mark_released_many(conn: asyncpg.Connection, releases: list[tuple[str, datetime]]) -> set[str]:
+    """Mark each (booking_id, at) slot released unless it was before; the ids marked now."""
+    if not releases:
+        return set()
+    rows = await conn.fetch(
+        "UPDATE bookings b SET slot_released_at = r.at FROM unnest($1::text[], $2::timestamptz[]) AS r(booking_id, at)"
+        " WHERE b.booking_id = r.booking_id AND b.slot_released_at IS NULL RETURNING b.booking_id",
+        [r[0] for r in releases],
+        [r[1] for r in releases],
     )
-    return bool(released)
+    return {r["booking_id"] for r in rows}
 
 
 async def future_bookings_of(conn: asyncpg.Connection, professional_id: str, after: datetime) -> list[asyncpg.Record]:
