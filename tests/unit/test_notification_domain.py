@@ -9,6 +9,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email import message_from_bytes
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import pytest
@@ -892,15 +894,39 @@ def test_smtp_tls_default_by_host(monkeypatch: pytest.MonkeyPatch, env: dict[str
 @pytest.mark.parametrize(
     ("mode", "start_tls", "use_tls"), [("none", False, False), ("starttls", True, False), ("implicit", False, True)]
 )
+@pytest.mark.parametrize("pool", [0, 4])
 def test_smtp_tls_reaches_aiosmtplib(
-    monkeypatch: pytest.MonkeyPatch, mode: str, start_tls: bool, use_tls: bool
+    monkeypatch: pytest.MonkeyPatch, mode: str, start_tls: bool, use_tls: bool, pool: int
 ) -> None:
+    """A connection per message (SMTP_POOL_SIZE=0) or kept ones: the TLS mode reaches aiosmtplib."""
     seen: dict[str, object] = {}
 
     async def fake_send(message: object, **kwargs: object) -> None:
         seen.update(kwargs)
 
+    class FakeSMTP:
+        is_connected = True
+
+        def __init__(self, **kwargs: object) -> None:
+            seen.update(kwargs)
+
+        async def connect(self) -> None: ...
+
+        async def send_message(self, message: object) -> None: ...
+
     monkeypatch.setattr("notification.delivery.aiosmtplib.send", fake_send)
-    channel = EmailChannel(NotificationSettings(smtp_host="smtp.example", smtp_tls=mode))  # type: ignore[arg-type]
+    monkeypatch.setattr("notification.delivery.aiosmtplib.SMTP", FakeSMTP)
+    channel = EmailChannel(NotificationSettings(smtp_host="smtp.example", smtp_tls=mode, smtp_pool_size=pool))  # type: ignore[arg-type]
     asyncio.run(channel.send(uuid.uuid4(), "p@example.com", "s", "b"))
     assert (seen["start_tls"], seen["use_tls"]) == (start_tls, use_tls)
+
+
+def test_a_subject_that_is_not_ascii_is_an_encoded_word_and_a_line_break_in_a_header_is_refused() -> None:
+    channel = EmailChannel(NotificationSettings(smtp_from="notices@harbour.example"))
+    msg = channel.message(uuid.uuid4(), "ada@example.com", "Ihr Konto ist vorübergehend gesperrt", "Grüße\n")
+    assert msg["Subject"].startswith("=?utf-8?")
+    assert str(make_header(decode_header(msg["Subject"]))) == "Ihr Konto ist vorübergehend gesperrt"
+    assert message_from_bytes(msg.as_bytes()).get_payload(decode=True).decode() == "Grüße\n"
+    with pytest.raises(DeliveryError) as refused:
+        channel.message(uuid.uuid4(), "ada@example.com", "Hi\r\nBcc: eve@example.com", "b")
+    assert refused.value.permanent and "eve" not in str(refused.value)

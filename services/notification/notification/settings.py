@@ -22,6 +22,9 @@ class NotificationSettings(ServiceSettings):
     # Deprecated, still honoured when SMTP_TLS is unset: true = starttls, false = none.
     smtp_starttls: bool | None = None
     smtp_timeout_seconds: float = 20.0
+    # SMTP connections kept and reused, and so the most sends at once; 0: a connection per message.
+    smtp_pool_size: int = Field(default=8, ge=0, le=100)
+    smtp_idle_seconds: float = Field(default=30.0, gt=0)  # a kept connection idle longer is closed
 
     # SMS: `http`, a generic provider (form POST of To/Body/From to SMS_API_URL, bearer
     # SMS_API_KEY), or `twilio`, Twilio's Messages API through the official SDK (Basic auth with
