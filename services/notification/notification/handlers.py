@@ -485,7 +485,7 @@ async def _record(
                 "reason": None,
             }
         if await deps.repository.record_delivery(unit.conn, row):
-            log.info(
+            log.debug(  # one line per message: debug, not info (the hot path)
                 "notification recorded",
                 notification_id=str(row["notification_id"]),
                 recipient=message.recipient,
