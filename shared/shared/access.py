@@ -97,7 +97,7 @@ PRINCIPALS: Mapping[str, Rights] = {
     ),
     "cancellation-policy": _service(
         "cancellation-policy",
-        reads=[POLICY_REQUESTS, UPSTREAM_PRACTICES],
+        reads=[POLICY_REQUESTS, UPSTREAM_PRACTICES, UPSTREAM_BOOKINGS],
         writes=[POLICY_DECISIONS, PRACTICE_EVENTS],
     ),
     "scoring": _service("scoring", reads=[BOOKING_EVENTS, UPSTREAM_PROFESSIONALS], writes=[SCORING_EVENTS]),

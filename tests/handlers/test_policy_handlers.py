@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from cancellation_policy import repository
-from cancellation_policy.handlers import PolicyDeps, assess_request, configure_practice
+from cancellation_policy.handlers import PolicyDeps, assess_request, configure_practice, note_scheduling
 from shared.consumer import Unit
 from shared.contracts.booking import BookingSnapshot, CancellationAssessmentRequested
 from shared.contracts.common import Actor, Fee
-from shared.contracts.upstream import FeeSettings, PracticeConfigured
+from shared.contracts.upstream import BookingScheduled, FeeSettings, PracticeConfigured
 from shared.testing import assert_same_functions, unique
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES
+from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LATE_FEE = Fee.new(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
@@ -32,6 +32,7 @@ class FakePolicyRepository:
     def __init__(self) -> None:
         self.settings: dict[str, list[dict[str, Any]]] = {}  # practice_id -> versions, oldest first
         self.decisions: dict[str, dict[str, Any]] = {}  # request_id -> row
+        self.schedules: dict[str, tuple[str, datetime]] = {}  # booking_id -> (practice_id, scheduled_at)
 
     async def add_settings_version(
         self,
@@ -62,6 +63,24 @@ class FakePolicyRepository:
         versions = self.settings.get(practice_id)
         return (versions[-1]["version"], copy.deepcopy(versions[-1]["settings"])) if versions else None
 
+    async def record_scheduling(self, conn: Any, *, booking_id: str, practice_id: str, scheduled_at: datetime) -> bool:
+        if booking_id in self.schedules:
+            return False
+        self.schedules[booking_id] = (practice_id, scheduled_at)
+        return True
+
+    async def settings_when_scheduled(
+        self, conn: Any, practice_id: str, booking_id: str
+    ) -> tuple[bool, tuple[int, dict[str, Any]] | None]:
+        if booking_id not in self.schedules:
+            return False, None
+        at = self.schedules[booking_id][1]
+        versions = [v for v in self.settings.get(practice_id, []) if v["configured_at"] <= at]
+        if not versions:
+            return True, None
+        newest = max(versions, key=lambda v: (v["configured_at"], v["version"]))
+        return True, (newest["version"], copy.deepcopy(newest["settings"]))
+
     async def record_decision(
         self, conn: Any, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
     ) -> bool:
@@ -83,6 +102,8 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
         handler: Any
         if isinstance(payload, PracticeConfigured):
             handler, topic, subject = configure_practice, UPSTREAM_PRACTICES, payload.practice_id
+        elif isinstance(payload, BookingScheduled):
+            handler, topic, subject = note_scheduling, UPSTREAM_BOOKINGS, payload.booking_id
         else:
             handler, topic, subject = assess_request, POLICY_REQUESTS, payload.booking_id
         deps = PolicyDeps(repository=repo)
@@ -99,10 +120,12 @@ def configured(practice_id: str, **settings: Any) -> PracticeConfigured:
     )
 
 
-def late_cancellation(practice_id: str, *, request_id: str | None = None) -> CancellationAssessmentRequested:
+def late_cancellation(
+    practice_id: str, *, request_id: str | None = None, booking_id: str | None = None
+) -> CancellationAssessmentRequested:
     """Reception cancelling 5 hours ahead: late under the default 24-hour window."""
     return CancellationAssessmentRequested.new(
-        booking_id=unique("bk"),
+        booking_id=booking_id or unique("bk"),
         request_id=request_id or unique("req"),
         practice_id=practice_id,
         kind="cancellation",
@@ -200,3 +223,83 @@ async def test_a_request_is_decided_and_answered_once_even_after_the_settings_ch
     assert len(first.emitted) == 1 and replay.emitted == []
     assert list(repo.decisions) == [request.request_id]
     assert repo.decisions[request.request_id]["decision"]["policy_version"] == "r1.s0"  # the first decision stands
+
+
+def scheduled(practice_id: str, booking_id: str) -> BookingScheduled:
+    return BookingScheduled.new(
+        booking_id=booking_id,
+        practice_id=practice_id,
+        starts_at=START,
+        ends_at=START + timedelta(minutes=30),
+        practitioner_id="dr-lee",
+        service_code="D1110",
+        patient={"patient_id": "pat-1", "first_name": "Ann", "portal_account": True, "card_on_file": True},
+    )
+
+
+OTHER_FEE = Fee.new(amount="90.00", currency="AUD", code="D9987", code_system="CDT")
+T1 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("apply_to", "scheduled_between", "version", "amount"),
+    [
+        # frozen: the booking keeps the deal it was made under
+        ("new_bookings", True, "r1.s1", "45.00"),
+        # a booking scheduled after the change gets the new settings
+        ("new_bookings", False, "r1.s2", "90.00"),
+        # all_bookings: the new settings apply to every booking, old ones too
+        ("all_bookings", True, "r1.s2", "90.00"),
+        ("all_bookings", False, "r1.s2", "90.00"),
+    ],
+)
+async def test_a_booking_is_decided_by_the_settings_in_force_when_it_was_scheduled(
+    handle: Handle, apply_to: str, scheduled_between: bool, version: str, amount: str
+) -> None:
+    repo, practice_id, booking_id = FakePolicyRepository(), unique("practice"), unique("bk")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo, time=T1)
+    booked_at = T1 + timedelta(days=1) if scheduled_between else T1 + timedelta(days=3)
+    await handle(scheduled(practice_id, booking_id), repo, time=booked_at)
+    await handle(
+        configured(practice_id, fees=FeeSettings(late_cancellation=OTHER_FEE), policy_changes_apply_to=apply_to),
+        repo,
+        time=T1 + timedelta(days=2),
+    )
+
+    unit = await handle(late_cancellation(practice_id, booking_id=booking_id), repo)
+
+    data = unit.emitted[0].envelope["data"]
+    assert (data["policy_version"], data["fee"]["amount"]) == (version, amount)
+
+
+async def test_a_booking_scheduled_before_the_practice_configured_anything_is_decided_by_the_defaults(
+    handle: Handle,
+) -> None:
+    repo, practice_id, booking_id = FakePolicyRepository(), unique("practice"), unique("bk")
+    await handle(scheduled(practice_id, booking_id), repo, time=T1)
+    await handle(
+        configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo, time=T1 + timedelta(hours=1)
+    )
+
+    unit = await handle(late_cancellation(practice_id, booking_id=booking_id), repo)
+
+    data = unit.emitted[0].envelope["data"]
+    assert (data["policy_version"], data.get("fee")) == ("r1.s0", None)
+
+
+async def test_a_booking_never_seen_scheduled_is_decided_by_the_current_settings(handle: Handle) -> None:
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo, time=T1)
+
+    unit = await handle(late_cancellation(practice_id), repo)
+
+    assert unit.emitted[0].envelope["data"]["policy_version"] == "r1.s1"
+
+
+async def test_scheduling_is_remembered_once_at_its_own_time(handle: Handle) -> None:
+    repo, practice_id, booking_id = FakePolicyRepository(), unique("practice"), unique("bk")
+    first = await handle(scheduled(practice_id, booking_id), repo, time=T1)
+    again = await handle(scheduled(practice_id, booking_id), repo, time=T1 + timedelta(days=5))
+
+    assert repo.schedules[booking_id] == (practice_id, T1)
+    assert first.emitted == [] and again.emitted == []

@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 
-from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, dev_token, iso, unique
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES, dead_letter_topic
+from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, dev_token, iso, unique, wait_for_row
+from shared.topics import (
+    POLICY_DECISIONS,
+    POLICY_REQUESTS,
+    PRACTICE_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PRACTICES,
+    dead_letter_topic,
+)
 
 DLQ = dead_letter_topic("cancellation-policy")
 WATCHED = [PRACTICE_EVENTS, POLICY_DECISIONS, DLQ]
@@ -194,3 +201,103 @@ async def test_the_read_api_shows_a_practice_only_its_own_settings_and_decisions
     assert policy.get_status(f"/practices/{unique('practice')}/policy", ops) == 404
     assert policy.get_status(f"/bookings/{unique('booking')}/decisions", ops) == 404
     assert policy.get_status(f"/practices/{'p' * 200}/policy", ops) == 422
+
+
+async def test_a_booking_is_decided_by_its_frozen_settings_and_tier_once_each(policy, infra, publisher):
+    """Second release: tiers named in the decision, the settings frozen when the booking was
+    scheduled (and all_bookings applying new ones), each answer produced exactly once."""
+    practice_id, frozen_booking, applied_booking = unique("practice"), unique("booking"), unique("booking")
+    now = datetime.now(UTC)
+    tiers = {
+        "late_cancellation": {"amount": "45.00", "currency": "EUR", "code": "LATE", "code_system": "custom"},
+        "late_cancellation_tiers": [
+            {"notice_under_hours": 24, "percent": "50"},
+            {"notice_under_hours": 6, "amount": "150.00"},
+        ],
+    }
+    cancellation = {"patient_cutoff_hours": 24, "late_window_hours": 24, "professional_no_show_minutes": 30}
+
+    async def schedule(booking_id: str) -> None:
+        await publisher.event(
+            UPSTREAM_BOOKINGS,
+            "booking.scheduled",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "practice_id": practice_id,
+                "starts_at": iso(now + timedelta(hours=10)),
+                "ends_at": iso(now + timedelta(hours=11)),
+                "practitioner_id": "dr-lee",
+                "service_code": "D1110",
+                "patient": {
+                    "patient_id": unique("pat"),
+                    "first_name": "Ann",
+                    "portal_account": True,
+                    "card_on_file": True,
+                },
+                "price": {"amount": "180.00", "currency": "EUR"},
+            },
+        )
+        # Topics are consumed in no fixed order: wait until the policy has noted the scheduling
+        # (a booking it never saw scheduled is decided by the current settings).
+        await wait_for_row(
+            infra.admin_dsn, "SELECT 1 FROM cancellation_policy.booking_schedules WHERE booking_id = $1", booking_id
+        )
+
+    async def decided(booking_id: str) -> Seen:
+        request_id = unique("request")
+        await publisher.event(
+            POLICY_REQUESTS,
+            "cancellation.assessment_requested",
+            booking_id,
+            {
+                "booking_id": booking_id,
+                "request_id": request_id,
+                "practice_id": practice_id,
+                "kind": "cancellation",
+                "booking": {
+                    "starts_at": iso(now + timedelta(hours=10)),
+                    "ends_at": iso(now + timedelta(hours=11)),
+                    "status": "scheduled",
+                    "patient_portal_account": True,
+                    "patient_card_on_file": False,
+                    "price": {"amount": "180.00", "currency": "EUR"},
+                },
+                "requested_at": iso(now),
+                "actor": {"kind": "staff", "id": "staff-1", "roles": ["reception"]},
+                "channel": "practice",
+            },
+            source="service/booking",
+        )
+        [decision] = await w.wait_for(lambda s: s.topic == POLICY_DECISIONS and s.data.get("request_id") == request_id)
+        return decision
+
+    async with EventWatcher(infra.bootstrap, WATCHED) as w:
+        first = settings(practice_id, cancellation=cancellation, fees=tiers)
+        await configure(publisher, w, practice_id, first, "practice.configuration_accepted")
+        await schedule(frozen_booking)  # the events' own times decide, not their order of arrival
+        flat = settings(practice_id, cancellation=cancellation)
+        await configure(publisher, w, practice_id, flat, "practice.configuration_accepted")
+        frozen = await decided(frozen_booking)
+        await schedule(applied_booking)
+        applied = await decided(applied_booking)
+        everyone = settings(practice_id, cancellation=cancellation, policy_changes_apply_to="all_bookings")
+        await configure(publisher, w, practice_id, everyone, "practice.configuration_accepted")
+        after_all = await decided(frozen_booking)
+        await w.settle(1.0)
+        decisions = w.matching(
+            lambda s: s.topic == POLICY_DECISIONS and s.data.get("booking_id") in (frozen_booking, applied_booking)
+        )
+        accepted = w.matching(answer_for(practice_id, "practice.configuration_accepted"))
+
+    assert frozen.data["policy_version"] == "r1.s1"
+    assert frozen.data["fee"] == {"amount": "90.00", "currency": "EUR", "code": "LATE", "code_system": "custom"}
+    assert frozen.data["tier"] == {"notice_under_hours": 24, "percent": "50"}
+    assert "tier under 24 h" in frozen.data["explanation"]
+    flat_fee = {"amount": "45.00", "currency": "EUR", "code": "LATE", "code_system": "custom"}
+    assert applied.data["policy_version"] == "r1.s2" and applied.data["fee"] == flat_fee  # no tiers: the flat fee
+    assert "tier" not in applied.data
+    assert after_all.data["policy_version"] == "r1.s3" and after_all.data["fee"] == flat_fee
+    assert "tier" not in after_all.data
+    assert len(decisions) == 3 and len({d.value["id"] for d in decisions}) == 3
+    assert [a.data["policy_version"] for a in accepted] == ["r1.s1", "r1.s2", "r1.s3"]

@@ -267,3 +267,183 @@ def test_explanation_says_which_window_and_fee_applied():
     assert "late window 24 h" in result.explanation
     assert "45.00 AUD" in result.explanation and "D9987" in result.explanation
     assert "deposit kept" in result.explanation
+
+
+# --- second release (issue 17): fee tiers, office accountability, frozen settings --------------
+
+from decimal import Decimal  # noqa: E402
+
+from cancellation_policy.domain import (  # noqa: E402
+    SettingsVersion,
+    late_fee,
+    office_accountability,
+    round_money,
+    settings_for_booking,
+)
+from shared.contracts.base import Money  # noqa: E402
+from shared.contracts.upstream import LateCancellationTier, TurnawaySettings  # noqa: E402
+
+PRICE = Money(amount="180.00", currency="AUD")
+TIERS = FeeSettings(
+    late_cancellation=LATE_FEE,
+    late_cancellation_tiers=[
+        LateCancellationTier(notice_under_hours=24, percent="50"),
+        LateCancellationTier(notice_under_hours=6, percent="100"),
+        LateCancellationTier(notice_under_hours=2, amount="200.00"),
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("lead", "price", "amount", "tier"),
+    [
+        (24 * H, PRICE, "45.00", None),  # exactly 24 h: no tier is above the lead -> flat fee
+        (24 * H - M, PRICE, "90.00", (24, "50")),  # just inside the 24 h tier
+        (10 * H, PRICE, "90.00", (24, "50")),  # the rules' example: 10 h pays 50 %
+        (6 * H, PRICE, "90.00", (24, "50")),  # exactly 6 h: the 6 h tier is not above the lead
+        (6 * H - M, PRICE, "180.00", (6, "100")),
+        (3 * H, PRICE, "180.00", (6, "100")),  # the rules' example: 3 h pays 100 %
+        (2 * H, PRICE, "180.00", (6, "100")),
+        (2 * H - M, PRICE, "200.00", (2, None)),  # an amount tier, in the flat fee's currency
+        (M, PRICE, "200.00", (2, None)),
+        (10 * H, None, "45.00", None),  # a percent tier without a price: the flat fee
+        (H, None, "200.00", (2, None)),  # an amount tier needs no price
+    ],
+)
+def test_late_fee_tiers_at_their_edges(lead, price, amount, tier):
+    fee, decided = late_fee(lead, price, TIERS)
+    assert fee is not None and fee.amount == Decimal(amount)
+    assert (fee.currency, fee.code, fee.code_system) == ("AUD", "D9987", "CDT")
+    if tier is None:
+        assert decided is None
+    else:
+        assert (decided.notice_under_hours, str(decided.percent) if decided.percent is not None else None) == tier
+
+
+def test_no_tiers_means_the_flat_fee():
+    assert late_fee(H, PRICE, FeeSettings(late_cancellation=LATE_FEE)) == (LATE_FEE, None)
+
+
+def test_a_percent_share_rounds_half_up_to_the_currencys_minor_unit():
+    odd = FeeSettings(
+        late_cancellation=LATE_FEE, late_cancellation_tiers=[LateCancellationTier(notice_under_hours=24, percent="50")]
+    )
+    fee, _ = late_fee(H, Money(amount="45.05", currency="AUD"), odd)
+    assert fee.amount == Decimal("22.53")
+    yen = Fee(amount="1000", currency="JPY", code="X", code_system="custom")
+    fee, _ = late_fee(H, Money(amount="1001", currency="JPY"), odd.model_copy(update={"late_cancellation": yen}))
+    assert (fee.amount, fee.currency) == (Decimal("501"), "JPY")
+    assert round_money(Decimal("0.005"), "AUD") == Decimal("0.01")
+
+
+@pytest.mark.parametrize(
+    ("tiers", "problem"),
+    [
+        ([{"notice_under_hours": 24, "percent": "50"}], "need the flat late_cancellation fee"),
+        ([{"notice_under_hours": 24}], "either a percent or an amount"),
+        ([{"notice_under_hours": 24, "percent": "50", "amount": "10.00"}], "either a percent or an amount"),
+        ([{"notice_under_hours": 24, "percent": "101"}], "less than or equal to 100"),
+        ([{"notice_under_hours": 0, "percent": "50"}], "greater than or equal to 1"),
+        ([{"notice_under_hours": 6, "percent": "50"}, {"notice_under_hours": 6, "percent": "60"}], "same notice"),
+        ([{"notice_under_hours": 6, "amount": "10.001"}], "decimal places"),
+    ],
+)
+def test_invalid_tiers_are_refused(tiers, problem):
+    fees: dict = {"late_cancellation_tiers": tiers}
+    if problem != "need the flat late_cancellation fee":
+        fees["late_cancellation"] = LATE_FEE.to_json_dict()
+    with pytest.raises(ValueError, match=problem):
+        PracticeSettings.model_validate({"fees": fees})
+
+
+@pytest.mark.parametrize(
+    ("lead", "fee_decision", "fee", "tier"),
+    [
+        (10 * H, "policy", "90.00", 24),  # late: by its tier
+        (30 * H, "policy", None, None),  # timely: nothing
+        (30 * H, "charge", "45.00", None),  # staff charge a timely one: no tier is above 30 h, flat fee
+        (3 * H, "charge", "180.00", 6),  # staff charge a late one: its tier
+        (3 * H, "waive", None, None),
+    ],
+)
+def test_a_staff_cancellation_names_the_tier_that_priced_it(lead, fee_decision, fee, tier):
+    settings = PracticeSettings(fees=TIERS)
+    req = request(STAFF, lead, fee_decision=fee_decision).model_copy(
+        update={"booking": request(STAFF, lead).booking.model_copy(update={"price": PRICE})}
+    )
+    result = assess(req, settings)
+    assert (result.fee.amount if result.fee else None) == (Decimal(fee) if fee else None)
+    assert (result.tier.notice_under_hours if result.tier else None) == tier
+    assert result.fee_waived is (True if fee_decision == "waive" else None)
+    if tier is not None:
+        assert f"tier under {tier} h of notice" in result.explanation
+
+
+def test_a_patient_online_cancellation_pays_its_tier_too():
+    settings = PracticeSettings(fees=TIERS, cancellation=CancellationSettings(patient_cutoff_hours=0))
+    req = request(PATIENT, 10 * H).model_copy(
+        update={"booking": request(PATIENT, 10 * H).booking.model_copy(update={"price": PRICE})}
+    )
+    result = assess(req, settings)
+    assert (result.fee.amount, result.tier.percent) == (Decimal("90.00"), Decimal("50"))
+
+
+@pytest.mark.parametrize(
+    ("lead", "price", "percent", "delta", "pay"),
+    [
+        (24 * H, PRICE, 50, -10, None),  # exactly the office window: timely, nothing owed
+        (24 * H - M, PRICE, 50, -50, "90.00"),  # inside: -50 and half the shift
+        (H, PRICE, 50, -50, "90.00"),
+        (H, None, 50, -50, None),  # no price: nothing to share
+        (H, PRICE, 0, -50, None),  # the practice owes no share
+        (H, Money(amount="45.05", currency="AUD"), 50, -50, "22.53"),
+    ],
+)
+def test_office_accountability_at_the_office_window(lead, price, percent, delta, pay):
+    settings = PracticeSettings(turnaway=TurnawaySettings(office_late_window_hours=24, percent_of_shift=percent))
+    booking = request(STAFF, lead).booking.model_copy(update={"price": price})
+    got_delta, got_pay, _ = office_accountability(booking, lead, settings)
+    assert got_delta == delta
+    assert (got_pay.amount if got_pay else None) == (Decimal(pay) if pay else None)
+
+
+@pytest.mark.parametrize(
+    ("actor", "professional_id", "expected"),
+    [
+        (STAFF, "pro-1", -50),  # staff cancelling a booked professional: the office answers
+        (STAFF, None, None),  # no booked professional: no office score
+        (PATIENT, "pro-1", None),  # a patient's cancellation is not the office's
+        (PRO, "pro-1", None),  # the professional's own cancellation: their own score only
+    ],
+)
+def test_only_staff_cancelling_a_booked_professional_cost_the_office(actor, professional_id, expected):
+    settings = PracticeSettings(cancellation=CancellationSettings(patient_cutoff_hours=0))
+    result = assess(request(actor, 10 * H, professional_id=professional_id), settings)
+    assert result.allowed and result.office_score_delta == expected
+    if actor is PRO:
+        assert result.score_delta == -50  # untouched by the office rule
+
+
+def test_the_professionals_own_score_is_untouched_by_an_office_cancellation():
+    result = assess(request(STAFF, 10 * H), PracticeSettings())
+    assert (result.score_delta, result.hold_days) == (None, None)
+    assert "office score -50" in result.explanation
+
+
+V1 = SettingsVersion(1, PracticeSettings(fees=FeeSettings(late_cancellation=LATE_FEE)))
+V2_NEW = SettingsVersion(2, PracticeSettings())
+V2_ALL = SettingsVersion(2, PracticeSettings(policy_changes_apply_to="all_bookings"))
+
+
+@pytest.mark.parametrize(
+    ("current", "then", "known", "version"),
+    [
+        (V2_NEW, V1, True, 1),  # frozen: the version in force when scheduled
+        (V2_ALL, V1, True, 2),  # all_bookings: the current version
+        (V2_NEW, None, True, 0),  # scheduled before any configuration: the defaults
+        (V2_NEW, None, False, 2),  # never saw it scheduled: the current version
+        (V1, V1, True, 1),
+    ],
+)
+def test_frozen_versus_applied_settings(current, then, known, version):
+    assert settings_for_booking(current, then, known).version == version

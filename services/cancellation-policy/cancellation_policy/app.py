@@ -1,6 +1,7 @@
 """The cancellation-policy service: practice settings (versioned) and the rule engine.
 
-Consumes `upstream.practices.v1` (practice.configured) and `policy.requests.v1` (from booking);
+Consumes `upstream.practices.v1` (practice.configured), `policy.requests.v1` (from booking) and
+`booking.scheduled` on `upstream.bookings.v1` (when each booking's settings were frozen);
 publishes `cancellation.assessed` on `policy.decisions.v1` and its answer to every
 practice.configured (`practice.configuration_accepted` or `practice.configuration_rejected`) on
 `practice.events.v1`.
@@ -16,7 +17,7 @@ from shared.contracts.policy import (
     PracticeConfigurationRejected,
 )
 from shared.service import ServiceDefinition
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_PRACTICES
+from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 from . import api, configuration, handlers, repository
 from .settings import PolicySettings
@@ -32,6 +33,8 @@ def definition(settings: PolicySettings | None = None) -> ServiceDefinition:
         consumes={
             UPSTREAM_PRACTICES: {"practice.configured": handlers.configure_practice},
             POLICY_REQUESTS: {"cancellation.assessment_requested": handlers.assess_request},
+            # When each booking was scheduled: its settings are frozen then (second release).
+            UPSTREAM_BOOKINGS: {"booking.scheduled": handlers.note_scheduling},
         },
         publishes={
             POLICY_DECISIONS: [CancellationAssessed],

@@ -12,7 +12,7 @@ from typing import Any
 from shared.consumer import Unit
 from shared.contracts.booking import CancellationAssessmentRequested
 from shared.contracts.policy import CancellationAssessed, PracticeConfigurationAccepted
-from shared.contracts.upstream import PracticeConfigured, PracticeSettings
+from shared.contracts.upstream import BookingScheduled, PracticeConfigured, PracticeSettings
 from shared.topics import POLICY_DECISIONS, PRACTICE_EVENTS
 
 from . import domain
@@ -49,12 +49,25 @@ async def configure_practice(unit: Unit[PolicyDeps], event: PracticeConfigured) 
     unit.emit(PRACTICE_EVENTS, accepted, subject=event.practice_id)
 
 
+async def note_scheduling(unit: Unit[PolicyDeps], event: BookingScheduled) -> None:
+    """Remember when the booking was scheduled (its own time): its deal is frozen then."""
+    await unit.deps.repository.record_scheduling(
+        unit.conn, booking_id=event.booking_id, practice_id=event.practice_id, scheduled_at=unit.event.envelope.time
+    )
+
+
+def _version(stored: tuple[int, dict[str, Any]] | None) -> domain.SettingsVersion | None:
+    return domain.SettingsVersion(stored[0], PracticeSettings.model_validate(stored[1])) if stored else None
+
+
 async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRequested) -> None:
     repository = unit.deps.repository
-    current = await repository.current_settings(unit.conn, event.practice_id)
-    version, settings = (
-        (current[0], PracticeSettings.model_validate(current[1])) if current else (0, PracticeSettings())
+    current = _version(await repository.current_settings(unit.conn, event.practice_id))
+    scheduled_known, then = await repository.settings_when_scheduled(unit.conn, event.practice_id, event.booking_id)
+    used = domain.settings_for_booking(
+        current or domain.SettingsVersion(0, PracticeSettings()), _version(then), scheduled_known
     )
+    version, settings = used.version, used.settings
     assessment = domain.assess(event, settings)
     decision = CancellationAssessed.new(
         booking_id=event.booking_id,
@@ -68,6 +81,10 @@ async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRe
         score_delta=assessment.score_delta,
         hold_days=assessment.hold_days,
         review_hours=assessment.review_hours,
+        tier=assessment.tier,
+        office_score_delta=assessment.office_score_delta,
+        turnaway_pay=assessment.turnaway_pay,
+        fee_waived=assessment.fee_waived,
         policy_version=policy_version(version),
         explanation=assessment.explanation,
     )

@@ -44,6 +44,39 @@ async def current_settings(conn: asyncpg.Connection, practice_id: str) -> tuple[
     return (row["version"], json.loads(row["settings"])) if row else None
 
 
+async def record_scheduling(
+    conn: asyncpg.Connection, *, booking_id: str, practice_id: str, scheduled_at: datetime
+) -> bool:
+    """Remember when a booking was scheduled (its first booking.scheduled); False when known."""
+    inserted = await conn.fetchval(
+        "INSERT INTO booking_schedules (booking_id, practice_id, scheduled_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (booking_id) DO NOTHING RETURNING true",
+        booking_id,
+        practice_id,
+        scheduled_at,
+    )
+    return bool(inserted)
+
+
+async def settings_when_scheduled(
+    conn: asyncpg.Connection, practice_id: str, booking_id: str
+) -> tuple[bool, tuple[int, dict[str, Any]] | None]:
+    """(whether the booking's scheduling was seen, the practice's settings in force then: the
+    newest configured at or before it, None when there were none yet)."""
+    row = await conn.fetchrow(
+        "SELECT s.version, s.settings::text AS settings FROM booking_schedules b"
+        " LEFT JOIN LATERAL (SELECT version, settings FROM practice_settings"
+        "  WHERE practice_id = $1 AND configured_at <= b.scheduled_at"
+        "  ORDER BY configured_at DESC, version DESC LIMIT 1) s ON true"
+        " WHERE b.booking_id = $2",
+        practice_id,
+        booking_id,
+    )
+    if row is None:
+        return False, None
+    return True, (row["version"], json.loads(row["settings"])) if row["version"] is not None else None
+
+
 async def record_decision(
     conn: asyncpg.Connection, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
 ) -> bool:
