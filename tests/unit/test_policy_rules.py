@@ -420,8 +420,18 @@ def test_only_staff_cancelling_a_booked_professional_cost_the_office(actor, prof
     settings = PracticeSettings(cancellation=CancellationSettings(patient_cutoff_hours=0))
     result = assess(request(actor, 10 * H, professional_id=professional_id), settings)
     assert result.allowed and result.office_score_delta == expected
+    assert result.office_cause == (None if expected is None else "late_cancelled_professional")
     if actor is PRO:
         assert result.score_delta == -50  # untouched by the office rule
+
+
+def test_a_timely_office_cancellation_costs_ten_and_owes_nothing():
+    result = assess(request(STAFF, 30 * H), PracticeSettings())
+    assert (result.office_score_delta, result.office_cause, result.turnaway_pay) == (
+        -10,
+        "cancelled_professional",
+        None,
+    )
 
 
 def test_the_professionals_own_score_is_untouched_by_an_office_cancellation():

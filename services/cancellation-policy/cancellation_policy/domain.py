@@ -37,6 +37,7 @@ class Assessment:
     review_hours: int | None = None  # a fee waits this long for staff review (None: taken at once)
     tier: DecidedTier | None = None  # the late-cancellation tier that priced the fee
     office_score_delta: int | None = None  # staff cancelling a booked professional
+    office_cause: str | None = None  # cancelled_professional | late_cancelled_professional
     turnaway_pay: Money | None = None  # owed by the office to that professional
     fee_waived: bool | None = None  # staff waived the fee
 
@@ -276,6 +277,9 @@ def _assess(request: CancellationAssessmentRequested, settings: PracticeSettings
         review_hours=_review_hours(fee, settings),
         tier=tier,
         office_score_delta=office_delta,
+        office_cause=None
+        if office_delta is None
+        else ("late_cancelled_professional" if office_late else "cancelled_professional"),
         turnaway_pay=turnaway_pay,
         fee_waived=True if request.fee_decision == "waive" else None,
         explanation=_patient_explanation(

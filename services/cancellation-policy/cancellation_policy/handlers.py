@@ -83,6 +83,7 @@ async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRe
         review_hours=assessment.review_hours,
         tier=assessment.tier,
         office_score_delta=assessment.office_score_delta,
+        office_cause=assessment.office_cause,
         turnaway_pay=assessment.turnaway_pay,
         fee_waived=assessment.fee_waived,
         policy_version=policy_version(version),

@@ -318,5 +318,6 @@ class Decision(ContractModel):
     # for staff cancelling a booked professional, what the office answers for (issue 17).
     tier: DecidedTier | None = None
     office_score_delta: int | None = Field(default=None, ge=-SCORE_DELTA_LIMIT, le=SCORE_DELTA_LIMIT)
+    office_cause: OfficeScoreCause | None = None  # late_…: inside the office's late window
     turnaway_pay: Money | None = None  # owed by the office to the booked professional
     fee_waived: bool | None = None  # True: staff waived the fee (the case does not count to standing)
