@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from billing import capture, repository
-from billing.domain import charge_id, credit_note_id
+from billing.domain import charge_id, credit_note_id, movement_id
 from billing.gateway import GatewayUnavailable, PaymentResult, SandboxGateway
 from billing.settings import BillingSettings
 from shared import background, db
@@ -154,6 +154,7 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
         "currency": "AUD",
         "code": "D9987",
         "code_system": "CDT",
+        "status": "due",  # no review window: final at once
     }
     assert kept.data == {"booking_id": booking, "amount": "20.00", "currency": "AUD"}
 
@@ -174,7 +175,7 @@ async def test_late_cancellation_raises_an_outstanding_charge_and_keeps_the_depo
 
     assert [c["charge_id"] for c in billing.get_json(f"/patients/{patient}/charges")["charges"]] == [expected_id]
     assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
-        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
+        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "pending_review": "0.00", "charges": 1}
     ]
 
 
@@ -229,7 +230,7 @@ async def test_a_declined_card_leaves_the_charge_outstanding(
     [charge] = billing.get_json(f"/patients/{declined}/charges")["charges"]
     assert (charge["status"], charge["failure_reason"]) == ("outstanding", "card_declined")
     assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
-        {"currency": "USD", "outstanding": "90.00", "pending_capture": "0.00", "charges": 2}
+        {"currency": "USD", "outstanding": "90.00", "pending_capture": "0.00", "pending_review": "0.00", "charges": 2}
     ]
     audit = billing.get_json(f"/bookings/{booking}/billing")["audit"]
     assert audit[-1]["action"] == "payment_failed" and "card_declined" in audit[-1]["reason"]
@@ -328,7 +329,7 @@ async def test_contract_breaking_payloads_are_dead_lettered(
     assert json.loads(letter.data["original_value_text"])["data"]["decision"]["fee"]["amount"] == 45.0
     assert "more decimal places than JPY has" in refused.data["error"]
     assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
-        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "charges": 1}
+        {"currency": "AUD", "outstanding": "45.00", "pending_capture": "0.00", "pending_review": "0.00", "charges": 1}
     ]
 
 
@@ -399,7 +400,7 @@ async def test_the_read_api_answers_only_fee_roles_of_the_right_practice(
     page = billing.get_json(f"/patients/{patient}/charges?page=2&page_size=1", biller)
     assert (page["patient_id"], page["page"], page["page_size"]) == (patient, 2, 1)
     assert billing.get_json(f"/practices/{practice}/balances", biller)["balances"] == [
-        {"currency": "AUD", "outstanding": "90.00", "pending_capture": "0.00", "charges": 2}
+        {"currency": "AUD", "outstanding": "90.00", "pending_capture": "0.00", "pending_review": "0.00", "charges": 2}
     ]
 
     # parameters out of bounds
@@ -542,7 +543,13 @@ async def test_only_owner_manager_biller_or_financial_therapist_may_adjust(
         }
         assert (row["amount"], row["code"], row["status"]) == ("30.00", "D9986", "outstanding")
         assert billing.get_json(f"/practices/{practice}/balances")["balances"] == [
-            {"currency": "AUD", "outstanding": "30.00", "pending_capture": "0.00", "charges": 1}
+            {
+                "currency": "AUD",
+                "outstanding": "30.00",
+                "pending_capture": "0.00",
+                "pending_review": "0.00",
+                "charges": 1,
+            }
         ]
         audit = record["audit"][-1]
         assert (audit["action"], audit["actor"], audit["amount"], audit["charge_id"]) == (
@@ -586,29 +593,51 @@ async def test_an_adjustment_of_a_charge_that_was_never_raised_is_not_found(
         assert answer.key == command["charge_id"]  # no booking to key it by
 
 
-async def test_a_paid_charges_amount_stays_but_its_code_can_be_corrected(
+async def test_a_paid_charge_lowered_refunds_the_difference_once_and_its_code_can_be_corrected(
     billing: ServiceProcess, infra: Any, publisher: Publisher
 ) -> None:
     practice = unique("practice")
     async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
         [(booking, charge)] = await _raise_charges(w, publisher, practice, 1, charge_card=True)
         await w.wait_for(on(booking, "payment.captured"))
-        refund_by_edit = adjustment(charge, ["manager"], amount="20.00")
+        lower = adjustment(charge, ["manager"], amount="20.00")
         recode = adjustment(charge, ["manager"], code="D9986")
         nothing = adjustment(charge, ["manager"], code="D9986")  # after the recode: changes nothing
-        for command in (refund_by_edit, recode, nothing):
+        for command in (lower, recode, nothing):
             await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, command)
             await w.wait_for(answer_to(command))
-        [paid] = w.matching(answer_to(refund_by_edit))
+        # the lowering again, under a new envelope id: answered and refunded once
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", charge, lower)
+        [refunded] = await w.wait_for(on(booking, "payment.refunded"))
+        await w.settle(1.5)
+        assert len(w.matching(on(booking, "payment.refunded"))) == 1
+        [lowered] = w.matching(answer_to(lower))
         [recoded] = w.matching(answer_to(recode))
         [unchanged] = w.matching(answer_to(nothing))
-    assert (paid.type, paid.data["reason"]) == ("charge.adjustment_rejected", "already_paid")
+    assert (lowered.type, lowered.data["after"]["amount"]) == ("charge.adjusted", "20.00")
+    assert refunded.data == {
+        "charge_id": charge,
+        "booking_id": booking,
+        "refund_id": movement_id(charge, lower["request_id"], "refund"),
+        "amount": "25.00",
+        "currency": "AUD",
+        "reason": "adjustment",
+    }
     assert recoded.type == "charge.adjusted"
     assert (recoded.data["before"]["code"], recoded.data["after"]["code"]) == ("D9987", "D9986")
-    assert recoded.data["before"]["amount"] == recoded.data["after"]["amount"] == "45.00"
     assert (unchanged.type, unchanged.data["reason"]) == ("charge.adjustment_rejected", "invalid_request")
-    [row] = billing.get_json(f"/bookings/{booking}/billing")["charges"]
-    assert (row["status"], row["amount"], row["code"]) == ("paid", "45.00", "D9986")
+    record = billing.get_json(f"/bookings/{booking}/billing")
+    [row] = record["charges"]
+    assert (row["status"], row["amount"], row["paid"], row["code"]) == ("paid", "20.00", "20.00", "D9986")
+    [movement] = record["movements"]
+    assert (movement["kind"], movement["status"], movement["amount"], movement["actor"]) == (
+        "refund",
+        "succeeded",
+        "25.00",
+        "staff:" + lower["actor"]["id"],
+    )
+    actions = [a["action"] for a in record["audit"]]
+    assert actions.count("refund_requested") == 1 and actions.count("refund_succeeded") == 1
 
 
 async def test_an_adjustment_delivered_twice_or_replayed_is_answered_once(

@@ -38,12 +38,12 @@ import pytest
 from test_billing_service import cancelled, decision, no_show, on
 
 from billing import capture, repository
-from billing.domain import charge_id
+from billing.domain import charge_id, movement_id
 from billing.gateway import GatewayUnavailable, IdempotencyKeyReused, SandboxGateway, StripeGateway
 from billing.settings import BillingSettings
 from shared import background, db
 from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, unique
-from shared.topics import BILLING_EVENTS, BOOKING_EVENTS
+from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_PATIENTS
 
 pytestmark = [
     pytest.mark.integration,
@@ -52,6 +52,7 @@ pytestmark = [
 ]
 
 API_KEY = "sk_test_local_billing"
+WEBHOOK_SECRET = "whsec_local_billing_test"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "billing" / "migrations"
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -72,6 +73,7 @@ DECLINES = {
     ),
 }
 REQUIRED = ("amount", "currency", "customer", "payment_method", "confirm", "off_session")
+REFUND_REQUIRED = ("payment_intent", "amount")
 # A payment method detached from its customer: Stripe refuses it (400 invalid_request_error).
 DETACHED = "pm_detached"
 MINIMUM = 50  # Stripe's smallest charge in a two-decimal currency's minor units (0.50)
@@ -99,6 +101,7 @@ class FakeStripe:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.intents: dict[str, dict[str, Any]] = {}  # every PaymentIntent created, by id
+        self.refunds: dict[str, dict[str, Any]] = {}  # every Refund created, by id
         self.requests: list[dict[str, Any]] = []  # every request: key, params, headers, answer
         self._answers: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
         self._in_flight: set[str] = set()
@@ -119,6 +122,10 @@ class FakeStripe:
     def intents_for(self, key: str) -> list[dict[str, Any]]:
         with self.lock:
             return [pi for pi in self.intents.values() if pi["metadata"].get("charge_id") == key]
+
+    def refunds_for(self, key: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.refunds.values() if r["metadata"].get("refund_id") == key]
 
     def requests_for(self, key: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -184,7 +191,7 @@ class FakeStripe:
             self.requests.append(seen)
             if headers.get("Authorization") != f"Bearer {API_KEY}":
                 return 401, _error("invalid_request_error", "Invalid API Key provided."), {}
-            if path != "/v1/payment_intents":
+            if path not in ("/v1/payment_intents", "/v1/refunds"):
                 return 404, _error("invalid_request_error", f"Unrecognized request URL (POST: {path})."), {}
             if self._failures:
                 status = self._failures.pop(0)
@@ -212,19 +219,20 @@ class FakeStripe:
                     ),
                     {},
                 )
-            missing = [p for p in REQUIRED if not params.get(p)]
+            missing = [p for p in (REQUIRED if path == "/v1/payment_intents" else REFUND_REQUIRED) if not params.get(p)]
             if missing:
                 return (
                     400,
                     _error("invalid_request_error", f"Missing required param: {missing[0]}.", code="parameter_missing"),
                     {},
                 )
-            refused = _refusal(params)
+            refused = _refusal(params) if path == "/v1/payment_intents" else self._refund_refusal(params)
             if refused is not None:  # failed validation: nothing created, nothing stored for the key
                 return 400, refused, {}
             if key:
                 self._in_flight.add(key)
-            status, answer = self._create(params)  # the PaymentIntent exists: money moved (or not)
+            # The PaymentIntent or Refund exists: money moved (or not).
+            status, answer = self._create(params) if path == "/v1/payment_intents" else self._refund(params)
             delay = self._delays.pop(key, 0.0)
         if delay:
             time.sleep(delay)
@@ -271,6 +279,31 @@ class FakeStripe:
         return 402, {
             "error": {**error, "payment_intent": intent, "request_log_url": "https://dashboard.stripe.com/test/logs"}
         }
+
+    def _refund_refusal(self, params: dict[str, str]) -> dict[str, Any] | None:
+        intent = self.intents.get(params["payment_intent"])
+        if intent is None:
+            return _error("invalid_request_error", "No such payment_intent.", code="resource_missing")
+        given_back = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == intent["id"])
+        if int(params["amount"]) > intent["amount_received"] - given_back:
+            return _error(
+                "invalid_request_error", "Refund amount is greater than unrefunded amount.", code="amount_too_large"
+            )
+        return None
+
+    def _refund(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        refund = {
+            "id": "re_" + uuid.uuid4().hex[:24],
+            "object": "refund",
+            "amount": int(params["amount"]),
+            "currency": self.intents[params["payment_intent"]]["currency"],
+            "payment_intent": params["payment_intent"],
+            "metadata": {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")},
+            "status": "succeeded",
+            "created": int(time.time()),
+        }
+        self.refunds[refund["id"]] = refund
+        return 200, refund
 
 
 def _refusal(params: dict[str, str]) -> dict[str, Any] | None:
@@ -695,6 +728,7 @@ def stripe_billing(
             "STRIPE_API_BASE": fake_stripe.url,
             "CAPTURE_POLL_INTERVAL_SECONDS": "0.1",
             "CAPTURE_LEASE_SECONDS": "1",
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         },
     )
     try:
@@ -788,7 +822,7 @@ async def test_a_declined_card_is_a_failed_payment_and_the_charge_stays_owed(
         "60.00",
     )
     assert stripe_billing.get_json(f"/practices/{practice}/balances")["balances"] == [
-        {"currency": "AUD", "outstanding": "60.00", "pending_capture": "0.00", "charges": 1}
+        {"currency": "AUD", "outstanding": "60.00", "pending_capture": "0.00", "pending_review": "0.00", "charges": 1}
     ]
     audit = stripe_billing.get_json(f"/bookings/{booking}/billing")["audit"]
     assert audit[-1]["action"] == "payment_failed" and "insufficient_funds" in audit[-1]["reason"]
@@ -846,3 +880,185 @@ async def test_a_crash_mid_charge_and_a_redelivered_event_charge_the_card_once(
     [payment] = record["payments"]
     assert (payment["gateway_ref"], payment["status"]) == (intent["id"], "captured")
     assert [a["action"] for a in record["audit"]] == ["charge_created", "deposit_kept", "payment_captured"]
+
+
+# --- second release: cards on file, refunds of a paid fee, Stripe's webhooks --------------------
+
+
+async def register_card(publisher: Publisher, infra: Any, practice: str, patient: str, customer: str, pm: str) -> None:
+    """patient.card_registered on upstream.patients.v1, then wait until billing holds it (the
+    card and the cancellation travel on different topics: no order between them)."""
+    await publisher.event(
+        UPSTREAM_PATIENTS,
+        "patient.card_registered",
+        patient,
+        {
+            "patient_id": patient,
+            "practice_id": practice,
+            "gateway": "stripe",
+            "customer_ref": customer,
+            "payment_method_ref": pm,
+            "registered_at": datetime.now(UTC).isoformat(),
+            "brand": "visa",
+            "last4": "4242",
+        },
+        source="upstream/portal",
+    )
+    conn = await asyncpg.connect(infra.admin_dsn)
+    try:
+        deadline = time.monotonic() + 60
+        while not await conn.fetchval(
+            "SELECT payment_method_ref = $3 FROM billing.practice_cards WHERE practice_id = $1 AND patient_id = $2",
+            practice,
+            patient,
+            pm,
+        ):
+            assert time.monotonic() < deadline, "billing never recorded the card on file"
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+def lower_fee(charge: str, amount: str) -> dict[str, Any]:
+    return {
+        "request_id": unique("adj"),
+        "charge_id": charge,
+        "actor": {"id": unique("staff"), "roles": ["manager"]},
+        "amount": amount,
+    }
+
+
+async def test_a_registered_card_is_charged_and_a_sigkill_mid_refund_gives_one_refund(
+    stripe_billing: ServiceProcess, fake_stripe: FakeStripe, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    await register_card(publisher, infra, practice, patient, "cus_registered", SUCCEEDS)
+    data = cancelled(booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True))
+    key = charge_id(booking, data["request_id"])
+    command = lower_fee(key, "20.00")
+    refund_key = movement_id(key, command["request_id"], "refund")
+    fake_stripe.delay(refund_key, 4.0)  # Stripe refunds, then holds its answer: billing is killed meanwhile
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
+        await w.wait_for(on(booking, "payment.captured"))
+        [intent] = fake_stripe.intents_for(key)
+        assert (intent["customer"], intent["payment_method"]) == ("cus_registered", SUCCEEDS)  # the card on file
+
+        sent = await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", key, command)
+        await fake_stripe.wait_for_request(refund_key)
+        stripe_billing.kill()  # SIGKILL while the refund call is in flight
+        assert len(fake_stripe.refunds_for(refund_key)) == 1  # Stripe gave the money back; billing never heard
+        assert not w.matching(on(booking, "payment.refunded"))
+
+        stripe_billing.start()
+        # The command delivered again, and replayed under a new envelope id.
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", key, command, event_id=sent["id"])
+        await publisher.event(BILLING_COMMANDS, "charge.adjustment_requested", key, command)
+        [refunded] = await w.wait_for(on(booking, "payment.refunded"), timeout=90)
+        marker = unique("bk")
+        after = cancelled(marker, practice, unique("pat"), decision("late", fee=("10.00", "AUD", "D9987")))
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", marker, after, source="service/booking")
+        await w.wait_for(on(marker, "charge.created"), timeout=90)
+        await w.settle(2.0)
+        assert len(w.matching(on(booking, "payment.refunded"))) == 1
+        assert len(w.matching(on(booking, "charge.adjusted"))) == 1
+
+    [refund] = fake_stripe.refunds_for(refund_key)  # exactly one Refund at Stripe
+    assert (refund["amount"], refund["payment_intent"]) == (2500, intent["id"])
+    requests = fake_stripe.requests_for(refund_key)
+    assert len(requests) >= 2 and {r["headers"]["Idempotency-Key"] for r in requests} == {refund_key}
+    assert refunded.data == {
+        "charge_id": key,
+        "booking_id": booking,
+        "refund_id": refund_key,
+        "amount": "25.00",
+        "currency": "AUD",
+        "reason": "adjustment",
+    }
+    record = stripe_billing.get_json(f"/bookings/{booking}/billing")
+    [movement] = record["movements"]
+    assert (movement["status"], movement["gateway_ref"], movement["amount"]) == ("succeeded", refund["id"], "25.00")
+    assert (record["charges"][0]["amount"], record["charges"][0]["paid"]) == ("20.00", "20.00")
+    actions = [a["action"] for a in record["audit"]]
+    assert actions.count("refund_requested") == 1 and actions.count("refund_succeeded") == 1
+
+
+def signed(payload: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) -> str:
+    """A Stripe-Signature header as Stripe makes it: HMAC-SHA256 of "<t>.<body>"."""
+    import hashlib
+    import hmac
+
+    t = at if at is not None else int(time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def post_webhook(process: ServiceProcess, body: bytes, signature: str | None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{process.port}/stripe/webhook", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+async def test_a_webhook_settles_a_payment_once_and_only_a_signed_bounded_event_is_believed(
+    stripe_billing: ServiceProcess, fake_stripe: FakeStripe, infra: Any, publisher: Publisher
+) -> None:
+    practice, patient, booking = unique("practice"), unique("pat"), unique("bk")
+    await register_card(publisher, infra, practice, patient, "cus_hooked", SUCCEEDS)
+    data = cancelled(booking, practice, patient, decision("late", fee=("45.00", "AUD", "D9987"), charge_card=True))
+    key = charge_id(booking, data["request_id"])
+    fake_stripe.delay(key, 6.0)  # the capture's answer is late: Stripe's webhook arrives first
+    async with EventWatcher(infra.bootstrap, [BILLING_EVENTS]) as w:
+        await publisher.event(BOOKING_EVENTS, "booking.cancelled", booking, data, source="service/booking")
+        await fake_stripe.wait_for_request(key)
+        await asyncio.sleep(0.5)
+        [intent] = fake_stripe.intents_for(key)
+        event = {
+            "id": "evt_" + uuid.uuid4().hex,
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "api_version": "2024-06-20",
+            "created": int(time.time()),
+            "data": {"object": {**intent, "status": "succeeded"}},
+        }
+        body = json.dumps(event).encode()
+        assert post_webhook(stripe_billing, body, signed(body)) == (
+            200,
+            {"recorded": True, "outcome": "payment_captured"},
+        )
+        assert post_webhook(stripe_billing, body, signed(body)) == (
+            200,
+            {"recorded": False, "outcome": "already_received"},
+        )
+        [captured] = await w.wait_for(on(booking, "payment.captured"))
+        await asyncio.sleep(7.0)  # the capture's own answer arrives, and changes nothing
+        await w.settle(1.0)
+        assert len(w.matching(on(booking, "payment.captured"))) == 1
+    assert captured.data["charge_id"] == key
+    record = stripe_billing.get_json(f"/bookings/{booking}/billing")
+    [payment] = record["payments"]
+    assert (payment["status"], payment["gateway_ref"]) == ("captured", intent["id"])
+    [hook] = [a for a in record["audit"] if a["action"] == "stripe_webhook"]
+    assert (hook["actor"], hook["detail"]["event_id"]) == ("stripe:webhook", event["id"])
+    assert [a["actor"] for a in record["audit"] if a["action"] == "payment_captured"] == ["stripe:webhook"]
+
+    # Refused: unsigned, signed with another secret, signed too long ago, too large, not an event.
+    other = json.dumps({**event, "id": "evt_" + uuid.uuid4().hex}).encode()
+    assert post_webhook(stripe_billing, other, None)[0] == 403
+    assert post_webhook(stripe_billing, other, signed(other, "whsec_someone_else"))[0] == 403
+    assert post_webhook(stripe_billing, other, signed(other, at=int(time.time()) - 3600))[0] == 403
+    huge = b'{"id": "evt_x", "pad": "' + b"x" * (300 * 1024) + b'"}'
+    assert post_webhook(stripe_billing, huge, signed(huge))[0] == 413
+    assert post_webhook(stripe_billing, b"not json", signed(b"not json"))[0] == 400
+    not_an_event = json.dumps({"id": "nope", "type": "x", "data": {}}).encode()
+    assert post_webhook(stripe_billing, not_an_event, signed(not_an_event))[0] == 400

@@ -262,8 +262,8 @@ async def record_payment(
         failure_reason,
     )
     await conn.execute(
-        "UPDATE charges SET status = $2, failure_reason = $3, next_capture_at = NULL, updated_at = now(),"
-        " paid_minor = CASE WHEN $2 = 'paid' THEN amount_minor ELSE paid_minor END"
+        "UPDATE charges SET status = $2::text, failure_reason = $3, next_capture_at = NULL, updated_at = now(),"
+        " paid_minor = CASE WHEN $2::text = 'paid' THEN amount_minor ELSE paid_minor END"
         " WHERE charge_id = $1",
         charge_id,
         charge_status,
@@ -277,9 +277,10 @@ async def set_charge_state(
     """A charge's status and what was paid of it (a review ended, a fee changed, a refund or
     top-up settled). Final and due for the card: the capture task takes it at once."""
     await conn.execute(
-        "UPDATE charges SET status = $2, paid_minor = $3, failure_reason = $4, updated_at = now(),"
-        " review_until = CASE WHEN $2 = 'pending_review' THEN review_until END,"
-        " next_capture_at = CASE WHEN $2 = 'pending_capture' AND paid_minor = 0 AND $3 = 0 THEN now() END"
+        "UPDATE charges SET status = $2::text, paid_minor = $3::bigint, failure_reason = $4::text,"
+        " updated_at = now(), review_until = CASE WHEN $2::text = 'pending_review' THEN review_until END,"
+        " next_capture_at = CASE WHEN $2::text = 'pending_capture' AND paid_minor = 0 AND $3::bigint = 0"
+        " THEN now() END"
         " WHERE charge_id = $1",
         charge_id,
         status,
@@ -363,8 +364,8 @@ async def settle_movement(
     conn: asyncpg.Connection, movement_id: str, *, status: str, gateway_ref: str | None, failure_reason: str | None
 ) -> None:
     await conn.execute(
-        "UPDATE charge_movements SET status = $2, gateway_ref = coalesce($3, gateway_ref), failure_reason = $4,"
-        " next_attempt_at = NULL, settled_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END"
+        "UPDATE charge_movements SET status = $2::text, gateway_ref = coalesce($3, gateway_ref), failure_reason = $4,"
+        " next_attempt_at = NULL, settled_at = CASE WHEN $2::text IN ('succeeded', 'failed') THEN now() END"
         " WHERE movement_id = $1",
         movement_id,
         status,
