@@ -24,7 +24,7 @@ from notification.rendering import Renderer
 from notification.settings import NotificationSettings
 from shared.consumer import Unit
 from shared.contracts.base import Payload
-from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed
+from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed, PaymentRefunded
 from shared.contracts.booking import (
     BookingCancellationRejected,
     BookingCancelled,
@@ -71,6 +71,7 @@ TOPICS = {
     ChargeCreated: BILLING_EVENTS,
     PaymentCaptured: BILLING_EVENTS,
     PaymentFailed: BILLING_EVENTS,
+    PaymentRefunded: BILLING_EVENTS,
     HoldPlaced: SCORING_EVENTS,
     AccountSuspended: SCORING_EVENTS,
     PmsManualUpdateRequired: PMS_SYNC_EVENTS,
@@ -787,3 +788,42 @@ async def test_a_professional_without_a_locale_reads_the_practices(handle: Handl
     email = delivery(repo, "professional", "email")
     assert email["locale"] == "de"
     assert email["subject"] == "Ihr Konto ist vorübergehend gesperrt bis Dienstag, 18. März 2031, 09:00 AEDT"
+
+
+# --- second release: fees in review, refunds -------------------------------------------------------
+
+
+async def test_a_no_show_fee_in_review_is_told_only_once_it_is_due(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    await handle(handlers.note_no_show, no_show_recorded(charge_card=False))
+    in_review = charge_created().model_copy(update={"status": "pending_review", "review_until": T + timedelta(days=2)})
+    await handle(handlers.note_charge, in_review)
+    assert repo.deliveries == {}  # nobody is told of a fee still in review
+    await handle(handlers.note_charge, charge_created().model_copy(update={"status": "due"}))
+    assert "outstanding on your account" in delivery(repo, "patient", "email")["body"]
+
+
+@pytest.mark.parametrize(("locale", "words"), [("en", "refunding 15.00"), ("de", "erstatten Ihnen daher")])
+async def test_a_refund_is_told_to_the_patient_once_by_email_in_their_language(
+    locale: str, words: str, handle: Handle, repo: FakeRepository
+) -> None:
+    await handle(handlers.configure_practice, practice_configured(locale=locale))
+    await handle(handlers.remember_patient, booking_scheduled())
+    refund = PaymentRefunded.new(
+        charge_id="ch-1",
+        booking_id=BOOKING,
+        refund_id="rf-1",
+        amount=Decimal("15.00"),
+        currency="AUD",
+        reason="adjustment",
+    )
+    await handle(handlers.tell_refund, refund)
+    await handle(handlers.tell_refund, refund)  # delivered again: told once
+    [row] = repo.deliveries.values()
+    assert (row["recipient"], row["channel"], row["template"], row["status"]) == (
+        "patient",
+        "email",
+        "fee_refunded",
+        "pending",
+    )
+    assert words in row["body"].replace("\xa0", " ").replace("A$", "").replace("$", "")

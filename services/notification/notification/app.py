@@ -65,6 +65,7 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
                 "charge.created": handlers.note_charge,
                 "payment.captured": handlers.note_payment,
                 "payment.failed": handlers.note_payment,
+                "payment.refunded": handlers.tell_refund,
             },
             SCORING_EVENTS: {
                 "hold.placed": handlers.notify_hold,

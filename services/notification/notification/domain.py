@@ -49,6 +49,7 @@ CANCELLATION_TEMPLATES = {
 }
 REJECTION_TEMPLATE = "booking_cancellation_rejected"
 NO_SHOW_FEE_TEMPLATE = "no_show_fee_charged"
+REFUND_TEMPLATE = "fee_refunded"
 SLOT_OFFER_TEMPLATE = "slot_offered"
 HOLD_TEMPLATE = "hold_placed"
 SUSPENSION_TEMPLATE = "account_suspended"
@@ -307,6 +308,31 @@ def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) 
     ]
 
 
+def plan_refund(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """A fee lowered or waived after it was paid: the patient, by email, of the money given back."""
+    tags = (patient.locale if patient else None, practice.locale)
+    if patient is None:
+        return [
+            Message(
+                "patient",
+                "email",
+                REFUND_TEMPLATE,
+                resolve_locale(*tags),
+                None,
+                "no contact details are known for this booking's patient",
+            )
+        ]
+    return [
+        _message("patient", "email", REFUND_TEMPLATE, tags, patient.email, "the patient has no email address on file")
+    ]
+
+
+def fee_is_final(decision: Any) -> bool:
+    """Whether a decision's fee may be told to the patient: not while it waits for staff review
+    (docs/rules.md: nobody is told of a fee before it is final)."""
+    return decision.fee is not None and not decision.review_hours
+
+
 # --- slot offers -------------------------------------------------------------------------------------
 
 
@@ -459,6 +485,8 @@ FACT_DEFAULTS: dict[str, Any] = {
     "fee_code": None,
     "fee_code_system": None,
     "settlement": None,  # charged_to_card | outstanding | card_failed
+    # a refund of a fee lowered or waived after it was paid
+    "waived": False,
     # slot offer
     "expires": None,  # formatted, in the practice's timezone
     "offer_url": None,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from shared.consumer import Unit
-from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed
+from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed, PaymentRefunded
 from shared.contracts.booking import (
     BookingCancellationRejected,
     BookingCancelled,
@@ -175,7 +175,12 @@ async def notify_cancellation(unit: Unit[HandlerDeps], event: BookingCancelled) 
         practice=practice,
         patient=patient,
         starts_at=event.starts_at,
-        fee=(event.decision.fee.amount, event.decision.fee.currency) if event.decision.fee else None,
+        # A fee still in staff review is not told (it may be edited or waived).
+        fee=(
+            (event.decision.fee.amount, event.decision.fee.currency)
+            if event.decision.fee is not None and domain.fee_is_final(event.decision)
+            else None
+        ),
         booking_id=event.booking_id,
         service_code=event.service_code,
         practitioner_id=event.practitioner_id,
@@ -270,6 +275,8 @@ async def note_no_show(unit: Unit[HandlerDeps], event: BookingNoShowRecorded) ->
 async def note_charge(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
     if event.kind != "no_show":
         return  # a late-cancellation fee is told with the cancellation itself
+    if event.status == "pending_review":
+        return  # not final: told once billing announces it due (approved or edited), never if waived
     fee = await unit.deps.repository.merge_no_show_charge(
         unit.conn,
         {
@@ -317,6 +324,25 @@ async def _tell_no_show_fee(unit: Unit[HandlerDeps], fee: asyncpg.Record) -> Non
         fee_code=fee["code"],
         fee_code_system=fee["code_system"],
         settlement=settlement,
+    )
+
+
+async def tell_refund(unit: Unit[HandlerDeps], event: PaymentRefunded) -> None:
+    """The patient, by email, once per refund: a fee lowered or waived after it was paid."""
+    patient_row = await unit.deps.repository.get_patient(unit.conn, event.booking_id)
+    practice_id = patient_row["practice_id"] if patient_row else ""
+    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    patient = _patient(patient_row)
+    await _record(
+        unit,
+        domain.plan_refund(patient, practice),
+        cause=Cause.of(unit, key=f"payment.refunded/{event.refund_id}"),
+        practice=practice,
+        patient=patient,
+        starts_at=patient_row["starts_at"] if patient_row else None,
+        fee=(event.amount, event.currency),
+        booking_id=event.booking_id,
+        waived=event.reason == "waived",
     )
 
 
