@@ -20,6 +20,8 @@ import hmac
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,23 @@ def _url(path: str, operation: dict[str, Any], ids: dict[str, str]) -> str:
     return url
 
 
+# The only routes that are not reads: providers' callbacks, each verified by the provider's
+# signature (Twilio's X-Twilio-Signature, Stripe's Stripe-Signature) and tested with it elsewhere.
+SIGNED_CALLBACKS = {("notification", "/sms/status"), ("billing", "/stripe/webhook")}
+
+
+def _post_unsigned(port: int, path: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=b"MessageSid=SM1&MessageStatus=delivered", method="POST"
+    )
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 async def test_every_read_route_answers_only_the_right_people(system, infra, publisher) -> None:
     ids = await _a_marketplace_day(infra, publisher)
     practice = ids["practice_id"]
@@ -234,10 +253,15 @@ async def test_every_read_route_answers_only_the_right_people(system, infra, pub
         "ops": dev_token(roles=["ops"]),
     }
     table: list[tuple[str, str, str, int, int]] = []
+    unsigned: list[tuple[str, str, int]] = []
     for service, proc in system.items():
         document = proc.get_json("/openapi.json")
         for path, operations in document["paths"].items():
             if path in OPEN:
+                continue
+            if "get" not in operations:  # a provider's callback: signed by the provider, never a token
+                assert (service, path) in SIGNED_CALLBACKS, f"{service} {path}: a write route no test guards"
+                unsigned.append((service, path, _post_unsigned(proc.port, path)))
                 continue
             url = _url(path, operations["get"], ids)
             for name, make in UNTRUSTED.items():
@@ -248,6 +272,8 @@ async def test_every_read_route_answers_only_the_right_people(system, infra, pub
                 assert proc.get_json(url.split("?")[0], tokens["other practice"])["charges"] == [], (
                     "another practice's charges"
                 )
+    assert {(s, p) for s, p, _ in unsigned} <= SIGNED_CALLBACKS and unsigned
+    assert all(status in (400, 403) for _, _, status in unsigned), unsigned  # an unsigned callback is refused
     wrong = [row for row in table if row[3] != row[4]]
     assert not wrong, "\n".join(f"{s} GET {u} with {t}: expected {e}, got {g}" for s, u, t, e, g in wrong)
     routes = {(s, u) for s, u, *_ in table}
