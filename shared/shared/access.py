@@ -100,7 +100,11 @@ PRINCIPALS: Mapping[str, Rights] = {
         reads=[POLICY_REQUESTS, UPSTREAM_PRACTICES, UPSTREAM_BOOKINGS],
         writes=[POLICY_DECISIONS, PRACTICE_EVENTS],
     ),
-    "scoring": _service("scoring", reads=[BOOKING_EVENTS, UPSTREAM_PROFESSIONALS], writes=[SCORING_EVENTS]),
+    "scoring": _service(
+        "scoring",
+        reads=[BOOKING_EVENTS, UPSTREAM_PROFESSIONALS, UPSTREAM_PRACTICES, BILLING_EVENTS],
+        writes=[SCORING_EVENTS],
+    ),
     "billing": _service(
         "billing", reads=[BOOKING_EVENTS, BILLING_COMMANDS, UPSTREAM_PATIENTS], writes=[BILLING_EVENTS]
     ),

@@ -1,9 +1,12 @@
-"""scoring's read API: a professional's score, ledger, holds and suspension, and their excuses.
+"""scoring's read API: a professional's score, ledger, holds and suspension, and their excuses;
+the suspended professionals; patients' standing per practice and offices' scores.
 
-Every route needs a bearer token (shared.auth) with the `ops` role (403 otherwise). A
+Every professional route needs a bearer token (shared.auth) with the `ops` role (403 otherwise). A
 professional works for many practices, and scoring keeps no practice with a score, a hold or an
 excuse (a penalty follows the professional wherever it was earned), so a practice's token has no
 part of this data it could be scoped to. Ids scoring has never heard of answer 404.
+Standings and office scores belong to a practice: its token (any role) reads them, `ops` every
+practice's; another practice answers 404.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 
-from shared.auth import Principal, with_role
+from shared.auth import Principal, authenticated, with_role
 from shared.http import Page, PageOf, PathId, View, not_found
 from shared.service import Runtime, runtime_of
 
@@ -46,6 +49,7 @@ class Hold(View):
     lifted_at: datetime | None
     excused_at: datetime | None
     excuse_id: str | None
+    cleared_at: datetime | None = None  # reinstated: no longer counts towards a suspension
     placed_at: datetime
 
 
@@ -81,7 +85,43 @@ class ProfessionalExcuses(PageOf[Excuse]):
     professional_id: str
 
 
+class SuspendedProfessional(View):
+    professional_id: str
+    suspended_at: datetime
+    suspension_holds: list[str]
+    score: int
+
+
+class StandingCount(View):
+    practice_id: str
+    standing: str
+    patients: int
+
+
+class PatientStandingView(View):
+    patient_id: str
+    standing: str
+    count: int
+    changed_at: datetime | None
+    next_review_at: datetime | None
+
+
+class PracticeStandings(PageOf[PatientStandingView]):
+    """A practice's patients by standing (`counts`), and those not in good standing (`items`)."""
+
+    practice_id: str
+    counts: dict[str, int]
+
+
+class OfficeScore(View):
+    practice_id: str
+    score: int
+    timely_cancellations: int  # of booked professionals
+    late_cancellations: int
+
+
 Operator = Annotated[Principal, Depends(with_role(OPS))]
+Caller = Annotated[Principal, Depends(authenticated)]
 Service = Annotated[Runtime, Depends(runtime_of)]
 
 
@@ -145,3 +185,75 @@ async def one_excuse(excuse_id: PathId, _: Operator, service: Service) -> dict[s
     if row is None:
         raise not_found("excuse")
     return dict(row)
+
+
+# --- second release (issue 17) ------------------------------------------------------------------
+
+
+@router.get("/suspended-professionals", response_model=PageOf[SuspendedProfessional])
+async def suspended_professionals(_: Operator, service: Service, page: Annotated[Page, Depends()]) -> dict[str, Any]:
+    """Professionals suspended now (the reinstatement queue), longest suspended first, paginated."""
+    rows = await repository.suspended_professionals(service.pool, limit=page.limit, offset=page.offset)
+    items = [
+        {
+            "professional_id": r["professional_id"],
+            "suspended_at": r["suspended_at"],
+            "suspension_holds": list(r["suspension_holds"] or []),
+            "score": domain.score(await repository.ledger_deltas(service.pool, r["professional_id"])),
+        }
+        for r in rows
+    ]
+    return {"items": items, "page": page.page, "page_size": page.page_size}
+
+
+@router.get("/practices/{practice_id}/standings", response_model=PracticeStandings)
+async def practice_standings(
+    practice_id: PathId, caller: Caller, service: Service, page: Annotated[Page, Depends()]
+) -> dict[str, Any]:
+    """How many of the practice's patients are in each standing, and those not in good standing
+    (most recently moved first, paginated). The practice's token (any role) or `ops`."""
+    if not caller.can_read(practice_id):
+        raise not_found("practice")
+    counts = await repository.standing_counts(service.pool, [practice_id])
+    rows = await repository.standings_not_good(service.pool, practice_id, limit=page.limit, offset=page.offset)
+    return {
+        "practice_id": practice_id,
+        "counts": {standing: 0 for standing in domain.STANDINGS} | {r["standing"]: r["patients"] for r in counts},
+        "items": [dict(r) for r in rows],
+        "page": page.page,
+        "page_size": page.page_size,
+    }
+
+
+@router.get("/practices/{practice_id}/standings/{patient_id}", response_model=PatientStandingView)
+async def patient_standing(practice_id: PathId, patient_id: PathId, caller: Caller, service: Service) -> dict[str, Any]:
+    """One patient's standing at the practice (good when nothing was ever counted)."""
+    if not caller.can_read(practice_id):
+        raise not_found("practice")
+    row = await repository.patient_standing_for_read(service.pool, practice_id, patient_id)
+    if row is None:
+        return {"patient_id": patient_id, "standing": "good", "count": 0, "changed_at": None, "next_review_at": None}
+    return dict(row)
+
+
+@router.get("/reports/standings", response_model=list[StandingCount])
+async def standings_report(caller: Caller, service: Service) -> list[dict[str, Any]]:
+    """Patients per practice and standing, for the token's practices (`ops`: every practice)."""
+    return [dict(r) for r in await repository.standing_counts(service.pool, caller.practices())]
+
+
+@router.get("/reports/office-scores", response_model=PageOf[OfficeScore])
+async def office_scores(caller: Caller, service: Service, page: Annotated[Page, Depends()]) -> dict[str, Any]:
+    """Each office's score and its cancellations of booked professionals, for the token's
+    practices (`ops`: every office), by practice id, paginated."""
+    rows = await repository.office_scores(service.pool, caller.practices(), limit=page.limit, offset=page.offset)
+    items = [
+        {
+            "practice_id": r["practice_id"],
+            "score": domain.office_score([r["deltas"]]),
+            "timely_cancellations": r["timely_cancellations"],
+            "late_cancellations": r["late_cancellations"],
+        }
+        for r in rows
+    ]
+    return {"items": items, "page": page.page, "page_size": page.page_size}

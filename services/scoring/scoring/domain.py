@@ -64,6 +64,9 @@ class Hold:
     # Set when an excuse was approved, also for a hold that had expired already (it then stays
     # lifted as expired, and stops counting towards suspension all the same).
     excused_at: datetime | None = None
+    # Set when the professional was reinstated after the suspension this hold led to: it no
+    # longer counts towards the next suspension (it still ran its course).
+    cleared_at: datetime | None = None
 
     @property
     def excused(self) -> bool:
@@ -129,10 +132,12 @@ def suspension_holds(
     """The ids of the unexcused holds that suspend the account, or None when they do not.
 
     Any `threshold` unexcused holds whose causing events lie within `window` of each other
-    suspend; the answer lists every unexcused hold of the earliest such window, oldest first.
+    suspend (holds cleared by a reinstatement do not count); the answer lists every unexcused hold of the earliest such window, oldest first.
     Order-independent, so events handled out of order decide the same.
     """
-    counted = sorted((h for h in holds if not h.excused), key=lambda h: (h.occurred_at, h.hold_id))
+    counted = sorted(
+        (h for h in holds if not h.excused and h.cleared_at is None), key=lambda h: (h.occurred_at, h.hold_id)
+    )
     for i, first in enumerate(counted):
         within = [h for h in counted[i:] if h.occurred_at - first.occurred_at <= window]
         if len(within) >= threshold:
@@ -270,3 +275,116 @@ def until_next_run(now: datetime, hour_utc: int) -> timedelta:
     if at <= now:
         at += timedelta(days=1)
     return at - now
+
+
+# --- patient standing (docs/rules.md#patient-standing) -----------------------------------------
+
+Standing = Literal["good", "deposit_required", "prepayment_required", "online_booking_blocked"]
+CaseKind = Literal["no_show", "late_cancellation"]
+
+STANDING_WORDS = {
+    "good": "good standing",
+    "deposit_required": "a deposit is required",
+    "prepayment_required": "prepayment is required",
+    "online_booking_blocked": "online booking is blocked",
+}
+
+
+@dataclass(frozen=True)
+class StandingRules:
+    """A practice's `standing` settings (the contract's defaults: off, 365 days, first forgiven,
+    2 / 3 / 4)."""
+
+    enabled: bool = False
+    window_days: int = 365
+    forgive_first: bool = True
+    deposit_required_after: int = 2
+    prepayment_required_after: int = 3
+    online_booking_blocked_after: int = 4
+
+
+@dataclass(frozen=True)
+class PatientStanding:
+    """A patient's standing at one practice at one time: the cases in the window, how many count
+    (after forgiveness), the standing, and when it next changes by itself (a case ages out)."""
+
+    standing: Standing
+    count: int
+    in_window: int
+    next_review_at: datetime | None
+
+
+def patient_standing(cases: Iterable[datetime], at: datetime, rules: StandingRules) -> PatientStanding:
+    """The standing at `at` from the times of the patient's cases that were neither excused nor
+    waived. A case counts from its own time until `window_days` later (then it has aged out: a
+    case exactly `window_days` old no longer counts); cases after `at` do not count yet. With
+    `forgive_first` the first case in the window is forgiven."""
+    window = timedelta(days=rules.window_days)
+    in_window = sorted(t for t in cases if t <= at and at - t < window)
+    count = max(0, len(in_window) - 1) if rules.forgive_first else len(in_window)
+    if count >= rules.online_booking_blocked_after:
+        standing: Standing = "online_booking_blocked"
+    elif count >= rules.prepayment_required_after:
+        standing = "prepayment_required"
+    elif count >= rules.deposit_required_after:
+        standing = "deposit_required"
+    else:
+        standing = "good"
+    return PatientStanding(
+        standing=standing,
+        count=count,
+        in_window=len(in_window),
+        next_review_at=in_window[0] + window if in_window else None,
+    )
+
+
+def standing_reason(now: PatientStanding, previous: Standing, rules: StandingRules) -> str:
+    """Why the standing moved, in words a person can read (no personal data)."""
+    cases = (
+        "1 no-show or late cancellation" if now.in_window == 1 else f"{now.in_window} no-shows or late cancellations"
+    )
+    forgiven = " (the first forgiven)" if rules.forgive_first and now.in_window else ""
+    direction = "up" if STANDINGS.index(now.standing) > STANDINGS.index(previous) else "back down"
+    thresholds = (
+        f"deposit from {rules.deposit_required_after}, prepayment from {rules.prepayment_required_after},"
+        f" online booking blocked from {rules.online_booking_blocked_after}"
+    )
+    return (
+        f"{cases} at this practice in the last {rules.window_days} days{forgiven}, {now.count} counted:"
+        f" moved {direction} to {STANDING_WORDS[now.standing]} ({thresholds})."
+    )
+
+
+STANDINGS: tuple[Standing, ...] = ("good", "deposit_required", "prepayment_required", "online_booking_blocked")
+
+
+def counts_towards_standing(actor_kind: str, classification: str, fee_waived: bool | None) -> CaseKind | None:
+    """Whether a cancellation is a case of the patient's: a late one by the patient or by staff
+    (on the patient's behalf) whose fee was not waived. The professional's and the system's
+    cancellations are never the patient's."""
+    if fee_waived or actor_kind not in ("patient", "staff") or classification not in ("late", "no_show"):
+        return None
+    return "late_cancellation"
+
+
+def case_id(booking_id: str, kind: str) -> str:
+    """One case per booking and kind: a booking counts once, however often its event arrives."""
+    return str(uuid.uuid5(_NAMESPACE, f"case:{booking_id}:{kind}"))
+
+
+# --- offices in a marketplace (docs/rules.md#offices-in-a-marketplace) -------------------------
+
+OFFICE_BASE_SCORE = 100  # every office starts here; the deltas are the policy's
+
+
+def office_entry_id(practice_id: str, booking_id: str) -> str:
+    """One office entry per practice and booking: a cancellation costs the office once."""
+    return str(uuid.uuid5(_NAMESPACE, f"office:{practice_id}:{booking_id}"))
+
+
+def office_score(deltas: Iterable[int]) -> int:
+    return OFFICE_BASE_SCORE + sum(deltas)
+
+
+def reinstatement_id(professional_id: str, reinstated_at: datetime) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"reinstated:{professional_id}:{reinstated_at.isoformat()}"))

@@ -8,11 +8,11 @@ from typing import Any
 
 import asyncpg
 
-from .domain import PENALTY_CAUSES, Entry, Hold
+from .domain import PENALTY_CAUSES, Entry, Hold, StandingRules
 
 HOLD_COLUMNS = (
     "hold_id::text AS hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at,"
-    " status, lift_cause, lifted_at, excused_at, excuse_id"
+    " status, lift_cause, lifted_at, excused_at, excuse_id, cleared_at"
 )
 EXCUSE_COLUMNS = (
     "excuse_id, professional_id, booking_id, document_ref, submitted_at, status, reason, message,"
@@ -83,6 +83,7 @@ def hold_from_row(row: Mapping[str, Any]) -> Hold:
         ends_at=row["ends_at"],
         lift_cause=row["lift_cause"],
         excused_at=row["excused_at"],
+        cleared_at=row.get("cleared_at"),
     )
 
 
@@ -464,3 +465,294 @@ async def excuses_by_status(pool: asyncpg.Pool, status: str, *, limit: int, offs
 
 async def excuse_for_read(pool: asyncpg.Pool, excuse_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(f"SELECT {EXCUSE_COLUMNS} FROM excuses WHERE excuse_id = $1", excuse_id)
+
+
+# --- second release (issue 17): reinstatement, patient standing, office scores -----------------
+# Lock order as everywhere: a professional's row first; then an office's; then a patient's
+# standing (a booking.cancelled may touch all three, in that order).
+
+
+async def reinstate(
+    conn: asyncpg.Connection,
+    professional_id: str,
+    *,
+    reinstated_at: datetime,
+    reviewer_id: str,
+    note: str | None,
+    suspended_at: datetime,
+    suspension_holds: Sequence[str],
+    event_id: str,
+) -> bool:
+    """End the suspension (the professional's row locked by the caller): record it, clear the
+    holds that led to it and lift the suspension; False when this reinstatement is recorded."""
+    recorded = await conn.fetchval(
+        "INSERT INTO reinstatements (professional_id, reinstated_at, reviewer_id, note, suspended_at,"
+        " suspension_holds, event_id) VALUES ($1, $2, $3, $4, $5, $6::text[], $7)"
+        " ON CONFLICT (professional_id, reinstated_at) DO NOTHING RETURNING true",
+        professional_id,
+        reinstated_at,
+        reviewer_id,
+        note,
+        suspended_at,
+        list(suspension_holds),
+        event_id,
+    )
+    if not recorded:
+        return False
+    await conn.execute(
+        "UPDATE holds SET cleared_at = $3 WHERE professional_id = $1 AND hold_id::text = ANY($2::text[])"
+        " AND cleared_at IS NULL",
+        professional_id,
+        list(suspension_holds),
+        reinstated_at,
+    )
+    await conn.execute(
+        "UPDATE professionals SET suspended_at = NULL, suspension_holds = NULL WHERE professional_id = $1",
+        professional_id,
+    )
+    return True
+
+
+async def set_standing_rules(
+    conn: asyncpg.Connection, practice_id: str, rules: StandingRules, *, configured_at: datetime
+) -> None:
+    """Keep the practice's newest standing rules by their own time (an older configuration
+    arriving late changes nothing)."""
+    await conn.execute(
+        "INSERT INTO practice_standing_rules (practice_id, enabled, window_days, forgive_first,"
+        " deposit_required_after, prepayment_required_after, online_booking_blocked_after, configured_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (practice_id) DO UPDATE SET"
+        " enabled = EXCLUDED.enabled, window_days = EXCLUDED.window_days,"
+        " forgive_first = EXCLUDED.forgive_first, deposit_required_after = EXCLUDED.deposit_required_after,"
+        " prepayment_required_after = EXCLUDED.prepayment_required_after,"
+        " online_booking_blocked_after = EXCLUDED.online_booking_blocked_after,"
+        " configured_at = EXCLUDED.configured_at"
+        " WHERE practice_standing_rules.configured_at <= EXCLUDED.configured_at",
+        practice_id,
+        rules.enabled,
+        rules.window_days,
+        rules.forgive_first,
+        rules.deposit_required_after,
+        rules.prepayment_required_after,
+        rules.online_booking_blocked_after,
+        configured_at,
+    )
+
+
+async def standing_rules(conn: asyncpg.Connection, practice_id: str) -> StandingRules:
+    """The practice's standing rules, or the contract's defaults (off) when it never set any."""
+    row = await conn.fetchrow(
+        "SELECT enabled, window_days, forgive_first, deposit_required_after, prepayment_required_after,"
+        " online_booking_blocked_after FROM practice_standing_rules WHERE practice_id = $1",
+        practice_id,
+    )
+    return StandingRules(**dict(row)) if row else StandingRules()
+
+
+async def lock_standing(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> asyncpg.Record:
+    """The patient's standing at the practice, created (good) on first sight and locked."""
+    await conn.execute(
+        "INSERT INTO patient_standings (practice_id, patient_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        practice_id,
+        patient_id,
+    )
+    return await conn.fetchrow(
+        "SELECT practice_id, patient_id, standing, count, next_review_at FROM patient_standings"
+        " WHERE practice_id = $1 AND patient_id = $2 FOR UPDATE",
+        practice_id,
+        patient_id,
+    )
+
+
+async def add_case(
+    conn: asyncpg.Connection,
+    *,
+    case_id: str,
+    practice_id: str,
+    patient_id: str,
+    booking_id: str,
+    kind: str,
+    occurred_at: datetime,
+    event_id: str,
+) -> bool:
+    """Record a no-show or late cancellation; False when this booking's case is known."""
+    inserted = await conn.fetchval(
+        "INSERT INTO patient_cases (case_id, practice_id, patient_id, booking_id, kind, occurred_at, event_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (case_id) DO NOTHING RETURNING true",
+        case_id,
+        practice_id,
+        patient_id,
+        booking_id,
+        kind,
+        occurred_at,
+        event_id,
+    )
+    return bool(inserted)
+
+
+async def cases_of_booking(conn: asyncpg.Connection, booking_id: str) -> list[asyncpg.Record]:
+    """The cases a booking made (its practice and patient), not yet excused."""
+    return await conn.fetch(
+        "SELECT case_id::text AS case_id, practice_id, patient_id FROM patient_cases"
+        " WHERE booking_id = $1 AND excused_at IS NULL ORDER BY practice_id, patient_id",
+        booking_id,
+    )
+
+
+async def excuse_case(conn: asyncpg.Connection, case_id: str, *, at: datetime) -> bool:
+    """The case no longer counts (its fee was waived); False when it was excused already."""
+    return bool(
+        await conn.fetchval(
+            "UPDATE patient_cases SET excused_at = $2 WHERE case_id = $1::uuid AND excused_at IS NULL RETURNING true",
+            case_id,
+            at,
+        )
+    )
+
+
+async def counted_case_times(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> list[datetime]:
+    """When each of the patient's cases at the practice that still counts happened."""
+    rows = await conn.fetch(
+        "SELECT occurred_at FROM patient_cases WHERE practice_id = $1 AND patient_id = $2"
+        " AND excused_at IS NULL ORDER BY occurred_at",
+        practice_id,
+        patient_id,
+    )
+    return [r["occurred_at"] for r in rows]
+
+
+async def save_standing(
+    conn: asyncpg.Connection,
+    practice_id: str,
+    patient_id: str,
+    *,
+    standing: str,
+    count: int,
+    changed_at: datetime | None,
+    next_review_at: datetime | None,
+) -> None:
+    """Store the patient's standing; `changed_at` None keeps the time of the last move."""
+    await conn.execute(
+        "UPDATE patient_standings SET standing = $3, count = $4, changed_at = coalesce($5, changed_at),"
+        " next_review_at = $6 WHERE practice_id = $1 AND patient_id = $2",
+        practice_id,
+        patient_id,
+        standing,
+        count,
+        changed_at,
+        next_review_at,
+    )
+
+
+async def claim_due_standings(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Standings whose oldest counted case has aged out by `now`, locked for this transaction,
+    skipping any another replica (or a consumer) holds."""
+    return await conn.fetch(
+        "SELECT practice_id, patient_id, standing, count, next_review_at FROM patient_standings"
+        " WHERE next_review_at <= $1 ORDER BY next_review_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+
+
+async def lock_office(conn: asyncpg.Connection, practice_id: str) -> None:
+    await conn.execute("INSERT INTO offices (practice_id) VALUES ($1) ON CONFLICT DO NOTHING", practice_id)
+    await conn.execute("SELECT 1 FROM offices WHERE practice_id = $1 FOR UPDATE", practice_id)
+
+
+async def add_office_entry(
+    conn: asyncpg.Connection,
+    *,
+    entry_id: str,
+    practice_id: str,
+    booking_id: str,
+    delta: int,
+    cause: str,
+    occurred_at: datetime,
+    event_id: str,
+) -> bool:
+    inserted = await conn.fetchval(
+        "INSERT INTO office_ledger (entry_id, practice_id, booking_id, delta, cause, occurred_at, event_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO NOTHING RETURNING true",
+        entry_id,
+        practice_id,
+        booking_id,
+        delta,
+        cause,
+        occurred_at,
+        event_id,
+    )
+    return bool(inserted)
+
+
+async def office_deltas(conn: asyncpg.Connection | asyncpg.Pool, practice_id: str) -> list[int]:
+    rows = await conn.fetch("SELECT delta FROM office_ledger WHERE practice_id = $1", practice_id)
+    return [r["delta"] for r in rows]
+
+
+# --- second-release reads ----------------------------------------------------------------------
+
+
+async def suspended_professionals(pool: asyncpg.Pool, *, limit: int, offset: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT professional_id, suspended_at, suspension_holds FROM professionals"
+        " WHERE suspended_at IS NOT NULL ORDER BY suspended_at, professional_id LIMIT $1 OFFSET $2",
+        limit,
+        offset,
+    )
+
+
+async def reinstatements_of(pool: asyncpg.Pool, professional_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT reinstated_at, reviewer_id, note, suspended_at, suspension_holds FROM reinstatements"
+        " WHERE professional_id = $1 ORDER BY reinstated_at",
+        professional_id,
+    )
+
+
+async def standing_counts(pool: asyncpg.Pool, practice_ids: list[str] | None) -> list[asyncpg.Record]:
+    """Patients per practice and standing (None: every practice)."""
+    return await pool.fetch(
+        "SELECT practice_id, standing, count(*)::int AS patients FROM patient_standings"
+        " WHERE ($1::text[] IS NULL OR practice_id = ANY($1)) GROUP BY practice_id, standing"
+        " ORDER BY practice_id, standing",
+        practice_ids,
+    )
+
+
+async def standings_not_good(pool: asyncpg.Pool, practice_id: str, *, limit: int, offset: int) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT patient_id, standing, count, changed_at, next_review_at FROM patient_standings"
+        " WHERE practice_id = $1 AND standing <> 'good' ORDER BY changed_at DESC NULLS LAST, patient_id"
+        " LIMIT $2 OFFSET $3",
+        practice_id,
+        limit,
+        offset,
+    )
+
+
+async def patient_standing_for_read(pool: asyncpg.Pool, practice_id: str, patient_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT patient_id, standing, count, changed_at, next_review_at FROM patient_standings"
+        " WHERE practice_id = $1 AND patient_id = $2",
+        practice_id,
+        patient_id,
+    )
+
+
+async def office_scores(
+    pool: asyncpg.Pool, practice_ids: list[str] | None, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """Each office's ledger total (its score is the base plus it) and its cancellations of booked
+    professionals."""
+    return await pool.fetch(
+        "SELECT o.practice_id, coalesce(sum(l.delta), 0)::int AS deltas,"
+        " count(l.entry_id) FILTER (WHERE l.cause = 'cancelled_professional')::int AS timely_cancellations,"
+        " count(l.entry_id) FILTER (WHERE l.cause = 'late_cancelled_professional')::int AS late_cancellations"
+        " FROM offices o LEFT JOIN office_ledger l USING (practice_id)"
+        " WHERE ($1::text[] IS NULL OR o.practice_id = ANY($1))"
+        " GROUP BY o.practice_id ORDER BY o.practice_id LIMIT $2 OFFSET $3",
+        practice_ids,
+        limit,
+        offset,
+    )

@@ -17,3 +17,7 @@ class ScoringSettings(ServiceSettings):
     recalculation_hour_utc: int = Field(default=3, ge=0, le=23)
     # How often the nightly loop looks at the clock (it also wakes at the hour itself).
     recalculation_check_seconds: float = Field(default=300.0, gt=0)
+    # Patient standing (second release): how often the review job looks for standings whose
+    # oldest counted case has aged out, and how many one of its transactions takes.
+    standing_review_poll_seconds: float = Field(default=60.0, gt=0)
+    standing_review_batch_size: int = Field(default=200, ge=1)
