@@ -297,6 +297,17 @@ class ServiceProcess:
             time.sleep(0.2)
         raise TimeoutError(f"{self.service} not ready within {timeout}s; see {self.log_path}")
 
+    def start_expecting_exit(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Start it, wait for it to exit by itself (a refusal to start), and return its exit
+        status and what it logged."""
+        self.start(wait_ready=False)
+        assert self.proc is not None
+        try:
+            returncode = self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        return returncode, self.log_path.read_text()
+
     @property
     def log_path(self) -> Path:
         return self.log_dir / f"{self.service}-{self.port}.log"

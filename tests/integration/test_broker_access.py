@@ -297,14 +297,8 @@ def test_a_service_refuses_to_start_as_the_brokers_superuser(secured, infra, log
         log_dir,
         env={"KAFKA_SASL_USERNAME": str(secured.sasl_username), "KAFKA_SASL_PASSWORD": str(secured.sasl_password)},
     )
-    proc.start(wait_ready=False)
-    assert proc.proc is not None
-    try:
-        returncode = proc.proc.wait(timeout=60)
-    finally:
-        proc.stop()
+    returncode, log = proc.start_expecting_exit()
     assert returncode != 0
-    log = proc.log_path.read_text()
     assert f"refusing to start: KAFKA_SASL_USERNAME {secured.sasl_username!r} may change the broker itself" in log
     assert str(secured.sasl_password) not in log
 

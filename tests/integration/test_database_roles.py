@@ -180,14 +180,8 @@ def test_role_passwords_are_generated_and_kept_private(infra, service):
 def test_a_service_refuses_to_start_with_a_role_that_can_change_its_schema(infra, log_dir, given, why):
     dsn = infra.admin_dsn if given == "admin" else migration_dsn(infra.admin_dsn, "scoring")
     proc = ServiceProcess("scoring", infra.bootstrap, infra.admin_dsn, log_dir, env={"DATABASE_URL": dsn})
-    proc.start(wait_ready=False)
-    assert proc.proc is not None
-    try:
-        returncode = proc.proc.wait(timeout=60)
-    finally:
-        proc.stop()
+    returncode, log = proc.start_expecting_exit()
     assert returncode != 0
-    log = proc.log_path.read_text()
     assert "refusing to start: DATABASE_URL connects as role" in log
     assert why in log
     assert "DATABASE_MIGRATION_URL" in log
