@@ -16,7 +16,8 @@
 # 5. promtool (built with Go, when Go is here) checks and unit-tests the alert rules
 #    (alerts.test.yml) and checks the scrape configuration; PROMTOOL=0 skips it;
 # 6. infra/deploy_check.py metrics: every PromQL expression of the alerts and the dashboard
-#    parses (promql-parser, the Rust parser) and names only metrics the code declares.
+#    parses (promql-parser, the Rust parser) and names only metrics the code declares;
+# 7. docker-compose.yml is valid against the Compose specification (no Docker engine needed).
 #
 # The tools are installed into .local/tools/deploy on the first run and reused (pinned below).
 set -euo pipefail
@@ -110,4 +111,7 @@ fi
 step "alerts and dashboard: PromQL parses, every metric is declared in shared/shared/metrics.py"
 "$PY" "$ROOT/infra/deploy_check.py" metrics "$ROOT/deploy/prometheus/alerts.yml" "$ROOT/deploy/grafana/cancellations.json"
 
-step "deploy, alerts and dashboard: all checks passed"
+step "docker-compose.yml against the Compose specification (check-jsonschema's vendored schema)"
+"$TOOLS/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$ROOT/docker-compose.yml"
+
+step "deploy, alerts, dashboard and compose: all checks passed"
