@@ -28,6 +28,7 @@ from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee, StaffActor
+from shared.contracts.envelope import ContractViolation
 from shared.contracts.upstream import (
     ChargeAdjustmentRequested,
     ChargeReviewDecided,
@@ -603,14 +604,23 @@ async def test_an_edit_in_review_adjusts_then_makes_the_fee_due(handle: Handle) 
     assert (charge["status"], charge["amount_minor"], charge["code"]) == ("outstanding", 3000, "D9986")
 
 
-async def test_an_edit_the_charge_cannot_take_is_refused_quietly_and_the_fee_keeps_waiting(handle: Handle) -> None:
+@pytest.mark.parametrize(
+    ("amount", "why"),
+    [("45.001", "not one the charge can take"), ("1000000000.00", "more than the charge's currency allows")],
+)
+async def test_an_edit_the_charge_cannot_take_is_a_contract_violation_and_the_fee_keeps_waiting(
+    handle: Handle, amount: str, why: str
+) -> None:
+    """Sub-cent or beyond the currency's maximum: no rejection reason fits, so the consumer
+    dead-letters it with this reason (which quotes no value); nothing is recorded or emitted."""
     repo = FakeBillingRepository()
     charge_id, _ = await a_charge_in_review(handle, repo)
-    request = review(charge_id, "edit", amount="45.001")
-    assert await handle(decide_review, request, repo) == []
+    request = review(charge_id, "edit", amount=amount)
+    with pytest.raises(ContractViolation, match=why) as refused:
+        await handle(decide_review, request, repo)
+    assert amount not in str(refused.value)
     assert repo.charges[charge_id]["status"] == "pending_review"
-    assert repo.reviews[request.request_id]["outcome"] == "refused"
-    assert repo.audits[-1]["action"] == "review_refused"
+    assert request.request_id not in repo.reviews
 
 
 async def test_waiving_in_review_takes_nothing_and_says_so(handle: Handle) -> None:

@@ -27,6 +27,7 @@ from shared.contracts.billing import (
 )
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Decision, Fee
+from shared.contracts.envelope import ContractViolation
 from shared.contracts.upstream import (
     ChargeAdjustmentRequested,
     ChargeReviewDecided,
@@ -451,7 +452,8 @@ async def decide_review(unit: Unit[BillingDeps], command: ChargeReviewDecided) -
     """Answer `charge.review_decided` once per request id: approved (the fee becomes due:
     `charge.created` with status `due`), edited (`charge.adjusted`, then due), waived
     (`charge.waived`, a paid fee refunded in full), or `charge.review_rejected`; an edit the charge
-    cannot take is recorded as refused and the fee keeps waiting."""
+    cannot take (no amount or code, more decimals or money than its currency allows) is a
+    contract violation, dead-lettered with the reason, and the fee keeps waiting."""
     repository = unit.deps.repository
     at = unit.event.envelope.time
     actor = f"staff:{command.actor.id}"
@@ -469,6 +471,10 @@ async def decide_review(unit: Unit[BillingDeps], command: ChargeReviewDecided) -
     )
     if answer.after is not None and money_problem(answer.after.amount, answer.after.currency) is not None:
         answer = domain.ReviewAnswer(refused="the amount is more than the charge's currency allows")
+    if answer.refused is not None:
+        # Outside what the charge can take, and charge.review_rejected has no reason for it: the
+        # contract's answer is the dead-letter topic, with the reason (the fee keeps waiting).
+        raise ContractViolation(f"charge.review_decided: {answer.refused}")
     outcome = answer.outcome or ("rejected" if answer.rejection else "refused")
     first_answer = await repository.record_review(
         unit.conn,
@@ -499,9 +505,6 @@ async def decide_review(unit: Unit[BillingDeps], command: ChargeReviewDecided) -
         unit.emit(BILLING_EVENTS, rejected, subject=charge["booking_id"] if charge is not None else command.charge_id)
         return
     assert charge is not None and terms is not None
-    if answer.refused is not None:
-        await _audit_review(unit, charge, "review_refused", f"review edit refused: {answer.refused}", command, at)
-        return
     why = f"{command.decision} by {actor} ({', '.join(command.actor.roles)})" + (
         f": {command.note}" if command.note else ""
     )
