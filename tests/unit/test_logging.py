@@ -482,3 +482,23 @@ def test_the_configured_pipeline_masks_everything_it_prints(capsys) -> None:
     assert foreign["event"] == f"sending to [phone] failed; password={REDACTED}"
     assert foreign["logger"] == "aiokafka" and foreign["level"] == "error"
     structlog.contextvars.clear_contextvars()
+
+
+def test_a_line_below_the_level_is_dropped_before_any_processor_reads_it(capsys):
+    """The hot path logs at debug: below the level, not one of its values is looked at (nor
+    redacted), and a line at the level still is."""
+    configure_logging("test-service", "INFO", "json")
+    looked_at: list[str] = []
+
+    class Watched:
+        def __str__(self) -> str:
+            looked_at.append("str")
+            return "watched"
+
+        __repr__ = __str__
+
+    log = get_logger("test.level")
+    log.debug("below the level", value=Watched())
+    assert looked_at == [] and capsys.readouterr().out == ""
+    log.info("at the level", value=Watched())
+    assert looked_at and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["value"] == "watched"
