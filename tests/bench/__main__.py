@@ -323,7 +323,7 @@ if __name__ == "__main__":
         prog="make bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--size", type=int, default=int(os.environ.get("BENCH_SIZE", "400")), help="stories in each burst"
+        "--size", type=int, default=int(os.environ.get("BENCH_SIZE", "1000")), help="stories in each burst"
     )
     parser.add_argument(
         "--rate",
