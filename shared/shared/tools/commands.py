@@ -51,7 +51,7 @@ async def practice_apply(path: Path, client: str | None, timeout: float) -> int:
         return 2
     # The answer is read as the observer (or the named client); the settings go as upstream.
     conn = writer_of(topics.UPSTREAM_PRACTICES, client)
-    answer = await practice.apply(conn, settings, timeout=timeout)
+    answer = await practice.apply(conn, settings, reader_conn=connection_as(OBSERVER, client), timeout=timeout)
     if answer is None:
         err.print(f"[yellow]sent; no answer within {timeout:.0f} s[/] (is cancellation-policy running?)")
         return 3
@@ -194,7 +194,9 @@ async def demo(client: str | None, wait: float) -> int:
     out.rule(f"cancellations demo, run {run}")
     # 1. The practices' settings, each waited for (the policy must know them before any request).
     for p in morning.practices:
-        answer = await practice.apply(writer_of(topics.UPSTREAM_PRACTICES, client), p, timeout=wait)
+        answer = await practice.apply(
+            writer_of(topics.UPSTREAM_PRACTICES, client), p, reader_conn=connection_as(OBSERVER, client), timeout=wait
+        )
         if answer is None or answer["type"] != "practice.configuration_accepted":
             err.print(f"[red]practice {p.practice_id} was not accepted[/]: {answer and answer['data']}")
             return 3 if answer is None else 1

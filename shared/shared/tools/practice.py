@@ -52,10 +52,18 @@ def parse_settings(text: str, *, json_only: bool = False) -> PracticeConfigured:
         raise SettingsError(describe_validation_error(exc)) from None
 
 
-async def apply(conn: KafkaConnection, settings: PracticeConfigured, *, timeout: float = 30.0) -> dict[str, Any] | None:
-    """Send the settings and wait for the answer about this practice: the answer's envelope
-    (`practice.configuration_accepted` or `_rejected`), or None after `timeout` seconds."""
-    async with open_reader(conn, [PRACTICE_EVENTS]) as reader:
+async def apply(
+    conn: KafkaConnection,
+    settings: PracticeConfigured,
+    *,
+    reader_conn: KafkaConnection | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any] | None:
+    """Send the settings (as `conn`: a principal that may write upstream.practices.v1) and wait
+    for the answer about this practice, read as `reader_conn` (one that may read
+    practice.events.v1; default `conn`): the answer's envelope (`practice.configuration_accepted`
+    or `_rejected`), or None after `timeout` seconds."""
+    async with open_reader(reader_conn or conn, [PRACTICE_EVENTS]) as reader:
         async with open_bus(conn) as bus:
             sent = await bus.event(UPSTREAM_PRACTICES, settings, subject=settings.practice_id, source=SOURCE)
         deadline = asyncio.get_running_loop().time() + timeout
