@@ -2,8 +2,9 @@
 waitlist and slot release, suspension, the audit trail, reports and the read API.
 
 Consumes `upstream.bookings.v1`, `upstream.practices.v1` (waitlist settings and entries),
-`policy.decisions.v1` and `scoring.events.v1` (suspensions); publishes `booking.events.v1` and,
-internally, `policy.requests.v1`.
+`policy.decisions.v1` and `scoring.events.v1` (suspensions and reinstatements); publishes
+`booking.events.v1` and, internally, `policy.requests.v1`. Second release (attendance.py):
+arrivals, the no-show sweep, waitlist offers accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from shared.contracts.booking import (
     BookingCompleted,
     BookingNoShowRecorded,
     BookingNoShowRejected,
+    BookingNoShowSuspected,
+    BookingSlotFilled,
     BookingSlotOffered,
     BookingSlotReleased,
     CancellationAssessmentRequested,
@@ -31,7 +34,7 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import api, domain, handlers, repository
+from . import api, attendance, domain, handlers, repository
 from .settings import BookingSettings
 
 
@@ -59,13 +62,19 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
                 "booking.completed": handlers.complete_booking,
                 "booking.cancellation_requested": handlers.request_cancellation,
                 "booking.no_show_reported": handlers.report_no_show,
+                # second release
+                "booking.arrived": attendance.record_arrival,
+                "waitlist.offer_accepted": attendance.fill_slot,
             },
             POLICY_DECISIONS: {"cancellation.assessed": handlers.apply_decision},
             UPSTREAM_PRACTICES: {
-                "practice.configured": handlers.configure_practice,
+                "practice.configured": attendance.configure_practice,  # waitlist, then the sweep
                 "waitlist.joined": handlers.join_waitlist,
             },
-            SCORING_EVENTS: {"account.suspended": handlers.cancel_for_suspension},
+            SCORING_EVENTS: {
+                "account.suspended": handlers.cancel_for_suspension,
+                "account.reinstated": attendance.end_suspension,
+            },
         },
         publishes={
             BOOKING_EVENTS: [
@@ -76,11 +85,13 @@ def definition(settings: BookingSettings | None = None) -> ServiceDefinition:
                 BookingCompleted,
                 BookingSlotReleased,
                 BookingSlotOffered,
+                BookingNoShowSuspected,
+                BookingSlotFilled,
             ],
             POLICY_REQUESTS: [CancellationAssessmentRequested],
         },
         http_routes=api.router,
-        background=[handlers.offer_expiry(settings)],
+        background=[handlers.offer_expiry(settings), attendance.no_show_sweep(settings)],
         make_deps=lambda: _deps(settings),
         answer_invalid={
             "booking.cancellation_requested": handlers.reject_unreadable("cancellation"),

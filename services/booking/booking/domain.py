@@ -102,3 +102,56 @@ def next_in_line(service_code: str, practitioner_id: str, waiting: list[WaitingP
 def rate(part: int, whole: int) -> float | None:
     """A share as a fraction rounded to 4 places (None when there is nothing to divide)."""
     return round(part / whole, 4) if whole else None
+
+
+# --- second release (issue 17): the no-show sweep and accepted offers ----------------------------
+
+
+def sweep_due_at(starts_at: datetime, grace_minutes: int) -> datetime:
+    """When a booking nothing happened to becomes a suspected no-show: its start + the grace."""
+    return starts_at + timedelta(minutes=grace_minutes)
+
+
+def no_show_suspected(
+    *,
+    status: str,
+    starts_at: datetime,
+    grace_minutes: int,
+    arrived: bool,
+    suspected_before: bool,
+    sweep_since: datetime | None,
+    now: datetime,
+) -> bool:
+    """Whether the sweep reports the booking now (docs/rules.md, no-show sweep): still scheduled
+    (not completed, cancelled or recorded as a no-show), no arrival, not reported before, its
+    start + grace reached (at that instant, not a moment later), and started after the practice
+    turned the sweep on."""
+    if status != "scheduled" or arrived or suspected_before or sweep_since is None:
+        return False
+    return starts_at >= sweep_since and sweep_due_at(starts_at, grace_minutes) <= now
+
+
+OfferAnswer = str  # "fill" | "filled_already" | "unknown_offer" | "not_live"
+
+
+def offer_acceptance(
+    *,
+    offer_status: str | None,
+    offer_booking_id: str | None,
+    offer_waitlist_id: str | None,
+    expires_at: datetime | None,
+    filled: bool,
+    booking_id: str,
+    waitlist_id: str,
+    accepted_at: datetime,
+) -> OfferAnswer:
+    """What `waitlist.offer_accepted` does (docs/rules.md, waitlist): only the live offer fills the
+    slot — open (or taken by the patient's new booking already) and accepted by its expiry, for
+    this slot and this waitlist entry; once."""
+    if offer_status is None or offer_booking_id != booking_id or offer_waitlist_id != waitlist_id:
+        return "unknown_offer"
+    if filled:
+        return "filled_already"
+    if offer_status == "accepted" or (offer_status == "open" and expires_at is not None and accepted_at <= expires_at):
+        return "fill"
+    return "not_live"

@@ -6,7 +6,7 @@ handlers: one statement for the whole set, whatever its size (`unnest` of arrays
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -418,4 +418,93 @@ async def record_suspension(conn: asyncpg.Connection, professional_id: str, susp
 async def suspension_of(conn: asyncpg.Connection, professional_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT suspended_at, cause_event_id FROM suspended_professionals WHERE professional_id = $1", professional_id
+    )
+
+
+# --- second release (issue 17): arrivals, the no-show sweep, accepted offers, reinstatement ------
+
+
+async def set_no_show_sweep(
+    conn: asyncpg.Connection, practice_id: str, *, enabled: bool, grace_minutes: int, at: datetime
+) -> None:
+    """The practice's sweep settings (the practice row exists: `upsert_practice` ran first);
+    `no_show_sweep_since` is set when the sweep is turned on and kept while it stays on."""
+    await conn.execute(
+        "UPDATE practices SET no_show_sweep_enabled = $2, no_show_grace_minutes = $3,"
+        " no_show_sweep_since = CASE WHEN NOT $2 THEN NULL"
+        " WHEN no_show_sweep_enabled AND no_show_sweep_since IS NOT NULL THEN no_show_sweep_since ELSE $4 END"
+        " WHERE practice_id = $1",
+        practice_id,
+        enabled,
+        grace_minutes,
+        at,
+    )
+
+
+async def mark_arrived(conn: asyncpg.Connection, booking_id: str, arrived_at: datetime) -> bool:
+    """Record the first arrival of a (locked, scheduled) booking; False when it arrived before."""
+    return bool(
+        await conn.fetchval(
+            "UPDATE bookings SET arrived_at = $2, updated_at = now() WHERE booking_id = $1 AND arrived_at IS NULL"
+            " RETURNING true",
+            booking_id,
+            arrived_at,
+        )
+    )
+
+
+async def claim_unattended(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Scheduled bookings of practices that sweep, with no arrival and not reported yet, whose
+    start + grace has come by `now` (and that started after the sweep was turned on): locked
+    skip-locked, so replicas share them, and marked reported in this transaction, so each is
+    reported once."""
+    rows = await conn.fetch(
+        "SELECT b.booking_id, b.practice_id, b.starts_at, b.status, p.no_show_grace_minutes AS grace_minutes,"
+        " p.no_show_sweep_since AS sweep_since"
+        " FROM practices p JOIN bookings b ON b.practice_id = p.practice_id"
+        " WHERE p.no_show_sweep_enabled AND b.status = 'scheduled' AND b.arrived_at IS NULL"
+        " AND b.no_show_suspected_at IS NULL AND b.starts_at >= p.no_show_sweep_since"
+        " AND b.starts_at + make_interval(mins => p.no_show_grace_minutes) <= $1"
+        " ORDER BY b.starts_at, b.booking_id LIMIT $2 FOR UPDATE OF b SKIP LOCKED",
+        now,
+        limit,
+    )
+    if rows:
+        await conn.execute(
+            "UPDATE bookings b SET no_show_suspected_at = r.at FROM unnest($1::text[], $2::timestamptz[]) AS r(booking_id, at)"
+            " WHERE b.booking_id = r.booking_id",
+            [r["booking_id"] for r in rows],
+            [r["starts_at"] + timedelta(minutes=r["grace_minutes"]) for r in rows],
+        )
+    return rows
+
+
+async def lock_offer(conn: asyncpg.Connection, offer_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT offer_id, booking_id, waitlist_id, expires_at, status, filled_at FROM slot_offers"
+        " WHERE offer_id = $1 FOR UPDATE",
+        offer_id,
+    )
+
+
+async def fill_offer(conn: asyncpg.Connection, offer_id: str, *, new_booking_id: str, at: datetime) -> None:
+    """The offer accepted and its slot filled; its patient's waitlist entry booked."""
+    waitlist_id = await conn.fetchval(
+        "UPDATE slot_offers SET status = 'accepted', new_booking_id = $2, filled_at = $3 WHERE offer_id = $1"
+        " RETURNING waitlist_id",
+        offer_id,
+        new_booking_id,
+        at,
+    )
+    await conn.execute("UPDATE waitlist SET status = 'booked' WHERE waitlist_id = $1", waitlist_id)
+
+
+async def end_suspension(conn: asyncpg.Connection, professional_id: str, reinstated_at: datetime) -> bool:
+    """Forget a suspension that began before `reinstated_at`; False when there was none."""
+    return bool(
+        await conn.fetchval(
+            "DELETE FROM suspended_professionals WHERE professional_id = $1 AND suspended_at <= $2 RETURNING true",
+            professional_id,
+            reinstated_at,
+        )
     )

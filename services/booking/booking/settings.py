@@ -13,3 +13,7 @@ class BookingSettings(ServiceSettings):
     # A request's own time is believed only this far before / after its Kafka record's timestamp.
     request_time_trusted_before_seconds: int = Field(default=600, ge=0, le=86_400)
     request_time_trusted_after_seconds: int = Field(default=120, ge=0, le=86_400)
+    # The no-show sweep (second release): how often it looks for bookings past start + grace,
+    # and how many one of its transactions takes.
+    no_show_sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    no_show_sweep_batch_size: int = Field(default=200, ge=1)
