@@ -257,6 +257,23 @@ def test_sign_in_keeps_the_token_in_a_strict_httponly_cookie(console, keys):
     assert "httponly" in cookie and "samesite=strict" in cookie
 
 
+def test_a_form_larger_than_the_limit_is_refused_unread(console):
+    client, _, _ = console
+    big = b"token=" + b"a" * (17 * 1024)
+    assert (
+        client.post("/login", content=big, headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code
+        == 413
+    )
+
+    def chunks():  # no Content-Length: the body is read no further than the limit
+        yield b"token="
+        for _ in range(40):
+            yield b"a" * 1024
+
+    streamed = client.post("/login", content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413
+
+
 def test_a_bad_token_or_a_forged_form_signs_nobody_in(console, keys):
     client, _, _ = console
     refused = sign_in(client, "not.a.token")

@@ -61,9 +61,14 @@ class Sessions:
 
 async def form(request: Request) -> dict[str, str]:
     """An application/x-www-form-urlencoded body, first value of each field."""
-    body = await request.body()
-    if len(body) > FORM_MAX_BYTES:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > FORM_MAX_BYTES:
         raise HTTPException(413, "the form is too large")
+    body = b""
+    async for chunk in request.stream():  # read no further than the limit, whatever was declared
+        body += chunk
+        if len(body) > FORM_MAX_BYTES:
+            raise HTTPException(413, "the form is too large")
     try:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
