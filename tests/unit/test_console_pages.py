@@ -59,6 +59,7 @@ class FakeBroker:
         self.letters = [dlq.DeadLetter("booking", 0, 3, letter)]
         self.replayed: list[str] = []
         self.reviews: list[tuple[str, str, str, str]] = []
+        self.reinstated: list[tuple[str, str]] = []
 
     async def dead_letters(self):
         return self.letters
@@ -74,6 +75,10 @@ class FakeBroker:
     async def review_excuse(self, professional_id, excuse_id, decision, reviewer_id):
         self.reviews.append((professional_id, excuse_id, decision, reviewer_id))
         return "event-1"
+
+    async def reinstate_professional(self, professional_id, reviewer_id):
+        self.reinstated.append((professional_id, reviewer_id))
+        return "event-2"
 
     async def lag(self):
         return [Lag("booking", "upstream.bookings.v1", 0, 7, 9)]
@@ -210,6 +215,23 @@ ANSWERS = {
         },
     ),
     "scoring/excuses/x-1": Answer(200, {"excuse_id": "x-1", "professional_id": "pro-1", "status": "pending"}),
+    "scoring/suspended-professionals": Answer(
+        200,
+        {
+            "items": [
+                {
+                    "professional_id": "pro-7",
+                    "suspended_at": NOW.isoformat(),
+                    "suspension_holds": ["h-1", "h-2", "h-3"],
+                    "score": -50,
+                }
+            ],
+            "page": 1,
+            "page_size": 200,
+        },
+    ),
+    "scoring/professionals/pro-7": Answer(200, {"professional_id": "pro-7", "suspended_at": NOW.isoformat()}),
+    "scoring/professionals/pro-1": Answer(200, {"professional_id": "pro-1", "suspended_at": None}),
 }
 
 
@@ -358,6 +380,19 @@ def test_an_excuse_is_approved_with_the_reviewer_from_the_token(console, keys):
     done = client.post("/excuses/x-1/review", data={"csrf": csrf, "decision": "approved"})
     assert done.status_code == 303 and broker.reviews == [("pro-1", "x-1", "approved", "ops-anna")]
     assert client.post("/excuses/x-404/review", data={"csrf": csrf, "decision": "rejected"}).status_code == 409
+
+
+def test_a_suspended_professional_is_reinstated_by_the_operator_from_the_token(console, keys):
+    client, _, broker = console
+    sign_in(client, token(keys, ["ops"], subject="ops-anna"))
+    queue = client.get("/queues")
+    assert "pro-7" in queue.text and "Reinstate" in queue.text
+    csrf = csrf_of(queue)
+    assert client.post("/professionals/pro-7/reinstate", data={}).status_code == 403  # no CSRF token
+    assert client.post("/professionals/pro-1/reinstate", data={"csrf": csrf}).status_code == 409  # not suspended
+    assert client.post("/professionals/pro-404/reinstate", data={"csrf": csrf}).status_code == 409
+    done = client.post("/professionals/pro-7/reinstate", data={"csrf": csrf})
+    assert done.status_code == 303 and broker.reinstated == [("pro-7", "ops-anna")]
 
 
 def test_caught_mail_and_sms_are_for_operators_in_development(console, keys, tmp_path):

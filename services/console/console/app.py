@@ -6,7 +6,8 @@ Guarantees:
   services' own. Pages for operators (Pipeline, dead letters, Queues, caught mail and SMS) need
   the `ops` role; a practice's page needs the practice in the token (or `ops`).
 - Every form POST is CSRF-checked (session.py); every value shown is escaped (templating.py).
-- The console publishes only what a person decided (`excuse.reviewed`) and dead-letter replays.
+- The console publishes only what a person decided (`excuse.reviewed`, `professional.reinstated`)
+  and dead-letter replays.
 """
 
 import asyncio
@@ -269,7 +270,15 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None, servi
     @app.get("/queues", response_class=HTMLResponse)
     async def queues(request: Request, session: Operator) -> HTMLResponse:
         excuses = await svc(request).get("scoring", "/excuses", session[1], {"status": "pending", "page_size": 200})
-        return render("queues.html", session, title="Queues", excuses=excuses, flash=request.query_params.get("flash"))
+        suspended = await svc(request).get("scoring", "/suspended-professionals", session[1], {"page_size": 200})
+        return render(
+            "queues.html",
+            session,
+            title="Queues",
+            excuses=excuses,
+            suspended=suspended,
+            flash=request.query_params.get("flash"),
+        )
 
     @app.post("/excuses/{excuse_id}/review")
     async def review(excuse_id: str, request: Request, session: Operator) -> Response:
@@ -283,6 +292,18 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None, servi
             raise HTTPException(409, "this excuse is no longer waiting for a review")
         await kafka.review_excuse(found.body["professional_id"], excuse_id, decision, session[0].subject)
         return RedirectResponse(f"/queues?flash={decision}+{excuse_id}", status_code=303)
+
+    @app.post("/professionals/{professional_id}/reinstate")
+    async def reinstate(professional_id: str, request: Request, session: Operator) -> Response:
+        fields = await form(request)
+        sessions.check_csrf(session[1], fields.get("csrf"))
+        if not valid_id(professional_id):
+            raise HTTPException(422, "not a professional id")
+        found = await svc(request).get("scoring", f"/professionals/{professional_id}", session[1])
+        if not found.ok or not found.body.get("suspended_at"):
+            raise HTTPException(409, "this professional is not suspended")
+        await kafka.reinstate_professional(professional_id, session[0].subject)
+        return RedirectResponse(f"/queues?flash=reinstated+{professional_id}", status_code=303)
 
     # --- caught mail and SMS (development) ------------------------------------------------------
 

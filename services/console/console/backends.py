@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.contracts.upstream import ExcuseReviewed
+from shared.contracts.upstream import ExcuseReviewed, ProfessionalReinstated
 from shared.kafka import KafkaConnection
 from shared.tools import dlq
 from shared.tools.bus import OBSERVER, connection_as, open_bus, writer_of
@@ -125,6 +125,21 @@ class Broker:
         """Publish `excuse.reviewed`, keyed by the professional; returns the event id."""
         payload = ExcuseReviewed.new(
             excuse_id=excuse_id, decision=decision, reviewer_id=reviewer_id, reviewed_at=datetime.now(UTC)
+        )
+        async with open_bus(writer_of(UPSTREAM_PROFESSIONALS, self._client)) as bus:
+            sent = await bus.event(
+                UPSTREAM_PROFESSIONALS,
+                payload,
+                subject=professional_id,
+                source=SOURCE,
+                correlation_id=str(uuid.uuid4()),
+            )
+        return str(sent["id"])
+
+    async def reinstate_professional(self, professional_id: str, reviewer_id: str) -> str:
+        """Publish `professional.reinstated`, keyed by the professional; returns the event id."""
+        payload = ProfessionalReinstated.new(
+            professional_id=professional_id, reviewer_id=reviewer_id, reinstated_at=datetime.now(UTC)
         )
         async with open_bus(writer_of(UPSTREAM_PROFESSIONALS, self._client)) as bus:
             sent = await bus.event(
