@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from notification import handlers, repository
+from notification import handlers, notices, repository
 from notification.rendering import Renderer
 from notification.settings import NotificationSettings
 from shared.consumer import Unit
@@ -29,10 +29,11 @@ from shared.contracts.booking import (
     BookingCancellationRejected,
     BookingCancelled,
     BookingNoShowRecorded,
+    BookingNoShowSuspected,
     BookingSlotOffered,
 )
 from shared.contracts.pms_sync import PmsManualUpdateRequired
-from shared.contracts.scoring import AccountSuspended, HoldPlaced
+from shared.contracts.scoring import AccountReinstated, AccountSuspended, HoldPlaced, PatientStandingChanged
 from shared.contracts.upstream import (
     BookingCancellationRequested,
     BookingRescheduled,
@@ -75,6 +76,9 @@ TOPICS = {
     HoldPlaced: SCORING_EVENTS,
     AccountSuspended: SCORING_EVENTS,
     PmsManualUpdateRequired: PMS_SYNC_EVENTS,
+    BookingNoShowSuspected: BOOKING_EVENTS,
+    PatientStandingChanged: SCORING_EVENTS,
+    AccountReinstated: SCORING_EVENTS,
 }
 
 
@@ -827,3 +831,92 @@ async def test_a_refund_is_told_to_the_patient_once_by_email_in_their_language(
         "pending",
     )
     assert words in row["body"].replace("\xa0", " ").replace("A$", "").replace("$", "")
+
+
+# --- second release (issue 17): standing, suspected no-shows, turn-away pay, reinstatement ----------
+
+
+def standing_changed(standing: str = "deposit_required", previous: str = "good") -> PatientStandingChanged:
+    return PatientStandingChanged.new(
+        patient_id="pat-1",
+        practice_id=PRACTICE,
+        standing=standing,
+        previous=previous,
+        count=2,
+        window_days=365,
+        reason="2 no-shows or late cancellations at this practice in the last 365 days, 2 counted.",
+    )
+
+
+async def test_the_practice_hears_of_each_standing_move_once(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    await handle(notices.notify_standing_change, standing_changed(), time=T)
+    await handle(notices.notify_standing_change, standing_changed(), time=T)  # the same move again
+    await handle(
+        notices.notify_standing_change, standing_changed("good", "deposit_required"), time=T + timedelta(days=9)
+    )
+
+    rows = sorted(repo.deliveries.values(), key=lambda d: d["subject"])
+    assert [(d["recipient"], d["channel"], d["status"], d["practice_id"]) for d in rows] == [
+        ("practice", "email", "pending", PRACTICE),
+        ("practice", "email", "pending", PRACTICE),
+    ]
+    assert [d["subject"] for d in rows] == ["Patient pat-1: deposit required", "Patient pat-1: good standing"]
+
+
+async def test_the_practice_hears_of_a_suspected_no_show_once_in_its_time(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    suspected = BookingNoShowSuspected.new(booking_id=BOOKING, practice_id=PRACTICE, starts_at=T, grace_minutes=15)
+    await handle(notices.notify_suspected_no_show, suspected)
+    await handle(notices.notify_suspected_no_show, suspected)
+
+    assert told(repo) == [("practice", "email", "pending")]
+    body = delivery(repo, "practice", "email")["body"]
+    assert "patient Ada" in body and "9:00" in body and "15 minutes after its start" in body
+
+
+@pytest.mark.parametrize(
+    ("actor", "pay", "told_professional"),
+    [
+        ("staff", {"amount": "90.00", "currency": "AUD"}, True),
+        ("staff", None, False),  # timely, or no price: nothing owed
+        ("patient", {"amount": "90.00", "currency": "AUD"}, False),  # only the office owes it
+    ],
+)
+async def test_the_professional_hears_of_turnaway_pay_once(
+    handle: Handle, repo: FakeRepository, actor: str, pay: Any, told_professional: bool
+) -> None:
+    await contacts(handle)
+    event = cancelled(
+        actor,
+        "practice" if actor == "staff" else "patient_portal",
+        professional_id=PROFESSIONAL,
+        decision={
+            "allowed": True,
+            "classification": "late",
+            "charge_card": False,
+            "deposit_action": "none",
+            "policy_version": "r1.s1",
+            **({"turnaway_pay": pay} if pay else {}),
+        },
+    )
+    await handle(notices.notify_cancellation, event)
+    await handle(notices.notify_cancellation, event)
+
+    professional = [d for d in repo.deliveries.values() if d["recipient"] == "professional"]
+    assert len(professional) == (1 if told_professional else 0)
+    if told_professional:
+        assert professional[0]["address"] == "grace@example.test"
+        assert professional[0]["subject"] == "Turn-away pay owed to you: A$90.00"
+    assert [d for d in repo.deliveries.values() if d["recipient"] == "patient"]  # the patient as before
+
+
+async def test_the_professional_hears_of_a_reinstatement_once(handle: Handle, repo: FakeRepository) -> None:
+    await contacts(handle)
+    reinstated = AccountReinstated.new(professional_id=PROFESSIONAL, reinstated_at=T)
+    await handle(notices.notify_reinstatement, reinstated)
+    await handle(notices.notify_reinstatement, reinstated)
+
+    assert told(repo) == [("professional", "email", "pending")]
+    row = delivery(repo, "professional", "email")
+    assert row["subject"] == "Your account has been reinstated" and "Tuesday, March 11, 2031" in row["body"]

@@ -482,6 +482,13 @@ ALL_PLANS = [
     *domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, NOOR, PRACTICE),
     *domain.plan_manual_update(PRACTICE),
     *domain.plan_manual_update(PREFERS_SMS),
+    # second release (issue 17)
+    *domain.plan_practice_notice(domain.STANDING_TEMPLATE, PRACTICE),
+    *domain.plan_practice_notice(domain.STANDING_TEMPLATE, PREFERS_SMS),
+    *domain.plan_practice_notice(domain.NO_SHOW_SUSPECTED_TEMPLATE, PRACTICE),
+    *domain.plan_practice_notice(domain.NO_SHOW_SUSPECTED_TEMPLATE, PREFERS_SMS),
+    *domain.plan_professional_notice(domain.TURNAWAY_TEMPLATE, NOOR, PRACTICE),
+    *domain.plan_professional_notice(domain.REINSTATEMENT_TEMPLATE, NOOR, PRACTICE),
 ]
 
 
@@ -526,8 +533,19 @@ def _context(message: domain.Message, **facts: object) -> dict[str, object]:
         "pms_action": "cancel_booking",
         "pms_integration": "manual",
         "pms_message": "Manual update required: cancel this booking in your PMS too",
+        "patient_id": "pat-77",
+        "standing": "deposit_required",
+        "previous_standing": "good",
+        "standing_count": 2,
+        "window_days": 365,
+        "grace_minutes": 15,
+        "reinstated": T,
     }
-    fee = (Decimal("60.00"), "AUD") if message.template == domain.NO_SHOW_FEE_TEMPLATE else None
+    fee = (
+        (Decimal("60.00"), "AUD")
+        if message.template in (domain.NO_SHOW_FEE_TEMPLATE, domain.TURNAWAY_TEMPLATE)
+        else None
+    )
     patient = None if message.recipient == "professional" else ADA
     return domain.template_context(
         message, starts_at=T, practice=PRACTICE, patient=patient, fee=fee, **(defaults | facts)
@@ -777,6 +795,100 @@ def test_a_message_is_formatted_in_its_readers_region_and_never_in_someone_elses
     [to_german] = domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR_GERMAN, aussie_practice)
     context = domain.template_context(to_german, starts_at=None, practice=aussie_practice, patient=None, hold_ends=T)
     assert context["hold_ends"] == "Dienstag, 11. März 2031, 09:00 AEDT"
+
+
+@pytest.mark.parametrize(
+    ("template", "recipient", "channel", "locale", "facts", "subject", "says"),
+    [
+        (
+            domain.STANDING_TEMPLATE,
+            "practice",
+            "email",
+            "en",
+            {},
+            "Patient pat-77: deposit required",
+            "moved from good standing to deposit required",
+        ),
+        (
+            domain.STANDING_TEMPLATE,
+            "practice",
+            "email",
+            "de",
+            {"standing": "good", "previous_standing": "prepayment_required", "standing_count": 1},
+            "Patient pat-77: guter Stand",
+            "von „Vorauszahlung erforderlich“ zu „guter Stand“",
+        ),
+        (
+            domain.STANDING_TEMPLATE,
+            "practice",
+            "sms",
+            "en",
+            {"standing": "online_booking_blocked", "previous_standing": "prepayment_required", "standing_count": 4},
+            None,
+            "moved from prepayment required to online booking blocked (4 no-shows",
+        ),
+        (
+            domain.NO_SHOW_SUSPECTED_TEMPLATE,
+            "practice",
+            "email",
+            "en",
+            {},
+            "Did the patient come? Booking bk-1",
+            "by 15 minutes after its start",
+        ),
+        (
+            domain.NO_SHOW_SUSPECTED_TEMPLATE,
+            "practice",
+            "sms",
+            "de",
+            {},
+            None,
+            "15 Min. nach Beginn nichts erfasst",
+        ),
+        (
+            domain.TURNAWAY_TEMPLATE,
+            "professional",
+            "email",
+            "en",
+            {},
+            "Turn-away pay owed to you: A$60.00",
+            "owes you A$60.00 as turn-away pay",
+        ),
+        (
+            domain.TURNAWAY_TEMPLATE,
+            "professional",
+            "email",
+            "de",
+            {},
+            "Ausfallvergütung für Sie: 60,00",
+            "Ausfallvergütung",
+        ),
+        (
+            domain.REINSTATEMENT_TEMPLATE,
+            "professional",
+            "email",
+            "en",
+            {},
+            "Your account has been reinstated",
+            "reinstated on Tuesday, March 11, 2031",
+        ),
+        (
+            domain.REINSTATEMENT_TEMPLATE,
+            "professional",
+            "email",
+            "de",
+            {},
+            "Ihr Konto wurde wieder freigeschaltet",
+            "wieder freigeschaltet",
+        ),
+    ],
+)
+def test_the_second_release_notices_read_right(template, recipient, channel, locale, facts, subject, says) -> None:
+    message = domain.Message(recipient, channel, template, locale, "x@example.com", None, tags=(locale,))
+    out = Renderer().render(template, recipient, channel, locale, _context(message, **facts))
+    assert out.subject is None if subject is None else out.subject.startswith(subject)
+    assert says in " ".join(out.body.split())
+    assert "None" not in out.body and "\n\n\n" not in out.body
 
 
 def test_a_locale_without_its_own_template_falls_back_to_english(tmp_path: Path) -> None:

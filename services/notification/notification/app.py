@@ -26,7 +26,7 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import api, handlers
+from . import api, handlers, notices
 from .delivery import Deps, sender
 from .settings import NotificationSettings
 
@@ -56,10 +56,12 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
                 "waitlist.joined": handlers.remember_waitlist_entry,
             },
             BOOKING_EVENTS: {
-                "booking.cancelled": handlers.notify_cancellation,
+                # who hears of it, then (second release) the professional of turn-away pay owed
+                "booking.cancelled": notices.notify_cancellation,
                 "booking.cancellation_rejected": handlers.notify_rejection,
                 "booking.no_show_recorded": handlers.note_no_show,
                 "booking.slot_offered": handlers.notify_slot_offer,
+                "booking.no_show_suspected": notices.notify_suspected_no_show,
             },
             BILLING_EVENTS: {
                 "charge.created": handlers.note_charge,
@@ -70,6 +72,8 @@ def definition(settings: NotificationSettings | None = None) -> ServiceDefinitio
             SCORING_EVENTS: {
                 "hold.placed": handlers.notify_hold,
                 "account.suspended": handlers.notify_suspension,
+                "account.reinstated": notices.notify_reinstatement,
+                "patient.standing_changed": notices.notify_standing_change,
             },
             PMS_SYNC_EVENTS: {"pms.manual_update_required": handlers.notify_manual_update},
         },

@@ -54,6 +54,11 @@ SLOT_OFFER_TEMPLATE = "slot_offered"
 HOLD_TEMPLATE = "hold_placed"
 SUSPENSION_TEMPLATE = "account_suspended"
 MANUAL_UPDATE_TEMPLATE = "pms_manual_update_required"
+# Second release (issue 17)
+STANDING_TEMPLATE = "patient_standing_changed"
+NO_SHOW_SUSPECTED_TEMPLATE = "no_show_suspected"
+TURNAWAY_TEMPLATE = "turnaway_pay_owed"
+REINSTATEMENT_TEMPLATE = "account_reinstated"
 
 # The reason_code the booking service gives the cancellations it makes for a suspended
 # professional: the office is told the cancellation was caused by the suspension.
@@ -392,6 +397,12 @@ def plan_professional_notice(
 # --- the practice's PMS ----------------------------------------------------------------------------
 
 
+def plan_practice_notice(template: str, practice: PracticeContact) -> list[Message]:
+    """patient.standing_changed, booking.no_show_suspected: the office, through its preferred
+    channel (the other one when the preferred has no address)."""
+    return [_office_message(template, practice)]
+
+
 def plan_manual_update(practice: PracticeContact) -> list[Message]:
     """pms.manual_update_required: the office, through its preferred channel (the other one when
     the preferred has no address), because staff must change their PMS by hand."""
@@ -501,10 +512,18 @@ FACT_DEFAULTS: dict[str, Any] = {
     "pms_action": None,  # cancel_booking | record_no_show
     "pms_integration": None,
     "pms_message": None,  # pms-sync's own sentence (English)
+    # second release: a patient's standing, a suspected no-show, turn-away pay, reinstatement
+    "patient_id": None,
+    "standing": None,  # good | deposit_required | prepayment_required | online_booking_blocked
+    "previous_standing": None,
+    "standing_count": 0,
+    "window_days": 0,
+    "grace_minutes": 0,
+    "reinstated": None,  # formatted
 }
 
 # Facts that are times: given as datetimes, shown formatted like `when`.
-TIME_FACTS = frozenset({"expires", "hold_starts", "hold_ends", "suspended"})
+TIME_FACTS = frozenset({"expires", "hold_starts", "hold_ends", "suspended", "reinstated"})
 
 
 def template_context(

@@ -1,0 +1,96 @@
+"""Second release (issue 17): the practice told of a patient's standing moving and of a
+suspected no-show; the professional told of turn-away pay owed and of a reinstatement.
+
+Guarantees, as for every notice (handlers.py): each fact is told once per recipient and
+channel, however often its event arrives, because the notification id derives from the fact
+(`Cause.key`), never from the envelope; a recipient with no address is recorded skipped with
+the reason. Texts are in the practice's (or the professional's) language, en or de, times in
+the practice's timezone.
+"""
+
+from __future__ import annotations
+
+from shared.consumer import Unit
+from shared.contracts.booking import BookingCancelled, BookingNoShowSuspected
+from shared.contracts.scoring import AccountReinstated, PatientStandingChanged
+
+from . import domain, handlers
+from .handlers import Cause, HandlerDeps
+
+
+async def notify_standing_change(unit: Unit[HandlerDeps], event: PatientStandingChanged) -> None:
+    """The practice: which patient moved, from what to what, and why."""
+    practice = await handlers._practice(unit, event.practice_id)
+    await handlers._record(
+        unit,
+        domain.plan_practice_notice(domain.STANDING_TEMPLATE, practice),
+        # A patient may move to the same standing again later: the move's own time tells them apart.
+        cause=Cause.of(
+            unit,
+            key=f"patient.standing_changed/{event.practice_id}/{event.patient_id}/{unit.event.envelope.time.isoformat()}",
+        ),
+        practice=practice,
+        patient=None,
+        starts_at=None,
+        patient_id=event.patient_id,
+        standing=event.standing,
+        previous_standing=event.previous,
+        standing_count=event.count,
+        window_days=event.window_days,
+    )
+
+
+async def notify_suspected_no_show(unit: Unit[HandlerDeps], event: BookingNoShowSuspected) -> None:
+    """The practice: nothing happened to this booking by start + grace; confirm or record it."""
+    practice = await handlers._practice(unit, event.practice_id)
+    patient = handlers._patient(await unit.deps.repository.get_patient(unit.conn, event.booking_id))
+    await handlers._record(
+        unit,
+        domain.plan_practice_notice(domain.NO_SHOW_SUSPECTED_TEMPLATE, practice),
+        cause=Cause.of(unit, key=f"booking.no_show_suspected/{event.booking_id}"),
+        practice=practice,
+        patient=patient,
+        starts_at=event.starts_at,
+        booking_id=event.booking_id,
+        grace_minutes=event.grace_minutes,
+    )
+
+
+async def notify_cancellation(unit: Unit[HandlerDeps], event: BookingCancelled) -> None:
+    """Who hears of a cancellation (handlers.notify_cancellation), then the booked professional
+    of the turn-away pay the office owes them when staff cancelled inside the office's window."""
+    await handlers.notify_cancellation(unit, event)
+    pay = event.decision.turnaway_pay
+    if pay is None or event.professional_id is None or event.actor.kind != "staff":
+        return
+    professional = await unit.deps.repository.get_professional(unit.conn, event.professional_id)
+    practice = await handlers._practice(unit, event.practice_id)
+    await handlers._record(
+        unit,
+        domain.plan_professional_notice(domain.TURNAWAY_TEMPLATE, handlers._professional(professional), practice),
+        cause=Cause.of(unit, key=f"turnaway_pay/{event.booking_id}"),
+        practice=practice,
+        patient=None,
+        starts_at=event.starts_at,
+        fee=(pay.amount, pay.currency),
+        booking_id=event.booking_id,
+        professional_id=event.professional_id,
+        professional_first_name=professional["first_name"] if professional else None,
+    )
+
+
+async def notify_reinstatement(unit: Unit[HandlerDeps], event: AccountReinstated) -> None:
+    """The professional, by email: the suspension has ended."""
+    professional = await unit.deps.repository.get_professional(unit.conn, event.professional_id)
+    practice = await handlers._practice_of(unit, None, professional)
+    await handlers._record(
+        unit,
+        domain.plan_professional_notice(domain.REINSTATEMENT_TEMPLATE, handlers._professional(professional), practice),
+        cause=Cause.of(unit, key=f"account.reinstated/{event.professional_id}/{event.reinstated_at.isoformat()}"),
+        practice=practice,
+        patient=None,
+        starts_at=None,
+        professional_id=event.professional_id,
+        professional_first_name=professional["first_name"] if professional else None,
+        reinstated=event.reinstated_at,
+    )
