@@ -115,7 +115,7 @@ PRINCIPALS: Mapping[str, Rights] = {
     ),
     "pms-sync": _service(
         "pms-sync",
-        reads=[UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, BOOKING_EVENTS, PMS_SYNC_ACKS],
+        reads=[UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, BOOKING_EVENTS, PMS_SYNC_ACKS, BILLING_EVENTS],
         writes=[PMS_SYNC_EVENTS, *PMS_INTEGRATION_TOPICS.values()],
     ),
     "upstream": Rights(writes=frozenset([UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES, UPSTREAM_PATIENTS])),

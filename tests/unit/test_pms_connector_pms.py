@@ -25,7 +25,7 @@ except ImportError:  # the workspace member is installed once uv.lock includes i
 from pms_connector import pms
 from pms_connector.settings import ConnectorSettings
 from shared.contracts.common import Actor, Fee
-from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow
+from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow, PmsUpdateFee
 
 T = datetime(2031, 3, 10, 17, 0, tzinfo=UTC)
 STAFF = Actor(kind="staff", id="staff-7", roles=["reception"])
@@ -96,6 +96,20 @@ def test_a_no_show_becomes_one_call_with_its_reporter_fee_and_chart_note() -> No
         "fee": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
         "chart_note": "No answer on phone",
     }
+
+
+@pytest.mark.parametrize(
+    ("fee", "sent"),
+    [
+        (FEE, {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}),
+        (None, None),  # waived: the PMS is told there is no fee any more, not left guessing
+    ],
+)
+def test_a_fee_update_becomes_one_call_saying_what_the_fee_is_now(fee: Fee | None, sent: object) -> None:
+    command = PmsUpdateFee.new(sync_id="sync-3", booking_id="bk/3", practice_id="prac-1", charge_id="ch-9", fee=fee)
+    request = pms.request_for(command)
+    assert (request.path, request.idempotency_key) == ("/appointments/bk%2F3/fee", "sync-3")
+    assert request.body == {"practice_id": "prac-1", "charge_id": "ch-9", "fee": sent}
 
 
 @pytest.mark.parametrize(

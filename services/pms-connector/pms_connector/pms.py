@@ -2,8 +2,9 @@
 PMS's API; keep the three outcomes.
 
 The reference PMS API:
-- `POST {PMS_API_URL}/appointments/{booking_id}/cancel` and `…/no-show`, a JSON body built from
-  the command (below), header `Idempotency-Key: <sync_id>`;
+- `POST {PMS_API_URL}/appointments/{booking_id}/cancel`, `…/no-show` and `…/fee` (the fee
+  changed after the fact: `{"practice_id", "charge_id", "fee"}`, `fee` null when waived), a JSON
+  body built from the command (below), header `Idempotency-Key: <sync_id>`;
 - 2xx: applied (a repeat of the same key answers as the first time did), `{"reference": "…"}`
   is the PMS's own id for the change;
 - 4xx: refused for good (unknown appointment, locked, invalid), `{"message": "…"}` says why;
@@ -23,9 +24,9 @@ from urllib.parse import quote
 import httpx
 import stamina
 
-from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow
+from shared.contracts.pms_sync import PmsCancelBooking, PmsRecordNoShow, PmsUpdateFee
 
-Command = PmsCancelBooking | PmsRecordNoShow
+Command = PmsCancelBooking | PmsRecordNoShow | PmsUpdateFee
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,13 @@ class PmsResult:
 def request_for(command: Command) -> PmsRequest:
     """The PMS call that applies one command. Everything the command carries goes to the PMS:
     who, when, why, the label staff see, the fee billing raised (code and amount) and the chart
-    note for the clinical record. Optional fields the command does not have are left out."""
+    note for the clinical record. Optional fields the command does not have are left out, but a
+    fee update always says what the fee is now (`null`: waived, nothing owed)."""
     booking = quote(command.booking_id, safe="")
     fields = command.to_json_dict()
+    if isinstance(command, PmsUpdateFee):
+        body = {"practice_id": fields["practice_id"], "charge_id": fields["charge_id"], "fee": fields.get("fee")}
+        return PmsRequest(f"/appointments/{booking}/fee", body, command.sync_id)
     if isinstance(command, PmsCancelBooking):
         body = {
             "practice_id": fields["practice_id"],

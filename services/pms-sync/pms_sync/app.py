@@ -2,9 +2,9 @@
 retries and manual-update requests.
 
 Consumes `upstream.practices.v1` (pms.integration), `upstream.bookings.v1` (the chart note and
-reporter of each request), `booking.events.v1` and `pms-sync.acks.v1`; publishes
-`pms.cancel_booking` / `pms.record_no_show` on `pms-sync.<integration>.v1` and the outcomes
-on `pms-sync.events.v1`.
+reporter of each request), `booking.events.v1`, `pms-sync.acks.v1` and `billing.events.v1`
+(fees changed after the fact); publishes `pms.cancel_booking` / `pms.record_no_show` /
+`pms.update_fee` on `pms-sync.<integration>.v1` and the outcomes on `pms-sync.events.v1`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from shared.contracts.pms_sync import (
     PmsRecordNoShow,
     PmsSyncCompleted,
     PmsSyncFailed,
+    PmsUpdateFee,
 )
 from shared.db import Connection
 from shared.metrics import PMS_BACKLOG, PMS_BACKLOG_OLDEST_SECONDS
 from shared.service import ServiceDefinition
 from shared.topics import (
+    BILLING_EVENTS,
     BOOKING_EVENTS,
     PMS_INTEGRATION_TOPICS,
     PMS_SYNC_ACKS,
@@ -30,7 +32,7 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
-from . import api, handlers, repository
+from . import api, fees, handlers, repository
 from .scheduler import overdue_syncs
 from .settings import PmsSyncSettings
 
@@ -53,9 +55,14 @@ def definition(settings: PmsSyncSettings | None = None) -> ServiceDefinition:
                 "booking.no_show_recorded": handlers.sync_no_show,
             },
             PMS_SYNC_ACKS: {"pms.sync_acknowledged": handlers.acknowledge_sync},
+            BILLING_EVENTS: {
+                "charge.created": fees.note_charge_created,
+                "charge.adjusted": fees.note_charge_adjusted,
+                "charge.waived": fees.note_charge_waived,
+            },
         },
         publishes={
-            **{topic: [PmsCancelBooking, PmsRecordNoShow] for topic in PMS_INTEGRATION_TOPICS.values()},
+            **{topic: [PmsCancelBooking, PmsRecordNoShow, PmsUpdateFee] for topic in PMS_INTEGRATION_TOPICS.values()},
             PMS_SYNC_EVENTS: [PmsSyncCompleted, PmsSyncFailed, PmsManualUpdateRequired],
         },
         make_deps=lambda: handlers.PmsSyncDeps(settings=settings, repository=repository),

@@ -12,6 +12,9 @@ Guarantees (docs/rules.md#pms-synchronisation):
   every resend, so a connector can apply it once.
 - A sync ends once: the first ok ack completes it, the first error ack or running out of
   attempts fails it (and asks for a manual update); anything after that changes nothing.
+- A fee still in staff review is told to no PMS (the command goes without it); the PMS gets
+  `pms.update_fee` when a fee becomes final after review, and whenever a final fee changes
+  later (adjusted: the new fee; waived: `fee: null`). Each change once, by its own `sync_id`.
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from typing import Literal
 
 from shared.backoff import backoff_delay
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
-from shared.contracts.common import Actor, Fee
-from shared.contracts.pms_sync import PmsCancelBooking, PmsManualUpdateRequired, PmsRecordNoShow
+from shared.contracts.common import Actor, Decision, Fee
+from shared.contracts.pms_sync import PmsCancelBooking, PmsManualUpdateRequired, PmsRecordNoShow, PmsUpdateFee
 from shared.topics import PMS_INTEGRATION_TOPICS
 
 Integration = Literal["praktika", "core_practice", "manual", "none"]
-Action = Literal["cancel_booking", "record_no_show"]
-# waiting: not sent yet, for the upstream request (chart note) to arrive; sent: waiting for an ack.
-SyncStatus = Literal["waiting", "sent", "completed", "failed"]
+Action = Literal["cancel_booking", "record_no_show", "update_fee"]
+# waiting: not sent yet, for the upstream request (chart note) to arrive; sent: waiting for an ack;
+# superseded: a fee update a newer one of the same booking replaced before it was acknowledged.
+SyncStatus = Literal["waiting", "sent", "completed", "failed", "superseded"]
+# What pms-sync knows of a charge from billing.events.v1: in review (the PMS has no fee yet),
+# final (the PMS has its fee), waived.
+ChargeState = Literal["pending_review", "final", "waived"]
 
 DEFAULT_INTEGRATION: Integration = "none"  # CONTRACT.md: a practice that never configured one
 
@@ -42,12 +49,17 @@ UNKNOWN_PMS = "your PMS"
 _WHAT_TO_DO = {
     "cancel_booking": "cancel this booking in {pms} too",
     "record_no_show": "record this no-show in {pms} too",
+    "update_fee": "change this booking's fee in {pms} too",
 }
 
-COMMAND_MODELS: dict[str, type[PmsCancelBooking] | type[PmsRecordNoShow]] = {
+COMMAND_MODELS: dict[str, type[PmsCancelBooking] | type[PmsRecordNoShow] | type[PmsUpdateFee]] = {
     "cancel_booking": PmsCancelBooking,
     "record_no_show": PmsRecordNoShow,
+    "update_fee": PmsUpdateFee,
 }
+# The actions pms.manual_update_required can name (the contract's PmsAction): a failed fee update
+# is recorded for the read API but not published as one.
+PUBLISHED_MANUAL_ACTIONS = frozenset(["cancel_booking", "record_no_show"])
 
 # The reporter of a no-show when its upstream report was never read here: booking.no_show_recorded
 # does not name one, and the contract's command needs an actor. Named for what it is.
@@ -80,6 +92,13 @@ def fee_raised(fee: Fee | None) -> Fee | None:
     return fee if fee is not None and fee.amount > 0 else None
 
 
+def fee_told(decision: Decision) -> Fee | None:
+    """The fee the PMS is told with the cancellation or no-show: the fee raised, unless it waits
+    for staff review (`review_hours`): nobody is told of a fee before it is final, and the PMS
+    gets it by `pms.update_fee` when it is."""
+    return None if decision.review_hours else fee_raised(decision.fee)
+
+
 def cancel_command(event: BookingCancelled, booking_id: str, chart_note: str | None) -> PmsCancelBooking:
     """`pms.cancel_booking` for `booking_id` (the cancelled booking or one of its series).
 
@@ -98,7 +117,7 @@ def cancel_command(event: BookingCancelled, booking_id: str, chart_note: str | N
         reason_code=event.reason_code,
         reason_text=event.reason_text,
         status_label=event.status_label,
-        fee=fee_raised(event.decision.fee) if primary else None,
+        fee=fee_told(event.decision) if primary else None,
         chart_note=chart_note,
     )
 
@@ -111,7 +130,7 @@ def no_show_command(event: BookingNoShowRecorded, reporter: Actor | None, chart_
         code=event.code,
         recorded_at=event.recorded_at,
         actor=reporter or UNKNOWN_REPORTER,
-        fee=fee_raised(event.decision.fee),
+        fee=fee_told(event.decision),
         chart_note=chart_note,
     )
 
@@ -194,3 +213,59 @@ def on_ack(status: str, ack_status: str) -> Literal["complete", "fail", "ignore"
     if status != "sent":
         return "ignore"
     return "complete" if ack_status == "ok" else "fail"
+
+
+# --- fees changed after the fact (second release: pms.update_fee) -------------------------------
+
+FeeStep = Literal["tell", "note", "ignore"]
+
+
+def fee_update_sync_id(booking_id: str, charge_id: str, cause: str) -> str:
+    """The one id of one fee change: `cause` is the adjustment's or waiver's request id, or
+    `final` for the fee that became final after review."""
+    return sync_id(booking_id, f"fee/{charge_id}/{cause}")
+
+
+def on_charge_created(known: ChargeState | None, status: str | None) -> tuple[ChargeState | None, FeeStep]:
+    """`charge.created`: a fee in review is noted (the PMS was told none); the same fee announced
+    `due` after review is final now and told (`tell`); a fee due at once was in the command
+    already (`note`). A repeat, or a fee waived meanwhile, changes nothing."""
+    if status == "pending_review":
+        return ("pending_review", "note") if known is None else (None, "ignore")
+    if known == "pending_review":
+        return "final", "tell"
+    if known is None:
+        return "final", "note"
+    return None, "ignore"
+
+
+def on_charge_adjusted(known: ChargeState | None) -> FeeStep:
+    """`charge.adjusted`: an edit in review is noted (told when final); a change of a final fee
+    is told; a charge we never saw raised, or one waived, is not ours to tell."""
+    if known == "pending_review":
+        return "note"
+    if known == "final":
+        return "tell"
+    return "ignore"
+
+
+def on_charge_waived(known: ChargeState | None) -> FeeStep:
+    """`charge.waived`: a fee the PMS was told (final) goes to `fee: null`; one waived in review
+    was never told, so the PMS needs nothing (noted); waived twice changes nothing. A charge we
+    never saw raised (billing's events read from before this service did) is told: `null` is
+    right whatever the PMS holds."""
+    if known == "final" or known is None:
+        return "tell"
+    if known == "pending_review":
+        return "note"
+    return "ignore"
+
+
+def update_fee_command(booking_id: str, practice_id: str, charge_id: str, cause: str, fee: Fee | None) -> PmsUpdateFee:
+    return PmsUpdateFee.new(
+        sync_id=fee_update_sync_id(booking_id, charge_id, cause),
+        booking_id=booking_id,
+        practice_id=practice_id,
+        charge_id=charge_id,
+        fee=fee,
+    )

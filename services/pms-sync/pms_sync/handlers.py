@@ -33,7 +33,7 @@ from shared.contracts.upstream import (
 from shared.logging import get_logger
 from shared.topics import PMS_SYNC_EVENTS
 
-from . import domain
+from . import domain, fee_repository
 from . import repository as sql_repository
 from .settings import PmsSyncSettings
 
@@ -48,6 +48,8 @@ class PmsSyncDeps:
     settings: PmsSyncSettings
     # repository.py, or anything with the same functions (tests/handlers: an in-memory fake).
     repository: Any
+    # fee_repository.py (pms.update_fee, fees.py), or a fake of it.
+    fees: Any = fee_repository
 
 
 async def configure_practice(unit: Unit[PmsSyncDeps], event: PracticeConfigured) -> None:
@@ -142,20 +144,32 @@ async def fail_sync(
     """End a sync as failed; returns what to publish: `pms.sync_failed` and the manual update."""
     error = error[:500]
     await repository.fail_sync(conn, sync["sync_id"], error)
+    failed = PmsSyncFailed.new(
+        sync_id=sync["sync_id"],
+        booking_id=sync["booking_id"],
+        integration=sync["integration"],
+        attempts=sync["attempts"],
+        error=error,
+    )
+    if sync["action"] not in domain.PUBLISHED_MANUAL_ACTIONS:
+        # A fee update: pms.manual_update_required cannot name it (the contract's actions are the
+        # cancellation and the no-show); staff find it in the read API's manual updates.
+        message = domain.manual_message(sync["action"], sync["integration"], error, failed=True)
+        await repository.add_manual_update(
+            conn,
+            booking_id=sync["booking_id"],
+            practice_id=sync["practice_id"],
+            integration=sync["integration"],
+            action=sync["action"],
+            message=message,
+            sync_id=sync["sync_id"],
+        )
+        return [failed]
     manual = domain.manual_update(
         sync["booking_id"], sync["practice_id"], sync["integration"], sync["action"], error, failed=True
     )
     await _record_manual_update(repository, conn, manual, sync_id=sync["sync_id"])
-    return [
-        PmsSyncFailed.new(
-            sync_id=sync["sync_id"],
-            booking_id=sync["booking_id"],
-            integration=sync["integration"],
-            attempts=sync["attempts"],
-            error=error,
-        ),
-        manual,
-    ]
+    return [failed, manual]
 
 
 async def _integration(unit: Unit[PmsSyncDeps], practice_id: str) -> str:

@@ -8,7 +8,7 @@ status label, chart note); every command's `sync_id` ends in `pms.sync_completed
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -74,6 +74,11 @@ class PmsUpdateFee(Payload):
     practice_id: Id
     charge_id: Id
     fee: Fee | None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The wire form, with `fee: null` when waived: the field is required, so it is the one
+        left in when unset (a waiver left out would not parse)."""
+        return super().to_json_dict() | {"fee": None if self.fee is None else self.fee.model_dump(mode="json")}
 
 
 # --- pms-sync.events.v1 ----------------------------------------------------------------------
