@@ -301,3 +301,79 @@ async def test_a_booking_is_decided_by_its_frozen_settings_and_tier_once_each(po
     assert "tier" not in after_all.data
     assert len(decisions) == 3 and len({d.value["id"] for d in decisions}) == 3
     assert [a.data["policy_version"] for a in accepted] == ["r1.s1", "r1.s2", "r1.s3"]
+
+    # Reports: fees by tier (the 24 h tier once, the flat fee twice) for the practice's own token.
+    period = f"from={iso(now - timedelta(hours=1))}&to={iso(now + timedelta(hours=1))}"
+    token = dev_token(practice_ids=[practice_id], roles=["manager"])
+    report = policy.get_json(f"/reports/fees-by-tier?{period}", token)["rows"]
+    assert [(r["notice_under_hours"], r["fees"], r["total"], r["currency"]) for r in report] == [
+        (24, 1, "90.00", "EUR"),
+        (None, 2, "90.00", "EUR"),
+    ]
+    assert all(r["practice_id"] == practice_id and r["classification"] == "late" for r in report)
+
+
+async def test_staff_cancelling_a_booked_professional_late_owe_turnaway_pay_reported_per_practice(
+    policy, infra, publisher
+):
+    practice_id, now = unique("practice"), datetime.now(UTC)
+    async with EventWatcher(infra.bootstrap, WATCHED) as w:
+        await configure(
+            publisher,
+            w,
+            practice_id,
+            settings(practice_id, turnaway={"office_late_window_hours": 24, "percent_of_shift": 50}),
+            "practice.configuration_accepted",
+        )
+        decisions = []
+        for lead in (timedelta(hours=10), timedelta(hours=30)):
+            booking_id, request_id = unique("booking"), unique("request")
+            await publisher.event(
+                POLICY_REQUESTS,
+                "cancellation.assessment_requested",
+                booking_id,
+                {
+                    "booking_id": booking_id,
+                    "request_id": request_id,
+                    "practice_id": practice_id,
+                    "kind": "cancellation",
+                    "booking": {
+                        "starts_at": iso(now + lead),
+                        "ends_at": iso(now + lead + timedelta(hours=8)),
+                        "status": "scheduled",
+                        "professional_id": "pro-1",
+                        "patient_portal_account": True,
+                        "patient_card_on_file": False,
+                        "price": {"amount": "180.00", "currency": "EUR"},
+                    },
+                    "requested_at": iso(now),
+                    "actor": {"kind": "staff", "id": "staff-1", "roles": ["manager"]},
+                    "channel": "practice",
+                },
+                source="service/booking",
+            )
+            [decided] = await w.wait_for(
+                lambda s, r=request_id: s.topic == POLICY_DECISIONS and s.data.get("request_id") == r
+            )
+            decisions.append(decided.data)
+
+    late, timely = decisions
+    assert (late["office_score_delta"], late["office_cause"], late["turnaway_pay"]) == (
+        -50,
+        "late_cancelled_professional",
+        {"amount": "90.00", "currency": "EUR"},
+    )
+    assert (timely["office_score_delta"], timely["office_cause"], timely.get("turnaway_pay")) == (
+        -10,
+        "cancelled_professional",
+        None,
+    )
+    assert late.get("score_delta") is None  # the professional's own score is untouched
+    period = f"from={iso(now - timedelta(hours=1))}&to={iso(now + timedelta(hours=1))}"
+    rows = policy.get_json(f"/reports/turnaway-pay?{period}&practice_id={practice_id}")["rows"]
+    assert [
+        (r["currency"], r["owed"], r["total"], r["timely_cancellations"], r["late_cancellations"]) for r in rows
+    ] == [
+        (None, 0, None, 1, 0),
+        ("EUR", 1, "90.00", 0, 1),
+    ]

@@ -147,3 +147,44 @@ async def has_decisions(pool: asyncpg.Pool, booking_id: str, *, practice_ids: li
             practice_ids,
         )
     )
+
+
+# --- reports (second release) ----------------------------------------------------------------------
+
+
+async def fees_by_tier(
+    pool: asyncpg.Pool, *, practice_ids: list[str] | None, decided_from: datetime, decided_before: datetime
+) -> list[asyncpg.Record]:
+    """Allowed decisions with a fee decided in the period, per practice, classification, tier
+    (its notice; NULL: the flat fee or a no-show's) and currency: how many, and their total."""
+    return await pool.fetch(
+        "SELECT practice_id, classification, (decision->'tier'->>'notice_under_hours')::int AS notice_under_hours,"
+        " decision->'fee'->>'currency' AS currency, count(*)::int AS fees,"
+        " sum((decision->'fee'->>'amount')::numeric) AS total"
+        " FROM decisions WHERE allowed AND decision ? 'fee' AND decided_at >= $2 AND decided_at < $3"
+        " AND ($1::text[] IS NULL OR practice_id = ANY($1))"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3 NULLS LAST, 4",
+        practice_ids,
+        decided_from,
+        decided_before,
+    )
+
+
+async def turnaway_pay(
+    pool: asyncpg.Pool, *, practice_ids: list[str] | None, decided_from: datetime, decided_before: datetime
+) -> list[asyncpg.Record]:
+    """Turn-away pay decided in the period, per practice and currency, and the office's
+    cancellations of booked professionals by cause."""
+    return await pool.fetch(
+        "SELECT practice_id, decision->'turnaway_pay'->>'currency' AS currency,"
+        " count(*) FILTER (WHERE decision ? 'turnaway_pay')::int AS owed,"
+        " sum((decision->'turnaway_pay'->>'amount')::numeric) AS total,"
+        " count(*) FILTER (WHERE decision->>'office_cause' = 'cancelled_professional')::int AS timely_cancellations,"
+        " count(*) FILTER (WHERE decision->>'office_cause' = 'late_cancelled_professional')::int AS late_cancellations"
+        " FROM decisions WHERE allowed AND decision ? 'office_cause' AND decided_at >= $2 AND decided_at < $3"
+        " AND ($1::text[] IS NULL OR practice_id = ANY($1))"
+        " GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST",
+        practice_ids,
+        decided_from,
+        decided_before,
+    )
