@@ -34,7 +34,7 @@ import asyncpg
 import structlog
 from aiokafka.errors import KafkaError
 
-from . import inbox, outbox
+from . import inbox, outbox, tracing
 from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.deadletter import MessageDeadLettered
@@ -107,6 +107,9 @@ class UnitOfWork(Generic[Deps]):
     deps: Deps
     correlation_id: str | None = None
     emitted: list[outbox.OutgoingEvent] = field(default_factory=list)
+    # W3C trace context the emitted events carry (shared.tracing): the span handling the unit's work.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def emit(self, topic: str, payload: Payload, *, subject: str, time: datetime | None = None) -> str:
         """Publish `payload` on `topic` if, and only if, this unit's transaction commits."""
@@ -117,6 +120,8 @@ class UnitOfWork(Generic[Deps]):
             source=f"service/{self.service}",
             correlation_id=self.correlation_id,
             time=time,
+            traceparent=self.traceparent,
+            tracestate=self.tracestate,
         )
         self.emitted.append(event)
         return event.id
@@ -212,19 +217,20 @@ class MessageProcessor:
 
     async def handle(self, records: Sequence[Record]) -> BatchOutcome:
         parsed = [(record, self._parse(record)) for record in records]
+        spans = tracing.consume(self.service, parsed)  # None when tracing is off
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
                 if self._savepoint_per_record:
-                    outcome = await self._handle_in_transaction(parsed)
+                    outcome = await tracing.transaction(spans, self._handle_in_transaction(parsed))
                 else:
                     try:
-                        outcome = await self._handle_batch_at_once(parsed)
+                        outcome = await tracing.transaction(spans, self._handle_batch_at_once(parsed))
                     except _RecordFailed:
                         # Rolled back whole; again record by record, so only the failing one is
                         # dead-lettered and the others keep their effect.
-                        outcome = await self._handle_in_transaction(parsed)
+                        outcome = await tracing.transaction(spans, self._handle_in_transaction(parsed))
             except Exception as exc:
                 if self.stopping:
                     raise
@@ -252,6 +258,7 @@ class MessageProcessor:
                 DEAD_LETTERS.labels(self.service, reason).inc()
             if self._on_committed is not None:
                 self._on_committed()
+            tracing.consumed(spans)
             return outcome
 
     def _parse(self, record: Record) -> Event | ContractViolation:
@@ -351,13 +358,15 @@ class MessageProcessor:
                     emitted += await self._apply(conn, record, event, True, outcome)
                     continue
                 units = [self._unit(conn, record, event) for record, event in group]
-                await handler_or_id.handle_many(units, [event.payload for _, event in group])
+                with tracing.handling(units, handler_or_id, group[0][1].type):
+                    await handler_or_id.handle_many(units, [event.payload for _, event in group])
                 for (record, _), unit in zip(group, units, strict=True):
                     outcome.add(record.topic, "processed")
                     emitted += unit.emitted
         return emitted
 
     def _unit(self, conn: Connection, record: Record, event: Event) -> Unit[Any]:
+        traceparent, tracestate = tracing.record_context(record, event)
         return Unit(
             conn=conn,
             service=self.service,
@@ -365,6 +374,8 @@ class MessageProcessor:
             correlation_id=event.correlation_id,
             event=event,
             record_time=record_time(record),
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
 
     def _wants(self, record: Record, event: Event) -> bool:
@@ -387,7 +398,8 @@ class MessageProcessor:
         )
         try:
             unit = self._unit(conn, record, event)
-            await handler(unit, event.payload)
+            with tracing.handling([unit], handler, event.type):
+                await handler(unit, event.payload)
         finally:
             structlog.contextvars.unbind_contextvars("correlation_id", "event_id", "event_type")
         outcome.add(record.topic, "processed")

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
+from . import tracing
 from .backoff import backoff_delay
 from .contracts.base import Payload
 from .contracts.envelope import fast_json, new_envelope
@@ -74,6 +75,10 @@ class OutgoingEvent:
     key: str
     envelope: dict[str, Any]
     body: str
+    # W3C trace context of the span that emitted it, kept beside the body (`outbox.traceparent`):
+    # the relay adds its own publish span's to the record it sends.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def id(self) -> str:
@@ -89,6 +94,8 @@ def outgoing(
     correlation_id: str | None,
     time: datetime | None = None,
     event_id: str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> OutgoingEvent:
     envelope = new_envelope(
         payload,
@@ -104,18 +111,37 @@ def outgoing(
             f"{envelope['type']} for {subject[:100]!r} would be {len(body)} bytes with a key of {len(subject)}"
             f" characters: at most {MAX_EVENT_BYTES} bytes and a key of {MAX_KEY_CHARS} characters fit the broker"
         )
-    return OutgoingEvent(topic=topic, key=subject, envelope=envelope, body=body)
+    return OutgoingEvent(
+        topic=topic,
+        key=subject,
+        envelope=envelope,
+        body=body,
+        traceparent=traceparent,
+        tracestate=tracestate if traceparent else None,
+    )
 
 
 async def write(conn: Connection, events: Iterable[OutgoingEvent]) -> int:
     """Insert events into the outbox inside the caller's transaction."""
-    rows = [(uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], e.body) for e in events]
+    rows = [(uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], e.body, e.traceparent, e.tracestate) for e in events]
     if rows:
         await conn.executemany(
-            "INSERT INTO outbox (id, topic, key, type, payload) VALUES ($1, $2, $3, $4, $5::jsonb)",
+            "INSERT INTO outbox (id, topic, key, type, payload, traceparent, tracestate)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
             rows,
         )
     return len(rows)
+
+
+def with_trace_context(body: str, traceparent: str | None, tracestate: str | None) -> str:
+    """The envelope `body` (a JSON object, as Postgres gives jsonb back) with the CloudEvents
+    distributed-tracing attributes first. The body itself never holds them: the outbox keeps
+    them in their own columns, and only the relay knows the publish span's context."""
+    if not traceparent or not body.startswith("{"):
+        return body
+    # A traceparent is hex and dashes (validated when emitted); a tracestate may hold quotes.
+    state = f'"tracestate": {json.dumps(tracestate)}, ' if tracestate else ""
+    return f'{{"traceparent": "{traceparent}", {state}{body[1:]}'
 
 
 @dataclass(frozen=True)
@@ -293,10 +319,10 @@ class OutboxRelay:
         # At most `batch_size` rows and about BATCH_MAX_BYTES of them (always at least one row):
         # a run of large dead letters must not pull hundreds of megabytes into one batch.
         rows = await conn.fetch(
-            "SELECT seq, topic, key, type, payload FROM ("
-            " SELECT seq, topic, key, type, payload,"
+            "SELECT seq, id, topic, key, type, payload, traceparent, tracestate FROM ("
+            " SELECT seq, id, topic, key, type, payload, traceparent, tracestate,"
             "  sum(octet_length(payload)) OVER (ORDER BY seq) - octet_length(payload) AS before"
-            " FROM (SELECT seq, topic, key, type, payload::text AS payload FROM outbox"
+            " FROM (SELECT seq, id, topic, key, type, payload::text AS payload, traceparent, tracestate FROM outbox"
             "  WHERE published_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1) AS due"
             ") AS sized WHERE before < $2 ORDER BY seq",
             self._batch_size,
@@ -306,14 +332,21 @@ class OutboxRelay:
             return 0
         sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
         refused: list[tuple[asyncpg.Record, BaseException]] = []
+        spans: list[Any] = []  # the publish spans of `sent` (shared.tracing; None when off)
         for row in rows:
+            span, traceparent, tracestate = tracing.publish(self._service, row)
+            body = with_trace_context(row["payload"], traceparent, tracestate)
             try:
-                future = await self._publish(row["topic"], (row["key"] or "").encode(), row["payload"].encode())
+                future = await self._publish(row["topic"], (row["key"] or "").encode(), body.encode())
             except PERMANENT_PUBLISH_ERRORS as exc:  # refused before it left (e.g. over the size limit)
                 refused.append((row, exc))
+                tracing.published(span, exc)
             else:
                 sent.append((row, future))
+                spans.append(span)
         outcomes = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        for span, outcome in zip(spans, outcomes, strict=True):
+            tracing.published(span, outcome)
         transient: BaseException | None = None
         for (row, _), outcome in zip(sent, outcomes, strict=True):
             if isinstance(outcome, PERMANENT_PUBLISH_ERRORS):

@@ -44,7 +44,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import access, db, inbox, outbox
+from . import access, db, inbox, outbox, tracing
 from .background import DueWork
 from .backoff import backoff_delay
 from .consumer import Handler, InvalidRequestAnswer, MessageProcessor
@@ -514,6 +514,7 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
     settings = definition.settings
     configure_logging(definition.name, settings.log_level, settings.log_format)
     use_fast_json(settings.fast_json)
+    tracing.configure(definition.name)  # on only when OTEL_EXPORTER_OTLP_ENDPOINT names a collector
     config = uvicorn.Config(
         http_app(definition),
         host=settings.http_host,
@@ -524,7 +525,10 @@ def run(definition_factory: Callable[[], ServiceDefinition]) -> None:
         timeout_graceful_shutdown=20,
         loop=settings.event_loop,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        tracing.shutdown()  # export the spans still buffered
 
 
 def runtime_of(request: Request) -> Runtime:

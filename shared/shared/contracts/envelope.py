@@ -15,6 +15,8 @@ a message over `MAX_MESSAGE_BYTES` is refused before it is decoded, and one nest
 `parse_record` keeps the same promise for the headers: at most `MAX_HEADERS` of them, names of
 at most `MAX_HEADER_NAME_CHARS`, each value it reads at most `MAX_HEADER_VALUE_BYTES` of strict,
 printable UTF-8, every attribute once; its sentences name only attributes of the contract.
+The trace context (`traceparent`, `tracestate`, in either mode) is the one exception to refusal:
+a malformed one is dropped and the message goes on, since tracing must never lose a message.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from ..redaction import describe_validation_error
 from .base import Payload
@@ -50,6 +61,49 @@ def _sane_year(value: datetime) -> datetime:
 
 # Printable text: a control character in an id or a type is never meant, and would reach logs and keys.
 EnvelopeText = Annotated[str, Field(min_length=1, max_length=ENVELOPE_TEXT_MAX_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+# --- trace context: the CloudEvents distributed-tracing extension (W3C Trace Context) ----------
+# `traceparent` and `tracestate` are optional attributes like `correlationid`, bounded and checked
+# like every other one, with one difference: one that is malformed is dropped, never refused.
+# Tracing must never lose a message, so a bad trace header costs the trace, not the message.
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+_NO_TRACE_ID, _NO_SPAN_ID = "0" * 32, "0" * 16
+TRACESTATE_MAX_CHARS = 512  # W3C: 32 list members; vendors may cut beyond 512 characters
+TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_MEMBER = re.compile(
+    r"[a-z0-9][a-z0-9_\-*/]{0,240}(@[a-z][a-z0-9_\-*/]{0,13})?=[ -+\--<>-~]{0,255}[!-+\--<>-~]"
+)
+
+
+def valid_traceparent(value: object) -> str | None:
+    """A W3C `traceparent` in version 00's form, or None when `value` is not one.
+
+    A later version is read for its first four fields, as W3C Trace Context asks; version ff,
+    an all-zero trace or parent id, and version 00 with anything after its flags are not one."""
+    if not isinstance(value, str) or len(value) > ENVELOPE_TEXT_MAX_CHARS:
+        return None
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    version, trace_id, parent_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == _NO_TRACE_ID or parent_id == _NO_SPAN_ID:
+        return None
+    return f"00-{trace_id}-{parent_id}-{flags}"
+
+
+def valid_tracestate(value: object) -> str | None:
+    """A W3C `tracestate` list (at most 32 members, 512 characters), or None when `value` is not one."""
+    if not isinstance(value, str) or len(value) > TRACESTATE_MAX_CHARS:
+        return None
+    members = [member.strip(" \t") for member in value.split(",")]
+    members = [member for member in members if member]
+    if not members or len(members) > TRACESTATE_MAX_MEMBERS:
+        return None
+    if not all(_TRACESTATE_MEMBER.fullmatch(member) for member in members):
+        return None
+    return ",".join(members)
 
 
 class ContractViolation(Exception):
@@ -76,6 +130,24 @@ class Envelope(BaseModel):
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any]
     correlationid: EnvelopeText | None = None
+    # The CloudEvents distributed-tracing extension: dropped when malformed (see above). The
+    # schema shows producers the form to send; a consumer reads anything and drops what is not it.
+    traceparent: Annotated[
+        str | None,
+        BeforeValidator(valid_traceparent),
+        WithJsonSchema({"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"}),
+    ] = Field(
+        default=None,
+        description="W3C Trace Context traceparent of the span that produced this event; ignored when malformed",
+    )
+    tracestate: Annotated[
+        str | None,
+        BeforeValidator(valid_tracestate),
+        WithJsonSchema({"type": "string", "maxLength": TRACESTATE_MAX_CHARS}),
+    ] = Field(
+        default=None,
+        description="W3C Trace Context tracestate, read only beside a valid traceparent; ignored when malformed",
+    )
 
 
 class Event(BaseModel):
@@ -97,6 +169,14 @@ class Event(BaseModel):
     @property
     def correlation_id(self) -> str:
         return self.envelope.correlationid or self.envelope.id
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.envelope.traceparent
+
+    @property
+    def tracestate(self) -> str | None:
+        return self.envelope.tracestate if self.envelope.traceparent else None
 
 
 def _check_shape(document: Any) -> None:
@@ -190,6 +270,8 @@ _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
 # Not attributes in binary mode: the data is the value, its content type the `content-type` header.
 _NOT_HEADERS = frozenset({"data", "data_base64", "datacontenttype"})
 _KNOWN_ATTRIBUTES = frozenset(Envelope.model_fields) - {"data"}
+# Trace context: a header that cannot be read (or comes twice) is dropped, never a dead letter.
+_TRACE_ATTRIBUTES = frozenset({"traceparent", "tracestate"})
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -224,7 +306,19 @@ def _binary_document(
 ) -> dict[str, Any]:
     """The structured form of a binary-mode record, for the one validation both modes share."""
     document: dict[str, Any] = {}
+    unreadable_trace: set[str] = set()
     for name, raw in attributes:
+        if name in _TRACE_ATTRIBUTES:
+            try:
+                text = _header_text(raw, name)
+            except ContractViolation:
+                text = None
+            if text is None or name in document or name in unreadable_trace:
+                document.pop(name, None)
+                unreadable_trace.add(name)
+            else:
+                document[name] = text
+            continue
         if not _ATTRIBUTE_NAME.fullmatch(name):
             raise ContractViolation("a ce_ header whose attribute name is not 1 to 20 lower-case letters or digits")
         # Only an attribute of the contract is named: any other name came from the sender.
@@ -265,6 +359,11 @@ def _header_text(raw: bytes | None, what: str) -> str:
 
 def _event(document: dict[str, Any], registry: dict[str, type[Payload]]) -> Event:
     """The one validation of both modes: shape, envelope, then the payload its `type` names."""
+    # A trace context that is not one is dropped before any check could refuse the message for it.
+    if "traceparent" in document and valid_traceparent(document["traceparent"]) is None:
+        del document["traceparent"]
+    if "tracestate" in document and valid_tracestate(document["tracestate"]) is None:
+        del document["tracestate"]
     _check_shape(document)
     envelope: Envelope = _validate(Envelope, document, "invalid CloudEvents envelope")
     model = registry.get(envelope.type)
