@@ -60,6 +60,7 @@ class FakeBroker:
         self.replayed: list[str] = []
         self.reviews: list[tuple[str, str, str, str]] = []
         self.reinstated: list[tuple[str, str]] = []
+        self.fee_decisions: list = []
 
     async def dead_letters(self):
         return self.letters
@@ -79,6 +80,10 @@ class FakeBroker:
     async def reinstate_professional(self, professional_id, reviewer_id):
         self.reinstated.append((professional_id, reviewer_id))
         return "event-2"
+
+    async def decide_fee(self, decision):
+        self.fee_decisions.append(decision)
+        return "event-3"
 
     async def lag(self):
         return [Lag("booking", "upstream.bookings.v1", 0, 7, 9)]
@@ -373,7 +378,7 @@ def test_an_excuse_is_approved_with_the_reviewer_from_the_token(console, keys):
     client, _, broker = console
     sign_in(client, token(keys, ["ops"], subject="ops-anna"))
     queue = client.get("/queues")
-    assert "x-1" in queue.text and "Not available yet" in queue.text
+    assert "x-1" in queue.text and 'href="/fees/review"' in queue.text
     csrf = csrf_of(queue)
     assert client.post("/excuses/x-1/review", data={"decision": "approved"}).status_code == 403
     assert client.post("/excuses/x-1/review", data={"csrf": csrf, "decision": "maybe"}).status_code == 422

@@ -6,8 +6,8 @@ Guarantees:
   services' own. Pages for operators (Pipeline, dead letters, Queues, caught mail and SMS) need
   the `ops` role; a practice's page needs the practice in the token (or `ops`).
 - Every form POST is CSRF-checked (session.py); every value shown is escaped (templating.py).
-- The console publishes only what a person decided (`excuse.reviewed`, `professional.reinstated`)
-  and dead-letter replays.
+- The console publishes only what a person decided (`excuse.reviewed`, `professional.reinstated`,
+  `charge.review_decided`) and dead-letter replays.
 """
 
 import asyncio
@@ -26,7 +26,7 @@ from shared.contracts.common import valid_id
 from shared.tools import dlq, readapi
 from shared.topics import SERVICES
 
-from . import charts
+from . import charts, fee_review
 from .backends import Broker, Services
 from .session import LOGIN_COOKIE, SESSION_COOKIE, Sessions, form
 from .settings import ConsoleSettings
@@ -304,6 +304,34 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None, servi
             raise HTTPException(409, "this professional is not suspended")
         await kafka.reinstate_professional(professional_id, session[0].subject)
         return RedirectResponse(f"/queues?flash=reinstated+{professional_id}", status_code=303)
+
+    # --- the fee review queue (fee_review.py) ---------------------------------------------------
+
+    @app.get("/fees/review", response_class=HTMLResponse)
+    async def fees_to_review(request: Request, session: Who, practice_id: str | None = None) -> HTMLResponse:
+        params: dict[str, Any] = {"page_size": 200} | ({"practice_id": practice_id} if practice_id else {})
+        queue = await svc(request).get("billing", "/charges/in-review", session[1], params)
+        return render(
+            "fee_review.html",
+            session,
+            title="Fees to review",
+            queue=queue,
+            may_decide=fee_review.may_decide(session[0].roles),
+            code_systems=fee_review.CODE_SYSTEMS,
+            flash=request.query_params.get("flash"),
+        )
+
+    @app.post("/charges/{charge_id}/review")
+    async def decide_fee(charge_id: str, request: Request, session: Who) -> Response:
+        fields = await form(request)
+        sessions.check_csrf(session[1], fields.get("csrf"))
+        command = fee_review.decision_of(session[0], charge_id, fields)
+        booking_id = valid_id(fields.get("booking_id"))
+        found = await svc(request).get("billing", f"/bookings/{booking_id}/billing", session[1]) if booking_id else None
+        if fee_review.in_review(found, charge_id) is None:
+            raise HTTPException(409, "this fee is no longer waiting for a review")
+        await kafka.decide_fee(command)
+        return RedirectResponse(f"/fees/review?flash={command.decision}+{charge_id}", status_code=303)
 
     # --- caught mail and SMS (development) ------------------------------------------------------
 

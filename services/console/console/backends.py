@@ -7,7 +7,7 @@ Guarantees:
   because one service is down.
 - Kafka is reached only through shared.kafka (the environment's KAFKA_* settings, or
   `.local/clients/<CONSOLE_KAFKA_CLIENT>.env`); the console publishes only people's decisions
-  (`excuse.reviewed`) and replays of dead letters, and reads without a consumer group.
+  (`excuse.reviewed`, `professional.reinstated`, `charge.review_decided`) and replays of dead letters, and reads without a consumer group.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.contracts.upstream import ExcuseReviewed, ProfessionalReinstated
+from shared.contracts.upstream import ChargeReviewDecided, ExcuseReviewed, ProfessionalReinstated
 from shared.kafka import KafkaConnection
 from shared.tools import dlq
 from shared.tools.bus import OBSERVER, connection_as, open_bus, writer_of
-from shared.topics import SERVICES, UPSTREAM_PROFESSIONALS
+from shared.topics import BILLING_COMMANDS, SERVICES, UPSTREAM_PROFESSIONALS
 
 SOURCE = "tools/console"
 
@@ -146,6 +146,19 @@ class Broker:
                 UPSTREAM_PROFESSIONALS,
                 payload,
                 subject=professional_id,
+                source=SOURCE,
+                correlation_id=str(uuid.uuid4()),
+            )
+        return str(sent["id"])
+
+    async def decide_fee(self, decision: ChargeReviewDecided) -> str:
+        """Publish `charge.review_decided` on billing.commands.v1 (as `staff-tools`), keyed by the
+        charge; returns the event id."""
+        async with open_bus(writer_of(BILLING_COMMANDS, self._client)) as bus:
+            sent = await bus.event(
+                BILLING_COMMANDS,
+                decision,
+                subject=decision.charge_id,
                 source=SOURCE,
                 correlation_id=str(uuid.uuid4()),
             )
