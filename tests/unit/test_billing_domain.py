@@ -335,6 +335,7 @@ def test_billing_consumes_commands_and_publishes_every_billing_event() -> None:
         "charge.waived",
         "charge.review_rejected",
         "payment.refunded",
+        "turnaway_pay.owed",
     }
 
 

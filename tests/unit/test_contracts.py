@@ -416,6 +416,13 @@ def examples() -> dict[type[Payload], Payload]:
             practice_id=practice_id, booking_id=booking_id, delta=-50, score=50, cause="late_cancelled_professional"
         ),
         scoring.AccountReinstated.new(professional_id=professional_id, reinstated_at=T0),
+        billing.TurnawayPayOwed.new(
+            booking_id=booking_id,
+            practice_id=practice_id,
+            professional_id=professional_id,
+            amount=Decimal("90.00"),
+            currency="AUD",
+        ),
         billing.ChargeWaived.new(charge_id=charge_id, booking_id=booking_id, request_id=request_id),
         billing.ChargeReviewRejected.new(charge_id=charge_id, request_id=request_id, reason="not_pending"),
         billing.PaymentRefunded.new(
@@ -834,6 +841,7 @@ SECOND_RELEASE_POLICY_TYPES = {
     "patient.standing_changed",
     "office.score_changed",
     "account.reinstated",
+    "turnaway_pay.owed",
 }
 
 
@@ -842,7 +850,7 @@ def test_only_internal_and_second_release_event_types_are_missing_from_the_first
     internal = {"cancellation.assessment_requested", "message.dead_lettered"}
     second = SECOND_RELEASE_TYPES | SECOND_RELEASE_FEE_TYPES | SECOND_RELEASE_POLICY_TYPES
     assert ALL_EVENT_TYPES - documented == internal | second
-    assert len(ALL_EVENT_TYPES) == 57
+    assert len(ALL_EVENT_TYPES) == 58
     text = CONTRACT_DOC.read_text(encoding="utf-8")
     assert all(f"`{event_type}`" in text for event_type in second)
     assert "`practice.events.v1`" in text and topics.PRACTICE_EVENTS == "practice.events.v1"

@@ -34,12 +34,13 @@ from shared.contracts.billing import (
     PaymentCaptured,
     PaymentFailed,
     PaymentRefunded,
+    TurnawayPayOwed,
 )
 from shared.contracts.common import valid_id
 from shared.service import ServiceDefinition
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_PATIENTS
 
-from . import api, capture, gateway, handlers, refunds, repository, review, webhooks
+from . import api, capture, gateway, handlers, refunds, repository, review, turnaway, webhooks
 from .settings import BillingSettings
 
 
@@ -78,6 +79,7 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
     routes = APIRouter()
     routes.include_router(api.router)
     routes.include_router(webhooks.router)
+    routes.include_router(turnaway.router)
 
     return ServiceDefinition(
         name=settings.service_name,
@@ -86,7 +88,8 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
         migrations=Path(__file__).parent.parent / "migrations",
         consumes={
             BOOKING_EVENTS: {
-                "booking.cancelled": handlers.bill_cancellation,
+                # the patient's fee and deposit, then (second release) the office's turn-away pay
+                "booking.cancelled": turnaway.on_cancelled,
                 "booking.no_show_recorded": handlers.bill_no_show,
             },
             BILLING_COMMANDS: {
@@ -111,6 +114,7 @@ def definition(settings: BillingSettings | None = None) -> ServiceDefinition:
                 ChargeWaived,
                 ChargeReviewRejected,
                 PaymentRefunded,
+                TurnawayPayOwed,
             ],
         },
         make_deps=make_deps,

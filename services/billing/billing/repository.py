@@ -583,3 +583,50 @@ async def charges_in_review(
         limit,
         offset,
     )
+
+
+# --- turn-away pay (second release, issue 17; turnaway.py) ---------------------------------------
+
+
+async def record_turnaway_pay(conn: asyncpg.Connection, t: dict[str, Any]) -> bool:
+    """Record what an office owes a professional for one booking; False when it is known."""
+    inserted = await conn.fetchval(
+        "INSERT INTO turnaway_pay (booking_id, practice_id, professional_id, amount_minor, currency, owed_at,"
+        " request_id, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (booking_id) DO NOTHING RETURNING true",
+        t["booking_id"],
+        t["practice_id"],
+        t["professional_id"],
+        t["amount_minor"],
+        t["currency"],
+        t["owed_at"],
+        t["request_id"],
+        t["event_id"],
+    )
+    return bool(inserted)
+
+
+async def turnaway_pay_of_practice(
+    pool: asyncpg.Pool, practice_id: str, *, owed_from: datetime, owed_before: datetime
+) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT booking_id, professional_id, amount_minor, currency, owed_at FROM turnaway_pay"
+        " WHERE practice_id = $1 AND owed_at >= $2 AND owed_at < $3 ORDER BY owed_at, booking_id LIMIT 1000",
+        practice_id,
+        owed_from,
+        owed_before,
+    )
+
+
+async def turnaway_pay_totals(
+    pool: asyncpg.Pool, practice_ids: list[str] | None, *, owed_from: datetime, owed_before: datetime
+) -> list[asyncpg.Record]:
+    """Per practice and currency (amounts in different currencies never add up)."""
+    return await pool.fetch(
+        "SELECT practice_id, currency, count(*)::int AS bookings, sum(amount_minor)::bigint AS amount_minor"
+        " FROM turnaway_pay WHERE owed_at >= $2 AND owed_at < $3 AND ($1::text[] IS NULL OR practice_id = ANY($1))"
+        " GROUP BY practice_id, currency ORDER BY practice_id, currency",
+        practice_ids,
+        owed_from,
+        owed_before,
+    )

@@ -126,3 +126,17 @@ class PaymentRefunded(Payload, FlatMoney):
     amount: Amount
     currency: Currency
     reason: Literal["adjustment", "waived"]
+
+
+class TurnawayPayOwed(Payload, FlatMoney):
+    """Second release (issue 17): a marketplace office's staff cancelled a booked professional
+    inside the office's late window; the office owes the professional this share of the
+    booking's price (the policy's decision). Once per booking."""
+
+    event_type: ClassVar[str] = "turnaway_pay.owed"
+
+    booking_id: Id
+    practice_id: Id
+    professional_id: Id
+    amount: Amount
+    currency: Currency

@@ -79,6 +79,7 @@ TOPIC_EVENTS: dict[str, dict[str, type[Payload]]] = {
         billing.ChargeWaived,
         billing.ChargeReviewRejected,
         billing.PaymentRefunded,
+        billing.TurnawayPayOwed,
     ),
     topics.NOTIFICATION_EVENTS: _by_type(notification.NotificationSent, notification.NotificationFailed),
     topics.PMS_SYNC_ACKS: _by_type(upstream.PmsSyncAcknowledged),
