@@ -361,3 +361,25 @@ def test_only_otlp_over_http_protobuf_is_accepted() -> None:
 def test_the_resource_names_the_service_unless_otel_service_name_says_otherwise() -> None:
     exporter = InMemorySpanExporter()
     assert tracing.new_provider("billing", exporter, {}).resource.attributes["service.name"] == "billing"
+
+
+def test_a_call_to_a_provider_is_a_client_span_in_the_current_trace(spans: InMemorySpanExporter) -> None:
+    record = FakeRecord(topics.UPSTREAM_BOOKINGS, 0, 1, json.dumps(structured(traceparent=TRACEPARENT)).encode())
+    event = parse_record(record.value, (), BOOKINGS)
+    unit: Unit[Any] = Unit(conn=None, service="notification", deps=None, event=event, traceparent=TRACEPARENT)  # type: ignore[arg-type]
+    with tracing.handling([unit], "h", event.type), pytest.raises(ConnectionError):
+        with tracing.external_call("smtp send", "smtp"):
+            pass
+        with tracing.external_call("sms send", "sms"):
+            raise ConnectionError("+61400000000 unreachable")
+    smtp, sms, handle = spans.get_finished_spans()
+    assert (smtp.name, smtp.kind, sms.kind) == ("smtp send", SpanKind.CLIENT, SpanKind.CLIENT)
+    assert smtp.parent is not None and smtp.parent.span_id == handle.context.span_id
+    assert smtp.context.trace_id == int(TRACE_ID, 16) and smtp.status.is_ok
+    assert dict(sms.attributes or {}) == {"cancellations.provider": "sms", "error.type": "ConnectionError"}
+    assert "+61400000000" not in str(sms.status.description)
+
+
+def test_off_a_call_to_a_provider_opens_no_span() -> None:
+    with tracing.external_call("smtp send", "smtp"):
+        assert not tracing.enabled()

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from shared.tracing import external_call
+
 from .domain import from_minor
 
 PaymentStatus = Literal["captured", "failed"]
@@ -262,10 +264,11 @@ class StripeGateway:
             "metadata": {"charge_id": idempotency_key},
         }
         try:
-            intent = await self._client.v1.payment_intents.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            )
+            with external_call("stripe charge", "stripe"):
+                intent = await self._client.v1.payment_intents.create_async(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": idempotency_key},
+                )
         except stripe.CardError as exc:
             return _declined(exc, amount_minor, currency)
         except stripe.InvalidRequestError as exc:
@@ -295,10 +298,11 @@ class StripeGateway:
             "metadata": {"refund_id": idempotency_key},  # how a webhook finds the refund again
         }
         try:
-            refund = await self._client.v1.refunds.create_async(
-                params,  # type: ignore[arg-type]
-                {"idempotency_key": idempotency_key},
-            )
+            with external_call("stripe refund", "stripe"):
+                refund = await self._client.v1.refunds.create_async(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": idempotency_key},
+                )
         except stripe.InvalidRequestError as exc:
             error = (exc.json_body or {}).get("error") or {}
             code = error.get("code") or getattr(exc, "code", None)

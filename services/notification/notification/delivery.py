@@ -55,6 +55,7 @@ from shared.background import DueCall, WorkUnit
 from shared.contracts.notification import NotificationFailed, NotificationSent
 from shared.logging import get_logger
 from shared.topics import NOTIFICATION_EVENTS
+from shared.tracing import external_call
 
 from . import domain, repository
 from .rendering import Renderer
@@ -340,11 +341,12 @@ async def send_one(deps: Deps, row: asyncpg.Record, *, max_attempts: int) -> Att
     notification_id: uuid.UUID = row["notification_id"]
     try:
         if row["channel"] == "email":
-            await deps.email.send(notification_id, row["address"], row["subject"] or "", row["body"] or "")
+            with external_call("smtp send", "smtp"):
+                await deps.email.send(notification_id, row["address"], row["subject"] or "", row["body"] or "")
             return Attempt("sent")
-        return Attempt(
-            "sent", provider_message_id=await deps.sms.send(notification_id, row["address"], row["body"] or "")
-        )
+        with external_call("sms send", "sms"):
+            provider_message_id = await deps.sms.send(notification_id, row["address"], row["body"] or "")
+        return Attempt("sent", provider_message_id=provider_message_id)
     except DeliveryError as exc:
         error = exc
     except Exception as exc:  # noqa: BLE001 - an unforeseen fault of the client library: try again later
