@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -253,20 +253,24 @@ async def transaction(spans: ConsumeSpans | None, work: Awaitable[T]) -> T:
             raise
 
 
-@contextmanager
-def handling(units: Sequence[UnitOfWork[Any]], handler: Any, event_type: str) -> Iterator[None]:
+# What a hook gives when tracing is off: one shared, reusable context manager that does nothing.
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
+def handling(units: Sequence[UnitOfWork[Any]], handler: Any, event_type: str) -> AbstractContextManager[None]:
     """A handle span per unit, child of its record's consume span; while it runs, what the unit
     emits carries the handle span's context. A set-based handler's units share its interval."""
-    if _tracer is None:
-        yield
-        return
-    if not units:
-        yield
-        return
+    if _tracer is None or not units:
+        return _OFF
+    return _handling(_tracer, units, handler, event_type)
+
+
+@contextmanager
+def _handling(tracer: trace.Tracer, units: Sequence[UnitOfWork[Any]], handler: Any, event_type: str) -> Iterator[None]:
     name = getattr(handler, "__name__", "handler")
     spans: list[Span] = []
     for unit in units:
-        span = _tracer.start_span(
+        span = tracer.start_span(
             f"handle {event_type}",
             context=_parent(unit.traceparent, unit.tracestate),
             attributes={
@@ -337,14 +341,17 @@ def published(span: Span | None, outcome: Any) -> None:
 # --- calls to providers ------------------------------------------------------------------------
 
 
-@contextmanager
-def external_call(name: str, system: str, **attributes: str | int) -> Iterator[None]:
+def external_call(name: str, system: str, **attributes: str | int) -> AbstractContextManager[None]:
     """A CLIENT span around one call to a provider (`smtp send`, `sms send`, `stripe charge`),
     in the current trace. Attributes name the provider and the operation, never what is sent."""
     if _tracer is None:
-        yield
-        return
-    with _tracer.start_as_current_span(
+        return _OFF
+    return _external_call(_tracer, name, system, attributes)
+
+
+@contextmanager
+def _external_call(tracer: trace.Tracer, name: str, system: str, attributes: dict[str, str | int]) -> Iterator[None]:
+    with tracer.start_as_current_span(
         name,
         kind=SpanKind.CLIENT,
         attributes={"cancellations.provider": system, **attributes},
