@@ -383,3 +383,34 @@ def test_a_call_to_a_provider_is_a_client_span_in_the_current_trace(spans: InMem
 def test_off_a_call_to_a_provider_opens_no_span() -> None:
     with tracing.external_call("smtp send", "smtp"):
         assert not tracing.enabled()
+
+
+class RecordingConn:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[Any, ...]]]] = []
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.calls.append((sql, list(rows)))
+
+
+async def test_the_outbox_row_carries_the_emitting_span_context_beside_the_body() -> None:
+    traced = outbox.outgoing(
+        topics.SCORING_EVENTS,
+        _hold_lifted(),
+        subject="pro-1",
+        source="service/scoring",
+        correlation_id=None,
+        traceparent=TRACEPARENT,
+        tracestate="a=1",
+    )
+    untraced = outbox.outgoing(topics.SCORING_EVENTS, _hold_lifted(), subject="pro-2", source="s", correlation_id=None)
+    # A tracestate means nothing without its traceparent: it is not kept alone.
+    alone = outbox.outgoing(
+        topics.SCORING_EVENTS, _hold_lifted(), subject="p", source="s", correlation_id=None, tracestate="a=1"
+    )
+    conn = RecordingConn()
+    await outbox.write(conn, [traced, untraced, alone])  # type: ignore[arg-type]
+    [(sql, rows)] = conn.calls
+    assert "traceparent, tracestate" in sql
+    assert [row[5:] for row in rows] == [(TRACEPARENT, "a=1"), (None, None), (None, None)]
+    assert all("traceparent" not in row[4] for row in rows)  # the body never holds it
