@@ -97,7 +97,7 @@ PRINCIPALS: Mapping[str, Rights] = {
     ),
     "cancellation-policy": _service(
         "cancellation-policy",
-        reads=[POLICY_REQUESTS, UPSTREAM_PRACTICES, UPSTREAM_BOOKINGS],
+        reads=[POLICY_REQUESTS, UPSTREAM_PRACTICES, UPSTREAM_BOOKINGS, UPSTREAM_PATIENTS],
         writes=[POLICY_DECISIONS, PRACTICE_EVENTS],
     ),
     "scoring": _service(

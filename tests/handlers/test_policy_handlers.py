@@ -14,13 +14,33 @@ from typing import Any
 import pytest
 
 from cancellation_policy import repository
-from cancellation_policy.handlers import PolicyDeps, assess_request, configure_practice, note_scheduling
+from cancellation_policy.handlers import (
+    PolicyDeps,
+    assess_request,
+    configure_practice,
+    note_scheduling,
+    register_card,
+    remove_card,
+)
 from shared.consumer import Unit
 from shared.contracts.booking import BookingSnapshot, CancellationAssessmentRequested
 from shared.contracts.common import Actor, Fee
-from shared.contracts.upstream import BookingScheduled, FeeSettings, PracticeConfigured
+from shared.contracts.upstream import (
+    BookingScheduled,
+    FeeSettings,
+    PatientCardRegistered,
+    PatientCardRemoved,
+    PracticeConfigured,
+)
 from shared.testing import assert_same_functions, unique
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
+from shared.topics import (
+    POLICY_DECISIONS,
+    POLICY_REQUESTS,
+    PRACTICE_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PATIENTS,
+    UPSTREAM_PRACTICES,
+)
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 LATE_FEE = Fee.new(amount="45.00", currency="AUD", code="D9987", code_system="CDT")
@@ -33,6 +53,7 @@ class FakePolicyRepository:
         self.settings: dict[str, list[dict[str, Any]]] = {}  # practice_id -> versions, oldest first
         self.decisions: dict[str, dict[str, Any]] = {}  # request_id -> row
         self.schedules: dict[str, tuple[str, datetime]] = {}  # booking_id -> (practice_id, scheduled_at)
+        self.cards: dict[tuple[str, str], tuple[bool, datetime]] = {}  # (practice, patient) -> (has, at)
 
     async def add_settings_version(
         self,
@@ -81,6 +102,19 @@ class FakePolicyRepository:
         newest = max(versions, key=lambda v: (v["configured_at"], v["version"]))
         return True, (newest["version"], copy.deepcopy(newest["settings"]))
 
+    async def record_card(
+        self, conn: Any, *, practice_id: str, patient_id: str, has_card: bool, changed_at: datetime
+    ) -> bool:
+        known = self.cards.get((practice_id, patient_id))
+        if known is not None and known[1] >= changed_at:
+            return False
+        self.cards[(practice_id, patient_id)] = (has_card, changed_at)
+        return True
+
+    async def card_on_file(self, conn: Any, practice_id: str, patient_id: str) -> bool | None:
+        known = self.cards.get((practice_id, patient_id))
+        return None if known is None else known[0]
+
     async def record_decision(
         self, conn: Any, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
     ) -> bool:
@@ -104,6 +138,10 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
             handler, topic, subject = configure_practice, UPSTREAM_PRACTICES, payload.practice_id
         elif isinstance(payload, BookingScheduled):
             handler, topic, subject = note_scheduling, UPSTREAM_BOOKINGS, payload.booking_id
+        elif isinstance(payload, PatientCardRegistered):
+            handler, topic, subject = register_card, UPSTREAM_PATIENTS, payload.patient_id
+        elif isinstance(payload, PatientCardRemoved):
+            handler, topic, subject = remove_card, UPSTREAM_PATIENTS, payload.patient_id
         else:
             handler, topic, subject = assess_request, POLICY_REQUESTS, payload.booking_id
         deps = PolicyDeps(repository=repo)
@@ -303,3 +341,70 @@ async def test_scheduling_is_remembered_once_at_its_own_time(handle: Handle) -> 
 
     assert repo.schedules[booking_id] == (practice_id, T1)
     assert first.emitted == [] and again.emitted == []
+
+
+# --- cards on file registered per practice (upstream.patients.v1) win over the booking's flag ----
+
+
+def card_event(practice_id: str, patient_id: str, registered: bool, at: datetime) -> Any:
+    if registered:
+        return PatientCardRegistered.new(
+            patient_id=patient_id,
+            practice_id=practice_id,
+            gateway="sandbox",
+            customer_ref="cus_test",
+            payment_method_ref="pm_test",
+            registered_at=at,
+        )
+    return PatientCardRemoved.new(
+        patient_id=patient_id, practice_id=practice_id, payment_method_ref="pm_test", removed_at=at
+    )
+
+
+def late_for(practice_id: str, patient_id: str | None, flag: bool) -> CancellationAssessmentRequested:
+    request = late_cancellation(practice_id)
+    booking = request.booking.model_copy(update={"patient_id": patient_id, "patient_card_on_file": flag})
+    return request.model_copy(update={"booking": booking})
+
+
+@pytest.mark.parametrize(
+    ("flag", "cards", "charged"),
+    [
+        (False, [], False),  # no card anywhere
+        (True, [], True),  # the booking's flag, nothing registered
+        (False, [True], True),  # registered at the practice: wins over the flag
+        (True, [False], False),  # removed: wins over the flag
+        (True, [True, False], False),  # registered, then removed
+        (False, [False, True], True),  # removed, then registered again
+    ],
+)
+async def test_a_card_registered_at_the_practice_wins_over_the_bookings_flag(
+    handle: Handle, flag: bool, cards: list[bool], charged: bool
+) -> None:
+    repo, practice_id, patient_id = FakePolicyRepository(), unique("practice"), unique("patient")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=True)), repo)
+    for n, registered in enumerate(cards):
+        await handle(card_event(practice_id, patient_id, registered, START - timedelta(days=10 - n)), repo)
+    [decided] = (await handle(late_for(practice_id, patient_id, flag), repo)).emitted
+    assert decided.envelope["data"]["charge_card"] is charged
+    assert decided.envelope["data"]["fee"]["amount"] == "45.00"
+
+
+async def test_a_card_event_older_than_what_is_known_changes_nothing_and_other_practices_are_apart(
+    handle: Handle,
+) -> None:
+    repo, practice_id, patient_id = FakePolicyRepository(), unique("practice"), unique("patient")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=True)), repo)
+    await handle(card_event(practice_id, patient_id, False, START - timedelta(days=1)), repo)
+    await handle(card_event(practice_id, patient_id, True, START - timedelta(days=2)), repo)  # arrives late
+    await handle(card_event("another-practice", patient_id, True, START - timedelta(hours=1)), repo)
+    [decided] = (await handle(late_for(practice_id, patient_id, True), repo)).emitted
+    assert decided.envelope["data"]["charge_card"] is False
+
+
+async def test_without_charge_card_on_file_a_registered_card_is_not_charged(handle: Handle) -> None:
+    repo, practice_id, patient_id = FakePolicyRepository(), unique("practice"), unique("patient")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=False)), repo)
+    await handle(card_event(practice_id, patient_id, True, START - timedelta(days=1)), repo)
+    [decided] = (await handle(late_for(practice_id, patient_id, False), repo)).emitted
+    assert decided.envelope["data"]["charge_card"] is False

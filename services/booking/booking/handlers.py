@@ -74,6 +74,7 @@ def _snapshot(b: Any) -> BookingSnapshot:
         series_id=b["series_id"],
         patient_portal_account=b["patient_portal_account"],
         patient_card_on_file=b["patient_card_on_file"],
+        patient_id=b["patient_id"],
         deposit=_money(b["deposit_amount"], b["deposit_currency"]),
         price=_money(b["price_amount"], b["price_currency"]),
     )

@@ -17,7 +17,14 @@ from shared.contracts.policy import (
     PracticeConfigurationRejected,
 )
 from shared.service import ServiceDefinition
-from shared.topics import POLICY_DECISIONS, POLICY_REQUESTS, PRACTICE_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
+from shared.topics import (
+    POLICY_DECISIONS,
+    POLICY_REQUESTS,
+    PRACTICE_EVENTS,
+    UPSTREAM_BOOKINGS,
+    UPSTREAM_PATIENTS,
+    UPSTREAM_PRACTICES,
+)
 
 from . import api, configuration, handlers, repository
 from .settings import PolicySettings
@@ -35,6 +42,11 @@ def definition(settings: PolicySettings | None = None) -> ServiceDefinition:
             POLICY_REQUESTS: {"cancellation.assessment_requested": handlers.assess_request},
             # When each booking was scheduled: its settings are frozen then (second release).
             UPSTREAM_BOOKINGS: {"booking.scheduled": handlers.note_scheduling},
+            # Cards on file registered per practice: they win over a booking's flag (second release).
+            UPSTREAM_PATIENTS: {
+                "patient.card_registered": handlers.register_card,
+                "patient.card_removed": handlers.remove_card,
+            },
         },
         publishes={
             POLICY_DECISIONS: [CancellationAssessed],

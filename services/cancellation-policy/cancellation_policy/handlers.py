@@ -12,7 +12,13 @@ from typing import Any
 from shared.consumer import Unit
 from shared.contracts.booking import CancellationAssessmentRequested
 from shared.contracts.policy import CancellationAssessed, PracticeConfigurationAccepted
-from shared.contracts.upstream import BookingScheduled, PracticeConfigured, PracticeSettings
+from shared.contracts.upstream import (
+    BookingScheduled,
+    PatientCardRegistered,
+    PatientCardRemoved,
+    PracticeConfigured,
+    PracticeSettings,
+)
 from shared.topics import POLICY_DECISIONS, PRACTICE_EVENTS
 
 from . import domain
@@ -56,6 +62,29 @@ async def note_scheduling(unit: Unit[PolicyDeps], event: BookingScheduled) -> No
     )
 
 
+async def register_card(unit: Unit[PolicyDeps], event: PatientCardRegistered) -> None:
+    """The patient has a card on file at the practice from now on (RULES: it wins over the
+    booking's card_on_file flag)."""
+    await unit.deps.repository.record_card(
+        unit.conn,
+        practice_id=event.practice_id,
+        patient_id=event.patient_id,
+        has_card=True,
+        changed_at=event.registered_at,
+    )
+
+
+async def remove_card(unit: Unit[PolicyDeps], event: PatientCardRemoved) -> None:
+    """The patient has no card on file at the practice any more, whatever a booking's flag says."""
+    await unit.deps.repository.record_card(
+        unit.conn,
+        practice_id=event.practice_id,
+        patient_id=event.patient_id,
+        has_card=False,
+        changed_at=event.removed_at,
+    )
+
+
 def _version(stored: tuple[int, dict[str, Any]] | None) -> domain.SettingsVersion | None:
     return domain.SettingsVersion(stored[0], PracticeSettings.model_validate(stored[1])) if stored else None
 
@@ -68,6 +97,11 @@ async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRe
         current or domain.SettingsVersion(0, PracticeSettings()), _version(then), scheduled_known
     )
     version, settings = used.version, used.settings
+    patient = event.booking.patient_id
+    registered = await repository.card_on_file(unit.conn, event.practice_id, patient) if patient else None
+    if registered is not None and registered != event.booking.patient_card_on_file:
+        booking = event.booking.model_copy(update={"patient_card_on_file": registered})
+        event = event.model_copy(update={"booking": booking})
     assessment = domain.assess(event, settings)
     decision = CancellationAssessed.new(
         booking_id=event.booking_id,

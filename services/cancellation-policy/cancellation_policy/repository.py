@@ -188,3 +188,29 @@ async def turnaway_pay(
         decided_from,
         decided_before,
     )
+
+
+async def record_card(
+    conn: asyncpg.Connection, *, practice_id: str, patient_id: str, has_card: bool, changed_at: datetime
+) -> bool:
+    """Whether the patient has a card on file at the practice, as of `changed_at`; an event older
+    than what is stored changes nothing (False)."""
+    changed = await conn.fetchval(
+        "INSERT INTO patient_cards (practice_id, patient_id, has_card, changed_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (practice_id, patient_id) DO UPDATE SET has_card = EXCLUDED.has_card,"
+        " changed_at = EXCLUDED.changed_at WHERE patient_cards.changed_at < EXCLUDED.changed_at"
+        " RETURNING true",
+        practice_id,
+        patient_id,
+        has_card,
+        changed_at,
+    )
+    return bool(changed)
+
+
+async def card_on_file(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> bool | None:
+    """True or False when upstream.patients.v1 said so, None when it never spoke of the patient."""
+    has_card = await conn.fetchval(
+        "SELECT has_card FROM patient_cards WHERE practice_id = $1 AND patient_id = $2", practice_id, patient_id
+    )
+    return None if has_card is None else bool(has_card)

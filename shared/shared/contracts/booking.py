@@ -172,6 +172,9 @@ class BookingSnapshot(ContractModel):
     patient_card_on_file: bool
     deposit: Money | None = None
     price: Money | None = None
+    # Whose booking (internal topic, second release): the policy looks up the patient's card
+    # registered at the practice (upstream.patients.v1), which wins over `patient_card_on_file`.
+    patient_id: Id | None = None
 
 
 class CancellationAssessmentRequested(Payload):
