@@ -12,6 +12,9 @@ shared.service), each with one indexed query, so they are as fresh as the scrape
 nothing between scrapes.
 """
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
@@ -81,7 +84,12 @@ BACKGROUND_RETRIES = Counter(
 # Business counters: counted by the relay when the event that states the fact is published, so a
 # fact counts once whichever handler or job produced it (a republish after a relay crash, before
 # it marked the row, counts it again: rare, and never a missed fact).
-FEES_RAISED = Counter("cancellations_fees_raised_total", "Fees raised (charge.created published)", ["service"])
+FEES_RAISED = Counter(
+    "cancellations_fees_raised_total",
+    "Fees raised, each once when final: charge.created published with a status other than pending_review"
+    " (at once without review; on approval, edit or the window's end after review; a fee waived in review never)",
+    ["service"],
+)
 FEES_COLLECTED = Counter(
     "cancellations_fees_collected_total",
     "Fees collected (payment.captured, or deposit.kept: the fee taken from a deposit)",
@@ -103,6 +111,17 @@ BUSINESS_EVENTS: dict[str, Counter] = {
     "credit_note.issued": FEES_REFUNDED,
     "notification.failed": NOTIFICATIONS_FAILED,
 }
+
+
+def _final_fee(data: Mapping[str, Any]) -> bool:
+    """A fee in staff review is announced twice, `pending_review` and then `due` once final: it is
+    raised once, when final (an older producer's charge.created, without status, is final)."""
+    return data.get("status") != "pending_review"
+
+
+# Business events that state their fact only when this says so of their `data`.
+BUSINESS_EVENT_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {"charge.created": _final_fee}
+
 PMS_BACKLOG = Gauge(
     "cancellations_pms_backlog",
     "PMS syncs not yet acknowledged (waiting for their request, or sent and awaiting the connector's ack)",

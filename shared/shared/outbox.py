@@ -42,7 +42,7 @@ from .contracts.base import Payload
 from .contracts.envelope import fast_json, new_envelope
 from .db import Connection
 from .logging import get_logger
-from .metrics import BUSINESS_EVENTS, EVENTS_PUBLISHED, OUTBOX_PARKED, OUTBOX_PUBLISHED
+from .metrics import BUSINESS_EVENT_WHEN, BUSINESS_EVENTS, EVENTS_PUBLISHED, OUTBOX_PARKED, OUTBOX_PUBLISHED
 from .redaction import mask_text
 
 log = get_logger(__name__)
@@ -170,12 +170,17 @@ async def backlog(conn: Connection) -> Backlog:
     )
 
 
-def count_published(service: str, event_types: Iterable[str]) -> None:
-    """Count events the broker acknowledged: by type, and the business facts they state."""
-    for event_type in event_types:
+def count_published(service: str, events: Iterable[tuple[str, str]]) -> None:
+    """Count events the broker acknowledged, each given as (type, envelope JSON): by type, and
+    the business facts they state. Only an event whose fact depends on its data
+    (`BUSINESS_EVENT_WHEN`: a fee is raised when final) has its JSON parsed."""
+    for event_type, body in events:
         EVENTS_PUBLISHED.labels(service, event_type).inc()
         business = BUSINESS_EVENTS.get(event_type)
-        if business is not None:
+        if business is None:
+            continue
+        when = BUSINESS_EVENT_WHEN.get(event_type)
+        if when is None or when(orjson.loads(body).get("data") or {}):
             business.labels(service).inc()
 
 
@@ -364,7 +369,7 @@ class OutboxRelay:
             [row["seq"] for row, _ in sent],
         )
         OUTBOX_PUBLISHED.labels(self._service).inc(len(sent))
-        count_published(self._service, [row["type"] for row, _ in sent])
+        count_published(self._service, [(row["type"], row["payload"]) for row, _ in sent])
         return len(rows)
 
     async def _park(self, conn: Connection, refused: list[tuple[asyncpg.Record, BaseException]]) -> None:

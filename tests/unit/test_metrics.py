@@ -5,6 +5,8 @@ entry point finding the same migrations as the service."""
 from __future__ import annotations
 
 import importlib
+import json
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
@@ -60,7 +62,17 @@ def test_published_events_count_by_type_and_as_business_facts() -> None:
     }
     count_published(
         service,
-        ["charge.created", "charge.created", "payment.captured", "deposit.kept", "deposit.refunded", "payment.failed"],
+        [
+            (t, envelope(t))
+            for t in (
+                "charge.created",
+                "charge.created",
+                "payment.captured",
+                "deposit.kept",
+                "deposit.refunded",
+                "payment.failed",
+            )
+        ],
     )
     after = {name: sample(name, service=service) for name in before}
     assert {name: after[name] - before[name] for name in before} == {
@@ -73,12 +85,46 @@ def test_published_events_count_by_type_and_as_business_facts() -> None:
     assert sample("cancellations_events_published_total", service=service, type="charge.created") == 2
 
 
+def envelope(event_type: str, **data: object) -> str:
+    """An outbox row's payload as the relay reads it (the envelope's JSON text)."""
+    return json.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "type": event_type, "data": data})
+
+
+def test_a_fee_in_review_is_raised_once_when_it_is_final() -> None:
+    """billing announces a fee in review twice (pending_review, then due when approved, edited or
+    its window ended): it counts as raised once, at the final one; a fee waived in review never
+    counts; a fee without review (due, or an older producer's charge.created without status)
+    counts at once."""
+    service = "billing-fees-raised-test"
+    raised = "cancellations_fees_raised_total"
+    published = "cancellations_events_published_total"
+
+    def count(*statuses: str | None) -> tuple[float, float]:
+        before = sample(raised, service=service), sample(published, service=service, type="charge.created")
+        count_published(
+            service,
+            [("charge.created", envelope("charge.created", **({"status": s} if s else {}))) for s in statuses],
+        )
+        return (
+            sample(raised, service=service) - before[0],
+            sample(published, service=service, type="charge.created") - before[1],
+        )
+
+    assert count("pending_review") == (0, 1)  # in review: not raised yet
+    assert count("due") == (1, 1)  # approved, edited or the window ended: raised now
+    assert count("pending_review", "due") == (1, 2)  # one fee through review: once
+    assert count("pending_review") == (0, 1)  # waived in review (charge.waived): never raised
+    assert count("due", None) == (2, 2)  # without review, and from an older producer
+    assert "once when final" in metrics.FEES_RAISED._documentation  # the help text says so
+
+
 def test_every_business_event_is_a_contract_event_type() -> None:
     from shared.contracts.registry import models_for
     from shared.topics import ALL_TOPICS
 
     known = {model.event_type for topic in ALL_TOPICS for model in models_for(topic).values()}
     assert set(metrics.BUSINESS_EVENTS) <= known, set(metrics.BUSINESS_EVENTS) - known
+    assert set(metrics.BUSINESS_EVENT_WHEN) <= set(metrics.BUSINESS_EVENTS)
 
 
 @dataclass
