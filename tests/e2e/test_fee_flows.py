@@ -195,6 +195,10 @@ async def test_a_fee_reviewed_charged_and_lowered_later_is_refunded_told_and_syn
             {"sync_id": final.data["sync_id"], "booking_id": booking_id, "status": "ok"},
             source="pms/praktika",
         )
+        # The patient hears of the fee now that it is final, at the edited amount, by email once.
+        fee_mail = _body((await _mails_to(mailbox, email, 2))[1])
+        assert "30.00" in fee_mail and "45.00" not in fee_mail
+        await w.wait_for(of("notification.sent", template="late_cancellation_fee"), timeout=60)
 
         # --- lowered again later: the difference goes back to the card ----------------------
         await publisher.event(
@@ -222,7 +226,7 @@ async def test_a_fee_reviewed_charged_and_lowered_later_is_refunded_told_and_syn
             {"sync_id": lowered[-1].data["sync_id"], "booking_id": booking_id, "status": "ok"},
             source="pms/praktika",
         )
-        mails = await _mails_to(mailbox, email, 2)
+        mails = await _mails_to(mailbox, email, 3)
         refund_mail = _body(mails[-1])
         assert "10.00" in refund_mail and "45.00" not in refund_mail
         await w.wait_for(of("notification.sent", template="fee_refunded"), timeout=60)
@@ -238,8 +242,9 @@ async def test_a_fee_reviewed_charged_and_lowered_later_is_refunded_told_and_syn
         assert [s.data["fee"]["amount"] for s in w.matching(of("pms.update_fee"))] == ["30.00", "20.00"]
         assert len(w.matching(of("pms.sync_completed"))) == 3 and w.matching(of("pms.sync_failed")) == []
         assert len(w.matching(of("notification.sent", template="fee_refunded"))) == 1
+        assert len(w.matching(of("notification.sent", template="late_cancellation_fee"))) == 1
         assert w.matching(lambda s: s.key == booking_id and s.type == "notification.failed") == []
-        assert len(mailbox.to(email)) == 2
+        assert len(mailbox.to(email)) == 3  # the cancellation (no fee), the final fee, the refund
         for message in mailbox.to(email) + mailbox.to("frontdesk@harbour.test"):
             assert "45.00" not in _body(message)  # the fee in review was quoted to nobody
         for seen in w.matching(lambda s: s.key == booking_id and s.topic in (BILLING_EVENTS, PRAKTIKA)):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from notification import handlers, notices, repository
+from notification import app, handlers, notices, repository
 from notification.rendering import Renderer
 from notification.settings import NotificationSettings
 from shared.consumer import Unit
@@ -112,6 +112,7 @@ class FakeRepository:
         self.waitlist: dict[str, dict[str, Any]] = {}
         self.offers: dict[str, dict[str, Any]] = {}  # in the order received
         self.no_show_fees: dict[str, dict[str, Any]] = {}
+        self.late_fees_in_review: dict[str, dict[str, Any]] = {}
         self.deliveries: dict[uuid.UUID, dict[str, Any]] = {}  # in the order recorded
 
     @staticmethod
@@ -199,6 +200,20 @@ class FakeRepository:
             return None
         fee["payment"] = fee["payment"] or payment
         return dict(fee)
+
+    async def remember_fee_in_review(
+        self, conn: Any, charge_id: str, booking_id: str, review_until: datetime | None, announced_at: datetime
+    ) -> None:
+        self.late_fees_in_review.setdefault(
+            charge_id, {"booking_id": booking_id, "review_until": review_until, "final_at": None}
+        )
+
+    async def mark_fee_final(self, conn: Any, charge_id: str, final_at: datetime) -> bool:
+        fee = self.late_fees_in_review.get(charge_id)
+        if fee is None:
+            return False
+        fee["final_at"] = fee["final_at"] or final_at
+        return True
 
     async def record_delivery(self, conn: Any, d: dict[str, Any]) -> bool:
         if d["notification_id"] in self.deliveries:
@@ -805,6 +820,123 @@ async def test_a_no_show_fee_in_review_is_told_only_once_it_is_due(handle: Handl
     assert repo.deliveries == {}  # nobody is told of a fee still in review
     await handle(handlers.note_charge, charge_created().model_copy(update={"status": "due"}))
     assert "outstanding on your account" in delivery(repo, "patient", "email")["body"]
+
+
+LATE_FEE = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+
+
+def late_cancelled(review_hours: int) -> BookingCancelled:
+    """A staff cancellation inside the late window with a fee (held for review when `review_hours`)."""
+    decision = {
+        "allowed": True,
+        "classification": "late",
+        "fee": LATE_FEE,
+        "charge_card": False,
+        "deposit_action": "none",
+        "policy_version": "r1.s1",
+        "review_hours": review_hours,
+    }
+    return cancelled("staff", classification="late", decision=decision)
+
+
+def late_fee(status: str | None, amount: str = "45.00", charge_id: str = "ch-late") -> ChargeCreated:
+    """billing's announcement of the late-cancellation fee: in review, or final (`due`)."""
+    return ChargeCreated.new(
+        charge_id=charge_id,
+        booking_id=BOOKING,
+        patient_id="pat-1",
+        kind="late_cancellation",
+        amount=Decimal(amount),
+        currency="AUD",
+        code="D9987",
+        code_system="CDT",
+        status=status,
+        review_until=T - timedelta(days=1) if status == "pending_review" else None,
+    )
+
+
+def fee_emails(repo: FakeRepository) -> list[dict[str, Any]]:
+    return [d for d in repo.deliveries.values() if d["template"] == "late_cancellation_fee"]
+
+
+@pytest.mark.parametrize(
+    ("locale", "amount", "words"),
+    [
+        ("en", "45.00", "a fee of A$45.00 applies (code D9987, CDT)"),  # approved, or the window ended
+        ("en", "20.00", "a fee of A$20.00 applies (code D9987, CDT)"),  # edited lower in review
+        ("de", "45.00", "Es fällt eine Gebühr von 45,00 AU$ an (Code D9987, CDT)"),
+    ],
+)
+async def test_a_late_cancellation_fee_in_review_is_told_once_when_final(
+    handle: Handle, repo: FakeRepository, locale: str, amount: str, words: str
+) -> None:
+    await contacts(handle, locale=locale)
+    await handle(notices.notify_cancellation, late_cancelled(review_hours=48))
+    # The cancellation is told at once, without the fee: it is not final yet.
+    assert len(repo.deliveries) == 2 and fee_emails(repo) == []
+    assert not any("45" in d["body"] for d in repo.deliveries.values())
+    await handle(handlers.note_charge, late_fee("pending_review"))
+    assert fee_emails(repo) == []  # nobody is told of a fee still in review
+
+    final = late_fee("due", amount)
+    unit = await handle(handlers.note_charge, final, correlation_id="corr-review")
+    await handle(handlers.note_charge, final, event_id=unit.event.id)  # redelivered
+    await handle(handlers.note_charge, final)  # published again under a new envelope id
+    await handle(handlers.note_charge, late_fee("pending_review"))  # a late replay of the first
+
+    [row] = fee_emails(repo)
+    assert (row["recipient"], row["channel"], row["status"], row["address"]) == (
+        "patient",
+        "email",
+        "pending",
+        "ada@example.test",
+    )
+    assert (row["event_id"], row["event_type"], row["correlation_id"]) == (
+        unit.event.id,
+        "charge.created",
+        "corr-review",
+    )
+    assert words in row["body"].replace("\xa0", " ")
+    assert row["subject"].startswith("Cancellation fee for your appointment" if locale == "en" else "Ausfallgebühr")
+    assert len(repo.deliveries) == 3  # the cancellation's email and SMS, and this one
+
+
+async def test_a_late_cancellation_fee_waived_in_review_is_never_told(handle: Handle, repo: FakeRepository) -> None:
+    """billing announces a fee waived in review `charge.waived`, never `due`: what notification
+    reads of it is the announcement in review alone, and the app has no handler for the waiver."""
+    await contacts(handle)
+    await handle(notices.notify_cancellation, late_cancelled(review_hours=48))
+    await handle(handlers.note_charge, late_fee("pending_review"))
+    await handle(handlers.note_charge, late_fee("pending_review"))
+    assert fee_emails(repo) == []
+    assert repo.late_fees_in_review["ch-late"]["final_at"] is None
+    assert "charge.waived" not in app.definition(NotificationSettings()).consumes[BILLING_EVENTS]
+
+
+@pytest.mark.parametrize("status", ["due", None], ids=["due", "older-producer"])
+async def test_a_late_cancellation_fee_without_review_is_told_with_the_cancellation_only(
+    handle: Handle, repo: FakeRepository, status: str | None
+) -> None:
+    await contacts(handle)
+    await handle(notices.notify_cancellation, late_cancelled(review_hours=0))
+    await handle(handlers.note_charge, late_fee(status))
+    await handle(handlers.note_charge, late_fee(status))
+
+    assert told(repo) == [("patient", "email", "pending"), ("patient", "sms", "pending")]
+    assert "A cancellation fee of A$45.00 applies." in delivery(repo, "patient", "email")["body"]
+    assert fee_emails(repo) == [] and repo.late_fees_in_review == {}
+
+
+async def test_each_reviewed_late_fee_is_told_once_of_its_own(handle: Handle, repo: FakeRepository) -> None:
+    """Two charges in review (two bookings' fees, say): each one's final announcement tells its
+    own fee; one being final tells nothing of the other."""
+    await contacts(handle)
+    await handle(handlers.note_charge, late_fee("pending_review", charge_id="ch-a"))
+    await handle(handlers.note_charge, late_fee("pending_review", charge_id="ch-b"))
+    await handle(handlers.note_charge, late_fee("due", "30.00", charge_id="ch-a"))
+    assert [("A$30.00" in d["body"]) for d in fee_emails(repo)] == [True]
+    await handle(handlers.note_charge, late_fee("due", "10.00", charge_id="ch-b"))
+    assert sorted("A$10.00" in d["body"] for d in fee_emails(repo)) == [False, True]
 
 
 @pytest.mark.parametrize(("locale", "words"), [("en", "refunding 15.00"), ("de", "erstatten Ihnen daher")])

@@ -160,7 +160,7 @@ def test_who_hears_about_a_rejection(reason, requester, patient, expected) -> No
     assert plan(domain.plan_rejection(reason, requester, patient, PRACTICE)) == expected
 
 
-# no-show recorded, fee charged → the patient, by email only
+# no-show recorded, fee charged; a refund; a late-cancellation fee final after review → the patient, by email only
 @pytest.mark.parametrize(
     ("patient", "expected"),
     [
@@ -170,10 +170,18 @@ def test_who_hears_about_a_rejection(reason, requester, patient, expected) -> No
         (None, [("patient", "email", "no contact details are known for this booking's patient")]),
     ],
 )
-def test_who_hears_about_a_no_show_fee(patient, expected) -> None:
-    messages = domain.plan_no_show_fee(patient, PRACTICE)
+@pytest.mark.parametrize(
+    ("planner", "template"),
+    [
+        (domain.plan_no_show_fee, "no_show_fee_charged"),
+        (domain.plan_refund, "fee_refunded"),
+        (domain.plan_late_fee, "late_cancellation_fee"),  # a late-cancellation fee final after review
+    ],
+)
+def test_who_hears_about_a_fee(patient, expected, planner, template) -> None:
+    messages = planner(patient, PRACTICE)
     assert plan(messages) == expected
-    assert {m.template for m in messages} == {"no_show_fee_charged"}
+    assert {m.template for m in messages} == {template}
 
 
 @pytest.mark.parametrize(
@@ -477,6 +485,8 @@ ALL_PLANS = [
     *domain.plan_cancellation("system", ADA, PRACTICE),
     *domain.plan_rejection("within_online_cutoff", None, ADA, PRACTICE),
     *domain.plan_no_show_fee(ADA, PRACTICE),
+    *domain.plan_refund(ADA, PRACTICE),
+    *domain.plan_late_fee(ADA, PRACTICE),
     *domain.plan_slot_offer(ADA, PRACTICE, expires_at=T + timedelta(minutes=30), now=T - timedelta(hours=1)),
     *domain.plan_professional_notice(domain.HOLD_TEMPLATE, NOOR, PRACTICE),
     *domain.plan_professional_notice(domain.SUSPENSION_TEMPLATE, NOOR, PRACTICE),
@@ -543,7 +553,8 @@ def _context(message: domain.Message, **facts: object) -> dict[str, object]:
     }
     fee = (
         (Decimal("60.00"), "AUD")
-        if message.template in (domain.NO_SHOW_FEE_TEMPLATE, domain.TURNAWAY_TEMPLATE)
+        if message.template
+        in (domain.NO_SHOW_FEE_TEMPLATE, domain.TURNAWAY_TEMPLATE, domain.REFUND_TEMPLATE, domain.LATE_FEE_TEMPLATE)
         else None
     )
     patient = None if message.recipient == "professional" else ADA

@@ -4,7 +4,8 @@
 Consumes `upstream.bookings.v1` (patients' and professionals' contacts, who asked for a
 cancellation), `upstream.practices.v1` (practices' contacts, channel, timezone, locale; waitlisted
 patients), `booking.events.v1` (cancellations, rejections, no-shows, slot offers),
-`billing.events.v1` (no-show charges and their payment), `scoring.events.v1` (holds, suspension)
+`billing.events.v1` (no-show charges and their payment, late-cancellation fees final after
+review, refunds), `scoring.events.v1` (holds, suspension)
 and `pms-sync.events.v1` (manual PMS updates); publishes `notification.sent` / `notification.failed` on `notification.events.v1`. Personal
 data stays in this service's schema: never in logs, never in published events, never in the
 read API.

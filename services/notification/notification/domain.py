@@ -50,6 +50,7 @@ CANCELLATION_TEMPLATES = {
 REJECTION_TEMPLATE = "booking_cancellation_rejected"
 NO_SHOW_FEE_TEMPLATE = "no_show_fee_charged"
 REFUND_TEMPLATE = "fee_refunded"
+LATE_FEE_TEMPLATE = "late_cancellation_fee"  # a fee that was in review, now final
 SLOT_OFFER_TEMPLATE = "slot_offered"
 HOLD_TEMPLATE = "hold_placed"
 SUSPENSION_TEMPLATE = "account_suspended"
@@ -292,44 +293,37 @@ def no_show_fee_settlement(fee: NoShowFee) -> Settlement | None:
     return None  # to be charged to the card (or not known yet whether): wait for the answer
 
 
-def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
-    """The patient, by email only (docs/rules.md#notifications)."""
+def _patient_email(template: str, patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """The patient, by email only; skipped with the reason when they cannot be reached."""
     tags = (patient.locale if patient else None, practice.locale)
     if patient is None:
         return [
             Message(
                 "patient",
                 "email",
-                NO_SHOW_FEE_TEMPLATE,
+                template,
                 resolve_locale(*tags),
                 None,
                 "no contact details are known for this booking's patient",
             )
         ]
-    return [
-        _message(
-            "patient", "email", NO_SHOW_FEE_TEMPLATE, tags, patient.email, "the patient has no email address on file"
-        )
-    ]
+    return [_message("patient", "email", template, tags, patient.email, "the patient has no email address on file")]
+
+
+def plan_no_show_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """The patient, by email only (docs/rules.md#notifications)."""
+    return _patient_email(NO_SHOW_FEE_TEMPLATE, patient, practice)
 
 
 def plan_refund(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
     """A fee lowered or waived after it was paid: the patient, by email, of the money given back."""
-    tags = (patient.locale if patient else None, practice.locale)
-    if patient is None:
-        return [
-            Message(
-                "patient",
-                "email",
-                REFUND_TEMPLATE,
-                resolve_locale(*tags),
-                None,
-                "no contact details are known for this booking's patient",
-            )
-        ]
-    return [
-        _message("patient", "email", REFUND_TEMPLATE, tags, patient.email, "the patient has no email address on file")
-    ]
+    return _patient_email(REFUND_TEMPLATE, patient, practice)
+
+
+def plan_late_fee(patient: PatientContact | None, practice: PracticeContact) -> list[Message]:
+    """A late-cancellation fee that was in staff review when the cancellation was told (which so
+    quoted no fee), now final: the patient, by email, like a no-show fee."""
+    return _patient_email(LATE_FEE_TEMPLATE, patient, practice)
 
 
 def fee_is_final(decision: Any) -> bool:

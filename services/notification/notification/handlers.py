@@ -273,8 +273,9 @@ async def note_no_show(unit: Unit[HandlerDeps], event: BookingNoShowRecorded) ->
 
 
 async def note_charge(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
-    if event.kind != "no_show":
-        return  # a late-cancellation fee is told with the cancellation itself
+    if event.kind == "late_cancellation":
+        await _note_late_fee(unit, event)
+        return
     if event.status == "pending_review":
         return  # not final: told once billing announces it due (approved or edited), never if waived
     fee = await unit.deps.repository.merge_no_show_charge(
@@ -292,6 +293,37 @@ async def note_charge(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
         log.warning("a second no-show charge for one booking; the first one is told", charge_id=event.charge_id)
         return
     await _tell_no_show_fee(unit, fee)
+
+
+async def _note_late_fee(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
+    """A late-cancellation fee is told with the cancellation, unless it was in staff review then
+    (the cancellation quoted no fee): such a fee is told once, by email, when billing announces it
+    final (`charge.created` again with status `due`, at the approved or edited amount). A fee
+    waived in review is never announced due, so never told."""
+    repository = unit.deps.repository
+    at = unit.event.envelope.time
+    if event.status == "pending_review":
+        await repository.remember_fee_in_review(unit.conn, event.charge_id, event.booking_id, event.review_until, at)
+        return
+    if not await repository.mark_fee_final(unit.conn, event.charge_id, at):
+        return  # never in review: the cancellation told it
+    patient_row = await repository.get_patient(unit.conn, event.booking_id)
+    practice_id = patient_row["practice_id"] if patient_row else ""
+    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
+    patient = _patient(patient_row)
+    await _record(
+        unit,
+        domain.plan_late_fee(patient, practice),
+        # One message per charge's final announcement, whichever envelope (re)delivers it.
+        cause=Cause.of(unit, key=f"late_cancellation_fee/{event.charge_id}"),
+        practice=practice,
+        patient=patient,
+        starts_at=patient_row["starts_at"] if patient_row else None,
+        fee=(event.amount, event.currency),
+        booking_id=event.booking_id,
+        fee_code=event.code,
+        fee_code_system=event.code_system,
+    )
 
 
 async def note_payment(unit: Unit[HandlerDeps], event: PaymentCaptured | PaymentFailed) -> None:

@@ -247,6 +247,36 @@ async def merge_no_show_payment(
     )
 
 
+# --- late-cancellation fees in review ------------------------------------------------------------
+
+
+async def remember_fee_in_review(
+    conn: asyncpg.Connection, charge_id: str, booking_id: str, review_until: datetime | None, announced_at: datetime
+) -> None:
+    """A late-cancellation fee announced in review: its patient is told when it is final. The
+    first announcement stands (a replay under a new envelope id changes nothing)."""
+    await conn.execute(
+        "INSERT INTO late_fees_in_review (charge_id, booking_id, review_until, announced_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (charge_id) DO NOTHING",
+        charge_id,
+        booking_id,
+        review_until,
+        announced_at,
+    )
+
+
+async def mark_fee_final(conn: asyncpg.Connection, charge_id: str, final_at: datetime) -> bool:
+    """A late-cancellation fee announced final: True when it was announced in review before (the
+    patient is to be told now), False for a fee never in review (told with the cancellation).
+    The first final announcement's time stands."""
+    marked = await conn.fetchval(
+        "UPDATE late_fees_in_review SET final_at = COALESCE(final_at, $2) WHERE charge_id = $1 RETURNING true",
+        charge_id,
+        final_at,
+    )
+    return bool(marked)
+
+
 # --- the delivery log --------------------------------------------------------------------------
 
 # What the sender needs of a claimed delivery.
