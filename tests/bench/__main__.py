@@ -232,7 +232,7 @@ async def main(args: argparse.Namespace) -> int:
         result["system"] = {"burst": await burst(system, args.size, seed=2, label="burst")}
         sys_tp = result["system"]["burst"]["throughput_per_s"]
         if args.profile:
-            seconds = max(3.0, 0.8 * args.size / sys_tp)
+            seconds = min(30.0, max(3.0, 0.8 * args.size / sys_tp))
             profiled = await burst(system, args.size, seed=6, label="profiled", profile_seconds=seconds)
             result["system"]["profile"] = {
                 "seconds": round(seconds, 1),

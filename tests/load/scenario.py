@@ -63,6 +63,9 @@ class Scenario:
     run_id: str
     practices: list[Practice]
     stories: list[Story]
+    # The practices are configured as of this time, before any of their bookings was scheduled:
+    # the policy decides a booking by the settings in force when it was scheduled (rules.md).
+    configured_at: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(minutes=5))
 
     def setup_messages(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [
@@ -82,6 +85,7 @@ class Scenario:
                         "pms": {"integration": p.integration},
                     },
                     source="upstream/load",
+                    time=self.configured_at,
                 ),
             )
             for i, p in enumerate(self.practices)
@@ -146,7 +150,7 @@ def build(count: int, *, seed: int = 7, practices: int = 4, now: datetime | None
         )
         _add_story(story, rng, now)
         stories.append(story)
-    return Scenario(run_id, places, stories)
+    return Scenario(run_id, places, stories, configured_at=now - timedelta(minutes=5))
 
 
 def _request(story: Story, type_: str, data: dict[str, Any]) -> None:
