@@ -600,6 +600,147 @@ async def test_a_no_show_fee_is_emailed_to_the_patient_once_with_amount_code_and
     assert notification.get_json(f"/bookings/{card_booking}/notifications")["items"][0]["channel"] == "email"
 
 
+LATE_FEE = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+
+
+def late_staff_cancellation(booking_id: str, practice_id: str, review_hours: int) -> dict[str, Any]:
+    """A staff cancellation inside the late window with a fee, held for review when `review_hours`."""
+    decision = {
+        "allowed": True,
+        "classification": "late",
+        "fee": LATE_FEE,
+        "charge_card": False,
+        "deposit_action": "none",
+        "policy_version": "r1.s1",
+        "review_hours": review_hours,
+    }
+    return booking_cancelled(
+        booking_id, practice_id, actor_kind="staff", channel="practice", classification="late", decision=decision
+    )
+
+
+def late_fee(booking_id: str, charge_id: str, status: str, amount: str = "45.00") -> dict[str, Any]:
+    """billing's charge.created for a late-cancellation fee: in review, or final (`due`)."""
+    data = {
+        "charge_id": charge_id,
+        "booking_id": booking_id,
+        "patient_id": unique("pat"),
+        "kind": "late_cancellation",
+        "amount": amount,
+        "currency": "AUD",
+        "code": "D9987",
+        "code_system": "CDT",
+        "status": status,
+    }
+    if status == "pending_review":
+        data["review_until"] = iso(T_START - timedelta(days=1))
+    return data
+
+
+async def consumed(infra: Any, *envelopes: dict[str, Any]) -> None:
+    """Each envelope was handled by the notification service (its id is in the service's inbox)."""
+    for env in envelopes:
+        await wait_for_row(infra.admin_dsn, "SELECT true FROM notification.inbox WHERE event_id = $1", env["id"])
+
+
+async def test_a_late_cancellation_fee_is_emailed_once_when_final_after_review_and_never_twice(
+    infra: Any, publisher: Any, notification: ServiceProcess, mailbox: Mailbox
+) -> None:
+    """RULES.md, review before taking money: nobody is told of a fee before it is final. A fee in
+    review (the cancellation quoted none) is emailed once when billing announces it due (here,
+    edited lower and approved: the final amount), however often that announcement arrives; a fee
+    waived in review is never emailed; a fee without review was quoted by the cancellation and is
+    not emailed again."""
+    practice_id = unique("prac")
+    approved, waived, unreviewed = unique("bk"), unique("bk"), unique("bk")
+    emails = {b: f"{name}-{b}@patients.test" for b, name in ((approved, "ida"), (waived, "jo"), (unreviewed, "kim"))}
+    await publisher.event(UPSTREAM_PRACTICES, "practice.configured", practice_id, practice_configured(practice_id))
+    for booking_id, email in emails.items():
+        patient = {"first_name": "Ida", "email": email}  # no phone: each cancellation's SMS is skipped
+        await publisher.event(
+            UPSTREAM_BOOKINGS, "booking.scheduled", booking_id, booking_scheduled(booking_id, practice_id, patient)
+        )
+        await contacts_known(infra, booking_id, practice_id)
+
+    charges = {b: unique("ch") for b in emails}
+    async with EventWatcher(infra.bootstrap, [NOTIFICATION_EVENTS]) as w:
+        for booking_id in (approved, waived):
+            await publisher.event(
+                BOOKING_EVENTS, "booking.cancelled", booking_id, late_staff_cancellation(booking_id, practice_id, 48)
+            )
+            await publisher.event(
+                BILLING_EVENTS,
+                "charge.created",
+                booking_id,
+                late_fee(booking_id, charges[booking_id], "pending_review"),
+                source="service/billing",
+            )
+        await publisher.event(
+            BOOKING_EVENTS, "booking.cancelled", unreviewed, late_staff_cancellation(unreviewed, practice_id, 0)
+        )
+        # The cancellations are told at once: the two in review without a fee, the other with it.
+        for booking_id in emails:
+            rows = await finished(infra, "booking_id", booking_id, 2)
+            _, body = await email_text(mailbox, emails[booking_id], one(rows, "patient", "email"))
+            assert ("A$45.00" in body) is (booking_id == unreviewed), (booking_id, body)
+
+        # billing's final word on each: edited to 30.00 and approved (due, announced twice under
+        # two envelopes, the first delivered twice); waived in review; due at once without review.
+        due = late_fee(approved, charges[approved], "due", amount="30.00")
+        env = await publisher.event(BILLING_EVENTS, "charge.created", approved, due, source="service/billing")
+        await publisher.raw(BILLING_EVENTS, approved, json.dumps(env).encode())
+        again = await publisher.event(BILLING_EVENTS, "charge.created", approved, due, source="service/billing")
+        waiver = await publisher.event(
+            BILLING_EVENTS,
+            "charge.waived",
+            waived,
+            {"charge_id": charges[waived], "booking_id": waived, "request_id": unique("review")},
+            source="service/billing",
+        )
+        unreviewed_due = await publisher.event(
+            BILLING_EVENTS,
+            "charge.created",
+            unreviewed,
+            late_fee(unreviewed, charges[unreviewed], "due"),
+            source="service/billing",
+        )
+        await consumed(infra, env, again, unreviewed_due)  # (an ignored type, the waiver is not kept)
+        assert waiver["type"] == "charge.waived"
+
+        rows = await finished(infra, "booking_id", approved, 3)
+        [fee_row] = [r for r in rows if r["template"] == "late_cancellation_fee"]
+        assert (fee_row["recipient"], fee_row["channel"]) == ("patient", "email")
+        subject, body = await email_text(mailbox, emails[approved], fee_row)
+        assert subject == "Cancellation fee for your appointment on Tuesday, March 11, 2031, 9:00 AM AEDT"
+        assert "a fee of A$30.00 applies (code D9987, CDT)" in body and "45.00" not in body
+        await w.wait_for(
+            lambda s: (
+                s.type == "notification.sent"
+                and s.data.get("booking_id") == approved
+                and s.data.get("template") == "late_cancellation_fee"
+            )
+        )
+
+        await w.settle(3.0)
+        # The fee in review then waived was read (kept in review, never final).
+        await wait_for_row(
+            infra.admin_dsn,
+            "SELECT true FROM notification.late_fees_in_review WHERE charge_id = $1 AND final_at IS NULL",
+            charges[waived],
+        )
+        # Exactly one fee email, sent once; the waived and the unreviewed fee: no second email.
+        assert len(await deliveries(infra, "booking_id", approved)) == 3
+        assert len(mailbox.to(emails[approved])) == 2
+        for booking_id in (waived, unreviewed):
+            rows = await deliveries(infra, "booking_id", booking_id)
+            assert [r["template"] for r in rows if r["channel"] == "email"] == ["booking_cancelled_by_staff"]
+            assert len(mailbox.to(emails[booking_id])) == 1
+        told = [
+            s for s in w.seen if s.type == "notification.sent" and s.data.get("template") == "late_cancellation_fee"
+        ]
+        assert [s.data["booking_id"] for s in told] == [approved]
+
+
 async def test_a_slot_offer_texts_and_emails_the_waitlisted_patient_with_the_expiry_in_sydney_time(
     infra: Any, publisher: Any, notification: ServiceProcess, mailbox: Mailbox, sms: SmsProvider
 ) -> None:
