@@ -6,7 +6,7 @@ deposit, a PMS sync and the patient's email; a professional's late cancellation 
 | token | practice routes | fee routes (billing) | ops-only routes (a professional's record) |
 |---|---|---|---|
 | none, expired, wrong issuer, wrong audience, HS256 with the public key, alg none, forged | 401 | 401 | 401 |
-| another practice (owner) | 404 | 404 | 403 |
+| another practice (owner) | 404 (reports over the token's practices: 200 without ours) | 404 | 403 |
 | the right practice, receptionist | 200 | 403 | 403 |
 | the right practice, manager | 200 | 200 | 403 |
 | ops | 200 | 200 | 200 |
@@ -189,9 +189,16 @@ UNTRUSTED = {
 }
 
 
+# Reports over the token's own practices, with no practice to ask for: another practice's owner
+# gets 200 and a list without this practice's rows (checked below).
+PRACTICE_LISTS = {("scoring", "/reports/standings"), ("scoring", "/reports/office-scores")}
+
+
 def _kind(service: str, path: str) -> str:
-    if path.startswith(("/professionals", "/excuses")):
+    if path.startswith(("/professionals", "/excuses", "/suspended-professionals")):
         return "ops_only"
+    if (service, path) in PRACTICE_LISTS:
+        return "practice_list"
     if service == "billing":
         # A patient is nobody's in particular: asked for our practice, another practice's biller
         # gets 404; asked for none, an empty list (checked below).
@@ -201,10 +208,10 @@ def _kind(service: str, path: str) -> str:
 
 def _expected(kind: str, token: str) -> int:
     return {
-        "other practice": {"practice": 404, "fee": 404, "fee_list": 404, "ops_only": 403},
-        "receptionist": {"practice": 200, "fee": 403, "fee_list": 403, "ops_only": 403},
-        "manager": {"practice": 200, "fee": 200, "fee_list": 200, "ops_only": 403},
-        "ops": {"practice": 200, "fee": 200, "fee_list": 200, "ops_only": 200},
+        "other practice": {"practice": 404, "practice_list": 200, "fee": 404, "fee_list": 404, "ops_only": 403},
+        "receptionist": {"practice": 200, "practice_list": 200, "fee": 403, "fee_list": 403, "ops_only": 403},
+        "manager": {"practice": 200, "practice_list": 200, "fee": 200, "fee_list": 200, "ops_only": 403},
+        "ops": {"practice": 200, "practice_list": 200, "fee": 200, "fee_list": 200, "ops_only": 200},
     }[token][kind]
 
 
@@ -268,6 +275,10 @@ async def test_every_read_route_answers_only_the_right_people(system, infra, pub
                 table.append((service, url, name, 401, proc.get_status(url, make() if make else None)))
             for name, token in tokens.items():
                 table.append((service, url, name, _expected(_kind(service, path), name), proc.get_status(url, token)))
+            if _kind(service, path) == "practice_list":
+                answer = proc.get_json(url, tokens["other practice"])
+                rows = answer["items"] if isinstance(answer, dict) else answer
+                assert all(row.get("practice_id") != practice for row in rows), f"{path}: another practice's rows"
             if _kind(service, path) == "fee_list":
                 assert proc.get_json(url.split("?")[0], tokens["other practice"])["charges"] == [], (
                     "another practice's charges"
