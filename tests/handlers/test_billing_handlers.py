@@ -606,7 +606,7 @@ async def test_an_edit_in_review_adjusts_then_makes_the_fee_due(handle: Handle) 
 
 @pytest.mark.parametrize(
     ("amount", "why"),
-    [("45.001", "not one the charge can take"), ("1000000000.00", "more than the charge's currency allows")],
+    [("45.001", "more decimal places than AUD has"), ("1000000000.00", "more than the most a AUD amount may be")],
 )
 async def test_an_edit_the_charge_cannot_take_is_a_contract_violation_and_the_fee_keeps_waiting(
     handle: Handle, amount: str, why: str
@@ -621,6 +621,20 @@ async def test_an_edit_the_charge_cannot_take_is_a_contract_violation_and_the_fe
     assert amount not in str(refused.value)
     assert repo.charges[charge_id]["status"] == "pending_review"
     assert request.request_id not in repo.reviews
+
+
+async def test_an_amount_the_currency_cannot_hold_is_refused_as_malformed_whatever_the_fees_state(
+    handle: Handle,
+) -> None:
+    """Before who may decide and whether the fee is still in review: a malformed request is
+    dead-lettered, not answered not_pending."""
+    repo = FakeBillingRepository()
+    charge_id, _ = await a_charge(handle, repo)  # outstanding, never in review
+    for amount in ("45.001", "1000000000.00"):
+        with pytest.raises(ContractViolation, match="the amount"):
+            await handle(decide_review, review(charge_id, "edit", amount=amount), repo)
+    [(kind, _, data)] = await handle(decide_review, review(charge_id, "edit", amount="40.00"), repo)
+    assert (kind, data["reason"]) == ("charge.review_rejected", "not_pending")
 
 
 async def test_waiving_in_review_takes_nothing_and_says_so(handle: Handle) -> None:

@@ -460,6 +460,12 @@ async def decide_review(unit: Unit[BillingDeps], command: ChargeReviewDecided) -
     charge_key = _canonical_uuid(command.charge_id)
     charge = await repository.lock_charge(unit.conn, charge_key) if charge_key is not None else None
     terms = _terms(charge)
+    if terms is not None and command.amount is not None:
+        # A malformed request is malformed whatever the fee's state: said before who may decide
+        # and whether it is still in review (the charge's currency decides what an amount may be).
+        problem = money_problem(command.amount, terms.currency)
+        if problem is not None:
+            raise ContractViolation(f"charge.review_decided: the amount {problem}")
     answer = domain.decide_review(
         roles=command.actor.roles,
         charge=terms,
