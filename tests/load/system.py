@@ -64,12 +64,18 @@ class System:
         self._smtp = Controller(self.mailbox, hostname="127.0.0.1", port=self.mailbox.port)
         self._smtp.start()
         self.sms = SmsProvider().start()
-        for service in SERVICE_MODULES:
-            for _ in range(self.replicas.get(service, 1)):
-                self.add_replica(service, wait=False)
-        for procs in self.procs.values():
-            for p in procs:
-                p.wait_ready(120)
+        try:
+            for service in SERVICE_MODULES:
+                for _ in range(self.replicas.get(service, 1)):
+                    self.add_replica(service, wait=False)
+            for procs in self.procs.values():
+                for p in procs:
+                    p.wait_ready(120)
+        except BaseException:
+            # One service failed to start: stop the others, or they would stay in their consumer
+            # groups (and claim rows from the shared tables) long after this run.
+            self.stop()
+            raise
         return self
 
     def add_replica(self, service: str, wait: bool = True) -> ServiceProcess:
