@@ -125,6 +125,26 @@ def report(key, **counts):
 
 
 ANSWERS = {
+    "pms-sync/practices/p-1/manual-updates": Answer(
+        200,
+        {
+            "practice_id": "p-1",
+            "items": [
+                {
+                    "id": 7,
+                    "booking_id": "b-<9>",
+                    "practice_id": "p-1",
+                    "integration": "manual",
+                    "action": "cancel_booking",
+                    "message": "Cancel <script>x</script> in the PMS",
+                    "sync_id": None,
+                    "created_at": "2026-12-01T09:00:00Z",
+                }
+            ],
+            "page": 1,
+            "page_size": 50,
+        },
+    ),
     "booking/readyz": Answer(200, {"status": "ready"}),
     "booking/reports/cancellations": Answer(200, {"groups": [report("<b>dr-lee</b>")]}),
     "booking/bookings?status=no_show": Answer(200, {"items": [], "page": 1, "page_size": 500}),
@@ -349,6 +369,19 @@ def test_practice_staff_see_their_practice_only_and_no_operator_page(console, ke
     assert page.text.count("<svg") == 6
     assert "45.00" in page.text and "20.00" in page.text  # raised and collected, deposits refunded
     assert set(services.tokens) == {bearer}  # every read with the person's own token
+
+
+def test_the_practices_manual_pms_updates_are_listed_for_its_staff_only(console, keys):
+    client, services, _ = console
+    bearer = token(keys, ["receptionist"], ["p-1"])
+    sign_in(client, bearer)
+    assert 'href="/practices/p-1/manual-updates"' in client.get("/practices/p-1").text
+    page = client.get("/practices/p-1/manual-updates")
+    assert page.status_code == 200
+    assert "cancel_booking" in page.text and "Cancel &lt;script&gt;x&lt;/script&gt; in the PMS" in page.text
+    assert "<script>" not in page.text and 'href="/bookings/b-%3C9%3E"' in page.text
+    assert client.get("/practices/p-2/manual-updates").status_code == 404  # another practice's
+    assert set(services.tokens) == {bearer}
 
 
 def test_a_role_that_reads_no_money_sees_no_fees(console, keys):

@@ -232,6 +232,29 @@ def create_app(settings: ConsoleSettings, *, broker: Broker | None = None, servi
             "practice.html", session, title=f"Practice {practice_id}", practice_id=practice_id, days=days, **view
         )
 
+    @app.get("/practices/{practice_id}/manual-updates", response_class=HTMLResponse)
+    async def manual_updates(
+        practice_id: str, request: Request, session: Who, page: Annotated[int, Query(ge=1, le=1000)] = 1
+    ) -> HTMLResponse:
+        """What the practice's staff must change in their PMS by hand (pms-sync's queue for
+        practices without a write-back, or whose write-back failed for good), newest first."""
+        principal, token = session
+        if not valid_id(practice_id) or not principal.can_read(practice_id):
+            raise HTTPException(404, "no such practice")
+        answer = await svc(request).get(
+            "pms-sync", f"/practices/{practice_id}/manual-updates", token, {"page": page, "page_size": 50}
+        )
+        items = answer.body.get("items", []) if answer.status == 200 and isinstance(answer.body, dict) else []
+        return render(
+            "manual_updates.html",
+            session,
+            title=f"Manual PMS updates, {practice_id}",
+            practice_id=practice_id,
+            status=answer.status,
+            items=items,
+            page=page,
+        )
+
     # --- one booking ---------------------------------------------------------------------------
 
     @app.get("/bookings", response_class=HTMLResponse)
