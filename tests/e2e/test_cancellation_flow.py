@@ -28,6 +28,8 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
+from .stories import ann_booked, harbour_dental
+
 pytestmark = pytest.mark.e2e
 
 PRAKTIKA = "pms-sync.praktika.v1"
@@ -61,41 +63,20 @@ async def test_a_staff_late_cancellation_reaches_every_service_once(system, infr
             UPSTREAM_PRACTICES,
             "practice.configured",
             practice_id,
-            {
-                "practice_id": practice_id,
-                "name": "Harbour Dental",
-                "timezone": "Australia/Sydney",
-                "locale": "en",
-                "contact": {"email": "frontdesk@harbour.test", "preferred_channel": "email"},
-                "fees": {
-                    "late_cancellation": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
-                    "charge_card_on_file": True,
-                },
-                "pms": {"integration": "praktika"},
-            },
+            harbour_dental(practice_id),
         )
         await publisher.event(
             UPSTREAM_BOOKINGS,
             "booking.scheduled",
             booking_id,
-            {
-                "booking_id": booking_id,
-                "practice_id": practice_id,
-                "starts_at": iso(starts),
-                "ends_at": iso(starts + timedelta(minutes=45)),
-                "practitioner_id": "dr-lee",
-                "service_code": "D1110",
-                "patient": {
-                    "patient_id": patient_id,
-                    "first_name": "Ann",
-                    "email": email,
-                    "phone": phone,
-                    "portal_account": True,
-                    "card_on_file": True,
-                    "locale": "en",
-                },
-                "deposit": {"amount": "20.00", "currency": "AUD"},
-            },
+            ann_booked(
+                booking_id,
+                practice_id,
+                patient_id,
+                starts,
+                patient={"email": email, "phone": phone},
+                deposit={"amount": "20.00", "currency": "AUD"},
+            ),
         )
         # Settings and contacts are in place before the request (topics are consumed independently).
         await wait_for_row(

@@ -18,6 +18,7 @@ from playwright.async_api import async_playwright
 from shared.testing import dev_token, iso, unique, wait_for_row
 from shared.topics import UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
+from .stories import LATE_FEE, ann_booked, harbour_dental
 from .test_console_browser import CHROMIUM, _until, console_url  # noqa: F401 - the module's console process
 
 pytestmark = pytest.mark.e2e
@@ -39,38 +40,18 @@ async def test_a_manager_edits_a_fee_in_review_in_the_console(system, infra, pub
     artefacts.mkdir(parents=True, exist_ok=True)
     practice_id, booking_id, patient_id = unique("practice"), unique("booking"), unique("patient")
     starts = datetime.now(UTC) + timedelta(hours=6)
-    fee = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+    fee = LATE_FEE
     await publisher.event(
         UPSTREAM_PRACTICES,
         "practice.configured",
         practice_id,
-        {
-            "practice_id": practice_id,
-            "name": "Harbour Dental",
-            "timezone": "Australia/Sydney",
-            "locale": "en",
-            "fees": {"late_cancellation": fee, "review_hours": 24},
-        },
+        harbour_dental(practice_id, fees={"late_cancellation": fee, "review_hours": 24}, contact=None, pms=None),
     )
     await publisher.event(
         UPSTREAM_BOOKINGS,
         "booking.scheduled",
         booking_id,
-        {
-            "booking_id": booking_id,
-            "practice_id": practice_id,
-            "starts_at": iso(starts),
-            "ends_at": iso(starts + timedelta(minutes=45)),
-            "practitioner_id": "dr-lee",
-            "service_code": "D1110",
-            "patient": {
-                "patient_id": patient_id,
-                "first_name": "Ann",
-                "portal_account": True,
-                "card_on_file": False,
-                "locale": "en",
-            },
-        },
+        ann_booked(booking_id, practice_id, patient_id, starts, patient={"card_on_file": False}),
     )
     await wait_for_row(
         infra.admin_dsn, "SELECT true FROM cancellation_policy.practice_settings WHERE practice_id = $1", practice_id

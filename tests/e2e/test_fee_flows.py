@@ -28,11 +28,13 @@ from shared.topics import (
     UPSTREAM_PRACTICES,
 )
 
+from .stories import LATE_FEE, ann_booked, harbour_dental
+
 pytestmark = pytest.mark.e2e
 
 PRAKTIKA = "pms-sync.praktika.v1"
 WATCHED = [POLICY_DECISIONS, BOOKING_EVENTS, BILLING_EVENTS, NOTIFICATION_EVENTS, PRAKTIKA, PMS_SYNC_EVENTS]
-FEE = {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"}
+FEE = LATE_FEE
 MANAGER = {"id": "staff-mia", "roles": ["manager"]}
 
 
@@ -62,39 +64,17 @@ async def test_a_fee_reviewed_charged_and_lowered_later_is_refunded_told_and_syn
             UPSTREAM_PRACTICES,
             "practice.configured",
             practice_id,
-            {
-                "practice_id": practice_id,
-                "name": "Harbour Dental",
-                "timezone": "Australia/Sydney",
-                "locale": "en",
-                "contact": {"email": "frontdesk@harbour.test", "preferred_channel": "email"},
-                "fees": {"late_cancellation": FEE, "charge_card_on_file": True, "review_hours": 24},
-                "pms": {"integration": "praktika"},
-            },
+            harbour_dental(
+                practice_id, fees={"late_cancellation": FEE, "charge_card_on_file": True, "review_hours": 24}
+            ),
         )
         await publisher.event(
             UPSTREAM_BOOKINGS,
             "booking.scheduled",
             booking_id,
-            {
-                "booking_id": booking_id,
-                "practice_id": practice_id,
-                "starts_at": iso(starts),
-                "ends_at": iso(starts + timedelta(minutes=45)),
-                "practitioner_id": "dr-lee",
-                "service_code": "D1110",
-                "patient": {
-                    "patient_id": patient_id,
-                    "first_name": "Ann",
-                    "email": email,
-                    "phone": phone,
-                    "portal_account": True,
-                    # the policy charges a card only when the booking says there is one; which card
-                    # is the one registered below on upstream.patients.v1 (billing.practice_cards)
-                    "card_on_file": True,
-                    "locale": "en",
-                },
-            },
+            # The policy charges a card only when it knows of one: the one registered below on
+            # upstream.patients.v1 wins over the booking's card_on_file flag.
+            ann_booked(booking_id, practice_id, patient_id, starts, patient={"email": email, "phone": phone}),
         )
         await publisher.event(
             UPSTREAM_PATIENTS,

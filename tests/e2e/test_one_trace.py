@@ -25,6 +25,7 @@ from shared.topics import (
 )
 
 from .otlp import CollectedSpan, Collector
+from .stories import ann_booked, harbour_dental
 
 pytestmark = pytest.mark.e2e
 
@@ -62,39 +63,13 @@ async def test_one_staff_late_cancellation_is_one_trace_across_all_six_services(
             UPSTREAM_PRACTICES,
             "practice.configured",
             practice_id,
-            {
-                "practice_id": practice_id,
-                "name": "Harbour Dental",
-                "timezone": "Australia/Sydney",
-                "locale": "en",
-                "contact": {"email": "frontdesk@harbour.test", "preferred_channel": "email"},
-                "fees": {
-                    "late_cancellation": {"amount": "45.00", "currency": "AUD", "code": "D9987", "code_system": "CDT"},
-                    "charge_card_on_file": True,
-                },
-                "pms": {"integration": "praktika"},
-            },
+            harbour_dental(practice_id),
         )
         await publisher.event(
             UPSTREAM_BOOKINGS,
             "booking.scheduled",
             booking_id,
-            {
-                "booking_id": booking_id,
-                "practice_id": practice_id,
-                "starts_at": iso(starts),
-                "ends_at": iso(starts + timedelta(minutes=45)),
-                "practitioner_id": "dr-lee",
-                "service_code": "D1110",
-                "patient": {
-                    "patient_id": patient_id,
-                    "first_name": "Ann",
-                    "email": email,
-                    "portal_account": True,
-                    "card_on_file": True,
-                    "locale": "en",
-                },
-            },
+            ann_booked(booking_id, practice_id, patient_id, starts, patient={"email": email}),
         )
         await wait_for_row(
             infra.admin_dsn,
