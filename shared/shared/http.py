@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
 
-from fastapi import HTTPException, Path, Query, status
+from fastapi import HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict
 
 from .contracts.common import ID_MAX_CHARS, ID_PATTERN
@@ -53,3 +53,23 @@ class PageOf(View, Generic[T]):
 def not_found(what: str) -> HTTPException:
     """404 for what does not exist, and for what exists but is not the caller's."""
     return HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what}")
+
+
+class BodyTooLarge(Exception):
+    """A request body over the limit its route sets."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, read no further than `limit` bytes: BodyTooLarge past it, and at once
+    when the declared Content-Length is over it (the route says what to answer)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

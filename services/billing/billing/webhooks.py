@@ -30,7 +30,7 @@ from fastapi.security import APIKeyHeader
 
 from shared import outbox
 from shared.background import WorkUnit
-from shared.http import View
+from shared.http import BodyTooLarge, View, read_body
 from shared.logging import get_logger
 from shared.service import Runtime, runtime_of
 
@@ -79,11 +79,10 @@ async def stripe_webhook(
     secret = settings.stripe_webhook_secret
     if secret is None or not stripe_signature:
         raise HTTPException(403, "not signed by Stripe for this service")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > settings.stripe_webhook_max_bytes:
-            raise HTTPException(413, "a Stripe event is never this large")
+    try:
+        body = await read_body(request, settings.stripe_webhook_max_bytes)
+    except BodyTooLarge:
+        raise HTTPException(413, "a Stripe event is never this large") from None
     try:
         event = stripe.Webhook.construct_event(body, stripe_signature, secret.get_secret_value())
     except stripe.SignatureVerificationError:

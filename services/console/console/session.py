@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 from fastapi import HTTPException, Request
 
 from shared.auth import InvalidToken, Principal, TokenVerifier
+from shared.http import BodyTooLarge, read_body
 
 SESSION_COOKIE = "console_session"
 LOGIN_COOKIE = "console_login"
@@ -61,14 +62,10 @@ class Sessions:
 
 async def form(request: Request) -> dict[str, str]:
     """An application/x-www-form-urlencoded body, first value of each field."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > FORM_MAX_BYTES:
-        raise HTTPException(413, "the form is too large")
-    body = b""
-    async for chunk in request.stream():  # read no further than the limit, whatever was declared
-        body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise HTTPException(413, "the form is too large")
+    try:
+        body = await read_body(request, FORM_MAX_BYTES)
+    except BodyTooLarge:
+        raise HTTPException(413, "the form is too large") from None
     try:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):

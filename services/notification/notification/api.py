@@ -25,7 +25,7 @@ from starlette.datastructures import ImmutableMultiDict
 from twilio.request_validator import RequestValidator
 
 from shared.auth import Principal, authenticated, with_role
-from shared.http import Page, PageOf, PathId, View, not_found
+from shared.http import BodyTooLarge, Page, PageOf, PathId, View, not_found, read_body
 from shared.logging import get_logger
 from shared.service import Runtime, runtime_of
 
@@ -139,11 +139,10 @@ async def sms_status(
     url, token = settings.sms_status_callback_url, settings.twilio_auth_token
     if not signature or not url or token is None:
         raise forbidden()
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > STATUS_CALLBACK_MAX_BYTES:
-            raise forbidden()  # what Twilio signs is small; this is not Twilio
+    try:
+        body = await read_body(request, STATUS_CALLBACK_MAX_BYTES)
+    except BodyTooLarge:
+        raise forbidden() from None  # what Twilio signs is small; this is not Twilio
     try:
         form = ImmutableMultiDict(
             parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=STATUS_CALLBACK_MAX_FIELDS)
