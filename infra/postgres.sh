@@ -137,6 +137,10 @@ max_connections = 300
 shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
+# Statement counts per role (each service has its own): what make bench reports per cancellation.
+# Loaded at server start only; a server started before this line needs a restart (make down up).
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
 EOF
     ((AS_ROOT)) && chown postgres: "$DATA/project.conf"
     return 0

@@ -35,6 +35,7 @@ from tests.load.system import System
 from . import profile
 from .baseline import Baseline
 from .cpu import CpuMeter
+from .statements import StatementMeter
 
 VARIANTS = {
     "set-based handlers called record by record (CONSUMER_SET_BASED=false)": ({"CONSUMER_SET_BASED": "false"}, {}),
@@ -82,11 +83,12 @@ async def burst(system: System, size: int, seed: int, label: str, *, profile_sec
             if profile_seconds
             else {}
         )
-        with CpuMeter(lambda: _pids(system)) as cpu:
-            started = time.monotonic()
-            sent = await send_requests(system.bootstrap, scenario, rate=None, on_sent=progress.update)
-            await wait_complete(scenario, collector, timeout=600, label=f"{label}: effects")
-            elapsed = time.monotonic() - started
+        async with StatementMeter(system.admin_dsn) as statements:
+            with CpuMeter(lambda: _pids(system)) as cpu:
+                started = time.monotonic()
+                sent = await send_requests(system.bootstrap, scenario, rate=None, on_sent=progress.update)
+                await wait_complete(scenario, collector, timeout=600, label=f"{label}: effects")
+                elapsed = time.monotonic() - started
         after = system.processed()
         if running:
             profiles = await asyncio.to_thread(profile.finish, running, profile_seconds)
@@ -105,6 +107,7 @@ async def burst(system: System, size: int, seed: int, label: str, *, profile_sec
         "out_of_order": verdict.out_of_order,
         "unexpected": verdict.unexpected,
         "cpu": cpu.result,
+        "statements": statements.result(size),
         **({"profile": profiles} if profiles else {}),
     }
 
@@ -138,8 +141,9 @@ async def baseline_phase(system: System, count: int, rate: float | None, seed: i
     """The bare topology, started for this phase alone (so it is idle during no other)."""
     async with Baseline(system.bootstrap, system.admin_dsn) as baseline:
         await baseline.measure(50, None, seed=seed + 100)  # warm up: group joins, connections
-        with CpuMeter(lambda: baseline.pids) as cpu:
-            r = await baseline.measure(count, rate, seed=seed, progress=Progress(label, count))
+        async with StatementMeter(system.admin_dsn) as statements:
+            with CpuMeter(lambda: baseline.pids) as cpu:
+                r = await baseline.measure(count, rate, seed=seed, progress=Progress(label, count))
     return {
         "stories": r.stories,
         "seconds": round(r.seconds, 2),
@@ -149,6 +153,7 @@ async def baseline_phase(system: System, count: int, rate: float | None, seed: i
         "lost": r.lost,
         "duplicated": r.duplicated,
         "cpu": cpu.result,
+        "statements": statements.result(r.stories),
     }
 
 
@@ -309,6 +314,8 @@ def _print(r: dict, path: Path) -> None:
     for name, c in r["cpu"].items():
         procs = ", ".join(f"{p} {v:g}" for p, v in c["process_cpu_percent"].items() if v >= 1)
         print(f"  {name}: idle {c['machine_idle_share']:.0%} over {c['seconds']}s; {procs}")
+    _print_statements("baseline burst", b["burst"]["statements"])
+    _print_statements("system burst", s["burst"]["statements"])
     for service, p in s.get("profile", {}).get("services", {}).items():
         top = "; ".join(f"{f} {share:.0%}" for f, share in p["top_self"][:5])
         print(f"  profile {service}: busy {p['busy_share_of_one_core']:.0%} of a core; top (self): {top}")
@@ -316,6 +323,19 @@ def _print(r: dict, path: Path) -> None:
         print(f"  {name}: {value}")
     print(f"written: {path} and {path.with_suffix('.png')}")
     print(f"ratio: {r['ratios']['throughput_system_over_baseline']}")
+
+
+def _print_statements(phase: str, figures: dict) -> None:
+    if "missing" in figures:
+        print(f"Postgres statements during the {phase}: {figures['missing']}")
+        return
+    print(f"Postgres statements per cancellation during the {phase}: {figures['total']['statements_per_cancellation']}")
+    for service, f in figures.items():
+        if service != "total":
+            print(
+                f"  {service}: {f['statements_per_cancellation']} statements, "
+                f"{f['exec_ms_per_cancellation']} ms executing, per cancellation"
+            )
 
 
 if __name__ == "__main__":
