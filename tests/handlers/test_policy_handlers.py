@@ -5,15 +5,15 @@ version (or the defaults), and a request decided and answered once however often
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from cancellation_policy import repository
+from cancellation_policy import handlers, repository
 from cancellation_policy.handlers import (
     PolicyDeps,
     assess_request,
@@ -31,6 +31,7 @@ from shared.contracts.upstream import (
     PatientCardRegistered,
     PatientCardRemoved,
     PracticeConfigured,
+    PracticeSettings,
 )
 from shared.testing import assert_same_functions, unique
 from shared.topics import (
@@ -54,6 +55,7 @@ class FakePolicyRepository:
         self.decisions: dict[str, dict[str, Any]] = {}  # request_id -> row
         self.schedules: dict[str, tuple[str, datetime]] = {}  # booking_id -> (practice_id, scheduled_at)
         self.cards: dict[tuple[str, str], tuple[bool, datetime]] = {}  # (practice, patient) -> (has, at)
+        self.calls: Counter[str] = Counter()  # how often each set-based function was called
 
     async def add_settings_version(
         self,
@@ -80,27 +82,32 @@ class FakePolicyRepository:
         )
         return len(versions)
 
-    async def current_settings(self, conn: Any, practice_id: str) -> tuple[int, dict[str, Any]] | None:
-        versions = self.settings.get(practice_id)
-        return (versions[-1]["version"], copy.deepcopy(versions[-1]["settings"])) if versions else None
-
     async def record_scheduling(self, conn: Any, *, booking_id: str, practice_id: str, scheduled_at: datetime) -> bool:
         if booking_id in self.schedules:
             return False
         self.schedules[booking_id] = (practice_id, scheduled_at)
         return True
 
-    async def settings_when_scheduled(
-        self, conn: Any, practice_id: str, booking_id: str
-    ) -> tuple[bool, tuple[int, dict[str, Any]] | None]:
-        if booking_id not in self.schedules:
-            return False, None
-        at = self.schedules[booking_id][1]
-        versions = [v for v in self.settings.get(practice_id, []) if v["configured_at"] <= at]
-        if not versions:
-            return True, None
-        newest = max(versions, key=lambda v: (v["configured_at"], v["version"]))
-        return True, (newest["version"], copy.deepcopy(newest["settings"]))
+    def _stored(self, version: dict[str, Any] | None) -> tuple[int, str] | None:
+        # As Postgres renders the jsonb column: the same text for a version every time.
+        return (version["version"], json.dumps(version["settings"], sort_keys=True)) if version else None
+
+    async def settings_for_requests(
+        self, conn: Any, requests: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[tuple[int, str] | None, bool, tuple[int, str] | None]]:
+        self.calls["settings_for_requests"] += 1
+        found = {}
+        for practice_id, booking_id in requests:
+            versions = self.settings.get(practice_id, [])
+            current = self._stored(versions[-1] if versions else None)
+            if booking_id not in self.schedules:
+                found[(practice_id, booking_id)] = (current, False, None)
+                continue
+            at = self.schedules[booking_id][1]
+            before = [v for v in versions if v["configured_at"] <= at]
+            then = max(before, key=lambda v: (v["configured_at"], v["version"])) if before else None
+            found[(practice_id, booking_id)] = (current, True, self._stored(then))
+        return found
 
     async def record_card(
         self, conn: Any, *, practice_id: str, patient_id: str, has_card: bool, changed_at: datetime
@@ -111,17 +118,19 @@ class FakePolicyRepository:
         self.cards[(practice_id, patient_id)] = (has_card, changed_at)
         return True
 
-    async def card_on_file(self, conn: Any, practice_id: str, patient_id: str) -> bool | None:
-        known = self.cards.get((practice_id, patient_id))
-        return None if known is None else known[0]
+    async def cards_on_file(self, conn: Any, patients: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        self.calls["cards_on_file"] += 1
+        return {pair: self.cards[pair][0] for pair in patients if pair in self.cards}
 
-    async def record_decision(
-        self, conn: Any, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
-    ) -> bool:
-        if request_id in self.decisions:
-            return False
-        self.decisions[request_id] = {"booking_id": booking_id, "practice_id": practice_id, "decision": decision}
-        return True
+    async def record_decisions(self, conn: Any, decisions: Sequence[tuple[str, str, str, dict[str, Any]]]) -> set[str]:
+        self.calls["record_decisions"] += 1
+        recorded = set()
+        for request_id, booking_id, practice_id, decision in decisions:
+            if request_id in self.decisions:
+                continue
+            self.decisions[request_id] = {"booking_id": booking_id, "practice_id": practice_id, "decision": decision}
+            recorded.add(request_id)
+        return recorded
 
 
 Handle = Callable[..., Awaitable[Unit[Any]]]
@@ -408,3 +417,159 @@ async def test_without_charge_card_on_file_a_registered_card_is_not_charged(hand
     await handle(card_event(practice_id, patient_id, True, START - timedelta(days=1)), repo)
     [decided] = (await handle(late_for(practice_id, patient_id, False), repo)).emitted
     assert decided.envelope["data"]["charge_card"] is False
+
+
+# --- sets: many requests at once -----------------------------------------------------------------
+
+
+def refused(practice_id: str) -> CancellationAssessmentRequested:
+    """A patient without a portal account cancelling online: decided, and not allowed."""
+    request = late_cancellation(practice_id)
+    booking = request.booking.model_copy(update={"patient_portal_account": False})
+    return request.model_copy(update={"booking": booking, "actor": Actor.new(kind="patient", id="pat-9")})
+
+
+async def a_world(handle: Handle, ids: str) -> tuple[FakePolicyRepository, list[CancellationAssessmentRequested]]:
+    """Two practices (A with two settings versions and a card registered, B with none), and
+    requests through every branch: frozen settings, current settings, defaults, a registered card
+    winning over the booking's flag, a refusal, and a request decided already (a replay). Built
+    the same way each time from `ids`, so two worlds can be compared."""
+    repo, a, b = FakePolicyRepository(), f"{ids}-practice-a", f"{ids}-practice-b"
+    frozen, patient = f"{ids}-bk-frozen", f"{ids}-patient"
+    await handle(configured(a, fees=FeeSettings(late_cancellation=LATE_FEE, charge_card_on_file=True)), repo, time=T1)
+    await handle(scheduled(a, frozen), repo, time=T1 + timedelta(days=1))
+    await handle(
+        configured(a, fees=FeeSettings(late_cancellation=OTHER_FEE, charge_card_on_file=True)),
+        repo,
+        time=T1 + timedelta(days=2),
+    )
+    await handle(card_event(a, patient, True, START - timedelta(days=3)), repo)
+    replay = late_cancellation(a, request_id=f"{ids}-req-replay", booking_id=f"{ids}-bk-replay")
+    await handle(replay, repo)
+    repo.calls.clear()
+
+    with_card = late_for(a, patient, False).model_copy(update={"booking_id": frozen, "request_id": f"{ids}-req-frozen"})
+    requests = [
+        with_card,
+        late_cancellation(a, request_id=f"{ids}-req-current", booking_id=f"{ids}-bk-current"),
+        late_cancellation(b, request_id=f"{ids}-req-b1", booking_id=f"{ids}-bk-b1"),
+        refused(a).model_copy(update={"request_id": f"{ids}-req-refused", "booking_id": f"{ids}-bk-refused"}),
+        replay,
+        late_cancellation(b, request_id=f"{ids}-req-b2", booking_id=f"{ids}-bk-b2"),
+    ]
+    return repo, requests
+
+
+def published(unit: Unit[Any]) -> list[tuple[str, str | None, str, str | None, dict[str, Any]]]:
+    return [
+        (e.topic, e.key, e.envelope["type"], e.envelope.get("correlationid"), e.envelope["data"]) for e in unit.emitted
+    ]
+
+
+@pytest.mark.parametrize("more", [0, 12])
+async def test_a_set_of_requests_costs_one_call_of_each_kind_and_each_request_publishes_what_it_would_alone(
+    handle: Handle, unit_for: Callable[..., Unit[Any]], more: int
+) -> None:
+    ids = unique("set")
+    repo, requests = await a_world(handle, ids)
+    requests += [
+        late_cancellation(f"{ids}-practice-{n % 3}", request_id=f"{ids}-req-{n}", booking_id=f"{ids}-bk-{n}")
+        for n in range(more)
+    ]
+    units = [
+        unit_for(
+            "cancellation-policy",
+            PolicyDeps(repository=repo),
+            POLICY_REQUESTS,
+            r,
+            subject=r.booking_id,
+            correlation_id=f"c-{n}",
+        )
+        for n, r in enumerate(requests)
+    ]
+    await assess_request.handle_many(units, [u.event.payload for u in units])
+
+    # a fixed number of calls for the whole set, whatever its size
+    assert repo.calls == Counter(settings_for_requests=1, cards_on_file=1, record_decisions=1)
+
+    alone_repo, _ = await a_world(handle, ids)
+    alone = [published(await handle(r, alone_repo, correlation_id=f"c-{n}")) for n, r in enumerate(requests)]
+    assert [published(u) for u in units] == alone
+    assert repo.decisions == alone_repo.decisions
+
+    # and what that is, branch by branch
+    first = [[(key, data["policy_version"], data["allowed"]) for _, key, _, _, data in p] for p in alone[:6]]
+    assert first == [
+        [(f"{ids}-bk-frozen", "r1.s1", True)],  # frozen when scheduled
+        [(f"{ids}-bk-current", "r1.s2", True)],  # never seen scheduled: the current settings
+        [(f"{ids}-bk-b1", "r1.s0", True)],  # B configured nothing: the defaults
+        [(f"{ids}-bk-refused", "r1.s2", False)],  # refused, and answered so
+        [],  # decided before: not answered again
+        [(f"{ids}-bk-b2", "r1.s0", True)],
+    ]
+    frozen = alone[0][0][4]
+    assert (frozen["fee"]["amount"], frozen["charge_card"]) == ("45.00", True)  # the registered card wins
+    assert alone[1][0][4]["fee"]["amount"] == "90.00"
+    assert alone[3][0][4]["rejection_reason"] == "no_portal_account"
+
+
+async def test_the_same_request_twice_in_one_set_is_decided_and_answered_once(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    """Two envelopes of one request on different keys (so in one wave): the first answers."""
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    request = late_cancellation(practice_id)
+    twice = [request, request.model_copy(update={"booking_id": unique("bk")})]
+    units = [
+        unit_for("cancellation-policy", PolicyDeps(repository=repo), POLICY_REQUESTS, r, subject=r.booking_id)
+        for r in twice
+    ]
+    await assess_request.handle_many(units, [u.event.payload for u in units])
+
+    assert [len(u.emitted) for u in units] == [1, 0]
+    assert units[0].emitted[0].key == request.booking_id
+    assert repo.decisions[request.request_id]["booking_id"] == request.booking_id
+
+
+async def test_a_practices_settings_are_validated_once_per_version_however_many_requests_they_decide(
+    handle: Handle, unit_for: Callable[..., Unit[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, practice_id = FakePolicyRepository(), unique("practice")
+    await handle(configured(practice_id, fees=FeeSettings(late_cancellation=LATE_FEE)), repo, time=T1)
+    booked = unique("bk")
+    await handle(scheduled(practice_id, booked), repo, time=T1 + timedelta(days=1))
+    await handle(
+        configured(practice_id, fees=FeeSettings(late_cancellation=OTHER_FEE)), repo, time=T1 + timedelta(days=2)
+    )
+
+    validated: list[Any] = []
+
+    class Counted:
+        """PracticeSettings as the handlers see it, counting its validations."""
+
+        @staticmethod
+        def model_validate(obj: Any) -> PracticeSettings:
+            validated.append(obj)
+            return PracticeSettings.model_validate(obj)
+
+    monkeypatch.setattr(handlers, "PracticeSettings", Counted)
+    handlers.stored_settings.cache_clear()  # another test may have validated the same settings
+
+    async def a_set(requests: list[CancellationAssessmentRequested]) -> list[Unit[Any]]:
+        units = [
+            unit_for("cancellation-policy", PolicyDeps(repository=repo), POLICY_REQUESTS, r, subject=r.booking_id)
+            for r in requests
+        ]
+        await assess_request.handle_many(units, [u.event.payload for u in units])
+        return units
+
+    units = await a_set([late_cancellation(practice_id) for _ in range(10)])
+    units += await a_set([late_cancellation(practice_id) for _ in range(10)])
+    units += [await handle(late_cancellation(practice_id), repo) for _ in range(5)]
+    assert {u.emitted[0].envelope["data"]["policy_version"] for u in units} == {"r1.s2"}
+    assert len(validated) == 1  # 25 requests of one version: validated once
+
+    # a booking frozen under version 1 brings that version's validation, once too
+    frozen = [await handle(late_cancellation(practice_id, booking_id=booked), repo) for _ in range(3)]
+    assert [u.emitted[0].envelope["data"]["fee"]["amount"] for u in frozen] == ["45.00"] * 3
+    assert len(validated) == 2

@@ -5,11 +5,18 @@ in force (and the message is dead-lettered, as every violation is)."""
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from cancellation_policy import repository
+from shared import db
 from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, dev_token, iso, unique, wait_for_row
 from shared.topics import (
     POLICY_DECISIONS,
@@ -377,3 +384,92 @@ async def test_staff_cancelling_a_booked_professional_late_owe_turnaway_pay_repo
         (None, 0, None, 1, 0),
         ("EUR", 1, "90.00", 0, 1),
     ]
+
+
+# --- the set-based statements, on a schema of their own ----------------------------------------------
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "cancellation-policy" / "migrations"
+
+
+@pytest.fixture
+async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
+    """The cancellation-policy migrations in a schema of their own: the statements run against
+    the real tables, apart from any running cancellation-policy process."""
+    schema = f"policy_sets_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(infra.admin_dsn)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-policy-sets")
+    try:
+        await db.migrate(pool, schema, MIGRATIONS)
+        yield pool
+    finally:
+        await pool.close()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def test_one_statement_loads_each_requests_settings_cards_and_records_its_decision(scratch_pool):
+    a, b, t1 = unique("practice"), unique("practice"), datetime(2026, 6, 1, 12, tzinfo=UTC)
+    frozen, late, unscheduled, before_any = unique("bk"), unique("bk"), unique("bk"), unique("bk")
+    async with scratch_pool.acquire() as conn, conn.transaction():
+        await repository.record_scheduling(conn, booking_id=before_any, practice_id=a, scheduled_at=t1)
+        for n, fee in enumerate(["45.00", "90.00"]):
+            await repository.add_settings_version(
+                conn,
+                a,
+                settings={"fees": {"late_cancellation": {"amount": fee}}},
+                name="Harbour Dental",
+                timezone="UTC",
+                locale="en",
+                configured_at=t1 + timedelta(days=1 + 2 * n),
+            )
+        await repository.record_scheduling(conn, booking_id=frozen, practice_id=a, scheduled_at=t1 + timedelta(days=2))
+        await repository.record_scheduling(conn, booking_id=late, practice_id=a, scheduled_at=t1 + timedelta(days=4))
+        for patient, has_card in (("pat-1", True), ("pat-2", False)):
+            await repository.record_card(conn, practice_id=a, patient_id=patient, has_card=has_card, changed_at=t1)
+
+        found = await repository.settings_for_requests(
+            conn, [(a, frozen), (a, late), (a, unscheduled), (a, before_any), (b, unscheduled), (a, frozen)]
+        )
+        cards = await repository.cards_on_file(conn, [(a, "pat-1"), (a, "pat-2"), (a, "pat-3"), (b, "pat-1")])
+
+        def fee(stored: tuple[int, str] | None) -> tuple[int, str] | None:
+            return (stored[0], json.loads(stored[1])["fees"]["late_cancellation"]["amount"]) if stored else None
+
+        assert {key: (fee(now), known, fee(then)) for key, (now, known, then) in found.items()} == {
+            (a, frozen): ((2, "90.00"), True, (1, "45.00")),  # frozen under version 1
+            (a, late): ((2, "90.00"), True, (2, "90.00")),
+            (a, unscheduled): ((2, "90.00"), False, None),
+            (a, before_any): ((2, "90.00"), True, None),  # scheduled before any settings: the defaults
+            (b, unscheduled): (None, False, None),  # b configured nothing
+        }
+        assert cards == {(a, "pat-1"): True, (a, "pat-2"): False}  # never spoken of: absent
+
+        def decision(version: str) -> dict[str, Any]:
+            return {"policy_version": version, "allowed": True, "classification": "late", "explanation": "Late."}
+
+        done = unique("req")
+        assert await repository.record_decisions(conn, [(done, frozen, a, decision("r1.s1"))]) == {done}
+        fresh, twice = unique("req"), unique("req")
+        recorded = await repository.record_decisions(
+            conn,
+            [
+                (twice, late, a, decision("r1.s2")),
+                (done, frozen, a, decision("r1.s9")),  # decided already: stays as it was
+                (fresh, unscheduled, b, decision("r1.s0")),
+                (twice, frozen, a, decision("r1.s8")),  # the same request again: the first decision stands
+            ],
+        )
+        assert recorded == {twice, fresh}
+        rows = await conn.fetch(
+            "SELECT request_id, booking_id, practice_id, policy_version, allowed, classification, explanation,"
+            " decision->>'policy_version' AS stored FROM decisions ORDER BY request_id"
+        )
+        assert sorted(tuple(r.values()) for r in rows) == sorted(
+            [
+                (done, frozen, a, "r1.s1", True, "late", "Late.", "r1.s1"),
+                (twice, late, a, "r1.s2", True, "late", "Late.", "r1.s2"),
+                (fresh, unscheduled, b, "r1.s0", True, "late", "Late.", "r1.s0"),
+            ]
+        )
+        assert await repository.record_decisions(conn, []) == set()

@@ -49,6 +49,11 @@ class SettingsVersion:
     configured_at: datetime | None = None  # None: the defaults (version 0)
 
 
+# What decides for a practice that has configured nothing (yet): the contract's defaults, as
+# version 0. Built once: the settings are a frozen model, shared safely by every decision.
+DEFAULTS = SettingsVersion(0, PracticeSettings())
+
+
 def settings_for_booking(
     current: SettingsVersion, in_force_when_scheduled: SettingsVersion | None, scheduled_known: bool
 ) -> SettingsVersion:
@@ -58,7 +63,7 @@ def settings_for_booking(
     schedule known means the practice had configured nothing yet: the defaults, version 0."""
     if current.settings.policy_changes_apply_to == "all_bookings" or not scheduled_known:
         return current
-    return in_force_when_scheduled or SettingsVersion(0, PracticeSettings())
+    return in_force_when_scheduled or DEFAULTS
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:

@@ -6,10 +6,13 @@ tests/handlers runs them against fakes.
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.consumer import Unit
+from shared.consumer import SetBased, Unit
 from shared.contracts.booking import CancellationAssessmentRequested
 from shared.contracts.policy import CancellationAssessed, PracticeConfigurationAccepted
 from shared.contracts.upstream import (
@@ -85,25 +88,66 @@ async def remove_card(unit: Unit[PolicyDeps], event: PatientCardRemoved) -> None
     )
 
 
-def _version(stored: tuple[int, dict[str, Any]] | None) -> domain.SettingsVersion | None:
-    return domain.SettingsVersion(stored[0], PracticeSettings.model_validate(stored[1])) if stored else None
+# How many stored settings versions stay validated in memory: far more than the practices one
+# replica decides for in a burst, and small (a few MB at most) whatever the traffic.
+SETTINGS_CACHE_SIZE = 1024
 
 
-async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRequested) -> None:
-    repository = unit.deps.repository
-    current = _version(await repository.current_settings(unit.conn, event.practice_id))
-    scheduled_known, then = await repository.settings_when_scheduled(unit.conn, event.practice_id, event.booking_id)
-    used = domain.settings_for_booking(
-        current or domain.SettingsVersion(0, PracticeSettings()), _version(then), scheduled_known
+@functools.lru_cache(maxsize=SETTINGS_CACHE_SIZE)
+def stored_settings(text: str) -> PracticeSettings:
+    """A stored settings version as the rules read it, validated once per version rather than
+    once per request. Keyed by the stored text itself: a (practice, version) is never changed
+    once stored, so it always reads back as the same text, and the same text always gives the
+    same settings (a frozen model, shared safely), whatever the database held before."""
+    return PracticeSettings.model_validate(json.loads(text))
+
+
+def _version(stored: tuple[int, str] | None) -> domain.SettingsVersion | None:
+    return domain.SettingsVersion(stored[0], stored_settings(stored[1])) if stored else None
+
+
+async def assess_requests(units: Sequence[Unit[PolicyDeps]], events: Sequence[CancellationAssessmentRequested]) -> None:
+    """Assessment requests, set-based: the settings that decide each request (the practice's
+    newest, and those frozen when its booking was scheduled) loaded in one statement, the cards
+    registered at the practices in one, the decisions recorded in one."""
+    conn, repository = units[0].conn, units[0].deps.repository
+    stored = await repository.settings_for_requests(conn, [(e.practice_id, e.booking_id) for e in events])
+    patients = [(e.practice_id, e.booking.patient_id) for e in events if e.booking.patient_id]
+    cards = await repository.cards_on_file(conn, patients) if patients else {}
+    decisions = [_decide(event, stored[(event.practice_id, event.booking_id)], cards) for event in events]
+    recorded = await repository.record_decisions(
+        conn,
+        [(e.request_id, e.booking_id, e.practice_id, d.to_json_dict()) for e, d in zip(events, decisions, strict=True)],
     )
-    version, settings = used.version, used.settings
+    for unit, event, decision in zip(units, events, decisions, strict=True):
+        if event.request_id not in recorded:
+            # The same request again under another envelope id (a replay): it was decided and
+            # answered once, and booking takes one answer per request. The first decision stands,
+            # even when the settings changed since.
+            continue
+        recorded.discard(event.request_id)  # the same request twice in one set: the first answers
+        unit.emit(POLICY_DECISIONS, decision, subject=event.booking_id)
+
+
+assess_request = SetBased(assess_requests)
+
+
+def _decide(
+    event: CancellationAssessmentRequested,
+    stored: tuple[tuple[int, str] | None, bool, tuple[int, str] | None],
+    cards: dict[tuple[str, str], bool],
+) -> CancellationAssessed:
+    """One request's decision, by the settings that apply to its booking and the card registered
+    for its patient at the practice (which wins over the booking's flag)."""
+    current, scheduled_known, then = stored
+    used = domain.settings_for_booking(_version(current) or domain.DEFAULTS, _version(then), scheduled_known)
     patient = event.booking.patient_id
-    registered = await repository.card_on_file(unit.conn, event.practice_id, patient) if patient else None
+    registered = cards.get((event.practice_id, patient)) if patient else None
     if registered is not None and registered != event.booking.patient_card_on_file:
         booking = event.booking.model_copy(update={"patient_card_on_file": registered})
         event = event.model_copy(update={"booking": booking})
-    assessment = domain.assess(event, settings)
-    decision = CancellationAssessed.new(
+    assessment = domain.assess(event, used.settings)
+    return CancellationAssessed.new(
         booking_id=event.booking_id,
         request_id=event.request_id,
         allowed=assessment.allowed,
@@ -120,19 +164,6 @@ async def assess_request(unit: Unit[PolicyDeps], event: CancellationAssessmentRe
         office_cause=assessment.office_cause,
         turnaway_pay=assessment.turnaway_pay,
         fee_waived=assessment.fee_waived,
-        policy_version=policy_version(version),
+        policy_version=policy_version(used.version),
         explanation=assessment.explanation,
     )
-    recorded = await repository.record_decision(
-        unit.conn,
-        request_id=event.request_id,
-        booking_id=event.booking_id,
-        practice_id=event.practice_id,
-        decision=decision.to_json_dict(),
-    )
-    if not recorded:
-        # The same request again under another envelope id (a replay): it was decided and
-        # answered once, and booking takes one answer per request. The first decision stands,
-        # even when the settings changed since.
-        return
-    unit.emit(POLICY_DECISIONS, decision, subject=event.booking_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ async def add_settings_version(
     """Store a new version of a practice's settings; returns its number (1, 2, ...)."""
     # Serialise writers of one practice so version numbers never collide.
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"practice:{practice_id}")
-    return await conn.fetchval(
+    version: int = await conn.fetchval(
         "INSERT INTO practice_settings (practice_id, version, settings, name, timezone, locale, configured_at)"
         " SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3, $4, $5, $6"
         " FROM practice_settings WHERE practice_id = $1 RETURNING version",
@@ -33,15 +34,7 @@ async def add_settings_version(
         locale,
         configured_at,
     )
-
-
-async def current_settings(conn: asyncpg.Connection, practice_id: str) -> tuple[int, dict[str, Any]] | None:
-    row = await conn.fetchrow(
-        "SELECT version, settings::text AS settings FROM practice_settings WHERE practice_id = $1"
-        " ORDER BY version DESC LIMIT 1",
-        practice_id,
-    )
-    return (row["version"], json.loads(row["settings"])) if row else None
+    return version
 
 
 async def record_scheduling(
@@ -58,43 +51,76 @@ async def record_scheduling(
     return bool(inserted)
 
 
-async def settings_when_scheduled(
-    conn: asyncpg.Connection, practice_id: str, booking_id: str
-) -> tuple[bool, tuple[int, dict[str, Any]] | None]:
-    """(whether the booking's scheduling was seen, the practice's settings in force then: the
-    newest configured at or before it, None when there were none yet)."""
-    row = await conn.fetchrow(
-        "SELECT s.version, s.settings::text AS settings FROM booking_schedules b"
+# A stored settings version: its number and its JSON text, as Postgres renders the jsonb (the
+# handler validates each text once, however many requests it decides).
+StoredSettings = tuple[int, str]
+
+
+async def settings_for_requests(
+    conn: asyncpg.Connection, requests: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[StoredSettings | None, bool, StoredSettings | None]]:
+    """For each (practice_id, booking_id): (the practice's newest settings, None when it never
+    configured any; whether the booking's scheduling was seen; the practice's settings in force
+    then: the newest configured at or before it, None when there were none yet). One statement
+    for the whole set."""
+    unique = list(dict.fromkeys(requests))
+    rows = await conn.fetch(
+        "SELECT r.practice_id, r.booking_id, c.version AS current_version, c.settings::text AS current_settings,"
+        " b.booking_id IS NOT NULL AS scheduled_known, f.version AS then_version, f.settings::text AS then_settings"
+        " FROM unnest($1::text[], $2::text[]) AS r(practice_id, booking_id)"
+        " LEFT JOIN LATERAL (SELECT version, settings FROM practice_settings WHERE practice_id = r.practice_id"
+        "  ORDER BY version DESC LIMIT 1) c ON true"
+        " LEFT JOIN booking_schedules b ON b.booking_id = r.booking_id"
         " LEFT JOIN LATERAL (SELECT version, settings FROM practice_settings"
-        "  WHERE practice_id = $1 AND configured_at <= b.scheduled_at"
-        "  ORDER BY configured_at DESC, version DESC LIMIT 1) s ON true"
-        " WHERE b.booking_id = $2",
-        practice_id,
-        booking_id,
+        "  WHERE practice_id = r.practice_id AND configured_at <= b.scheduled_at"
+        "  ORDER BY configured_at DESC, version DESC LIMIT 1) f ON true",
+        [practice_id for practice_id, _ in unique],
+        [booking_id for _, booking_id in unique],
     )
-    if row is None:
-        return False, None
-    return True, (row["version"], json.loads(row["settings"])) if row["version"] is not None else None
+    return {
+        (row["practice_id"], row["booking_id"]): (
+            (row["current_version"], row["current_settings"]) if row["current_version"] is not None else None,
+            row["scheduled_known"],
+            (row["then_version"], row["then_settings"]) if row["then_version"] is not None else None,
+        )
+        for row in rows
+    }
 
 
-async def record_decision(
-    conn: asyncpg.Connection, *, request_id: str, booking_id: str, practice_id: str, decision: dict[str, Any]
-) -> bool:
-    """Record the decision of a request; False when that request was decided already."""
-    inserted = await conn.fetchval(
+async def record_decisions(
+    conn: asyncpg.Connection, decisions: Sequence[tuple[str, str, str, dict[str, Any]]]
+) -> set[str]:
+    """Record each (request_id, booking_id, practice_id, decision) in one statement; returns the
+    request ids recorded now. A request decided already is left as it is; a request id twice in
+    `decisions` is recorded with its first decision."""
+    first: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
+    for decision in decisions:
+        first.setdefault(decision[0], decision)
+    if not first:
+        return set()
+    # Inserted in request id order, so two replicas inserting overlapping sets (a rebalance)
+    # wait for each other instead of deadlocking.
+    rows = sorted(first.values(), key=lambda d: d[0])
+    inserted = await conn.fetch(
         "INSERT INTO decisions (request_id, booking_id, practice_id, policy_version, allowed, classification,"
-        " explanation, decision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        request_id,
-        booking_id,
-        practice_id,
-        decision["policy_version"],
-        decision["allowed"],
-        decision["classification"],
-        decision.get("explanation", ""),
-        json.dumps(decision),
+        " explanation, decision)"
+        " SELECT request_id, booking_id, practice_id, policy_version, allowed, classification, explanation,"
+        " decision::jsonb"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[], $7::text[],"
+        " $8::text[]) AS d(request_id, booking_id, practice_id, policy_version, allowed, classification,"
+        " explanation, decision)"
+        " ORDER BY request_id"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+        [request_id for request_id, _, _, _ in rows],
+        [booking_id for _, booking_id, _, _ in rows],
+        [practice_id for _, _, practice_id, _ in rows],
+        [d["policy_version"] for _, _, _, d in rows],
+        [d["allowed"] for _, _, _, d in rows],
+        [d["classification"] for _, _, _, d in rows],
+        [d.get("explanation", "") for _, _, _, d in rows],
+        [json.dumps(d) for _, _, _, d in rows],
     )
-    return bool(inserted)
+    return {row["request_id"] for row in inserted}
 
 
 # --- reads -------------------------------------------------------------------------------------
@@ -208,9 +234,15 @@ async def record_card(
     return bool(changed)
 
 
-async def card_on_file(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> bool | None:
-    """True or False when upstream.patients.v1 said so, None when it never spoke of the patient."""
-    has_card = await conn.fetchval(
-        "SELECT has_card FROM patient_cards WHERE practice_id = $1 AND patient_id = $2", practice_id, patient_id
+async def cards_on_file(conn: asyncpg.Connection, patients: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    """For each (practice_id, patient_id) upstream.patients.v1 spoke of: whether the patient has a
+    card on file there (a pair never spoken of is absent). One statement for the whole set."""
+    unique = list(dict.fromkeys(patients))
+    rows = await conn.fetch(
+        "SELECT c.practice_id, c.patient_id, c.has_card FROM patient_cards c"
+        " JOIN unnest($1::text[], $2::text[]) AS r(practice_id, patient_id)"
+        " ON c.practice_id = r.practice_id AND c.patient_id = r.patient_id",
+        [practice_id for practice_id, _ in unique],
+        [patient_id for _, patient_id in unique],
     )
-    return None if has_card is None else bool(has_card)
+    return {(row["practice_id"], row["patient_id"]): bool(row["has_card"]) for row in rows}
