@@ -122,13 +122,17 @@ def outgoing(
 
 
 async def write(conn: Connection, events: Iterable[OutgoingEvent]) -> int:
-    """Insert events into the outbox inside the caller's transaction."""
+    """Insert events into the outbox inside the caller's transaction: one statement however many
+    (an executemany would execute once per row), the rows numbered (`seq`) in the given order,
+    which is the order the relay publishes them in."""
     rows = [(uuid.UUID(e.id), e.topic, e.key, e.envelope["type"], e.body, e.traceparent, e.tracestate) for e in events]
     if rows:
-        await conn.executemany(
+        await conn.execute(
             "INSERT INTO outbox (id, topic, key, type, payload, traceparent, tracestate)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
-            rows,
+            " SELECT id, topic, key, type, payload::jsonb, traceparent, tracestate"
+            " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])"
+            " WITH ORDINALITY AS r(id, topic, key, type, payload, traceparent, tracestate, n) ORDER BY n",
+            *(list(column) for column in zip(*rows, strict=True)),
         )
     return len(rows)
 

@@ -389,8 +389,8 @@ class RecordingConn:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[tuple[Any, ...]]]] = []
 
-    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self.calls.append((sql, list(rows)))
+    async def execute(self, sql: str, *columns: list[Any]) -> None:
+        self.calls.append((sql, list(zip(*columns, strict=True))))
 
 
 async def test_the_outbox_row_carries_the_emitting_span_context_beside_the_body() -> None:
