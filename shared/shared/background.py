@@ -12,7 +12,9 @@ Two shapes of job (docs/style.md#background-work-on-one-building-block):
 - `DueCall`, a side effect outside (a card charge, an email, an SMS): the claim and its lease
   commit first, in a transaction of their own, so the row is not claimed again while its call
   is in flight; `call(deps, row)` runs outside every transaction; `record(unit, row, outcome)`
-  writes the outcome and its events in a second transaction. A call whose outcome is unknown
+  writes the outcome and its events in a second transaction, which also records the outcomes
+  of the calls that finished while the one before it was being recorded (group commit: with
+  calls running concurrently, a transaction per few outcomes rather than per outcome). A call whose outcome is unknown
   (`call` returns None) is recorded nowhere: the row is due again when its lease ends, and the
   job's idempotency key makes the repeated call harmless. The window where a call can repeat
   (after the provider answered, before the record committed) is the job's to name in its
@@ -363,12 +365,15 @@ async def _call_round(
     done.claimed = len(rows)
     # Claimed and leased: from here on a row that is not recorded comes back when its lease ends.
     slots = asyncio.Semaphore(max(1, job.concurrency))
+    recorder = _GroupRecorder(job, pool, service, deps, on_committed, clock, sleep)
 
     async def one(row: Any) -> str:
         async with slots:
             if stopping():
                 return "deferred"
-            return await _call_and_record(job, pool, service, deps, row, on_committed, clock, sleep)
+            outcome = await _call(job, pool, service, deps, row, on_committed, clock)
+        # Recorded outside the slot: the next call starts while this outcome waits to be recorded.
+        return outcome if isinstance(outcome, str) else await recorder.record(row, outcome.value)
 
     batch = asyncio.gather(*(one(row) for row in rows))
     if job.drain_seconds > 0:
@@ -389,7 +394,14 @@ async def _call_round(
     return done
 
 
-async def _call_and_record(
+@dataclass(frozen=True)
+class _Called:
+    """A call that returned an outcome, to be recorded."""
+
+    value: Any
+
+
+async def _call(
     job: DueCall[Any, Any, Any],
     pool: asyncpg.Pool,
     service: str,
@@ -397,67 +409,117 @@ async def _call_and_record(
     row: Any,
     on_committed: Callable[[], None],
     clock: Clock,
-    sleep: Sleep,
-) -> str:
-    """One claimed row: its call outside any transaction, then its outcome recorded; returns
-    handled, failed or deferred. Raises nothing but a cancellation."""
+) -> str | _Called:
+    """One claimed row's call, outside any transaction: its outcome to record, or deferred (no
+    outcome known: the lease brings the row back) or failed (recorded here). Raises nothing but
+    a cancellation."""
     with _bound(job.correlation(row)):
-        return await _call_and_record_bound(job, pool, service, deps, row, on_committed, clock, sleep)
-
-
-async def _call_and_record_bound(
-    job: DueCall[Any, Any, Any],
-    pool: asyncpg.Pool,
-    service: str,
-    deps: Any,
-    row: Any,
-    on_committed: Callable[[], None],
-    clock: Clock,
-    sleep: Sleep,
-) -> str:
-    try:
-        outcome = await job.call(deps, row)
-    except Exception as exc:  # noqa: BLE001 - a call that raises is a failed row, not a failed loop
-        if is_transient(exc):
-            log.warning(
-                "background call failed; the row is due again when its lease ends",
-                job=job.name,
-                row=job.key(row) if job.key else None,
-                error=type(exc).__name__,
-            )
-            return "deferred"
-        await _record_failure(job, pool, service, deps, row, exc, on_committed, clock)
-        return "failed"
-    if outcome is None:
-        return "deferred"
-    for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                unit = WorkUnit(conn=conn, service=service, deps=deps, correlation_id=job.correlation(row), now=clock())
-                await job.record(unit, row, outcome)
-                await outbox.write(conn, unit.emitted)
-        except Exception as exc:  # noqa: BLE001 - transient: retried; otherwise a failed row
-            if not is_transient(exc):
-                await _record_failure(job, pool, service, deps, row, exc, on_committed, clock)
-                return "failed"
-            log.warning(
-                "could not record a background outcome; retrying",
-                job=job.name,
-                row=job.key(row) if job.key else None,
-                error=type(exc).__name__,
-                attempt=attempt,
-            )
-            await sleep(backoff_delay(attempt, base=RECORD_RETRY_BASE_SECONDS, cap=RECORD_RETRY_CAP_SECONDS))
-            continue
-        if unit.emitted:
-            on_committed()
-        return "handled"
-    log.error(
-        "background outcome not recorded; the call is made again when the lease ends",
-        job=job.name,
-        row=job.key(row) if job.key else None,
-    )
-    return "failed"
+            outcome = await job.call(deps, row)
+        except Exception as exc:  # noqa: BLE001 - a call that raises is a failed row, not a failed loop
+            if is_transient(exc):
+                log.warning(
+                    "background call failed; the row is due again when its lease ends",
+                    job=job.name,
+                    row=job.key(row) if job.key else None,
+                    error=type(exc).__name__,
+                )
+                return "deferred"
+            await _record_failure(job, pool, service, deps, row, exc, on_committed, clock)
+            return "failed"
+    return "deferred" if outcome is None else _Called(outcome)
+
+
+class _GroupRecorder:
+    """Records the outcomes of a round's calls: the outcomes of calls that finish while another
+    outcome is being recorded wait, and are then recorded together, in ONE transaction (group
+    commit), rather than one transaction each. An outcome waits for at most one transaction
+    before it, so the window in which a call can repeat stays as short as it was; with one call
+    at a time, each outcome is recorded alone, as before. A record that fails for good rolls the
+    group back, and the group is recorded again one row at a time, so only that row fails."""
+
+    def __init__(
+        self,
+        job: DueCall[Any, Any, Any],
+        pool: asyncpg.Pool,
+        service: str,
+        deps: Any,
+        on_committed: Callable[[], None],
+        clock: Clock,
+        sleep: Sleep,
+    ) -> None:
+        self.job, self.pool, self.service, self.deps = job, pool, service, deps
+        self.on_committed, self.clock, self.sleep = on_committed, clock, sleep
+        self._pending: list[tuple[Any, Any, asyncio.Future[str]]] = []
+        self._lock = asyncio.Lock()
+
+    async def record(self, row: Any, outcome: Any) -> str:
+        """`row`'s outcome recorded (with whatever else is waiting): handled or failed."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, outcome, done))
+        while not done.done():
+            async with self._lock:
+                if done.done():
+                    break
+                group, self._pending = self._pending, []
+                try:
+                    await self._record(group)
+                finally:
+                    # Cut off (a cancellation): what the group did not settle waits for the next.
+                    self._pending[:0] = [item for item in group if not item[2].done()]
+        return done.result()
+
+    async def _record(self, group: list[tuple[Any, Any, asyncio.Future[str]]]) -> None:
+        job = self.job
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                emitted: list[outbox.OutgoingEvent] = []
+                async with self.pool.acquire() as conn, conn.transaction():
+                    for row, outcome, _ in group:
+                        unit = WorkUnit(
+                            conn=conn,
+                            service=self.service,
+                            deps=self.deps,
+                            correlation_id=job.correlation(row),
+                            now=self.clock(),
+                        )
+                        with _bound(unit.correlation_id):
+                            await job.record(unit, row, outcome)
+                        emitted += unit.emitted
+                    await outbox.write(conn, emitted)
+            except Exception as exc:  # noqa: BLE001 - transient: retried; otherwise a failed row
+                if not is_transient(exc):
+                    if len(group) > 1:
+                        for item in group:  # each alone: only the row that fails is failed
+                            await self._record([item])
+                        return
+                    row, _, done = group[0]
+                    await _record_failure(
+                        job, self.pool, self.service, self.deps, row, exc, self.on_committed, self.clock
+                    )
+                    done.set_result("failed")
+                    return
+                log.warning(
+                    "could not record a background outcome; retrying",
+                    job=job.name,
+                    rows=[job.key(row) for row, _, _ in group] if job.key else len(group),
+                    error=type(exc).__name__,
+                    attempt=attempt,
+                )
+                await self.sleep(backoff_delay(attempt, base=RECORD_RETRY_BASE_SECONDS, cap=RECORD_RETRY_CAP_SECONDS))
+                continue
+            if emitted:
+                self.on_committed()
+            for _, _, done in group:
+                done.set_result("handled")
+            return
+        log.error(
+            "background outcome not recorded; the call is made again when the lease ends",
+            job=job.name,
+            rows=[job.key(row) for row, _, _ in group] if job.key else len(group),
+        )
+        for _, _, done in group:
+            done.set_result("failed")
 
 
 async def _record_failure(

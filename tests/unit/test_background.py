@@ -47,9 +47,9 @@ class FakeConn:
         assert self.frames, "a change outside any transaction"
         self.frames[-1].append(("effect", what))
 
-    async def executemany(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        assert sql.startswith("INSERT INTO outbox")
-        self.frames[-1].extend(("event", (row[3], row[2])) for row in rows)
+    async def execute(self, sql: str, *columns: Sequence[Any]) -> None:
+        assert sql.startswith("INSERT INTO outbox")  # one statement for all rows, a column per array
+        self.frames[-1].extend(("event", (row[3], row[2])) for row in zip(*columns, strict=True))
 
 
 class _Transaction:
@@ -715,3 +715,67 @@ async def test_the_call_gets_the_services_deps() -> None:
     job = DueCall(name="x", claim=Table({"a": START}).claim, call=call, record=record, interval_seconds=1, batch_size=1)
     await background.run_round(job, pool=FakePool(FakeDb()), service=service(), deps=deps, clock=lambda: START)
     assert got == [deps]
+
+
+async def slow_record(unit: WorkUnit[Any], row: str, outcome: str) -> None:
+    """A record that takes a moment, as a real statement does: outcomes arriving meanwhile wait."""
+    await asyncio.sleep(0.01)
+    await record(unit, row, outcome)
+
+
+async def test_outcomes_that_arrive_while_one_is_recorded_are_recorded_together_in_one_transaction() -> None:
+    db = FakeDb()
+    rows = {f"r{i}": START for i in range(6)}
+    job = DueCall(
+        name="send",
+        claim=Table(rows, marks=True).claim,
+        call=Provider(db).call,
+        record=slow_record,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=6,
+    )
+    done = await background.run_round(job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
+    assert done.handled == 6
+    assert sorted(e for e in db.effects if e[0] == "recorded") == [("recorded", r, "ok") for r in sorted(rows)]
+    assert sorted(db.events) == sorted(("hold.lifted", f"pro-{r}") for r in rows)  # each row's own event, once
+    # the claim, the first outcome alone, then the five that arrived meanwhile in one transaction
+    assert db.commits == 3
+
+
+async def test_one_call_at_a_time_records_each_outcome_alone() -> None:
+    db = FakeDb()
+    job = DueCall(
+        name="charge",
+        claim=Table({"a": START, "b": START}, marks=True).claim,
+        call=Provider(db).call,
+        record=record,
+        interval_seconds=1,
+        batch_size=10,
+    )
+    done = await background.run_round(job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
+    assert done.handled == 2 and db.commits == 3  # the claim, then one transaction per outcome
+
+
+async def test_a_record_that_fails_for_good_fails_its_row_alone_and_the_group_keeps_its_effect() -> None:
+    db, name = FakeDb(), service()
+
+    async def refuses_b(unit: WorkUnit[Any], row: str, outcome: str) -> None:
+        await slow_record(unit, row, outcome)
+        if row == "b":
+            raise ValueError("cannot be stored")
+
+    job = DueCall(
+        name="send",
+        claim=Table({"a": START, "b": START, "c": START, "d": START}, marks=True).claim,
+        call=Provider(db).call,
+        record=refuses_b,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=4,
+    )
+    done = await background.run_round(job, pool=FakePool(db), service=name, deps=None, clock=lambda: START)
+    assert (done.handled, done.failed) == (3, 1)
+    assert sorted(e for e in db.effects if e[0] == "recorded") == [("recorded", r, "ok") for r in "acd"]
+    assert sorted(db.events) == [("hold.lifted", f"pro-{r}") for r in "acd"]
+    assert counted(name, "send", "failed") == 1
