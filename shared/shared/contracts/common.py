@@ -174,14 +174,17 @@ Locale = Annotated[
 # --- times -------------------------------------------------------------------------------------
 
 
+_OUT_OF_RANGE = f"must be a time from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)"
+
+
 def _in_range_utc(value: datetime) -> datetime:
-    out_of_range = ValueError(f"must be a time from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)")
+    # Runs for every time of every message: the refusal's text is made once, above, not per call.
     try:
         utc = value.astimezone(UTC)
     except OverflowError:  # year 9999 with a negative offset, year 1 with a positive one
-        raise out_of_range from None
+        raise ValueError(_OUT_OF_RANGE) from None
     if not EARLIEST <= utc < LATEST:
-        raise out_of_range
+        raise ValueError(_OUT_OF_RANGE)
     return utc
 
 
