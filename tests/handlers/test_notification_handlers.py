@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,7 +103,8 @@ class FakeRepository:
     """The functions of notification/repository.py the handlers call, with the same names,
     arguments and results, over dicts; the connection argument is ignored. Conflicts behave as
     the SQL's do: a replayed older contact never overwrites a newer one, a delivery's id is
-    recorded once, one no-show fee per booking with the first charge and the first answer."""
+    recorded once, one no-show fee per booking with the first charge and the first answer.
+    `calls` counts the calls of each function that takes a whole set."""
 
     def __init__(self) -> None:
         self.practices: dict[str, dict[str, Any]] = {}
@@ -114,6 +116,7 @@ class FakeRepository:
         self.no_show_fees: dict[str, dict[str, Any]] = {}
         self.late_fees_in_review: dict[str, dict[str, Any]] = {}
         self.deliveries: dict[uuid.UUID, dict[str, Any]] = {}  # in the order recorded
+        self.calls: Counter[str] = Counter()
 
     @staticmethod
     def _newer_wins(table: dict[str, dict[str, Any]], key: str, row: dict[str, Any], at: str) -> None:
@@ -126,20 +129,30 @@ class FakeRepository:
     async def upsert_patient(self, conn: Any, p: dict[str, Any], scheduled_at: datetime) -> None:
         self._newer_wins(self.patients, p["booking_id"], p | {"scheduled_at": scheduled_at}, "scheduled_at")
 
-    async def reschedule(self, conn: Any, booking_id: str, starts_at: datetime) -> None:
-        if booking_id in self.patients:
-            self.patients[booking_id]["starts_at"] = starts_at
+    async def reschedule_many(self, conn: Any, moves: list[tuple[str, datetime]]) -> None:
+        self.calls["reschedule_many"] += 1
+        for booking_id, starts_at in moves:
+            if booking_id in self.patients:
+                self.patients[booking_id]["starts_at"] = starts_at
 
-    async def remember_request(
-        self, conn: Any, request_id: str, booking_id: str, actor_kind: str, channel: str, requested_at: datetime
-    ) -> None:
-        self.requests.setdefault(request_id, {"booking_id": booking_id, "actor_kind": actor_kind, "channel": channel})
+    async def remember_requests(self, conn: Any, requests: list[dict[str, Any]]) -> None:
+        self.calls["remember_requests"] += 1
+        for r in requests:
+            self.requests.setdefault(
+                r["request_id"], {"booking_id": r["booking_id"], "actor_kind": r["actor_kind"], "channel": r["channel"]}
+            )
 
-    async def get_practice(self, conn: Any, practice_id: str) -> dict[str, Any] | None:
-        return _project(self.practices.get(practice_id), PRACTICE_COLUMNS)
+    @staticmethod
+    def _found(table: dict[str, dict[str, Any]], ids: list[str], columns: str) -> dict[str, Any]:
+        return {i: _project(table[i], columns) for i in ids if i in table}
 
-    async def get_patient(self, conn: Any, booking_id: str) -> dict[str, Any] | None:
-        return _project(self.patients.get(booking_id), PATIENT_COLUMNS)
+    async def get_practices(self, conn: Any, practice_ids: list[str]) -> dict[str, Any]:
+        self.calls["get_practices"] += 1
+        return self._found(self.practices, practice_ids, PRACTICE_COLUMNS)
+
+    async def get_patients(self, conn: Any, booking_ids: list[str]) -> dict[str, Any]:
+        self.calls["get_patients"] += 1
+        return self._found(self.patients, booking_ids, PATIENT_COLUMNS)
 
     async def requester_kind(self, conn: Any, request_id: str) -> str | None:
         request = self.requests.get(request_id)
@@ -148,8 +161,9 @@ class FakeRepository:
     async def upsert_professional(self, conn: Any, p: dict[str, Any], scheduled_at: datetime) -> None:
         self._newer_wins(self.professionals, p["professional_id"], p | {"scheduled_at": scheduled_at}, "scheduled_at")
 
-    async def get_professional(self, conn: Any, professional_id: str) -> dict[str, Any] | None:
-        return _project(self.professionals.get(professional_id), PROFESSIONAL_COLUMNS)
+    async def get_professionals(self, conn: Any, professional_ids: list[str]) -> dict[str, Any]:
+        self.calls["get_professionals"] += 1
+        return self._found(self.professionals, professional_ids, PROFESSIONAL_COLUMNS)
 
     async def lock_waitlist_entry(self, conn: Any, waitlist_id: str) -> None:
         pass  # one test, one task: nothing to serialise
@@ -178,48 +192,58 @@ class FakeRepository:
             booking_id, dict.fromkeys(NO_SHOW_FEE_COLUMNS.split()) | {"booking_id": booking_id}
         )
 
-    async def merge_no_show(
-        self, conn: Any, booking_id: str, practice_id: str, starts_at: datetime, charge_card: bool
-    ) -> dict[str, Any]:
-        fee = self._fee(booking_id)
-        fee |= {"practice_id": practice_id, "starts_at": starts_at, "charge_card": charge_card}
-        return dict(fee)
+    async def merge_no_shows(self, conn: Any, no_shows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls["merge_no_shows"] += 1
+        merged = {}
+        for n in no_shows:
+            fee = self._fee(n["booking_id"])
+            fee |= {k: n[k] for k in ("practice_id", "starts_at", "charge_card")}
+            merged[n["booking_id"]] = dict(fee)
+        return merged
 
-    async def merge_no_show_charge(self, conn: Any, c: dict[str, Any]) -> dict[str, Any] | None:
-        fee = self._fee(c["booking_id"])
-        if fee["charge_id"] not in (None, c["charge_id"]):
-            return None
-        fee |= {k: c[k] for k in ("charge_id", "amount", "currency", "code", "code_system")}
-        return dict(fee)
+    async def merge_no_show_charges(self, conn: Any, charges: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls["merge_no_show_charges"] += 1
+        merged = {}
+        for c in charges:
+            fee = self._fee(c["booking_id"])
+            if fee["charge_id"] not in (None, c["charge_id"]):
+                continue  # the first charge stands
+            fee |= {k: c[k] for k in ("charge_id", "amount", "currency", "code", "code_system")}
+            merged[c["booking_id"]] = dict(fee)
+        return merged
 
-    async def merge_no_show_payment(
-        self, conn: Any, booking_id: str, charge_id: str, payment: str
-    ) -> dict[str, Any] | None:
-        fee = self.no_show_fees.get(booking_id)
-        if fee is None or fee["charge_id"] != charge_id:
-            return None
-        fee["payment"] = fee["payment"] or payment
-        return dict(fee)
+    async def merge_no_show_payments(self, conn: Any, payments: list[tuple[str, str, str]]) -> dict[str, Any]:
+        self.calls["merge_no_show_payments"] += 1
+        merged = {}
+        for booking_id, charge_id, payment in payments:
+            fee = self.no_show_fees.get(booking_id)
+            if fee is None or fee["charge_id"] != charge_id:
+                continue
+            fee["payment"] = fee["payment"] or payment
+            merged[booking_id] = dict(fee)
+        return merged
 
-    async def remember_fee_in_review(
-        self, conn: Any, charge_id: str, booking_id: str, review_until: datetime | None, announced_at: datetime
-    ) -> None:
-        self.late_fees_in_review.setdefault(
-            charge_id, {"booking_id": booking_id, "review_until": review_until, "final_at": None}
-        )
+    async def remember_fees_in_review(self, conn: Any, fees: list[dict[str, Any]]) -> None:
+        self.calls["remember_fees_in_review"] += 1
+        for f in fees:
+            self.late_fees_in_review.setdefault(
+                f["charge_id"], {"booking_id": f["booking_id"], "review_until": f["review_until"], "final_at": None}
+            )
 
-    async def mark_fee_final(self, conn: Any, charge_id: str, final_at: datetime) -> bool:
-        fee = self.late_fees_in_review.get(charge_id)
-        if fee is None:
-            return False
-        fee["final_at"] = fee["final_at"] or final_at
-        return True
+    async def mark_fees_final(self, conn: Any, finals: list[tuple[str, datetime]]) -> set[str]:
+        self.calls["mark_fees_final"] += 1
+        marked = set()
+        for charge_id, final_at in finals:
+            fee = self.late_fees_in_review.get(charge_id)
+            if fee is not None:
+                fee["final_at"] = fee["final_at"] or final_at
+                marked.add(charge_id)
+        return marked
 
-    async def record_delivery(self, conn: Any, d: dict[str, Any]) -> bool:
-        if d["notification_id"] in self.deliveries:
-            return False
-        self.deliveries[d["notification_id"]] = dict(d)
-        return True
+    async def record_deliveries(self, conn: Any, deliveries: list[dict[str, Any]]) -> None:
+        self.calls["record_deliveries"] += 1
+        for d in deliveries:
+            self.deliveries.setdefault(d["notification_id"], dict(d))
 
 
 def test_the_fake_takes_what_repository_py_takes() -> None:
@@ -1052,3 +1076,225 @@ async def test_the_professional_hears_of_a_reinstatement_once(handle: Handle, re
     assert told(repo) == [("professional", "email", "pending")]
     row = delivery(repo, "professional", "email")
     assert row["subject"] == "Your account has been reinstated" and "Tuesday, March 11, 2031" in row["body"]
+
+
+# --- sets: what the consumer hands a set-based handler at once -----------------------------------
+
+
+async def as_set(unit_for: UnitFor, deps: Deps, handler: Any, payloads: list[Payload]) -> list[Unit[Any]]:
+    """`payloads` handed to `handler` as one set (one record per key, as a wave holds), each in
+    a unit of its own with a fixed envelope id, so a run one by one can be compared with it."""
+    units = [
+        unit_for("notification", deps, TOPICS[type(p)], p, event_id=f"ev-{i}", correlation_id=f"c-{i}", time=T)
+        for i, p in enumerate(payloads)
+    ]
+    await handler.handle_many(units, [u.event.payload for u in units])
+    assert all(u.emitted == [] for u in units)  # handlers only record; the sender publishes
+    return units
+
+
+async def one_by_one(unit_for: UnitFor, deps: Deps, handler: Any, payloads: list[Payload]) -> None:
+    """The same records as `as_set`, each alone (a set of one: the consumer's savepoint path)."""
+    for i, p in enumerate(payloads):
+        unit = unit_for("notification", deps, TOPICS[type(p)], p, event_id=f"ev-{i}", correlation_id=f"c-{i}", time=T)
+        await handler(unit, unit.event.payload)
+
+
+async def directory_of(handle: Handle, bookings: list[str]) -> None:
+    """Two practices (one in German), each booking's patient at the first, the professional."""
+    await handle(handlers.configure_practice, practice_configured())
+    await handle(handlers.configure_practice, practice_configured("prac-2", locale="de"))
+    for b in bookings:
+        await handle(handlers.remember_patient, booking_scheduled(b))
+
+
+def cancellation_set() -> list[Payload]:
+    """Cancellations of five bookings mixing the branches: staff with a final fee and turn-away
+    pay, the same practice twice, an online one, one in review, one of a booking never seen at a
+    practice never configured, one at a German practice whose patient is not known."""
+    decision = {
+        "allowed": True,
+        "classification": "late",
+        "charge_card": False,
+        "deposit_action": "none",
+        "policy_version": "r1.s1",
+    }
+    return [
+        cancelled(
+            "staff",
+            booking_id="bk-s0",
+            request_id="r0",
+            classification="late",
+            professional_id=PROFESSIONAL,
+            decision=decision | {"fee": LATE_FEE, "turnaway_pay": {"amount": "90.00", "currency": "AUD"}},
+        ),
+        cancelled("patient", "patient_portal", booking_id="bk-s1", request_id="r1"),
+        cancelled(
+            "staff", booking_id="bk-s2", request_id="r2", decision=decision | {"fee": LATE_FEE, "review_hours": 48}
+        ),
+        cancelled("professional", booking_id="bk-unknown", request_id="r3", practice_id="prac-unknown"),
+        cancelled("system", "system", booking_id="bk-de", request_id="r4", practice_id="prac-2"),
+    ]
+
+
+async def test_a_set_of_cancellations_costs_one_call_of_each_kind_and_tells_each_as_it_would_alone(
+    handle: Handle, unit_for: UnitFor, deps: Deps, repo: FakeRepository, renderer: Renderer, clock: Any
+) -> None:
+    bookings = ["bk-s0", "bk-s1", "bk-s2"]
+    await directory_of(handle, bookings)
+    repo.calls.clear()
+    payloads = cancellation_set()
+    await as_set(unit_for, deps, notices.notify_cancellation, payloads)
+    # a fixed number of calls for the whole set, whatever its size
+    assert repo.calls == Counter(get_patients=1, get_practices=1, get_professionals=1, record_deliveries=1)
+    assert len({d["event_id"] for d in repo.deliveries.values()}) == len(payloads)  # every record told
+    assert sum(d["template"] == "turnaway_pay_owed" for d in repo.deliveries.values()) == 1
+
+    alone = Deps(settings=deps.settings, renderer=renderer, repository=FakeRepository(), clock=clock)
+    await directory_of(lambda h, p: handle_with(unit_for, alone, h, p), bookings)
+    await one_by_one(unit_for, alone, notices.notify_cancellation, payloads)
+    assert alone.repository.deliveries == repo.deliveries  # the same rows, ids, texts and skips
+
+    repo.calls.clear()
+    await as_set(unit_for, deps, notices.notify_cancellation, payloads)  # the set delivered again
+    assert len(repo.deliveries) == len(alone.repository.deliveries)  # recorded once
+    assert repo.calls["record_deliveries"] == 1
+
+
+async def handle_with(unit_for: UnitFor, deps: Deps, handler: Any, payload: Payload) -> Unit[Any]:
+    unit = unit_for("notification", deps, TOPICS[type(payload)], payload)
+    await handler(unit, unit.event.payload)
+    return unit
+
+
+def fee_sets() -> list[tuple[Any, list[Payload]]]:
+    """Three waves of fee events over six bookings, each wave a set of one handler, mixing every
+    branch: no-shows (for the card, not for it, without a fee, of the professional), charges
+    (completing a fee, in review, a second charge, late fees in review, final, never in review),
+    payments (of a known charge, of another charge)."""
+
+    def no_show(booking_id: str, **kw: Any) -> BookingNoShowRecorded:
+        return no_show_recorded(**kw).model_copy(update={"booking_id": booking_id})
+
+    def charge(booking_id: str, charge_id: str, **kw: Any) -> ChargeCreated:
+        return charge_created(charge_id, **kw).model_copy(update={"booking_id": booking_id})
+
+    def late(booking_id: str, status: str, charge_id: str) -> ChargeCreated:
+        return late_fee(status, charge_id=charge_id).model_copy(update={"booking_id": booking_id})
+
+    def paid(outcome: Any, booking_id: str, charge_id: str) -> Payload:
+        return payment(outcome, charge_id).model_copy(update={"booking_id": booking_id})
+
+    return [
+        (
+            handlers.note_no_show,
+            [
+                no_show("bk-f0", charge_card=True),
+                no_show("bk-f1", charge_card=False),
+                no_show("bk-f2", charge_card=False, fee=False),
+                no_show("bk-f3", charge_card=True, party="professional"),
+                no_show("bk-f4", charge_card=False),
+            ],
+        ),
+        (handlers.note_charge, [late("bk-l0", "pending_review", "ch-l0"), late("bk-l1", "pending_review", "ch-l1")]),
+        (
+            handlers.note_charge,
+            [
+                charge("bk-f0", "ch-f0"),
+                charge("bk-f1", "ch-f1"),  # completes a fee not for the card: told now
+                charge("bk-f5", "ch-f5").model_copy(update={"status": "pending_review"}),
+                late("bk-l0", "due", "ch-l0"),  # final after review: told now
+                late("bk-l2", "due", "ch-l2"),  # never in review: the cancellation told it
+            ],
+        ),
+        (
+            handlers.note_charge,
+            [charge("bk-f4", "ch-f4"), charge("bk-f1", "ch-other")],  # bk-f1's second charge: never told
+        ),
+        (
+            handlers.note_payment,
+            [
+                paid(PaymentCaptured, "bk-f0", "ch-f0"),  # the card answered: told now
+                paid(PaymentFailed, "bk-f4", "ch-f4"),  # told when its charge came: not again
+                paid(PaymentFailed, "bk-f9", "ch-f9"),  # not a no-show charge we know
+            ],
+        ),
+    ]
+
+
+async def test_sets_of_fee_events_cost_a_fixed_number_of_calls_and_tell_each_fee_as_alone(
+    handle: Handle, unit_for: UnitFor, deps: Deps, repo: FakeRepository, renderer: Renderer, clock: Any
+) -> None:
+    bookings = ["bk-f0", "bk-f1", "bk-f4", "bk-l0", "bk-l1", "bk-l2"]
+    await directory_of(handle, bookings)
+    alone = Deps(settings=deps.settings, renderer=renderer, repository=FakeRepository(), clock=clock)
+    await directory_of(lambda h, p: handle_with(unit_for, alone, h, p), bookings)
+
+    fixed = {
+        handlers.note_no_show: Counter(merge_no_shows=1, get_patients=1, get_practices=1, record_deliveries=1),
+        handlers.note_charge: Counter(
+            remember_fees_in_review=1,
+            mark_fees_final=1,
+            merge_no_show_charges=1,
+            get_patients=1,
+            get_practices=1,
+            record_deliveries=1,
+        ),
+        handlers.note_payment: Counter(merge_no_show_payments=1, get_patients=1, get_practices=1, record_deliveries=1),
+    }
+    for wave, (handler, payloads) in enumerate(fee_sets()):
+        repo.calls.clear()
+        units = [
+            unit_for("notification", deps, TOPICS[type(p)], p, event_id=f"ev-{wave}-{i}", time=T)
+            for i, p in enumerate(payloads)
+        ]
+        await handler.handle_many(units, [u.event.payload for u in units])
+        # at most these calls, whatever the size of the set (none for what has nothing to tell)
+        assert not repo.calls - fixed[handler], (wave, repo.calls)
+        for i, p in enumerate(payloads):
+            unit = unit_for("notification", alone, TOPICS[type(p)], p, event_id=f"ev-{wave}-{i}", time=T)
+            await handler(unit, unit.event.payload)
+        assert alone.repository.deliveries == repo.deliveries, wave
+        assert alone.repository.no_show_fees == repo.no_show_fees
+        assert alone.repository.late_fees_in_review == repo.late_fees_in_review
+
+    told = sorted((d["booking_id"], d["template"], d["channel"]) for d in repo.deliveries.values())
+    assert told == [
+        ("bk-f0", "no_show_fee_charged", "email"),
+        ("bk-f1", "no_show_fee_charged", "email"),
+        ("bk-f4", "no_show_fee_charged", "email"),
+        ("bk-l0", "late_cancellation_fee", "email"),
+    ]
+    bodies = {d["booking_id"]: d["body"] for d in repo.deliveries.values()}
+    assert bodies["bk-f0"] != bodies["bk-f1"]  # charged to the card, and outstanding on the account
+
+
+async def test_a_set_of_requests_and_reschedules_is_one_statement_each(
+    handle: Handle, unit_for: UnitFor, deps: Deps, repo: FakeRepository
+) -> None:
+    await directory_of(handle, ["bk-r0", "bk-r1"])
+    repo.calls.clear()
+    requests = [
+        BookingCancellationRequested.new(
+            request_id=f"req-r{i}",
+            booking_id=f"bk-r{i}",
+            requested_at=T - timedelta(hours=2),
+            actor={"kind": kind, "id": "someone"},
+            channel="patient_portal" if kind == "patient" else "practice",
+        )
+        for i, kind in enumerate(["patient", "staff", "patient"])
+    ]
+    await as_set(unit_for, deps, handlers.remember_request, requests)
+    moved = [
+        BookingRescheduled.new(booking_id=b, starts_at=T + timedelta(days=2), ends_at=T + timedelta(days=2, minutes=30))
+        for b in ["bk-r0", "bk-r1", "bk-never"]
+    ]
+    await as_set(unit_for, deps, handlers.reschedule_booking, moved)
+    assert repo.calls == Counter(remember_requests=1, reschedule_many=1)
+    assert {r: q["actor_kind"] for r, q in repo.requests.items()} == {
+        "req-r0": "patient",
+        "req-r1": "staff",
+        "req-r2": "patient",
+    }
+    assert repo.patients["bk-r0"]["starts_at"] == repo.patients["bk-r1"]["starts_at"] == T + timedelta(days=2)
+    assert "bk-never" not in repo.patients

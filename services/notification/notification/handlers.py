@@ -11,7 +11,7 @@ deps), so tests/handlers runs them against fakes. They have no channel to send o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from shared.consumer import Unit
+from shared.consumer import SetBased, Unit
 from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed, PaymentRefunded
 from shared.contracts.booking import (
     BookingCancellationRejected,
@@ -127,15 +127,33 @@ async def remember_patient(unit: Unit[HandlerDeps], event: BookingScheduled) -> 
         )
 
 
-async def reschedule_booking(unit: Unit[HandlerDeps], event: BookingRescheduled) -> None:
-    await unit.deps.repository.reschedule(unit.conn, event.booking_id, event.starts_at)
+async def reschedule_bookings(units: Sequence[Unit[HandlerDeps]], events: Sequence[BookingRescheduled]) -> None:
+    """The new start of each booking, in one statement for the set."""
+    await units[0].deps.repository.reschedule_many(units[0].conn, [(e.booking_id, e.starts_at) for e in events])
 
 
-async def remember_request(unit: Unit[HandlerDeps], event: BookingCancellationRequested) -> None:
-    # Only who asked and how: a rejection is told to the patient when the patient asked.
-    await unit.deps.repository.remember_request(
-        unit.conn, event.request_id, event.booking_id, event.actor.kind, event.channel, event.requested_at
+reschedule_booking = SetBased(reschedule_bookings)
+
+
+async def remember_requests(units: Sequence[Unit[HandlerDeps]], events: Sequence[BookingCancellationRequested]) -> None:
+    """Only who asked and how (a rejection is told to the patient when the patient asked), in
+    one statement for the set."""
+    await units[0].deps.repository.remember_requests(
+        units[0].conn,
+        [
+            {
+                "request_id": e.request_id,
+                "booking_id": e.booking_id,
+                "actor_kind": e.actor.kind,
+                "channel": e.channel,
+                "requested_at": e.requested_at,
+            }
+            for e in events
+        ],
     )
+
+
+remember_request = SetBased(remember_requests)
 
 
 async def remember_waitlist_entry(unit: Unit[HandlerDeps], event: WaitlistJoined) -> None:
@@ -165,11 +183,12 @@ async def remember_waitlist_entry(unit: Unit[HandlerDeps], event: WaitlistJoined
 # --- what to tell whom ---------------------------------------------------------------------------
 
 
-async def notify_cancellation(unit: Unit[HandlerDeps], event: BookingCancelled) -> None:
-    practice = await _practice(unit, event.practice_id)
-    patient = _patient(await unit.deps.repository.get_patient(unit.conn, event.booking_id))
+def cancellation_notice(unit: Unit[HandlerDeps], event: BookingCancelled, contacts: Directory) -> Notice:
+    """Who hears of one cancellation, and what they read."""
+    practice = contacts.practice(event.practice_id)
+    patient = _patient(contacts.patient_row(event.booking_id))
     suspension = domain.caused_by_suspension(event.actor.kind, event.reason_code)
-    await _record(
+    return notice(
         unit,
         domain.plan_cancellation(event.actor.kind, patient, practice),
         practice=practice,
@@ -198,9 +217,27 @@ async def notify_cancellation(unit: Unit[HandlerDeps], event: BookingCancelled) 
     )
 
 
+async def cancellation_contacts(units: Sequence[Unit[HandlerDeps]], events: Sequence[BookingCancelled]) -> Directory:
+    """The patients and practices of a set of cancellations: one query each."""
+    return await directory(
+        units[0], booking_ids=[e.booking_id for e in events], practice_ids=[e.practice_id for e in events]
+    )
+
+
+async def notify_cancellations(units: Sequence[Unit[HandlerDeps]], events: Sequence[BookingCancelled]) -> None:
+    """Who hears of each cancellation of a set: contacts read in one query per kind, every
+    message recorded in one statement. (The service runs notices.notify_cancellation, which adds
+    the professional's turn-away pay.)"""
+    contacts = await cancellation_contacts(units, events)
+    await record(units[0], [cancellation_notice(u, e, contacts) for u, e in zip(units, events, strict=True)])
+
+
+notify_cancellation = SetBased(notify_cancellations)
+
+
 async def notify_rejection(unit: Unit[HandlerDeps], event: BookingCancellationRejected) -> None:
     repository = unit.deps.repository
-    patient_row = await repository.get_patient(unit.conn, event.booking_id)
+    patient_row = await _patient_row(unit, event.booking_id)
     patient = _patient(patient_row)
     practice = await _practice(unit, patient_row["practice_id"]) if patient_row else domain.PracticeContact.unknown("")
     requester = await repository.requester_kind(unit.conn, event.request_id)
@@ -239,7 +276,7 @@ async def notify_slot_offer(unit: Unit[HandlerDeps], event: BookingSlotOffered) 
 
 async def _tell_offer(unit: Unit[HandlerDeps], offer: Any, entry: asyncpg.Record | None) -> None:
     deps = unit.deps
-    slot = await deps.repository.get_patient(unit.conn, offer["booking_id"])  # the slot's time
+    slot = await _patient_row(unit, offer["booking_id"])  # the slot's time
     practice_id = entry["practice_id"] if entry else (slot["practice_id"] if slot else "")
     practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
     waitlisted = _patient(entry)
@@ -262,56 +299,139 @@ async def _tell_offer(unit: Unit[HandlerDeps], offer: Any, entry: asyncpg.Record
     await deps.repository.mark_offer_told(unit.conn, offer["offer_id"])
 
 
-async def note_no_show(unit: Unit[HandlerDeps], event: BookingNoShowRecorded) -> None:
-    """A patient's no-show with a fee: whether it goes on the card; told once the fee is settled."""
-    if event.party != "patient" or event.decision.fee is None:
+async def note_no_shows(units: Sequence[Unit[HandlerDeps]], events: Sequence[BookingNoShowRecorded]) -> None:
+    """Patients' no-shows with a fee: whether each goes on the card; told once the fee is
+    settled. One statement merges the set's fees."""
+    charged = [
+        (u, e) for u, e in zip(units, events, strict=True) if e.party == "patient" and e.decision.fee is not None
+    ]
+    if not charged:
         return  # nothing is charged to a patient: nothing to tell
-    fee = await unit.deps.repository.merge_no_show(
-        unit.conn, event.booking_id, event.practice_id, event.starts_at, event.decision.charge_card
+    fees = await units[0].deps.repository.merge_no_shows(
+        units[0].conn,
+        [
+            {
+                "booking_id": e.booking_id,
+                "practice_id": e.practice_id,
+                "starts_at": e.starts_at,
+                "charge_card": e.decision.charge_card,
+            }
+            for _, e in charged
+        ],
     )
-    await _tell_no_show_fee(unit, fee)
+    await _tell_fees(units[0], no_show=[(u, fees[e.booking_id]) for u, e in charged])
 
 
-async def note_charge(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
-    if event.kind == "late_cancellation":
-        await _note_late_fee(unit, event)
-        return
-    if event.status == "pending_review":
-        return  # not final: told once billing announces it due (approved or edited), never if waived
-    fee = await unit.deps.repository.merge_no_show_charge(
-        unit.conn,
-        {
-            "booking_id": event.booking_id,
-            "charge_id": event.charge_id,
-            "amount": event.amount,
-            "currency": event.currency,
-            "code": event.code,
-            "code_system": event.code_system,
-        },
+note_no_show = SetBased(note_no_shows)
+
+
+async def note_charges(units: Sequence[Unit[HandlerDeps]], events: Sequence[ChargeCreated]) -> None:
+    """Charges billing raised: a no-show charge completes its booking's fee; a late-cancellation
+    fee is told with the cancellation, unless it was in staff review then (the cancellation
+    quoted no fee): such a fee is told once, by email, when billing announces it final
+    (`charge.created` again with status `due`, at the approved or edited amount). A fee waived
+    in review is never announced due, so never told. At most one statement of each kind per set."""
+    conn, repository = units[0].conn, units[0].deps.repository
+    in_review: list[tuple[Unit[HandlerDeps], ChargeCreated]] = []
+    final_late: list[tuple[Unit[HandlerDeps], ChargeCreated]] = []
+    no_show: list[tuple[Unit[HandlerDeps], ChargeCreated]] = []
+    for unit, event in zip(units, events, strict=True):
+        if event.kind == "late_cancellation":
+            (in_review if event.status == "pending_review" else final_late).append((unit, event))
+        elif event.status != "pending_review":
+            no_show.append((unit, event))
+        # a no-show charge in review is not final: told once billing announces it due (approved
+        # or edited), never if waived
+    await repository.remember_fees_in_review(
+        conn,
+        [
+            {
+                "charge_id": e.charge_id,
+                "booking_id": e.booking_id,
+                "review_until": e.review_until,
+                "announced_at": u.event.envelope.time,
+            }
+            for u, e in in_review
+        ],
     )
-    if fee is None:
-        log.warning("a second no-show charge for one booking; the first one is told", charge_id=event.charge_id)
-        return
-    await _tell_no_show_fee(unit, fee)
+    marked = await repository.mark_fees_final(conn, [(e.charge_id, u.event.envelope.time) for u, e in final_late])
+    fees = await repository.merge_no_show_charges(
+        conn,
+        [
+            {
+                "booking_id": e.booking_id,
+                "charge_id": e.charge_id,
+                "amount": e.amount,
+                "currency": e.currency,
+                "code": e.code,
+                "code_system": e.code_system,
+            }
+            for _, e in no_show
+        ],
+    )
+    completed: list[tuple[Unit[HandlerDeps], Any]] = []
+    for unit, event in no_show:
+        fee = fees.get(event.booking_id)
+        if fee is None:
+            log.warning("a second no-show charge for one booking; the first one is told", charge_id=event.charge_id)
+            continue
+        completed.append((unit, fee))
+    # a late fee never in review is absent from `marked`: the cancellation told it
+    await _tell_fees(units[0], late=[(u, e) for u, e in final_late if e.charge_id in marked], no_show=completed)
 
 
-async def _note_late_fee(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
-    """A late-cancellation fee is told with the cancellation, unless it was in staff review then
-    (the cancellation quoted no fee): such a fee is told once, by email, when billing announces it
-    final (`charge.created` again with status `due`, at the approved or edited amount). A fee
-    waived in review is never announced due, so never told."""
-    repository = unit.deps.repository
-    at = unit.event.envelope.time
-    if event.status == "pending_review":
-        await repository.remember_fee_in_review(unit.conn, event.charge_id, event.booking_id, event.review_until, at)
-        return
-    if not await repository.mark_fee_final(unit.conn, event.charge_id, at):
-        return  # never in review: the cancellation told it
-    patient_row = await repository.get_patient(unit.conn, event.booking_id)
-    practice_id = patient_row["practice_id"] if patient_row else ""
-    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
+note_charge = SetBased(note_charges)
+
+
+async def note_payments(units: Sequence[Unit[HandlerDeps]], events: Sequence[PaymentCaptured | PaymentFailed]) -> None:
+    """The card's answers: each completes its no-show fee (a payment for any other charge is
+    not ours to tell). One statement merges the set's answers."""
+    fees = await units[0].deps.repository.merge_no_show_payments(
+        units[0].conn,
+        [(e.booking_id, e.charge_id, "captured" if isinstance(e, PaymentCaptured) else "failed") for e in events],
+    )
+    await _tell_fees(
+        units[0], no_show=[(u, fees[e.booking_id]) for u, e in zip(units, events, strict=True) if e.booking_id in fees]
+    )
+
+
+note_payment = SetBased(note_payments)
+
+
+async def _tell_fees(
+    unit: Unit[HandlerDeps],
+    *,
+    late: Sequence[tuple[Unit[HandlerDeps], ChargeCreated]] = (),
+    no_show: Sequence[tuple[Unit[HandlerDeps], Any]] = (),
+) -> None:
+    """Tell the patients of late-cancellation fees now final and of no-show fees now settled
+    (`no_show`: each unit with its fee's row as known now; one not settled yet waits): their
+    contacts read in one query per kind, the messages recorded in one statement."""
+    settled = [
+        (u, fee, settlement)
+        for u, fee in no_show
+        if (
+            settlement := domain.no_show_fee_settlement(
+                domain.NoShowFee(charge_id=fee["charge_id"], charge_card=fee["charge_card"], payment=fee["payment"])
+            )
+        )
+        is not None
+    ]
+    contacts = await directory(
+        unit,
+        booking_ids=[e.booking_id for _, e in late] + [fee["booking_id"] for _, fee, _ in settled],
+        practice_ids=[fee["practice_id"] for _, fee, _ in settled],
+    )
+    notices = [_late_fee_notice(u, e, contacts) for u, e in late]
+    notices += [_no_show_fee_notice(u, fee, settlement, contacts) for u, fee, settlement in settled]
+    await record(unit, notices)
+
+
+def _late_fee_notice(unit: Unit[HandlerDeps], event: ChargeCreated, contacts: Directory) -> Notice:
+    patient_row = contacts.patient_row(event.booking_id)
+    practice = contacts.practice(patient_row["practice_id"] if patient_row else "")
     patient = _patient(patient_row)
-    await _record(
+    return notice(
         unit,
         domain.plan_late_fee(patient, practice),
         # One message per charge's final announcement, whichever envelope (re)delivers it.
@@ -326,24 +446,13 @@ async def _note_late_fee(unit: Unit[HandlerDeps], event: ChargeCreated) -> None:
     )
 
 
-async def note_payment(unit: Unit[HandlerDeps], event: PaymentCaptured | PaymentFailed) -> None:
-    outcome = "captured" if isinstance(event, PaymentCaptured) else "failed"
-    fee = await unit.deps.repository.merge_no_show_payment(unit.conn, event.booking_id, event.charge_id, outcome)
-    if fee is not None:
-        await _tell_no_show_fee(unit, fee)
-
-
-async def _tell_no_show_fee(unit: Unit[HandlerDeps], fee: asyncpg.Record) -> None:
-    settlement = domain.no_show_fee_settlement(
-        domain.NoShowFee(charge_id=fee["charge_id"], charge_card=fee["charge_card"], payment=fee["payment"])
-    )
-    if settlement is None:
-        return
-    patient_row = await unit.deps.repository.get_patient(unit.conn, fee["booking_id"])
-    practice_id = fee["practice_id"] or (patient_row["practice_id"] if patient_row else "")
-    practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
+def _no_show_fee_notice(
+    unit: Unit[HandlerDeps], fee: Any, settlement: domain.Settlement, contacts: Directory
+) -> Notice:
+    patient_row = contacts.patient_row(fee["booking_id"])
+    practice = contacts.practice(fee["practice_id"] or (patient_row["practice_id"] if patient_row else ""))
     patient = _patient(patient_row)
-    await _record(
+    return notice(
         unit,
         domain.plan_no_show_fee(patient, practice),
         # One message per booking's no-show fee, whichever of the events completed the picture.
@@ -361,7 +470,7 @@ async def _tell_no_show_fee(unit: Unit[HandlerDeps], fee: asyncpg.Record) -> Non
 
 async def tell_refund(unit: Unit[HandlerDeps], event: PaymentRefunded) -> None:
     """The patient, by email, once per refund: a fee lowered or waived after it was paid."""
-    patient_row = await unit.deps.repository.get_patient(unit.conn, event.booking_id)
+    patient_row = await _patient_row(unit, event.booking_id)
     practice_id = patient_row["practice_id"] if patient_row else ""
     practice = await _practice(unit, practice_id) if practice_id else domain.PracticeContact.unknown("")
     patient = _patient(patient_row)
@@ -380,9 +489,8 @@ async def tell_refund(unit: Unit[HandlerDeps], event: PaymentRefunded) -> None:
 
 async def notify_hold(unit: Unit[HandlerDeps], event: HoldPlaced) -> None:
     """The professional, by email, with the hold's start and end in the booking's practice's time."""
-    repository = unit.deps.repository
-    professional = await repository.get_professional(unit.conn, event.professional_id)
-    booking = await repository.get_patient(unit.conn, event.booking_id)
+    professional = await _professional_row(unit, event.professional_id)
+    booking = await _patient_row(unit, event.booking_id)
     practice = await _practice_of(unit, booking, professional)
     await _record(
         unit,
@@ -402,7 +510,7 @@ async def notify_hold(unit: Unit[HandlerDeps], event: HoldPlaced) -> None:
 
 async def notify_suspension(unit: Unit[HandlerDeps], event: AccountSuspended) -> None:
     """The professional, by email: suspended, and their future bookings cancelled."""
-    professional = await unit.deps.repository.get_professional(unit.conn, event.professional_id)
+    professional = await _professional_row(unit, event.professional_id)
     practice = await _practice_of(unit, None, professional)
     await _record(
         unit,
@@ -421,7 +529,7 @@ async def notify_suspension(unit: Unit[HandlerDeps], event: AccountSuspended) ->
 async def notify_manual_update(unit: Unit[HandlerDeps], event: PmsManualUpdateRequired) -> None:
     """The practice, through its preferred channel: staff must change their PMS by hand."""
     practice = await _practice(unit, event.practice_id)
-    patient_row = await unit.deps.repository.get_patient(unit.conn, event.booking_id)
+    patient_row = await _patient_row(unit, event.booking_id)
     await _record(
         unit,
         domain.plan_manual_update(practice),
@@ -454,8 +562,15 @@ def _professional(row: asyncpg.Record | None) -> domain.ProfessionalContact | No
     )
 
 
-async def _practice(unit: Unit[HandlerDeps], practice_id: str) -> domain.PracticeContact:
-    row = await unit.deps.repository.get_practice(unit.conn, practice_id)
+def _patient(row: asyncpg.Record | None) -> domain.PatientContact | None:
+    if row is None:
+        return None
+    return domain.PatientContact(
+        first_name=row["first_name"], email=row["email"], phone=row["phone"], locale=row["locale"]
+    )
+
+
+def _practice_contact(practice_id: str, row: asyncpg.Record | None) -> domain.PracticeContact:
     if row is None:
         return domain.PracticeContact.unknown(practice_id)
     return domain.PracticeContact(
@@ -470,12 +585,53 @@ async def _practice(unit: Unit[HandlerDeps], practice_id: str) -> domain.Practic
     )
 
 
-def _patient(row: asyncpg.Record | None) -> domain.PatientContact | None:
-    if row is None:
-        return None
-    return domain.PatientContact(
-        first_name=row["first_name"], email=row["email"], phone=row["phone"], locale=row["locale"]
-    )
+# --- the contacts of a set -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The contacts a set of records needs, each kind read in one query (`directory`): the
+    patients of its bookings, and the practices it names and those of these patients."""
+
+    patients: Mapping[str, Any]
+    practices: Mapping[str, Any]
+
+    def patient_row(self, booking_id: str | None) -> Any | None:
+        return self.patients.get(booking_id) if booking_id else None
+
+    def practice(self, practice_id: str | None) -> domain.PracticeContact:
+        """The practice's contacts; an unknown (or unnamed) one has none: UTC, English, no opt-ins."""
+        return _practice_contact(practice_id or "", self.practices.get(practice_id) if practice_id else None)
+
+
+async def directory(
+    unit: Unit[HandlerDeps], *, booking_ids: Iterable[str | None] = (), practice_ids: Iterable[str | None] = ()
+) -> Directory:
+    """Read the patients of `booking_ids`, then the practices of `practice_ids` and of those
+    patients: at most two queries, whatever the number of ids (none for no ids)."""
+    repository = unit.deps.repository
+    bookings = sorted({b for b in booking_ids if b})
+    patients = await repository.get_patients(unit.conn, bookings) if bookings else {}
+    wanted = sorted({p for p in practice_ids if p} | {row["practice_id"] for row in patients.values()})
+    practices = await repository.get_practices(unit.conn, wanted) if wanted else {}
+    return Directory(patients=patients, practices=practices)
+
+
+async def _practice(unit: Unit[HandlerDeps], practice_id: str) -> domain.PracticeContact:
+    return (await directory(unit, practice_ids=[practice_id])).practice(practice_id)
+
+
+async def _patient_row(unit: Unit[HandlerDeps], booking_id: str) -> asyncpg.Record | None:
+    patients: Mapping[str, asyncpg.Record] = await unit.deps.repository.get_patients(unit.conn, [booking_id])
+    return patients.get(booking_id)
+
+
+async def _professional_row(unit: Unit[HandlerDeps], professional_id: str) -> asyncpg.Record | None:
+    found: Mapping[str, asyncpg.Record] = await unit.deps.repository.get_professionals(unit.conn, [professional_id])
+    return found.get(professional_id)
+
+
+# --- recording what to tell ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -495,7 +651,20 @@ class Cause:
         return cls(key=key or event.id, event_id=event.id, event_type=event.type, correlation_id=event.correlation_id)
 
 
-async def _record(
+@dataclass(frozen=True)
+class Notice:
+    """One fact to tell: the messages planned for it, what they answer, and what their texts say."""
+
+    messages: list[domain.Message]
+    cause: Cause
+    practice: domain.PracticeContact
+    patient: domain.PatientContact | None
+    starts_at: datetime | None
+    fee: tuple[Decimal, str] | None
+    facts: dict[str, Any]
+
+
+def notice(
     unit: Unit[HandlerDeps],
     messages: list[domain.Message],
     *,
@@ -505,19 +674,36 @@ async def _record(
     fee: tuple[Decimal, str] | None = None,
     cause: Cause | None = None,
     **facts: Any,
-) -> None:
-    """One delivery row per planned message: pending with its rendered text, or skipped."""
-    deps = unit.deps
-    cause = cause or Cause.of(unit)
-    for message in messages:
+) -> Notice:
+    """The notice of `messages`, caused by the unit's event unless `cause` says otherwise."""
+    return Notice(messages, cause or Cause.of(unit), practice, patient, starts_at, fee, facts)
+
+
+async def record(unit: Unit[HandlerDeps], notices: Iterable[Notice]) -> None:
+    """One delivery row per planned message, pending with its rendered text or skipped, for
+    every notice at once: one statement (none when there is nothing to record). `unit` gives
+    the connection and deps; each notice carries its own cause."""
+    rows = [row for n in notices for row in _rows(unit.deps, n)]
+    if rows:
+        await unit.deps.repository.record_deliveries(unit.conn, rows)
+
+
+async def _record(unit: Unit[HandlerDeps], messages: list[domain.Message], **kwargs: Any) -> None:
+    """`record` of one notice: the handlers that run one record at a time."""
+    await record(unit, [notice(unit, messages, **kwargs)])
+
+
+def _rows(deps: HandlerDeps, n: Notice) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for message in n.messages:
         row: dict[str, Any] = {
-            "notification_id": domain.notification_id(cause.key, message.recipient, message.channel),
-            "event_id": cause.event_id,
-            "event_type": cause.event_type,
-            "correlation_id": cause.correlation_id,
-            "booking_id": facts.get("booking_id"),
-            "professional_id": facts.get("professional_id"),
-            "practice_id": practice.practice_id or None,
+            "notification_id": domain.notification_id(n.cause.key, message.recipient, message.channel),
+            "event_id": n.cause.event_id,
+            "event_type": n.cause.event_type,
+            "correlation_id": n.cause.correlation_id,
+            "booking_id": n.facts.get("booking_id"),
+            "professional_id": n.facts.get("professional_id"),
+            "practice_id": n.practice.practice_id or None,
             "recipient": message.recipient,
             "channel": message.channel,
             "template": message.template,
@@ -530,7 +716,7 @@ async def _record(
         }
         if not message.skipped:
             context = domain.template_context(
-                message, starts_at=starts_at, practice=practice, patient=patient, fee=fee, **facts
+                message, starts_at=n.starts_at, practice=n.practice, patient=n.patient, fee=n.fee, **n.facts
             )
             rendered = deps.renderer.render(
                 message.template, message.recipient, message.channel, message.locale, context
@@ -542,13 +728,5 @@ async def _record(
                 "status": "pending",
                 "reason": None,
             }
-        if await deps.repository.record_delivery(unit.conn, row):
-            log.debug(  # one line per message: debug, not info (the hot path)
-                "notification recorded",
-                notification_id=str(row["notification_id"]),
-                recipient=message.recipient,
-                channel=message.channel,
-                template=message.template,
-                status=row["status"],
-                skip_reason=message.skip_reason,
-            )
+        rows.append(row)
+    return rows

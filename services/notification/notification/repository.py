@@ -59,40 +59,52 @@ async def upsert_patient(conn: asyncpg.Connection, p: dict[str, Any], scheduled_
     )
 
 
-async def reschedule(conn: asyncpg.Connection, booking_id: str, starts_at: datetime) -> None:
+async def reschedule_many(conn: asyncpg.Connection, moves: list[tuple[str, datetime]]) -> None:
+    """Each booking's new start, (booking_id, starts_at); a booking never seen is left unknown."""
+    if not moves:
+        return
     await conn.execute(
-        "UPDATE patients SET starts_at = $2, updated_at = now() WHERE booking_id = $1", booking_id, starts_at
+        "UPDATE patients p SET starts_at = m.starts_at, updated_at = now()"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS m(booking_id, starts_at) WHERE p.booking_id = m.booking_id",
+        [m[0] for m in moves],
+        [m[1] for m in moves],
     )
 
 
-async def remember_request(
-    conn: asyncpg.Connection, request_id: str, booking_id: str, actor_kind: str, channel: str, requested_at: datetime
-) -> None:
+async def remember_requests(conn: asyncpg.Connection, requests: list[dict[str, Any]]) -> None:
+    """Who asked for each cancellation and how; the first record of a request id stands."""
+    if not requests:
+        return
     await conn.execute(
         "INSERT INTO cancellation_requests (request_id, booking_id, actor_kind, channel, requested_at)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
-        request_id,
-        booking_id,
-        actor_kind,
-        channel,
-        requested_at,
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+        " ON CONFLICT (request_id) DO NOTHING",
+        [r["request_id"] for r in requests],
+        [r["booking_id"] for r in requests],
+        [r["actor_kind"] for r in requests],
+        [r["channel"] for r in requests],
+        [r["requested_at"] for r in requests],
     )
 
 
-async def get_practice(conn: Conn, practice_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_practices(conn: Conn, practice_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The practices by id; one never configured is absent."""
+    rows = await conn.fetch(
         "SELECT practice_id, name, timezone, locale, email, phone, preferred_channel,"
-        " notify_practice_on_online_cancel FROM practices WHERE practice_id = $1",
-        practice_id,
+        " notify_practice_on_online_cancel FROM practices WHERE practice_id = ANY($1::text[])",
+        practice_ids,
     )
+    return {r["practice_id"]: r for r in rows}
 
 
-async def get_patient(conn: Conn, booking_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_patients(conn: Conn, booking_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The patient of each booking by booking id; a booking never scheduled is absent."""
+    rows = await conn.fetch(
         "SELECT booking_id, practice_id, first_name, email, phone, locale, starts_at FROM patients"
-        " WHERE booking_id = $1",
-        booking_id,
+        " WHERE booking_id = ANY($1::text[])",
+        booking_ids,
     )
+    return {r["booking_id"]: r for r in rows}
 
 
 async def requester_kind(conn: Conn, request_id: str) -> str | None:
@@ -118,12 +130,14 @@ async def upsert_professional(conn: asyncpg.Connection, p: dict[str, Any], sched
     )
 
 
-async def get_professional(conn: Conn, professional_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_professionals(conn: Conn, professional_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """The professionals by id; one no booking.scheduled named with a contact is absent."""
+    rows = await conn.fetch(
         "SELECT professional_id, practice_id, first_name, email, phone, locale FROM professionals"
-        " WHERE professional_id = $1",
-        professional_id,
+        " WHERE professional_id = ANY($1::text[])",
+        professional_ids,
     )
+    return {r["professional_id"]: r for r in rows}
 
 
 # --- the waitlist and its offers ---------------------------------------------------------------
@@ -194,87 +208,117 @@ _NO_SHOW_FEE = (
 )
 
 
-async def merge_no_show(
-    conn: asyncpg.Connection, booking_id: str, practice_id: str, starts_at: datetime, charge_card: bool
-) -> asyncpg.Record:
-    """What booking.no_show_recorded tells of the fee; returns all that is known now (row locked)."""
-    return await conn.fetchrow(
-        "INSERT INTO no_show_fees (booking_id, practice_id, starts_at, charge_card) VALUES ($1, $2, $3, $4)"
+async def merge_no_shows(conn: asyncpg.Connection, no_shows: list[dict[str, Any]]) -> dict[str, asyncpg.Record]:
+    """What each booking.no_show_recorded tells of its fee (booking_id, practice_id, starts_at,
+    charge_card); returns, by booking, all that is known now. The rows are locked in booking
+    order (the order of every writer of this table), so two sets never wait on each other."""
+    if not no_shows:
+        return {}
+    rows = await conn.fetch(
+        "INSERT INTO no_show_fees (booking_id, practice_id, starts_at, charge_card)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::boolean[])"
+        " AS n(booking_id, practice_id, starts_at, charge_card) ORDER BY booking_id"
         " ON CONFLICT (booking_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
         " starts_at = EXCLUDED.starts_at, charge_card = EXCLUDED.charge_card, updated_at = now()"
         f" RETURNING {_NO_SHOW_FEE}",
-        booking_id,
-        practice_id,
-        starts_at,
-        charge_card,
+        [n["booking_id"] for n in no_shows],
+        [n["practice_id"] for n in no_shows],
+        [n["starts_at"] for n in no_shows],
+        [n["charge_card"] for n in no_shows],
     )
+    return {r["booking_id"]: r for r in rows}
 
 
-async def merge_no_show_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> asyncpg.Record | None:
-    """What charge.created (kind no_show) tells; returns all that is known now (row locked).
+async def merge_no_show_charges(conn: asyncpg.Connection, charges: list[dict[str, Any]]) -> dict[str, asyncpg.Record]:
+    """What each charge.created (kind no_show) tells; returns, by booking, all that is known now
+    (rows locked in booking order).
 
     A booking has one no-show, so one no-show charge: the first one seen stands, and a second
-    (which billing's deterministic charge ids should make impossible) is ignored, never told twice.
+    (which billing's deterministic charge ids should make impossible) is ignored, never told
+    twice: its booking is absent from the result.
     """
-    return await conn.fetchrow(
+    if not charges:
+        return {}
+    rows = await conn.fetch(
         "INSERT INTO no_show_fees (booking_id, charge_id, amount, currency, code, code_system)"
-        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], $6::text[])"
+        " AS c(booking_id, charge_id, amount, currency, code, code_system) ORDER BY booking_id"
         " ON CONFLICT (booking_id) DO UPDATE SET charge_id = EXCLUDED.charge_id, amount = EXCLUDED.amount,"
         " currency = EXCLUDED.currency, code = EXCLUDED.code, code_system = EXCLUDED.code_system,"
         " updated_at = now()"
         " WHERE no_show_fees.charge_id IS NULL OR no_show_fees.charge_id = EXCLUDED.charge_id"
         f" RETURNING {_NO_SHOW_FEE}",
-        c["booking_id"],
-        c["charge_id"],
-        c["amount"],
-        c["currency"],
-        c["code"],
-        c["code_system"],
+        [c["booking_id"] for c in charges],
+        [c["charge_id"] for c in charges],
+        [c["amount"] for c in charges],
+        [c["currency"] for c in charges],
+        [c["code"] for c in charges],
+        [c["code_system"] for c in charges],
     )
+    return {r["booking_id"]: r for r in rows}
 
 
-async def merge_no_show_payment(
-    conn: asyncpg.Connection, booking_id: str, charge_id: str, payment: str
-) -> asyncpg.Record | None:
-    """The card's answer for a no-show charge we know (billing publishes the charge first, on the
-    same key); None for any other charge. The first answer stands."""
-    return await conn.fetchrow(
-        "UPDATE no_show_fees SET payment = COALESCE(payment, $3), updated_at = now()"
-        f" WHERE booking_id = $1 AND charge_id = $2 RETURNING {_NO_SHOW_FEE}",
-        booking_id,
-        charge_id,
-        payment,
+async def merge_no_show_payments(
+    conn: asyncpg.Connection, payments: list[tuple[str, str, str]]
+) -> dict[str, asyncpg.Record]:
+    """The card's answer for each no-show charge we know, (booking_id, charge_id, payment);
+    returns, by booking, all that is known now. A payment for any other charge changes nothing
+    and its booking is absent. The first answer stands. The rows are locked in booking order
+    first (`locked`), as every writer of this table locks them."""
+    if not payments:
+        return {}
+    rows = await conn.fetch(
+        "WITH locked AS MATERIALIZED (SELECT booking_id FROM no_show_fees WHERE booking_id = ANY($1::text[])"
+        " ORDER BY booking_id FOR UPDATE)"
+        " UPDATE no_show_fees f SET payment = COALESCE(f.payment, p.payment), updated_at = now()"
+        " FROM locked JOIN unnest($1::text[], $2::text[], $3::text[]) AS p(booking_id, charge_id, payment)"
+        " USING (booking_id)"
+        f" WHERE f.booking_id = p.booking_id AND f.charge_id = p.charge_id RETURNING {_prefixed(_NO_SHOW_FEE, 'f')}",
+        [p[0] for p in payments],
+        [p[1] for p in payments],
+        [p[2] for p in payments],
     )
+    return {r["booking_id"]: r for r in rows}
+
+
+def _prefixed(columns: str, alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 # --- late-cancellation fees in review ------------------------------------------------------------
 
 
-async def remember_fee_in_review(
-    conn: asyncpg.Connection, charge_id: str, booking_id: str, review_until: datetime | None, announced_at: datetime
-) -> None:
-    """A late-cancellation fee announced in review: its patient is told when it is final. The
-    first announcement stands (a replay under a new envelope id changes nothing)."""
+async def remember_fees_in_review(conn: asyncpg.Connection, fees: list[dict[str, Any]]) -> None:
+    """Late-cancellation fees announced in review (charge_id, booking_id, review_until,
+    announced_at): each one's patient is told when it is final. The first announcement stands
+    (a replay under a new envelope id changes nothing)."""
+    if not fees:
+        return
     await conn.execute(
         "INSERT INTO late_fees_in_review (charge_id, booking_id, review_until, announced_at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (charge_id) DO NOTHING",
-        charge_id,
-        booking_id,
-        review_until,
-        announced_at,
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])"
+        " ON CONFLICT (charge_id) DO NOTHING",
+        [f["charge_id"] for f in fees],
+        [f["booking_id"] for f in fees],
+        [f["review_until"] for f in fees],
+        [f["announced_at"] for f in fees],
     )
 
 
-async def mark_fee_final(conn: asyncpg.Connection, charge_id: str, final_at: datetime) -> bool:
-    """A late-cancellation fee announced final: True when it was announced in review before (the
-    patient is to be told now), False for a fee never in review (told with the cancellation).
-    The first final announcement's time stands."""
-    marked = await conn.fetchval(
-        "UPDATE late_fees_in_review SET final_at = COALESCE(final_at, $2) WHERE charge_id = $1 RETURNING true",
-        charge_id,
-        final_at,
+async def mark_fees_final(conn: asyncpg.Connection, finals: list[tuple[str, datetime]]) -> set[str]:
+    """Late-cancellation fees announced final, (charge_id, final_at): the ids of those announced
+    in review before (their patients are to be told now); a fee never in review was told with
+    the cancellation and is absent. The first final announcement's time stands."""
+    if not finals:
+        return set()
+    rows = await conn.fetch(
+        "UPDATE late_fees_in_review l SET final_at = COALESCE(l.final_at, f.final_at)"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS f(charge_id, final_at)"
+        " WHERE l.charge_id = f.charge_id RETURNING l.charge_id",
+        [f[0] for f in finals],
+        [f[1] for f in finals],
     )
-    return bool(marked)
+    return {r["charge_id"] for r in rows}
 
 
 # --- the delivery log --------------------------------------------------------------------------
@@ -300,33 +344,42 @@ _CLAIMED = ", ".join(
 )
 
 
-async def record_delivery(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
-    """Record one message to send (or one skipped); False when it is recorded already."""
-    inserted = await conn.fetchval(
+async def record_deliveries(conn: asyncpg.Connection, deliveries: list[dict[str, Any]]) -> None:
+    """Record the messages to send (and those skipped) in one statement; a notification id
+    recorded already (a redelivery, the same fact again) is left as it is."""
+    if not deliveries:
+        return
+    await conn.execute(
         "INSERT INTO deliveries (notification_id, event_id, event_type, correlation_id, booking_id,"
         " practice_id, recipient, channel, template, locale, address, subject, body, status, reason,"
         " finished_at, professional_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-        " CASE WHEN $14 = 'skipped' THEN now() END, $16)"
-        " ON CONFLICT (notification_id) DO NOTHING RETURNING true",
-        d["notification_id"],
-        d["event_id"],
-        d["event_type"],
-        d["correlation_id"],
-        d["booking_id"],
-        d["practice_id"],
-        d["recipient"],
-        d["channel"],
-        d["template"],
-        d["locale"],
-        d["address"],
-        d["subject"],
-        d["body"],
-        d["status"],
-        d["reason"],
-        d.get("professional_id"),
+        " SELECT n, e, t, c, b, p, r, ch, tpl, l, a, s, body, st, why, CASE WHEN st = 'skipped' THEN now() END, pro"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+        " $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],"
+        " $16::text[]) AS d(n, e, t, c, b, p, r, ch, tpl, l, a, s, body, st, why, pro)"
+        " ON CONFLICT (notification_id) DO NOTHING",
+        *(
+            [d.get(column) for d in deliveries]
+            for column in (
+                "notification_id",
+                "event_id",
+                "event_type",
+                "correlation_id",
+                "booking_id",
+                "practice_id",
+                "recipient",
+                "channel",
+                "template",
+                "locale",
+                "address",
+                "subject",
+                "body",
+                "status",
+                "reason",
+                "professional_id",
+            )
+        ),
     )
-    return bool(inserted)
 
 
 async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
@@ -335,10 +388,13 @@ async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float) 
     SKIP LOCKED: replicas claiming at the same moment take disjoint rows, never the same one.
     The lease (`next_attempt_at` pushed forward) keeps the row from being claimed again while
     it is being sent; if this process dies mid-send, the row is due again when the lease ends.
+    `finished_at IS NULL` is what lets the planner use `deliveries_unfinished` (migration 0005;
+    a pending row is exactly an unfinished one).
     """
     return await conn.fetch(
         "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)"
-        " FROM (SELECT notification_id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
+        " FROM (SELECT notification_id FROM deliveries"
+        " WHERE finished_at IS NULL AND status = 'pending' AND next_attempt_at <= now()"
         " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due"
         f" WHERE d.notification_id = due.notification_id RETURNING {_CLAIMED}",
         limit,
