@@ -38,11 +38,22 @@ class Renderer:
             loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
         )
         self._sms = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False)
+        # Each (template, recipient, channel, locale) found once, the fallback to English
+        # included: Jinja would otherwise stat the file on every message, and look up a locale
+        # it does not have again (and raise) on every message in that locale.
+        self._found: dict[tuple[str, str, str, str], jinja2.Template] = {}
 
     def path(self, template: str, recipient: str, channel: str, locale: str) -> str:
         return f"{template}/{recipient}.{channel}.{locale}.j2"
 
     def _template(self, template: str, recipient: str, channel: str, locale: str) -> jinja2.Template:
+        key = (template, recipient, channel, locale)
+        found = self._found.get(key)
+        if found is None:
+            found = self._found[key] = self._load(template, recipient, channel, locale)
+        return found
+
+    def _load(self, template: str, recipient: str, channel: str, locale: str) -> jinja2.Template:
         env = self._email if channel == "email" else self._sms
         try:
             return env.get_template(self.path(template, recipient, channel, locale))
