@@ -6,22 +6,15 @@ recorded, refused, reviewed and recalculated through the handlers."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from scoring import domain, repository
-from scoring.handlers import (
-    ScoringDeps,
-    recalculate_scores,
-    record_excuse,
-    review_excuse,
-    score_cancellation,
-    score_completion,
-    score_no_show,
-)
+from scoring.accountability import on_cancelled, on_no_show
+from scoring.handlers import ScoringDeps, recalculate_scores, record_excuse, review_excuse, score_completion
 from shared.consumer import Unit
 from shared.contracts.booking import BookingCancelled, BookingCompleted, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision
@@ -43,11 +36,14 @@ class FakeScoringRepository:
 
     # --- professionals, ledger, holds ---
 
-    async def lock_professional(self, conn: Any, professional_id: str) -> dict[str, Any]:
-        row = self.professionals.setdefault(
-            professional_id, {"professional_id": professional_id, "suspended_at": None, "suspension_holds": None}
-        )
-        return dict(row)
+    async def lock_professionals(self, conn: Any, professional_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = {}
+        for professional_id in sorted(set(professional_ids)):
+            row = self.professionals.setdefault(
+                professional_id, {"professional_id": professional_id, "suspended_at": None, "suspension_holds": None}
+            )
+            rows[professional_id] = dict(row)
+        return rows
 
     async def find_professional_for_update(self, conn: Any, professional_id: str) -> dict[str, Any] | None:
         row = self.professionals.get(professional_id)
@@ -77,6 +73,12 @@ class FakeScoringRepository:
         }
         return True
 
+    async def add_ledger_entries(self, conn: Any, entries: Sequence[Mapping[str, Any]]) -> set[str]:
+        return {e["entry_id"] for e in entries if await self.add_ledger_entry(conn, **e)}
+
+    async def ledger_totals(self, conn: Any, professional_ids: Sequence[str]) -> dict[str, int]:
+        return {p: sum(await self.ledger_deltas(conn, p)) for p in professional_ids}
+
     async def ledger_deltas(self, conn: Any, professional_id: str) -> list[int]:
         return [e["delta"] for e in self.ledger.values() if e["professional_id"] == professional_id]
 
@@ -94,49 +96,42 @@ class FakeScoringRepository:
             for e in self.ledger.values()
         )
 
-    async def holds_of(self, conn: Any, professional_id: str) -> list[domain.Hold]:
-        rows = sorted(
-            (h for h in self.holds.values() if h["professional_id"] == professional_id),
-            key=lambda h: (h["occurred_at"], h["hold_id"]),
-        )
-        return [repository.hold_from_row(h) for h in rows]
-
-    async def add_hold(
-        self,
-        conn: Any,
-        *,
-        hold_id: str,
-        professional_id: str,
-        booking_id: str,
-        cause: str,
-        occurred_at: datetime,
-        starts_at: datetime,
-        ends_at: datetime,
-    ) -> bool:
-        if hold_id in self.holds:
-            return False
-        self.holds[hold_id] = {
-            "hold_id": hold_id,
-            "professional_id": professional_id,
-            "booking_id": booking_id,
-            "cause": cause,
-            "occurred_at": occurred_at,
-            "starts_at": starts_at,
-            "ends_at": ends_at,
-            "status": "running",
-            "lift_cause": None,
-            "lifted_at": None,
-            "excused_at": None,
-            "excuse_id": None,
+    async def holds_by_professional(self, conn: Any, professional_ids: Sequence[str]) -> dict[str, list[domain.Hold]]:
+        return {
+            p: [
+                repository.hold_from_row(h)
+                for h in sorted(
+                    (h for h in self.holds.values() if h["professional_id"] == p),
+                    key=lambda h: (h["occurred_at"], h["hold_id"]),
+                )
+            ]
+            for p in professional_ids
         }
-        return True
 
-    async def suspend(self, conn: Any, professional_id: str, *, at: datetime, hold_ids: list[str]) -> bool:
-        row = self.professionals[professional_id]
-        if row["suspended_at"] is not None:
-            return False
-        row.update(suspended_at=at, suspension_holds=list(hold_ids))
-        return True
+    async def add_holds(self, conn: Any, holds: Sequence[Mapping[str, Any]]) -> None:
+        for h in holds:
+            self.holds.setdefault(
+                h["hold_id"],
+                {
+                    **h,
+                    "status": "running",
+                    "lift_cause": None,
+                    "lifted_at": None,
+                    "excused_at": None,
+                    "excuse_id": None,
+                },
+            )
+
+    async def suspend_professionals(
+        self, conn: Any, suspensions: Sequence[tuple[str, datetime, Sequence[str]]]
+    ) -> set[str]:
+        suspended = set()
+        for professional_id, at, hold_ids in suspensions:
+            row = self.professionals[professional_id]
+            if row["suspended_at"] is None:
+                row.update(suspended_at=at, suspension_holds=list(hold_ids))
+                suspended.add(professional_id)
+        return suspended
 
     # --- excuses ---
 
@@ -385,7 +380,7 @@ def test_the_fake_has_the_repositorys_signatures() -> None:
 async def test_a_late_cancellation_costs_the_policys_penalty_and_a_hold_once(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     event = cancelled(pro)
-    emitted = await handle(score_cancellation, event, repo)
+    emitted = await handle(on_cancelled, event, repo)
 
     assert emitted == [
         (
@@ -410,7 +405,7 @@ async def test_a_late_cancellation_costs_the_policys_penalty_and_a_hold_once(han
             },
         ),
     ]
-    assert await handle(score_cancellation, event, repo) == []  # replayed under a new envelope id
+    assert await handle(on_cancelled, event, repo) == []  # replayed under a new envelope id
     assert [(e["booking_id"], e["delta"], e["cause"]) for e in repo.ledger.values()] == [
         (event.booking_id, -50, "late_cancelled")
     ]
@@ -419,8 +414,8 @@ async def test_a_late_cancellation_costs_the_policys_penalty_and_a_hold_once(han
 
 async def test_holds_stack_behind_the_stored_ones(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    await handle(score_cancellation, cancelled(pro), repo)
-    emitted = await handle(score_no_show, no_show(pro), repo)  # 70 minutes later, while the 7-day hold runs
+    await handle(on_cancelled, cancelled(pro), repo)
+    emitted = await handle(on_no_show, no_show(pro), repo)  # 70 minutes later, while the 7-day hold runs
 
     [(_, changed), (_, placed)] = emitted
     assert (changed["delta"], changed["score"], changed["cause"]) == (-100, -50, "no_show")  # unclamped
@@ -433,9 +428,7 @@ async def test_holds_stack_behind_the_stored_ones(handle: Handle) -> None:
 
 async def test_a_timely_cancellation_costs_its_delta_and_places_no_hold(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    emitted = await handle(
-        score_cancellation, cancelled(pro, classification="timely", score_delta=-10, hold_days=None), repo
-    )
+    emitted = await handle(on_cancelled, cancelled(pro, classification="timely", score_delta=-10, hold_days=None), repo)
     assert [(t, d["delta"], d["cause"]) for t, d in emitted] == [("score.changed", -10, "cancelled")]
     assert repo.holds == {}
 
@@ -444,7 +437,7 @@ async def test_the_third_unexcused_hold_suspends_once(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     types = []
     for days in (0, 30, 60, 90):
-        emitted = await handle(score_cancellation, cancelled(pro, at=START + timedelta(days=days)), repo)
+        emitted = await handle(on_cancelled, cancelled(pro, at=START + timedelta(days=days)), repo)
         types.append([t for t, _ in emitted])
 
     assert types == [
@@ -460,9 +453,7 @@ async def test_the_third_unexcused_hold_suspends_once(handle: Handle) -> None:
 
 async def test_the_suspension_threshold_comes_from_the_deps(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
-    emitted = await handle(
-        score_cancellation, cancelled(pro), repo, deps=ScoringDeps(repository=repo, suspension_holds=1)
-    )
+    emitted = await handle(on_cancelled, cancelled(pro), repo, deps=ScoringDeps(repository=repo, suspension_holds=1))
     assert [t for t, _ in emitted] == ["score.changed", "hold.placed", "account.suspended"]
 
 
@@ -471,7 +462,7 @@ async def test_the_suspension_threshold_comes_from_the_deps(handle: Handle) -> N
 )
 async def test_a_decision_without_its_penalty_is_refused_before_anything_is_stored(event: Any, handle: Handle) -> None:
     repo = FakeScoringRepository()
-    handler = score_cancellation if isinstance(event, BookingCancelled) else score_no_show
+    handler = on_cancelled if isinstance(event, BookingCancelled) else on_no_show
     with pytest.raises(domain.DecisionWithoutPenalty):
         await handle(handler, event, repo)
     assert (repo.professionals, repo.ledger, repo.holds) == ({}, {}, {})
@@ -480,14 +471,18 @@ async def test_a_decision_without_its_penalty_is_refused_before_anything_is_stor
 async def test_a_professional_no_show_naming_no_professional_is_refused(handle: Handle) -> None:
     repo = FakeScoringRepository()
     with pytest.raises(ValueError, match="names no professional_id"):
-        await handle(score_no_show, no_show(None), repo, subject="bk-1")
+        await handle(on_no_show, no_show(None), repo, subject="bk-1")
     assert repo.ledger == {}
 
 
 async def test_cancellations_by_anyone_else_never_touch_the_professional(handle: Handle) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     assert (
-        await handle(score_cancellation, cancelled(pro, actor_kind="patient", score_delta=None, hold_days=None), repo)
+        await handle(
+            on_cancelled,
+            cancelled(pro, actor_kind="patient", classification="timely", score_delta=None, hold_days=None),
+            repo,
+        )
         == []
     )
     assert (repo.professionals, repo.ledger) == ({}, {})
@@ -527,7 +522,7 @@ async def test_an_approved_excuse_lifts_the_hold_and_the_recalculation_takes_the
 ) -> None:
     repo, pro = FakeScoringRepository(), unique("pro")
     penalised = cancelled(pro)
-    await handle(score_cancellation, penalised, repo)
+    await handle(on_cancelled, penalised, repo)
     excuse = submitted(pro, penalised.booking_id)
     await handle(record_excuse, excuse, repo)
     assert repo.excuses[excuse.excuse_id]["status"] == "pending"
@@ -575,7 +570,7 @@ async def test_a_review_of_an_excuse_never_submitted_is_recorded_as_rejected_for
     )
 
     # Its submission arriving late fills in the details; the refusal stands.
-    await handle(score_cancellation, penalised := cancelled(pro), repo)
+    await handle(on_cancelled, penalised := cancelled(pro), repo)
     assert await handle(record_excuse, submitted(pro, penalised.booking_id, excuse_id), repo) == []
     assert (repo.excuses[excuse_id]["status"], repo.excuses[excuse_id]["booking_id"]) == (
         "rejected",

@@ -9,13 +9,14 @@ fakes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from shared.consumer import Unit
+from shared.consumer import SetBased, Unit
 from shared.contracts.booking import BookingCancelled, BookingCompleted, BookingNoShowRecorded
 from shared.contracts.scoring import AccountSuspended, HoldLifted, HoldPlaced, ScoreChanged
 from shared.contracts.upstream import ExcuseReviewed, ExcuseSubmitted, ScoreRecalculationRequested
@@ -39,124 +40,196 @@ class ScoringDeps:
     suspension_window: timedelta = domain.SUSPENSION_WINDOW
 
 
-async def score_cancellation(unit: Unit[ScoringDeps], event: BookingCancelled) -> None:
+@dataclass(frozen=True)
+class Scoring:
+    """One record's entry in a professional's ledger: a penalty (with its hold, when the policy
+    decided one) or the completion bonus."""
+
+    unit: Unit[ScoringDeps]
+    professional_id: str
+    booking_id: str
+    delta: int
+    cause: str
+    at: datetime
+    hold_days: int | None = None
+    hold_cause: str | None = None
+
+    @property
+    def entry_id(self) -> str:
+        return domain.ledger_entry_id(self.professional_id, self.booking_id, self.cause)
+
+
+def cancellation_scoring(unit: Unit[ScoringDeps], event: BookingCancelled) -> Scoring | None:
     """A professional's own cancellation costs what the policy decided (score, and a hold when
     it decided one); cancellations by the patient, the practice or the system never touch the
-    professional's score. A decision without its `score_delta` is refused
+    professional's score (None). A decision without its `score_delta` is refused
     (`domain.DecisionWithoutPenalty`), so the record is dead-lettered, never scored by a guess."""
     if event.actor.kind != "professional":
-        return
+        return None
     # The policy only lets the booked professional cancel, so the actor is that professional.
     professional_id = event.professional_id or event.actor.id
     penalty = domain.penalty(event.classification, event.decision.score_delta, event.decision.hold_days)
-    await _penalise(unit, professional_id, event.booking_id, penalty, at=event.cancelled_at)
+    return _penalised(unit, professional_id, event.booking_id, penalty, at=event.cancelled_at)
 
 
-async def score_no_show(unit: Unit[ScoringDeps], event: BookingNoShowRecorded) -> None:
+def no_show_scoring(unit: Unit[ScoringDeps], event: BookingNoShowRecorded) -> Scoring | None:
     """A professional who did not attend: the penalty and hold the policy decided (refused, so
-    dead-lettered, when the decision carries none)."""
+    dead-lettered, when the decision carries none). A patient's no-show is not theirs (None)."""
     if event.party != "professional":
-        return
+        return None
     if event.professional_id is None:
         # Never retried into success: the event names nobody to penalise. Dead-lettered for ops.
         raise ValueError(f"professional no-show on booking {event.booking_id} names no professional_id")
     penalty = domain.penalty("no_show", event.decision.score_delta, event.decision.hold_days)
-    await _penalise(unit, event.professional_id, event.booking_id, penalty, at=event.recorded_at)
+    return _penalised(unit, event.professional_id, event.booking_id, penalty, at=event.recorded_at)
 
 
-async def score_completion(unit: Unit[ScoringDeps], event: BookingCompleted) -> None:
-    """A completed booking with a professional earns the completion bonus."""
-    if event.professional_id is None:
-        return
-    await unit.deps.repository.lock_professional(unit.conn, event.professional_id)
-    await _add_to_ledger(
-        unit, event.professional_id, event.booking_id, domain.COMPLETION_DELTA, "completed", at=event.completed_at
-    )
-
-
-async def _add_to_ledger(
-    unit: Unit[ScoringDeps], professional_id: str, booking_id: str, delta: int, cause: str, *, at: datetime
-) -> bool:
-    """Append the entry and announce the new score; False when this booking already counted."""
-    repository = unit.deps.repository
-    added = await repository.add_ledger_entry(
-        unit.conn,
-        entry_id=domain.ledger_entry_id(professional_id, booking_id, cause),
-        professional_id=professional_id,
-        booking_id=booking_id,
-        delta=delta,
-        cause=cause,
-        occurred_at=at,
-        event_id=unit.event.id,
-    )
-    if not added:
-        # Redelivered under another envelope id (a replay): its effect exists already.
-        log.info(
-            "score entry exists; nothing to do", professional_id=professional_id, booking_id=booking_id, cause=cause
-        )
-        return False
-    new_score = domain.score(await repository.ledger_deltas(unit.conn, professional_id))
-    unit.emit(
-        SCORING_EVENTS,
-        ScoreChanged.new(
-            professional_id=professional_id, booking_id=booking_id, delta=delta, score=new_score, cause=cause
-        ),
-        subject=professional_id,
-    )
-    return True
-
-
-async def _penalise(
+def _penalised(
     unit: Unit[ScoringDeps], professional_id: str, booking_id: str, penalty: domain.Penalty, *, at: datetime
-) -> None:
-    repository = unit.deps.repository
-    professional = await repository.lock_professional(unit.conn, professional_id)
-    if not await _add_to_ledger(unit, professional_id, booking_id, penalty.delta, penalty.cause, at=at):
-        return
-    if penalty.hold_days is None or penalty.hold_cause is None:
-        return
-
-    holds = await repository.holds_of(unit.conn, professional_id)
-    starts_at, ends_at = domain.next_hold_window(holds, at, penalty.hold_days)
-    hold_id = domain.hold_id(professional_id, booking_id)
-    await repository.add_hold(
-        unit.conn,
-        hold_id=hold_id,
-        professional_id=professional_id,
-        booking_id=booking_id,
-        cause=penalty.hold_cause,
-        occurred_at=at,
-        starts_at=starts_at,
-        ends_at=ends_at,
-    )
-    unit.emit(
-        SCORING_EVENTS,
-        HoldPlaced.new(
-            hold_id=hold_id,
-            professional_id=professional_id,
-            booking_id=booking_id,
-            cause=penalty.hold_cause,
-            starts_at=starts_at,
-            ends_at=ends_at,
-        ),
-        subject=professional_id,
+) -> Scoring:
+    return Scoring(
+        unit,
+        professional_id,
+        booking_id,
+        penalty.delta,
+        penalty.cause,
+        at,
+        hold_days=penalty.hold_days,
+        hold_cause=penalty.hold_cause,
     )
 
-    if professional["suspended_at"] is not None:
-        return  # suspended once; later holds are recorded but suspend nothing new
-    rules = unit.deps
-    placed = domain.Hold(hold_id=hold_id, status="running", occurred_at=at, starts_at=starts_at, ends_at=ends_at)
-    suspending = domain.suspension_holds(
-        [*holds, placed], threshold=rules.suspension_holds, window=rules.suspension_window
+
+async def score_completions(units: Sequence[Unit[ScoringDeps]], events: Sequence[BookingCompleted]) -> None:
+    """Completed bookings with a professional earn the completion bonus, set-based (`score`)."""
+    await score(
+        [
+            Scoring(
+                unit, event.professional_id, event.booking_id, domain.COMPLETION_DELTA, "completed", event.completed_at
+            )
+            for unit, event in zip(units, events, strict=True)
+            if event.professional_id is not None
+        ]
     )
-    if suspending is None:
+
+
+score_completion = SetBased(score_completions)
+
+
+async def score(scorings: Sequence[Scoring]) -> None:
+    """Score a set of records in their order, with a fixed number of statements whatever its
+    size: the professionals locked in one, the entries appended in one (a booking counts once:
+    an entry that exists is a replay and changes nothing), the totals read in one; and for the
+    penalties with a hold, the holds read in one, placed in one, and the suspensions they cause
+    made in one. Two records of one professional come out exactly as one after the other: the
+    second announces the score with the first's delta in it, its hold stacks behind the
+    first's, and a professional is suspended once."""
+    if not scorings:
         return
-    if await repository.suspend(unit.conn, professional_id, at=at, hold_ids=suspending):
-        unit.emit(
-            SCORING_EVENTS,
-            AccountSuspended.new(professional_id=professional_id, holds=suspending, suspended_at=at),
-            subject=professional_id,
+    unit0 = scorings[0].unit
+    conn, repository, deps = unit0.conn, unit0.deps.repository, unit0.deps
+    professionals = await repository.lock_professionals(conn, [s.professional_id for s in scorings])
+    fresh = set(
+        await repository.add_ledger_entries(
+            conn,
+            [
+                {
+                    "entry_id": s.entry_id,
+                    "professional_id": s.professional_id,
+                    "booking_id": s.booking_id,
+                    "delta": s.delta,
+                    "cause": s.cause,
+                    "occurred_at": s.at,
+                    "event_id": s.unit.event.id,
+                }
+                for s in scorings
+            ],
         )
+    )
+    added: list[Scoring] = []
+    for s in scorings:
+        if s.entry_id in fresh:
+            fresh.discard(s.entry_id)  # the same entry twice in a set: the first added it
+            added.append(s)
+        else:
+            # Redelivered under another envelope id (a replay): its effect exists already.
+            log.debug("score entry exists; nothing to do", professional_id=s.professional_id, booking_id=s.booking_id)
+    if not added:
+        return
+
+    # The ledger with this set's entries in it, less them: the score each record starts from.
+    totals = await repository.ledger_totals(conn, sorted({s.professional_id for s in added}))
+    for s in added:
+        totals[s.professional_id] -= s.delta
+    for s in added:
+        totals[s.professional_id] += s.delta
+        s.unit.emit(
+            SCORING_EVENTS,
+            ScoreChanged.new(
+                professional_id=s.professional_id,
+                booking_id=s.booking_id,
+                delta=s.delta,
+                score=domain.score([totals[s.professional_id]]),
+                cause=s.cause,
+            ),
+            subject=s.professional_id,
+        )
+
+    held = [(s, s.hold_days, s.hold_cause) for s in added if s.hold_days is not None and s.hold_cause is not None]
+    if not held:
+        return
+    holds = await repository.holds_by_professional(conn, sorted({s.professional_id for s, _, _ in held}))
+    suspended = {p for p, row in professionals.items() if row["suspended_at"] is not None}
+    placed: list[dict[str, Any]] = []
+    suspending: list[tuple[Scoring, list[str]]] = []
+    for s, hold_days, hold_cause in held:
+        theirs = holds[s.professional_id]  # with the holds of this set's earlier records
+        starts_at, ends_at = domain.next_hold_window(theirs, s.at, hold_days)
+        hold_id = domain.hold_id(s.professional_id, s.booking_id)
+        placed.append(
+            {
+                "hold_id": hold_id,
+                "professional_id": s.professional_id,
+                "booking_id": s.booking_id,
+                "cause": hold_cause,
+                "occurred_at": s.at,
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+            }
+        )
+        theirs.append(
+            domain.Hold(hold_id=hold_id, status="running", occurred_at=s.at, starts_at=starts_at, ends_at=ends_at)
+        )
+        s.unit.emit(
+            SCORING_EVENTS,
+            HoldPlaced.new(
+                hold_id=hold_id,
+                professional_id=s.professional_id,
+                booking_id=s.booking_id,
+                cause=hold_cause,
+                starts_at=starts_at,
+                ends_at=ends_at,
+            ),
+            subject=s.professional_id,
+        )
+        if s.professional_id in suspended:
+            continue  # suspended once; later holds are recorded but suspend nothing new
+        hold_ids = domain.suspension_holds(theirs, threshold=deps.suspension_holds, window=deps.suspension_window)
+        if hold_ids is not None:
+            suspended.add(s.professional_id)
+            suspending.append((s, hold_ids))
+    await repository.add_holds(conn, placed)
+    if not suspending:
+        return
+    now_suspended = await repository.suspend_professionals(
+        conn, [(s.professional_id, s.at, hold_ids) for s, hold_ids in suspending]
+    )
+    for s, hold_ids in suspending:
+        if s.professional_id in now_suspended:
+            s.unit.emit(
+                SCORING_EVENTS,
+                AccountSuspended.new(professional_id=s.professional_id, holds=hold_ids, suspended_at=s.at),
+                subject=s.professional_id,
+            )
 
 
 async def record_excuse(unit: Unit[ScoringDeps], event: ExcuseSubmitted) -> None:

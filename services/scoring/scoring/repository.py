@@ -20,20 +20,6 @@ EXCUSE_COLUMNS = (
 )
 
 
-async def lock_professional(conn: asyncpg.Connection, professional_id: str) -> asyncpg.Record:
-    """The professional's row, created on first sight and locked for this transaction, so every
-    change of one professional's ledger and holds is serialised (across replicas too)."""
-    await conn.execute(
-        "INSERT INTO professionals (professional_id) VALUES ($1) ON CONFLICT (professional_id) DO NOTHING",
-        professional_id,
-    )
-    return await conn.fetchrow(
-        "SELECT professional_id, suspended_at, suspension_holds FROM professionals"
-        " WHERE professional_id = $1 FOR UPDATE",
-        professional_id,
-    )
-
-
 async def add_ledger_entry(
     conn: asyncpg.Connection,
     *,
@@ -65,14 +51,6 @@ async def ledger_deltas(conn: asyncpg.Connection | asyncpg.Pool, professional_id
     return [r["delta"] for r in rows]
 
 
-async def holds_of(conn: asyncpg.Connection, professional_id: str) -> list[Hold]:
-    rows = await conn.fetch(
-        f"SELECT {HOLD_COLUMNS} FROM holds WHERE professional_id = $1 ORDER BY occurred_at, hold_id",
-        professional_id,
-    )
-    return [hold_from_row(r) for r in rows]
-
-
 def hold_from_row(row: Mapping[str, Any]) -> Hold:
     """A stored hold (its HOLD_COLUMNS) as the domain's value."""
     return Hold(
@@ -85,43 +63,6 @@ def hold_from_row(row: Mapping[str, Any]) -> Hold:
         excused_at=row["excused_at"],
         cleared_at=row.get("cleared_at"),
     )
-
-
-async def add_hold(
-    conn: asyncpg.Connection,
-    *,
-    hold_id: str,
-    professional_id: str,
-    booking_id: str,
-    cause: str,
-    occurred_at: datetime,
-    starts_at: datetime,
-    ends_at: datetime,
-) -> bool:
-    inserted = await conn.fetchval(
-        "INSERT INTO holds (hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
-        hold_id,
-        professional_id,
-        booking_id,
-        cause,
-        occurred_at,
-        starts_at,
-        ends_at,
-    )
-    return bool(inserted)
-
-
-async def suspend(conn: asyncpg.Connection, professional_id: str, *, at: datetime, hold_ids: list[str]) -> bool:
-    """Mark the account suspended; False when it was suspended already (suspension happens once)."""
-    updated = await conn.fetchval(
-        "UPDATE professionals SET suspended_at = $2, suspension_holds = $3::text[]"
-        " WHERE professional_id = $1 AND suspended_at IS NULL RETURNING true",
-        professional_id,
-        at,
-        hold_ids,
-    )
-    return bool(updated)
 
 
 async def find_professional_for_update(conn: asyncpg.Connection, professional_id: str) -> asyncpg.Record | None:
@@ -144,6 +85,208 @@ async def has_penalty(conn: asyncpg.Connection, professional_id: str, booking_id
             sorted(PENALTY_CAUSES),
         )
     )
+
+
+# --- booking events, a set at a time (issue 18) -------------------------------------------------
+# One statement per kind for a whole set of records, whatever its size. The rows a set locks are
+# locked in one statement each, in key order, so two replicas never wait on each other in a
+# cycle; and kind by kind in the service's lock order: professionals, offices, patient standings.
+# Creating and locking is one `INSERT ... ON CONFLICT DO UPDATE` (a no-op update): it locks the
+# row whether it was just created or not, and returns it as it is now, even when another
+# transaction created or changed it since this statement began (a SELECT would see its snapshot).
+
+
+def _keys(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+async def lock_professionals(conn: asyncpg.Connection, professional_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """The professionals' rows, created on first sight and locked for this transaction, so every
+    change of one professional's ledger and holds is serialised (across replicas too)."""
+    rows = await conn.fetch(
+        "INSERT INTO professionals (professional_id) SELECT p FROM unnest($1::text[]) AS p ORDER BY p"
+        " ON CONFLICT (professional_id) DO UPDATE SET suspended_at = professionals.suspended_at"
+        " RETURNING professional_id, suspended_at, suspension_holds",
+        sorted(set(professional_ids)),
+    )
+    return {r["professional_id"]: r for r in rows}
+
+
+async def add_ledger_entries(conn: asyncpg.Connection, entries: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Append entries (entry_id, professional_id, booking_id, delta, cause, occurred_at,
+    event_id); returns the ids of those added (an entry that exists already is the same effect,
+    delivered again)."""
+    rows = await conn.fetch(
+        "INSERT INTO score_ledger (entry_id, professional_id, booking_id, delta, cause, occurred_at, event_id)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[],"
+        " $7::text[]) ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id::text AS entry_id",
+        *_columns(entries, "entry_id", "professional_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
+    )
+    return {r["entry_id"] for r in rows}
+
+
+async def ledger_totals(conn: asyncpg.Connection, professional_ids: Sequence[str]) -> dict[str, int]:
+    """Each professional's sum of ledger deltas (0 for one without entries)."""
+    rows = await conn.fetch(
+        "SELECT professional_id, sum(delta)::bigint AS total FROM score_ledger"
+        " WHERE professional_id = ANY($1::text[]) GROUP BY professional_id",
+        list(professional_ids),
+    )
+    totals = dict.fromkeys(professional_ids, 0)
+    totals.update({r["professional_id"]: r["total"] for r in rows})
+    return totals
+
+
+async def holds_by_professional(conn: asyncpg.Connection, professional_ids: Sequence[str]) -> dict[str, list[Hold]]:
+    """Each professional's holds, oldest first (an empty list for one without)."""
+    rows = await conn.fetch(
+        f"SELECT {HOLD_COLUMNS} FROM holds WHERE professional_id = ANY($1::text[])"
+        " ORDER BY professional_id, occurred_at, hold_id",
+        list(professional_ids),
+    )
+    holds: dict[str, list[Hold]] = {p: [] for p in professional_ids}
+    for r in rows:
+        holds[r["professional_id"]].append(hold_from_row(r))
+    return holds
+
+
+async def add_holds(conn: asyncpg.Connection, holds: Sequence[Mapping[str, Any]]) -> None:
+    """Place holds (hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at);
+    one that exists already stays as it is."""
+    await conn.execute(
+        "INSERT INTO holds (hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],"
+        " $6::timestamptz[], $7::timestamptz[]) ON CONFLICT DO NOTHING",
+        *_columns(holds, "hold_id", "professional_id", "booking_id", "cause", "occurred_at", "starts_at", "ends_at"),
+    )
+
+
+async def suspend_professionals(
+    conn: asyncpg.Connection, suspensions: Sequence[tuple[str, datetime, Sequence[str]]]
+) -> set[str]:
+    """Mark accounts suspended: (professional_id, at, hold ids), one per professional. Returns
+    the professionals suspended now (one suspended already stays as it was: suspension happens
+    once)."""
+    rows = await conn.fetch(
+        "UPDATE professionals p SET suspended_at = s.at, suspension_holds = string_to_array(s.holds, ',')"
+        " FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS s(professional_id, at, holds)"
+        " WHERE p.professional_id = s.professional_id AND p.suspended_at IS NULL RETURNING p.professional_id",
+        [p for p, _, _ in suspensions],
+        [at for _, at, _ in suspensions],
+        # Hold ids are uuids: a comma never occurs in one.
+        [",".join(ids) for _, _, ids in suspensions],
+    )
+    return {r["professional_id"] for r in rows}
+
+
+async def lock_offices(conn: asyncpg.Connection, practice_ids: Sequence[str]) -> None:
+    """The offices' rows, created on first sight and locked for this transaction."""
+    await conn.execute(
+        "INSERT INTO offices (practice_id) SELECT p FROM unnest($1::text[]) AS p ORDER BY p"
+        " ON CONFLICT (practice_id) DO UPDATE SET created_at = offices.created_at",
+        sorted(set(practice_ids)),
+    )
+
+
+async def add_office_entries(conn: asyncpg.Connection, entries: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Append office entries (entry_id, practice_id, booking_id, delta, cause, occurred_at,
+    event_id); returns the ids of those added."""
+    rows = await conn.fetch(
+        "INSERT INTO office_ledger (entry_id, practice_id, booking_id, delta, cause, occurred_at, event_id)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[],"
+        " $7::text[]) ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id::text AS entry_id",
+        *_columns(entries, "entry_id", "practice_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
+    )
+    return {r["entry_id"] for r in rows}
+
+
+async def office_totals(conn: asyncpg.Connection, practice_ids: Sequence[str]) -> dict[str, int]:
+    """Each office's sum of ledger deltas (0 for one without entries)."""
+    rows = await conn.fetch(
+        "SELECT practice_id, sum(delta)::bigint AS total FROM office_ledger"
+        " WHERE practice_id = ANY($1::text[]) GROUP BY practice_id",
+        list(practice_ids),
+    )
+    totals = dict.fromkeys(practice_ids, 0)
+    totals.update({r["practice_id"]: r["total"] for r in rows})
+    return totals
+
+
+async def lock_standings(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], asyncpg.Record]:
+    """The patients' standings at the practices, by (practice_id, patient_id): created (good) on
+    first sight and locked for this transaction."""
+    rows = await conn.fetch(
+        "INSERT INTO patient_standings (practice_id, patient_id)"
+        " SELECT practice_id, patient_id FROM unnest($1::text[], $2::text[]) AS s(practice_id, patient_id)"
+        " ORDER BY practice_id, patient_id"
+        " ON CONFLICT (practice_id, patient_id) DO UPDATE SET standing = patient_standings.standing"
+        " RETURNING practice_id, patient_id, standing, count, next_review_at",
+        *_keys(sorted(set(pairs))),
+    )
+    return {(r["practice_id"], r["patient_id"]): r for r in rows}
+
+
+async def add_cases(conn: asyncpg.Connection, cases: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Record no-shows and late cancellations (case_id, practice_id, patient_id, booking_id,
+    kind, occurred_at, event_id); returns the ids of those added (a booking's case is known
+    once)."""
+    rows = await conn.fetch(
+        "INSERT INTO patient_cases (case_id, practice_id, patient_id, booking_id, kind, occurred_at, event_id)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],"
+        " $7::text[]) ON CONFLICT (case_id) DO NOTHING RETURNING case_id::text AS case_id",
+        *_columns(cases, "case_id", "practice_id", "patient_id", "booking_id", "kind", "occurred_at", "event_id"),
+    )
+    return {r["case_id"] for r in rows}
+
+
+async def standing_rules_of(conn: asyncpg.Connection, practice_ids: Sequence[str]) -> dict[str, StandingRules]:
+    """The practices' standing rules, or the contract's defaults (off) for one that never set any."""
+    rows = await conn.fetch(
+        "SELECT practice_id, enabled, window_days, forgive_first, deposit_required_after,"
+        " prepayment_required_after, online_booking_blocked_after FROM practice_standing_rules"
+        " WHERE practice_id = ANY($1::text[])",
+        list(practice_ids),
+    )
+    rules = dict.fromkeys(practice_ids, StandingRules())
+    rules.update({r["practice_id"]: StandingRules(**{k: v for k, v in r.items() if k != "practice_id"}) for r in rows})
+    return rules
+
+
+async def counted_cases(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[str, datetime]]]:
+    """(case_id, occurred_at) of each case that still counts, by (practice_id, patient_id),
+    oldest first (an empty list for a patient without)."""
+    rows = await conn.fetch(
+        "SELECT practice_id, patient_id, c.case_id::text AS case_id, c.occurred_at FROM patient_cases c"
+        " JOIN unnest($1::text[], $2::text[]) AS s(practice_id, patient_id) USING (practice_id, patient_id)"
+        " WHERE c.excused_at IS NULL ORDER BY c.occurred_at, c.case_id",
+        *_keys(sorted(set(pairs))),
+    )
+    cases: dict[tuple[str, str], list[tuple[str, datetime]]] = {pair: [] for pair in pairs}
+    for r in rows:
+        cases[(r["practice_id"], r["patient_id"])].append((r["case_id"], r["occurred_at"]))
+    return cases
+
+
+async def save_standings(conn: asyncpg.Connection, standings: Sequence[Mapping[str, Any]]) -> None:
+    """Store standings (practice_id, patient_id, standing, count, changed_at, next_review_at), one
+    per patient and practice; `changed_at` None keeps the time of the last move."""
+    await conn.execute(
+        "UPDATE patient_standings p SET standing = s.standing, count = s.count,"
+        " changed_at = coalesce(s.changed_at, p.changed_at), next_review_at = s.next_review_at"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[])"
+        " AS s(practice_id, patient_id, standing, count, changed_at, next_review_at)"
+        " WHERE p.practice_id = s.practice_id AND p.patient_id = s.patient_id",
+        *_columns(standings, "practice_id", "patient_id", "standing", "count", "changed_at", "next_review_at"),
+    )
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], *names: str) -> list[list[Any]]:
+    """The rows as one list per column, for `unnest`."""
+    return [[row[name] for row in rows] for name in names]
 
 
 # --- excuses -----------------------------------------------------------------------------------
@@ -539,57 +682,6 @@ async def set_standing_rules(
     )
 
 
-async def standing_rules(conn: asyncpg.Connection, practice_id: str) -> StandingRules:
-    """The practice's standing rules, or the contract's defaults (off) when it never set any."""
-    row = await conn.fetchrow(
-        "SELECT enabled, window_days, forgive_first, deposit_required_after, prepayment_required_after,"
-        " online_booking_blocked_after FROM practice_standing_rules WHERE practice_id = $1",
-        practice_id,
-    )
-    return StandingRules(**dict(row)) if row else StandingRules()
-
-
-async def lock_standing(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> asyncpg.Record:
-    """The patient's standing at the practice, created (good) on first sight and locked."""
-    await conn.execute(
-        "INSERT INTO patient_standings (practice_id, patient_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        practice_id,
-        patient_id,
-    )
-    return await conn.fetchrow(
-        "SELECT practice_id, patient_id, standing, count, next_review_at FROM patient_standings"
-        " WHERE practice_id = $1 AND patient_id = $2 FOR UPDATE",
-        practice_id,
-        patient_id,
-    )
-
-
-async def add_case(
-    conn: asyncpg.Connection,
-    *,
-    case_id: str,
-    practice_id: str,
-    patient_id: str,
-    booking_id: str,
-    kind: str,
-    occurred_at: datetime,
-    event_id: str,
-) -> bool:
-    """Record a no-show or late cancellation; False when this booking's case is known."""
-    inserted = await conn.fetchval(
-        "INSERT INTO patient_cases (case_id, practice_id, patient_id, booking_id, kind, occurred_at, event_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (case_id) DO NOTHING RETURNING true",
-        case_id,
-        practice_id,
-        patient_id,
-        booking_id,
-        kind,
-        occurred_at,
-        event_id,
-    )
-    return bool(inserted)
-
-
 async def cases_of_booking(conn: asyncpg.Connection, booking_id: str) -> list[asyncpg.Record]:
     """The cases a booking made (its practice and patient), not yet excused."""
     return await conn.fetch(
@@ -610,40 +702,6 @@ async def excuse_case(conn: asyncpg.Connection, case_id: str, *, at: datetime) -
     )
 
 
-async def counted_case_times(conn: asyncpg.Connection, practice_id: str, patient_id: str) -> list[datetime]:
-    """When each of the patient's cases at the practice that still counts happened."""
-    rows = await conn.fetch(
-        "SELECT occurred_at FROM patient_cases WHERE practice_id = $1 AND patient_id = $2"
-        " AND excused_at IS NULL ORDER BY occurred_at",
-        practice_id,
-        patient_id,
-    )
-    return [r["occurred_at"] for r in rows]
-
-
-async def save_standing(
-    conn: asyncpg.Connection,
-    practice_id: str,
-    patient_id: str,
-    *,
-    standing: str,
-    count: int,
-    changed_at: datetime | None,
-    next_review_at: datetime | None,
-) -> None:
-    """Store the patient's standing; `changed_at` None keeps the time of the last move."""
-    await conn.execute(
-        "UPDATE patient_standings SET standing = $3, count = $4, changed_at = coalesce($5, changed_at),"
-        " next_review_at = $6 WHERE practice_id = $1 AND patient_id = $2",
-        practice_id,
-        patient_id,
-        standing,
-        count,
-        changed_at,
-        next_review_at,
-    )
-
-
 async def claim_due_standings(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
     """Standings whose oldest counted case has aged out by `now`, locked for this transaction,
     skipping any another replica (or a consumer) holds."""
@@ -653,41 +711,6 @@ async def claim_due_standings(conn: asyncpg.Connection, now: datetime, limit: in
         now,
         limit,
     )
-
-
-async def lock_office(conn: asyncpg.Connection, practice_id: str) -> None:
-    await conn.execute("INSERT INTO offices (practice_id) VALUES ($1) ON CONFLICT DO NOTHING", practice_id)
-    await conn.execute("SELECT 1 FROM offices WHERE practice_id = $1 FOR UPDATE", practice_id)
-
-
-async def add_office_entry(
-    conn: asyncpg.Connection,
-    *,
-    entry_id: str,
-    practice_id: str,
-    booking_id: str,
-    delta: int,
-    cause: str,
-    occurred_at: datetime,
-    event_id: str,
-) -> bool:
-    inserted = await conn.fetchval(
-        "INSERT INTO office_ledger (entry_id, practice_id, booking_id, delta, cause, occurred_at, event_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (entry_id) DO NOTHING RETURNING true",
-        entry_id,
-        practice_id,
-        booking_id,
-        delta,
-        cause,
-        occurred_at,
-        event_id,
-    )
-    return bool(inserted)
-
-
-async def office_deltas(conn: asyncpg.Connection | asyncpg.Pool, practice_id: str) -> list[int]:
-    rows = await conn.fetch("SELECT delta FROM office_ledger WHERE practice_id = $1", practice_id)
-    return [r["delta"] for r in rows]
 
 
 # --- second-release reads ----------------------------------------------------------------------
