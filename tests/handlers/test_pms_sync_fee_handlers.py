@@ -11,6 +11,7 @@ tests/integration/test_pms_sync_service.py.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,40 +42,48 @@ TOPICS = {
 
 
 class FakeFees:
-    """The functions of pms_sync/fee_repository.py over the syncs of a FakeRepository."""
+    """The functions of pms_sync/fee_repository.py over the syncs of a FakeRepository; `calls`
+    counts the calls of each function (one call is one statement)."""
 
     def __init__(self, repo: FakeRepository) -> None:
         self.repo = repo
         self.charges: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
 
-    async def lock_charge(self, conn: Any, charge_id: str) -> dict[str, Any] | None:
-        charge = self.charges.get(charge_id)
-        return dict(charge) if charge else None
+    async def lock_charges(self, conn: Any, charge_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["lock_charges"] += 1
+        return {c: dict(self.charges[c]) for c in charge_ids if c in self.charges}
 
-    async def save_charge(
-        self, conn: Any, charge_id: str, booking_id: str, state: str, fee: dict[str, Any] | None
-    ) -> None:
-        self.charges[charge_id] = {
-            "charge_id": charge_id,
-            "booking_id": booking_id,
-            "state": state,
-            "fee": json.dumps(fee) if fee is not None else None,
-        }
+    async def save_charges(self, conn: Any, charges: list[tuple[str, str, str, dict[str, Any] | None]]) -> None:
+        self.calls["save_charges"] += 1
+        assert len({c[0] for c in charges}) == len(charges), "the SQL upsert takes each charge once"
+        for charge_id, booking_id, state, fee in charges:
+            self.charges[charge_id] = {
+                "charge_id": charge_id,
+                "booking_id": booking_id,
+                "state": state,
+                "fee": json.dumps(fee) if fee is not None else None,
+            }
 
-    async def synced_booking(self, conn: Any, booking_id: str) -> dict[str, Any] | None:
+    async def synced_bookings(self, conn: Any, booking_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["synced_bookings"] += 1
+        found: dict[str, dict[str, Any]] = {}
         for sync in self.repo.syncs.values():  # insertion order: the oldest first
-            if sync["booking_id"] == booking_id and sync["action"] in ("cancel_booking", "record_no_show"):
-                return {k: sync[k] for k in ("practice_id", "integration", "topic")}
-        return None
+            if sync["booking_id"] in booking_ids and sync["action"] in ("cancel_booking", "record_no_show"):
+                found.setdefault(sync["booking_id"], {k: sync[k] for k in ("practice_id", "integration", "topic")})
+        return found
 
-    async def supersede_fee_updates(self, conn: Any, booking_id: str, keep_sync_id: str) -> int:
+    async def supersede_fee_updates(self, conn: Any, keep: list[tuple[str, str]]) -> int:
+        self.calls["supersede_fee_updates"] += 1
+        assert len({b for b, _ in keep}) == len(keep), "one kept update per booking"
+        kept = dict(keep)
         older = [
             s
             for s in self.repo.syncs.values()
-            if s["booking_id"] == booking_id
+            if s["booking_id"] in kept
             and s["action"] == "update_fee"
             and s["status"] in ("waiting", "sent")
-            and s["sync_id"] != keep_sync_id
+            and s["sync_id"] != kept[s["booking_id"]]
         ]
         for sync in older:
             sync |= {"status": "superseded", "next_retry_in": None}
@@ -252,3 +261,169 @@ async def test_a_failed_fee_update_is_reported_failed_and_kept_for_staff_without
         "Manual update required: change this booking's fee in Praktika too"
         " (Praktika did not confirm it: no acknowledgement after 5 attempts)"
     )
+
+
+# --- sets: many charge events at once --------------------------------------------------------------
+
+Published = list[list[tuple[str, str, str, dict[str, Any]]]]
+
+
+def charge_created(i: int, booking: str, status: str | None, fee: dict[str, str] = FEE) -> ChargeCreated:
+    return created(status, fee).model_copy(update={"charge_id": f"ch-{i}", "booking_id": booking})
+
+
+def charge_adjusted(i: int, request_id: str, after: dict[str, str]) -> ChargeAdjusted:
+    return adjusted(request_id, FEE, after).model_copy(update={"charge_id": f"ch-{i}"})
+
+
+def charge_waived(i: int, booking: str, request_id: str) -> ChargeWaived:
+    return waived(request_id).model_copy(update={"charge_id": f"ch-{i}", "booking_id": booking})
+
+
+class Fees:
+    """A world of bookings synced (or not) and their charges, run as sets or one by one."""
+
+    def __init__(self, unit_for: Callable[..., Unit[Any]]) -> None:
+        self.unit_for = unit_for
+        self.repo = FakeRepository()
+        self.fees = FakeFees(self.repo)
+
+    async def run(self, handler: Any, payloads: list[Payload], *, together: bool, first: int = 0) -> Published:
+        if not together:
+            return [(await self.run(handler, [p], together=True, first=first + i))[0] for i, p in enumerate(payloads)]
+        deps = PmsSyncDeps(settings=SETTINGS, repository=self.repo, fees=self.fees)
+        units = [
+            self.unit_for("pms-sync", deps, TOPICS[type(p)], p, correlation_id=f"c-{i}")
+            for i, p in enumerate(payloads, start=first)
+        ]
+        if hasattr(handler, "handle_many"):
+            await handler.handle_many(units, [u.event.payload for u in units])
+        else:  # a handler that is not set-based (configure_practice)
+            for unit in units:
+                await handler(unit, unit.event.payload)
+        return [[(e.topic, e.key, e.envelope["type"], e.envelope["data"]) for e in u.emitted] for u in units]
+
+    async def bookings(self, n: int) -> None:
+        """Per i: b-rev-i (Praktika, its fee in review), b-due-i (Praktika, its fee went with the
+        cancellation), b-man-i (a manual practice: never synced)."""
+        await self.run(handlers.configure_practice, [configured("praktika")], together=True, first=-1)
+        manual = configured("manual").model_copy(update={"practice_id": "prac-manual"})
+        await self.run(handlers.configure_practice, [manual], together=True, first=-2)
+        for i in range(n):
+            review = cancelled(booking_id=f"b-rev-{i}", channel="system", decision=IN_REVIEW)
+            due = cancelled(booking_id=f"b-due-{i}", channel="system")
+            by_hand = cancelled(booking_id=f"b-man-{i}", channel="system", practice_id="prac-manual")
+            await self.run(handlers.sync_cancellation, [review, due, by_hand], together=True, first=-10)
+
+    def state(self) -> tuple[Any, ...]:
+        return self.fees.charges, {k: s | {"next_retry_in": None} for k, s in self.repo.syncs.items()}
+
+
+def fee_sets(n: int) -> list[tuple[Any, list[Payload]]]:
+    """Three sets (created, adjusted, waived) crossing every branch, n charges of each kind."""
+    created_ = [
+        payload
+        for i in range(n)
+        for payload in (
+            charge_created(3 * i, f"b-rev-{i}", "pending_review"),  # in review: noted only
+            charge_created(3 * i + 1, f"b-due-{i}", "due"),  # due at once: went with the cancellation
+            charge_created(3 * i + 2, f"b-man-{i}", "due"),  # a booking never synced
+        )
+    ]
+    approved = [charge_created(3 * i, f"b-rev-{i}", "due", LOWER) for i in range(n)]  # final: told
+    adjusted_ = [
+        payload
+        for i in range(n)
+        for payload in (
+            charge_adjusted(3 * i, f"adj-{i}", LOWEST),  # told, supersedes the final one
+            charge_adjusted(3 * i + 1, f"adj-{i}", LOWER),  # told
+            charge_adjusted(3 * i + 2, f"adj-{i}", LOWER),  # a booking never synced: nothing
+            charge_adjusted(1000 + i, f"adj-{i}", LOWER),  # a charge never seen: nothing
+        )
+    ]
+    waived_ = [charge_waived(3 * i + 1, f"b-due-{i}", f"w-{i}") for i in range(n)]  # told: null
+    return [
+        (fees.note_charge_created, created_),
+        (fees.note_charge_created, approved),
+        (fees.note_charge_adjusted, adjusted_),
+        (fees.note_charge_waived, waived_),
+    ]
+
+
+@pytest.mark.parametrize("n", [1, 4])
+async def test_a_set_of_charge_events_costs_one_call_of_each_kind_and_each_record_publishes_its_own(
+    unit_for: Callable[..., Unit[Any]], n: int
+) -> None:
+    world = Fees(unit_for)
+    await world.bookings(n)
+    [created_, approved, adjusted_, waived_] = fee_sets(n)
+
+    world.fees.calls.clear()
+    assert await world.run(*created_, together=True) == [[]] * 3 * n
+    assert world.fees.calls == Counter(lock_charges=1, save_charges=1)  # nothing to tell: no more
+
+    world.fees.calls.clear()
+    world.repo.calls.clear()
+    told = await world.run(*approved, together=True)
+    assert [[(key, type_, data["fee"]) for _, key, type_, data in p] for p in told] == [
+        [(f"b-rev-{i}", "pms.update_fee", LOWER)] for i in range(n)
+    ]
+    assert world.fees.calls == Counter(lock_charges=1, save_charges=1, synced_bookings=1, supersede_fee_updates=1)
+    assert world.repo.calls == Counter(add_syncs=1)
+
+    world.fees.calls.clear()
+    world.repo.calls.clear()
+    told = await world.run(*adjusted_, together=True)
+    expected: Published = []
+    for i in range(n):
+        expected += [
+            [(PRAKTIKA, f"b-rev-{i}", "pms.update_fee", update_of(f"b-rev-{i}", 3 * i, f"adj-{i}", LOWEST))],
+            [(PRAKTIKA, f"b-due-{i}", "pms.update_fee", update_of(f"b-due-{i}", 3 * i + 1, f"adj-{i}", LOWER))],
+            [],
+            [],
+        ]
+    assert told == expected
+    assert world.fees.calls == Counter(lock_charges=1, save_charges=1, synced_bookings=1, supersede_fee_updates=1)
+    assert world.repo.calls == Counter(add_syncs=1)
+    for i in range(n):  # the approved fee is never resent over the adjusted one
+        assert world.repo.syncs[domain.fee_update_sync_id(f"b-rev-{i}", f"ch-{3 * i}", "final")]["status"] == (
+            "superseded"
+        )
+
+    world.fees.calls.clear()
+    told = await world.run(*waived_, together=True)
+    assert [[(key, data["fee"]) for _, key, _, data in p] for p in told] == [[(f"b-due-{i}", None)] for i in range(n)]
+    assert world.fees.calls == Counter(lock_charges=1, save_charges=1, synced_bookings=1, supersede_fee_updates=1)
+
+
+def update_of(booking: str, charge: int, cause: str, fee: dict[str, str] | None) -> dict[str, Any]:
+    sync_id = domain.fee_update_sync_id(booking, f"ch-{charge}", cause)
+    return {"sync_id": sync_id, "booking_id": booking, "practice_id": PRACTICE, "charge_id": f"ch-{charge}", "fee": fee}
+
+
+async def test_a_set_of_charge_events_does_what_the_records_do_one_by_one_even_naming_a_charge_twice(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    together, alone = Fees(unit_for), Fees(unit_for)
+    await together.bookings(3)
+    await alone.bookings(3)
+    sets = fee_sets(3)
+    # Billing keys its events by booking, so a set names a charge once; twice all the same (two
+    # keys), the later sees what the earlier saved: approved again (a repeat), adjusted twice.
+    sets[1] = (sets[1][0], [*sets[1][1], charge_created(0, "b-rev-0", "due", LOWER)])
+    sets[2] = (sets[2][0], [*sets[2][1], charge_adjusted(1, "adj-again", LOWEST)])
+    # two charges of one booking waived in one set: the later update supersedes the earlier
+    sets[3] = (sets[3][0], [*sets[3][1], charge_waived(99, "b-due-1", "w-other")])
+    for handler, payloads in sets:
+        assert await together.run(handler, payloads, together=True) == await alone.run(
+            handler, payloads, together=False
+        )
+        assert together.state() == alone.state()
+    # the second adjustment of ch-1 was told and superseded the first
+    assert alone.repo.syncs[domain.fee_update_sync_id("b-due-0", "ch-1", "adj-0")]["status"] == "superseded"
+    open_updates = [
+        s
+        for s in alone.repo.syncs.values()
+        if s["booking_id"] == "b-due-1" and s["action"] == "update_fee" and s["status"] == "sent"
+    ]
+    assert [s["sync_id"] for s in open_updates] == [domain.fee_update_sync_id("b-due-1", "ch-99", "w-other")]

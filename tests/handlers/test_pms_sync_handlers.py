@@ -10,6 +10,7 @@ the SQL and the broker are tests/integration/test_pms_sync_service.py.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,125 +70,105 @@ class FakeRepository:
     """The functions of pms_sync/repository.py the handlers call, with the same names, arguments
     and results, over dicts; the connection argument is ignored. JSON columns come back as text,
     as the SQL returns them (`actor::text`, `command::text`); a time to wait is kept as the
-    seconds from now (`next_retry_in`) that the SQL adds to `now()`."""
+    seconds from now (`next_retry_in`) that the SQL adds to `now()`. `calls` counts the calls of
+    each function: one call is one statement."""
 
     def __init__(self) -> None:
         self.integrations: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.syncs: dict[str, dict[str, Any]] = {}
         self.manual_updates: list[dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
 
     async def configure_integration(
         self, conn: Any, practice_id: str, integration: str, configured_at: datetime
     ) -> None:
+        self.calls["configure_integration"] += 1
         known = self.integrations.get(practice_id)
         if known is None or known["configured_at"] <= configured_at:
             self.integrations[practice_id] = {"integration": integration, "configured_at": configured_at}
 
-    async def integration_of(self, conn: Any, practice_id: str) -> str | None:
-        known = self.integrations.get(practice_id)
-        return known["integration"] if known else None
+    async def integrations_of(self, conn: Any, practice_ids: list[str]) -> dict[str, str]:
+        self.calls["integrations_of"] += 1
+        return {p: self.integrations[p]["integration"] for p in practice_ids if p in self.integrations}
 
-    async def remember_request(
-        self, conn: Any, request_id: str, booking_id: str, kind: str, actor: dict[str, Any], chart_note: str | None
-    ) -> None:
-        self.requests.setdefault(
-            request_id,
-            {
-                "request_id": request_id,
-                "booking_id": booking_id,
-                "kind": kind,
-                "actor": json.dumps(actor),
-                "chart_note": chart_note,
-            },
-        )
+    async def remember_requests(self, conn: Any, requests: list[dict[str, Any]]) -> None:
+        self.calls["remember_requests"] += 1
+        for r in requests:  # the first under an id stays (ON CONFLICT DO NOTHING)
+            self.requests.setdefault(
+                r["request_id"],
+                {
+                    "request_id": r["request_id"],
+                    "booking_id": r["booking_id"],
+                    "kind": r["kind"],
+                    "actor": json.dumps(r["actor"]),
+                    "chart_note": r["chart_note"],
+                },
+            )
 
     async def get_request(self, conn: Any, request_id: str) -> dict[str, Any] | None:
+        self.calls["get_request"] += 1
         request = self.requests.get(request_id)
         return dict(request) if request else None
 
-    async def add_sync(
-        self,
-        conn: Any,
-        *,
-        sync_id: str,
-        booking_id: str,
-        practice_id: str,
-        request_id: str,
-        integration: str,
-        action: str,
-        topic: str,
-        command: dict[str, Any],
-        correlation_id: str | None,
-        waiting: bool,
-        wait_seconds: float,
-    ) -> bool:
-        if sync_id in self.syncs:
-            return False
-        self.syncs[sync_id] = {
-            "sync_id": sync_id,
-            "booking_id": booking_id,
-            "practice_id": practice_id,
-            "request_id": request_id,
-            "integration": integration,
-            "action": action,
-            "topic": topic,
-            "command": json.dumps(command),
-            "correlation_id": correlation_id,
-            "status": "waiting" if waiting else "sent",
-            "attempts": 0 if waiting else 1,
-            "next_retry_in": wait_seconds,
-            "error": None,
-            "external_ref": None,
-        }
-        return True
+    async def get_requests(self, conn: Any, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["get_requests"] += 1
+        return {r: dict(self.requests[r]) for r in request_ids if r in self.requests}
+
+    async def add_syncs(self, conn: Any, syncs: list[dict[str, Any]]) -> set[str]:
+        self.calls["add_syncs"] += 1
+        added: set[str] = set()
+        for s in syncs:
+            if s["sync_id"] in self.syncs:
+                continue
+            added.add(s["sync_id"])
+            self.syncs[s["sync_id"]] = {
+                **{k: s[k] for k in ("sync_id", "booking_id", "practice_id", "request_id", "integration")},
+                **{k: s[k] for k in ("action", "topic", "correlation_id")},
+                "command": json.dumps(s["command"]),
+                "status": "waiting" if s["waiting"] else "sent",
+                "attempts": 0 if s["waiting"] else 1,
+                "next_retry_in": s["wait_seconds"],
+                "error": None,
+                "external_ref": None,
+            }
+        return added
 
     def _row(self, sync: dict[str, Any]) -> dict[str, Any]:
         return {c: sync[c] for c in SYNC_COLUMNS.split()}
 
     async def lock_sync(self, conn: Any, sync_id: str) -> dict[str, Any] | None:
+        self.calls["lock_sync"] += 1
         sync = self.syncs.get(sync_id)
         return self._row(sync) if sync else None
 
-    async def lock_waiting_syncs(self, conn: Any, request_id: str) -> list[dict[str, Any]]:
-        waiting = [s for s in self.syncs.values() if s["request_id"] == request_id and s["status"] == "waiting"]
-        return [self._row(s) for s in sorted(waiting, key=lambda s: s["booking_id"])]
+    async def lock_waiting_syncs(self, conn: Any, request_ids: list[str]) -> list[dict[str, Any]]:
+        self.calls["lock_waiting_syncs"] += 1
+        waiting = [s for s in self.syncs.values() if s["request_id"] in request_ids and s["status"] == "waiting"]
+        return [self._row(s) for s in sorted(waiting, key=lambda s: (s["request_id"], s["booking_id"], s["sync_id"]))]
 
-    async def mark_first_sent(self, conn: Any, sync_id: str, command: dict[str, Any], ack_wait_seconds: float) -> None:
-        self.syncs[sync_id] |= {
-            "command": json.dumps(command),
-            "status": "sent",
-            "attempts": 1,
-            "next_retry_in": ack_wait_seconds,
-        }
+    async def mark_first_sent(self, conn: Any, sends: list[tuple[str, dict[str, Any], float]]) -> None:
+        self.calls["mark_first_sent"] += 1
+        for sync_id, command, ack_wait_seconds in sends:
+            self.syncs[sync_id] |= {
+                "command": json.dumps(command),
+                "status": "sent",
+                "attempts": 1,
+                "next_retry_in": ack_wait_seconds,
+            }
 
     async def complete_sync(self, conn: Any, sync_id: str, external_ref: str | None) -> None:
+        self.calls["complete_sync"] += 1
         self.syncs[sync_id] |= {"status": "completed", "external_ref": external_ref, "next_retry_in": None}
 
     async def fail_sync(self, conn: Any, sync_id: str, error: str) -> None:
+        self.calls["fail_sync"] += 1
         self.syncs[sync_id] |= {"status": "failed", "error": error, "next_retry_in": None}
 
-    async def add_manual_update(
-        self,
-        conn: Any,
-        *,
-        booking_id: str,
-        practice_id: str,
-        integration: str,
-        action: str,
-        message: str,
-        sync_id: str | None,
-    ) -> None:
-        self.manual_updates.append(
-            {
-                "booking_id": booking_id,
-                "practice_id": practice_id,
-                "integration": integration,
-                "action": action,
-                "message": message,
-                "sync_id": sync_id,
-            }
-        )
+    async def add_manual_updates(self, conn: Any, updates: list[dict[str, Any]]) -> None:
+        self.calls["add_manual_updates"] += 1
+        keys = ("booking_id", "practice_id", "integration", "action", "message", "sync_id")
+        self.manual_updates += [{k: m[k] for k in keys} for m in updates]
 
 
 def test_the_fake_takes_what_repository_py_takes() -> None:
@@ -498,3 +479,239 @@ async def test_an_ack_of_a_sync_never_sent_or_still_waiting_is_ignored(handle: H
     await handle(handlers.sync_cancellation, cancelled())  # waiting for its request
     assert await handle(handlers.acknowledge_sync, ack("ok")) == []
     assert [s["status"] for s in repo.syncs.values()] == ["waiting"]
+
+
+# --- sets: many records of one type at once ----------------------------------------------------------
+
+Published = list[list[tuple[str, str, str, dict[str, Any]]]]
+
+
+async def as_set(
+    unit_for: Callable[..., Unit[Any]], repo: FakeRepository, handler: Any, payloads: list[Payload], first: int = 0
+) -> Published:
+    """`payloads` handed to `handler` as one set, as the consumer hands a wave; what each record
+    published, record by record."""
+    units = [
+        unit_for(
+            "pms-sync", PmsSyncDeps(settings=SETTINGS, repository=repo), TOPICS[type(p)], p, correlation_id=f"c-{i}"
+        )
+        for i, p in enumerate(payloads, start=first)
+    ]
+    await handler.handle_many(units, [u.event.payload for u in units])
+    for unit in units:  # every event carries its own record's correlation id
+        assert {e.envelope.get("correlationid") for e in unit.emitted} <= {unit.event.correlation_id}
+    return [[(e.topic, e.key, e.envelope["type"], e.envelope["data"]) for e in u.emitted] for u in units]
+
+
+async def one_by_one(
+    unit_for: Callable[..., Unit[Any]], repo: FakeRepository, handler: Any, payloads: list[Payload]
+) -> Published:
+    """The same records, each a set of one (the per-record path: the savepoint retry, or
+    CONSUMER_SET_BASED=false)."""
+    return [(await as_set(unit_for, repo, handler, [p], first=i))[0] for i, p in enumerate(payloads)]
+
+
+def state(repo: FakeRepository) -> tuple[Any, ...]:
+    """What the handlers stored; a wait for an ack is jittered, so it is told only as such."""
+
+    def wait(seconds: float | None) -> Any:
+        if seconds is not None and SETTINGS.pms_ack_timeout_seconds / 2 <= seconds <= SETTINGS.pms_ack_timeout_seconds:
+            return "an ack's wait"
+        return seconds
+
+    syncs = {k: s | {"next_retry_in": wait(s["next_retry_in"])} for k, s in repo.syncs.items()}
+    return syncs, repo.requests, repo.manual_updates
+
+
+def request_for(booking_id: str, request_id: str) -> BookingCancellationRequested:
+    return requested(request_id).model_copy(update={"booking_id": booking_id})
+
+
+def cancellation_of(booking_id: str, request_id: str, practice_id: str, **overrides: Any) -> BookingCancelled:
+    return cancelled(booking_id=booking_id, request_id=request_id, practice_id=practice_id, **overrides)
+
+
+async def a_world(
+    unit_for: Callable[..., Unit[Any]], repo: FakeRepository, n: int
+) -> tuple[list[Payload], list[Payload]]:
+    """Practices of every kind, n of each; some requests read already. Returns the set of
+    cancellations (every branch: sent, waiting, a series, manual, none, never configured, a
+    replay) and the set of requests that follows (some with commands waiting, one twice)."""
+    now = T - timedelta(days=1)
+    cancellations: list[Payload] = []
+    requests: list[Payload] = []
+    for i in range(n):
+        for kind in ("praktika", "core_practice", "manual", "none"):
+            await repo.configure_integration(None, f"p-{kind}-{i}", kind, now)
+        # sent at once: its request was read first
+        await repo.remember_requests(
+            None,
+            [
+                {
+                    "request_id": f"r-sent-{i}",
+                    "booking_id": f"b-sent-{i}",
+                    "kind": "cancellation",
+                    "actor": STAFF,
+                    "chart_note": "flu",
+                }
+            ],
+        )
+        cancellations.append(cancellation_of(f"b-sent-{i}", f"r-sent-{i}", f"p-praktika-{i}"))
+        # waits for its request, a series of three: the request comes in the next set
+        cancellations.append(
+            cancellation_of(
+                f"b-wait-{i}",
+                f"r-wait-{i}",
+                f"p-core_practice-{i}",
+                series_booking_ids=[f"b-wait-{i}-2", f"b-wait-{i}-3"],
+            )
+        )
+        requests.append(request_for(f"b-wait-{i}", f"r-wait-{i}"))
+        # manual, a series of two: asked by hand for each
+        cancellations.append(
+            cancellation_of(f"b-man-{i}", f"r-man-{i}", f"p-manual-{i}", series_booking_ids=[f"b-man-{i}-2"])
+        )
+        cancellations.append(cancellation_of(f"b-none-{i}", f"r-none-{i}", f"p-none-{i}"))
+        cancellations.append(cancellation_of(f"b-unknown-{i}", f"r-unknown-{i}", f"p-never-configured-{i}"))
+        # system channel: never waits, no request will come
+        system = {"kind": "system", "id": "service/booking", "roles": []}
+        cancellations.append(
+            cancellation_of(f"b-sys-{i}", f"r-sys-{i}", f"p-praktika-{i}", actor=system, channel="system")
+        )
+        # a request nothing waits for
+        requests.append(request_for(f"b-other-{i}", f"r-other-{i}"))
+    # a replay of one already synced: the same sync, sent once
+    replayed = cancellation_of(
+        "b-replayed",
+        "r-replayed",
+        "p-praktika-0",
+        actor={"kind": "system", "id": "service/booking", "roles": []},
+        channel="system",
+    )
+    await as_set(unit_for, repo, handlers.sync_cancellation, [replayed], first=-1)
+    cancellations.append(replayed)
+    # the same request twice in one set (two records): remembered and acted on once
+    requests.append(request_for("b-wait-0", "r-wait-0"))
+    return cancellations, requests
+
+
+@pytest.mark.parametrize("n", [1, 4])
+async def test_a_set_of_cancellations_and_requests_costs_one_call_of_each_kind_and_each_record_publishes_its_own(
+    unit_for: Callable[..., Unit[Any]], n: int
+) -> None:
+    repo = FakeRepository()
+    cancellations, requests = await a_world(unit_for, repo, n)
+
+    repo.calls.clear()
+    published = await as_set(unit_for, repo, handlers.sync_cancellation, cancellations)
+    # a fixed number of calls whatever the set's size: integrations, requests, syncs, manual updates
+    assert repo.calls == Counter(integrations_of=1, get_requests=1, add_syncs=1, add_manual_updates=1)
+    kinds = [[(topic, key, type_) for topic, key, type_, _ in p] for p in published]
+    core = PMS_INTEGRATION_TOPICS["core_practice"]
+    for i in range(n):
+        sent, wait, manual, none, unknown, system = kinds[6 * i : 6 * i + 6]
+        assert sent == [(PRAKTIKA, f"b-sent-{i}", "pms.cancel_booking")]
+        assert published[6 * i][0][3]["chart_note"] == "flu"
+        assert wait == []  # waiting for its request
+        assert manual == [
+            (PMS_SYNC_EVENTS, f"b-man-{i}", "pms.manual_update_required"),
+            (PMS_SYNC_EVENTS, f"b-man-{i}-2", "pms.manual_update_required"),
+        ]
+        assert (none, unknown) == ([], [])
+        assert system == [(PRAKTIKA, f"b-sys-{i}", "pms.cancel_booking")]
+        assert [
+            repo.syncs[domain.sync_id(b, f"r-wait-{i}")]["status"]
+            for b in (f"b-wait-{i}", f"b-wait-{i}-2", f"b-wait-{i}-3")
+        ] == ["waiting"] * 3
+    assert kinds[-1] == []  # the replay
+    assert len(repo.manual_updates) == 2 * n
+
+    repo.calls.clear()
+    published = await as_set(unit_for, repo, handlers.remember_cancellation_request, requests)
+    assert repo.calls == Counter(remember_requests=1, lock_waiting_syncs=1, get_requests=1, mark_first_sent=1)
+    for i in range(n):
+        waited, other = published[2 * i : 2 * i + 2]
+        assert [(topic, key) for topic, key, _, _ in waited] == [
+            (core, f"b-wait-{i}"),
+            (core, f"b-wait-{i}-2"),
+            (core, f"b-wait-{i}-3"),
+        ]
+        assert {data["chart_note"] for _, _, _, data in waited} == {"Patient has flu; rebook in 2 weeks"}
+        assert other == []
+    assert published[-1] == []  # the same request again: its commands went out with the first
+    assert {s["status"] for s in repo.syncs.values()} == {"sent"}
+
+
+async def test_a_set_of_cancellations_and_requests_does_what_the_records_do_one_by_one(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    together, alone = FakeRepository(), FakeRepository()
+    cancellations, requests = await a_world(unit_for, together, 3)
+    await a_world(unit_for, alone, 3)
+
+    assert await as_set(unit_for, together, handlers.sync_cancellation, cancellations) == await one_by_one(
+        unit_for, alone, handlers.sync_cancellation, cancellations
+    )
+    assert state(together) == state(alone)
+    assert await as_set(unit_for, together, handlers.remember_cancellation_request, requests) == await one_by_one(
+        unit_for, alone, handlers.remember_cancellation_request, requests
+    )
+    assert state(together) == state(alone)
+
+
+async def test_a_set_of_no_shows_and_reports_costs_one_call_of_each_kind_and_does_what_they_do_one_by_one(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    def recorded(i: int, practice_id: str) -> BookingNoShowRecorded:
+        return no_show_recorded().model_copy(
+            update={"booking_id": f"b-{i}", "request_id": f"r-{i}", "practice_id": practice_id}
+        )
+
+    def reported(i: int) -> BookingNoShowReported:
+        return no_show_reported().model_copy(update={"booking_id": f"b-{i}", "request_id": f"r-{i}"})
+
+    now = T - timedelta(days=1)
+    results = []
+    for together in (True, False):
+        repo = FakeRepository()
+        for kind in ("praktika", "manual", "none"):
+            await repo.configure_integration(None, f"p-{kind}", kind, now)
+        # b-0's report read first (sent at once), b-1's after (it waits), manual, none, unknown
+        await repo.remember_requests(
+            None, [{"request_id": "r-0", "booking_id": "b-0", "kind": "no_show", "actor": NURSE, "chart_note": "DNA"}]
+        )
+        no_shows = [
+            recorded(0, "p-praktika"),
+            recorded(1, "p-praktika"),
+            recorded(2, "p-manual"),
+            recorded(3, "p-none"),
+            recorded(4, "p-other"),
+        ]
+        reports = [reported(1), reported(5)]
+        repo.calls.clear()
+        run = as_set if together else one_by_one
+        first = await run(unit_for, repo, handlers.sync_no_show, no_shows)
+        second = await run(unit_for, repo, handlers.remember_no_show_report, reports)
+        if together:
+            assert repo.calls == Counter(
+                integrations_of=1,
+                get_requests=2,
+                add_syncs=1,
+                add_manual_updates=1,
+                remember_requests=1,
+                lock_waiting_syncs=1,
+                mark_first_sent=1,
+            )
+        results.append((first, second, state(repo)))
+    assert results[0] == results[1]
+    first, second, _ = results[0]
+    assert [[(t, k, ty) for t, k, ty, _ in p] for p in first] == [
+        [(PRAKTIKA, "b-0", "pms.record_no_show")],
+        [],
+        [(PMS_SYNC_EVENTS, "b-2", "pms.manual_update_required")],
+        [],
+        [],
+    ]
+    assert first[0][0][3]["actor"] == NURSE
+    [[(_, key, _, command)], []] = second
+    assert (key, command["actor"], command["chart_note"]) == ("b-1", NURSE, "Did not answer two calls")

@@ -24,81 +24,150 @@ already, and the contract sends `pms.update_fee` for the fee, not for the money'
 
 from __future__ import annotations
 
-from shared.consumer import Unit
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shared.consumer import SetBased, Unit
 from shared.contracts.billing import ChargeAdjusted, ChargeCreated, ChargeWaived
 from shared.contracts.common import Fee
 from shared.logging import get_logger
 
 from . import domain
-from .handlers import PmsSyncDeps
+from .handlers import PmsSyncDeps, SyncPlan
 
 log = get_logger(__name__)
 
+# Each handler is set-based: the set's charges locked in one statement, saved in one, and the
+# changes to tell written in one statement of each kind (`_tell`). Billing keys its events by
+# booking, so a set names each charge once; should one come twice all the same (two keys), the set
+# runs in rounds, one occurrence per round, so the later event sees what the earlier one saved.
 
-async def note_charge_created(unit: Unit[PmsSyncDeps], event: ChargeCreated) -> None:
-    fees = unit.deps.fees
-    known = await fees.lock_charge(unit.conn, event.charge_id)
-    state, step = domain.on_charge_created(known["state"] if known else None, event.status)
-    if step == "ignore" or state is None:
+P = TypeVar("P")
+T = TypeVar("T")
+
+
+def _rounds(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """`items` in rounds of distinct keys: an item's round is the number of items before it with
+    the same key, so items of one key keep their order, one round after the other."""
+    rounds: list[list[T]] = []
+    seen: dict[Hashable, int] = {}
+    for item in items:
+        n = seen.get(key(item), 0)
+        seen[key(item)] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(item)
+    return rounds
+
+
+def _one_charge_at_a_time(
+    handle_round: Callable[[Sequence[Unit[PmsSyncDeps]], Sequence[P]], Awaitable[None]],
+) -> SetBased:
+    async def handle_many(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[P]) -> None:
+        for members in _rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].charge_id):  # type: ignore[attr-defined]
+            await handle_round([unit for unit, _ in members], [event for _, event in members])
+
+    handle_many.__name__ = handle_round.__name__
+    return SetBased(handle_many)
+
+
+@dataclass(frozen=True)
+class _Tell:
+    unit: Unit[PmsSyncDeps]
+    booking_id: str
+    charge_id: str
+    cause: str  # the request id of the change, or `final`
+    fee: Fee | None
+
+
+async def note_charges_created(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[ChargeCreated]) -> None:
+    conn, fees = units[0].conn, units[0].deps.fees
+    known = await fees.lock_charges(conn, [e.charge_id for e in events])
+    saves: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    tells: list[_Tell] = []
+    for unit, event in zip(units, events, strict=True):
+        charge = known.get(event.charge_id)
+        state, step = domain.on_charge_created(charge["state"] if charge else None, event.status)
+        if step == "ignore" or state is None:
+            continue
+        fee = Fee(amount=event.amount, currency=event.currency, code=event.code, code_system=event.code_system)
+        saves.append((event.charge_id, event.booking_id, state, fee.to_json_dict()))
+        if step == "tell":
+            tells.append(_Tell(unit, event.booking_id, event.charge_id, "final", fee))
+    await _save_and_tell(units[0], saves, tells)
+
+
+note_charge_created = _one_charge_at_a_time(note_charges_created)
+
+
+async def note_charges_adjusted(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[ChargeAdjusted]) -> None:
+    conn, fees = units[0].conn, units[0].deps.fees
+    known = await fees.lock_charges(conn, [e.charge_id for e in events])
+    saves: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    tells: list[_Tell] = []
+    for unit, event in zip(units, events, strict=True):
+        charge = known.get(event.charge_id)
+        step = domain.on_charge_adjusted(charge["state"] if charge else None)
+        if step == "ignore" or charge is None:
+            log.debug("fee adjustment of a charge not in force here; nothing to tell", charge_id=event.charge_id)
+            continue
+        saves.append((event.charge_id, charge["booking_id"], charge["state"], event.after.to_json_dict()))
+        if step == "tell":
+            tells.append(_Tell(unit, charge["booking_id"], event.charge_id, event.request_id, event.after))
+    await _save_and_tell(units[0], saves, tells)
+
+
+note_charge_adjusted = _one_charge_at_a_time(note_charges_adjusted)
+
+
+async def note_charges_waived(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[ChargeWaived]) -> None:
+    conn, fees = units[0].conn, units[0].deps.fees
+    known = await fees.lock_charges(conn, [e.charge_id for e in events])
+    saves: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    tells: list[_Tell] = []
+    for unit, event in zip(units, events, strict=True):
+        charge = known.get(event.charge_id)
+        step = domain.on_charge_waived(charge["state"] if charge else None)
+        if step == "ignore":
+            continue
+        saves.append((event.charge_id, event.booking_id, "waived", None))
+        if step == "tell":
+            tells.append(_Tell(unit, event.booking_id, event.charge_id, event.request_id, None))
+    await _save_and_tell(units[0], saves, tells)
+
+
+note_charge_waived = _one_charge_at_a_time(note_charges_waived)
+
+
+async def _save_and_tell(
+    unit0: Unit[PmsSyncDeps], saves: list[tuple[str, str, str, dict[str, Any] | None]], tells: list[_Tell]
+) -> None:
+    if saves:
+        await unit0.deps.fees.save_charges(unit0.conn, saves)
+    # A newer fee update supersedes the older ones of its booking: one per booking at a time.
+    for members in _rounds(tells, key=lambda t: t.booking_id):
+        await _tell(members)
+
+
+async def _tell(tells: Sequence[_Tell]) -> None:
+    """`pms.update_fee` to where each booking's cancellation or no-show went, once per change;
+    the bookings are distinct."""
+    if not tells:
         return
-    fee = Fee(amount=event.amount, currency=event.currency, code=event.code, code_system=event.code_system)
-    await fees.save_charge(unit.conn, event.charge_id, event.booking_id, state, fee.to_json_dict())
-    if step == "tell":
-        await _tell(unit, event.booking_id, event.charge_id, "final", fee)
-
-
-async def note_charge_adjusted(unit: Unit[PmsSyncDeps], event: ChargeAdjusted) -> None:
-    fees = unit.deps.fees
-    known = await fees.lock_charge(unit.conn, event.charge_id)
-    step = domain.on_charge_adjusted(known["state"] if known else None)
-    if step == "ignore" or known is None:
-        log.info("fee adjustment of a charge not in force here; nothing to tell", charge_id=event.charge_id)
-        return
-    await fees.save_charge(unit.conn, event.charge_id, known["booking_id"], known["state"], event.after.to_json_dict())
-    if step == "tell":
-        await _tell(unit, known["booking_id"], event.charge_id, event.request_id, event.after)
-
-
-async def note_charge_waived(unit: Unit[PmsSyncDeps], event: ChargeWaived) -> None:
-    fees = unit.deps.fees
-    known = await fees.lock_charge(unit.conn, event.charge_id)
-    step = domain.on_charge_waived(known["state"] if known else None)
-    if step == "ignore":
-        return
-    await fees.save_charge(unit.conn, event.charge_id, event.booking_id, "waived", None)
-    if step == "tell":
-        await _tell(unit, event.booking_id, event.charge_id, event.request_id, None)
-
-
-async def _tell(unit: Unit[PmsSyncDeps], booking_id: str, charge_id: str, cause: str, fee: Fee | None) -> None:
-    """`pms.update_fee` to where the booking's cancellation or no-show went, once per change."""
-    fees, repository = unit.deps.fees, unit.deps.repository
-    synced = await fees.synced_booking(unit.conn, booking_id)
-    if synced is None:
-        log.info("fee changed for a booking no PMS was sent; nothing to tell", charge_id=charge_id)
-        return
-    command = domain.update_fee_command(booking_id, synced["practice_id"], charge_id, cause, fee)
-    added = await repository.add_sync(
-        unit.conn,
-        sync_id=command.sync_id,
-        booking_id=booking_id,
-        practice_id=synced["practice_id"],
-        request_id=cause if cause != "final" else charge_id,
-        integration=synced["integration"],
-        action="update_fee",
-        topic=synced["topic"],
-        command=command.to_json_dict(),
-        correlation_id=unit.event.correlation_id,
-        waiting=False,
-        wait_seconds=domain.ack_wait_seconds(
-            1,
-            timeout_seconds=unit.deps.settings.pms_ack_timeout_seconds,
-            max_backoff_seconds=unit.deps.settings.pms_max_backoff_seconds,
-        ),
-    )
-    if not added:  # the same change again (a replayed event): sent once
-        return
-    superseded = await fees.supersede_fee_updates(unit.conn, booking_id, command.sync_id)
-    if superseded:
-        log.info("older fee update superseded before its ack", sync_id=command.sync_id, superseded=superseded)
-    unit.emit(synced["topic"], command, subject=booking_id)
+    unit0 = tells[0].unit
+    conn, fees = unit0.conn, unit0.deps.fees
+    synced = await fees.synced_bookings(conn, [t.booking_id for t in tells])
+    plan = SyncPlan()
+    for t in tells:
+        where = synced.get(t.booking_id)
+        if where is None:
+            log.debug("fee changed for a booking no PMS was sent; nothing to tell", charge_id=t.charge_id)
+            continue
+        command = domain.update_fee_command(t.booking_id, where["practice_id"], t.charge_id, t.cause, t.fee)
+        request_id = t.cause if t.cause != "final" else t.charge_id
+        plan.send(t.unit, where["integration"], request_id, command, topic=where["topic"])
+    sent = await plan.carry_out(conn, unit0.deps.repository)
+    if sent:  # a replayed event is the same sync, sent once: nothing to supersede then
+        superseded = await fees.supersede_fee_updates(conn, [(c.booking_id, c.sync_id) for c in sent])
+        log.debug("older fee updates superseded before their ack", superseded=superseded)

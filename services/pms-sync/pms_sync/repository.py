@@ -1,4 +1,7 @@
-"""Every SQL statement of the pms-sync service, nothing else."""
+"""Every SQL statement of the pms-sync service, nothing else.
+
+The functions the consumed events reach take a whole set of records (`integrations_of`,
+`remember_requests`, `add_syncs`, ...): one statement per set, whatever its size."""
 
 from __future__ import annotations
 
@@ -28,29 +31,46 @@ async def configure_integration(
     )
 
 
-async def integration_of(conn: Conn, practice_id: str) -> str | None:
-    return await conn.fetchval("SELECT integration FROM integrations WHERE practice_id = $1", practice_id)
-
-
-async def remember_request(
-    conn: asyncpg.Connection, request_id: str, booking_id: str, kind: str, actor: dict[str, Any], chart_note: str | None
-) -> None:
-    await conn.execute(
-        "INSERT INTO requests (request_id, booking_id, kind, actor, chart_note) VALUES ($1, $2, $3, $4::jsonb, $5)"
-        " ON CONFLICT (request_id) DO NOTHING",
-        request_id,
-        booking_id,
-        kind,
-        json.dumps(actor),
-        chart_note,
+async def integrations_of(conn: Conn, practice_ids: list[str]) -> dict[str, str]:
+    """The integration of each of those practices that has one configured."""
+    rows = await conn.fetch(
+        "SELECT practice_id, integration FROM integrations WHERE practice_id = ANY($1::text[])", practice_ids
     )
+    return {row["practice_id"]: row["integration"] for row in rows}
+
+
+async def remember_requests(conn: asyncpg.Connection, requests: list[dict[str, Any]]) -> None:
+    """Each request (request_id, booking_id, kind, actor, chart_note) once: the first one
+    remembered under an id stays, a replay changes nothing."""
+    if not requests:
+        return
+    await conn.execute(
+        "INSERT INTO requests (request_id, booking_id, kind, actor, chart_note)"
+        " SELECT r.request_id, r.booking_id, r.kind, r.actor::jsonb, r.chart_note"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+        " WITH ORDINALITY AS r(request_id, booking_id, kind, actor, chart_note, n)"
+        " ORDER BY r.n ON CONFLICT (request_id) DO NOTHING",
+        [r["request_id"] for r in requests],
+        [r["booking_id"] for r in requests],
+        [r["kind"] for r in requests],
+        [json.dumps(r["actor"]) for r in requests],
+        [r["chart_note"] for r in requests],
+    )
+
+
+REQUEST_COLUMNS = "request_id, booking_id, kind, actor::text AS actor, chart_note"
 
 
 async def get_request(conn: Conn, request_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT request_id, booking_id, kind, actor::text AS actor, chart_note FROM requests WHERE request_id = $1",
-        request_id,
-    )
+    return await conn.fetchrow(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = $1", request_id)
+
+
+async def get_requests(conn: Conn, request_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """Those of the requests remembered, by id."""
+    if not request_ids:
+        return {}
+    rows = await conn.fetch(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ANY($1::text[])", request_ids)
+    return {row["request_id"]: row for row in rows}
 
 
 # --- syncs ---------------------------------------------------------------------------------------
@@ -61,42 +81,37 @@ SYNC_COLUMNS = (
 )
 
 
-async def add_sync(
-    conn: asyncpg.Connection,
-    *,
-    sync_id: str,
-    booking_id: str,
-    practice_id: str,
-    request_id: str,
-    integration: str,
-    action: str,
-    topic: str,
-    command: dict[str, Any],
-    correlation_id: str | None,
-    waiting: bool,
-    wait_seconds: float,
-) -> bool:
-    """Record a new command: sent now (attempt 1, `wait_seconds` for its ack) or waiting for its
-    upstream request (attempt 0, for at most `wait_seconds`); False when it exists already."""
-    inserted = await conn.fetchval(
+async def add_syncs(conn: asyncpg.Connection, syncs: list[dict[str, Any]]) -> set[str]:
+    """Record new commands (sync_id, booking_id, practice_id, request_id, integration, action,
+    topic, command, correlation_id, waiting, wait_seconds): each sent now (attempt 1,
+    `wait_seconds` for its ack) or waiting for its upstream request (attempt 0, for at most
+    `wait_seconds`). Returns the ids inserted; one that exists already is left as it is."""
+    if not syncs:
+        return set()
+    rows = await conn.fetch(
         "INSERT INTO syncs (sync_id, booking_id, practice_id, request_id, integration, action, topic, command,"
         " correlation_id, status, attempts, next_retry_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, now() + make_interval(secs => $12))"
-        " ON CONFLICT (sync_id) DO NOTHING RETURNING true",
-        sync_id,
-        booking_id,
-        practice_id,
-        request_id,
-        integration,
-        action,
-        topic,
-        json.dumps(command),
-        correlation_id,
-        "waiting" if waiting else "sent",
-        0 if waiting else 1,
-        wait_seconds,
+        " SELECT s.sync_id, s.booking_id, s.practice_id, s.request_id, s.integration, s.action, s.topic,"
+        " s.command::jsonb, s.correlation_id, s.status, s.attempts, now() + make_interval(secs => s.wait_seconds)"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+        " $8::text[], $9::text[], $10::text[], $11::int[], $12::float8[]) WITH ORDINALITY"
+        " AS s(sync_id, booking_id, practice_id, request_id, integration, action, topic, command, correlation_id,"
+        " status, attempts, wait_seconds, n)"
+        " ORDER BY s.n ON CONFLICT (sync_id) DO NOTHING RETURNING sync_id",
+        [s["sync_id"] for s in syncs],
+        [s["booking_id"] for s in syncs],
+        [s["practice_id"] for s in syncs],
+        [s["request_id"] for s in syncs],
+        [s["integration"] for s in syncs],
+        [s["action"] for s in syncs],
+        [s["topic"] for s in syncs],
+        [json.dumps(s["command"]) for s in syncs],
+        [s["correlation_id"] for s in syncs],
+        ["waiting" if s["waiting"] else "sent" for s in syncs],
+        [0 if s["waiting"] else 1 for s in syncs],
+        [s["wait_seconds"] for s in syncs],
     )
-    return bool(inserted)
+    return {row["sync_id"] for row in rows}
 
 
 async def lock_sync(conn: asyncpg.Connection, sync_id: str) -> asyncpg.Record | None:
@@ -123,24 +138,31 @@ async def open_syncs(conn: Conn) -> list[asyncpg.Record]:
     )
 
 
-async def lock_waiting_syncs(conn: asyncpg.Connection, request_id: str) -> list[asyncpg.Record]:
-    """The commands of one request still waiting for it (a series has several), locked."""
+async def lock_waiting_syncs(conn: asyncpg.Connection, request_ids: list[str]) -> list[asyncpg.Record]:
+    """The commands of those requests still waiting for them (a series has several), locked,
+    in (request, booking) order."""
+    if not request_ids:
+        return []
     return await conn.fetch(
-        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE request_id = $1 AND status = 'waiting' ORDER BY booking_id FOR UPDATE",
-        request_id,
+        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE request_id = ANY($1::text[]) AND status = 'waiting'"
+        " ORDER BY request_id, booking_id, sync_id FOR UPDATE",
+        request_ids,
     )
 
 
-async def mark_first_sent(
-    conn: asyncpg.Connection, sync_id: str, command: dict[str, Any], ack_wait_seconds: float
-) -> None:
-    """A waiting command goes out: completed from its request, attempt 1."""
+async def mark_first_sent(conn: asyncpg.Connection, sends: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Waiting commands go out (sync_id, the command completed from its request, seconds to wait
+    for its ack): attempt 1."""
+    if not sends:
+        return
     await conn.execute(
-        "UPDATE syncs SET command = $2::jsonb, status = 'sent', attempts = 1,"
-        " next_retry_at = now() + make_interval(secs => $3) WHERE sync_id = $1",
-        sync_id,
-        json.dumps(command),
-        ack_wait_seconds,
+        "UPDATE syncs SET command = s.command::jsonb, status = 'sent', attempts = 1,"
+        " next_retry_at = now() + make_interval(secs => s.wait_seconds)"
+        " FROM unnest($1::text[], $2::text[], $3::float8[]) AS s(sync_id, command, wait_seconds)"
+        " WHERE syncs.sync_id = s.sync_id",
+        [sync_id for sync_id, _, _ in sends],
+        [json.dumps(command) for _, command, _ in sends],
+        [wait for _, _, wait in sends],
     )
 
 
@@ -186,25 +208,22 @@ async def syncs_for_booking(conn: Conn, booking_id: str, *, practice_ids: list[s
 # --- manual updates ------------------------------------------------------------------------------
 
 
-async def add_manual_update(
-    conn: asyncpg.Connection,
-    *,
-    booking_id: str,
-    practice_id: str,
-    integration: str,
-    action: str,
-    message: str,
-    sync_id: str | None,
-) -> None:
+async def add_manual_updates(conn: asyncpg.Connection, updates: list[dict[str, Any]]) -> None:
+    """What staff must change by hand (booking_id, practice_id, integration, action, message,
+    sync_id), in the order given."""
+    if not updates:
+        return
     await conn.execute(
         "INSERT INTO manual_updates (booking_id, practice_id, integration, action, message, sync_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        booking_id,
-        practice_id,
-        integration,
-        action,
-        message,
-        sync_id,
+        " SELECT m.booking_id, m.practice_id, m.integration, m.action, m.message, m.sync_id"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " WITH ORDINALITY AS m(booking_id, practice_id, integration, action, message, sync_id, n) ORDER BY m.n",
+        [m["booking_id"] for m in updates],
+        [m["practice_id"] for m in updates],
+        [m["integration"] for m in updates],
+        [m["action"] for m in updates],
+        [m["message"] for m in updates],
+        [m["sync_id"] for m in updates],
     )
 
 
