@@ -7,18 +7,18 @@ id, the stored status and currency deciding what may change."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from billing import domain, repository
+from billing import domain, repository, turnaway
 from billing.gateway import SandboxGateway
 from billing.handlers import (
     BillingDeps,
     adjust_charge,
-    bill_cancellation,
     bill_no_show,
     decide_review,
     register_card,
@@ -56,21 +56,39 @@ class FakeBillingRepository:
         self.movements: dict[str, dict[str, Any]] = {}  # movement_id -> refund or top-up
         self.reviews: dict[str, dict[str, Any]] = {}  # request_id -> the one answer
         self.cards: dict[tuple[str, str], dict[str, Any]] = {}  # (practice_id, patient_id) -> card
+        self.turnaway: dict[str, dict[str, Any]] = {}  # booking_id -> what the office owes
+        self.calls: Counter[str] = Counter()  # the set-based writes, by name
 
-    async def lock_booking_billing(self, conn: Any, booking_id: str) -> None:
-        self.locked.append(booking_id)
+    async def lock_bookings_billing(self, conn: Any, booking_ids: list[str]) -> None:
+        self.calls["lock_bookings_billing"] += 1
+        self.locked += sorted(set(booking_ids))  # the real one locks each once, in key order
 
-    async def insert_charge(self, conn: Any, c: dict[str, Any]) -> bool:
-        if c["charge_id"] in self.charges:
-            return False
-        self.charges[c["charge_id"]] = dict(c, failure_reason=None, paid_minor=0)
-        return True
+    async def insert_charges(self, conn: Any, charges: list[dict[str, Any]]) -> set[str]:
+        self.calls["insert_charges"] += 1
+        created = set()
+        for c in charges:
+            if c["charge_id"] not in self.charges:
+                self.charges[c["charge_id"]] = dict(c, failure_reason=None, paid_minor=0)
+                created.add(c["charge_id"])
+        return created
 
-    async def insert_deposit_outcome(self, conn: Any, d: dict[str, Any]) -> bool:
-        if (d["booking_id"], d["request_id"]) in self.deposits:
-            return False
-        self.deposits[(d["booking_id"], d["request_id"])] = dict(d)
-        return True
+    async def insert_deposit_outcomes(self, conn: Any, deposits: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        self.calls["insert_deposit_outcomes"] += 1
+        recorded = set()
+        for d in deposits:
+            if (d["booking_id"], d["request_id"]) not in self.deposits:
+                self.deposits[(d["booking_id"], d["request_id"])] = dict(d)
+                recorded.add((d["booking_id"], d["request_id"]))
+        return recorded
+
+    async def record_turnaway_pays(self, conn: Any, owed: list[dict[str, Any]]) -> set[str]:
+        self.calls["record_turnaway_pays"] += 1
+        recorded = set()
+        for t in owed:
+            if t["booking_id"] not in self.turnaway:
+                self.turnaway[t["booking_id"]] = dict(t)
+                recorded.add(t["booking_id"])
+        return recorded
 
     async def lock_charge(self, conn: Any, charge_id: str) -> dict[str, Any] | None:
         row = self.charges.get(charge_id)
@@ -140,6 +158,19 @@ class FakeBillingRepository:
                 "detail": detail or {},
             }
         )
+
+    async def audit_many(self, conn: Any, entries: list[dict[str, Any]]) -> None:
+        self.calls["audit_many"] += 1
+        for e in entries:
+            self.audits.append(
+                {
+                    "charge_id": None,
+                    "amount_minor": None,
+                    "currency": None,
+                    **e,
+                    "detail": e.get("detail") or {},
+                }
+            )
 
     async def set_charge_state(
         self, conn: Any, charge_id: str, *, status: str, paid_minor: int, failure_reason: str | None = None
@@ -286,7 +317,7 @@ def adjustment(
 async def a_charge(handle: Handle, repo: FakeBillingRepository, *, charge_card: bool = False) -> tuple[str, str]:
     """(charge_id, booking_id) of a 45.00 AUD late-cancellation charge raised through the handler."""
     event = cancelled(decision(charge_card=charge_card))
-    await handle(bill_cancellation, event, repo)
+    await handle(turnaway.on_cancelled, event, repo)
     return domain.charge_id(event.booking_id, event.request_id), event.booking_id
 
 
@@ -305,7 +336,7 @@ async def test_a_late_cancellation_raises_its_fee_once_as_an_invoice_or_a_card_c
     charge_id = domain.charge_id(event.booking_id, event.request_id)
 
     # Only the charge: a card is charged by the capture task after the commit, never here.
-    assert await handle(bill_cancellation, event, repo) == [
+    assert await handle(turnaway.on_cancelled, event, repo) == [
         (
             "charge.created",
             event.booking_id,
@@ -322,7 +353,7 @@ async def test_a_late_cancellation_raises_its_fee_once_as_an_invoice_or_a_card_c
             },
         ),
     ]
-    assert await handle(bill_cancellation, event, repo) == []  # replayed under a new envelope id
+    assert await handle(turnaway.on_cancelled, event, repo) == []  # replayed under a new envelope id
 
     charge = repo.charges[charge_id]
     assert (charge["status"], charge["charge_card"], charge["amount_minor"], charge["policy_version"]) == (
@@ -374,7 +405,7 @@ async def test_a_no_show_raises_a_no_show_charge_in_its_currency_audited_as_its_
 
 async def test_a_decision_with_no_fee_and_no_deposit_moves_nothing_and_locks_nothing(handle: Handle) -> None:
     repo = FakeBillingRepository()
-    assert await handle(bill_cancellation, cancelled(decision("timely", fee=None)), repo) == []
+    assert await handle(turnaway.on_cancelled, cancelled(decision("timely", fee=None)), repo) == []
     assert (repo.locked, repo.charges, repo.audits) == ([], {}, [])
 
 
@@ -395,8 +426,8 @@ async def test_a_deposit_is_settled_once_as_the_decision_says(
     if action == "credit_note":
         expected["credit_note_id"] = domain.credit_note_id(event.booking_id, event.request_id)
 
-    assert await handle(bill_cancellation, event, repo) == [(event_type, event.booking_id, expected)]
-    assert await handle(bill_cancellation, event, repo) == []
+    assert await handle(turnaway.on_cancelled, event, repo) == [(event_type, event.booking_id, expected)]
+    assert await handle(turnaway.on_cancelled, event, repo) == []
 
     [stored] = repo.deposits.values()
     assert (stored["outcome"], stored["amount_minor"], stored["credit_note_id"]) == (
@@ -411,7 +442,7 @@ async def test_a_deposit_is_settled_once_as_the_decision_says(
 async def test_a_fee_and_a_deposit_are_both_settled(handle: Handle) -> None:
     repo = FakeBillingRepository()
     event = cancelled(decision(deposit_action="keep"), deposit=Money.new(amount="20.00", currency="AUD"))
-    emitted = await handle(bill_cancellation, event, repo)
+    emitted = await handle(turnaway.on_cancelled, event, repo)
     assert [t for t, _, _ in emitted] == ["charge.created", "deposit.kept"]
 
 
@@ -557,7 +588,7 @@ async def a_charge_in_review(
     handle: Handle, repo: FakeBillingRepository, *, charge_card: bool = True
 ) -> tuple[str, str]:
     event = cancelled(decision(charge_card=charge_card, review_hours=48))
-    [(kind, _, data)] = await handle(bill_cancellation, event, repo)
+    [(kind, _, data)] = await handle(turnaway.on_cancelled, event, repo)
     assert (kind, data["status"], data["review_until"]) == ("charge.created", "pending_review", "2026-06-05T04:00:00Z")
     return domain.charge_id(event.booking_id, event.request_id), event.booking_id
 
@@ -755,3 +786,135 @@ async def test_a_card_on_file_is_kept_per_practice_and_the_newest_event_wins(han
     assert repo.cards[("practice-1", "pat-1")]["removed_at"] == t + timedelta(days=3)
     await handle(register_card, registered("pm_new", t + timedelta(days=2)), repo)  # replayed: stays removed
     assert repo.cards[("practice-1", "pat-1")]["removed_at"] is not None
+
+
+# --- sets: many records of one type at once ----------------------------------------------------------
+
+AUD90 = {"amount": "90.00", "currency": "AUD"}
+
+
+def _with_turnaway_pay(event: BookingCancelled) -> BookingCancelled:
+    data = event.to_json_dict()
+    data["decision"]["turnaway_pay"] = AUD90
+    return BookingCancelled.model_validate(data)
+
+
+def _cancellations(n: int) -> list[BookingCancelled]:
+    """`n` cancellations cycling through every branch: an invoice, a card charge in review, no fee
+    and no deposit, a deposit turned into a credit note, a fee and a kept deposit, a fee with the
+    office's turn-away pay."""
+    deposit = Money.new(amount="20.00", currency="AUD")
+    makers: list[Callable[[], BookingCancelled]] = [
+        lambda: cancelled(decision()),
+        lambda: cancelled(decision(charge_card=True, review_hours=24)),
+        lambda: cancelled(decision("timely", fee=None)),
+        lambda: cancelled(decision("timely", fee=None, deposit_action="credit_note"), deposit=deposit),
+        lambda: cancelled(decision(deposit_action="keep"), deposit=deposit),
+        lambda: _with_turnaway_pay(cancelled(decision())),
+    ]
+    return [makers[i % len(makers)]() for i in range(n)]
+
+
+async def _run_set(
+    unit_for: Callable[..., Unit[Any]], handler: Any, repo: FakeBillingRepository, payloads: list[Any], ids: list[str]
+) -> list[Unit[Any]]:
+    deps = BillingDeps(gateway=SandboxGateway(), repository=repo)
+    units = [
+        unit_for("billing", deps, BOOKING_EVENTS, p, subject=p.booking_id, event_id=i, correlation_id=f"c-{i}")
+        for p, i in zip(payloads, ids, strict=True)
+    ]
+    await handler.handle_many(units, payloads)
+    return units
+
+
+def _emitted(unit: Unit[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(e.envelope["type"], e.key, e.envelope["data"]) for e in unit.emitted]
+
+
+def _trail(repo: FakeBillingRepository) -> dict[str, list[dict[str, Any]]]:
+    """The audit per booking, in its order (entries of different bookings carry no order)."""
+    trail: dict[str, list[dict[str, Any]]] = {}
+    for entry in repo.audits:
+        trail.setdefault(entry["booking_id"], []).append(entry)
+    return trail
+
+
+@pytest.mark.parametrize("size", [6, 13])
+async def test_a_set_of_cancellations_costs_one_call_of_each_kind_and_each_record_publishes_its_own(
+    size: int, unit_for: Callable[..., Unit[Any]]
+) -> None:
+    events = _cancellations(size)
+    replayed = events[0]  # billed before the set: its replay moves nothing again
+    ids = [unique("ev") for _ in events]
+    one_by_one, as_set = FakeBillingRepository(), FakeBillingRepository()
+    before = unique("ev")
+    for repo in (one_by_one, as_set):
+        await _run_set(unit_for, turnaway.on_cancelled, repo, [replayed], [before])
+        repo.calls.clear()
+
+    singles = [
+        (await _run_set(unit_for, turnaway.on_cancelled, one_by_one, [e], [i]))[0]
+        for e, i in zip(events, ids, strict=True)
+    ]
+    units = await _run_set(unit_for, turnaway.on_cancelled, as_set, events, ids)
+
+    # A fixed number of calls for the whole set, whatever its size.
+    assert as_set.calls == Counter(
+        lock_bookings_billing=1, insert_charges=1, insert_deposit_outcomes=1, record_turnaway_pays=1, audit_many=1
+    )
+    # one by one: a call per record that moved money (all but the replay and the timely ones)
+    assert one_by_one.calls["audit_many"] == sum(1 for u in singles if u.emitted) == size - 1 - (size + 3) // 6
+    # Each record publishes exactly what it published alone, on its own unit and correlation id.
+    assert [_emitted(u) for u in units] == [_emitted(u) for u in singles]
+    assert _emitted(units[0]) == []
+    assert [t for t, _, _ in _emitted(units[4])] == ["charge.created", "deposit.kept"]
+    assert [t for t, _, _ in _emitted(units[5])] == ["charge.created", "turnaway_pay.owed"]
+    assert _emitted(units[2]) == []
+    for unit in units:
+        assert {e.envelope.get("correlationid") for e in unit.emitted} <= {unit.event.correlation_id}
+    # The same rows and the same audit, booking by booking, as one record at a time.
+    assert (as_set.charges, as_set.deposits, as_set.turnaway) == (
+        one_by_one.charges,
+        one_by_one.deposits,
+        one_by_one.turnaway,
+    )
+    assert _trail(as_set) == _trail(one_by_one)
+    assert _trail(as_set)[events[5].booking_id][-1]["action"] == "turnaway_pay_owed"
+    # Only the bookings with money to move are locked, each once.
+    moving = sorted({e.booking_id for e in events if e.decision.fee is not None or e.deposit is not None})
+    assert as_set.locked[-len(moving) :] == moving
+
+
+async def test_a_set_of_no_shows_costs_one_call_of_each_kind(unit_for: Callable[..., Unit[Any]]) -> None:
+    events = [no_show(decision("no_show", fee=NO_SHOW_FEE if i % 3 else None)) for i in range(7)]
+    repo = FakeBillingRepository()
+    units = await _run_set(unit_for, bill_no_show, repo, events, [unique("ev") for _ in events])
+    assert repo.calls == Counter(lock_bookings_billing=1, insert_charges=1, audit_many=1)
+    assert [[t for t, _, _ in _emitted(u)] for u in units] == [
+        [] if i % 3 == 0 else ["charge.created"] for i in range(7)
+    ]
+    assert [a["booking_id"] for a in repo.audits] == [e.booking_id for i, e in enumerate(events) if i % 3]
+
+
+async def test_a_set_where_nothing_moves_calls_nothing(unit_for: Callable[..., Unit[Any]]) -> None:
+    repo = FakeBillingRepository()
+    events = [cancelled(decision("timely", fee=None)) for _ in range(3)]
+    units = await _run_set(unit_for, turnaway.on_cancelled, repo, events, [unique("ev") for _ in events])
+    assert [u.emitted for u in units] == [[], [], []]
+    assert repo.calls == Counter()
+
+
+async def test_the_same_request_twice_in_a_set_is_billed_once_by_the_first(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    """Two envelopes of one request in one set (the consumer keeps them apart only by Kafka key):
+    the first raises the fee and settles the deposit, the second finds them done."""
+    event = _with_turnaway_pay(
+        cancelled(decision(deposit_action="refund"), deposit=Money.new(amount="20.00", currency="AUD"))
+    )
+    repo = FakeBillingRepository()
+    first, second = await _run_set(unit_for, turnaway.on_cancelled, repo, [event, event], ["ev-1", "ev-2"])
+    assert [t for t, _, _ in _emitted(first)] == ["charge.created", "deposit.refunded", "turnaway_pay.owed"]
+    assert _emitted(second) == []
+    assert [a["action"] for a in repo.audits] == ["charge_created", "deposit_refunded", "turnaway_pay_owed"]
+    assert all(a["detail"].get("event_id", "ev-1") == "ev-1" for a in repo.audits)

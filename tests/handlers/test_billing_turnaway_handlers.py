@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from test_billing_handlers import FakeBillingRepository, cancelled, decision
 
-from billing import repository, turnaway
+from billing import turnaway
 from billing.gateway import SandboxGateway
 from billing.handlers import BillingDeps
 from shared.consumer import Unit
 from shared.contracts.booking import BookingCancelled
-from shared.testing import assert_same_functions
 from shared.topics import BILLING_EVENTS, BOOKING_EVENTS
 
 Handle = Callable[..., Awaitable[list[tuple[str, str, dict[str, Any]]]]]
@@ -31,22 +30,6 @@ def handle(unit_for: Callable[..., Unit[Any]]) -> Handle:
         return [(e.envelope["type"], e.key, e.envelope["data"]) for e in unit.emitted]
 
     return handle
-
-
-class FakeTurnawayRepository(FakeBillingRepository):
-    def __init__(self) -> None:
-        super().__init__()
-        self.turnaway: dict[str, dict[str, Any]] = {}
-
-    async def record_turnaway_pay(self, conn: Any, t: dict[str, Any]) -> bool:
-        if t["booking_id"] in self.turnaway:
-            return False
-        self.turnaway[t["booking_id"]] = dict(t)
-        return True
-
-
-def test_the_fake_has_the_repositorys_signatures() -> None:
-    assert_same_functions(FakeTurnawayRepository(), repository)
 
 
 def with_pay(
@@ -67,7 +50,7 @@ AUD90 = {"amount": "90.00", "currency": "AUD"}
 
 
 async def test_turnaway_pay_is_owed_once_and_audited(handle: Handle) -> None:
-    repo = FakeTurnawayRepository()
+    repo = FakeBillingRepository()
     event = with_pay(pay=AUD90)
     first = await handle(turnaway.on_cancelled, event, repo)
     again = await handle(turnaway.on_cancelled, event, repo)
@@ -103,6 +86,6 @@ async def test_turnaway_pay_is_owed_once_and_audited(handle: Handle) -> None:
     ],
 )
 async def test_nothing_is_owed_otherwise(handle: Handle, event: BookingCancelled) -> None:
-    repo = FakeTurnawayRepository()
+    repo = FakeBillingRepository()
     emitted = await handle(turnaway.on_cancelled, event, repo)
     assert [t for t, _, _ in emitted if t == "turnaway_pay.owed"] == [] and repo.turnaway == {}

@@ -20,14 +20,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from billing import capture, repository
+from billing import capture, repository, turnaway
 from billing.domain import charge_id, credit_note_id, movement_id
 from billing.gateway import GatewayUnavailable, PaymentResult, SandboxGateway
+from billing.handlers import BillingDeps
 from billing.settings import BillingSettings
 from shared import background, db
+from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee
+from shared.contracts.envelope import new_envelope, parse_envelope
+from shared.contracts.registry import models_for
 from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, unique
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
 
@@ -737,25 +741,27 @@ async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
 async def _pending_charge(pool: asyncpg.Pool) -> str:
     booking, request = unique("bk"), unique("req")
     async with pool.acquire() as conn:
-        await repository.insert_charge(
+        await repository.insert_charges(
             conn,
-            {
-                "charge_id": charge_id(booking, request),
-                "booking_id": booking,
-                "request_id": request,
-                "practice_id": unique("practice"),
-                "patient_id": unique("pat"),
-                "kind": "no_show",
-                "amount_minor": 6000,
-                "currency": "AUD",
-                "code": "D9986",
-                "code_system": "CDT",
-                "charge_card": True,
-                "status": "pending_capture",
-                "policy_version": "r1.s2",
-                "occurred_at": START,
-                "correlation_id": None,
-            },
+            [
+                {
+                    "charge_id": charge_id(booking, request),
+                    "booking_id": booking,
+                    "request_id": request,
+                    "practice_id": unique("practice"),
+                    "patient_id": unique("pat"),
+                    "kind": "no_show",
+                    "amount_minor": 6000,
+                    "currency": "AUD",
+                    "code": "D9986",
+                    "code_system": "CDT",
+                    "charge_card": True,
+                    "status": "pending_capture",
+                    "policy_version": "r1.s2",
+                    "occurred_at": START,
+                    "correlation_id": None,
+                },
+            ],
         )
     return charge_id(booking, request)
 
@@ -819,3 +825,123 @@ async def test_two_replicas_never_call_for_the_same_charge_at_once(scratch_pool:
     assert sum(claimed) == 3 and counting.calls == 3  # each charge leased to one attempt
     paid = await scratch_pool.fetch("SELECT charge_id::text AS charge_id FROM payments WHERE status = 'captured'")
     assert {r["charge_id"] for r in paid} == charges
+
+
+# --- sets against the real schema: the set-based handlers' and the capture record's SQL -----------
+
+
+def _units(conn: Any, payloads: list[dict[str, Any]], event_ids: list[str]) -> tuple[list[Unit[Any]], list[Any]]:
+    """The units the consumer would hand billing for `payloads` on booking.events.v1, on `conn`."""
+    deps = BillingDeps(gateway=SandboxGateway(), repository=repository)
+    units: list[Unit[Any]] = []
+    for data, event_id in zip(payloads, event_ids, strict=True):
+        payload = BookingCancelled.model_validate(data)
+        wire = new_envelope(
+            payload, source="service/booking", subject=payload.booking_id, correlation_id=None, event_id=event_id
+        )
+        event = parse_envelope(json.dumps(wire).encode(), models_for(BOOKING_EVENTS))
+        units.append(Unit(conn=conn, service="billing", deps=deps, correlation_id=event.correlation_id, event=event))
+    return units, [u.event.payload for u in units]
+
+
+async def test_a_set_of_cancellations_writes_each_kind_once_and_a_replayed_set_writes_nothing(
+    scratch_pool: asyncpg.Pool,
+) -> None:
+    practice, patient = unique("practice"), unique("pat")
+    bookings = [unique("bk") for _ in range(5)]
+    with_pay = cancelled(bookings[4], practice, patient, decision("late", fee=("45.00", "AUD", "D9987")))
+    with_pay["decision"]["turnaway_pay"] = {"amount": "90.00", "currency": "AUD"}
+    with_pay["professional_id"] = unique("pro")
+    payloads = [
+        cancelled(bookings[0], practice, patient, decision("late", fee=("45.00", "AUD", "D9987"))),
+        cancelled(bookings[1], practice, patient, decision("late", fee=("30.00", "AUD", "D9987"), charge_card=True)),
+        cancelled(bookings[2], practice, patient, decision("timely")),
+        cancelled(
+            bookings[3],
+            practice,
+            patient,
+            decision("timely", deposit_action="credit_note"),
+            deposit=("20.00", "AUD"),
+        ),
+        with_pay,
+        with_pay,  # the same request again in the set, under another envelope id: the first one bills it
+    ]
+    ids = [str(uuid.uuid4()) for _ in payloads]
+    async with scratch_pool.acquire() as conn, conn.transaction():
+        units, events = _units(conn, payloads, ids)
+        await turnaway.on_cancelled.handle_many(units, events)
+    assert [[e.envelope["type"] for e in u.emitted] for u in units] == [
+        ["charge.created"],
+        ["charge.created"],
+        [],
+        ["credit_note.issued"],
+        ["charge.created", "turnaway_pay.owed"],
+        [],
+    ]
+    charges = await scratch_pool.fetch(
+        "SELECT booking_id, status, amount_minor, next_capture_at IS NOT NULL AS due FROM charges ORDER BY amount_minor"
+    )
+    assert [tuple(r) for r in charges] == [
+        (bookings[1], "pending_capture", 3000, True),
+        (bookings[0], "outstanding", 4500, False),
+        (bookings[4], "outstanding", 4500, False),
+    ]
+    deposit = await scratch_pool.fetchrow(
+        "SELECT booking_id, outcome, credit_note_id::text AS note FROM deposit_outcomes"
+    )
+    assert tuple(deposit) == (bookings[3], "credit_note", credit_note_id(bookings[3], payloads[3]["request_id"]))
+    owed = await scratch_pool.fetchrow("SELECT booking_id, amount_minor, event_id FROM turnaway_pay")
+    assert tuple(owed) == (bookings[4], 9000, ids[4])
+    audit = await scratch_pool.fetch(
+        "SELECT booking_id, action, detail->>'event_id' AS event_id FROM billing_audit ORDER BY seq"
+    )
+    assert [tuple(r) for r in audit] == [
+        (bookings[0], "charge_created", ids[0]),
+        (bookings[1], "charge_created", ids[1]),
+        (bookings[3], "credit_note_issued", ids[3]),
+        (bookings[4], "charge_created", ids[4]),
+        (bookings[4], "turnaway_pay_owed", None),
+    ]
+
+    # The same requests again under new envelope ids, one of them twice in the set: nothing moves.
+    again = [*payloads, payloads[0]]
+    async with scratch_pool.acquire() as conn, conn.transaction():
+        units, events = _units(conn, again, [str(uuid.uuid4()) for _ in again])
+        await turnaway.on_cancelled.handle_many(units, events)
+    assert [u.emitted for u in units] == [[]] * len(again)
+    assert await scratch_pool.fetchval("SELECT count(*) FROM billing_audit") == len(audit)
+    assert await scratch_pool.fetchval("SELECT count(*) FROM charges") == 3
+
+
+async def test_a_payment_is_recorded_once_in_one_statement_even_beside_others_in_one_transaction(
+    scratch_pool: asyncpg.Pool,
+) -> None:
+    first, second, topping_up = [await _pending_charge(scratch_pool) for _ in range(3)]
+    # A top-up in flight (refunds.py) has something paid of it: a capture's answer is not its own.
+    await scratch_pool.execute("UPDATE charges SET paid_minor = 100 WHERE charge_id = $1", topping_up)
+    gateway = SandboxGateway()
+    async with scratch_pool.acquire() as conn, conn.transaction():
+        rows = {r["charge_id"]: r for r in await conn.fetch(f"SELECT {repository.CHARGE_COLUMNS} FROM charges")}
+        unit = background.WorkUnit(
+            conn=conn, service="billing", deps=SimpleNamespace(gateway=gateway), now=datetime.now(UTC)
+        )
+        captured = PaymentResult("captured", "ref-1", 6000, "AUD")
+        declined = PaymentResult("failed", "ref-2", 6000, "AUD", failure_reason="card_declined")
+        recorded = [
+            await capture.record_payment(unit, capture.DueCharge(rows[first], None), captured),
+            await capture.record_payment(unit, capture.DueCharge(rows[second], None), declined),
+            await capture.record_payment(unit, capture.DueCharge(rows[first], None), declined),  # again: nothing
+            await capture.record_payment(unit, capture.DueCharge(rows[topping_up], None), captured),
+        ]
+    assert recorded == [True, True, False, False]
+    assert [e.envelope["type"] for e in unit.emitted] == ["payment.captured", "payment.failed"]
+    state = await scratch_pool.fetch(
+        "SELECT c.charge_id::text AS charge_id, c.status, c.paid_minor, c.failure_reason, c.next_capture_at,"
+        " p.status AS payment, p.gateway_ref, (SELECT array_agg(a.action ORDER BY a.seq) FROM billing_audit a"
+        " WHERE a.charge_id = c.charge_id) AS audit"
+        " FROM charges c LEFT JOIN payments p USING (charge_id)"
+    )
+    by_id = {r["charge_id"]: tuple(r)[1:] for r in state}
+    assert by_id[first] == ("paid", 6000, None, None, "captured", "ref-1", ["payment_captured"])
+    assert by_id[second] == ("outstanding", 0, "card_declined", None, "failed", "ref-2", ["payment_failed"])
+    assert by_id[topping_up][:2] == ("pending_capture", 100) and by_id[topping_up][4:] == (None, None, None)

@@ -547,25 +547,27 @@ async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
 async def _pending_charge(pool: asyncpg.Pool, patient: str, *, card: tuple[str, str] | None) -> str:
     booking, request = unique("bk"), unique("req")
     async with pool.acquire() as conn:
-        await repository.insert_charge(
+        await repository.insert_charges(
             conn,
-            {
-                "charge_id": charge_id(booking, request),
-                "booking_id": booking,
-                "request_id": request,
-                "practice_id": unique("practice"),
-                "patient_id": patient,
-                "kind": "late_cancellation",
-                "amount_minor": 4500,
-                "currency": "AUD",
-                "code": "D9987",
-                "code_system": "CDT",
-                "charge_card": True,
-                "status": "pending_capture",
-                "policy_version": "r1.s2",
-                "occurred_at": START,
-                "correlation_id": None,
-            },
+            [
+                {
+                    "charge_id": charge_id(booking, request),
+                    "booking_id": booking,
+                    "request_id": request,
+                    "practice_id": unique("practice"),
+                    "patient_id": patient,
+                    "kind": "late_cancellation",
+                    "amount_minor": 4500,
+                    "currency": "AUD",
+                    "code": "D9987",
+                    "code_system": "CDT",
+                    "charge_card": True,
+                    "status": "pending_capture",
+                    "policy_version": "r1.s2",
+                    "occurred_at": START,
+                    "correlation_id": None,
+                },
+            ],
         )
         if card is not None:
             await conn.execute(

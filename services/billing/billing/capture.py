@@ -6,9 +6,11 @@ Guarantees:
   `pending_capture` row has committed (the consumer's handler only records it).
 - The idempotency key is the charge id, for every attempt of that charge, so however often it is
   asked the processor charges the card at most once and answers with its first result.
-- The answer is recorded in one transaction of its own: the payment row, the charge's new status
-  (`paid`, or `outstanding` when it failed: a failed charge stays owed), the audit row and the
-  `payment.captured` / `payment.failed` event in the outbox, then the relay is woken. While the
+- The answer is recorded in one statement of the recording transaction (which may record other
+  charges' answers beside it, each on its own): the payment row, the charge's new status
+  (`paid`, or `outstanding` when it failed: a failed charge stays owed) and the audit row, only
+  while the charge still waits for it; then the `payment.captured` / `payment.failed` event in
+  the outbox, and the relay is woken. While the
   database is unreachable, recording is retried for about half a minute before the lease
   decides.
 - A charge is leased while its call is in flight (`next_capture_at`), so replicas do not call
@@ -179,10 +181,10 @@ async def record_payment(
     charge = due.charge
     charge_id = charge["charge_id"]
     gateway_name = unit.deps.gateway.name
-    current = await repository.lock_charge(unit.conn, charge_id)
-    if current is None or current["status"] != "pending_capture" or current["paid_minor"]:
-        return False  # recorded already (by another attempt, or a webhook), or a top-up in flight (refunds.py)
-    await repository.record_payment(
+    # One statement: only a charge still waiting (pending_capture, nothing paid of it) takes the
+    # answer; recorded already (by another attempt, or a webhook), or a top-up in flight
+    # (refunds.py), it writes nothing.
+    recorded = await repository.record_payment(
         unit.conn,
         payment_id=domain.payment_id(charge_id),
         charge_id=charge_id,
@@ -194,20 +196,18 @@ async def record_payment(
         idempotency_key=charge_id,
         failure_reason=result.failure_reason,
         charge_status=domain.status_after_payment(result.captured),
+        audit={
+            "at": unit.now,
+            "actor": actor or f"service/{unit.service}",
+            "action": f"payment_{result.status}",
+            "practice_id": charge["practice_id"],
+            "booking_id": charge["booking_id"],
+            "reason": _why(gateway_name, charge, result),
+            "detail": {"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
+        },
     )
-    await repository.audit(
-        unit.conn,
-        at=unit.now,
-        actor=actor or f"service/{unit.service}",
-        action=f"payment_{result.status}",
-        practice_id=charge["practice_id"],
-        booking_id=charge["booking_id"],
-        charge_id=charge_id,
-        amount_minor=charge["amount_minor"],
-        currency=charge["currency"],
-        reason=_why(gateway_name, charge, result),
-        detail={"gateway_ref": result.reference, "attempt": charge["capture_attempts"]},
-    )
+    if not recorded:
+        return False
     amount = domain.from_minor(charge["amount_minor"], charge["currency"])
     fields = {
         "charge_id": charge_id,
@@ -221,5 +221,5 @@ async def record_payment(
         else PaymentFailed.new(**fields, failure_reason=result.failure_reason)
     )
     unit.emit(BILLING_EVENTS, payload, subject=charge["booking_id"], time=unit.now)
-    log.info("payment recorded", charge_id=charge_id, status=result.status, failure_reason=result.failure_reason)
+    log.debug("payment recorded", charge_id=charge_id, status=result.status, failure_reason=result.failure_reason)
     return True

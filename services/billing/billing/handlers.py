@@ -9,12 +9,13 @@ the unit's deps), so tests/handlers runs them against fakes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from shared.consumer import Unit
-from shared.contracts.base import Money, money_problem
+from shared.consumer import SetBased, Unit
+from shared.contracts.base import money_problem
 from shared.contracts.billing import (
     ChargeAdjusted,
     ChargeAdjustmentRejected,
@@ -53,132 +54,157 @@ class BillingDeps:
     repository: Any
 
 
-async def bill_cancellation(unit: Unit[BillingDeps], event: BookingCancelled) -> None:
-    await _bill(
-        unit,
-        "cancellation",
-        booking_id=event.booking_id,
-        request_id=event.request_id,
-        practice_id=event.practice_id,
-        patient_id=event.patient_id,
-        decision=event.decision,
-        deposit=event.deposit,
-        at=event.cancelled_at,
-        # Who: the person or system that cancelled (ids and roles only, never names).
-        actor=f"{event.actor.kind}:{event.actor.id}",
-    )
+@dataclass(frozen=True)
+class Bill:
+    """What one cancellation or no-show moves, decided before anything is written: its fee and
+    its deposit (either may be None), with who and when for the audit."""
+
+    unit: Unit[BillingDeps]
+    request: Literal["cancellation", "no_show"]
+    booking_id: str
+    request_id: str
+    practice_id: str
+    patient_id: str
+    decision: Decision
+    at: datetime
+    actor: str
+    charge: domain.ChargePlan | None
+    deposit: domain.DepositPlan | None
+
+    @property
+    def reason(self) -> str:
+        """Why money moves: the request, its classification and the policy version that decided."""
+        why = (
+            f"{self.request.replace('_', '-')} classified {self.decision.classification}"
+            f" under policy {self.decision.policy_version}"
+        )
+        return f"{why}: {self.decision.explanation}" if self.decision.explanation else why
 
 
-async def bill_no_show(unit: Unit[BillingDeps], event: BookingNoShowRecorded) -> None:
-    await _bill(
-        unit,
-        "no_show",
-        booking_id=event.booking_id,
-        request_id=event.request_id,
-        practice_id=event.practice_id,
-        patient_id=event.patient_id,
-        decision=event.decision,
-        deposit=event.deposit,
-        at=event.recorded_at,
-        # booking.no_show_recorded does not carry the reporter: the producer is who we know.
-        actor=unit.event.envelope.source,
-    )
-
-
-def _why(request: str, decision: Decision) -> str:
-    """Why money moves: the request, its classification and the policy version that decided."""
-    why = f"{request.replace('_', '-')} classified {decision.classification} under policy {decision.policy_version}"
-    return f"{why}: {decision.explanation}" if decision.explanation else why
-
-
-async def _bill(
+def _bill(
     unit: Unit[BillingDeps],
     request: Literal["cancellation", "no_show"],
-    *,
-    booking_id: str,
-    request_id: str,
-    practice_id: str,
-    patient_id: str,
-    decision: Decision,
-    deposit: Money | None,
+    event: BookingCancelled | BookingNoShowRecorded,
     at: datetime,
     actor: str,
-) -> None:
-    charge = domain.plan_charge(request, booking_id, request_id, decision, at)
-    deposit_plan = domain.plan_deposit(booking_id, request_id, decision, deposit)
-    if charge is None and deposit_plan is None:
-        return
-    await unit.deps.repository.lock_booking_billing(unit.conn, booking_id)
-    reason = _why(request, decision)
-    if charge is not None:
-        await _raise_charge(unit, charge, booking_id, request_id, practice_id, patient_id, decision, at, actor, reason)
-    if deposit_plan is not None:
-        await _settle_deposit(unit, deposit_plan, booking_id, request_id, practice_id, patient_id, at, actor, reason)
-
-
-async def _raise_charge(
-    unit: Unit[BillingDeps],
-    charge: domain.ChargePlan,
-    booking_id: str,
-    request_id: str,
-    practice_id: str,
-    patient_id: str,
-    decision: Decision,
-    at: datetime,
-    actor: str,
-    reason: str,
-) -> None:
-    repository = unit.deps.repository
-    created = await repository.insert_charge(
-        unit.conn,
-        {
-            "charge_id": charge.charge_id,
-            "booking_id": booking_id,
-            "request_id": request_id,
-            "practice_id": practice_id,
-            "patient_id": patient_id,
-            "kind": charge.kind,
-            "amount_minor": charge.amount_minor,
-            "currency": charge.currency,
-            "code": charge.code,
-            "code_system": charge.code_system,
-            "charge_card": decision.charge_card,  # the card is charged once the fee is final
-            "status": charge.status,
-            "policy_version": decision.policy_version,
-            "occurred_at": at,
-            "correlation_id": unit.event.correlation_id,
-            "review_until": charge.review_until,
-        },
-    )
-    if not created:
-        return  # the same request again (a replay under a new envelope id): charged once already
-    await repository.audit(
-        unit.conn,
+) -> Bill:
+    return Bill(
+        unit=unit,
+        request=request,
+        booking_id=event.booking_id,
+        request_id=event.request_id,
+        practice_id=event.practice_id,
+        patient_id=event.patient_id,
+        decision=event.decision,
         at=at,
         actor=actor,
-        action="charge_created",
-        practice_id=practice_id,
-        booking_id=booking_id,
-        charge_id=charge.charge_id,
-        amount_minor=charge.amount_minor,
-        currency=charge.currency,
-        reason=reason,
-        detail={
-            "kind": charge.kind,
-            "code": charge.code,
-            "code_system": charge.code_system,
-            "status": charge.status,
-            "review_until": charge.review_until.isoformat() if charge.review_until else None,
-            "request_id": request_id,
-            "event_id": unit.event.id,
-        },
+        charge=domain.plan_charge(request, event.booking_id, event.request_id, event.decision, at),
+        deposit=domain.plan_deposit(event.booking_id, event.request_id, event.decision, event.deposit),
     )
-    unit.emit(
+
+
+def cancellation_bill(unit: Unit[BillingDeps], event: BookingCancelled) -> Bill:
+    # Who: the person or system that cancelled (ids and roles only, never names).
+    return _bill(unit, "cancellation", event, event.cancelled_at, f"{event.actor.kind}:{event.actor.id}")
+
+
+def no_show_bill(unit: Unit[BillingDeps], event: BookingNoShowRecorded) -> Bill:
+    # booking.no_show_recorded does not carry the reporter: the producer is who we know.
+    return _bill(unit, "no_show", event, event.recorded_at, unit.event.envelope.source)
+
+
+Audit = list[dict[str, Any]]  # audit entries of a set, written at once (repository.audit_many)
+
+
+async def bill_no_shows(units: Sequence[Unit[BillingDeps]], events: Sequence[BookingNoShowRecorded]) -> None:
+    """No-shows, set-based: each one's fee and deposit (`bill_many`), the audit in one statement."""
+    audit = await bill_many([no_show_bill(unit, event) for unit, event in zip(units, events, strict=True)])
+    if audit:
+        await units[0].deps.repository.audit_many(units[0].conn, audit)
+
+
+bill_no_show = SetBased(bill_no_shows)
+
+
+async def bill_many(bills: Sequence[Bill], *, also_lock: Sequence[str] = ()) -> Audit:
+    """The fees and deposits of a set of records (one per booking in practice, in record order):
+    the bookings with money to move locked in one statement (with `also_lock`, the bookings the
+    caller writes more of), the charges stored in one, the deposit outcomes in one; each record
+    emits its own events on its own unit. Returns the audit entries, in record order, for the
+    caller to write with its own in one statement. A charge or deposit stored already (the same
+    request under a new envelope id) moves nothing again."""
+    due = [bill for bill in bills if bill.charge is not None or bill.deposit is not None]
+    if not due and not also_lock:
+        return []
+    conn, repository = bills[0].unit.conn, bills[0].unit.deps.repository
+    await repository.lock_bookings_billing(conn, [bill.booking_id for bill in due] + list(also_lock))
+    charges = [_charge_row(bill, bill.charge) for bill in due if bill.charge is not None]
+    deposits = [_deposit_row(bill, bill.deposit) for bill in due if bill.deposit is not None]
+    created = await repository.insert_charges(conn, charges) if charges else set()
+    settled = await repository.insert_deposit_outcomes(conn, deposits) if deposits else set()
+    audit: Audit = []
+    for bill in due:
+        # A stored row is the first record's of the set that asked for it; a second record of
+        # the same request (another envelope id) finds it stored, as it would one at a time.
+        if bill.charge is not None and bill.charge.charge_id in created:
+            created.discard(bill.charge.charge_id)
+            _charge_created(bill, bill.charge, audit)
+        if bill.deposit is not None and (bill.booking_id, bill.request_id) in settled:
+            settled.discard((bill.booking_id, bill.request_id))
+            _deposit_settled(bill, bill.deposit, audit)
+    return audit
+
+
+def _charge_row(bill: Bill, charge: domain.ChargePlan) -> dict[str, Any]:
+    return {
+        "charge_id": charge.charge_id,
+        "booking_id": bill.booking_id,
+        "request_id": bill.request_id,
+        "practice_id": bill.practice_id,
+        "patient_id": bill.patient_id,
+        "kind": charge.kind,
+        "amount_minor": charge.amount_minor,
+        "currency": charge.currency,
+        "code": charge.code,
+        "code_system": charge.code_system,
+        "charge_card": bill.decision.charge_card,  # the card is charged once the fee is final
+        "status": charge.status,
+        "policy_version": bill.decision.policy_version,
+        "occurred_at": bill.at,
+        "correlation_id": bill.unit.event.correlation_id,
+        "review_until": charge.review_until,
+    }
+
+
+def _charge_created(bill: Bill, charge: domain.ChargePlan, audit: Audit) -> None:
+    audit.append(
+        {
+            "at": bill.at,
+            "actor": bill.actor,
+            "action": "charge_created",
+            "practice_id": bill.practice_id,
+            "booking_id": bill.booking_id,
+            "charge_id": charge.charge_id,
+            "amount_minor": charge.amount_minor,
+            "currency": charge.currency,
+            "reason": bill.reason,
+            "detail": {
+                "kind": charge.kind,
+                "code": charge.code,
+                "code_system": charge.code_system,
+                "status": charge.status,
+                "review_until": charge.review_until.isoformat() if charge.review_until else None,
+                "request_id": bill.request_id,
+                "event_id": bill.unit.event.id,
+            },
+        }
+    )
+    bill.unit.emit(
         BILLING_EVENTS,
         ChargeCreated.new(
             charge_id=charge.charge_id,
-            booking_id=booking_id,
-            patient_id=patient_id,
+            booking_id=bill.booking_id,
+            patient_id=bill.patient_id,
             kind=charge.kind,
             amount=charge.amount,
             currency=charge.currency,
@@ -187,58 +213,49 @@ async def _raise_charge(
             status="pending_review" if charge.status == "pending_review" else "due",
             review_until=charge.review_until,
         ),
-        subject=booking_id,
+        subject=bill.booking_id,
     )
 
 
 _DEPOSIT_EVENTS = {"refunded": DepositRefunded, "kept": DepositKept, "credit_note": CreditNoteIssued}
 
 
-async def _settle_deposit(
-    unit: Unit[BillingDeps],
-    plan: domain.DepositPlan,
-    booking_id: str,
-    request_id: str,
-    practice_id: str,
-    patient_id: str,
-    at: datetime,
-    actor: str,
-    reason: str,
-) -> None:
-    repository = unit.deps.repository
-    recorded = await repository.insert_deposit_outcome(
-        unit.conn,
+def _deposit_row(bill: Bill, plan: domain.DepositPlan) -> dict[str, Any]:
+    return {
+        "booking_id": bill.booking_id,
+        "request_id": bill.request_id,
+        "practice_id": bill.practice_id,
+        "patient_id": bill.patient_id,
+        "outcome": plan.outcome,
+        "amount_minor": plan.amount_minor,
+        "currency": plan.currency,
+        "credit_note_id": plan.credit_note_id,
+        "occurred_at": bill.at,
+    }
+
+
+def _deposit_settled(bill: Bill, plan: domain.DepositPlan, audit: Audit) -> None:
+    audit.append(
         {
-            "booking_id": booking_id,
-            "request_id": request_id,
-            "practice_id": practice_id,
-            "patient_id": patient_id,
-            "outcome": plan.outcome,
+            "at": bill.at,
+            "actor": bill.actor,
+            "action": "credit_note_issued" if plan.outcome == "credit_note" else f"deposit_{plan.outcome}",
+            "practice_id": bill.practice_id,
+            "booking_id": bill.booking_id,
             "amount_minor": plan.amount_minor,
             "currency": plan.currency,
-            "credit_note_id": plan.credit_note_id,
-            "occurred_at": at,
-        },
+            "reason": bill.reason,
+            "detail": {
+                "request_id": bill.request_id,
+                "credit_note_id": plan.credit_note_id,
+                "event_id": bill.unit.event.id,
+            },
+        }
     )
-    if not recorded:
-        return
-    action = "credit_note_issued" if plan.outcome == "credit_note" else f"deposit_{plan.outcome}"
-    await repository.audit(
-        unit.conn,
-        at=at,
-        actor=actor,
-        action=action,
-        practice_id=practice_id,
-        booking_id=booking_id,
-        amount_minor=plan.amount_minor,
-        currency=plan.currency,
-        reason=reason,
-        detail={"request_id": request_id, "credit_note_id": plan.credit_note_id, "event_id": unit.event.id},
-    )
-    fields = {"booking_id": booking_id, "amount": plan.amount, "currency": plan.currency}
+    fields = {"booking_id": bill.booking_id, "amount": plan.amount, "currency": plan.currency}
     if plan.credit_note_id is not None:
         fields["credit_note_id"] = plan.credit_note_id
-    unit.emit(BILLING_EVENTS, _DEPOSIT_EVENTS[plan.outcome].new(**fields), subject=booking_id)
+    bill.unit.emit(BILLING_EVENTS, _DEPOSIT_EVENTS[plan.outcome].new(**fields), subject=bill.booking_id)
 
 
 async def adjust_charge(unit: Unit[BillingDeps], command: ChargeAdjustmentRequested) -> None:

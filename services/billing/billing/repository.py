@@ -26,58 +26,79 @@ PAYMENT_COLUMNS = (
 )
 
 
-async def lock_booking_billing(conn: asyncpg.Connection, booking_id: str) -> None:
-    """Serialise billing writes of one booking for this transaction (the booking's charges and
-    deposit have no row of their own to lock before the first one exists)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"billing:booking:{booking_id}")
+async def lock_bookings_billing(conn: asyncpg.Connection, booking_ids: list[str]) -> None:
+    """Serialise billing writes of these bookings for this transaction (a booking's charges,
+    deposit and turn-away pay have no row of their own to lock before the first one exists), so
+    a booking's rows and audit entries are written by one transaction after the other. One
+    statement for a whole set, each lock taken in the order of its key: two replicas locking
+    overlapping sets wait for each other instead of deadlocking."""
+    keys = sorted({f"billing:booking:{booking_id}" for booking_id in booking_ids})
+    if not keys:
+        return
+    # A volatile function of the select list runs in the ORDER BY's order (Postgres 9.6 and later).
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest($1::text[]) AS k ORDER BY k", keys)
 
 
-async def insert_charge(conn: asyncpg.Connection, c: dict[str, Any]) -> bool:
-    """Store a new charge; False when it exists already (the same request delivered again)."""
-    inserted = await conn.fetchval(
+async def insert_charges(conn: asyncpg.Connection, charges: list[dict[str, Any]]) -> set[str]:
+    """Store new charges, in one statement; returns the ids of those stored (one that exists
+    already, the same request delivered again, is not; a charge given twice is stored from its
+    first row)."""
+    if not charges:
+        return set()
+    rows = await conn.fetch(
         "INSERT INTO charges (charge_id, booking_id, request_id, practice_id, patient_id, kind, amount_minor,"
         " currency, code, code_system, charge_card, status, policy_version, occurred_at, correlation_id,"
         " next_capture_at, review_until)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-        " CASE WHEN $12 = 'pending_capture' THEN now() END, $16)"
-        " ON CONFLICT DO NOTHING RETURNING true",
-        c["charge_id"],
-        c["booking_id"],
-        c["request_id"],
-        c["practice_id"],
-        c["patient_id"],
-        c["kind"],
-        c["amount_minor"],
-        c["currency"],
-        c["code"],
-        c["code_system"],
-        c["charge_card"],
-        c["status"],
-        c["policy_version"],
-        c["occurred_at"],
-        c["correlation_id"],
-        c.get("review_until"),
+        " SELECT id, b, r, p, pt, k, a, cur, code, cs, card, s, v, o, corr,"
+        " CASE WHEN s = 'pending_capture' THEN now() END, ru"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],"
+        " $8::text[], $9::text[], $10::text[], $11::boolean[], $12::text[], $13::text[], $14::timestamptz[],"
+        " $15::text[], $16::timestamptz[]) WITH ORDINALITY"
+        " AS c(id, b, r, p, pt, k, a, cur, code, cs, card, s, v, o, corr, ru, n) ORDER BY n"
+        " ON CONFLICT DO NOTHING RETURNING charge_id::text",
+        [c["charge_id"] for c in charges],
+        [c["booking_id"] for c in charges],
+        [c["request_id"] for c in charges],
+        [c["practice_id"] for c in charges],
+        [c["patient_id"] for c in charges],
+        [c["kind"] for c in charges],
+        [c["amount_minor"] for c in charges],
+        [c["currency"] for c in charges],
+        [c["code"] for c in charges],
+        [c["code_system"] for c in charges],
+        [c["charge_card"] for c in charges],
+        [c["status"] for c in charges],
+        [c["policy_version"] for c in charges],
+        [c["occurred_at"] for c in charges],
+        [c["correlation_id"] for c in charges],
+        [c.get("review_until") for c in charges],
     )
-    return bool(inserted)
+    return {r["charge_id"] for r in rows}
 
 
-async def insert_deposit_outcome(conn: asyncpg.Connection, d: dict[str, Any]) -> bool:
-    """Store what became of a deposit; False when it was recorded already."""
-    inserted = await conn.fetchval(
+async def insert_deposit_outcomes(conn: asyncpg.Connection, deposits: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Store what became of deposits, in one statement; returns the (booking_id, request_id) of
+    those stored (one recorded already is not; one given twice is stored from its first row)."""
+    if not deposits:
+        return set()
+    rows = await conn.fetch(
         "INSERT INTO deposit_outcomes (booking_id, request_id, practice_id, patient_id, outcome, amount_minor,"
-        " currency, credit_note_id, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT DO NOTHING RETURNING true",
-        d["booking_id"],
-        d["request_id"],
-        d["practice_id"],
-        d["patient_id"],
-        d["outcome"],
-        d["amount_minor"],
-        d["currency"],
-        d["credit_note_id"],
-        d["occurred_at"],
+        " currency, credit_note_id, occurred_at)"
+        " SELECT b, r, p, pt, o, a, cur, cn, w FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::text[], $6::bigint[], $7::text[], $8::uuid[], $9::timestamptz[]) WITH ORDINALITY"
+        " AS d(b, r, p, pt, o, a, cur, cn, w, n) ORDER BY n"
+        " ON CONFLICT DO NOTHING RETURNING booking_id, request_id",
+        [d["booking_id"] for d in deposits],
+        [d["request_id"] for d in deposits],
+        [d["practice_id"] for d in deposits],
+        [d["patient_id"] for d in deposits],
+        [d["outcome"] for d in deposits],
+        [d["amount_minor"] for d in deposits],
+        [d["currency"] for d in deposits],
+        [d["credit_note_id"] for d in deposits],
+        [d["occurred_at"] for d in deposits],
     )
-    return bool(inserted)
+    return {(r["booking_id"], r["request_id"]) for r in rows}
 
 
 async def claim_captures(
@@ -243,32 +264,49 @@ async def record_payment(
     amount_minor: int,
     currency: str,
     gateway: str,
-    gateway_ref: str,
+    gateway_ref: str | None,
     idempotency_key: str,
     failure_reason: str | None,
     charge_status: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO payments (payment_id, charge_id, status, amount_minor, currency, gateway, gateway_ref,"
-        " idempotency_key, failure_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        payment_id,
+    audit: dict[str, Any],
+) -> bool:
+    """The gateway's answer for a charge still waiting for it (`pending_capture`, nothing paid
+    of it: no top-up in flight), in one statement: the charge's new status, the payment row and
+    the audit entry (`audit`'s arguments but the charge, amount and currency). False, and nothing
+    written, when the charge is not waiting any more (another attempt, or a webhook, recorded it
+    first). The UPDATE's own condition decides under the charge's row lock: a recorder that had
+    to wait for another reads the row as the other left it (READ COMMITTED re-checks it), as a
+    SELECT ... FOR UPDATE before the writes would."""
+    recorded = await conn.fetchval(
+        "WITH charge AS ("
+        " UPDATE charges SET status = $3::text, failure_reason = $4::text, next_capture_at = NULL,"
+        " updated_at = now(), paid_minor = CASE WHEN $3::text = 'paid' THEN amount_minor ELSE paid_minor END"
+        " WHERE charge_id = $1 AND status = 'pending_capture' AND paid_minor = 0 RETURNING charge_id),"
+        " payment AS (INSERT INTO payments (payment_id, charge_id, status, amount_minor, currency, gateway,"
+        " gateway_ref, idempotency_key, failure_reason)"
+        " SELECT $2, charge_id, $5, $6::bigint, $7::text, $8, $9, $10, $4::text FROM charge)"
+        " INSERT INTO billing_audit (at, actor, action, practice_id, booking_id, charge_id, amount_minor, currency,"
+        " reason, detail) SELECT $11, $12, $13, $14, $15, charge_id, $6::bigint, $7::text, $16, $17::jsonb FROM charge"
+        " RETURNING true",
         charge_id,
+        payment_id,
+        charge_status,
+        failure_reason,
         status,
         amount_minor,
         currency,
         gateway,
         gateway_ref,
         idempotency_key,
-        failure_reason,
+        audit["at"],
+        audit["actor"],
+        audit["action"],
+        audit["practice_id"],
+        audit["booking_id"],
+        audit["reason"],
+        json.dumps(audit.get("detail") or {}),
     )
-    await conn.execute(
-        "UPDATE charges SET status = $2::text, failure_reason = $3, next_capture_at = NULL, updated_at = now(),"
-        " paid_minor = CASE WHEN $2::text = 'paid' THEN amount_minor ELSE paid_minor END"
-        " WHERE charge_id = $1",
-        charge_id,
-        charge_status,
-        failure_reason,
-    )
+    return bool(recorded)
 
 
 async def set_charge_state(
@@ -431,19 +469,46 @@ async def audit(
     currency: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
+    await audit_many(
+        conn,
+        [
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "practice_id": practice_id,
+                "booking_id": booking_id,
+                "reason": reason,
+                "charge_id": charge_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "detail": detail,
+            }
+        ],
+    )
+
+
+async def audit_many(conn: asyncpg.Connection, entries: list[dict[str, Any]]) -> None:
+    """Append to the audit in the entries' order, in one statement; each entry as `audit`'s
+    arguments (a dict)."""
+    if not entries:
+        return
     await conn.execute(
         "INSERT INTO billing_audit (at, actor, action, practice_id, booking_id, charge_id, amount_minor, currency,"
-        " reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)",
-        at,
-        actor,
-        action,
-        practice_id,
-        booking_id,
-        charge_id,
-        amount_minor,
-        currency,
-        reason,
-        json.dumps(detail or {}),
+        " reason, detail)"
+        " SELECT w, who, act, p, b, c, a, cur, why, d FROM unnest($1::timestamptz[], $2::text[], $3::text[],"
+        " $4::text[], $5::text[], $6::uuid[], $7::bigint[], $8::text[], $9::text[], $10::jsonb[]) WITH ORDINALITY"
+        " AS e(w, who, act, p, b, c, a, cur, why, d, n) ORDER BY n",
+        [e["at"] for e in entries],
+        [e["actor"] for e in entries],
+        [e["action"] for e in entries],
+        [e["practice_id"] for e in entries],
+        [e["booking_id"] for e in entries],
+        [e.get("charge_id") for e in entries],
+        [e.get("amount_minor") for e in entries],
+        [e.get("currency") for e in entries],
+        [e["reason"] for e in entries],
+        [json.dumps(e.get("detail") or {}) for e in entries],
     )
 
 
@@ -588,22 +653,28 @@ async def charges_in_review(
 # --- turn-away pay (second release, issue 17; turnaway.py) ---------------------------------------
 
 
-async def record_turnaway_pay(conn: asyncpg.Connection, t: dict[str, Any]) -> bool:
-    """Record what an office owes a professional for one booking; False when it is known."""
-    inserted = await conn.fetchval(
+async def record_turnaway_pays(conn: asyncpg.Connection, owed: list[dict[str, Any]]) -> set[str]:
+    """Record what offices owe professionals, one row per booking, in one statement; returns the
+    booking ids recorded (one known already is not; one given twice is stored from its first row)."""
+    if not owed:
+        return set()
+    rows = await conn.fetch(
         "INSERT INTO turnaway_pay (booking_id, practice_id, professional_id, amount_minor, currency, owed_at,"
-        " request_id, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT (booking_id) DO NOTHING RETURNING true",
-        t["booking_id"],
-        t["practice_id"],
-        t["professional_id"],
-        t["amount_minor"],
-        t["currency"],
-        t["owed_at"],
-        t["request_id"],
-        t["event_id"],
+        " request_id, event_id)"
+        " SELECT b, p, pro, a, cur, w, r, e FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],"
+        " $5::text[], $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY"
+        " AS t(b, p, pro, a, cur, w, r, e, n) ORDER BY n"
+        " ON CONFLICT (booking_id) DO NOTHING RETURNING booking_id",
+        [t["booking_id"] for t in owed],
+        [t["practice_id"] for t in owed],
+        [t["professional_id"] for t in owed],
+        [t["amount_minor"] for t in owed],
+        [t["currency"] for t in owed],
+        [t["owed_at"] for t in owed],
+        [t["request_id"] for t in owed],
+        [t["event_id"] for t in owed],
     )
-    return bool(inserted)
+    return {r["booking_id"] for r in rows}
 
 
 async def turnaway_pay_of_practice(

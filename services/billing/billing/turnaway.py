@@ -10,6 +10,7 @@ marketplace to settle. The read routes show it to the practice's fee roles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from shared.auth import FEE_ROLES, Principal, with_role
-from shared.consumer import Unit
+from shared.consumer import SetBased, Unit
 from shared.contracts.billing import TurnawayPayOwed
 from shared.contracts.booking import BookingCancelled
 from shared.contracts.common import UtcDatetime
@@ -29,57 +30,70 @@ from . import domain, handlers, repository
 from .handlers import BillingDeps
 
 
-async def on_cancelled(unit: Unit[BillingDeps], event: BookingCancelled) -> None:
-    """The patient's fee and deposit (handlers.bill_cancellation), then the office's turn-away pay."""
-    await handlers.bill_cancellation(unit, event)
-    await owe_turnaway_pay(unit, event)
+async def on_cancelled_many(units: Sequence[Unit[BillingDeps]], events: Sequence[BookingCancelled]) -> None:
+    """Cancellations, set-based: each one's patient fee and deposit (`handlers.bill_many`), then
+    the office's turn-away pay; the set's bookings locked in one statement, each kind of row
+    written in one, the audit in one."""
+    conn, repo = units[0].conn, units[0].deps.repository
+    owed = [_owed(unit, event) for unit, event in zip(units, events, strict=True)]
+    bills = [handlers.cancellation_bill(unit, event) for unit, event in zip(units, events, strict=True)]
+    audit = await handlers.bill_many(bills, also_lock=[row["booking_id"] for row in owed if row is not None])
+    rows = [row for row in owed if row is not None]
+    recorded = await repo.record_turnaway_pays(conn, rows) if rows else set()
+    for unit, event, row in zip(units, events, owed, strict=True):
+        if row is None or row["booking_id"] not in recorded:
+            continue  # nothing owed, or owed once per booking already
+        recorded.discard(row["booking_id"])  # a second record of the booking in the set finds it owed
+        pay = event.decision.turnaway_pay
+        assert pay is not None
+        audit.append(
+            {
+                "at": event.cancelled_at,
+                "actor": f"{event.actor.kind}:{event.actor.id}",
+                "action": "turnaway_pay_owed",
+                "practice_id": event.practice_id,
+                "booking_id": event.booking_id,
+                "reason": "staff cancelled the booked professional inside the office's late window",
+                "amount_minor": row["amount_minor"],
+                "currency": pay.currency,
+                "detail": {"professional_id": event.professional_id, "policy_version": event.decision.policy_version},
+            }
+        )
+        unit.emit(
+            BILLING_EVENTS,
+            TurnawayPayOwed.new(
+                booking_id=event.booking_id,
+                practice_id=event.practice_id,
+                professional_id=row["professional_id"],
+                amount=pay.amount,
+                currency=pay.currency,
+            ),
+            subject=event.booking_id,
+        )
+    if audit:
+        await repo.audit_many(conn, audit)
 
 
-async def owe_turnaway_pay(unit: Unit[BillingDeps], event: BookingCancelled) -> None:
+# booking.cancelled: the patient's fee and deposit, then the office's turn-away pay.
+on_cancelled = SetBased(on_cancelled_many)
+
+
+def _owed(unit: Unit[BillingDeps], event: BookingCancelled) -> dict[str, Any] | None:
+    """The turn-away pay row a cancellation owes, or None: only a staff cancellation of a booked
+    professional whose decision carries it."""
     pay = event.decision.turnaway_pay
     if pay is None or event.actor.kind != "staff" or event.professional_id is None:
-        return
-    repo = unit.deps.repository
-    await repo.lock_booking_billing(unit.conn, event.booking_id)
-    amount_minor = domain.to_minor(pay.amount, pay.currency)
-    recorded = await repo.record_turnaway_pay(
-        unit.conn,
-        {
-            "booking_id": event.booking_id,
-            "practice_id": event.practice_id,
-            "professional_id": event.professional_id,
-            "amount_minor": amount_minor,
-            "currency": pay.currency,
-            "owed_at": event.cancelled_at,
-            "request_id": event.request_id,
-            "event_id": unit.event.id,
-        },
-    )
-    if not recorded:
-        return  # owed once per booking
-    await repo.audit(
-        unit.conn,
-        at=event.cancelled_at,
-        actor=f"{event.actor.kind}:{event.actor.id}",
-        action="turnaway_pay_owed",
-        practice_id=event.practice_id,
-        booking_id=event.booking_id,
-        reason="staff cancelled the booked professional inside the office's late window",
-        amount_minor=amount_minor,
-        currency=pay.currency,
-        detail={"professional_id": event.professional_id, "policy_version": event.decision.policy_version},
-    )
-    unit.emit(
-        BILLING_EVENTS,
-        TurnawayPayOwed.new(
-            booking_id=event.booking_id,
-            practice_id=event.practice_id,
-            professional_id=event.professional_id,
-            amount=pay.amount,
-            currency=pay.currency,
-        ),
-        subject=event.booking_id,
-    )
+        return None
+    return {
+        "booking_id": event.booking_id,
+        "practice_id": event.practice_id,
+        "professional_id": event.professional_id,
+        "amount_minor": domain.to_minor(pay.amount, pay.currency),
+        "currency": pay.currency,
+        "owed_at": event.cancelled_at,
+        "request_id": event.request_id,
+        "event_id": unit.event.id,
+    }
 
 
 # --- read API -------------------------------------------------------------------------------------
