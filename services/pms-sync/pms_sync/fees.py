@@ -43,7 +43,7 @@ log = get_logger(__name__)
 # booking, so a set names each charge once; should one come twice all the same (two keys), the set
 # runs in rounds, one occurrence per round, so the later event sees what the earlier one saved.
 
-P = TypeVar("P")
+P = TypeVar("P", ChargeCreated, ChargeAdjusted, ChargeWaived)
 T = TypeVar("T")
 
 
@@ -64,8 +64,11 @@ def _rounds(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
 def _one_charge_at_a_time(
     handle_round: Callable[[Sequence[Unit[PmsSyncDeps]], Sequence[P]], Awaitable[None]],
 ) -> SetBased:
+    """The set-based handler that runs `handle_round` on rounds of distinct charges (one round,
+    unless a charge comes twice)."""
+
     async def handle_many(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[P]) -> None:
-        for members in _rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].charge_id):  # type: ignore[attr-defined]
+        for members in _rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].charge_id):
             await handle_round([unit for unit, _ in members], [event for _, event in members])
 
     handle_many.__name__ = handle_round.__name__
