@@ -214,7 +214,7 @@ async def test_a_fee_update_acknowledged_is_not_superseded(handle: Handle, repo:
     await handle(fees.note_charge_created, created("due"))
     await handle(fees.note_charge_adjusted, adjusted("adj-1", FEE, LOWER))
     first = domain.fee_update_sync_id(BOOKING, CHARGE, "adj-1")
-    await repo.complete_sync(None, first, "pms-77")
+    await repo.complete_syncs(None, [(first, "pms-77")])
     assert await handle(fees.note_charge_adjusted, adjusted("adj-2", LOWER, LOWEST)) == [update(LOWEST, "adj-2")]
     assert repo.syncs[first]["status"] == "completed"
 
@@ -251,9 +251,9 @@ async def test_a_failed_fee_update_is_reported_failed_and_kept_for_staff_without
     await cancelled_at_praktika(handle, review=False)
     await handle(fees.note_charge_created, created("due"))
     await handle(fees.note_charge_adjusted, adjusted("adj-1", FEE, LOWER))
-    sync = await repo.lock_sync(None, domain.fee_update_sync_id(BOOKING, CHARGE, "adj-1"))
-    assert sync is not None
-    published = await handlers.fail_sync(None, sync, "no acknowledgement after 5 attempts", repository=repo)  # type: ignore[arg-type]
+    sync_id = domain.fee_update_sync_id(BOOKING, CHARGE, "adj-1")
+    sync = (await repo.lock_syncs(None, [sync_id]))[sync_id]
+    [published] = await handlers.fail_syncs(None, [(sync, "no acknowledgement after 5 attempts")], repository=repo)
     assert [p.event_type for p in published] == ["pms.sync_failed"]
     [manual] = repo.manual_updates
     assert manual["action"] == "update_fee" and manual["sync_id"] == sync["sync_id"]

@@ -137,10 +137,9 @@ class FakeRepository:
     def _row(self, sync: dict[str, Any]) -> dict[str, Any]:
         return {c: sync[c] for c in SYNC_COLUMNS.split()}
 
-    async def lock_sync(self, conn: Any, sync_id: str) -> dict[str, Any] | None:
-        self.calls["lock_sync"] += 1
-        sync = self.syncs.get(sync_id)
-        return self._row(sync) if sync else None
+    async def lock_syncs(self, conn: Any, sync_ids: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls["lock_syncs"] += 1
+        return {s: self._row(self.syncs[s]) for s in sync_ids if s in self.syncs}
 
     async def lock_waiting_syncs(self, conn: Any, request_ids: list[str]) -> list[dict[str, Any]]:
         self.calls["lock_waiting_syncs"] += 1
@@ -157,13 +156,15 @@ class FakeRepository:
                 "next_retry_in": ack_wait_seconds,
             }
 
-    async def complete_sync(self, conn: Any, sync_id: str, external_ref: str | None) -> None:
-        self.calls["complete_sync"] += 1
-        self.syncs[sync_id] |= {"status": "completed", "external_ref": external_ref, "next_retry_in": None}
+    async def complete_syncs(self, conn: Any, completed: list[tuple[str, str | None]]) -> None:
+        self.calls["complete_syncs"] += 1
+        for sync_id, external_ref in completed:
+            self.syncs[sync_id] |= {"status": "completed", "external_ref": external_ref, "next_retry_in": None}
 
-    async def fail_sync(self, conn: Any, sync_id: str, error: str) -> None:
-        self.calls["fail_sync"] += 1
-        self.syncs[sync_id] |= {"status": "failed", "error": error, "next_retry_in": None}
+    async def fail_syncs(self, conn: Any, failed: list[tuple[str, str]]) -> None:
+        self.calls["fail_syncs"] += 1
+        for sync_id, error in failed:
+            self.syncs[sync_id] |= {"status": "failed", "error": error, "next_retry_in": None}
 
     async def add_manual_updates(self, conn: Any, updates: list[dict[str, Any]]) -> None:
         self.calls["add_manual_updates"] += 1
@@ -715,3 +716,71 @@ async def test_a_set_of_no_shows_and_reports_costs_one_call_of_each_kind_and_doe
     assert first[0][0][3]["actor"] == NURSE
     [[(_, key, _, command)], []] = second
     assert (key, command["actor"], command["chart_note"]) == ("b-1", NURSE, "Did not answer two calls")
+
+
+async def acks_world(unit_for: Callable[..., Unit[Any]], repo: FakeRepository, n: int) -> list[Payload]:
+    """n cancellations sent to Praktika per kind of ack, and the set of acks that follows: ok,
+    an error, one for a sync never sent, one for a sync still waiting, a late one after the sync
+    ended."""
+    await repo.configure_integration(None, PRACTICE, "praktika", T - timedelta(days=1))
+    system = {"kind": "system", "id": "service/booking", "roles": []}
+    bookings = [f"b-{kind}-{i}" for i in range(n) for kind in ("ok", "error", "late")]
+    sent = [cancellation_of(b, f"r-{b}", PRACTICE, actor=system, channel="system") for b in bookings]
+    waiting = [cancellation_of(f"b-wait-{i}", f"r-wait-{i}", PRACTICE) for i in range(n)]
+    await as_set(unit_for, repo, handlers.sync_cancellation, sent + waiting, first=-100)
+    for i in range(n):  # the late one's sync ended already
+        await repo.complete_syncs(None, [(domain.sync_id(f"b-late-{i}", f"r-b-late-{i}"), "PRK-0")])
+
+    def ack_of(booking_id: str, status: str, **extra: Any) -> PmsSyncAcknowledged:
+        request = f"r-{booking_id}" if not booking_id.startswith("b-wait") else f"r-wait-{booking_id[7:]}"
+        return PmsSyncAcknowledged.new(
+            sync_id=domain.sync_id(booking_id, request), booking_id=booking_id, status=status, **extra
+        )
+
+    acks: list[Payload] = []
+    for i in range(n):
+        acks += [
+            ack_of(f"b-ok-{i}", "ok", external_ref=f"PRK-{i}"),
+            ack_of(f"b-error-{i}", "error", error="Appointment is locked"),
+            ack_of(f"b-late-{i}", "error", error="too late"),
+            ack_of(f"b-wait-{i}", "ok"),
+            PmsSyncAcknowledged.new(sync_id=f"never-sent-{i}", booking_id=f"b-x-{i}", status="ok"),
+        ]
+    return acks
+
+
+@pytest.mark.parametrize("n", [1, 4])
+async def test_a_set_of_acks_costs_one_call_of_each_kind_and_each_record_publishes_its_own(
+    unit_for: Callable[..., Unit[Any]], n: int
+) -> None:
+    repo = FakeRepository()
+    acks = await acks_world(unit_for, repo, n)
+    repo.calls.clear()
+    published = await as_set(unit_for, repo, handlers.acknowledge_sync, acks)
+
+    assert repo.calls == Counter(lock_syncs=1, complete_syncs=1, fail_syncs=1, add_manual_updates=1)
+    for i in range(n):
+        ok, error, late, waiting, never = published[5 * i : 5 * i + 5]
+        assert [(key, type_) for _, key, type_, _ in ok] == [(f"b-ok-{i}", "pms.sync_completed")]
+        assert [(key, type_) for _, key, type_, _ in error] == [
+            (f"b-error-{i}", "pms.sync_failed"),
+            (f"b-error-{i}", "pms.manual_update_required"),
+        ]
+        assert (late, waiting, never) == ([], [], [])
+        assert repo.syncs[domain.sync_id(f"b-ok-{i}", f"r-b-ok-{i}")]["external_ref"] == f"PRK-{i}"
+    assert [m["booking_id"] for m in repo.manual_updates] == [f"b-error-{i}" for i in range(n)]
+
+
+async def test_a_set_of_acks_does_what_the_acks_do_one_by_one_even_naming_a_sync_twice(
+    unit_for: Callable[..., Unit[Any]],
+) -> None:
+    together, alone = FakeRepository(), FakeRepository()
+    acks = await acks_world(unit_for, together, 3)
+    await acks_world(unit_for, alone, 3)
+    # the connector acknowledges b-error-0 again, ok this time (two records of one set): too late
+    acks.append(acks[1].model_copy(update={"status": "ok", "error": None}))
+    assert await as_set(unit_for, together, handlers.acknowledge_sync, acks) == await one_by_one(
+        unit_for, alone, handlers.acknowledge_sync, acks
+    )
+    assert state(together) == state(alone)
+    assert together.syncs[domain.sync_id("b-error-0", "r-b-error-0")]["status"] == "failed"

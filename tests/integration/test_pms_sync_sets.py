@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pms_sync import fees, handlers, repository
+from pms_sync import domain, fees, handlers, repository
 from pms_sync.handlers import PmsSyncDeps
 from pms_sync.settings import PmsSyncSettings
 from shared import db
@@ -27,8 +27,13 @@ from shared.contracts.billing import ChargeAdjusted, ChargeCreated, ChargeWaived
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.envelope import new_envelope, parse_envelope
 from shared.contracts.registry import models_for
-from shared.contracts.upstream import BookingCancellationRequested, BookingNoShowReported, PracticeConfigured
-from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
+from shared.contracts.upstream import (
+    BookingCancellationRequested,
+    BookingNoShowReported,
+    PmsSyncAcknowledged,
+    PracticeConfigured,
+)
+from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, PMS_SYNC_ACKS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +53,7 @@ TOPICS = {
     ChargeCreated: BILLING_EVENTS,
     ChargeAdjusted: BILLING_EVENTS,
     ChargeWaived: BILLING_EVENTS,
+    PmsSyncAcknowledged: PMS_SYNC_ACKS,
 }
 Published = list[list[tuple[str, str, str, dict[str, Any]]]]
 
@@ -266,6 +272,25 @@ async def story(pool: asyncpg.Pool, *, together: bool) -> tuple[Published, dict[
         together=together,
         first=600,
     )
+    # the connectors' acks: ok, an error, a fee update's error, one never sent, one sync twice
+    b7_fee = domain.fee_update_sync_id("b-7", "ch-7", "adj-5")
+    published += await run(
+        pool,
+        handlers.acknowledge_sync,
+        [
+            PmsSyncAcknowledged.new(
+                sync_id=domain.sync_id("b-1", "r-1"), booking_id="b-1", status="ok", external_ref="PK-1"
+            ),
+            PmsSyncAcknowledged.new(
+                sync_id=domain.sync_id("b-2", "r-2"), booking_id="b-2", status="error", error="locked"
+            ),
+            PmsSyncAcknowledged.new(sync_id=b7_fee, booking_id="b-7", status="error"),
+            PmsSyncAcknowledged.new(sync_id="never-sent", booking_id="b-x", status="ok"),
+            PmsSyncAcknowledged.new(sync_id=domain.sync_id("b-2", "r-2"), booking_id="b-2", status="ok"),
+        ],
+        together=together,
+        first=700,
+    )
     return published, await rows(pool)
 
 
@@ -286,12 +311,38 @@ async def test_sets_on_the_real_sql_leave_what_the_records_leave_one_by_one(scra
     # adjusted: ch-7 twice (both told), ch-1 told, ch-4 of a manual practice and an unknown charge not
     assert [len(p) for p in published[17:22]] == [1, 1, 0, 0, 1]
     assert [len(p) for p in published[22:24]] == [1, 1]  # both waivers of b-1 told
-    open_fee_updates = {
-        (s["booking_id"], json.loads(s["command"])["charge_id"])
+    fee_updates = {
+        (s["booking_id"], json.loads(s["command"])["charge_id"], s["request_id"]): s["status"]
         for s in left["syncs"]
-        if s["action"] == "update_fee" and s["status"] == "sent"
+        if s["action"] == "update_fee"
     }
-    # one open fee update per booking: each newer one superseded the older
-    assert open_fee_updates == {("b-7", "ch-7"), ("b-1", "ch-1b")}
-    assert {s["status"] for s in left["syncs"] if s["action"] != "update_fee"} == {"sent"}
+    # each newer fee update of a booking superseded the older (b-7's last one failed by its ack)
+    assert fee_updates == {
+        ("b-7", "ch-7", "ch-7"): "superseded",  # approved: final
+        ("b-7", "ch-7", "adj-1"): "superseded",
+        ("b-7", "ch-7", "adj-5"): "failed",
+        ("b-1", "ch-1", "adj-2"): "superseded",
+        ("b-1", "ch-1", "w-1"): "superseded",
+        ("b-1", "ch-1b", "w-2"): "sent",
+    }
+    # every command went out (none left waiting); b-1's and b-2's were acknowledged below
+    assert {
+        s["status"] for s in left["syncs"] if s["action"] != "update_fee" and s["booking_id"] not in ("b-1", "b-2")
+    } == {"sent"}
     assert [r["request_id"] for r in left["requests"]] == ["r-1", "r-2", "r-3", "r-9"]
+    acks = [[type_ for _, _, type_, _ in p] for p in published[24:29]]
+    assert acks == [
+        ["pms.sync_completed"],
+        ["pms.sync_failed", "pms.manual_update_required"],
+        ["pms.sync_failed"],  # a fee update: staff find it in the manual updates, no event names it
+        [],
+        [],  # the same sync again: it failed already
+    ]
+    status = {s["sync_id"]: s["status"] for s in left["syncs"]}
+    assert (status[domain.sync_id("b-1", "r-1")], status[domain.sync_id("b-2", "r-2")]) == ("completed", "failed")
+    assert [(m["booking_id"], m["action"]) for m in left["manual"]] == [
+        ("b-4", "cancel_booking"),
+        ("b-4b", "cancel_booking"),
+        ("b-2", "cancel_booking"),
+        ("b-7", "update_fee"),
+    ]

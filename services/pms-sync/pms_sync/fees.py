@@ -24,7 +24,7 @@ already, and the contract sends `pms.update_fee` for the fee, not for the money'
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,31 +34,16 @@ from shared.contracts.common import Fee
 from shared.logging import get_logger
 
 from . import domain
-from .handlers import PmsSyncDeps, SyncPlan
+from .handlers import PmsSyncDeps, SyncPlan, rounds
 
 log = get_logger(__name__)
 
 # Each handler is set-based: the set's charges locked in one statement, saved in one, and the
 # changes to tell written in one statement of each kind (`_tell`). Billing keys its events by
 # booking, so a set names each charge once; should one come twice all the same (two keys), the set
-# runs in rounds, one occurrence per round, so the later event sees what the earlier one saved.
+# runs in rounds (`handlers.rounds`), so the later event sees what the earlier one saved.
 
 P = TypeVar("P", ChargeCreated, ChargeAdjusted, ChargeWaived)
-T = TypeVar("T")
-
-
-def _rounds(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
-    """`items` in rounds of distinct keys: an item's round is the number of items before it with
-    the same key, so items of one key keep their order, one round after the other."""
-    rounds: list[list[T]] = []
-    seen: dict[Hashable, int] = {}
-    for item in items:
-        n = seen.get(key(item), 0)
-        seen[key(item)] = n + 1
-        if n == len(rounds):
-            rounds.append([])
-        rounds[n].append(item)
-    return rounds
 
 
 def _one_charge_at_a_time(
@@ -68,7 +53,7 @@ def _one_charge_at_a_time(
     unless a charge comes twice)."""
 
     async def handle_many(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[P]) -> None:
-        for members in _rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].charge_id):
+        for members in rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].charge_id):
             await handle_round([unit for unit, _ in members], [event for _, event in members])
 
     handle_many.__name__ = handle_round.__name__
@@ -149,7 +134,7 @@ async def _save_and_tell(
     if saves:
         await unit0.deps.fees.save_charges(unit0.conn, saves)
     # A newer fee update supersedes the older ones of its booking: one per booking at a time.
-    for members in _rounds(tells, key=lambda t: t.booking_id):
+    for members in rounds(tells, key=lambda t: t.booking_id):
         await _tell(members)
 
 

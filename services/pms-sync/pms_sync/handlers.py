@@ -8,9 +8,9 @@ database's `now()`, the clock the scheduler's due rows are compared with.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -161,58 +161,80 @@ async def sync_no_shows(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[Boo
 sync_no_show = SetBased(sync_no_shows)
 
 
-async def acknowledge_sync(unit: Unit[PmsSyncDeps], event: PmsSyncAcknowledged) -> None:
-    repository = unit.deps.repository
-    sync = await repository.lock_sync(unit.conn, event.sync_id)
-    if sync is None:
-        log.warning("acknowledgement of a sync we never sent; ignored", sync_id=event.sync_id)
-        return
-    step = domain.on_ack(sync["status"], event.status)
-    if step == "ignore":
-        log.debug("duplicate or late acknowledgement; nothing to do", sync_id=event.sync_id, status=sync["status"])
-        return
-    if step == "complete":
-        await repository.complete_sync(unit.conn, event.sync_id, event.external_ref)
-        unit.emit(
-            PMS_SYNC_EVENTS,
-            PmsSyncCompleted.new(
-                sync_id=sync["sync_id"],
-                booking_id=sync["booking_id"],
-                integration=sync["integration"],
-                attempts=sync["attempts"],
-            ),
-            subject=sync["booking_id"],
-        )
-        return
-    error = event.error or "the PMS connector reported an error"
-    for payload in await fail_sync(unit.conn, sync, error, repository=repository):
-        unit.emit(PMS_SYNC_EVENTS, payload, subject=sync["booking_id"])
+async def acknowledge_syncs(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[PmsSyncAcknowledged]) -> None:
+    """The connectors' acks, set-based: the syncs locked in one statement, completed in one,
+    failed in one (with their manual updates in one). A sync acknowledged twice in one set (two
+    keys) runs in rounds, so the later ack sees the sync the earlier one settled."""
+    for members in rounds(list(zip(units, events, strict=True)), key=lambda m: m[1].sync_id):
+        await _acknowledge([unit for unit, _ in members], [event for _, event in members])
 
 
-async def fail_sync(
-    conn: asyncpg.Connection,
-    sync: asyncpg.Record,
-    error: str,
+acknowledge_sync = SetBased(acknowledge_syncs)
+
+
+async def _acknowledge(units: Sequence[Unit[PmsSyncDeps]], events: Sequence[PmsSyncAcknowledged]) -> None:
+    conn, repository = units[0].conn, units[0].deps.repository
+    syncs = await repository.lock_syncs(conn, [e.sync_id for e in events])
+    completed: list[tuple[str, str | None]] = []
+    failed: list[tuple[Unit[PmsSyncDeps], Any, str]] = []
+    for unit, event in zip(units, events, strict=True):
+        sync = syncs.get(event.sync_id)
+        if sync is None:
+            log.warning("acknowledgement of a sync we never sent; ignored", sync_id=event.sync_id)
+            continue
+        step = domain.on_ack(sync["status"], event.status)
+        if step == "ignore":
+            log.debug("duplicate or late acknowledgement; nothing to do", sync_id=event.sync_id, status=sync["status"])
+            continue
+        if step == "complete":
+            completed.append((event.sync_id, event.external_ref))
+            unit.emit(
+                PMS_SYNC_EVENTS,
+                PmsSyncCompleted.new(
+                    sync_id=sync["sync_id"],
+                    booking_id=sync["booking_id"],
+                    integration=sync["integration"],
+                    attempts=sync["attempts"],
+                ),
+                subject=sync["booking_id"],
+            )
+            continue
+        failed.append((unit, sync, event.error or "the PMS connector reported an error"))
+    if completed:
+        await repository.complete_syncs(conn, completed)
+    if failed:
+        outcomes = await fail_syncs(conn, [(sync, error) for _, sync, error in failed], repository=repository)
+        for (unit, sync, _), payloads in zip(failed, outcomes, strict=True):
+            for payload in payloads:
+                unit.emit(PMS_SYNC_EVENTS, payload, subject=sync["booking_id"])
+
+
+async def fail_syncs(
+    conn: Any,
+    failures: list[tuple[Any, str]],
     *,
     repository: Any = sql_repository,  # what scheduler.py calls it with: repository.py itself
-) -> list[Payload]:
-    """End a sync as failed; returns what to publish: `pms.sync_failed` and the manual update."""
-    error = error[:500]
-    await repository.fail_sync(conn, sync["sync_id"], error)
-    failed = PmsSyncFailed.new(
-        sync_id=sync["sync_id"],
-        booking_id=sync["booking_id"],
-        integration=sync["integration"],
-        attempts=sync["attempts"],
-        error=error,
-    )
-    if sync["action"] not in domain.PUBLISHED_MANUAL_ACTIONS:
-        # A fee update: pms.manual_update_required cannot name it (the contract's actions are the
-        # cancellation and the no-show); staff find it in the read API's manual updates.
-        message = domain.manual_message(sync["action"], sync["integration"], error, failed=True)
-        await repository.add_manual_updates(
-            conn,
-            [
+) -> list[list[Payload]]:
+    """End those syncs (each with why) as failed, in one statement, and record what staff must
+    change by hand, in one; returns what to publish for each: `pms.sync_failed` and the manual
+    update."""
+    failures = [(sync, error[:500]) for sync, error in failures]
+    await repository.fail_syncs(conn, [(sync["sync_id"], error) for sync, error in failures])
+    manual_rows: list[dict[str, Any]] = []
+    published: list[list[Payload]] = []
+    for sync, error in failures:
+        failed = PmsSyncFailed.new(
+            sync_id=sync["sync_id"],
+            booking_id=sync["booking_id"],
+            integration=sync["integration"],
+            attempts=sync["attempts"],
+            error=error,
+        )
+        if sync["action"] not in domain.PUBLISHED_MANUAL_ACTIONS:
+            # A fee update: pms.manual_update_required cannot name it (the contract's actions are
+            # the cancellation and the no-show); staff find it in the read API's manual updates.
+            message = domain.manual_message(sync["action"], sync["integration"], error, failed=True)
+            manual_rows.append(
                 {
                     "booking_id": sync["booking_id"],
                     "practice_id": sync["practice_id"],
@@ -221,14 +243,16 @@ async def fail_sync(
                     "message": message,
                     "sync_id": sync["sync_id"],
                 }
-            ],
+            )
+            published.append([failed])
+            continue
+        manual = domain.manual_update(
+            sync["booking_id"], sync["practice_id"], sync["integration"], sync["action"], error, failed=True
         )
-        return [failed]
-    manual = domain.manual_update(
-        sync["booking_id"], sync["practice_id"], sync["integration"], sync["action"], error, failed=True
-    )
-    await repository.add_manual_updates(conn, [_manual_row(manual, sync_id=sync["sync_id"])])
-    return [failed, manual]
+        manual_rows.append(_manual_row(manual, sync_id=sync["sync_id"]))
+        published.append([failed, manual])
+    await repository.add_manual_updates(conn, manual_rows)
+    return published
 
 
 async def _integrations(unit: Unit[PmsSyncDeps], practice_ids: list[str]) -> dict[str, str]:
@@ -377,6 +401,25 @@ class SyncPlan:
             unit.emit(row["topic"], payload, subject=row["booking_id"])
             sent.append(payload)
         return sent
+
+
+T = TypeVar("T")
+
+
+def rounds(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """`items` in rounds of distinct keys: an item's round is the number of items before it with
+    the same key, so items of one key keep their order, one round after the other. A set names
+    each sync or charge once (its records have distinct Kafka keys); should one come twice all
+    the same, the set runs in rounds, so the later record sees what the earlier one changed."""
+    out: list[list[T]] = []
+    seen: dict[Hashable, int] = {}
+    for item in items:
+        n = seen.get(key(item), 0)
+        seen[key(item)] = n + 1
+        if n == len(out):
+            out.append([])
+        out[n].append(item)
+    return out
 
 
 def _manual_row(manual: PmsManualUpdateRequired, *, sync_id: str | None) -> dict[str, Any]:

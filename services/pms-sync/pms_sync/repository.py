@@ -114,9 +114,13 @@ async def add_syncs(conn: asyncpg.Connection, syncs: list[dict[str, Any]]) -> se
     return {row["sync_id"] for row in rows}
 
 
-async def lock_sync(conn: asyncpg.Connection, sync_id: str) -> asyncpg.Record | None:
-    """The sync, locked for this transaction: an ack and a resend of it never interleave."""
-    return await conn.fetchrow(f"SELECT {SYNC_COLUMNS} FROM syncs WHERE sync_id = $1 FOR UPDATE", sync_id)
+async def lock_syncs(conn: asyncpg.Connection, sync_ids: list[str]) -> dict[str, asyncpg.Record]:
+    """Those syncs, by id, locked for this transaction (in id order, so two replicas never wait on
+    each other in a circle): an ack and a resend of one never interleave."""
+    rows = await conn.fetch(
+        f"SELECT {SYNC_COLUMNS} FROM syncs WHERE sync_id = ANY($1::text[]) ORDER BY sync_id FOR UPDATE", sync_ids
+    )
+    return {row["sync_id"]: row for row in rows}
 
 
 async def lock_due_syncs(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
@@ -175,20 +179,28 @@ async def mark_resent(conn: asyncpg.Connection, sync_id: str, attempts: int, ack
     )
 
 
-async def complete_sync(conn: asyncpg.Connection, sync_id: str, external_ref: str | None) -> None:
+async def complete_syncs(conn: asyncpg.Connection, completed: list[tuple[str, str | None]]) -> None:
+    """Those syncs (sync_id, the PMS's own reference) acknowledged: done."""
+    if not completed:
+        return
     await conn.execute(
-        "UPDATE syncs SET status = 'completed', external_ref = $2, next_retry_at = NULL, finished_at = now()"
-        " WHERE sync_id = $1",
-        sync_id,
-        external_ref,
+        "UPDATE syncs SET status = 'completed', external_ref = c.external_ref, next_retry_at = NULL,"
+        " finished_at = now() FROM unnest($1::text[], $2::text[]) AS c(sync_id, external_ref)"
+        " WHERE syncs.sync_id = c.sync_id",
+        [sync_id for sync_id, _ in completed],
+        [external_ref for _, external_ref in completed],
     )
 
 
-async def fail_sync(conn: asyncpg.Connection, sync_id: str, error: str) -> None:
+async def fail_syncs(conn: asyncpg.Connection, failed: list[tuple[str, str]]) -> None:
+    """Those syncs (sync_id, why) failed for good."""
+    if not failed:
+        return
     await conn.execute(
-        "UPDATE syncs SET status = 'failed', error = $2, next_retry_at = NULL, finished_at = now() WHERE sync_id = $1",
-        sync_id,
-        error,
+        "UPDATE syncs SET status = 'failed', error = f.error, next_retry_at = NULL, finished_at = now()"
+        " FROM unnest($1::text[], $2::text[]) AS f(sync_id, error) WHERE syncs.sync_id = f.sync_id",
+        [sync_id for sync_id, _ in failed],
+        [error for _, error in failed],
     )
 
 

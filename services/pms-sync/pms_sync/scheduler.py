@@ -25,7 +25,7 @@ from shared.logging import get_logger
 from shared.topics import PMS_SYNC_EVENTS
 
 from . import domain, repository
-from .handlers import fail_sync, send_waiting
+from .handlers import fail_syncs, send_waiting
 from .settings import PmsSyncSettings
 
 log = get_logger(__name__)
@@ -77,6 +77,7 @@ def overdue_syncs(settings: PmsSyncSettings) -> DueWork[asyncpg.Record, Any]:
 
 
 async def _give_up(unit: WorkUnit[Any], sync: asyncpg.Record, error: str) -> None:
-    for payload in await fail_sync(unit.conn, sync, error):
+    [payloads] = await fail_syncs(unit.conn, [(sync, error)])
+    for payload in payloads:
         unit.emit(PMS_SYNC_EVENTS, payload, subject=sync["booking_id"])
     log.warning("sync failed", sync_id=sync["sync_id"], integration=sync["integration"], error=error)
