@@ -24,6 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -468,7 +469,14 @@ class MessageProcessor:
 
 
 def _position_id(record: Record) -> str:
-    return f"position:{record.topic}:{record.partition}:{record.offset}"
+    """The inbox id of a record that cannot be read: where it sits, and what it is (its broker
+    timestamp and a digest of its bytes). The same record redelivered has the same id, so it is
+    dead-lettered once; a different record that comes to sit at the same position, because the
+    topic was deleted and made again or the cluster's storage was formatted anew while our
+    database kept its inbox, has another id, and is dead-lettered rather than taken for one
+    already refused (which would drop it without a trace)."""
+    digest = hashlib.blake2b(record.value or b"", digest_size=8).hexdigest()
+    return f"position:{record.topic}:{record.partition}:{record.offset}:{record.timestamp}:{digest}"
 
 
 def dead_letter(service: str, record: Record, error: str) -> outbox.OutgoingEvent:
