@@ -96,6 +96,7 @@ def card_capture(settings: BillingSettings, *, saved_cards: bool) -> DueCall[Due
         key=lambda due: due.charge["charge_id"],
         interval_seconds=settings.capture_poll_interval_seconds,
         batch_size=settings.capture_batch_size,
+        concurrency=settings.capture_concurrency,
     )
 
 

@@ -24,6 +24,9 @@ class BillingSettings(ServiceSettings):
     capture_poll_interval_seconds: float = 1.0
     capture_batch_size: int = 20
     capture_lease_seconds: float = 60.0
+    # Charges of different bookings asked of the gateway at once (each under its own idempotency
+    # key); their answers are recorded together (shared.background's group commit). 1: one by one.
+    capture_concurrency: int = Field(default=4, ge=1, le=32)
     gateway_timeout_seconds: float = 20.0
     # How often replicas look for fees whose review window ended undecided (they are approved).
     review_check_interval_seconds: float = 30.0
