@@ -46,6 +46,7 @@ VARIANTS = {
         {"CONSUMER_SAVEPOINT_PER_RECORD": "true"},
         {},
     ),
+    "billing captures one charge at a time (CAPTURE_CONCURRENCY=1)": ({"CAPTURE_CONCURRENCY": "1"}, {}),
     "one record per consumer transaction (CONSUMER_MAX_RECORDS=1)": ({"CONSUMER_MAX_RECORDS": "1"}, {}),
     "relay publishes one row per round trip (RELAY_BATCH_SIZE=1)": ({"RELAY_BATCH_SIZE": "1"}, {}),
     "two replicas of booking, billing and notification": ({}, {"booking": 2, "billing": 2, "notification": 2}),
