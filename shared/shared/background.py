@@ -123,6 +123,11 @@ class Job(Generic[Row, D]):
     first_delay_seconds: float = 0.0
     # Log each round that handled rows at info (for jobs whose rows log nothing of their own).
     log_rounds: bool = False
+    # The service's own consumer makes this job's rows due (billing's charges to capture,
+    # notification's messages to send): each batch it commits wakes the job at once, rather
+    # than the rows waiting out the rest of the interval. The interval still paces the rounds
+    # when nothing is committed (rows due by the clock, a lease ended, another replica's rows).
+    wake_on_commit: bool = False
 
     @property
     def __name__(self) -> str:  # what shared.service names the background task by
@@ -171,6 +176,10 @@ class Host(Protocol):
 
     def wake_relay(self) -> None: ...
 
+    def commit_signal(self) -> asyncio.Event:
+        """An event set whenever the service's consumer commits a batch (a new one per call)."""
+        ...
+
 
 @dataclass
 class Round:
@@ -192,6 +201,7 @@ async def run(
 ) -> None:
     """Run `job` in rounds until `host` stops (see the module's docstring)."""
     structlog.contextvars.bind_contextvars(job=job.name)
+    committed = host.commit_signal() if job.wake_on_commit else None
     if job.first_delay_seconds > 0:
         await sleep(backoff_delay(1, base=job.first_delay_seconds, cap=job.first_delay_seconds, rng=rng))
     failures = 0
@@ -225,7 +235,21 @@ async def run(
         failures = 0
         if done.claimed >= job.batch_size and done.handled > 0:
             continue  # a full batch: more may be due now
-        await sleep(pause(job, clock(), rng))
+        await _wait(pause(job, clock(), rng), committed, sleep)
+
+
+async def _wait(seconds: float, committed: asyncio.Event | None, sleep: Sleep) -> None:
+    """The pause between rounds; for a job woken by commits, cut short by the next commit (or
+    none at all when one came during the round just done)."""
+    if committed is None:
+        await sleep(seconds)
+        return
+    if not committed.is_set():
+        try:
+            await asyncio.wait_for(committed.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+    committed.clear()
 
 
 def pause(job: Job[Any, Any], now: datetime, rng: Callable[[], float] = random.random) -> float:

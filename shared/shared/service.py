@@ -94,6 +94,26 @@ class ServiceDefinition:
     scrape_gauges: Sequence[ScrapeGauges] = ()
 
 
+class CommitSignal:
+    """What a committed consumer batch wakes: the relay (its events are in the outbox) and the
+    background jobs that asked to be (`Job.wake_on_commit`: the batch may have made their rows
+    due)."""
+
+    def __init__(self, relay: OutboxRelay) -> None:
+        self.relay = relay
+        self.events: list[asyncio.Event] = []
+
+    def subscribe(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self.events.append(event)
+        return event
+
+    def __call__(self) -> None:
+        self.relay.wake()
+        for event in self.events:
+            event.set()
+
+
 class Runtime:
     """A service, fully built: its pool (migrated), relay, dependencies, processor and broker."""
 
@@ -104,8 +124,10 @@ class Runtime:
         relay: OutboxRelay,
         deps: Any,
         processor: MessageProcessor,
+        commits: CommitSignal,
     ) -> None:
         self.definition = definition
+        self.commits = commits
         self.settings = definition.settings
         self.pool = pool
         self.relay = relay
@@ -138,17 +160,18 @@ class Runtime:
         except BaseException:
             await pool.close()
             raise
+        commits = CommitSignal(relay)
         processor = MessageProcessor(
             service=definition.name,
             pool=pool,
             handlers=definition.consumes,
             deps=deps,
             answer_invalid=definition.answer_invalid,
-            on_committed=relay.wake,
+            on_committed=commits,
             savepoint_per_record=settings.consumer_savepoint_per_record,
             set_based=settings.consumer_set_based,
         )
-        return cls(definition, pool, relay, deps, processor)
+        return cls(definition, pool, relay, deps, processor, commits)
 
     @property
     def name(self) -> str:
@@ -156,6 +179,9 @@ class Runtime:
 
     def wake_relay(self) -> None:
         self.relay.wake()
+
+    def commit_signal(self) -> asyncio.Event:
+        return self.commits.subscribe()
 
     async def start(self) -> None:
         await self.relay.start()

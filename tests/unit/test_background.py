@@ -5,6 +5,7 @@ waits or backs off, and that a side effect runs between two transactions, never 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,14 @@ class FakeHost:
 
     def wake_relay(self) -> None:
         self.woken += 1
+
+    def __post_init__(self) -> None:
+        self.committed = asyncio.Event()  # what the service's consumer sets at each commit
+        self.subscribed = 0
+
+    def commit_signal(self) -> asyncio.Event:
+        self.subscribed += 1
+        return self.committed
 
 
 class Clock:
@@ -779,3 +788,40 @@ async def test_a_record_that_fails_for_good_fails_its_row_alone_and_the_group_ke
     assert sorted(e for e in db.effects if e[0] == "recorded") == [("recorded", r, "ok") for r in "acd"]
     assert sorted(db.events) == [("hold.lifted", f"pro-{r}") for r in "acd"]
     assert counted(name, "send", "failed") == 1
+
+
+async def test_a_job_woken_by_commits_runs_at_the_next_commit_not_at_the_end_of_its_interval() -> None:
+    db = FakeDb()
+    table = Table({"a": START}, marks=True)
+    rounds: list[float] = []
+
+    async def claim(conn: Any, now: datetime, limit: int) -> list[str]:
+        rounds.append(time.monotonic())
+        return await table.claim(conn, now, limit)
+
+    job = DueWork(name="send", claim=claim, act=act, interval_seconds=60, batch_size=10, wake_on_commit=True)
+    host = FakeHost(FakePool(db), service())
+    task = asyncio.create_task(background.run(job, host))
+
+    async def rounds_done(n: int) -> None:
+        while len(rounds) < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(rounds_done(1), timeout=5)
+    table.due["b"] = START  # the consumer commits a row the job will act on…
+    host.committed.set()  # …and its commit wakes the job, long before its 60-second interval
+    try:
+        await asyncio.wait_for(rounds_done(2), timeout=5)
+    finally:
+        host.stopping = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert ("acted", "b") in db.effects
+
+
+async def test_a_job_not_woken_by_commits_waits_its_interval() -> None:
+    host = FakeHost(FakePool(FakeDb()), service())
+    clock = Clock(host, sleeps=1)
+    job = DueWork(name="x", claim=Table({}).claim, act=act, interval_seconds=7, batch_size=10)
+    await background.run(job, host, clock=clock, sleep=clock.sleep, rng=lambda: 1.0)
+    assert clock.slept == [7] and host.subscribed == 0

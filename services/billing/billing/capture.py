@@ -97,6 +97,7 @@ def card_capture(settings: BillingSettings, *, saved_cards: bool) -> DueCall[Due
         interval_seconds=settings.capture_poll_interval_seconds,
         batch_size=settings.capture_batch_size,
         concurrency=settings.capture_concurrency,
+        wake_on_commit=True,  # the consumer records the charges it captures
     )
 
 

@@ -83,6 +83,7 @@ def fee_movements(settings: BillingSettings, *, gateway_name: str) -> DueCall[Du
         key=lambda due: due.movement["movement_id"],
         interval_seconds=settings.capture_poll_interval_seconds,
         batch_size=settings.capture_batch_size,
+        wake_on_commit=True,  # the consumer records the fee differences to move
     )
 
 

@@ -324,6 +324,7 @@ def sender(settings: NotificationSettings) -> DueCall[asyncpg.Record, Attempt, D
         batch_size=settings.delivery_batch_size,
         concurrency=settings.delivery_batch_size,
         drain_seconds=max(settings.smtp_timeout_seconds, settings.sms_timeout_seconds) + 5,
+        wake_on_commit=True,  # the consumer records the messages to send
     )
 
 
