@@ -180,24 +180,33 @@ class Event(BaseModel):
 
 
 def _check_shape(document: Any) -> None:
-    """Nesting depth and NUL characters, walked without recursion (the walk cannot overflow)."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                # Postgres text and jsonb cannot hold U+0000: such a message could never be stored.
-                raise ContractViolation("text contains a NUL (\\u0000) character, which no text field may hold")
-            continue
-        if isinstance(value, dict):
-            children: list[Any] = [*value.keys(), *value.values()]
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        if depth > MAX_NESTING_DEPTH:
-            raise ContractViolation(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
-        stack.extend((child, depth + 1) for child in children)
+    """Nesting depth and NUL characters, walked level by level without recursion (the walk
+    cannot overflow). It runs for every record, so it builds no tuple or generator per value."""
+    level: list[Any] = [document]
+    depth = 1
+    while level:
+        below: list[Any] = []
+        for value in level:
+            if isinstance(value, str):
+                if "\x00" in value:
+                    raise ContractViolation(_NUL_TEXT)
+            elif isinstance(value, dict):
+                if depth > MAX_NESTING_DEPTH:
+                    raise ContractViolation(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
+                for key in value:
+                    if isinstance(key, str) and "\x00" in key:
+                        raise ContractViolation(_NUL_TEXT)
+                below.extend(value.values())
+            elif isinstance(value, list):
+                if depth > MAX_NESTING_DEPTH:
+                    raise ContractViolation(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
+                below.extend(value)
+        level = below
+        depth += 1
+
+
+# Postgres text and jsonb cannot hold U+0000: such a message could never be stored.
+_NUL_TEXT = "text contains a NUL (\\u0000) character, which no text field may hold"
 
 
 # orjson reads (and writes) JSON several times faster than the standard library. It refuses
