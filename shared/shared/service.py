@@ -23,6 +23,7 @@ Guarantees (docs/style.md#the-habits 2, 5, 7):
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -493,6 +494,9 @@ def http_app(definition: ServiceDefinition) -> FastAPI:
         runtime = await Runtime.build(definition)
         app.state.runtime = runtime
         await runtime.start()
+        if definition.settings.gc_freeze:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

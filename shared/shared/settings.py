@@ -90,6 +90,10 @@ class ServiceSettings(BaseSettings):
     # show what they buy: the defaults are the faster ones.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     fast_json: bool = True
+    # Once started, the objects made so far (modules, models, the app) are moved out of the
+    # garbage collector's sight (gc.freeze): its full collections then walk only what handling
+    # messages made, not the hundreds of thousands of objects of the libraries.
+    gc_freeze: bool = True
     relay_batch_size: int = 500
     relay_poll_interval_seconds: float = 0.2
 

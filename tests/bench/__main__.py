@@ -41,6 +41,7 @@ VARIANTS = {
     "set-based handlers called record by record (CONSUMER_SET_BASED=false)": ({"CONSUMER_SET_BASED": "false"}, {}),
     "a new SMTP connection per email (SMTP_POOL_SIZE=0)": ({"SMTP_POOL_SIZE": "0"}, {}),
     "the standard library's JSON, not orjson (FAST_JSON=false)": ({"FAST_JSON": "false"}, {}),
+    "the garbage collector walks every object (GC_FREEZE=false)": ({"GC_FREEZE": "false"}, {}),
     "asyncio's own event loop, not uvloop (EVENT_LOOP=asyncio)": ({"EVENT_LOOP": "asyncio"}, {}),
     "a savepoint, an inbox claim and an outbox write per record (CONSUMER_SAVEPOINT_PER_RECORD=true)": (
         {"CONSUMER_SAVEPOINT_PER_RECORD": "true"},
