@@ -32,8 +32,10 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from . import db
 from .access import service_env
 from .kafka import client_args
 
@@ -235,6 +237,42 @@ def dev_token(*, practice_ids: Sequence[str] = (), roles: Sequence[str], ttl_sec
         issuer=os.environ.get("AUTH_ISSUER", "cancellations-dev"),
         audience=os.environ.get("AUTH_AUDIENCE", "cancellations"),
     )
+
+
+class ScratchSchemas:
+    """`async with ScratchSchemas(admin_dsn, "billing_sets", MIGRATIONS) as scratch: pool = await
+    scratch.new()`: a new schema holding a service's migrations for each `new()`, so a test runs
+    the service's statements on its real tables apart from any running process of that service
+    (which would otherwise act on the test's rows); every schema made is dropped at the end."""
+
+    def __init__(self, admin_dsn: str, prefix: str, migrations: Path, *, max_size: int = 2) -> None:
+        self.admin_dsn, self.prefix, self.migrations, self.max_size = admin_dsn, prefix, migrations, max_size
+        self._made: list[tuple[str, asyncpg.Pool]] = []
+        self._admin: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> ScratchSchemas:
+        self._admin = await asyncpg.connect(self.admin_dsn)
+        return self
+
+    async def new(self) -> asyncpg.Pool:
+        assert self._admin is not None, "use ScratchSchemas with async with"
+        schema = f"{self.prefix}_{uuid.uuid4().hex[:10]}"
+        await self._admin.execute(f'CREATE SCHEMA "{schema}"')
+        pool = await db.create_pool(
+            self.admin_dsn, schema, application_name=f"test-{self.prefix}", max_size=self.max_size
+        )
+        self._made.append((schema, pool))
+        await db.migrate(pool, schema, self.migrations)
+        return pool
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._admin is not None
+        try:
+            for schema, pool in self._made:
+                await pool.close()
+                await self._admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await self._admin.close()
 
 
 def free_port() -> int:

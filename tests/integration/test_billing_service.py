@@ -25,14 +25,14 @@ from billing.domain import charge_id, credit_note_id, movement_id
 from billing.gateway import GatewayUnavailable, PaymentResult, SandboxGateway
 from billing.handlers import BillingDeps
 from billing.settings import BillingSettings
-from shared import background, db
+from shared import background
 from shared.consumer import Unit
 from shared.contracts.base import Money
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision, Fee
 from shared.contracts.envelope import new_envelope, parse_envelope
 from shared.contracts.registry import models_for
-from shared.testing import EventWatcher, Publisher, ServiceProcess, dev_token, unique
+from shared.testing import EventWatcher, Publisher, ScratchSchemas, ServiceProcess, dev_token, unique
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, dead_letter_topic
 
 pytestmark = pytest.mark.integration
@@ -725,17 +725,8 @@ class LosesAnswers:
 async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
     """The billing migrations in a schema of its own, so no running billing process (this
     module's, or anyone's) captures the test's charges."""
-    schema = f"billing_capture_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-billing-capture")
-    try:
-        await db.migrate(pool, schema, MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "billing_capture", MIGRATIONS, max_size=10) as scratch:
+        yield await scratch.new()
 
 
 async def _pending_charge(pool: asyncpg.Pool) -> str:

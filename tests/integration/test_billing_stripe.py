@@ -41,8 +41,8 @@ from billing import capture, repository
 from billing.domain import charge_id, movement_id
 from billing.gateway import GatewayUnavailable, IdempotencyKeyReused, SandboxGateway, StripeGateway
 from billing.settings import BillingSettings
-from shared import background, db
-from shared.testing import EventWatcher, Publisher, ServiceProcess, free_port, unique
+from shared import background
+from shared.testing import EventWatcher, Publisher, ScratchSchemas, ServiceProcess, free_port, unique
 from shared.topics import BILLING_COMMANDS, BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_PATIENTS
 
 pytestmark = [
@@ -531,17 +531,8 @@ async def test_a_wrong_api_key_is_not_taken_for_a_passing_outage(fake_stripe: Fa
 async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
     """The billing migrations in a schema of its own, so no running billing process captures
     the test's charges."""
-    schema = f"billing_stripe_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-billing-stripe")
-    try:
-        await db.migrate(pool, schema, MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "billing_stripe", MIGRATIONS, max_size=10) as scratch:
+        yield await scratch.new()
 
 
 async def _pending_charge(pool: asyncpg.Pool, patient: str, *, card: tuple[str, str] | None) -> str:

@@ -9,7 +9,6 @@ process takes part.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,6 @@ import pytest
 from notification import handlers, notices, repository
 from notification.rendering import Renderer
 from notification.settings import NotificationSettings
-from shared import db
 from shared.consumer import Unit
 from shared.contracts.base import Payload
 from shared.contracts.billing import ChargeCreated, PaymentCaptured, PaymentFailed
@@ -36,6 +34,7 @@ from shared.contracts.upstream import (
     BookingScheduled,
     PracticeConfigured,
 )
+from shared.testing import ScratchSchemas
 from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 pytestmark = pytest.mark.integration
@@ -72,24 +71,8 @@ DEPS = Deps(NotificationSettings(portal_base_url="https://portal.clinic.test"), 
 @pytest.fixture
 async def scratch(infra: Any) -> AsyncIterator[Callable[[], Any]]:
     """`await scratch()`: a pool on a new schema holding notification's migrations."""
-    admin = await asyncpg.connect(infra.admin_dsn)
-    made: list[tuple[str, asyncpg.Pool]] = []
-
-    async def new() -> asyncpg.Pool:
-        schema = f"notification_sets_{uuid.uuid4().hex[:10]}"
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-notification-sets", max_size=2)
-        made.append((schema, pool))
-        await db.migrate(pool, schema, MIGRATIONS)
-        return pool
-
-    try:
-        yield new
-    finally:
-        for schema, pool in made:
-            await pool.close()
-            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "notification_sets", MIGRATIONS) as scratch:
+        yield scratch.new
 
 
 async def run(pool: asyncpg.Pool, handler: Any, payloads: list[Payload], *, together: bool, wave: str) -> None:

@@ -8,7 +8,6 @@ of its own, so no running pms-sync process takes part.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 from pms_sync import domain, fees, handlers, repository
 from pms_sync.handlers import PmsSyncDeps
 from pms_sync.settings import PmsSyncSettings
-from shared import db
 from shared.consumer import Unit
 from shared.contracts.base import Payload
 from shared.contracts.billing import ChargeAdjusted, ChargeCreated, ChargeWaived
@@ -33,6 +31,7 @@ from shared.contracts.upstream import (
     PmsSyncAcknowledged,
     PracticeConfigured,
 )
+from shared.testing import ScratchSchemas
 from shared.topics import BILLING_EVENTS, BOOKING_EVENTS, PMS_SYNC_ACKS, UPSTREAM_BOOKINGS, UPSTREAM_PRACTICES
 
 pytestmark = pytest.mark.integration
@@ -61,24 +60,8 @@ Published = list[list[tuple[str, str, str, dict[str, Any]]]]
 @pytest.fixture
 async def scratch(infra: Any) -> AsyncIterator[Callable[[], Any]]:
     """`await scratch()`: a pool on a new schema holding pms-sync's migrations."""
-    admin = await asyncpg.connect(infra.admin_dsn)
-    made: list[tuple[str, asyncpg.Pool]] = []
-
-    async def new() -> asyncpg.Pool:
-        schema = f"pms_sync_sets_{uuid.uuid4().hex[:10]}"
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-pms-sync-sets", max_size=2)
-        made.append((schema, pool))
-        await db.migrate(pool, schema, MIGRATIONS)
-        return pool
-
-    try:
-        yield new
-    finally:
-        for schema, pool in made:
-            await pool.close()
-            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "pms_sync_sets", MIGRATIONS) as scratch:
+        yield scratch.new
 
 
 async def run(

@@ -6,7 +6,6 @@ in force (and the message is dead-lettered, as every violation is)."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +15,17 @@ import asyncpg
 import pytest
 
 from cancellation_policy import repository
-from shared import db
-from shared.testing import EventWatcher, Publisher, Seen, ServiceProcess, dev_token, iso, unique, wait_for_row
+from shared.testing import (
+    EventWatcher,
+    Publisher,
+    ScratchSchemas,
+    Seen,
+    ServiceProcess,
+    dev_token,
+    iso,
+    unique,
+    wait_for_row,
+)
 from shared.topics import (
     POLICY_DECISIONS,
     POLICY_REQUESTS,
@@ -395,17 +403,8 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "cancellation-po
 async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
     """The cancellation-policy migrations in a schema of their own: the statements run against
     the real tables, apart from any running cancellation-policy process."""
-    schema = f"policy_sets_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-policy-sets")
-    try:
-        await db.migrate(pool, schema, MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "policy_sets", MIGRATIONS, max_size=10) as scratch:
+        yield await scratch.new()
 
 
 async def test_one_statement_loads_each_requests_settings_cards_and_records_its_decision(scratch_pool):

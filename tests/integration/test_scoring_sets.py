@@ -6,7 +6,6 @@ delivered again changing nothing."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,14 +16,13 @@ import pytest
 
 from scoring import accountability, domain, repository
 from scoring.handlers import ScoringDeps
-from shared import db
 from shared.consumer import Unit
 from shared.contracts.base import Payload
 from shared.contracts.booking import BookingCancelled, BookingNoShowRecorded
 from shared.contracts.common import Actor, Decision
 from shared.contracts.envelope import new_envelope, parse_envelope
 from shared.contracts.registry import models_for
-from shared.testing import unique
+from shared.testing import ScratchSchemas, unique
 from shared.topics import BOOKING_EVENTS
 
 pytestmark = pytest.mark.integration
@@ -37,17 +35,8 @@ D = timedelta(days=1)
 @pytest.fixture
 async def scratch_pool(infra: Any) -> AsyncIterator[asyncpg.Pool]:
     """The scoring migrations in a schema of its own, so no running scoring process sees the rows."""
-    schema = f"scoring_sets_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    pool = await db.create_pool(infra.admin_dsn, schema, application_name="test-scoring-sets")
-    try:
-        await db.migrate(pool, schema, MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with ScratchSchemas(infra.admin_dsn, "scoring_sets", MIGRATIONS, max_size=10) as scratch:
+        yield await scratch.new()
 
 
 class CountingConnection:
