@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from . import db
 from .access import service_env
@@ -273,6 +274,18 @@ class ScratchSchemas:
                 await self._admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         finally:
             await self._admin.close()
+
+
+async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
+    """(state, number of members) of a consumer group, as the coordinator sees it."""
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+        _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
+        return state, len(members)
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.testing import SERVICE_MODULES, group_state
 from tests.load import scenario as scenarios
 from tests.load.checker import Collector, check, outbox_backlog, percentile
 from tests.load.driver import Progress, prepare, send_requests, wait_complete
@@ -247,6 +248,13 @@ async def main(args: argparse.Namespace) -> int:
         "started": stamp,
         "loadavg_before": os.getloadavg(),
     }
+
+    busy = {s: n for s in SERVICE_MODULES if (n := (await group_state(system.bootstrap, s))[1])}
+    if busy:
+        # Their partitions would be shared with the bench's services: the measure and the checks
+        # would both be wrong.
+        print(f"make bench: consumer groups already have members ({busy}); stop make run (or the other run) first")
+        return 2
 
     result["baseline"] = {
         "burst": await baseline_phase(system, args.size, None, seed=20, label="baseline: burst", repeat=args.repeat)

@@ -19,11 +19,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.kafka import client_args
-from shared.testing import ServiceProcess, iso
+from shared.testing import ServiceProcess, group_state, iso
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -163,18 +162,6 @@ def _get_text(proc: ServiceProcess, path: str) -> str:
 
 
 # --- the consumer group -----------------------------------------------------------------------
-
-
-async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
-    """(state, number of members) of a consumer group, as the coordinator sees it."""
-    admin = AIOKafkaAdminClient(**client_args(bootstrap))
-    await admin.start()
-    try:
-        [response] = await admin.describe_consumer_groups([group])
-        _error, _group, state, _ptype, _protocol, members, *_ = response.groups[0]
-        return state, len(members)
-    finally:
-        await admin.close()
 
 
 async def wait_group(bootstrap: str, group: str, *, members: int, timeout: float = 60.0) -> None:
