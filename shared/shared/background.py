@@ -457,10 +457,15 @@ async def _call(
 class _GroupRecorder:
     """Records the outcomes of a round's calls: the outcomes of calls that finish while another
     outcome is being recorded wait, and are then recorded together, in ONE transaction (group
-    commit), rather than one transaction each. An outcome waits for at most one transaction
-    before it, so the window in which a call can repeat stays as short as it was; with one call
-    at a time, each outcome is recorded alone, as before. A record that fails for good rolls the
-    group back, and the group is recorded again one row at a time, so only that row fails."""
+    commit), rather than one transaction each. An outcome waits for the transaction in flight
+    (and, while the database refuses it, that transaction's retries), so the window in which a
+    call can repeat is about as short as it was. A group's rows are recorded in the order of
+    their keys, so two groups (or a group and the service's consumer) lock rows in one order.
+    Any failure of a group of more than one, for good or not, rolls it back and records its
+    rows one at a time, each with its own retries: only a row that cannot be recorded fails,
+    and its neighbours, whose calls were made, are recorded. Calls are not held back while an
+    outcome is recorded: with one call at a time, the next call starts as the last outcome is
+    being recorded."""
 
     def __init__(
         self,
@@ -495,6 +500,9 @@ class _GroupRecorder:
 
     async def _record(self, group: list[tuple[Any, Any, asyncio.Future[str]]]) -> None:
         job = self.job
+        key = job.key
+        if key is not None and len(group) > 1:
+            group = sorted(group, key=lambda item: str(key(item[0])))
         for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
                 emitted: list[outbox.OutgoingEvent] = []
@@ -512,11 +520,13 @@ class _GroupRecorder:
                         emitted += unit.emitted
                     await outbox.write(conn, emitted)
             except Exception as exc:  # noqa: BLE001 - transient: retried; otherwise a failed row
+                if len(group) > 1:
+                    # One row may be the cause (a constraint, a lock held elsewhere): each alone,
+                    # so only a row that cannot be recorded fails.
+                    for item in group:
+                        await self._record([item])
+                    return
                 if not is_transient(exc):
-                    if len(group) > 1:
-                        for item in group:  # each alone: only the row that fails is failed
-                            await self._record([item])
-                        return
                     row, _, done = group[0]
                     await _record_failure(
                         job, self.pool, self.service, self.deps, row, exc, self.on_committed, self.clock

@@ -159,6 +159,11 @@ class SetBased:
         return getattr(self.handle_many, "__name__", "set_based")
 
 
+# Outcomes of a record that wrote something (and may have emitted events); an ignored type or a
+# duplicate wrote nothing, and its batch's commit wakes no one.
+_WROTE = frozenset({"processed", "dead_lettered"})
+
+
 class _RecordFailed(Exception):
     """A handler failed for good in an optimistic batch: redo the batch record by record."""
 
@@ -257,8 +262,8 @@ class MessageProcessor:
                 MESSAGES.labels(self.service, topic, result).inc()
             for reason in outcome.dead_letters:
                 DEAD_LETTERS.labels(self.service, reason).inc()
-            if self._on_committed is not None:
-                self._on_committed()
+            if self._on_committed is not None and any(o in _WROTE for _, o in outcome.outcomes):
+                self._on_committed()  # something was written: events to relay, perhaps rows due
             tracing.consumed(spans)
             return outcome
 

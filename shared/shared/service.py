@@ -26,6 +26,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -102,16 +103,17 @@ class CommitSignal:
 
     def __init__(self, relay: OutboxRelay) -> None:
         self.relay = relay
-        self.events: list[asyncio.Event] = []
+        # Held weakly: a job's loop that ends (and is restarted) takes its event with it.
+        self.events: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()
-        self.events.append(event)
+        self.events.add(event)
         return event
 
     def __call__(self) -> None:
         self.relay.wake()
-        for event in self.events:
+        for event in list(self.events):
             event.set()
 
 

@@ -825,3 +825,60 @@ async def test_a_job_not_woken_by_commits_waits_its_interval() -> None:
     job = DueWork(name="x", claim=Table({}).claim, act=act, interval_seconds=7, batch_size=10)
     await background.run(job, host, clock=clock, sleep=clock.sleep, rng=lambda: 1.0)
     assert clock.slept == [7] and host.subscribed == 0
+
+
+async def test_a_row_the_database_keeps_refusing_leaves_its_group_recorded_and_fails_alone() -> None:
+    """A lock held elsewhere on one row's record, attempt after attempt: the rows recorded with
+    it, whose calls were made, are recorded (their calls are not made again); only it fails."""
+    db, name = FakeDb(), service()
+
+    async def locked_b(unit: WorkUnit[Any], row: str, outcome: str) -> None:
+        await slow_record(unit, row, outcome)
+        if row == "b":
+            raise ConnectionResetError()  # transient, every time
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    job = DueCall(
+        name="send",
+        claim=Table({"a": START, "b": START, "c": START, "d": START}, marks=True).claim,
+        call=Provider(db).call,
+        record=locked_b,
+        key=lambda row: row,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=4,
+    )
+    done = await background.run_round(
+        job, pool=FakePool(db), service=name, deps=None, clock=lambda: START, sleep=no_sleep
+    )
+    assert (done.handled, done.failed) == (3, 1)
+    assert sorted(e for e in db.effects if e[0] == "recorded") == [("recorded", r, "ok") for r in "acd"]
+
+
+async def test_a_group_is_recorded_in_the_order_of_its_keys() -> None:
+    db = FakeDb()
+    order: list[str] = []
+
+    async def remember(unit: WorkUnit[Any], row: str, outcome: str) -> None:
+        await asyncio.sleep(0.06)  # the others answer while the first is being recorded
+        await record(unit, row, outcome)
+        order.append(row)
+
+    async def last_first(deps: Any, row: str) -> str:
+        await asyncio.sleep({"a": 0.04, "b": 0.03, "c": 0.02, "d": 0.01}[row])  # d answers first, a last
+        return "ok"
+
+    job = DueCall(
+        name="send",
+        claim=Table({r: START for r in "abcd"}, marks=True).claim,
+        call=last_first,
+        record=remember,
+        key=lambda row: row,
+        interval_seconds=1,
+        batch_size=10,
+        concurrency=4,
+    )
+    await background.run_round(job, pool=FakePool(db), service=service(), deps=None, clock=lambda: START)
+    assert order == ["d", "a", "b", "c"]  # the first answer alone, then the three that waited, by key
