@@ -11,6 +11,7 @@ without either timeout, since a migration (or waiting for another replica's) may
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -30,6 +31,13 @@ SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 # The defaults of ServiceSettings.database_statement_timeout_ms / database_lock_timeout_ms.
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
+
+
+def columns(rows: Sequence[Mapping[str, Any]], *names: str) -> list[list[Any]]:
+    """`rows` as one list per named column, in row order: the arrays of an
+    `INSERT … SELECT … FROM unnest($1::text[], $2::int[], …)`, so a set of rows is written with
+    one statement (`*columns(rows, "a", "b")` as the statement's arguments)."""
+    return [[row[name] for row in rows] for name in names]
 
 
 async def create_pool(

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import columns
+
 CHARGE_COLUMNS = (
     "charge_id::text AS charge_id, booking_id, request_id, practice_id, patient_id, kind, amount_minor,"
     " currency, code, code_system, charge_card, status, failure_reason, policy_version, occurred_at,"
@@ -56,21 +58,24 @@ async def insert_charges(conn: asyncpg.Connection, charges: list[dict[str, Any]]
         " $15::text[], $16::timestamptz[]) WITH ORDINALITY"
         " AS c(id, b, r, p, pt, k, a, cur, code, cs, card, s, v, o, corr, ru, n) ORDER BY n"
         " ON CONFLICT DO NOTHING RETURNING charge_id::text",
-        [c["charge_id"] for c in charges],
-        [c["booking_id"] for c in charges],
-        [c["request_id"] for c in charges],
-        [c["practice_id"] for c in charges],
-        [c["patient_id"] for c in charges],
-        [c["kind"] for c in charges],
-        [c["amount_minor"] for c in charges],
-        [c["currency"] for c in charges],
-        [c["code"] for c in charges],
-        [c["code_system"] for c in charges],
-        [c["charge_card"] for c in charges],
-        [c["status"] for c in charges],
-        [c["policy_version"] for c in charges],
-        [c["occurred_at"] for c in charges],
-        [c["correlation_id"] for c in charges],
+        *columns(
+            charges,
+            "charge_id",
+            "booking_id",
+            "request_id",
+            "practice_id",
+            "patient_id",
+            "kind",
+            "amount_minor",
+            "currency",
+            "code",
+            "code_system",
+            "charge_card",
+            "status",
+            "policy_version",
+            "occurred_at",
+            "correlation_id",
+        ),
         [c.get("review_until") for c in charges],
     )
     return {r["charge_id"] for r in rows}
@@ -88,15 +93,18 @@ async def insert_deposit_outcomes(conn: asyncpg.Connection, deposits: list[dict[
         " $5::text[], $6::bigint[], $7::text[], $8::uuid[], $9::timestamptz[]) WITH ORDINALITY"
         " AS d(b, r, p, pt, o, a, cur, cn, w, n) ORDER BY n"
         " ON CONFLICT DO NOTHING RETURNING booking_id, request_id",
-        [d["booking_id"] for d in deposits],
-        [d["request_id"] for d in deposits],
-        [d["practice_id"] for d in deposits],
-        [d["patient_id"] for d in deposits],
-        [d["outcome"] for d in deposits],
-        [d["amount_minor"] for d in deposits],
-        [d["currency"] for d in deposits],
-        [d["credit_note_id"] for d in deposits],
-        [d["occurred_at"] for d in deposits],
+        *columns(
+            deposits,
+            "booking_id",
+            "request_id",
+            "practice_id",
+            "patient_id",
+            "outcome",
+            "amount_minor",
+            "currency",
+            "credit_note_id",
+            "occurred_at",
+        ),
     )
     return {(r["booking_id"], r["request_id"]) for r in rows}
 
@@ -499,11 +507,7 @@ async def audit_many(conn: asyncpg.Connection, entries: list[dict[str, Any]]) ->
         " SELECT w, who, act, p, b, c, a, cur, why, d FROM unnest($1::timestamptz[], $2::text[], $3::text[],"
         " $4::text[], $5::text[], $6::uuid[], $7::bigint[], $8::text[], $9::text[], $10::jsonb[]) WITH ORDINALITY"
         " AS e(w, who, act, p, b, c, a, cur, why, d, n) ORDER BY n",
-        [e["at"] for e in entries],
-        [e["actor"] for e in entries],
-        [e["action"] for e in entries],
-        [e["practice_id"] for e in entries],
-        [e["booking_id"] for e in entries],
+        *columns(entries, "at", "actor", "action", "practice_id", "booking_id"),
         [e.get("charge_id") for e in entries],
         [e.get("amount_minor") for e in entries],
         [e.get("currency") for e in entries],
@@ -665,14 +669,17 @@ async def record_turnaway_pays(conn: asyncpg.Connection, owed: list[dict[str, An
         " $5::text[], $6::timestamptz[], $7::text[], $8::text[]) WITH ORDINALITY"
         " AS t(b, p, pro, a, cur, w, r, e, n) ORDER BY n"
         " ON CONFLICT (booking_id) DO NOTHING RETURNING booking_id",
-        [t["booking_id"] for t in owed],
-        [t["practice_id"] for t in owed],
-        [t["professional_id"] for t in owed],
-        [t["amount_minor"] for t in owed],
-        [t["currency"] for t in owed],
-        [t["owed_at"] for t in owed],
-        [t["request_id"] for t in owed],
-        [t["event_id"] for t in owed],
+        *columns(
+            owed,
+            "booking_id",
+            "practice_id",
+            "professional_id",
+            "amount_minor",
+            "currency",
+            "owed_at",
+            "request_id",
+            "event_id",
+        ),
     )
     return {r["booking_id"] for r in rows}
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import columns
+
 BOOKING_COLUMNS = (
     "booking_id, practice_id, practitioner_id, service_code, starts_at, ends_at, patient_id,"
     " patient_portal_account, patient_card_on_file, professional_id, series_id,"
@@ -173,9 +175,7 @@ async def audit_many(conn: asyncpg.Connection, entries: list[dict[str, Any]]) ->
         " SELECT b, at, a, actor, ch, r, why, v, d FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[],"
         " $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[]) WITH ORDINALITY"
         " AS e(b, at, a, actor, ch, r, why, v, d, n) ORDER BY n",
-        [e["booking_id"] for e in entries],
-        [e["at"] for e in entries],
-        [e["action"] for e in entries],
+        *columns(entries, "booking_id", "at", "action"),
         [json.dumps(e["actor"]) if e.get("actor") else None for e in entries],
         [e.get("channel") for e in entries],
         [e.get("request_id") for e in entries],

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import columns
+
 Conn = asyncpg.Connection | asyncpg.Pool
 
 # --- the contact directory ---------------------------------------------------------------------
@@ -79,11 +81,7 @@ async def remember_requests(conn: asyncpg.Connection, requests: list[dict[str, A
         "INSERT INTO cancellation_requests (request_id, booking_id, actor_kind, channel, requested_at)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
         " ON CONFLICT (request_id) DO NOTHING",
-        [r["request_id"] for r in requests],
-        [r["booking_id"] for r in requests],
-        [r["actor_kind"] for r in requests],
-        [r["channel"] for r in requests],
-        [r["requested_at"] for r in requests],
+        *columns(requests, "request_id", "booking_id", "actor_kind", "channel", "requested_at"),
     )
 
 
@@ -221,10 +219,7 @@ async def merge_no_shows(conn: asyncpg.Connection, no_shows: list[dict[str, Any]
         " ON CONFLICT (booking_id) DO UPDATE SET practice_id = EXCLUDED.practice_id,"
         " starts_at = EXCLUDED.starts_at, charge_card = EXCLUDED.charge_card, updated_at = now()"
         f" RETURNING {_NO_SHOW_FEE}",
-        [n["booking_id"] for n in no_shows],
-        [n["practice_id"] for n in no_shows],
-        [n["starts_at"] for n in no_shows],
-        [n["charge_card"] for n in no_shows],
+        *columns(no_shows, "booking_id", "practice_id", "starts_at", "charge_card"),
     )
     return {r["booking_id"]: r for r in rows}
 
@@ -248,12 +243,7 @@ async def merge_no_show_charges(conn: asyncpg.Connection, charges: list[dict[str
         " updated_at = now()"
         " WHERE no_show_fees.charge_id IS NULL OR no_show_fees.charge_id = EXCLUDED.charge_id"
         f" RETURNING {_NO_SHOW_FEE}",
-        [c["booking_id"] for c in charges],
-        [c["charge_id"] for c in charges],
-        [c["amount"] for c in charges],
-        [c["currency"] for c in charges],
-        [c["code"] for c in charges],
-        [c["code_system"] for c in charges],
+        *columns(charges, "booking_id", "charge_id", "amount", "currency", "code", "code_system"),
     )
     return {r["booking_id"]: r for r in rows}
 
@@ -298,10 +288,7 @@ async def remember_fees_in_review(conn: asyncpg.Connection, fees: list[dict[str,
         "INSERT INTO late_fees_in_review (charge_id, booking_id, review_until, announced_at)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])"
         " ON CONFLICT (charge_id) DO NOTHING",
-        [f["charge_id"] for f in fees],
-        [f["booking_id"] for f in fees],
-        [f["review_until"] for f in fees],
-        [f["announced_at"] for f in fees],
+        *columns(fees, "charge_id", "booking_id", "review_until", "announced_at"),
     )
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import columns
+
 Conn = asyncpg.Connection | asyncpg.Pool
 
 # --- the integration registry and the remembered requests -------------------------------------
@@ -50,9 +52,7 @@ async def remember_requests(conn: asyncpg.Connection, requests: list[dict[str, A
         " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
         " WITH ORDINALITY AS r(request_id, booking_id, kind, actor, chart_note, n)"
         " ORDER BY r.n ON CONFLICT (request_id) DO NOTHING",
-        [r["request_id"] for r in requests],
-        [r["booking_id"] for r in requests],
-        [r["kind"] for r in requests],
+        *columns(requests, "request_id", "booking_id", "kind"),
         [json.dumps(r["actor"]) for r in requests],
         [r["chart_note"] for r in requests],
     )
@@ -98,13 +98,7 @@ async def add_syncs(conn: asyncpg.Connection, syncs: list[dict[str, Any]]) -> se
         " AS s(sync_id, booking_id, practice_id, request_id, integration, action, topic, command, correlation_id,"
         " status, attempts, wait_seconds, n)"
         " ORDER BY s.n ON CONFLICT (sync_id) DO NOTHING RETURNING sync_id",
-        [s["sync_id"] for s in syncs],
-        [s["booking_id"] for s in syncs],
-        [s["practice_id"] for s in syncs],
-        [s["request_id"] for s in syncs],
-        [s["integration"] for s in syncs],
-        [s["action"] for s in syncs],
-        [s["topic"] for s in syncs],
+        *columns(syncs, "sync_id", "booking_id", "practice_id", "request_id", "integration", "action", "topic"),
         [json.dumps(s["command"]) for s in syncs],
         [s["correlation_id"] for s in syncs],
         ["waiting" if s["waiting"] else "sent" for s in syncs],
@@ -230,12 +224,7 @@ async def add_manual_updates(conn: asyncpg.Connection, updates: list[dict[str, A
         " SELECT m.booking_id, m.practice_id, m.integration, m.action, m.message, m.sync_id"
         " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
         " WITH ORDINALITY AS m(booking_id, practice_id, integration, action, message, sync_id, n) ORDER BY m.n",
-        [m["booking_id"] for m in updates],
-        [m["practice_id"] for m in updates],
-        [m["integration"] for m in updates],
-        [m["action"] for m in updates],
-        [m["message"] for m in updates],
-        [m["sync_id"] for m in updates],
+        *columns(updates, "booking_id", "practice_id", "integration", "action", "message", "sync_id"),
     )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import columns
+
 from .domain import PENALTY_CAUSES, Entry, Hold, StandingRules
 
 HOLD_COLUMNS = (
@@ -120,7 +122,7 @@ async def add_ledger_entries(conn: asyncpg.Connection, entries: Sequence[Mapping
         "INSERT INTO score_ledger (entry_id, professional_id, booking_id, delta, cause, occurred_at, event_id)"
         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[],"
         " $7::text[]) ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id::text AS entry_id",
-        *_columns(entries, "entry_id", "professional_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
+        *columns(entries, "entry_id", "professional_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
     )
     return {r["entry_id"] for r in rows}
 
@@ -157,7 +159,7 @@ async def add_holds(conn: asyncpg.Connection, holds: Sequence[Mapping[str, Any]]
         "INSERT INTO holds (hold_id, professional_id, booking_id, cause, occurred_at, starts_at, ends_at)"
         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],"
         " $6::timestamptz[], $7::timestamptz[]) ON CONFLICT DO NOTHING",
-        *_columns(holds, "hold_id", "professional_id", "booking_id", "cause", "occurred_at", "starts_at", "ends_at"),
+        *columns(holds, "hold_id", "professional_id", "booking_id", "cause", "occurred_at", "starts_at", "ends_at"),
     )
 
 
@@ -195,7 +197,7 @@ async def add_office_entries(conn: asyncpg.Connection, entries: Sequence[Mapping
         "INSERT INTO office_ledger (entry_id, practice_id, booking_id, delta, cause, occurred_at, event_id)"
         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[],"
         " $7::text[]) ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id::text AS entry_id",
-        *_columns(entries, "entry_id", "practice_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
+        *columns(entries, "entry_id", "practice_id", "booking_id", "delta", "cause", "occurred_at", "event_id"),
     )
     return {r["entry_id"] for r in rows}
 
@@ -236,7 +238,7 @@ async def add_cases(conn: asyncpg.Connection, cases: Sequence[Mapping[str, Any]]
         "INSERT INTO patient_cases (case_id, practice_id, patient_id, booking_id, kind, occurred_at, event_id)"
         " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],"
         " $7::text[]) ON CONFLICT (case_id) DO NOTHING RETURNING case_id::text AS case_id",
-        *_columns(cases, "case_id", "practice_id", "patient_id", "booking_id", "kind", "occurred_at", "event_id"),
+        *columns(cases, "case_id", "practice_id", "patient_id", "booking_id", "kind", "occurred_at", "event_id"),
     )
     return {r["case_id"] for r in rows}
 
@@ -280,13 +282,8 @@ async def save_standings(conn: asyncpg.Connection, standings: Sequence[Mapping[s
         " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[])"
         " AS s(practice_id, patient_id, standing, count, changed_at, next_review_at)"
         " WHERE p.practice_id = s.practice_id AND p.patient_id = s.patient_id",
-        *_columns(standings, "practice_id", "patient_id", "standing", "count", "changed_at", "next_review_at"),
+        *columns(standings, "practice_id", "patient_id", "standing", "count", "changed_at", "next_review_at"),
     )
-
-
-def _columns(rows: Sequence[Mapping[str, Any]], *names: str) -> list[list[Any]]:
-    """The rows as one list per column, for `unnest`."""
-    return [[row[name] for row in rows] for name in names]
 
 
 # --- excuses -----------------------------------------------------------------------------------
